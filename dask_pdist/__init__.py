@@ -1,0 +1,27 @@
+"""dask_pdist: pairwise token distances over an embedding history, lazily, with dask.
+
+Open a history (:func:`open_history`), build both metrics in one pass
+(:func:`pairwise_distances`), write a zarr store (:func:`to_zarr`), reopen it lazily
+(:func:`open_distances`).
+"""
+
+from __future__ import annotations
+
+from ._version import __version__
+from .dataset import pairwise_distances
+from .errors import InputError, StoreError
+from .graph import METRICS, OUTPUT_DTYPES
+from .history import open_history
+from .store import open_distances, to_zarr
+
+__all__ = [
+    "__version__",
+    "METRICS",
+    "OUTPUT_DTYPES",
+    "InputError",
+    "StoreError",
+    "open_history",
+    "pairwise_distances",
+    "to_zarr",
+    "open_distances",
+]

@@ -1,0 +1,180 @@
+"""The ``dask-pdist`` command line. Calls only the public API; heavy imports happen inside
+the subcommands so ``dask-pdist --help`` stays fast."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from ._version import __version__
+
+__all__ = ["main"]
+
+EXIT_BAD_INPUT = 2
+_METRICS = ("euclidean", "chebyshev")  # mirrors kernels.METRICS without importing numba
+
+
+def _metrics_arg(text: str) -> tuple[str, ...]:
+    metrics = tuple(m.strip() for m in text.split(",") if m.strip())
+    bad = [m for m in metrics if m not in _METRICS]
+    if bad or not metrics:
+        raise argparse.ArgumentTypeError(f"unknown metric(s) {bad or text!r}; choose from {','.join(_METRICS)}")
+    return metrics
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="dask-pdist",
+        description="Pairwise token distances (Euclidean, Chebyshev) for every snapshot of an embedding history.",
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    c = sub.add_parser("compute", help="compute distances of a history into a zarr store")
+    c.add_argument("input", help="history: .safetensors, .npy or zarr store")
+    c.add_argument("--key", help="tensor/array holding the history (default: the only 3-D one)")
+    c.add_argument("--output", "-o", required=True, help="zarr store to create, e.g. distances.zarr")
+    c.add_argument("--metrics", type=_metrics_arg, default=_METRICS, help="comma-separated (default: euclidean,chebyshev)")
+    c.add_argument("--dtype", choices=("float32", "float16", "float64"), default="float32", help="stored dtype (default: float32)")
+    c.add_argument("--chunk-steps", type=_positive, help="snapshots per task and store chunk (default: auto, ~32 MiB per task)")
+    c.add_argument("--token-chunk", type=_positive, help="tile edge along token_i/token_j (default: auto, tiles only large vocabularies)")
+    c.add_argument("--tokens", help="text file with one token label per line")
+    c.add_argument("--compressor", choices=("lz4", "zstd", "none"), default=None, help="store compression (default: lz4)")
+    c.add_argument("--nonfinite", choices=("raise", "propagate"), default="raise", help="NaN/Inf in the history: stop with an error (default) or give NaN distances")
+    c.add_argument("--scheduler", default=os.environ.get("DASK_SCHEDULER_ADDRESS"), help="dask.distributed scheduler address (default: $DASK_SCHEDULER_ADDRESS, else local threads)")
+    c.add_argument("--overwrite", action="store_true", help="replace an existing dask_pdist store at --output")
+    c.add_argument("--no-progress", action="store_true", help="no progress bar")
+    c.set_defaults(func=_cmd_compute)
+
+    s = sub.add_parser("synth", help="write a synthetic bf16 history (safetensors)")
+    s.add_argument("output", help="file to write, e.g. history.safetensors")
+    s.add_argument("--steps", type=_positive, default=5001)
+    s.add_argument("--vocab", type=_positive, default=128)
+    s.add_argument("--dim", type=_positive, default=64)
+    s.add_argument("--seed", type=int, default=42)
+    s.set_defaults(func=_cmd_synth)
+
+    d = sub.add_parser("demo", help="synth at the notebook's size (5001x128x64), then compute")
+    d.add_argument("--output-dir", default="dask_pdist_demo", help="folder for the demo files (default: ./dask_pdist_demo)")
+    d.add_argument("--no-progress", action="store_true", help="no progress bar")
+    d.set_defaults(func=_cmd_demo)
+    return p
+
+
+def _run(delayed, scheduler: str | None, progress: bool) -> None:
+    if scheduler:
+        from distributed import Client, progress as dist_progress
+
+        with Client(scheduler) as client:
+            future = client.compute(delayed)
+            if progress:
+                dist_progress(future)
+                print(file=sys.stderr)
+            future.result()
+        return
+    import dask
+
+    if progress:
+        from tqdm.dask import TqdmCallback
+
+        with TqdmCallback(desc="computing", unit="task", file=sys.stderr):
+            dask.compute(delayed)
+    else:
+        dask.compute(delayed)
+
+
+def _compute(args: argparse.Namespace, input_path: str, output: str, overwrite: bool) -> None:
+    import dask_pdist as dp
+    from dask_pdist.report import format_summary
+    from dask_pdist.store import DEFAULT_COMPRESSOR
+
+    t0 = time.perf_counter()
+    history = dp.open_history(
+        input_path,
+        key=getattr(args, "key", None),
+        chunks=getattr(args, "chunk_steps", None) or "auto",
+        tokens=getattr(args, "tokens", None),
+        nonfinite=getattr(args, "nonfinite", "raise"),
+    )
+    ds = dp.pairwise_distances(
+        history,
+        metrics=getattr(args, "metrics", _METRICS),
+        dtype=getattr(args, "dtype", "float32"),
+        token_chunk=getattr(args, "token_chunk", None) or "auto",
+    )
+    print(
+        f"{input_path} [{history.name}]: {history.sizes['step']:,} steps x {history.sizes['token']:,} tokens"
+        f" x {history.sizes['dim']:,} dims ({history.attrs['input_dtype']}) -> {output}",
+        file=sys.stderr,
+    )
+    delayed = dp.to_zarr(
+        ds,
+        output,
+        compressor=getattr(args, "compressor", None) or DEFAULT_COMPRESSOR,
+        overwrite=overwrite,
+        compute=False,
+    )
+    _run(delayed, getattr(args, "scheduler", None), not args.no_progress)
+    elapsed = time.perf_counter() - t0
+    print(f"\nWrote {output} in {elapsed:.1f} s\n")
+    print(format_summary(dp.open_distances(output)))
+
+
+def _cmd_compute(args: argparse.Namespace) -> None:
+    _compute(args, args.input, args.output, args.overwrite)
+
+
+def _cmd_synth(args: argparse.Namespace) -> None:
+    from dask_pdist.synthetic import write_synthetic_history
+
+    path = write_synthetic_history(args.output, steps=args.steps, vocab=args.vocab, dim=args.dim, seed=args.seed)
+    print(f"Wrote {path}: embedding_history ({args.steps}, {args.vocab}, {args.dim}) bf16, seed {args.seed}")
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from dask_pdist.store import is_store
+    from dask_pdist.synthetic import write_synthetic_history
+
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    history = out / "embedding_evolution.safetensors"
+    store = out / "pairwise_distances.zarr"
+    if store.exists() and not is_store(store):
+        from dask_pdist.errors import StoreError
+
+        raise StoreError(f"{store}: exists and is not a dask_pdist store; choose another --output-dir")
+    t0 = time.perf_counter()
+    write_synthetic_history(history)
+    print(f"Wrote synthetic history {history} (5001 x 128 x 64 bf16) in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    _compute(args, str(history), str(store), overwrite=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (2 for bad input, with one line on stderr)."""
+    args = _parser().parse_args(argv)
+    try:
+        args.func(args)
+    except KeyboardInterrupt:
+        print("dask-pdist: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, OverflowError, TypeError) as exc:
+        if args.debug:
+            raise
+        print(f"dask-pdist: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT if isinstance(exc, (ValueError, FileNotFoundError, FileExistsError, PermissionError, NotADirectoryError, OverflowError)) else 1
+    return 0

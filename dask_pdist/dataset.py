@@ -1,0 +1,83 @@
+"""The xarray layer: label the distance arrays as a Dataset (dims step, token_i, token_j)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import dask.array as da
+import xarray as xr
+
+from ._version import __version__
+from .graph import METRICS, Metric, pairwise_arrays
+from .history import HISTORY_DIMS
+
+__all__ = ["pairwise_distances", "DISTANCE_DIMS"]
+
+#: Dims of every distance variable.
+DISTANCE_DIMS = ("step", "token_i", "token_j")
+
+_DESCRIPTIONS = {
+    "euclidean": ("Euclidean (L2) distance", "sqrt(sum_d (x[step, i, d] - x[step, j, d])**2)"),
+    "chebyshev": ("Chebyshev (L-infinity) distance", "max_d |x[step, i, d] - x[step, j, d]|"),
+}
+
+
+def pairwise_distances(
+    history: xr.DataArray,
+    metrics: Sequence[Metric] = METRICS,
+    dtype: Literal["float32", "float16", "float64"] = "float32",
+    *,
+    token_chunk: int | Literal["auto"] = "auto",
+) -> xr.Dataset:
+    """Pairwise distances between all tokens at every step, lazily, all metrics in one pass.
+
+    Parameters
+    ----------
+    history : xarray.DataArray
+        Dims ``("step", "token", "dim")``, as returned by :func:`open_history`; float32 or
+        float64 (numpy-backed input is wrapped in one dask chunk per 256 snapshots).
+    metrics : sequence of {"euclidean", "chebyshev"}
+        Variables to produce; every one comes from the same differences of the same pass.
+    dtype : {"float32", "float16", "float64"}
+        Stored dtype. Arithmetic is float32 (float64 for float64 input) either way.
+    token_chunk : int or "auto"
+        Tile edge along token_i and token_j; ``"auto"`` tiles only large vocabularies.
+
+    Returns
+    -------
+    xarray.Dataset
+        One variable per metric, dims ``("step", "token_i", "token_j")``, dask-backed:
+        nothing is computed until you compute, slice-and-load, or write it.
+
+    Examples
+    --------
+    >>> ds = pairwise_distances(open_history("history.safetensors"))  # doctest: +SKIP
+    >>> ds.euclidean.sel(step=1234).values  # computes one chunk  # doctest: +SKIP
+    """
+    if not isinstance(history, xr.DataArray):
+        raise TypeError(f"history must be an xarray.DataArray (see open_history), got {type(history).__name__}")
+    if history.dims != HISTORY_DIMS:
+        raise ValueError(f"history has dims {history.dims}; expected {HISTORY_DIMS}")
+    data = history.data
+    if not isinstance(data, da.Array):
+        data = da.from_array(data, chunks=(256, -1, -1))
+    arrays = pairwise_arrays(data, metrics, dtype, token_chunk=token_chunk)
+    token = history["token"].values if "token" in history.coords else range(history.sizes["token"])
+    coords = {
+        "step": history["step"].values if "step" in history.coords else range(history.sizes["step"]),
+        "token_i": ("token_i", token),
+        "token_j": ("token_j", token),
+    }
+    common = {
+        "source": str(history.attrs.get("source", "")),
+        "source_key": str(history.attrs.get("key", history.name or "")),
+        "input_dtype": str(history.attrs.get("input_dtype", history.dtype)),
+        "compute_dtype": str(data.dtype),
+        "dask_pdist_version": __version__,
+    }
+    variables = {}
+    for metric, arr in arrays.items():
+        long_name, formula = _DESCRIPTIONS[metric]
+        variables[metric] = xr.Variable(DISTANCE_DIMS, arr, attrs={"long_name": long_name, "formula": formula})
+    return xr.Dataset(variables, coords=coords, attrs={"title": "pairwise token distances per step", **common})

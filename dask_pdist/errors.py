@@ -1,0 +1,13 @@
+"""Exception types: builtin subclasses so callers can catch ``ValueError`` etc."""
+
+from __future__ import annotations
+
+__all__ = ["InputError", "StoreError"]
+
+
+class InputError(ValueError):
+    """An input file (history, token list) is malformed or does not fit the request."""
+
+
+class StoreError(ValueError):
+    """An output store is missing, incomplete, or must not be written over."""

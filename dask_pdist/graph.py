@@ -1,0 +1,149 @@
+"""The one blockwise graph: history blocks in, distance blocks of every metric out.
+
+Array layer: speaks axes and chunks, knows nothing of xarray labels.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import dask.array as da
+import numpy as np
+
+from .kernels import METRICS, cross_block, pairwise_block
+
+__all__ = ["METRICS", "OUTPUT_DTYPES", "pairwise_arrays", "plan_token_chunk"]
+
+Metric = Literal["euclidean", "chebyshev"]
+#: Output dtypes. Arithmetic is float32 (float64 for float64 input) whatever is chosen.
+OUTPUT_DTYPES: tuple[str, ...] = ("float32", "float16", "float64")
+#: Output bytes one task may produce before token_i x token_j are tiled.
+TILE_OUTPUT_BYTES = 32 * 2**20
+_FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+def check_metrics(metrics: Sequence[str] | str) -> tuple[str, ...]:
+    """Validate a metric list against :data:`METRICS`; returns it as a tuple."""
+    metrics = (metrics,) if isinstance(metrics, str) else tuple(metrics)
+    bad = [m for m in metrics if m not in METRICS]
+    if bad or not metrics or len(set(metrics)) != len(metrics):
+        raise ValueError(f"metrics={list(metrics)}: choose one or more of {list(METRICS)}, each once")
+    return metrics
+
+
+def check_dtype(dtype: str) -> str:
+    """Validate an output dtype name against :data:`OUTPUT_DTYPES`."""
+    name = np.dtype(dtype).name if isinstance(dtype, (type, np.dtype)) else str(dtype)
+    if name not in OUTPUT_DTYPES:
+        raise ValueError(f"dtype={dtype!r}: choose one of {list(OUTPUT_DTYPES)}")
+    return name
+
+
+def plan_token_chunk(n_tokens: int, n_metrics: int, itemsize: int, budget: int = TILE_OUTPUT_BYTES) -> int:
+    """Token tile edge so one snapshot's tile of every metric fits ``budget`` bytes.
+
+    Pure arithmetic. Returns ``n_tokens`` (no tiling) when a whole matrix fits.
+
+    Examples
+    --------
+    >>> plan_token_chunk(128, 2, 4)
+    128
+    >>> plan_token_chunk(16384, 2, 4)
+    2048
+    """
+    if n_metrics * n_tokens * n_tokens * itemsize <= budget:
+        return n_tokens
+    edge = math.isqrt(budget // (n_metrics * itemsize))
+    return max(1, min(n_tokens, edge))
+
+
+def _distance_block(
+    xa: np.ndarray, xb: np.ndarray, ia: np.ndarray, jb: np.ndarray, *, which: tuple[int, ...], out_dtype: str
+) -> np.ndarray:
+    if ia[0] == jb[0]:  # a diagonal tile: xa and xb hold the same tokens
+        out = pairwise_block(xa)
+    else:
+        out = cross_block(xa, xb)
+    if which != tuple(range(len(METRICS))):
+        out = out[list(which)]
+    if out_dtype == "float16":
+        top = np.nanmax(out) if out.size else 0.0
+        if top > _FLOAT16_MAX:
+            raise OverflowError(
+                f"distance {float(top):.6g} exceeds float16's largest finite value {_FLOAT16_MAX:g};"
+                " use dtype='float32' (--dtype float32)"
+            )
+    return out.astype(out_dtype, copy=False)
+
+
+def pairwise_arrays(
+    x: da.Array,
+    metrics: Sequence[Metric] = METRICS,
+    dtype: str = "float32",
+    token_chunk: int | Literal["auto"] = "auto",
+) -> dict[str, da.Array]:
+    """Lazy distance arrays of every metric from one ``dask.array.blockwise`` graph.
+
+    Parameters
+    ----------
+    x : dask.array.Array, shape (step, token, dim), float32 or float64
+        Chunked along step; the dim axis is made whole.
+    metrics : sequence of {"euclidean", "chebyshev"}
+    dtype : {"float32", "float16", "float64"}
+        Output dtype; arithmetic is in ``x.dtype``.
+    token_chunk : int or "auto"
+        Edge of the token_i x token_j tiles. ``"auto"`` tiles only when one snapshot's
+        matrices exceed 32 MiB (then steps go one per task).
+
+    Returns
+    -------
+    dict of str to dask.array.Array
+        Each (step, token, token); all share one blockwise layer, so computing or storing
+        them together runs the kernel once per block.
+
+    Examples
+    --------
+    >>> import dask.array as da, numpy as np
+    >>> x = da.ones((10, 5, 3), chunks=(4, 5, 3), dtype=np.float32)
+    >>> pairwise_arrays(x)["chebyshev"].chunks[0]
+    (4, 4, 2)
+    """
+    metrics = check_metrics(metrics)
+    dtype = check_dtype(dtype)
+    if x.ndim != 3:
+        raise ValueError(f"history must be 3-D (step, token, dim), got shape {x.shape}")
+    if x.dtype not in (np.float32, np.float64):
+        raise TypeError(f"history must be float32 or float64 (widen bf16/f16 first), got {x.dtype}")
+    n_tokens = x.shape[1]
+    auto = token_chunk == "auto"
+    if auto:
+        token_chunk = plan_token_chunk(n_tokens, len(metrics), x.dtype.itemsize)
+    elif not isinstance(token_chunk, (int, np.integer)) or isinstance(token_chunk, bool) or token_chunk < 1:
+        raise ValueError(f"token_chunk={token_chunk!r}: give a positive int or 'auto'")
+    token_chunk = int(min(token_chunk, max(n_tokens, 1)))
+    if auto and token_chunk < n_tokens:
+        x = x.rechunk({0: 1})  # one snapshot's tile already fills the task budget
+    x = x.rechunk({1: token_chunk, 2: -1})
+    ids = da.arange(n_tokens, chunks=token_chunk)
+    which = tuple(METRICS.index(m) for m in metrics)
+    out = da.blockwise(
+        _distance_block,
+        "msij",
+        x,
+        "sid",
+        x,
+        "sjd",
+        ids,
+        "i",
+        ids,
+        "j",
+        new_axes={"m": len(metrics)},
+        concatenate=True,
+        dtype=dtype,
+        meta=np.empty((0, 0, 0, 0), dtype=dtype),
+        which=which,
+        out_dtype=dtype,
+    )
+    return {m: out[k] for k, m in enumerate(metrics)}

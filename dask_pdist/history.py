@@ -1,0 +1,334 @@
+"""Input readers: open an embedding history lazily, validated, as a labeled DataArray.
+
+Each dask task reads its own snapshot range by a positioned read of one contiguous byte
+range; the graph holds only paths and offsets (no open file handle, no mmap), so it pickles
+for dask.distributed and a file truncated under a running job gives a clean error, not SIGBUS.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal, Union
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from .errors import InputError
+from .safetensors_io import SUPPORTED_DTYPES, TensorInfo, pread_exact, read_header
+
+__all__ = ["open_history", "auto_step_chunk", "NONFINITE_CHOICES"]
+
+NonFinite = Literal["raise", "propagate"]
+#: What to do with NaN/Inf in the history.
+NONFINITE_CHOICES: tuple[str, ...] = ("raise", "propagate")
+#: Dims of a history DataArray.
+HISTORY_DIMS = ("step", "token", "dim")
+#: Output bytes one task may produce when chunks="auto" (2 float32 metrics).
+TASK_OUTPUT_BYTES = 32 * 2**20
+
+Chunks = Union[Literal["auto"], int, tuple, dict]
+
+
+def auto_step_chunk(n_tokens: int, n_steps: int, n_metrics: int = 2, itemsize: int = 4) -> int:
+    """Snapshots per task so that one task's output stays near 32 MiB.
+
+    Pure arithmetic, no I/O. 128 tokens -> 256 steps; 1024 tokens -> 4 steps.
+
+    Examples
+    --------
+    >>> auto_step_chunk(128, 5001)
+    256
+    """
+    per_step = max(1, n_metrics * n_tokens * n_tokens * itemsize)
+    return int(min(max(1, n_steps), max(1, TASK_OUTPUT_BYTES // per_step)))
+
+
+class _FileSource:
+    """A (step, token, dim) array stored C-contiguous at ``start`` in a file; read per slice.
+
+    Indexed by dask's ``from_array`` with tuples of slices; reads the covering step range
+    with one positioned read, widens BF16/F16 to float32 exactly, checks finiteness.
+    """
+
+    def __init__(
+        self, path: str, start: int, raw_dtype: str, kind: str, shape: tuple[int, ...], nonfinite: str
+    ) -> None:
+        self.path = path
+        self.start = start
+        self.raw_dtype = raw_dtype
+        self.kind = kind  # safetensors dtype name: BF16, F16, F32, F64
+        self.shape = shape
+        self.nonfinite = nonfinite
+        self.dtype = np.dtype(np.float64 if kind == "F64" else np.float32)
+        self.ndim = len(shape)
+
+    def __getitem__(self, key: tuple) -> np.ndarray:
+        # dask's from_array(fancy=False) passes a tuple of unit-stride slices
+        key = (key if isinstance(key, tuple) else (key,)) + (slice(None),) * 3
+        if not all(isinstance(k, slice) for k in key[:3]):
+            raise TypeError(f"{type(self).__name__} takes slices only, got {key[:3]!r}")
+        lo, hi, stride = key[0].indices(self.shape[0])
+        if stride != 1:
+            raise TypeError(f"{type(self).__name__} takes unit-stride slices only, got {key[0]!r}")
+        hi = max(hi, lo)
+        per_step = math.prod(self.shape[1:]) * np.dtype(self.raw_dtype).itemsize
+        raw = pread_exact(self.path, self.start + lo * per_step, (hi - lo) * per_step)
+        block = np.frombuffer(raw, dtype=self.raw_dtype).reshape((hi - lo,) + self.shape[1:])
+        block = _widen(block[(slice(None),) + key[1:3]], self.kind)
+        if self.nonfinite == "raise":
+            _check_finite(block, self.path, lo)
+        return block
+
+
+def _widen(block: np.ndarray, kind: str) -> np.ndarray:
+    if kind == "BF16":
+        # bf16 is the top half of a float32: the widening shift is exact
+        return (block.astype(np.uint32) << 16).view(np.float32)
+    if kind == "F16":
+        return block.astype(np.float32)
+    return np.ascontiguousarray(block)
+
+
+def _check_finite(block: np.ndarray, path: str, step0: int) -> None:
+    if block.ndim == 3 and not np.isfinite(block).all():
+        s, t, _ = np.argwhere(~np.isfinite(block))[0]
+        value = block[s, t][~np.isfinite(block[s, t])][0]
+        raise InputError(
+            f"{path}: history holds {value} at step index {step0 + s}, token {t};"
+            " fix the input, or pass nonfinite='propagate' (--nonfinite propagate) to get NaN distances there"
+        )
+
+
+def _tensor_list(tensors: dict[str, TensorInfo]) -> str:
+    return ", ".join(f"{n} {list(t.shape)} {t.dtype}" for n, t in tensors.items()) or "none"
+
+
+def _open_safetensors(path: Path, key: str | None, nonfinite: str) -> tuple[_FileSource, str, str, np.ndarray | None]:
+    tensors, _ = read_header(path)
+    if key is None:
+        three_d = [n for n, t in tensors.items() if len(t.shape) == 3]
+        if len(three_d) != 1:
+            raise InputError(
+                f"{path}: cannot choose the history tensor: {len(three_d)} tensors are 3-D"
+                f" (tensors: {_tensor_list(tensors)}); name one with key= / --key"
+            )
+        key = three_d[0]
+    if key not in tensors:
+        raise InputError(f"{path}: no tensor {key!r}; available: {_tensor_list(tensors)}")
+    info = tensors[key]
+    if len(info.shape) != 3:
+        raise InputError(
+            f"{path}: tensor {key!r} has shape {list(info.shape)}; expected 3-D (step, token, dim)"
+        )
+    if info.dtype not in SUPPORTED_DTYPES:
+        raise InputError(
+            f"{path}: tensor {key!r} has dtype {info.dtype}; supported: {', '.join(SUPPORTED_DTYPES)}"
+        )
+    steps = None
+    if "steps" in tensors and key != "steps":
+        sinfo = tensors["steps"]
+        if len(sinfo.shape) != 1 or sinfo.shape[0] != info.shape[0] or sinfo.dtype[0] not in "IU":
+            raise InputError(
+                f"{path}: tensor 'steps' has shape {list(sinfo.shape)} and dtype {sinfo.dtype};"
+                f" expected a 1-D integer tensor of length {info.shape[0]} (one step per snapshot)"
+            )
+        raw = pread_exact(path, sinfo.start, sinfo.nbytes)
+        steps = np.frombuffer(raw, dtype=sinfo.raw_dtype).astype(np.int64)
+    src = _FileSource(str(path), info.start, info.raw_dtype.str, info.dtype, info.shape, nonfinite)
+    return src, key, info.dtype, steps
+
+
+_NPY_KINDS = {"<f2": "F16", "<f4": "F32", "<f8": "F64"}
+
+
+def _open_npy(path: Path, key: str | None, nonfinite: str) -> tuple[_FileSource, str, str, None]:
+    if key is not None:
+        raise InputError(f"{path}: a .npy file holds one array; drop key= / --key")
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+            if version not in read:
+                raise ValueError(f"unsupported .npy version {version}")
+            shape, fortran, dtype = read[version](f)
+            start = f.tell()
+    except ValueError as exc:
+        raise InputError(f"{path}: not a valid .npy file ({exc})") from None
+    kind = _NPY_KINDS.get(dtype.str)
+    if kind is None:
+        raise InputError(f"{path}: array has dtype {dtype}; supported: float16, float32, float64 (little-endian)")
+    if len(shape) != 3:
+        raise InputError(f"{path}: array has shape {list(shape)}; expected 3-D (step, token, dim)")
+    if fortran:
+        raise InputError(f"{path}: array is Fortran-ordered; save it C-ordered (np.ascontiguousarray)")
+    size = os.path.getsize(path)
+    need = start + math.prod(shape) * np.dtype(dtype).itemsize
+    if size != need:
+        raise InputError(f"{path}: file has {size} bytes, the header promises {need}; it is truncated or corrupt")
+    return _FileSource(str(path), start, np.dtype(dtype).str, kind, tuple(shape), nonfinite), "array", kind, None
+
+
+def _open_zarr(path: Path, key: str | None, chunks: Chunks, nonfinite: str) -> tuple[da.Array, str, str, np.ndarray | None]:
+    import zarr
+
+    try:
+        node = zarr.open(str(path), mode="r")
+    except Exception as exc:  # zarr raises several types for "not a store"
+        raise InputError(f"{path}: cannot open as zarr ({exc})") from None
+    steps = None
+    if isinstance(node, zarr.Group):
+        arrays = dict(node.arrays())
+        listing = ", ".join(f"{n} {list(a.shape)} {a.dtype}" for n, a in arrays.items()) or "none"
+        if key is None:
+            three_d = [n for n, a in arrays.items() if a.ndim == 3]
+            if len(three_d) != 1:
+                raise InputError(
+                    f"{path}: cannot choose the history array: {len(three_d)} arrays are 3-D"
+                    f" (arrays: {listing}); name one with key= / --key"
+                )
+            key = three_d[0]
+        if key not in arrays:
+            raise InputError(f"{path}: no array {key!r} in the group; available: {listing}")
+        arr = arrays[key]
+        for name in ("step", "steps"):
+            cand = arrays.get(name)
+            if cand is not None and cand.ndim == 1 and cand.shape[0] == arr.shape[0] and cand.dtype.kind in "iu":
+                steps = np.asarray(cand[:]).astype(np.int64)
+                break
+    else:
+        arr = node
+        key = key or Path(path).name
+    if arr.ndim != 3:
+        raise InputError(f"{path}: array {key!r} has shape {list(arr.shape)}; expected 3-D (step, token, dim)")
+    kind = {"float16": "F16", "float32": "F32", "float64": "F64"}.get(str(arr.dtype))
+    if kind is None:
+        raise InputError(f"{path}: array {key!r} has dtype {arr.dtype}; supported: float16, float32, float64")
+    x = da.from_zarr(arr, chunks=_chunk_spec(chunks, arr.shape))
+    if kind == "F16":
+        x = x.astype(np.float32)
+    if nonfinite == "raise":
+        x = x.map_blocks(_finite_block, str(path), x.chunks[0], dtype=x.dtype, meta=np.empty((0, 0, 0), x.dtype))
+    return x, key, kind, steps
+
+
+def _finite_block(block: np.ndarray, path: str, step_chunks: tuple[int, ...], block_info=None) -> np.ndarray:
+    start = block_info[0]["array-location"][0][0] if block_info else 0
+    _check_finite(block, path, start)
+    return block
+
+
+def _chunk_spec(chunks: Chunks, shape: tuple[int, ...]) -> tuple | dict | int:
+    if isinstance(chunks, str):
+        if chunks != "auto":
+            raise ValueError(f"chunks must be 'auto', an int, a tuple or a dict, got {chunks!r}")
+        return (auto_step_chunk(shape[1], shape[0]), -1, -1)
+    if isinstance(chunks, int):
+        return (chunks, -1, -1)
+    if isinstance(chunks, dict):
+        by_axis = {HISTORY_DIMS.index(k) if isinstance(k, str) else k: v for k, v in chunks.items()}
+        return tuple(by_axis.get(a, -1) for a in range(3))
+    return chunks
+
+
+def _read_tokens(tokens: str | os.PathLike[str] | Sequence[str], n_tokens: int, source: str) -> np.ndarray:
+    if isinstance(tokens, (str, os.PathLike)):
+        tpath = Path(tokens)
+        try:
+            labels = tpath.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{tpath}: token file not found") from None
+        except UnicodeDecodeError:
+            raise InputError(f"{tpath}: token file is not UTF-8 text (one label per line)") from None
+        where = str(tpath)
+    else:
+        labels = [str(t) for t in tokens]
+        where = "tokens"
+    if len(labels) != n_tokens:
+        raise InputError(
+            f"{where}: {len(labels)} token labels, but {source} has {n_tokens} tokens; give one label per line"
+        )
+    return np.array(labels, dtype=str)
+
+
+def open_history(
+    path: str | os.PathLike[str],
+    key: str | None = None,
+    chunks: Chunks = "auto",
+    *,
+    tokens: str | os.PathLike[str] | Sequence[str] | None = None,
+    nonfinite: NonFinite = "raise",
+) -> xr.DataArray:
+    """Open an embedding history lazily as a ``(step, token, dim)`` DataArray.
+
+    Nothing is read but the header until the result is computed; each dask task reads its
+    own snapshot range.
+
+    Parameters
+    ----------
+    path : path-like
+        A ``.safetensors`` file (the notebook's format), a ``.npy`` file, or a zarr store
+        (an array, or a group holding the array).
+    key : str, optional
+        Tensor name (safetensors) or array name (zarr group). Defaults to the only 3-D one.
+    chunks : "auto", int, tuple or dict
+        Chunking along ``step`` (token and dim stay whole unless given). ``"auto"`` keeps
+        one task's output near 32 MiB (256 snapshots at 128 tokens).
+    tokens : path-like or sequence of str, optional
+        Token labels (a text file with one label per line); default integer ids.
+    nonfinite : {"raise", "propagate"}
+        ``"raise"``: a task that meets NaN/Inf raises :class:`InputError` naming the step and
+        token. ``"propagate"``: compute anyway (NaN distances there, as scipy gives).
+
+    Returns
+    -------
+    xarray.DataArray
+        float32 (float64 for F64 input; BF16/F16 are widened exactly), dask-backed, with
+        coordinates ``step`` (from a ``steps`` tensor/array of length S if the file has one,
+        else 0..S-1) and ``token``.
+
+    Raises
+    ------
+    FileNotFoundError, InputError
+
+    Examples
+    --------
+    >>> h = open_history("embedding_evolution.safetensors")  # doctest: +SKIP
+    >>> h.sizes  # doctest: +SKIP
+    Frozen({'step': 5001, 'token': 128, 'dim': 64})
+    """
+    if nonfinite not in NONFINITE_CHOICES:
+        raise ValueError(f"nonfinite={nonfinite!r}; choose one of {NONFINITE_CHOICES}")
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: history file not found")
+    if path.is_dir():
+        x, key, kind, steps = _open_zarr(path, key, chunks, nonfinite)
+    else:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+        if magic == b"\x93NUMPY":
+            src, key, kind, steps = _open_npy(path, key, nonfinite)
+        elif path.suffix == ".npy":
+            raise InputError(f"{path}: not a valid .npy file (bad magic bytes)")
+        else:
+            src, key, kind, steps = _open_safetensors(path, key, nonfinite)
+        meta = np.empty((0, 0, 0), dtype=src.dtype)
+        x = da.from_array(
+            src,
+            chunks=_chunk_spec(chunks, src.shape),
+            name=f"history-{da.core.tokenize(str(path.resolve()), os.stat(path).st_mtime_ns, key, nonfinite)}",
+            meta=meta,
+            asarray=False,
+            fancy=False,
+        )
+    n_steps, n_tokens, _ = x.shape
+    coords = {
+        "step": ("step", steps if steps is not None else np.arange(n_steps, dtype=np.int64)),
+        "token": ("token", _read_tokens(tokens, n_tokens, str(path)) if tokens is not None else np.arange(n_tokens, dtype=np.int64)),
+    }
+    attrs = {"source": str(path), "key": key, "input_dtype": kind}
+    return xr.DataArray(x, dims=HISTORY_DIMS, coords=coords, name=key, attrs=attrs)

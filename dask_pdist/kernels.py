@@ -1,0 +1,184 @@
+"""Block kernels: numpy in, numpy out, no dask.
+
+Every pair (i, j) is reduced over the dims in one fixed order by one shared row routine,
+whichever kernel (diagonal tile or off-diagonal tile) computes it.  That makes results
+bit-identical for any chunking, and exactly symmetric: ``a - b`` and ``b - a`` differ only
+in sign, which neither ``d * d`` nor ``abs(d)`` sees.
+
+Differences are taken coordinate by coordinate (``x_i - x_j``); the Gram-matrix shortcut
+``|x|^2 + |y|^2 - 2 x.y`` is never used: it gives non-zero self-distances and large
+relative errors in float32.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+__all__ = ["METRICS", "pairwise_block", "cross_block"]
+
+#: Metrics every kernel computes, in the order of the leading output axis.
+METRICS: tuple[str, ...] = ("euclidean", "chebyshev")
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _row(at, i, bt, j0, n, sq, mx):
+    # Row i of ``at`` against columns j0..j0+n of ``bt`` (both (D, V), one snapshot).
+    # Slices start at 0 so numba drops negative-index wraparound and LLVM vectorises over j
+    # (indexing bt[d, j] directly is ~3x slower, see MEASUREMENTS.md).
+    ndim = at.shape[0]
+    for j in range(n):
+        sq[j] = 0
+        mx[j] = 0
+    d = 0
+    while d + 4 <= ndim:
+        a0 = at[d, i]
+        a1 = at[d + 1, i]
+        a2 = at[d + 2, i]
+        a3 = at[d + 3, i]
+        b0 = bt[d, j0 : j0 + n]
+        b1 = bt[d + 1, j0 : j0 + n]
+        b2 = bt[d + 2, j0 : j0 + n]
+        b3 = bt[d + 3, j0 : j0 + n]
+        for j in range(n):
+            t0 = a0 - b0[j]
+            t1 = a1 - b1[j]
+            t2 = a2 - b2[j]
+            t3 = a3 - b3[j]
+            sq[j] = sq[j] + t0 * t0 + t1 * t1 + t2 * t2 + t3 * t3
+            m = mx[j]
+            m = max(m, abs(t0))
+            m = max(m, abs(t1))
+            m = max(m, abs(t2))
+            m = max(m, abs(t3))
+            mx[j] = m
+        d += 4
+    while d < ndim:
+        a0 = at[d, i]
+        b0 = bt[d, j0 : j0 + n]
+        for j in range(n):
+            t0 = a0 - b0[j]
+            sq[j] = sq[j] + t0 * t0
+            mx[j] = max(mx[j], abs(t0))
+        d += 1
+    for j in range(n):
+        v = sq[j]
+        sq[j] = np.sqrt(v)
+        # max() drops NaN; a NaN anywhere in the pair makes the sum NaN, so copy it over
+        # (NaN distances where the input holds NaN, as scipy gives).
+        if v != v:
+            mx[j] = v
+
+
+@numba.njit(nogil=True, cache=True)
+def _transpose(x, s, xt):
+    # (V, D) snapshot -> contiguous (D, V) so the inner loop runs over tokens.
+    for t in range(x.shape[1]):
+        for d in range(x.shape[2]):
+            xt[d, t] = x[s, t, d]
+
+
+@numba.njit(nogil=True, cache=True)
+def _pairwise_block(x, out):
+    nstep, ntok, ndim = x.shape
+    xt = np.empty((ndim, ntok), dtype=x.dtype)
+    sq = np.empty(ntok, dtype=x.dtype)
+    mx = np.empty(ntok, dtype=x.dtype)
+    for s in range(nstep):
+        _transpose(x, s, xt)
+        for i in range(ntok):
+            out[0, s, i, i] = 0
+            out[1, s, i, i] = 0
+            n = ntok - i - 1
+            _row(xt, i, xt, i + 1, n, sq, mx)
+            e = out[0, s, i, i + 1 :]
+            c = out[1, s, i, i + 1 :]
+            for j in range(n):
+                e[j] = sq[j]
+                c[j] = mx[j]
+            for j in range(n):
+                out[0, s, i + 1 + j, i] = sq[j]
+                out[1, s, i + 1 + j, i] = mx[j]
+
+
+@numba.njit(nogil=True, cache=True)
+def _cross_block(xa, xb, out):
+    nstep, na, ndim = xa.shape
+    nb = xb.shape[1]
+    at = np.empty((ndim, na), dtype=xa.dtype)
+    bt = np.empty((ndim, nb), dtype=xa.dtype)
+    sq = np.empty(nb, dtype=xa.dtype)
+    mx = np.empty(nb, dtype=xa.dtype)
+    for s in range(nstep):
+        _transpose(xa, s, at)
+        _transpose(xb, s, bt)
+        for i in range(na):
+            _row(at, i, bt, 0, nb, sq, mx)
+            e = out[0, s, i]
+            c = out[1, s, i]
+            for j in range(nb):
+                e[j] = sq[j]
+                c[j] = mx[j]
+
+
+def _check(x: np.ndarray) -> np.ndarray:
+    if x.ndim != 3:
+        raise ValueError(f"expected a (step, token, dim) block, got shape {x.shape}")
+    if x.dtype not in (np.float32, np.float64):
+        raise TypeError(f"kernels take float32 or float64 blocks, got {x.dtype}")
+    return np.ascontiguousarray(x)
+
+
+def pairwise_block(x: np.ndarray) -> np.ndarray:
+    """Euclidean and Chebyshev distances between all tokens of each snapshot.
+
+    Parameters
+    ----------
+    x : ndarray, shape (step, token, dim), float32 or float64
+        Arithmetic is done in this dtype.
+
+    Returns
+    -------
+    ndarray, shape (2, step, token, token), same dtype
+        ``[0]`` Euclidean, ``[1]`` Chebyshev (order of :data:`METRICS`); exactly symmetric,
+        diagonal exactly 0.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> pairwise_block(np.array([[[0.0, 0.0], [3.0, -4.0]]]))[:, 0, 0, 1]
+    array([5., 4.])
+    """
+    x = _check(x)
+    out = np.empty((len(METRICS),) + x.shape[:2] + x.shape[1:2], dtype=x.dtype)
+    _pairwise_block(x, out)
+    return out
+
+
+def cross_block(xa: np.ndarray, xb: np.ndarray) -> np.ndarray:
+    """Distances between the tokens of ``xa`` (rows) and of ``xb`` (columns).
+
+    Used for off-diagonal token tiles; each pair is reduced exactly as in
+    :func:`pairwise_block`, so a tiled result equals an untiled one bit for bit.
+
+    Parameters
+    ----------
+    xa, xb : ndarray, shapes (step, token_a, dim) and (step, token_b, dim), one dtype
+
+    Returns
+    -------
+    ndarray, shape (2, step, token_a, token_b)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> cross_block(np.zeros((1, 1, 2)), np.array([[[3.0, -4.0]]]))[:, 0, 0, 0]
+    array([5., 4.])
+    """
+    xa = _check(xa)
+    xb = _check(xb)
+    if xa.dtype != xb.dtype or xa.shape[0] != xb.shape[0] or xa.shape[2] != xb.shape[2]:
+        raise ValueError(f"mismatched blocks: {xa.shape} {xa.dtype} vs {xb.shape} {xb.dtype}")
+    out = np.empty((len(METRICS), xa.shape[0], xa.shape[1], xb.shape[1]), dtype=xa.dtype)
+    _cross_block(xa, xb, out)
+    return out

@@ -1,0 +1,72 @@
+"""Shared fixtures: independent writers (the official safetensors library), a scipy oracle,
+and a dask scheduler that raises if anything is computed."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import dask
+import ml_dtypes
+import numpy as np
+import pytest
+from scipy.spatial.distance import cdist
+from safetensors.numpy import save_file
+
+NUMPY_DTYPES = {"BF16": ml_dtypes.bfloat16, "F16": np.float16, "F32": np.float32, "F64": np.float64}
+
+
+def oracle(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """scipy cdist in float64, per step: (euclidean, chebyshev), each (S, V, V)."""
+    x64 = np.asarray(x, dtype=np.float64)
+    e = np.stack([cdist(s, s, "euclidean") for s in x64])
+    c = np.stack([cdist(s, s, "chebyshev") for s in x64])
+    return e, c
+
+
+def random_history(shape: tuple[int, int, int], seed: int = 0, scale: float = 1.0) -> np.ndarray:
+    """float32 history with duplicate tokens (exact zeros) and near-duplicates."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(shape) * scale).astype(np.float32)
+    s, v, d = shape
+    if v >= 4:
+        x[:, v - 1] = x[:, 0]  # exact duplicate token
+        x[:, v - 2] = x[:, 1]
+        x[:, v - 2, 0] = np.nextafter(x[:, 1, 0], np.float32(np.inf))  # one ulp away
+    return x
+
+
+@pytest.fixture
+def write_safetensors(tmp_path: Path):
+    """Write tensors with the official library: write_safetensors(name, {key: array}, dtype)."""
+
+    def _write(name: str, tensors: dict[str, np.ndarray], dtype: str = "F32") -> Path:
+        path = tmp_path / name
+        out = {}
+        for key, arr in tensors.items():
+            arr = np.asarray(arr)
+            out[key] = arr.astype(NUMPY_DTYPES[dtype]) if arr.dtype.kind == "f" else arr
+        save_file(out, str(path))
+        return path
+
+    return _write
+
+
+class _ComputeForbidden(RuntimeError):
+    pass
+
+
+def _raising_scheduler(dsk, keys, **kwargs):
+    raise _ComputeForbidden(f"dask computed {len(dsk)} tasks where nothing may be computed")
+
+
+@contextlib.contextmanager
+def raise_if_dask_computes():
+    """Any dask compute inside the block raises."""
+    with dask.config.set(scheduler=_raising_scheduler):
+        yield
+
+
+@pytest.fixture
+def no_compute():
+    return raise_if_dask_computes
