@@ -117,17 +117,17 @@ def _compute(args: argparse.Namespace, input_path: str, output: str, overwrite: 
         dtype=getattr(args, "dtype", "float32"),
         token_chunk=getattr(args, "token_chunk", None) or "auto",
     )
-    print(
-        f"{input_path} [{history.name}]: {history.sizes['step']:,} steps x {history.sizes['token']:,} tokens"
-        f" x {history.sizes['dim']:,} dims ({history.attrs['input_dtype']}) -> {output}",
-        file=sys.stderr,
-    )
     delayed = dp.to_zarr(
         ds,
         output,
         compressor=getattr(args, "compressor", None) or DEFAULT_COMPRESSOR,
         overwrite=overwrite,
         compute=False,
+    )
+    print(
+        f"{input_path} [{history.name}]: {history.sizes['step']:,} steps x {history.sizes['token']:,} tokens"
+        f" x {history.sizes['dim']:,} dims ({history.attrs['input_dtype']}) -> {output}",
+        file=sys.stderr,
     )
     _run(delayed, getattr(args, "scheduler", None), not args.no_progress)
     elapsed = time.perf_counter() - t0

@@ -6,11 +6,13 @@ Array layer: speaks axes and chunks, knows nothing of xarray labels.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Literal
 
 import dask.array as da
 import numpy as np
+from dask.array.core import PerformanceWarning
 
 from .kernels import METRICS, cross_block, pairwise_block
 
@@ -128,7 +130,15 @@ def pairwise_arrays(
     x = x.rechunk({1: token_chunk, 2: -1})
     ids = da.arange(n_tokens, chunks=token_chunk)
     which = tuple(METRICS.index(m) for m in metrics)
-    out = da.blockwise(
+    with warnings.catch_warnings():
+        # tiling token_i x token_j multiplies the chunk count on purpose
+        warnings.simplefilter("ignore", PerformanceWarning)
+        out = _blockwise(x, ids, len(metrics), which, dtype)
+    return {m: out[k] for k, m in enumerate(metrics)}
+
+
+def _blockwise(x: da.Array, ids: da.Array, n_metrics: int, which: tuple[int, ...], dtype: str) -> da.Array:
+    return da.blockwise(
         _distance_block,
         "msij",
         x,
@@ -139,11 +149,10 @@ def pairwise_arrays(
         "i",
         ids,
         "j",
-        new_axes={"m": len(metrics)},
+        new_axes={"m": n_metrics},
         concatenate=True,
         dtype=dtype,
         meta=np.empty((0, 0, 0, 0), dtype=dtype),
         which=which,
         out_dtype=dtype,
     )
-    return {m: out[k] for k, m in enumerate(metrics)}

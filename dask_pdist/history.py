@@ -104,7 +104,7 @@ def _check_finite(block: np.ndarray, path: str, step0: int) -> None:
 
 
 def _tensor_list(tensors: dict[str, TensorInfo]) -> str:
-    return ", ".join(f"{n} {list(t.shape)} {t.dtype}" for n, t in tensors.items()) or "none"
+    return ", ".join(f"{n} {list(t.shape)} {t.dtype}" for n, t in sorted(tensors.items())) or "none"
 
 
 def _open_safetensors(path: Path, key: str | None, nonfinite: str) -> tuple[_FileSource, str, str, np.ndarray | None]:
@@ -251,7 +251,8 @@ def _read_tokens(tokens: str | os.PathLike[str] | Sequence[str], n_tokens: int, 
         raise InputError(
             f"{where}: {len(labels)} token labels, but {source} has {n_tokens} tokens; give one label per line"
         )
-    return np.array(labels, dtype=str)
+    # object dtype: zarr 3 stores it as variable-length UTF-8 (fixed-width str has no v3 spec)
+    return np.array(labels, dtype=object)
 
 
 def open_history(

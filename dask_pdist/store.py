@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -119,9 +120,11 @@ def to_zarr(
             "compressors": _codecs(compressor, var.dtype.itemsize),
             "_FillValue": np.nan,  # an unwritten chunk reads as NaN, never as distance 0
         }
-    return ds.to_zarr(
-        path, mode="w-", zarr_format=3, consolidated=False, encoding=encoding, compute=compute
-    )
+    with warnings.catch_warnings():
+        # consolidated metadata is a zarr-python extension to format 3; we write it so that
+        # plain xarray.open_zarr(path) opens the store without a fallback warning
+        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+        return ds.to_zarr(path, mode="w-", zarr_format=3, consolidated=True, encoding=encoding, compute=compute)
 
 
 def open_distances(path: str | os.PathLike[str]) -> xr.Dataset:
@@ -147,4 +150,4 @@ def open_distances(path: str | os.PathLike[str]) -> xr.Dataset:
         raise FileNotFoundError(f"{path}: store not found")
     if not is_store(path):
         raise StoreError(f"{path}: not a dask_pdist store (no zarr.json with {_MARKER_ATTR!r})")
-    return xr.open_zarr(path, zarr_format=3, consolidated=False, chunks={})
+    return xr.open_zarr(path, zarr_format=3, consolidated=True, chunks={})

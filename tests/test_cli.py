@@ -1,0 +1,128 @@
+"""The dask-pdist command line: compute, synth, demo, and one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import oracle, random_history
+from dask_pdist import open_distances, open_history
+from dask_pdist.cli import main
+
+
+def _sha(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_synth_is_deterministic_and_realistic(tmp_path):
+    a, b, c = tmp_path / "a.safetensors", tmp_path / "b.safetensors", tmp_path / "c.safetensors"
+    assert main(["synth", str(a), "--steps", "301", "--vocab", "40", "--dim", "24"]) == 0
+    assert main(["synth", str(b), "--steps", "301", "--vocab", "40", "--dim", "24"]) == 0
+    assert main(["synth", str(c), "--steps", "301", "--vocab", "40", "--dim", "24", "--seed", "7"]) == 0
+    assert _sha(a) == _sha(b) != _sha(c)
+    h = open_history(a)
+    assert h.sizes == {"step": 301, "token": 40, "dim": 24} and h.attrs["input_dtype"] == "BF16"
+    x = h.values
+    e0, _ = oracle(x[:1])
+    e, c_ = oracle(x[-1:])
+    off = ~np.eye(40, dtype=bool)
+    assert (e0 == 0).all()  # every token identical at step 0
+    assert (e[0][off] == 0).sum() >= 2  # exact duplicates (counted both ways)
+    smallest = c_[0][off][c_[0][off] > 0].min()
+    assert smallest < 1e-3  # one-ulp neighbours
+    assert 0.2 < np.median(e[0][off]) < 1.2 and e[0].max() < 2.5
+
+
+def test_compute_end_to_end(tmp_path, capsys):
+    src = tmp_path / "h.safetensors"
+    main(["synth", str(src), "--steps", "53", "--vocab", "19", "--dim", "10"])
+    out = tmp_path / "d.zarr"
+    code = main(["compute", str(src), "--output", str(out), "--chunk-steps", "7", "--no-progress"])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "Distance pairs per snapshot: 171" in text and "Final distances (step 52)" in text
+    ds = open_distances(out)
+    x = open_history(src).values
+    e, c = oracle(x)
+    assert ds.euclidean.chunks[0][0] == 7
+    mask = e > 0
+    assert (np.abs(ds.euclidean.values - e)[mask] / e[mask]).max() <= 1e-6
+    np.testing.assert_array_equal(ds.chebyshev.values, np.abs(x[:, :, None] - x[:, None]).max(-1))
+
+
+def test_compute_options(tmp_path):
+    src = tmp_path / "h.safetensors"
+    main(["synth", str(src), "--steps", "9", "--vocab", "6", "--dim", "4"])
+    (tmp_path / "tok.txt").write_text("\n".join("abcdef") + "\n")
+    out = tmp_path / "d.zarr"
+    args = ["compute", str(src), "-o", str(out), "--metrics", "chebyshev", "--dtype", "float16",
+            "--tokens", str(tmp_path / "tok.txt"), "--compressor", "none", "--token-chunk", "4", "--no-progress"]
+    assert main(args) == 0
+    ds = open_distances(out)
+    assert list(ds.data_vars) == ["chebyshev"] and ds.chebyshev.dtype == np.float16
+    assert list(ds.token_i.values) == list("abcdef")
+
+
+def _error(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("dask-pdist: error: "), err
+    return err[0]
+
+
+def test_bad_input_is_one_line_exit_2(tmp_path, capsys):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00" * 4)
+    assert "bad.safetensors: not a safetensors file" in _error(capsys, ["compute", str(bad), "-o", str(tmp_path / "o.zarr")])
+    assert "history file not found" in _error(capsys, ["compute", str(tmp_path / "nope"), "-o", str(tmp_path / "o.zarr")])
+    src = tmp_path / "h.safetensors"
+    main(["synth", str(src), "--steps", "5", "--vocab", "4", "--dim", "3"])
+    capsys.readouterr()
+    assert "no tensor 'x'; available: embedding_history" in _error(capsys, ["compute", str(src), "--key", "x", "-o", str(tmp_path / "o.zarr")])
+
+
+def test_refuses_existing_store_unless_overwrite(tmp_path, capsys):
+    src = tmp_path / "h.safetensors"
+    main(["synth", str(src), "--steps", "5", "--vocab", "4", "--dim", "3"])
+    out = str(tmp_path / "d.zarr")
+    assert main(["compute", str(src), "-o", out, "--no-progress"]) == 0
+    capsys.readouterr()
+    assert "already exists; pass overwrite=True (--overwrite)" in _error(capsys, ["compute", str(src), "-o", out])
+    assert main(["compute", str(src), "-o", out, "--overwrite", "--no-progress"]) == 0
+
+
+def test_debug_shows_traceback(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        main(["--debug", "compute", str(tmp_path / "nope"), "-o", str(tmp_path / "o.zarr")])
+
+
+def test_usage_errors_exit_2(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["compute", "x", "-o", "y", "--metrics", "cosine"])
+    assert info.value.code == 2 and "choose from euclidean,chebyshev" in capsys.readouterr().err
+
+
+def test_console_script_and_module_and_demo(tmp_path):
+    help_ = subprocess.run([sys.executable, "-m", "dask_pdist", "--help"], capture_output=True, text=True, check=True)
+    assert "compute" in help_.stdout and "demo" in help_.stdout
+    script = shutil.which("dask-pdist") or str(Path(sys.executable).parent / "dask-pdist")
+    run = subprocess.run(
+        [script, "demo", "--output-dir", str(tmp_path / "demo")], capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr
+    assert "Snapshots: 5,001" in run.stdout and "Final distances (step 5000)" in run.stdout
+    assert "computing" in run.stderr  # the progress bar
+    ds = open_distances(tmp_path / "demo" / "pairwise_distances.zarr")
+    assert ds.sizes == {"step": 5001, "token_i": 128, "token_j": 128}
+    x = open_history(tmp_path / "demo" / "embedding_evolution.safetensors").isel(step=[0, 2500, 5000]).values
+    e, c = oracle(x)
+    got = ds.sel(step=[0, 2500, 5000])
+    mask = e > 0
+    assert (np.abs(got.euclidean.values - e)[mask] / e[mask]).max() <= 1e-6
+    np.testing.assert_array_equal(got.chebyshev.values, c.astype(np.float32))

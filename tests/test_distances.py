@@ -1,0 +1,133 @@
+"""pairwise_distances: labeled, lazy, one graph, exact for any chunking."""
+
+from __future__ import annotations
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+import xarray as xr
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import oracle, random_history, raise_if_dask_computes
+from dask_pdist import open_history, pairwise_distances
+
+
+def _history(x: np.ndarray, chunks) -> xr.DataArray:
+    return xr.DataArray(da.from_array(x, chunks=chunks), dims=("step", "token", "dim"))
+
+
+def test_against_scipy_on_odd_shapes(write_safetensors):
+    x = random_history((37, 29, 7), scale=0.2)
+    path = write_safetensors("h.safetensors", {"embedding_history": x}, "BF16")
+    xb = open_history(path).values  # bf16 widened
+    ds = pairwise_distances(open_history(path, chunks=8))
+    e, c = oracle(xb)
+    assert set(ds.data_vars) == {"euclidean", "chebyshev"}
+    assert ds.euclidean.dims == ("step", "token_i", "token_j") and ds.euclidean.dtype == np.float32
+    got_e, got_c = ds.euclidean.values, ds.chebyshev.values
+    mask = e > 0
+    assert (np.abs(got_e - e)[mask] / e[mask]).max() <= 1e-6
+    assert (got_e[~mask] == 0).all() and (got_c[~mask] == 0).all()
+    np.testing.assert_array_equal(got_c, np.abs(xb[:, :, None] - xb[:, None]).max(-1))
+    np.testing.assert_array_equal(got_e, got_e.transpose(0, 2, 1))
+
+
+def test_labels_and_attrs(write_safetensors, tmp_path):
+    x = random_history((4, 3, 2))
+    path = write_safetensors("h.safetensors", {"hist": x, "steps": np.array([5, 6, 7, 9])}, "F16")
+    (tmp_path / "t.txt").write_text("a\nb\nc\n")
+    ds = pairwise_distances(open_history(path, tokens=tmp_path / "t.txt"))
+    assert list(ds["step"].values) == [5, 6, 7, 9]
+    assert list(ds["token_i"].values) == ["a", "b", "c"] == list(ds["token_j"].values)
+    assert ds.attrs["input_dtype"] == "F16" and ds.attrs["compute_dtype"] == "float32"
+    assert ds.attrs["source_key"] == "hist" and ds.attrs["dask_pdist_version"]
+    assert "sqrt" in ds.euclidean.attrs["formula"] and "max_d" in ds.chebyshev.attrs["formula"]
+    assert float(ds.chebyshev.sel(step=7, token_i="a", token_j="c")) == pytest.approx(np.abs(x[2, 0] - x[2, 2]).max(), rel=1e-3)
+
+
+def test_one_blockwise_layer_runs_once_per_block(monkeypatch):
+    import dask_pdist.graph as graph
+
+    calls = []
+    real = graph.pairwise_block
+    monkeypatch.setattr(graph, "pairwise_block", lambda x: calls.append(x.shape) or real(x))
+    x = random_history((12, 5, 3))
+    ds = pairwise_distances(_history(x, (4, 5, 3)))
+    e, c = dask.compute(ds.euclidean.data, ds.chebyshev.data, scheduler="sync")
+    assert calls == [(4, 5, 3)] * 3  # one kernel call per step chunk, shared by both metrics
+    assert e.shape == c.shape == (12, 5, 5)
+
+
+def test_nothing_is_computed_until_asked(write_safetensors):
+    path = write_safetensors("h.safetensors", {"h": random_history((9, 6, 4))})
+    with raise_if_dask_computes():
+        ds = pairwise_distances(open_history(path, chunks=2), token_chunk=4)
+        ds.euclidean.sel(step=3)
+        with pytest.raises(RuntimeError, match="nothing may be computed"):
+            ds.euclidean.values  # the guard itself works
+
+
+def test_metric_subset_and_float16():
+    x = random_history((6, 11, 5))
+    cheb = pairwise_distances(_history(x, (6, 11, 5)), metrics=["chebyshev"], dtype="float16")
+    assert list(cheb.data_vars) == ["chebyshev"] and cheb.chebyshev.dtype == np.float16
+    full = pairwise_distances(_history(x, (6, 11, 5)))
+    np.testing.assert_array_equal(cheb.chebyshev.values, full.chebyshev.values.astype(np.float16))
+
+
+def test_float16_overflow_is_an_error_not_inf():
+    x = random_history((2, 5, 3)) * 1e5
+    ds = pairwise_distances(_history(x, (2, 5, 3)), dtype="float16")
+    with pytest.raises(OverflowError, match=r"exceeds float16's largest finite value 65504.*float32"):
+        ds.euclidean.values
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"metrics": ["euclid"]}, r"choose one or more of \['euclidean', 'chebyshev'\]"),
+        ({"dtype": "int8"}, r"choose one of \['float32', 'float16', 'float64'\]"),
+        ({"token_chunk": 0}, r"positive int or 'auto'"),
+    ],
+)
+def test_bad_options(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        pairwise_distances(_history(random_history((2, 3, 2)), (2, 3, 2)), **kwargs)
+
+
+def test_wrong_dims_rejected():
+    with pytest.raises(ValueError, match=r"expected \('step', 'token', 'dim'\)"):
+        pairwise_distances(xr.DataArray(np.zeros((2, 3, 4), np.float32), dims=("t", "v", "d")))
+
+
+def test_large_vocab_is_tiled_with_bounded_tasks():
+    from dask_pdist.graph import plan_token_chunk
+
+    assert plan_token_chunk(16384, 2, 4) == 2048  # 32 MiB per task at V = 16384
+    h = xr.DataArray(da.zeros((3, 16384, 8), chunks=(3, -1, -1), dtype=np.float32), dims=("step", "token", "dim"))
+    ds = pairwise_distances(h)
+    chunk = ds.euclidean.data.chunksize
+    assert chunk == (1, 2048, 2048) and 2 * np.prod(chunk) * 4 <= 32 * 2**20
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    s=st.integers(1, 13),
+    v=st.integers(1, 23),
+    d=st.integers(1, 9),
+    step_chunk=st.integers(1, 13),
+    token_chunk=st.integers(1, 23),
+    seed=st.integers(0, 1000),
+)
+def test_bit_identical_for_any_chunking(s, v, d, step_chunk, token_chunk, seed):
+    x = random_history((s, v, d), seed=seed)
+    ref = pairwise_distances(_history(x, (s, v, d)))
+    got = pairwise_distances(_history(x, (step_chunk, max(1, v // 2), d)), token_chunk=token_chunk)
+    np.testing.assert_array_equal(got.euclidean.values, ref.euclidean.values)
+    np.testing.assert_array_equal(got.chebyshev.values, ref.chebyshev.values)
+    e, _ = oracle(x)
+    mask = e > 0
+    if mask.any():
+        assert (np.abs(ref.euclidean.values - e)[mask] / e[mask]).max() <= 1e-6

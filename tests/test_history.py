@@ -1,0 +1,165 @@
+"""open_history: lazy, validated readers for safetensors, .npy and zarr."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import struct
+
+import dask
+import ml_dtypes
+import numpy as np
+import pytest
+import zarr
+
+from conftest import random_history
+from dask_pdist import InputError, open_history
+
+
+@pytest.mark.parametrize("dtype", ["BF16", "F16", "F32", "F64"])
+def test_safetensors_dtypes_widen_exactly(write_safetensors, dtype):
+    x = random_history((13, 9, 5), scale=0.1)
+    path = write_safetensors("h.safetensors", {"embedding_history": x}, dtype)
+    h = open_history(path, chunks=4)
+    want = {
+        "BF16": x.astype(ml_dtypes.bfloat16).astype(np.float32),
+        "F16": x.astype(np.float16).astype(np.float32),
+        "F32": x,
+        "F64": x.astype(np.float64),
+    }[dtype]
+    assert h.dims == ("step", "token", "dim") and h.dtype == want.dtype
+    assert h.chunks == ((4, 4, 4, 1), (9,), (5,))
+    np.testing.assert_array_equal(h.values, want)
+    np.testing.assert_array_equal(h["step"].values, np.arange(13))
+    assert h.attrs["input_dtype"] == dtype and h.attrs["key"] == "embedding_history"
+
+
+def test_steps_tensor_becomes_the_step_coordinate(write_safetensors):
+    x = random_history((6, 4, 3))
+    steps = np.array([0, 10, 20, 30, 40, 50], dtype=np.int64)
+    path = write_safetensors("h.safetensors", {"hist": x, "steps": steps})
+    h = open_history(path)
+    np.testing.assert_array_equal(h["step"].values, steps)
+    np.testing.assert_array_equal(h.sel(step=30).values, x[3])
+
+
+def test_default_key_is_the_only_3d_tensor_and_key_selects(write_safetensors):
+    x = random_history((5, 4, 3))
+    path = write_safetensors("h.safetensors", {"a": x, "b": x[0], "c": x * 2})
+    with pytest.raises(InputError, match=r"2 tensors are 3-D.*a \[5, 4, 3\].*--key"):
+        open_history(path)
+    np.testing.assert_array_equal(open_history(path, key="c").values, x * 2)
+
+
+def test_reading_is_lazy_and_the_graph_pickles(write_safetensors, no_compute):
+    x = random_history((20, 6, 4))
+    path = write_safetensors("h.safetensors", {"h": x})
+    with no_compute():
+        h = open_history(path, chunks=3)
+        graph = dict(h.data.__dask_graph__())
+    pickle.loads(pickle.dumps(graph))  # no open handle or mmap in the graph
+    np.testing.assert_array_equal(h.isel(step=slice(5, 9)).values, x[5:9])
+
+
+def test_npy_and_zarr_inputs(tmp_path):
+    x = random_history((11, 7, 5))
+    np.save(tmp_path / "h.npy", x)
+    np.testing.assert_array_equal(open_history(tmp_path / "h.npy", chunks=4).values, x)
+    g = zarr.open_group(tmp_path / "h.zarr", mode="w", zarr_format=3)
+    g.create_array("emb", data=x.astype(np.float16), chunks=(5, 7, 5))
+    g.create_array("step", data=np.arange(100, 111))
+    g.create_array("other", data=x[0])
+    h = open_history(tmp_path / "h.zarr", key="emb")
+    np.testing.assert_array_equal(h.values, x.astype(np.float16).astype(np.float32))
+    np.testing.assert_array_equal(h["step"].values, np.arange(100, 111))
+    with pytest.raises(InputError, match=r"no array 'nope'.*emb \[11, 7, 5\]"):
+        open_history(tmp_path / "h.zarr", key="nope")
+
+
+def test_token_labels_from_file(write_safetensors, tmp_path):
+    path = write_safetensors("h.safetensors", {"h": random_history((3, 4, 2))})
+    (tmp_path / "tok.txt").write_text("the\nof\nand\n<eos>\n")
+    h = open_history(path, tokens=tmp_path / "tok.txt")
+    assert list(h["token"].values) == ["the", "of", "and", "<eos>"]
+    (tmp_path / "short.txt").write_text("a\nb\n")
+    with pytest.raises(InputError, match=r"short.txt: 2 token labels.*4 tokens"):
+        open_history(path, tokens=tmp_path / "short.txt")
+
+
+def test_nonfinite_raise_names_step_and_token(write_safetensors):
+    x = random_history((10, 5, 3))
+    x[7, 2, 1] = np.inf
+    path = write_safetensors("h.safetensors", {"h": x})
+    h = open_history(path, chunks=3)
+    with pytest.raises(InputError, match=r"inf at step index 7, token 2.*propagate"):
+        h.values
+    assert np.isinf(open_history(path, nonfinite="propagate").values[7, 2, 1])
+
+
+# --- bad files, built byte by byte -------------------------------------------------------
+
+
+def _raw(header: dict | bytes, data: bytes = b"", length: int | None = None) -> bytes:
+    body = header if isinstance(header, bytes) else json.dumps(header).encode()
+    return struct.pack("<Q", len(body) if length is None else length) + body + data
+
+
+GOOD = {"h": {"dtype": "F32", "shape": [2, 2, 2], "data_offsets": [0, 32]}}
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        (b"\x01\x02\x03", r"3 bytes, shorter than the 8-byte header length"),
+        (_raw(GOOD, bytes(32), length=10_000), r"header length 10000 runs past the end"),
+        (_raw(GOOD, bytes(32), length=200_000_000), r"exceeds the safetensors limit"),
+        (_raw(b"{not json}  "), r"header is not valid JSON"),
+        (_raw(b"\xff\xfe{}"), r"header is not UTF-8"),
+        (_raw(b"[1, 2]"), r"header is a JSON list, expected an object"),
+        (_raw(b'{"h": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, "h": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}', bytes(4)), r"lists key 'h' twice"),
+        (_raw({"h": {"dtype": "F8_E4M3", "shape": [2, 2, 2], "data_offsets": [0, 8]}}, bytes(8)), r"dtype 'F8_E4M3'.*supported: BF16, F16, F32, F64"),
+        (_raw({"h": {"dtype": "F32", "shape": [2, 2, 2], "data_offsets": [0, 30]}}, bytes(30)), r"needs 32 bytes, but data_offsets \[0, 30\] span 30"),
+        (_raw(GOOD, bytes(20)), r"need 32 data bytes but the file holds 20"),
+        (_raw(GOOD, bytes(40)), r"8 trailing bytes"),
+        (_raw({"h": {"dtype": "F32", "shape": [2, 2, 2], "data_offsets": [4, 36]}}, bytes(36)), r"leaves a gap of 4 bytes"),
+        (_raw({"__metadata__": {"a": 1}, **GOOD}, bytes(32)), r"__metadata__ must map strings to strings"),
+    ],
+)
+def test_bad_safetensors_files(tmp_path, content, match):
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(InputError, match=match) as info:
+        open_history(path)
+    assert str(path) in str(info.value)
+
+
+def test_missing_key_lists_available_tensors(write_safetensors):
+    path = write_safetensors("h.safetensors", {"embedding_history": random_history((3, 4, 2)), "steps": np.arange(3)})
+    with pytest.raises(InputError, match=r"no tensor 'emb'; available: embedding_history \[3, 4, 2\] F32, steps \[3\] I64"):
+        open_history(path, key="emb")
+
+
+def test_not_3d_and_unsupported_dtype(write_safetensors):
+    path = write_safetensors("h.safetensors", {"m": np.zeros((4, 3), np.float32), "i": np.zeros((2, 2, 2), np.int32)})
+    with pytest.raises(InputError, match=r"'m' has shape \[4, 3\]; expected 3-D \(step, token, dim\)"):
+        open_history(path, key="m")
+    with pytest.raises(InputError, match=r"'i' has dtype I32; supported: BF16, F16, F32, F64"):
+        open_history(path, key="i")
+
+
+def test_missing_file_and_bad_npy(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothere.safetensors: history file not found"):
+        open_history(tmp_path / "nothere.safetensors")
+    np.save(tmp_path / "two.npy", np.zeros((3, 4), np.float32))
+    with pytest.raises(InputError, match=r"two.npy: array has shape \[3, 4\]; expected 3-D"):
+        open_history(tmp_path / "two.npy")
+
+
+def test_file_truncated_after_opening_is_a_clean_error(write_safetensors):
+    x = random_history((8, 4, 3))
+    path = write_safetensors("h.safetensors", {"h": x})
+    h = open_history(path, chunks=2)
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size - 50)
+    with pytest.raises(InputError, match="truncated or replaced after it was opened"):
+        dask.compute(h.data, scheduler="sync")

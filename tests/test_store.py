@@ -1,0 +1,99 @@
+"""to_zarr / open_distances: zarr format 3, NaN fill, aligned chunks, lazy step slicing."""
+
+from __future__ import annotations
+
+import json
+
+import dask.array as da
+import numpy as np
+import pytest
+import xarray as xr
+
+from conftest import random_history
+from dask_pdist import StoreError, open_distances, open_history, pairwise_distances, to_zarr
+
+
+@pytest.fixture
+def distances(write_safetensors):
+    x = random_history((23, 11, 6), scale=0.1)
+    path = write_safetensors("h.safetensors", {"embedding_history": x, "steps": np.arange(0, 230, 10)}, "BF16")
+    return pairwise_distances(open_history(path, chunks=5))
+
+
+@pytest.mark.parametrize("compressor", ["lz4", "zstd", "none"])
+def test_round_trip_bit_identical(distances, tmp_path, compressor):
+    store = tmp_path / "d.zarr"
+    to_zarr(distances, store, compressor=compressor)
+    back = open_distances(store)
+    for name in ("euclidean", "chebyshev"):
+        np.testing.assert_array_equal(back[name].values, distances[name].values)
+        meta = json.loads((store / name / "zarr.json").read_text())
+        assert meta["zarr_format"] == 3 and meta["fill_value"] == "NaN"
+        assert meta["chunk_grid"]["configuration"]["chunk_shape"] == [5, 11, 11]
+        assert meta["dimension_names"] == ["step", "token_i", "token_j"]
+        assert any(c["name"] == "blosc" for c in meta["codecs"]) == (compressor != "none")
+    np.testing.assert_array_equal(back["step"].values, np.arange(0, 230, 10))
+    assert back.attrs["input_dtype"] == "BF16"
+
+
+def test_lazy_slice_by_step_reads_one_chunk(distances, tmp_path):
+    to_zarr(distances, tmp_path / "d.zarr")
+    back = open_distances(tmp_path / "d.zarr")
+    assert isinstance(back.euclidean.data, da.Array)
+    one = back.euclidean.sel(step=120)
+    assert one.data.npartitions == 1
+    np.testing.assert_array_equal(one.values, distances.euclidean.isel(step=12).values)
+
+
+def test_opens_with_plain_xarray(distances, tmp_path):
+    to_zarr(distances, tmp_path / "d.zarr")
+    plain = xr.open_zarr(tmp_path / "d.zarr")
+    assert plain.euclidean.dims == ("step", "token_i", "token_j")
+    np.testing.assert_array_equal(plain.chebyshev.values, distances.chebyshev.values)
+
+
+def test_unwritten_chunk_reads_nan_not_zero(distances, tmp_path):
+    store = tmp_path / "d.zarr"
+    to_zarr(distances, store)
+    (store / "euclidean" / "c" / "2" / "0" / "0").unlink()
+    e = open_distances(store).euclidean.values
+    assert np.isnan(e[10:15]).all() and not np.isnan(e[:10]).any()
+
+
+def test_irregular_dask_chunks_are_made_regular(distances, tmp_path):
+    uneven = distances.chunk({"step": (3, 7, 7, 6)})
+    to_zarr(uneven, tmp_path / "d.zarr")
+    back = open_distances(tmp_path / "d.zarr")
+    np.testing.assert_array_equal(back.euclidean.values, distances.euclidean.values)
+
+
+def test_refuses_to_overwrite_and_never_deletes_foreign_data(distances, tmp_path):
+    store = tmp_path / "d.zarr"
+    to_zarr(distances, store)
+    with pytest.raises(StoreError, match=r"d.zarr: already exists; pass overwrite=True \(--overwrite\)"):
+        to_zarr(distances, store)
+    to_zarr(distances, store, overwrite=True)
+    foreign = tmp_path / "precious"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("x")
+    with pytest.raises(StoreError, match="not a dask_pdist store; refusing to delete it"):
+        to_zarr(distances, foreign, overwrite=True)
+    assert (foreign / "thesis.tex").exists()
+
+
+def test_bad_output_locations(distances, tmp_path):
+    with pytest.raises(StoreError, match="parent directory .* does not exist"):
+        to_zarr(distances, tmp_path / "no" / "d.zarr")
+    with pytest.raises(ValueError, match=r"choose one of \['none', 'lz4', 'zstd'\]"):
+        to_zarr(distances, tmp_path / "d.zarr", compressor="gzip")
+    with pytest.raises(FileNotFoundError, match="store not found"):
+        open_distances(tmp_path / "missing.zarr")
+    with pytest.raises(StoreError, match="not a dask_pdist store"):
+        open_distances(tmp_path)
+
+
+def test_compute_false_writes_metadata_only(distances, tmp_path):
+    delayed = to_zarr(distances, tmp_path / "d.zarr", compute=False)
+    assert np.isnan(open_distances(tmp_path / "d.zarr").euclidean.values).all()
+    delayed.compute()
+    np.testing.assert_array_equal(open_distances(tmp_path / "d.zarr").euclidean.values, distances.euclidean.values)
