@@ -28,7 +28,9 @@ def step_summary(ds: xr.Dataset, index: int) -> dict[str, tuple[float, float, fl
     (0.0, 1.39, 0.654)
     """
     out = {}
-    for name, var in ds.data_vars.items():
+    order = ("euclidean", "chebyshev")  # the notebook's order; any other variable after
+    for name in sorted(ds.data_vars, key=lambda n: (order.index(n) if n in order else len(order), n)):
+        var = ds[name]
         m = np.asarray(var.isel(step=index).values, dtype=np.float64)
         off = m[~np.eye(m.shape[0], dtype=bool)] if m.shape[0] > 1 else np.zeros(0)
         out[name] = (float(off.min()), float(off.max()), float(off.mean())) if off.size else (0.0, 0.0, 0.0)
