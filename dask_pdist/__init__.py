@@ -12,6 +12,7 @@ from .dataset import pairwise_distances
 from .errors import InputError, StoreError
 from .graph import METRICS, OUTPUT_DTYPES
 from .history import open_history
+from .report import summarize
 from .store import open_distances, to_zarr
 
 __all__ = [
@@ -24,4 +25,5 @@ __all__ = [
     "pairwise_distances",
     "to_zarr",
     "open_distances",
+    "summarize",
 ]

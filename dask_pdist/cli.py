@@ -73,6 +73,18 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--output-dir", default="dask_pdist_demo", help="folder for the demo files (default: ./dask_pdist_demo)")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
     d.set_defaults(func=_cmd_demo)
+
+    m = sub.add_parser("summary", help="per-step statistics of a store; optional plot")
+    m.add_argument("store", help="zarr store written by compute")
+    m.add_argument("--plot", metavar="FILE.png", help="draw min/mean/max over steps and a heatmap (needs matplotlib)")
+    m.add_argument("--step", type=int, default=None, help="step label for the heatmap (default: the last step)")
+    m.add_argument("--threshold", type=float, default=None, help="Chebyshev threshold for quantization neighbours (default: one bf16 spacing at the embedding's RMS magnitude)")
+    m.add_argument("--rows", type=_positive, default=10, help="rows in the printed series (default: 10)")
+    m.set_defaults(func=_cmd_summary)
+
+    i = sub.add_parser("info", help="describe a store or an input file")
+    i.add_argument("path", help="zarr store, .safetensors, .npy or zarr input")
+    i.set_defaults(func=_cmd_info)
     return p
 
 
@@ -164,6 +176,43 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     _compute(args, str(history), str(store), overwrite=True)
 
 
+def _cmd_summary(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    import dask_pdist as dp
+    from dask_pdist.report import format_summary, summarize
+
+    ds = dp.open_distances(args.store)
+    if args.step is not None and args.step not in ds["step"].values:
+        steps = ds["step"].values
+        raise ValueError(f"{args.store}: no step {args.step}; steps run {steps[0]}..{steps[-1]} ({len(steps)} steps)")
+    if args.plot:
+        from dask_pdist.plotting import require_matplotlib
+
+        require_matplotlib()  # fail before the long pass over the store
+    summary = summarize(ds, threshold=args.threshold).compute()
+    print(format_summary(ds))
+    rows = np.unique(np.linspace(0, ds.sizes["step"] - 1, min(args.rows, ds.sizes["step"])).round().astype(int))
+    cols = [c for c in ("euclidean_mean", "euclidean_max", "chebyshev_mean", "chebyshev_max", "quantization_neighbours") if c in summary]
+    print("\nOver training:")
+    print(f"{'step':>8} " + " ".join(f"{c:>24}" for c in cols))
+    for r in rows:
+        values = [summary[c].values[r] for c in cols]
+        print(f"{summary['step'].values[r]:>8} " + " ".join(f"{v:>24.6f}" if isinstance(v, np.floating) else f"{v:>24}" for v in values))
+    if args.plot:
+        from dask_pdist.plotting import plot_summary
+
+        step = args.step if args.step is not None else int(ds["step"].values[-1])
+        plot_summary(summary, ds, step, args.plot)
+        print(f"\nWrote {args.plot}")
+
+
+def _cmd_info(args: argparse.Namespace) -> None:
+    from dask_pdist.report import describe
+
+    print(describe(args.path))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (2 for bad input, with one line on stderr)."""
     args = _parser().parse_args(argv)
@@ -172,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dask-pdist: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, OSError, OverflowError, TypeError) as exc:
+    except (ValueError, OSError, OverflowError, TypeError, ImportError) as exc:
         if args.debug:
             raise
         print(f"dask-pdist: error: {exc}", file=sys.stderr)

@@ -68,6 +68,13 @@ def pairwise_distances(
         "step": history["step"].values if "step" in history.coords else range(history.sizes["step"]),
         "token_i": ("token_i", token),
         "token_j": ("token_j", token),
+        # typical magnitude per step, for the quantization-neighbour threshold of summarize();
+        # computed from the same history chunks as the distances (no second read)
+        "embedding_rms": (
+            "step",
+            da.sqrt((data.astype("float64") ** 2).mean(axis=(1, 2))),
+            {"long_name": "root-mean-square embedding coordinate per step"},
+        ),
     }
     common = {
         "source": str(history.attrs.get("source", "")),

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import xarray as xr
 
-__all__ = ["step_summary", "format_summary"]
+__all__ = ["step_summary", "format_summary", "summarize", "bf16_spacing", "STATS", "describe"]
 
 
 def step_summary(ds: xr.Dataset, index: int) -> dict[str, tuple[float, float, float]]:
@@ -50,4 +53,137 @@ def format_summary(ds: xr.Dataset) -> str:
         lines.append(f"{label} distances (step {steps[index]}):")
         for name, (lo, hi, mean) in step_summary(ds, index).items():
             lines.append(f"  {name.capitalize()}: min={lo:.6f}, max={hi:.6f}, mean={mean:.6f}")
+    return "\n".join(lines)
+
+
+#: Statistics :func:`summarize` gives per step and metric.
+STATS: tuple[str, ...] = ("min", "mean", "max")
+
+
+def bf16_spacing(magnitude: xr.DataArray | np.ndarray | float) -> xr.DataArray | np.ndarray:
+    """Distance between adjacent bfloat16 values at ``magnitude`` (8 significant bits).
+
+    Examples
+    --------
+    >>> float(bf16_spacing(1.0)), float(bf16_spacing(0.05))
+    (0.0078125, 0.000244140625)
+    """
+    exponent = np.floor(np.log2(np.maximum(np.abs(magnitude), np.finfo(np.float32).tiny)))
+    return 2.0 ** (exponent - 7)
+
+
+def summarize(ds: xr.Dataset, threshold: float | None = None) -> xr.Dataset:
+    """Per-step statistics of the off-diagonal distances, lazily, in one pass over the store.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        From :func:`pairwise_distances` or :func:`open_distances`.
+    threshold : float, optional
+        Chebyshev distance below which two tokens count as **quantization neighbours**
+        (indistinguishable at bf16 precision in every dim). Default: one bf16 spacing at the
+        embedding's typical magnitude at each step (``bf16_spacing(embedding_rms)``).
+
+    Returns
+    -------
+    xarray.Dataset
+        Dims ``("step",)``: ``{metric}_{min,mean,max}`` (float64) for each metric, and
+        ``quantization_neighbours`` (pairs i < j with Chebyshev below the threshold) plus
+        the ``threshold`` used, when Chebyshev is present. Lazy: compute or ``.load()`` it.
+
+    Examples
+    --------
+    >>> s = summarize(open_distances("d.zarr")).compute()  # doctest: +SKIP
+    >>> s.euclidean_mean.isel(step=-1).item()  # doctest: +SKIP
+    """
+    n = ds.sizes["token_i"]
+    off = xr.DataArray(~np.eye(n, dtype=bool), dims=("token_i", "token_j"))
+    upper = xr.DataArray(np.triu(np.ones((n, n), dtype=bool), 1), dims=("token_i", "token_j"))
+    pair_dims = ("token_i", "token_j")
+    out = {}
+    for name in [m for m in ("euclidean", "chebyshev") if m in ds.data_vars]:
+        var = ds[name].astype(np.float64).where(off)
+        for stat in STATS:
+            red = getattr(var, stat)(pair_dims, skipna=True)
+            out[f"{name}_{stat}"] = red.assign_attrs(long_name=f"{stat} off-diagonal {name} distance")
+    if "chebyshev" in ds.data_vars:
+        if threshold is None:
+            if "embedding_rms" not in ds.coords:
+                raise ValueError(
+                    "this store has no embedding_rms coordinate for the default threshold; pass threshold="
+                )
+            thr = bf16_spacing(ds["embedding_rms"])
+        else:
+            if not threshold > 0:
+                raise ValueError(f"threshold={threshold!r}: must be a positive distance")
+            thr = xr.full_like(ds["step"], threshold, dtype=np.float64)
+        out["threshold"] = thr.reset_coords(drop=True).assign_attrs(long_name="quantization-neighbour threshold")
+        near = (ds["chebyshev"] < thr).where(upper, False)
+        out["quantization_neighbours"] = near.sum(pair_dims).assign_attrs(
+            long_name="token pairs i<j with Chebyshev distance below threshold"
+        )
+    result = xr.Dataset(out)
+    return result.drop_vars([c for c in result.coords if c != "step"])
+
+
+def _disk_size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def describe(path: str | os.PathLike[str]) -> str:
+    """A short text description of a distance store or of a history input.
+
+    Stores: shape, dtype, chunking, step range, completeness (chunks on disk), size on
+    disk. Inputs: every tensor/array with shape and dtype.
+
+    Examples
+    --------
+    >>> print(describe("pairwise_distances.zarr"))  # doctest: +SKIP
+    """
+    import zarr
+
+    from .safetensors_io import read_header
+    from .store import is_store
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: not found")
+    lines = [f"{path}"]
+    if path.is_dir() and is_store(path):
+        group = zarr.open_group(str(path), mode="r")
+        steps = np.asarray(group["step"][:])
+        lines.append(f"  dask_pdist store, version {group.attrs.get('dask_pdist_version', '?')}")
+        lines.append(f"  source: {group.attrs.get('source', '?')} [{group.attrs.get('source_key', '?')}], {group.attrs.get('input_dtype', '?')}")
+        lines.append(f"  steps: {len(steps)} ({steps[0]}..{steps[-1]})" if len(steps) else "  steps: 0")
+        for name in ("euclidean", "chebyshev"):
+            if name not in group:
+                continue
+            arr = group[name]
+            done, total = arr.nchunks_initialized, arr.nchunks
+            state = "complete" if done == total else f"INCOMPLETE: {total - done} chunks missing"
+            lines.append(
+                f"  {name}: shape {list(arr.shape)} {arr.dtype}, chunks {list(arr.chunks)},"
+                f" {done}/{total} chunks written ({state})"
+            )
+        lines.append(f"  size on disk: {_disk_size(path) / 1e6:.1f} MB")
+        return "\n".join(lines)
+    if path.is_dir():
+        node = zarr.open(str(path), mode="r")
+        arrays = dict(node.arrays()) if isinstance(node, zarr.Group) else {path.name: node}
+        lines.append("  zarr input")
+        for name, arr in sorted(arrays.items()):
+            lines.append(f"  {name}: shape {list(arr.shape)} {arr.dtype}")
+    elif path.suffix == ".npy":
+        arr = np.load(path, mmap_mode="r")
+        lines.append(f"  .npy: shape {list(arr.shape)} {arr.dtype}")
+    else:
+        tensors, metadata = read_header(path)
+        lines.append(f"  safetensors, {len(tensors)} tensors")
+        for name, info in sorted(tensors.items()):
+            lines.append(f"  {name}: shape {list(info.shape)} {info.dtype}")
+        for key, value in sorted(metadata.items()):
+            lines.append(f"  metadata {key}: {value[:80]}")
+    lines.append(f"  size on disk: {_disk_size(path) / 1e6:.1f} MB")
     return "\n".join(lines)
