@@ -14,6 +14,7 @@ from .graph import METRICS, OUTPUT_DTYPES
 from .history import open_history
 from .report import summarize
 from .store import open_distances, to_zarr
+from .synthetic import write_synthetic_history
 
 __all__ = [
     "__version__",
@@ -26,4 +27,5 @@ __all__ = [
     "to_zarr",
     "open_distances",
     "summarize",
+    "write_synthetic_history",
 ]

@@ -1,0 +1,30 @@
+"""The notebooks run, top to bottom, on a small synthetic history, so they cannot rot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
+
+
+def test_there_are_notebooks():
+    assert [p.name for p in NOTEBOOKS] == ["pairwise_distances.ipynb"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_is_stored_without_outputs_and_executes(path, tmp_path, monkeypatch):
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, "store notebooks without outputs"
+    monkeypatch.setenv("DASK_PDIST_NOTEBOOK_DIR", str(tmp_path / "work"))
+    monkeypatch.setenv("DASK_PDIST_NOTEBOOK_STEPS", "120")
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    assert (tmp_path / "work" / "pairwise_distances.zarr" / "zarr.json").exists()
+    assert (tmp_path / "work" / "distances_over_training.png").stat().st_size > 1000
+    outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "Final distances (step 119)" in outputs
