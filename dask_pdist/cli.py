@@ -18,6 +18,14 @@ EXIT_BAD_INPUT = 2
 _METRICS = ("euclidean", "chebyshev")  # mirrors kernels.METRICS without importing numba
 
 
+class _Exit(Exception):
+    """Stop with this exit code; the message is already printed."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
 def _metrics_arg(text: str) -> tuple[str, ...]:
     metrics = tuple(m.strip() for m in text.split(",") if m.strip())
     bad = [m for m in metrics if m not in _METRICS]
@@ -58,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--nonfinite", choices=("raise", "propagate"), default="raise", help="NaN/Inf in the history: stop with an error (default) or give NaN distances")
     c.add_argument("--scheduler", default=os.environ.get("DASK_SCHEDULER_ADDRESS"), help="dask.distributed scheduler address (default: $DASK_SCHEDULER_ADDRESS, else local threads)")
     c.add_argument("--overwrite", action="store_true", help="replace an existing dask_pdist store at --output")
+    c.add_argument("--resume", action="store_true", help="finish an interrupted job: compute only the blocks missing from --output")
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
     c.set_defaults(func=_cmd_compute)
 
@@ -81,6 +90,10 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--threshold", type=float, default=None, help="Chebyshev threshold for quantization neighbours (default: one bf16 spacing at the embedding's RMS magnitude)")
     m.add_argument("--rows", type=_positive, default=10, help="rows in the printed series (default: 10)")
     m.set_defaults(func=_cmd_summary)
+
+    v = sub.add_parser("verify", help="read every chunk of a store; report missing or corrupt ones")
+    v.add_argument("store", help="zarr store written by compute")
+    v.set_defaults(func=_cmd_verify)
 
     i = sub.add_parser("info", help="describe a store or an input file")
     i.add_argument("path", help="zarr store, .safetensors, .npy or zarr input")
@@ -110,7 +123,14 @@ def _run(delayed, scheduler: str | None, progress: bool) -> None:
         dask.compute(delayed)
 
 
-def _compute(args: argparse.Namespace, input_path: str, output: str, overwrite: bool) -> None:
+def _resume_command(argv: Sequence[str]) -> str:
+    import shlex
+
+    kept = [a for a in argv if a not in ("--overwrite", "--resume")]
+    return "dask-pdist " + " ".join(shlex.quote(a) for a in kept) + " --resume"
+
+
+def _compute(args: argparse.Namespace, input_path: str, output: str, overwrite: bool, resume: bool = False) -> None:
     import dask_pdist as dp
     from dask_pdist.report import format_summary
     from dask_pdist.store import DEFAULT_COMPRESSOR
@@ -134,6 +154,7 @@ def _compute(args: argparse.Namespace, input_path: str, output: str, overwrite: 
         output,
         compressor=getattr(args, "compressor", None) or DEFAULT_COMPRESSOR,
         overwrite=overwrite,
+        resume=resume,
         compute=False,
     )
     print(
@@ -141,14 +162,32 @@ def _compute(args: argparse.Namespace, input_path: str, output: str, overwrite: 
         f" x {history.sizes['dim']:,} dims ({history.attrs['input_dtype']}) -> {output}",
         file=sys.stderr,
     )
-    _run(delayed, getattr(args, "scheduler", None), not args.no_progress)
+    try:
+        _run(delayed, getattr(args, "scheduler", None), not args.no_progress)
+    except KeyboardInterrupt:
+        from dask_pdist.store import store_progress
+
+        done, _ = store_progress(output)
+        print(
+            f"\ndask-pdist: interrupted; {int(done.sum())} of {done.size} blocks are written and kept."
+            f" Resume with:\n  {_resume_command(args.argv)}",
+            file=sys.stderr,
+        )
+        raise _Exit(130) from None
+    except OSError as exc:  # disk full, file too large, lost mount: the written blocks stay valid
+        print(
+            f"dask-pdist: error: writing {output} failed: {exc}. The blocks written so far are kept;"
+            f" fix the cause, then resume with: {_resume_command(args.argv)}",
+            file=sys.stderr,
+        )
+        raise _Exit(1) from None
     elapsed = time.perf_counter() - t0
     print(f"\nWrote {output} in {elapsed:.1f} s\n")
     print(format_summary(dp.open_distances(output)))
 
 
 def _cmd_compute(args: argparse.Namespace) -> None:
-    _compute(args, args.input, args.output, args.overwrite)
+    _compute(args, args.input, args.output, args.overwrite, args.resume)
 
 
 def _cmd_synth(args: argparse.Namespace) -> None:
@@ -207,6 +246,18 @@ def _cmd_summary(args: argparse.Namespace) -> None:
         print(f"\nWrote {args.plot}")
 
 
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from dask_pdist.store import verify_store
+
+    problems = verify_store(args.store)
+    for problem in problems:
+        print(f"{args.store}: {problem}")
+    if problems:
+        return 1
+    print(f"{args.store}: every chunk present and its checksum correct")
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> None:
     from dask_pdist.report import describe
 
@@ -215,9 +266,13 @@ def _cmd_info(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (2 for bad input, with one line on stderr)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
+    args.argv = argv
     try:
-        args.func(args)
+        return args.func(args) or 0
+    except _Exit as stop:
+        return stop.code
     except KeyboardInterrupt:
         print("dask-pdist: interrupted", file=sys.stderr)
         return 130

@@ -79,6 +79,7 @@ def pairwise_distances(
     common = {
         "source": str(history.attrs.get("source", "")),
         "source_key": str(history.attrs.get("key", history.name or "")),
+        "source_fingerprint": str(history.attrs.get("source_fingerprint", "")),
         "input_dtype": str(history.attrs.get("input_dtype", history.dtype)),
         "compute_dtype": str(data.dtype),
         "dask_pdist_version": __version__,

@@ -7,6 +7,7 @@ for dask.distributed and a file truncated under a running job gives a clean erro
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from collections.abc import Sequence
@@ -234,6 +235,15 @@ def _chunk_spec(chunks: Chunks, shape: tuple[int, ...]) -> tuple | dict | int:
     return chunks
 
 
+def _fingerprint(path: Path, header_bytes: int | None) -> str:
+    # size and header hash: what --resume compares to know the input is the same
+    # (cheap: the header only, never the data)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(size if header_bytes is None else header_bytes)
+    return f"{size}:{hashlib.sha256(head).hexdigest()[:32]}"
+
+
 def _read_tokens(tokens: str | os.PathLike[str] | Sequence[str], n_tokens: int, source: str) -> np.ndarray:
     if isinstance(tokens, (str, os.PathLike)):
         tpath = Path(tokens)
@@ -308,6 +318,7 @@ def open_history(
         raise FileNotFoundError(f"{path}: history file not found")
     if path.is_dir():
         x, key, kind, steps = _open_zarr(path, key, chunks, nonfinite)
+        fingerprint = _fingerprint(path / key / "zarr.json" if (path / key).is_dir() else path / "zarr.json", None)
     else:
         with open(path, "rb") as f:
             magic = f.read(6)
@@ -326,10 +337,11 @@ def open_history(
             asarray=False,
             fancy=False,
         )
+        fingerprint = _fingerprint(path, src.start)
     n_steps, n_tokens, _ = x.shape
     coords = {
         "step": ("step", steps if steps is not None else np.arange(n_steps, dtype=np.int64)),
         "token": ("token", _read_tokens(tokens, n_tokens, str(path)) if tokens is not None else np.arange(n_tokens, dtype=np.int64)),
     }
-    attrs = {"source": str(path), "key": key, "input_dtype": kind}
+    attrs = {"source": str(path), "key": key, "input_dtype": kind, "source_fingerprint": fingerprint}
     return xr.DataArray(x, dims=HISTORY_DIMS, coords=coords, name=key, attrs=attrs)

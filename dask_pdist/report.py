@@ -145,7 +145,7 @@ def describe(path: str | os.PathLike[str]) -> str:
     import zarr
 
     from .safetensors_io import read_header
-    from .store import is_store
+    from .store import is_store, store_progress
 
     path = Path(path)
     if not path.exists():
@@ -158,15 +158,12 @@ def describe(path: str | os.PathLike[str]) -> str:
         lines.append(f"  source: {group.attrs.get('source', '?')} [{group.attrs.get('source_key', '?')}], {group.attrs.get('input_dtype', '?')}")
         lines.append(f"  steps: {len(steps)} ({steps[0]}..{steps[-1]})" if len(steps) else "  steps: 0")
         for name in ("euclidean", "chebyshev"):
-            if name not in group:
-                continue
-            arr = group[name]
-            done, total = arr.nchunks_initialized, arr.nchunks
-            state = "complete" if done == total else f"INCOMPLETE: {total - done} chunks missing"
-            lines.append(
-                f"  {name}: shape {list(arr.shape)} {arr.dtype}, chunks {list(arr.chunks)},"
-                f" {done}/{total} chunks written ({state})"
-            )
+            if name in group:
+                arr = group[name]
+                lines.append(f"  {name}: shape {list(arr.shape)} {arr.dtype}, chunks {list(arr.chunks)}")
+        done, complete = store_progress(path)
+        state = "complete" if complete else f"INCOMPLETE: {int((done == 0).sum())} blocks missing, resume with --resume"
+        lines.append(f"  blocks written: {int(done.sum())}/{done.size} ({state})")
         lines.append(f"  size on disk: {_disk_size(path) / 1e6:.1f} MB")
         return "\n".join(lines)
     if path.is_dir():

@@ -76,7 +76,7 @@ def test_refuses_to_overwrite_and_never_deletes_foreign_data(distances, tmp_path
     foreign = tmp_path / "precious"
     foreign.mkdir()
     (foreign / "thesis.tex").write_text("x")
-    with pytest.raises(StoreError, match="not a dask_pdist store; refusing to delete it"):
+    with pytest.raises(StoreError, match="not a dask_pdist store; refusing to write into or delete it"):
         to_zarr(distances, foreign, overwrite=True)
     assert (foreign / "thesis.tex").exists()
 
@@ -94,6 +94,8 @@ def test_bad_output_locations(distances, tmp_path):
 
 def test_compute_false_writes_metadata_only(distances, tmp_path):
     delayed = to_zarr(distances, tmp_path / "d.zarr", compute=False)
-    assert np.isnan(open_distances(tmp_path / "d.zarr").euclidean.values).all()
-    delayed.compute()
+    with pytest.raises(StoreError, match=r"incomplete, 5 of 5 blocks missing.*--resume"):
+        open_distances(tmp_path / "d.zarr")
+    assert np.isnan(open_distances(tmp_path / "d.zarr", allow_incomplete=True).euclidean.values).all()
+    assert delayed.compute() == 5
     np.testing.assert_array_equal(open_distances(tmp_path / "d.zarr").euclidean.values, distances.euclidean.values)
