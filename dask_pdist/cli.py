@@ -169,6 +169,7 @@ def _export(args: argparse.Namespace, store: str, output: str, dtype: str | None
 
     t0 = time.perf_counter()
     ds = dp.open_distances(store)
+    _check_export_target(output, overwrite)
     print(f"{store} -> {output}", file=sys.stderr)
     scheduler = getattr(args, "scheduler", None)
     # to_safetensors computes itself (compute=True) so that it removes its temporary file

@@ -68,8 +68,9 @@ class _TensorTarget:
     """A ``dask.array.store`` target: ``target[region] = block`` writes the block's bytes at
     their offsets in the file. Holds only a path and numbers, so it pickles into the graph."""
 
-    def __init__(self, path: str, key: str, start: int, shape: tuple[int, ...], dtype: str) -> None:
+    def __init__(self, path: str, key: str, start: int, shape: tuple[int, ...], dtype: str, final: str) -> None:
         self.path = path
+        self.final = final  # the name errors report; ``path`` is the temporary file
         self.key = key
         self.start = start
         self.shape = shape
@@ -80,7 +81,7 @@ class _TensorTarget:
         region = tuple(s.indices(n)[:2] for s, n in zip(index, self.shape))
         block = np.asarray(block)
         if block.dtype != self.dtype:
-            _check_range(block, self.dtype, self.path, self.key, region[0][0])
+            _check_range(block, self.dtype, self.final, self.key, region[0][0])
             block = block.astype(self.dtype)
         block = np.ascontiguousarray(block, dtype=self.dtype.newbyteorder("<"))
         runs = _segments(region, self.shape)
@@ -223,7 +224,7 @@ def to_safetensors(
             if not isinstance(data, da.Array):
                 data = da.from_array(data, chunks=(max(1, 2**23 // max(1, shape[1] * shape[2])), -1, -1))
             sources.append(data)
-        targets = [_TensorTarget(str(tmp), tensor_key(m), offsets[tensor_key(m)], shape, name) for m in metrics]
+        targets = [_TensorTarget(str(tmp), tensor_key(m), offsets[tensor_key(m)], shape, name, str(path)) for m in metrics]
         # one store call: the metrics share one graph, so the kernel runs once per block
         stored = da.store(sources, targets, lock=False, compute=False)
         finish = dask.delayed(_finish)(stored, str(tmp), str(path), overwrite)
