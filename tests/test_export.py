@@ -226,7 +226,9 @@ def test_cli_export_and_compute_safetensors(tmp_path, capsys):
 _CHILD = textwrap.dedent(
     """
     import json, resource, sys
+    import dask
     import dask_pdist as dp
+    dask.config.set(num_workers=4)  # memory is a few chunks per thread: fix the thread count
     ds = dp.open_distances(sys.argv[1])
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     dp.to_safetensors(ds, sys.argv[2])
