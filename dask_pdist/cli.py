@@ -46,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     c = sub.add_parser("compute", help="compute distances of a history into a zarr store")
-    c.add_argument("input", help="history: .safetensors, .npy or zarr store")
+    c.add_argument("input", nargs="+", help="history: .safetensors, .npy or zarr store; or per-checkpoint safetensors files, as a quoted glob ('ckpt/step_*.safetensors') or a list")
     c.add_argument("--key", help="tensor/array holding the history (default: the only 3-D one)")
     c.add_argument("--output", "-o", required=True, help="zarr store to create, e.g. distances.zarr")
     c.add_argument("--metrics", type=_metrics_arg, default=_METRICS, help="comma-separated (default: euclidean,chebyshev)")
@@ -108,7 +108,7 @@ def _run(delayed, scheduler: str | None, progress: bool) -> None:
         dask.compute(delayed)
 
 
-def _compute(args: argparse.Namespace, input_path: str, output: str, overwrite: bool) -> None:
+def _compute(args: argparse.Namespace, input_path: str | list[str], output: str, overwrite: bool) -> None:
     import dask_pdist as dp
     from dask_pdist.report import format_summary
     from dask_pdist.store import DEFAULT_COMPRESSOR
@@ -135,7 +135,7 @@ def _compute(args: argparse.Namespace, input_path: str, output: str, overwrite: 
         compute=False,
     )
     print(
-        f"{input_path} [{history.name}]: {history.sizes['step']:,} steps x {history.sizes['token']:,} tokens"
+        f"{history.attrs['source']} [{history.name}]: {history.sizes['step']:,} steps x {history.sizes['token']:,} tokens"
         f" x {history.sizes['dim']:,} dims ({history.attrs['input_dtype']}) -> {output}",
         file=sys.stderr,
     )
@@ -148,7 +148,8 @@ def _compute(args: argparse.Namespace, input_path: str, output: str, overwrite: 
 def _cmd_compute(args: argparse.Namespace) -> None:
     if args.safetensors:
         _check_export_target(args.safetensors, args.overwrite)
-    _compute(args, args.input, args.output, args.overwrite)
+    # several paths: per-checkpoint files the shell expanded from an unquoted glob
+    _compute(args, args.input[0] if len(args.input) == 1 else args.input, args.output, args.overwrite)
     if args.safetensors:
         _export(args, args.output, args.safetensors, None, args.overwrite)
 
