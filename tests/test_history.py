@@ -123,6 +123,18 @@ GOOD = {"h": {"dtype": "F32", "shape": [2, 2, 2], "data_offsets": [0, 32]}}
         (_raw(GOOD, bytes(40)), r"8 trailing bytes"),
         (_raw({"h": {"dtype": "F32", "shape": [2, 2, 2], "data_offsets": [4, 36]}}, bytes(36)), r"leaves a gap of 4 bytes"),
         (_raw({"__metadata__": {"a": 1}, **GOOD}, bytes(32)), r"__metadata__ must map strings to strings"),
+        (_raw({**GOOD, "g": {"dtype": "F32", "shape": [4], "data_offsets": [16, 32]}}, bytes(32)), r"tensor '(g|h)' at data offset 16 overlaps the previous tensor"),
+        (_raw({**GOOD, "g": {"dtype": "F32", "shape": [8], "data_offsets": [0, 32]}}, bytes(32)), r"at data offset 0 overlaps the previous tensor"),
+        (_raw({"h": {"dtype": "F32", "shape": [2, 2, 2], "data_offsets": [1000, 1032]}}, bytes(32)), r"'h' at data offset 1000 leaves a gap of 1000 bytes"),
+        (_raw({**GOOD, "g": {"dtype": "F32", "shape": [2], "data_offsets": [32, 40]}}, bytes(32)), r"tensors need 40 data bytes but the file holds 32; the file is truncated"),
+        (_raw({"h": {"dtype": "F32", "shape": [2, 2, 2], "data_offsets": [32, 0]}}, bytes(32)), r"'h' has invalid data_offsets \[32, 0\]"),
+        (_raw({"h": {"dtype": "F32", "shape": [2, -2, 2], "data_offsets": [0, 32]}}, bytes(32)), r"'h' has invalid shape \[2, -2, 2\]"),
+        (_raw({"h": {"dtype": "F32", "shape": [2, 2, 2]}}, bytes(32)), r"'h' entry must have exactly dtype, shape and data_offsets"),
+        (_raw({"h": {"dtype": "I32", "shape": [2, 2, 2], "data_offsets": [0, 32]}}, bytes(32)), r"'h' has dtype I32; supported: BF16, F16, F32, F64"),
+        (_raw({"h": {"dtype": "BOOL", "shape": [2, 2, 2], "data_offsets": [0, 8]}}, bytes(8)), r"'h' has dtype BOOL; supported: BF16, F16, F32, F64"),
+        (_raw({"h": {"dtype": "F8_E5M2", "shape": [2, 2, 2], "data_offsets": [0, 8]}}, bytes(8)), r"dtype 'F8_E5M2'.*supported: BF16, F16, F32, F64"),
+        (_raw(b'{"__metadata__": {"a": "1", "a": "2"}}'), r"lists key 'a' twice"),
+        (_raw(b'{"h": {"dtype": "F32", "shape": [2, 2, 2], "data_offsets": [0, 32], "dtype": "F16"}}', bytes(32)), r"lists key 'dtype' twice"),
     ],
 )
 def test_bad_safetensors_files(tmp_path, content, match):
