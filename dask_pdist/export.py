@@ -78,7 +78,7 @@ class _TensorTarget:
         self.ndim = len(shape)
 
     def __setitem__(self, index: tuple[slice, ...], block: np.ndarray) -> None:
-        region = tuple(s.indices(n)[:2] for s, n in zip(index, self.shape))
+        region = tuple(s.indices(n)[:2] for s, n in zip(index, self.shape, strict=True))
         block = np.asarray(block)
         if block.dtype != self.dtype:
             _check_range(block, self.dtype, self.final, self.key, region[0][0])
@@ -224,7 +224,9 @@ def to_safetensors(
             if not isinstance(data, da.Array):
                 data = da.from_array(data, chunks=(max(1, 2**23 // max(1, shape[1] * shape[2])), -1, -1))
             sources.append(data)
-        targets = [_TensorTarget(str(tmp), tensor_key(m), offsets[tensor_key(m)], shape, name, str(path)) for m in metrics]
+        targets = [
+            _TensorTarget(str(tmp), tensor_key(m), offsets[tensor_key(m)], shape, name, str(path)) for m in metrics
+        ]
         # one store call: the metrics share one graph, so the kernel runs once per block
         stored = da.store(sources, targets, lock=False, compute=False)
         finish = dask.delayed(_finish)(stored, str(tmp), str(path), overwrite)

@@ -12,14 +12,22 @@ import ml_dtypes  # noqa: F401  (safetensors' numpy loader needs it registered f
 import numpy as np
 import pytest
 import torch
+from conftest import random_history
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.torch import load_file
 
 import dask_pdist.graph
-from conftest import random_history
-from dask_pdist import StoreError, __version__, open_distances, open_history, pairwise_distances, to_safetensors, to_zarr
+from dask_pdist import (
+    StoreError,
+    __version__,
+    open_distances,
+    open_history,
+    pairwise_distances,
+    to_safetensors,
+    to_zarr,
+)
 from dask_pdist.cli import main
 from dask_pdist.export import _segments
 
@@ -146,7 +154,8 @@ def test_float16_overflow_names_the_largest_value_and_leaves_no_file(write_safet
     top, step = float(e.max()), int(np.unravel_index(e.argmax(), e.shape)[0])
     assert top > 65504
     out = tmp_path / "d16.safetensors"
-    with pytest.raises(OverflowError, match=rf"{out}: euclidean_distances: distance {top:.6g} at step index {step} exceeds float16's largest finite value 65504.*dtype='float32'"):
+    match = rf"{out}: euclidean_distances: distance {top:.6g} at step index {step} exceeds float16's largest finite"
+    with pytest.raises(OverflowError, match=match + r" value 65504.*dtype='float32'"):
         to_safetensors(ds, out, dtype="float16")
     assert not out.exists()
     assert not list(tmp_path.glob("*.partial")), "the temporary file must be removed"
@@ -203,7 +212,8 @@ def test_cli_export_and_compute_safetensors(tmp_path, capsys):
     src = tmp_path / "h.safetensors"
     main(["synth", str(src), "--steps", "41", "--vocab", "21", "--dim", "8"])
     zarr_out, st_out = tmp_path / "d.zarr", tmp_path / "d.safetensors"
-    code = main(["compute", str(src), "-o", str(zarr_out), "--chunk-steps", "6", "--no-progress", "--safetensors", str(st_out)])
+    args = ["compute", str(src), "-o", str(zarr_out), "--chunk-steps", "6", "--no-progress"]
+    code = main([*args, "--safetensors", str(st_out)])
     assert code == 0
     ds = open_distances(zarr_out)
     tensors = load_file(str(st_out))
@@ -219,7 +229,8 @@ def test_cli_export_and_compute_safetensors(tmp_path, capsys):
     assert main(["export", str(tmp_path / "nope.zarr"), str(tmp_path / "x.safetensors"), "--no-progress"]) == 2
     assert "nope.zarr: store not found" in capsys.readouterr().err
     # refused before computing anything: no store is created
-    assert main(["compute", str(src), "-o", str(tmp_path / "e.zarr"), "--no-progress", "--safetensors", str(st_out)]) == 2
+    args = ["compute", str(src), "-o", str(tmp_path / "e.zarr"), "--no-progress", "--safetensors", str(st_out)]
+    assert main(args) == 2
     assert not (tmp_path / "e.zarr").exists()
 
 
@@ -244,7 +255,8 @@ def test_export_memory_is_bounded_by_chunks_not_the_result(tmp_path):
     store = tmp_path / "d.zarr"
     assert main(["compute", str(src), "-o", str(store), "--chunk-steps", "16", "--no-progress"]) == 0
     out = tmp_path / "d.safetensors"
-    proc = subprocess.run([sys.executable, "-c", _CHILD, str(store), str(out)], capture_output=True, text=True, timeout=120)
+    cmd = [sys.executable, "-c", _CHILD, str(store), str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     increase = json.loads(proc.stdout.splitlines()[-1])["increase_bytes"]
     result = out.stat().st_size
