@@ -2,7 +2,7 @@
 
 Open a history (:func:`open_history`), build both metrics in one pass
 (:func:`pairwise_distances`), write a zarr store (:func:`to_zarr`), reopen it lazily
-(:func:`open_distances`).
+(:func:`open_distances`), export it as the notebook's safetensors file (:func:`to_safetensors`).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from ._version import __version__
 from .dataset import pairwise_distances
 from .errors import InputError, StoreError
 from .graph import METRICS, OUTPUT_DTYPES
+from .export import to_safetensors
 from .history import open_history
 from .report import summarize
 from .store import open_distances, to_zarr
@@ -28,4 +29,5 @@ __all__ = [
     "open_distances",
     "summarize",
     "write_synthetic_history",
+    "to_safetensors",
 ]

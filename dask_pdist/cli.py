@@ -54,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     c = sub.add_parser("compute", help="compute distances of a history into a zarr store")
-    c.add_argument("input", help="history: .safetensors, .npy or zarr store")
+    c.add_argument("input", nargs="+", help="history: .safetensors, .npy or zarr store; or per-checkpoint safetensors files, as a quoted glob ('ckpt/step_*.safetensors') or a list")
     c.add_argument("--key", help="tensor/array holding the history (default: the only 3-D one)")
     c.add_argument("--output", "-o", required=True, help="zarr store to create, e.g. distances.zarr")
     c.add_argument("--metrics", type=_metrics_arg, default=_METRICS, help="comma-separated (default: euclidean,chebyshev)")
@@ -68,7 +68,17 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--overwrite", action="store_true", help="replace an existing dask_pdist store at --output")
     c.add_argument("--resume", action="store_true", help="finish an interrupted job: compute only the blocks missing from --output")
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
+    c.add_argument("--safetensors", metavar="OUT.safetensors", help="also export the store to this safetensors file (as the notebook saves it)")
     c.set_defaults(func=_cmd_compute)
+
+    e = sub.add_parser("export", help="export a distance store to one safetensors file (as the notebook saves it)")
+    e.add_argument("store", help="zarr store written by 'dask-pdist compute'")
+    e.add_argument("output", help="safetensors file to create, e.g. pairwise_distances.safetensors")
+    e.add_argument("--dtype", choices=("float32", "float16"), default=None, help="stored dtype (default: the store's)")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing file at OUTPUT")
+    e.add_argument("--scheduler", default=os.environ.get("DASK_SCHEDULER_ADDRESS"), help="dask.distributed scheduler address (default: $DASK_SCHEDULER_ADDRESS, else local threads)")
+    e.add_argument("--no-progress", action="store_true", help="no progress bar")
+    e.set_defaults(func=_cmd_export)
 
     s = sub.add_parser("synth", help="write a synthetic bf16 history (safetensors)")
     s.add_argument("output", help="file to write, e.g. history.safetensors")
@@ -130,7 +140,9 @@ def _resume_command(argv: Sequence[str]) -> str:
     return "dask-pdist " + " ".join(shlex.quote(a) for a in kept) + " --resume"
 
 
-def _compute(args: argparse.Namespace, input_path: str, output: str, overwrite: bool, resume: bool = False) -> None:
+def _compute(
+    args: argparse.Namespace, input_path: str | list[str], output: str, overwrite: bool, resume: bool = False
+) -> None:
     import dask_pdist as dp
     from dask_pdist.report import format_summary
     from dask_pdist.store import DEFAULT_COMPRESSOR
@@ -158,7 +170,7 @@ def _compute(args: argparse.Namespace, input_path: str, output: str, overwrite: 
         compute=False,
     )
     print(
-        f"{input_path} [{history.name}]: {history.sizes['step']:,} steps x {history.sizes['token']:,} tokens"
+        f"{history.attrs['source']} [{history.name}]: {history.sizes['step']:,} steps x {history.sizes['token']:,} tokens"
         f" x {history.sizes['dim']:,} dims ({history.attrs['input_dtype']}) -> {output}",
         file=sys.stderr,
     )
@@ -187,7 +199,50 @@ def _compute(args: argparse.Namespace, input_path: str, output: str, overwrite: 
 
 
 def _cmd_compute(args: argparse.Namespace) -> None:
-    _compute(args, args.input, args.output, args.overwrite, args.resume)
+    if args.safetensors:
+        _check_export_target(args.safetensors, args.overwrite)
+    # several paths: per-checkpoint files the shell expanded from an unquoted glob
+    _compute(args, args.input[0] if len(args.input) == 1 else args.input, args.output, args.overwrite, args.resume)
+    if args.safetensors:
+        _export(args, args.output, args.safetensors, None, args.overwrite)
+
+
+def _check_export_target(output: str, overwrite: bool) -> None:
+    # refuse before the (long) compute, not after it
+    if os.path.isdir(output) or (os.path.lexists(output) and not overwrite):
+        from dask_pdist.errors import StoreError
+
+        what = "is a directory" if os.path.isdir(output) else "already exists; pass --overwrite to replace it"
+        raise StoreError(f"{output}: {what}")
+
+
+def _export(args: argparse.Namespace, store: str, output: str, dtype: str | None, overwrite: bool) -> None:
+    import contextlib
+
+    import dask_pdist as dp
+
+    t0 = time.perf_counter()
+    ds = dp.open_distances(store)
+    _check_export_target(output, overwrite)
+    print(f"{store} -> {output}", file=sys.stderr)
+    scheduler = getattr(args, "scheduler", None)
+    # to_safetensors computes itself (compute=True) so that it removes its temporary file
+    # if the run fails; the progress bar and the client apply to that compute
+    with contextlib.ExitStack() as stack:
+        if scheduler:
+            from distributed import Client
+
+            stack.enter_context(Client(scheduler))
+        elif not args.no_progress:
+            from tqdm.dask import TqdmCallback
+
+            stack.enter_context(TqdmCallback(desc="exporting", unit="task", file=sys.stderr))
+        dp.to_safetensors(ds, output, dtype=dtype, overwrite=overwrite)
+    print(f"Wrote {output} ({os.path.getsize(output) / 1e6:,.1f} MB) in {time.perf_counter() - t0:.1f} s")
+
+
+def _cmd_export(args: argparse.Namespace) -> None:
+    _export(args, args.store, args.output, args.dtype, args.overwrite)
 
 
 def _cmd_synth(args: argparse.Namespace) -> None:

@@ -7,9 +7,11 @@ for dask.distributed and a file truncated under a running job gives a clean erro
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import math
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal, Union
@@ -143,6 +145,128 @@ def _open_safetensors(path: Path, key: str | None, nonfinite: str) -> tuple[_Fil
     return src, key, info.dtype, steps
 
 
+class _StackSource:
+    """A (step, token, dim) array whose snapshot s is the (token, dim) matrix of file s.
+
+    Per-checkpoint inputs: each task reads only its own files, one positioned read per file;
+    holds paths and offsets only, so it pickles into the graph.
+    """
+
+    def __init__(
+        self, paths: list[str], starts: list[int], raw_dtype: str, kind: str, shape: tuple[int, ...], nonfinite: str
+    ) -> None:
+        self.paths = paths
+        self.starts = starts
+        self.raw_dtype = raw_dtype
+        self.kind = kind
+        self.shape = shape
+        self.nonfinite = nonfinite
+        self.dtype = np.dtype(np.float64 if kind == "F64" else np.float32)
+        self.ndim = 3
+
+    def __getitem__(self, key: tuple) -> np.ndarray:
+        key = (key if isinstance(key, tuple) else (key,)) + (slice(None),) * 3
+        if not all(isinstance(k, slice) for k in key[:3]):
+            raise TypeError(f"{type(self).__name__} takes slices only, got {key[:3]!r}")
+        lo, hi, stride = key[0].indices(self.shape[0])
+        if stride != 1:
+            raise TypeError(f"{type(self).__name__} takes unit-stride slices only, got {key[0]!r}")
+        nbytes = math.prod(self.shape[1:]) * np.dtype(self.raw_dtype).itemsize
+        blocks = []
+        for s in range(lo, max(hi, lo)):
+            raw = pread_exact(self.paths[s], self.starts[s], nbytes)
+            block = np.frombuffer(raw, dtype=self.raw_dtype).reshape((1,) + self.shape[1:])
+            block = _widen(block[(slice(None),) + key[1:3]], self.kind)
+            if self.nonfinite == "raise":
+                _check_finite(block, self.paths[s], s)
+            blocks.append(block)
+        if not blocks:
+            return np.empty((0,) + tuple(len(range(*k.indices(n))) for k, n in zip(key[1:3], self.shape[1:])), self.dtype)
+        return np.concatenate(blocks)
+
+
+def _natural_key(path: str) -> list:
+    # "step_10" after "step_9": digit runs compare as numbers
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", path)]
+
+
+def _checkpoint_paths(spec: str | Sequence[str | os.PathLike[str]]) -> list[Path]:
+    if isinstance(spec, str):
+        found = glob.glob(spec)
+        if not found:
+            raise FileNotFoundError(f"{spec}: no file matches this pattern")
+        paths = [p for p in found if not os.path.isdir(p)]
+    else:
+        paths = [os.fspath(p) for p in spec]
+        if not paths:
+            raise InputError("open_history got an empty list of checkpoint files; give at least one")
+        for p in paths:
+            if not os.path.isfile(p):
+                raise FileNotFoundError(f"{p}: checkpoint file not found")
+    return [Path(p) for p in sorted(paths, key=lambda p: (_natural_key(Path(p).name), _natural_key(p)))]
+
+
+def _checkpoint_steps(paths: list[Path]) -> np.ndarray | None:
+    numbers = [re.findall(r"\d+", p.stem) for p in paths]
+    if not all(numbers):
+        return None
+    steps = np.array([int(n[-1]) for n in numbers], dtype=np.int64)
+    seen: dict[int, Path] = {}
+    for step, p in zip(steps.tolist(), paths):
+        if step in seen:
+            raise InputError(
+                f"{p}: step {step} from its file name is also the step of {seen[step]};"
+                " every checkpoint needs its own step number (remove or rename one)"
+            )
+        seen[step] = p
+    return steps
+
+
+def _open_checkpoints(
+    spec: str | Sequence[str | os.PathLike[str]], key: str | None, nonfinite: str
+) -> tuple[_StackSource, str, str, np.ndarray | None, str]:
+    paths = _checkpoint_paths(spec)
+    starts = []
+    first: tuple[Path, TensorInfo] | None = None
+    for path in paths:
+        tensors, _ = read_header(path)
+        if key is None:
+            two_d = [n for n, t in tensors.items() if len(t.shape) == 2]
+            if len(two_d) != 1:
+                raise InputError(
+                    f"{path}: cannot choose the embedding matrix: {len(two_d)} tensors are 2-D"
+                    f" (tensors: {_tensor_list(tensors)}); name one with key= / --key,"
+                    " e.g. model.embed_tokens.weight"
+                )
+            key = two_d[0]
+        if key not in tensors:
+            raise InputError(f"{path}: no tensor {key!r}; available: {_tensor_list(tensors)}")
+        info = tensors[key]
+        if len(info.shape) != 2:
+            raise InputError(
+                f"{path}: tensor {key!r} has shape {list(info.shape)}; a per-checkpoint file holds"
+                " one 2-D (token, dim) matrix per file"
+            )
+        if info.dtype not in SUPPORTED_DTYPES:
+            raise InputError(
+                f"{path}: tensor {key!r} has dtype {info.dtype}; supported: {', '.join(SUPPORTED_DTYPES)}"
+            )
+        if first is None:
+            first = (path, info)
+        elif (info.shape, info.dtype) != (first[1].shape, first[1].dtype):
+            raise InputError(
+                f"{path}: tensor {key!r} has shape {list(info.shape)} and dtype {info.dtype}, but"
+                f" {first[0]} (the first checkpoint) has shape {list(first[1].shape)} and dtype"
+                f" {first[1].dtype}; every checkpoint must match: remove or fix this file"
+            )
+        starts.append(info.start)
+    assert first is not None and key is not None  # paths is never empty
+    info = first[1]
+    src = _StackSource([str(p) for p in paths], starts, info.raw_dtype.str, info.dtype, (len(paths),) + info.shape, nonfinite)
+    source = str(spec) if isinstance(spec, str) else f"{paths[0]} .. {paths[-1]} ({len(paths)} files)"
+    return src, key, info.dtype, _checkpoint_steps(paths), source
+
+
 _NPY_KINDS = {"<f2": "F16", "<f4": "F32", "<f8": "F64"}
 
 
@@ -265,8 +389,14 @@ def _read_tokens(tokens: str | os.PathLike[str] | Sequence[str], n_tokens: int, 
     return np.array(labels, dtype=object)
 
 
+def _is_checkpoint_spec(path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> bool:
+    if isinstance(path, str):
+        return any(c in path for c in "*?[") and not os.path.exists(path)
+    return not isinstance(path, os.PathLike)
+
+
 def open_history(
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     key: str | None = None,
     chunks: Chunks = "auto",
     *,
@@ -280,11 +410,17 @@ def open_history(
 
     Parameters
     ----------
-    path : path-like
+    path : path-like, glob string or sequence of path-like
         A ``.safetensors`` file (the notebook's format), a ``.npy`` file, or a zarr store
-        (an array, or a group holding the array).
+        (an array, or a group holding the array). Per-checkpoint input: a glob string
+        (``"ckpt/step_*.safetensors"``) or a list of safetensors files, each holding one
+        (token, dim) matrix, stacked lazily along ``step`` in natural order (``step_10``
+        after ``step_9``); ``step`` is the number in each file name (the last one, if a
+        name has several) when every name has one, else 0..S-1. Every header is checked;
+        a file whose shape or dtype differs from the first is an error naming it.
     key : str, optional
-        Tensor name (safetensors) or array name (zarr group). Defaults to the only 3-D one.
+        Tensor name (safetensors) or array name (zarr group). Defaults to the only 3-D one
+        (the only 2-D one for per-checkpoint files, e.g. ``model.embed_tokens.weight``).
     chunks : "auto", int, tuple or dict
         Chunking along ``step`` (token and dim stay whole unless given). ``"auto"`` keeps
         one task's output near 32 MiB (256 snapshots at 128 tokens).
@@ -313,7 +449,22 @@ def open_history(
     """
     if nonfinite not in NONFINITE_CHOICES:
         raise ValueError(f"nonfinite={nonfinite!r}; choose one of {NONFINITE_CHOICES}")
-    path = Path(path)
+    if _is_checkpoint_spec(path):
+        stack, key, kind, steps, source = _open_checkpoints(path, key, nonfinite)  # type: ignore[arg-type]
+        identity = [(p, os.stat(p).st_mtime_ns) for p in stack.paths]
+        x = da.from_array(
+            stack,
+            chunks=_chunk_spec(chunks, stack.shape),
+            name=f"history-{da.core.tokenize(identity, key, nonfinite)}",
+            meta=np.empty((0, 0, 0), dtype=stack.dtype),
+            asarray=False,
+            fancy=False,
+        )
+        fingerprint = hashlib.sha256(
+            "\n".join(_fingerprint(Path(p), start) for p, start in zip(stack.paths, stack.starts, strict=True)).encode()
+        ).hexdigest()[:32]
+        return _label(x, steps, tokens, source, key, kind, f"{len(stack.paths)} files:{fingerprint}")
+    path = Path(path)  # type: ignore[arg-type]
     if not path.exists():
         raise FileNotFoundError(f"{path}: history file not found")
     if path.is_dir():
@@ -338,10 +489,22 @@ def open_history(
             fancy=False,
         )
         fingerprint = _fingerprint(path, src.start)
+    return _label(x, steps, tokens, str(path), key, kind, fingerprint)
+
+
+def _label(
+    x: da.Array,
+    steps: np.ndarray | None,
+    tokens: str | os.PathLike[str] | Sequence[str] | None,
+    source: str,
+    key: str,
+    kind: str,
+    fingerprint: str,
+) -> xr.DataArray:
     n_steps, n_tokens, _ = x.shape
     coords = {
         "step": ("step", steps if steps is not None else np.arange(n_steps, dtype=np.int64)),
-        "token": ("token", _read_tokens(tokens, n_tokens, str(path)) if tokens is not None else np.arange(n_tokens, dtype=np.int64)),
+        "token": ("token", _read_tokens(tokens, n_tokens, source) if tokens is not None else np.arange(n_tokens, dtype=np.int64)),
     }
-    attrs = {"source": str(path), "key": key, "input_dtype": kind, "source_fingerprint": fingerprint}
+    attrs = {"source": source, "key": key, "input_dtype": kind, "source_fingerprint": fingerprint}
     return xr.DataArray(x, dims=HISTORY_DIMS, coords=coords, name=key, attrs=attrs)

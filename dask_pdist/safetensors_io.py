@@ -30,6 +30,7 @@ __all__ = [
     "write_header",
     "pread_exact",
     "pwrite_all",
+    "pwrite_segments",
 ]
 
 #: Header size limit of the official loader; larger headers are refused before allocating.
@@ -282,11 +283,17 @@ def write_header(
 
 def pwrite_all(path: str | os.PathLike[str], offset: int, data: np.ndarray) -> None:
     """Write an array's bytes at ``offset`` of an existing file (positioned, any order)."""
-    view = memoryview(np.ascontiguousarray(data)).cast("B")
+    pwrite_segments(path, [(offset, data)])
+
+
+def pwrite_segments(path: str | os.PathLike[str], segments: list[tuple[int, np.ndarray]]) -> None:
+    """Write each array's bytes at its offset of an existing file, opening it once."""
     fd = os.open(path, os.O_WRONLY)
     try:
-        done = 0
-        while done < len(view):
-            done += os.pwrite(fd, view[done:], offset + done)
+        for offset, data in segments:
+            view = memoryview(np.ascontiguousarray(data)).cast("B")
+            done = 0
+            while done < len(view):
+                done += os.pwrite(fd, view[done:], offset + done)
     finally:
         os.close(fd)

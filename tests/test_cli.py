@@ -126,3 +126,17 @@ def test_console_script_and_module_and_demo(tmp_path):
     mask = e > 0
     assert (np.abs(got.euclidean.values - e)[mask] / e[mask]).max() <= 1e-6
     np.testing.assert_array_equal(got.chebyshev.values, c.astype(np.float32))
+
+
+def test_compute_from_per_checkpoint_files(tmp_path, write_safetensors):
+    x = random_history((7, 6, 5), seed=11)
+    for k, step in enumerate([10, 20, 30, 40, 50, 60, 70]):
+        write_safetensors(f"ckpt_{step}.safetensors", {"model.embed_tokens.weight": x[k], "bias": np.zeros(6, np.float32)})
+    files = sorted(str(p) for p in tmp_path.glob("ckpt_*.safetensors"))
+    for n, inputs in enumerate([[str(tmp_path / "ckpt_*.safetensors")], files]):  # quoted glob, shell-expanded list
+        out = tmp_path / f"d{n}.zarr"
+        args = ["compute", *inputs, "-o", str(out), "--key", "model.embed_tokens.weight", "--no-progress"]
+        assert main(args) == 0
+        ds = open_distances(out)
+        np.testing.assert_array_equal(ds["step"].values, [10, 20, 30, 40, 50, 60, 70])
+        np.testing.assert_array_equal(ds.chebyshev.values, np.abs(x[:, :, None] - x[:, None]).max(-1))

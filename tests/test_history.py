@@ -123,6 +123,18 @@ GOOD = {"h": {"dtype": "F32", "shape": [2, 2, 2], "data_offsets": [0, 32]}}
         (_raw(GOOD, bytes(40)), r"8 trailing bytes"),
         (_raw({"h": {"dtype": "F32", "shape": [2, 2, 2], "data_offsets": [4, 36]}}, bytes(36)), r"leaves a gap of 4 bytes"),
         (_raw({"__metadata__": {"a": 1}, **GOOD}, bytes(32)), r"__metadata__ must map strings to strings"),
+        (_raw({**GOOD, "g": {"dtype": "F32", "shape": [4], "data_offsets": [16, 32]}}, bytes(32)), r"tensor '(g|h)' at data offset 16 overlaps the previous tensor"),
+        (_raw({**GOOD, "g": {"dtype": "F32", "shape": [8], "data_offsets": [0, 32]}}, bytes(32)), r"at data offset 0 overlaps the previous tensor"),
+        (_raw({"h": {"dtype": "F32", "shape": [2, 2, 2], "data_offsets": [1000, 1032]}}, bytes(32)), r"'h' at data offset 1000 leaves a gap of 1000 bytes"),
+        (_raw({**GOOD, "g": {"dtype": "F32", "shape": [2], "data_offsets": [32, 40]}}, bytes(32)), r"tensors need 40 data bytes but the file holds 32; the file is truncated"),
+        (_raw({"h": {"dtype": "F32", "shape": [2, 2, 2], "data_offsets": [32, 0]}}, bytes(32)), r"'h' has invalid data_offsets \[32, 0\]"),
+        (_raw({"h": {"dtype": "F32", "shape": [2, -2, 2], "data_offsets": [0, 32]}}, bytes(32)), r"'h' has invalid shape \[2, -2, 2\]"),
+        (_raw({"h": {"dtype": "F32", "shape": [2, 2, 2]}}, bytes(32)), r"'h' entry must have exactly dtype, shape and data_offsets"),
+        (_raw({"h": {"dtype": "I32", "shape": [2, 2, 2], "data_offsets": [0, 32]}}, bytes(32)), r"'h' has dtype I32; supported: BF16, F16, F32, F64"),
+        (_raw({"h": {"dtype": "BOOL", "shape": [2, 2, 2], "data_offsets": [0, 8]}}, bytes(8)), r"'h' has dtype BOOL; supported: BF16, F16, F32, F64"),
+        (_raw({"h": {"dtype": "F8_E5M2", "shape": [2, 2, 2], "data_offsets": [0, 8]}}, bytes(8)), r"dtype 'F8_E5M2'.*supported: BF16, F16, F32, F64"),
+        (_raw(b'{"__metadata__": {"a": "1", "a": "2"}}'), r"lists key 'a' twice"),
+        (_raw(b'{"h": {"dtype": "F32", "shape": [2, 2, 2], "data_offsets": [0, 32], "dtype": "F16"}}', bytes(32)), r"lists key 'dtype' twice"),
     ],
 )
 def test_bad_safetensors_files(tmp_path, content, match):
@@ -162,4 +174,94 @@ def test_file_truncated_after_opening_is_a_clean_error(write_safetensors):
     with open(path, "r+b") as f:
         f.truncate(path.stat().st_size - 50)
     with pytest.raises(InputError, match="truncated or replaced after it was opened"):
+        dask.compute(h.data, scheduler="sync")
+
+
+# --- per-checkpoint inputs: one (token, dim) matrix per file -------------------------------
+
+
+def _checkpoints(write_safetensors, x, steps, dtype="BF16", key="model.embed_tokens.weight", extra=None):
+    # written shuffled, so the order can only come from the file names
+    order = np.random.default_rng(0).permutation(len(steps))
+    for k in order:
+        tensors = {key: x[k], **(extra or {})}
+        write_safetensors(f"step_{steps[k]}.safetensors", tensors, dtype)
+
+
+def test_checkpoint_glob_stacks_in_natural_order_with_steps_from_names(write_safetensors, tmp_path, no_compute):
+    x = random_history((12, 9, 5), seed=4, scale=0.1)
+    steps = [0, 5, 9, 10, 11, 100, 250, 999, 1000, 1001, 5000, 12000]  # lexical order differs
+    _checkpoints(write_safetensors, x, steps, extra={"lm_head.bias": np.zeros(9, np.float32)})
+    with no_compute():
+        h = open_history(str(tmp_path / "step_*.safetensors"), key="model.embed_tokens.weight", chunks=5)
+        graph = dict(h.data.__dask_graph__())
+    pickle.loads(pickle.dumps(graph))
+    assert h.sizes == {"step": 12, "token": 9, "dim": 5} and h.chunks[0] == (5, 5, 2)
+    np.testing.assert_array_equal(h["step"].values, steps)
+    np.testing.assert_array_equal(h.values, x.astype(ml_dtypes.bfloat16).astype(np.float32))
+    np.testing.assert_array_equal(h.sel(step=1000).values, x[8].astype(ml_dtypes.bfloat16).astype(np.float32))
+    assert h.attrs["input_dtype"] == "BF16" and h.attrs["key"] == "model.embed_tokens.weight"
+
+
+def test_checkpoint_list_and_default_key(write_safetensors, tmp_path):
+    x = random_history((3, 6, 4), seed=5)
+    paths = [write_safetensors(name, {"emb": x[k]}, "F32") for k, name in enumerate(["b.safetensors", "c.safetensors", "a.safetensors"])]
+    h = open_history(paths)  # the only 2-D tensor; names without numbers: steps 0..S-1 in name order
+    np.testing.assert_array_equal(h["step"].values, [0, 1, 2])
+    np.testing.assert_array_equal(h.values, x[[2, 0, 1]])
+    x4 = random_history((4, 6, 4), seed=6)
+    # the key is chosen in the first file (natural order), then required in every file
+    paths.append(write_safetensors("0.safetensors", {"emb": x4[0], "other": x4[1]}, "F32"))
+    with pytest.raises(InputError, match=r"0.safetensors: cannot choose the embedding matrix: 2 tensors are 2-D.*--key"):
+        open_history(paths)
+
+
+def test_checkpoint_shape_or_dtype_mismatch_names_the_odd_file(write_safetensors, tmp_path):
+    x = random_history((4, 6, 4), seed=7)
+    for k in range(3):
+        write_safetensors(f"ck{k}.safetensors", {"w": x[k]}, "BF16")
+    write_safetensors("ck3.safetensors", {"w": x[3][:5]}, "BF16")
+    with pytest.raises(InputError, match=r"ck3.safetensors: tensor 'w' has shape \[5, 4\] and dtype BF16, but .*ck0.safetensors \(the first checkpoint\) has shape \[6, 4\] and dtype BF16"):
+        open_history(str(tmp_path / "ck*.safetensors"))
+    write_safetensors("ck3.safetensors", {"w": x[3]}, "F16")
+    with pytest.raises(InputError, match=r"ck3.safetensors: tensor 'w' has shape \[6, 4\] and dtype F16, but .* dtype BF16"):
+        open_history(str(tmp_path / "ck*.safetensors"))
+    write_safetensors("ck3.safetensors", {"v": x[3]}, "BF16")
+    with pytest.raises(InputError, match=r"ck3.safetensors: no tensor 'w'; available: v \[6, 4\] BF16"):
+        open_history(str(tmp_path / "ck*.safetensors"), key="w")
+    write_safetensors("ck3.safetensors", {"w": x}, "BF16")
+    with pytest.raises(InputError, match=r"ck3.safetensors: tensor 'w' has shape \[4, 6, 4\]; a per-checkpoint file holds one 2-D"):
+        open_history(str(tmp_path / "ck*.safetensors"))
+    (tmp_path / "ck3.safetensors").write_bytes(b"\x01\x02")
+    with pytest.raises(InputError, match=r"ck3.safetensors: not a safetensors file"):
+        open_history(str(tmp_path / "ck*.safetensors"))
+
+
+def test_checkpoint_errors_missing_duplicate_step_nonfinite(write_safetensors, tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"none_\*.safetensors: no file matches"):
+        open_history(str(tmp_path / "none_*.safetensors"))
+    with pytest.raises(FileNotFoundError, match=r"gone.safetensors: checkpoint file not found"):
+        open_history([tmp_path / "gone.safetensors"])
+    x = random_history((3, 5, 4), seed=8)
+    (tmp_path / "a").mkdir()
+    a = write_safetensors("a/step_7.safetensors", {"w": x[0]})
+    b = write_safetensors("step_7.safetensors", {"w": x[1]})
+    with pytest.raises(InputError, match=r"step 7 from its file name is also the step of"):
+        open_history([a, b])
+    x[2, 3, 1] = np.nan
+    c = write_safetensors("step_9.safetensors", {"w": x[2]})
+    h = open_history([b, c], chunks=2)
+    with pytest.raises(InputError, match=r"step_9.safetensors: history holds nan at step index 1, token 3"):
+        h.values
+    assert np.isnan(open_history([b, c], nonfinite="propagate").values[1, 3, 1])
+
+
+def test_checkpoint_truncated_after_opening_is_a_clean_error(write_safetensors, tmp_path):
+    x = random_history((4, 5, 4), seed=9)
+    paths = [write_safetensors(f"s{k}.safetensors", {"w": x[k]}) for k in range(4)]
+    h = open_history(paths, chunks=2)
+    with open(paths[3], "r+b") as f:
+        f.truncate(paths[3].stat().st_size - 10)
+    np.testing.assert_array_equal(h.isel(step=slice(0, 2)).values, x[:2])  # other tasks unaffected
+    with pytest.raises(InputError, match=r"s3.safetensors: file ended .* truncated or replaced after it was opened"):
         dask.compute(h.data, scheduler="sync")

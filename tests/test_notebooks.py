@@ -28,3 +28,4 @@ def test_notebook_is_stored_without_outputs_and_executes(path, tmp_path, monkeyp
     assert (tmp_path / "work" / "distances_over_training.png").stat().st_size > 1000
     outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "Final distances (step 119)" in outputs
+    assert "euclidean_distances [120, 128, 128]" in outputs

@@ -1,0 +1,240 @@
+"""Streaming export of a distance Dataset to one safetensors file, as the notebook saves it.
+
+Why this writer is ours: the official ``safetensors`` library serialises from a dict of whole
+tensors and builds the entire file buffer in RAM (its maintainers declined a streaming
+writer). The result here is (S, V, V) per metric, far larger than memory for long histories.
+So we write the header first (every shape is known before computing), size the file once, and
+let ``dask.array.store`` place each chunk at its byte offset with positioned writes, in
+whatever order dask produces them: memory stays bounded by a few chunks per thread, whatever S.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import uuid
+from pathlib import Path
+from typing import Any, Literal
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from ._version import __version__
+from .dataset import DISTANCE_DIMS
+from .errors import StoreError
+from .graph import METRICS
+from .safetensors_io import pwrite_all, pwrite_segments, write_header
+
+__all__ = ["EXPORT_DTYPES", "to_safetensors", "tensor_key"]
+
+ExportDtype = Literal["float32", "float16", "float64"]
+#: Dtypes a distance tensor may be exported as.
+EXPORT_DTYPES: tuple[str, ...] = ("float32", "float16", "float64")
+_SAFETENSORS_DTYPE = {"float16": "F16", "float32": "F32", "float64": "F64"}
+
+
+def tensor_key(metric: str) -> str:
+    """The safetensors key of a metric, as the notebook names it: ``euclidean_distances``."""
+    return f"{metric}_distances"
+
+
+def _segments(region: tuple[tuple[int, int], ...], shape: tuple[int, ...]) -> list[tuple[int, tuple[int, ...]]]:
+    """Contiguous runs of a C-ordered block ``region`` inside an array of ``shape``.
+
+    Pure arithmetic. Returns (element offset in the array, index into the block) pairs: the
+    block's sub-array at that index is one contiguous run of the file. A block spanning whole
+    trailing axes is few runs (one if it spans all but the first axis); a token-tiled block
+    is one run per (step, row) of the tile.
+    """
+    ndim = len(shape)
+    k = ndim  # axes k.. are spanned whole
+    while k > 0 and region[k - 1] == (0, shape[k - 1]):
+        k -= 1
+    if k == 0:
+        return [(0, ())]
+    strides = [math.prod(shape[a + 1 :]) for a in range(ndim)]
+    out = []
+    for idx in itertools.product(*(range(lo, hi) for lo, hi in region[: k - 1])):
+        elem = sum(i * strides[a] for a, i in enumerate(idx)) + region[k - 1][0] * strides[k - 1]
+        out.append((elem, tuple(i - region[a][0] for a, i in enumerate(idx))))
+    return out
+
+
+class _TensorTarget:
+    """A ``dask.array.store`` target: ``target[region] = block`` writes the block's bytes at
+    their offsets in the file. Holds only a path and numbers, so it pickles into the graph."""
+
+    def __init__(self, path: str, key: str, start: int, shape: tuple[int, ...], dtype: str, final: str) -> None:
+        self.path = path
+        self.final = final  # the name errors report; ``path`` is the temporary file
+        self.key = key
+        self.start = start
+        self.shape = shape
+        self.dtype = np.dtype(dtype)
+        self.ndim = len(shape)
+
+    def __setitem__(self, index: tuple[slice, ...], block: np.ndarray) -> None:
+        region = tuple(s.indices(n)[:2] for s, n in zip(index, self.shape, strict=True))
+        block = np.asarray(block)
+        if block.dtype != self.dtype:
+            _check_range(block, self.dtype, self.final, self.key, region[0][0])
+            block = block.astype(self.dtype)
+        block = np.ascontiguousarray(block, dtype=self.dtype.newbyteorder("<"))
+        runs = _segments(region, self.shape)
+        size = self.dtype.itemsize
+        if len(runs) == 1:
+            pwrite_all(self.path, self.start + runs[0][0] * size, block[runs[0][1]])
+        else:
+            pwrite_segments(self.path, [(self.start + elem * size, block[idx]) for elem, idx in runs])
+
+
+def _check_range(block: np.ndarray, dtype: np.dtype, path: str, key: str, step0: int) -> None:
+    # a narrowing cast (float32 -> float16) must never turn a distance into inf silently
+    if np.finfo(dtype).max >= np.finfo(block.dtype).max or block.size == 0:
+        return
+    top = np.nanmax(block) if not np.isnan(block).all() else np.nan
+    limit = float(np.finfo(dtype).max)
+    if top > limit:
+        s = int(np.argwhere(block == top)[0][0])
+        raise OverflowError(
+            f"{path}: {key}: distance {float(top):.6g} at step index {step0 + s} exceeds {dtype.name}'s"
+            f" largest finite value {limit:g}; export with dtype='float32' (--dtype float32)"
+        )
+
+
+def _metadata(ds: xr.Dataset, metrics: list[str], dtype: str) -> dict[str, str]:
+    steps = ds["step"].values if "step" in ds.coords else np.arange(ds.sizes["step"])
+    tokens = ds["token_i"].values if "token_i" in ds.coords else np.arange(ds.sizes["token_i"])
+    return {
+        "format": "dask_pdist pairwise distances",
+        "dims": ",".join(DISTANCE_DIMS),
+        "metrics": ",".join(metrics),
+        "keys": ",".join(tensor_key(m) for m in metrics),
+        "dtype": dtype,
+        "steps": json.dumps(np.asarray(steps).tolist()),
+        "n_steps": str(ds.sizes["step"]),
+        "n_tokens": str(ds.sizes["token_i"]),
+        "tokens": json.dumps([t if isinstance(t, (int, float)) else str(t) for t in np.asarray(tokens).tolist()]),
+        "source": str(ds.attrs.get("source", "")),
+        "source_key": str(ds.attrs.get("source_key", "")),
+        "input_dtype": str(ds.attrs.get("input_dtype", "")),
+        "dask_pdist_version": __version__,
+    }
+
+
+def _finish(_stored: Any, tmp: str, path: str, overwrite: bool) -> None:
+    if not overwrite and os.path.lexists(path):
+        os.unlink(tmp)
+        raise StoreError(f"{path}: appeared while exporting; pass overwrite=True (--overwrite) to replace it")
+    os.replace(tmp, path)  # atomic: the final name only ever holds a complete file
+
+
+def to_safetensors(
+    ds: xr.Dataset,
+    path: str | os.PathLike[str],
+    *,
+    dtype: ExportDtype | None = None,
+    overwrite: bool = False,
+    compute: bool = True,
+) -> Any:
+    """Export a distance Dataset to one safetensors file, streaming chunk by chunk.
+
+    The file holds ``euclidean_distances`` and/or ``chebyshev_distances`` (the metrics in
+    ``ds``), each (S, V, V), as the notebook's ``save_file`` writes them, so
+    ``safetensors.torch.load_file`` and ``safe_open`` read it unchanged. ``__metadata__``
+    holds the steps (JSON list), token count and labels, metrics, source and package version.
+    The result is never held in memory: the header is written first, then each dask chunk
+    at its byte offset as it is computed; every metric comes from one dask compute. The file
+    is written under a temporary name in the same folder and renamed when complete.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        From :func:`pairwise_distances` or :func:`open_distances`.
+    path : path-like
+        File to create, e.g. ``pairwise_distances.safetensors``.
+    dtype : {"float32", "float16", "float64"}, optional
+        Stored dtype; default the Dataset's. float16 (relative precision 2^-11) raises
+        :class:`OverflowError` naming the largest value if a distance exceeds 65504.
+    overwrite : bool
+        Replace an existing file at ``path``. A directory is never replaced.
+    compute : bool
+        If False, write the header now and return a ``dask.delayed`` object that writes the
+        data and renames the file into place when computed (a failed deferred run leaves
+        only the hidden ``.NAME.*.partial`` file).
+
+    Returns
+    -------
+    None, or dask.delayed.Delayed if ``compute=False``.
+
+    Raises
+    ------
+    StoreError
+        ``path`` exists and ``overwrite`` is False, ``path`` is a directory, or its folder
+        does not exist.
+    ValueError
+        ``ds`` holds no distance variable, or ``dtype`` is unknown.
+    OverflowError
+        A distance does not fit float16.
+
+    Examples
+    --------
+    >>> ds = open_distances("pairwise_distances.zarr")  # doctest: +SKIP
+    >>> to_safetensors(ds, "pairwise_distances.safetensors")  # doctest: +SKIP
+    >>> from safetensors.torch import load_file  # doctest: +SKIP
+    >>> load_file("pairwise_distances.safetensors")["euclidean_distances"].shape  # doctest: +SKIP
+    torch.Size([5001, 128, 128])
+    """
+    if not isinstance(ds, xr.Dataset):
+        raise TypeError(f"ds must be an xarray.Dataset (see pairwise_distances), got {type(ds).__name__}")
+    metrics = [m for m in METRICS if m in ds.data_vars]
+    if not metrics:
+        raise ValueError(
+            f"the Dataset holds none of {list(METRICS)} (variables: {list(ds.data_vars)});"
+            " pass the result of pairwise_distances or open_distances"
+        )
+    for m in metrics:
+        if ds[m].dims != DISTANCE_DIMS:
+            raise ValueError(f"variable {m!r} has dims {ds[m].dims}; expected {DISTANCE_DIMS}")
+    name = str(np.dtype(dtype).name) if dtype is not None else ds[metrics[0]].dtype.name
+    if name not in EXPORT_DTYPES:
+        raise ValueError(f"dtype={dtype!r}: choose one of {list(EXPORT_DTYPES)}")
+
+    path = Path(path)
+    if path.is_dir():
+        raise StoreError(f"{path}: is a directory; give a file name such as distances.safetensors")
+    if os.path.lexists(path) and not overwrite:
+        raise StoreError(f"{path}: already exists; pass overwrite=True (--overwrite) to replace it")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise StoreError(f"{path}: parent directory {parent} does not exist")
+
+    shape = tuple(ds[metrics[0]].shape)
+    tensors = [(tensor_key(m), _SAFETENSORS_DTYPE[name], shape) for m in metrics]
+    tmp = parent / f".{path.name}.{uuid.uuid4().hex[:8]}.partial"
+    offsets = write_header(tmp, tensors, _metadata(ds, metrics, name))
+    try:
+        sources = []
+        for m in metrics:
+            data = ds[m].data
+            if not isinstance(data, da.Array):
+                data = da.from_array(data, chunks=(max(1, 2**23 // max(1, shape[1] * shape[2])), -1, -1))
+            sources.append(data)
+        targets = [
+            _TensorTarget(str(tmp), tensor_key(m), offsets[tensor_key(m)], shape, name, str(path)) for m in metrics
+        ]
+        # one store call: the metrics share one graph, so the kernel runs once per block
+        stored = da.store(sources, targets, lock=False, compute=False)
+        finish = dask.delayed(_finish)(stored, str(tmp), str(path), overwrite)
+        if not compute:
+            return finish
+        finish.compute()
+    except BaseException:
+        if tmp.exists():
+            tmp.unlink()
+        raise
+    return None
