@@ -36,7 +36,11 @@ def main() -> None:
     hist = work / "history.safetensors"
     subprocess.run(cli + ["synth", str(hist), "--steps", str(args.steps)], check=True, capture_output=True)
     # warm-up: loads (or compiles and caches) the numba kernels outside the timed runs
-    subprocess.run(cli + ["compute", str(hist), "-o", str(work / "warm.zarr"), "--no-progress", "--overwrite"], check=True, capture_output=True)
+    subprocess.run(
+        cli + ["compute", str(hist), "-o", str(work / "warm.zarr"), "--no-progress", "--overwrite"],
+        check=True,
+        capture_output=True,
+    )
     times: dict[str, list[float]] = {c: [] for c in COMPRESSORS}
     sizes: dict[str, int] = {}
     for _ in range(args.rounds):
@@ -44,7 +48,11 @@ def main() -> None:
             out = work / f"{comp}.zarr"
             shutil.rmtree(out, ignore_errors=True)
             t0 = time.perf_counter()
-            subprocess.run(cli + ["compute", str(hist), "-o", str(out), "--compressor", comp, "--no-progress"], check=True, capture_output=True)
+            subprocess.run(
+                cli + ["compute", str(hist), "-o", str(out), "--compressor", comp, "--no-progress"],
+                check=True,
+                capture_output=True,
+            )
             times[comp].append(time.perf_counter() - t0)
             sizes[comp] = _size(out)
     base = statistics.median(times["none"])

@@ -10,8 +10,8 @@ from __future__ import annotations
 from ._version import __version__
 from .dataset import pairwise_distances
 from .errors import InputError, StoreError
-from .graph import METRICS, OUTPUT_DTYPES
 from .export import to_safetensors
+from .graph import METRICS, OUTPUT_DTYPES
 from .history import open_history
 from .report import summarize
 from .store import open_distances, to_zarr

@@ -54,21 +54,53 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     c = sub.add_parser("compute", help="compute distances of a history into a zarr store")
-    c.add_argument("input", nargs="+", help="history: .safetensors, .npy or zarr store; or per-checkpoint safetensors files, as a quoted glob ('ckpt/step_*.safetensors') or a list")
+    c.add_argument(
+        "input",
+        nargs="+",
+        help="history: .safetensors, .npy or zarr store; or per-checkpoint safetensors files,"
+        " as a quoted glob ('ckpt/step_*.safetensors') or a list",
+    )
     c.add_argument("--key", help="tensor/array holding the history (default: the only 3-D one)")
     c.add_argument("--output", "-o", required=True, help="zarr store to create, e.g. distances.zarr")
-    c.add_argument("--metrics", type=_metrics_arg, default=_METRICS, help="comma-separated (default: euclidean,chebyshev)")
-    c.add_argument("--dtype", choices=("float32", "float16", "float64"), default="float32", help="stored dtype (default: float32)")
-    c.add_argument("--chunk-steps", type=_positive, help="snapshots per task and store chunk (default: auto, ~32 MiB per task)")
-    c.add_argument("--token-chunk", type=_positive, help="tile edge along token_i/token_j (default: auto, tiles only large vocabularies)")
+    c.add_argument(
+        "--metrics", type=_metrics_arg, default=_METRICS, help="comma-separated (default: euclidean,chebyshev)"
+    )
+    c.add_argument(
+        "--dtype", choices=("float32", "float16", "float64"), default="float32", help="stored dtype (default: float32)"
+    )
+    c.add_argument(
+        "--chunk-steps", type=_positive, help="snapshots per task and store chunk (default: auto, ~32 MiB per task)"
+    )
+    c.add_argument(
+        "--token-chunk",
+        type=_positive,
+        help="tile edge along token_i/token_j (default: auto, tiles only large vocabularies)",
+    )
     c.add_argument("--tokens", help="text file with one token label per line")
-    c.add_argument("--compressor", choices=("lz4", "zstd", "none"), default=None, help="store compression (default: lz4)")
-    c.add_argument("--nonfinite", choices=("raise", "propagate"), default="raise", help="NaN/Inf in the history: stop with an error (default) or give NaN distances")
-    c.add_argument("--scheduler", default=os.environ.get("DASK_SCHEDULER_ADDRESS"), help="dask.distributed scheduler address (default: $DASK_SCHEDULER_ADDRESS, else local threads)")
+    c.add_argument(
+        "--compressor", choices=("lz4", "zstd", "none"), default=None, help="store compression (default: lz4)"
+    )
+    c.add_argument(
+        "--nonfinite",
+        choices=("raise", "propagate"),
+        default="raise",
+        help="NaN/Inf in the history: stop with an error (default) or give NaN distances",
+    )
+    c.add_argument(
+        "--scheduler",
+        default=os.environ.get("DASK_SCHEDULER_ADDRESS"),
+        help="dask.distributed scheduler address (default: $DASK_SCHEDULER_ADDRESS, else local threads)",
+    )
     c.add_argument("--overwrite", action="store_true", help="replace an existing dask_pdist store at --output")
-    c.add_argument("--resume", action="store_true", help="finish an interrupted job: compute only the blocks missing from --output")
+    c.add_argument(
+        "--resume", action="store_true", help="finish an interrupted job: compute only the blocks missing from --output"
+    )
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
-    c.add_argument("--safetensors", metavar="OUT.safetensors", help="also export the store to this safetensors file (as the notebook saves it)")
+    c.add_argument(
+        "--safetensors",
+        metavar="OUT.safetensors",
+        help="also export the store to this safetensors file (as the notebook saves it)",
+    )
     c.set_defaults(func=_cmd_compute)
 
     e = sub.add_parser("export", help="export a distance store to one safetensors file (as the notebook saves it)")
@@ -76,7 +108,11 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("output", help="safetensors file to create, e.g. pairwise_distances.safetensors")
     e.add_argument("--dtype", choices=("float32", "float16"), default=None, help="stored dtype (default: the store's)")
     e.add_argument("--overwrite", action="store_true", help="replace an existing file at OUTPUT")
-    e.add_argument("--scheduler", default=os.environ.get("DASK_SCHEDULER_ADDRESS"), help="dask.distributed scheduler address (default: $DASK_SCHEDULER_ADDRESS, else local threads)")
+    e.add_argument(
+        "--scheduler",
+        default=os.environ.get("DASK_SCHEDULER_ADDRESS"),
+        help="dask.distributed scheduler address (default: $DASK_SCHEDULER_ADDRESS, else local threads)",
+    )
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.set_defaults(func=_cmd_export)
 
@@ -89,7 +125,9 @@ def _parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_synth)
 
     d = sub.add_parser("demo", help="synth at the notebook's size (5001x128x64), then compute")
-    d.add_argument("--output-dir", default="dask_pdist_demo", help="folder for the demo files (default: ./dask_pdist_demo)")
+    d.add_argument(
+        "--output-dir", default="dask_pdist_demo", help="folder for the demo files (default: ./dask_pdist_demo)"
+    )
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
     d.set_defaults(func=_cmd_demo)
 
@@ -97,7 +135,13 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("store", help="zarr store written by compute")
     m.add_argument("--plot", metavar="FILE.png", help="draw min/mean/max over steps and a heatmap (needs matplotlib)")
     m.add_argument("--step", type=int, default=None, help="step label for the heatmap (default: the last step)")
-    m.add_argument("--threshold", type=float, default=None, help="Chebyshev threshold for quantization neighbours (default: one bf16 spacing at the embedding's RMS magnitude)")
+    m.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="Chebyshev threshold for quantization neighbours"
+        " (default: one bf16 spacing at the embedding's RMS magnitude)",
+    )
     m.add_argument("--rows", type=_positive, default=10, help="rows in the printed series (default: 10)")
     m.set_defaults(func=_cmd_summary)
 
@@ -113,7 +157,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run(delayed, scheduler: str | None, progress: bool) -> None:
     if scheduler:
-        from distributed import Client, progress as dist_progress
+        from distributed import Client
+        from distributed import progress as dist_progress
 
         with Client(scheduler) as client:
             future = client.compute(delayed)
@@ -170,7 +215,8 @@ def _compute(
         compute=False,
     )
     print(
-        f"{history.attrs['source']} [{history.name}]: {history.sizes['step']:,} steps x {history.sizes['token']:,} tokens"
+        f"{history.attrs['source']} [{history.name}]: {history.sizes['step']:,} steps"
+        f" x {history.sizes['token']:,} tokens"
         f" x {history.sizes['dim']:,} dims ({history.attrs['input_dtype']}) -> {output}",
         file=sys.stderr,
     )
@@ -266,7 +312,9 @@ def _cmd_demo(args: argparse.Namespace) -> None:
         raise StoreError(f"{store}: exists and is not a dask_pdist store; choose another --output-dir")
     t0 = time.perf_counter()
     write_synthetic_history(history)
-    print(f"Wrote synthetic history {history} (5001 x 128 x 64 bf16) in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    print(
+        f"Wrote synthetic history {history} (5001 x 128 x 64 bf16) in {time.perf_counter() - t0:.1f} s", file=sys.stderr
+    )
     _compute(args, str(history), str(store), overwrite=True)
 
 
@@ -287,12 +335,19 @@ def _cmd_summary(args: argparse.Namespace) -> None:
     summary = summarize(ds, threshold=args.threshold).compute()
     print(format_summary(ds))
     rows = np.unique(np.linspace(0, ds.sizes["step"] - 1, min(args.rows, ds.sizes["step"])).round().astype(int))
-    cols = [c for c in ("euclidean_mean", "euclidean_max", "chebyshev_mean", "chebyshev_max", "quantization_neighbours") if c in summary]
+    cols = [
+        c
+        for c in ("euclidean_mean", "euclidean_max", "chebyshev_mean", "chebyshev_max", "quantization_neighbours")
+        if c in summary
+    ]
     print("\nOver training:")
     print(f"{'step':>8} " + " ".join(f"{c:>24}" for c in cols))
     for r in rows:
         values = [summary[c].values[r] for c in cols]
-        print(f"{summary['step'].values[r]:>8} " + " ".join(f"{v:>24.6f}" if isinstance(v, np.floating) else f"{v:>24}" for v in values))
+        print(
+            f"{summary['step'].values[r]:>8} "
+            + " ".join(f"{v:>24.6f}" if isinstance(v, np.floating) else f"{v:>24}" for v in values)
+        )
     if args.plot:
         from dask_pdist.plotting import plot_summary
 
@@ -335,5 +390,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"dask-pdist: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT if isinstance(exc, (ValueError, FileNotFoundError, FileExistsError, PermissionError, NotADirectoryError, OverflowError)) else 1
+        return (
+            EXIT_BAD_INPUT
+            if isinstance(
+                exc,
+                (ValueError, FileNotFoundError, FileExistsError, PermissionError, NotADirectoryError, OverflowError),
+            )
+            else 1
+        )
     return 0

@@ -14,7 +14,7 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, Union
+from typing import Literal
 
 import dask.array as da
 import numpy as np
@@ -33,7 +33,7 @@ HISTORY_DIMS = ("step", "token", "dim")
 #: Output bytes one task may produce when chunks="auto" (2 float32 metrics).
 TASK_OUTPUT_BYTES = 32 * 2**20
 
-Chunks = Union[Literal["auto"], int, tuple, dict]
+Chunks = Literal["auto"] | int | tuple | dict
 
 
 def auto_step_chunk(n_tokens: int, n_steps: int, n_metrics: int = 2, itemsize: int = 4) -> int:
@@ -124,13 +124,9 @@ def _open_safetensors(path: Path, key: str | None, nonfinite: str) -> tuple[_Fil
         raise InputError(f"{path}: no tensor {key!r}; available: {_tensor_list(tensors)}")
     info = tensors[key]
     if len(info.shape) != 3:
-        raise InputError(
-            f"{path}: tensor {key!r} has shape {list(info.shape)}; expected 3-D (step, token, dim)"
-        )
+        raise InputError(f"{path}: tensor {key!r} has shape {list(info.shape)}; expected 3-D (step, token, dim)")
     if info.dtype not in SUPPORTED_DTYPES:
-        raise InputError(
-            f"{path}: tensor {key!r} has dtype {info.dtype}; supported: {', '.join(SUPPORTED_DTYPES)}"
-        )
+        raise InputError(f"{path}: tensor {key!r} has dtype {info.dtype}; supported: {', '.join(SUPPORTED_DTYPES)}")
     steps = None
     if "steps" in tensors and key != "steps":
         sinfo = tensors["steps"]
@@ -181,7 +177,10 @@ class _StackSource:
                 _check_finite(block, self.paths[s], s)
             blocks.append(block)
         if not blocks:
-            return np.empty((0,) + tuple(len(range(*k.indices(n))) for k, n in zip(key[1:3], self.shape[1:])), self.dtype)
+            return np.empty(
+                (0,) + tuple(len(range(*k.indices(n))) for k, n in zip(key[1:3], self.shape[1:], strict=True)),
+                self.dtype,
+            )
         return np.concatenate(blocks)
 
 
@@ -212,7 +211,7 @@ def _checkpoint_steps(paths: list[Path]) -> np.ndarray | None:
         return None
     steps = np.array([int(n[-1]) for n in numbers], dtype=np.int64)
     seen: dict[int, Path] = {}
-    for step, p in zip(steps.tolist(), paths):
+    for step, p in zip(steps.tolist(), paths, strict=True):
         if step in seen:
             raise InputError(
                 f"{p}: step {step} from its file name is also the step of {seen[step]};"
@@ -248,9 +247,7 @@ def _open_checkpoints(
                 " one 2-D (token, dim) matrix per file"
             )
         if info.dtype not in SUPPORTED_DTYPES:
-            raise InputError(
-                f"{path}: tensor {key!r} has dtype {info.dtype}; supported: {', '.join(SUPPORTED_DTYPES)}"
-            )
+            raise InputError(f"{path}: tensor {key!r} has dtype {info.dtype}; supported: {', '.join(SUPPORTED_DTYPES)}")
         if first is None:
             first = (path, info)
         elif (info.shape, info.dtype) != (first[1].shape, first[1].dtype):
@@ -262,7 +259,9 @@ def _open_checkpoints(
         starts.append(info.start)
     assert first is not None and key is not None  # paths is never empty
     info = first[1]
-    src = _StackSource([str(p) for p in paths], starts, info.raw_dtype.str, info.dtype, (len(paths),) + info.shape, nonfinite)
+    src = _StackSource(
+        [str(p) for p in paths], starts, info.raw_dtype.str, info.dtype, (len(paths),) + info.shape, nonfinite
+    )
     source = str(spec) if isinstance(spec, str) else f"{paths[0]} .. {paths[-1]} ({len(paths)} files)"
     return src, key, info.dtype, _checkpoint_steps(paths), source
 
@@ -297,7 +296,9 @@ def _open_npy(path: Path, key: str | None, nonfinite: str) -> tuple[_FileSource,
     return _FileSource(str(path), start, np.dtype(dtype).str, kind, tuple(shape), nonfinite), "array", kind, None
 
 
-def _open_zarr(path: Path, key: str | None, chunks: Chunks, nonfinite: str) -> tuple[da.Array, str, str, np.ndarray | None]:
+def _open_zarr(
+    path: Path, key: str | None, chunks: Chunks, nonfinite: str
+) -> tuple[da.Array, str, str, np.ndarray | None]:
     import zarr
 
     try:
@@ -504,7 +505,10 @@ def _label(
     n_steps, n_tokens, _ = x.shape
     coords = {
         "step": ("step", steps if steps is not None else np.arange(n_steps, dtype=np.int64)),
-        "token": ("token", _read_tokens(tokens, n_tokens, source) if tokens is not None else np.arange(n_tokens, dtype=np.int64)),
+        "token": (
+            "token",
+            _read_tokens(tokens, n_tokens, source) if tokens is not None else np.arange(n_tokens, dtype=np.int64),
+        ),
     }
     attrs = {"source": source, "key": key, "input_dtype": kind, "source_fingerprint": fingerprint}
     return xr.DataArray(x, dims=HISTORY_DIMS, coords=coords, name=key, attrs=attrs)

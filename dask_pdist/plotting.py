@@ -15,9 +15,7 @@ def require_matplotlib() -> Any:
     try:
         import matplotlib
     except ImportError as exc:
-        raise ImportError(
-            "plotting needs matplotlib, an optional extra: pip install 'dask_pdist[plot]'"
-        ) from exc
+        raise ImportError("plotting needs matplotlib, an optional extra: pip install 'dask_pdist[plot]'") from exc
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -48,7 +46,7 @@ def plot_summary(
     metrics = [m for m in ("euclidean", "chebyshev") if f"{m}_mean" in summary]
     fig, axes = plt.subplots(1, len(metrics) + 1, figsize=(12, 4))
     steps = summary["step"].values
-    for ax, metric in zip(axes, metrics):
+    for ax, metric in zip(axes[:-1], metrics, strict=True):
         ax.fill_between(steps, summary[f"{metric}_min"], summary[f"{metric}_max"], alpha=0.3, label="min-max")
         ax.plot(steps, summary[f"{metric}_mean"], label="mean")
         ax.set_xlabel("step")

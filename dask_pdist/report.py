@@ -155,7 +155,10 @@ def describe(path: str | os.PathLike[str]) -> str:
         group = zarr.open_group(str(path), mode="r")
         steps = np.asarray(group["step"][:])
         lines.append(f"  dask_pdist store, version {group.attrs.get('dask_pdist_version', '?')}")
-        lines.append(f"  source: {group.attrs.get('source', '?')} [{group.attrs.get('source_key', '?')}], {group.attrs.get('input_dtype', '?')}")
+        lines.append(
+            f"  source: {group.attrs.get('source', '?')} [{group.attrs.get('source_key', '?')}],"
+            f" {group.attrs.get('input_dtype', '?')}"
+        )
         lines.append(f"  steps: {len(steps)} ({steps[0]}..{steps[-1]})" if len(steps) else "  steps: 0")
         for name in ("euclidean", "chebyshev"):
             if name in group:

@@ -118,9 +118,7 @@ def read_header(path: str | os.PathLike[str]) -> tuple[dict[str, TensorInfo], di
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         if size < 8:
-            raise InputError(
-                f"{path}: not a safetensors file: {size} bytes, shorter than the 8-byte header length"
-            )
+            raise InputError(f"{path}: not a safetensors file: {size} bytes, shorter than the 8-byte header length")
         (n,) = struct.unpack("<Q", f.read(8))
         if n > MAX_HEADER_BYTES:
             raise InputError(
@@ -140,9 +138,7 @@ def read_header(path: str | os.PathLike[str]) -> tuple[dict[str, TensorInfo], di
     try:
         header = json.loads(text, object_pairs_hook=_reject_duplicates)
     except _DuplicateKey as exc:
-        raise InputError(
-            f"{path}: header lists key {exc.args[0]!r} twice; refusing an ambiguous file"
-        ) from None
+        raise InputError(f"{path}: header lists key {exc.args[0]!r} twice; refusing an ambiguous file") from None
     except json.JSONDecodeError as exc:
         raise InputError(f"{path}: header is not valid JSON ({exc.msg} at byte {exc.pos})") from None
     if not isinstance(header, dict):
@@ -169,8 +165,7 @@ def read_header(path: str | os.PathLike[str]) -> tuple[dict[str, TensorInfo], di
         pos = end
     if data_start + pos > size:
         raise InputError(
-            f"{path}: tensors need {pos} data bytes but the file holds {size - data_start};"
-            " the file is truncated"
+            f"{path}: tensors need {pos} data bytes but the file holds {size - data_start}; the file is truncated"
         )
     if data_start + pos < size:
         raise InputError(

@@ -181,7 +181,7 @@ def _write_block(block: np.ndarray, *, array: Any, block_info: Any = None) -> np
 
 
 def _write_coord(block: np.ndarray, *, array: Any, block_info: Any = None) -> np.ndarray:
-    (start, stop), = block_info[0]["array-location"]
+    ((start, stop),) = block_info[0]["array-location"]
     array[start:stop] = block
     return np.ones((1,), dtype=np.uint8)
 
@@ -216,7 +216,9 @@ def _write_graph(ds: xr.Dataset, path: Path, todo: np.ndarray) -> Delayed:
     for name, coord in ds.coords.items():
         if isinstance(coord.data, da.Array):  # lazy per-step coordinates (embedding_rms)
             arr = zarr.open_array(str(path / name), mode="r+")
-            flags = coord.data.map_blocks(_write_coord, array=arr, dtype=np.uint8, chunks=(1,), name=f"write-{name}-{token}")
+            flags = coord.data.map_blocks(
+                _write_coord, array=arr, dtype=np.uint8, chunks=(1,), name=f"write-{name}-{token}"
+            )
             written.append(flags[:, None, None])
     done = da.map_blocks(
         _mark_done,
@@ -287,13 +289,17 @@ def to_zarr(
         old = json.loads(_read_attrs(path).get(_FINGERPRINT_ATTR, "{}"))
         diff = [f"{k}: store has {old.get(k)!r}, now {v!r}" for k, v in fingerprint.items() if old.get(k) != v]
         if diff:
-            raise StoreError(f"{path}: cannot resume, the job differs from the one that made the store: " + "; ".join(diff))
+            raise StoreError(
+                f"{path}: cannot resume, the job differs from the one that made the store: " + "; ".join(diff)
+            )
         _clean_partials(path)
     else:
         if path.exists():
             shutil.rmtree(path)
         _create(ds, path, compressor, fingerprint)
-    todo = store_progress(path)[0] == 0 if resuming else np.ones(tuple(len(ds.chunksizes[d]) for d in DISTANCE_DIMS), bool)
+    todo = (
+        store_progress(path)[0] == 0 if resuming else np.ones(tuple(len(ds.chunksizes[d]) for d in DISTANCE_DIMS), bool)
+    )
     job = _write_graph(ds, path, todo)
     return job.compute() if compute else job
 
@@ -417,5 +423,7 @@ def verify_store(path: str | os.PathLike[str]) -> list[ChunkProblem]:
                 except Exception as exc:  # zarr raises ValueError for checksums, others for decoding
                     problem = f"corrupt ({exc})"
             if problem:
-                problems.append(ChunkProblem(name, (int(steps[s0]), int(steps[s1 - 1])), (i0, i1 - 1), (j0, j1 - 1), problem))
+                problems.append(
+                    ChunkProblem(name, (int(steps[s0]), int(steps[s1 - 1])), (i0, i1 - 1), (j0, j1 - 1), problem)
+                )
     return problems

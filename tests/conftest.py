@@ -10,8 +10,8 @@ import dask
 import ml_dtypes
 import numpy as np
 import pytest
-from scipy.spatial.distance import cdist
 from safetensors.numpy import save_file
+from scipy.spatial.distance import cdist
 
 NUMPY_DTYPES = {"BF16": ml_dtypes.bfloat16, "F16": np.float16, "F32": np.float32, "F64": np.float64}
 

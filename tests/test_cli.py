@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import oracle, random_history
+
 from dask_pdist import open_distances, open_history
 from dask_pdist.cli import main
 
@@ -61,8 +61,23 @@ def test_compute_options(tmp_path):
     main(["synth", str(src), "--steps", "9", "--vocab", "6", "--dim", "4"])
     (tmp_path / "tok.txt").write_text("\n".join("abcdef") + "\n")
     out = tmp_path / "d.zarr"
-    args = ["compute", str(src), "-o", str(out), "--metrics", "chebyshev", "--dtype", "float16",
-            "--tokens", str(tmp_path / "tok.txt"), "--compressor", "none", "--token-chunk", "4", "--no-progress"]
+    args = [
+        "compute",
+        str(src),
+        "-o",
+        str(out),
+        "--metrics",
+        "chebyshev",
+        "--dtype",
+        "float16",
+        "--tokens",
+        str(tmp_path / "tok.txt"),
+        "--compressor",
+        "none",
+        "--token-chunk",
+        "4",
+        "--no-progress",
+    ]
     assert main(args) == 0
     ds = open_distances(out)
     assert list(ds.data_vars) == ["chebyshev"] and ds.chebyshev.dtype == np.float16
@@ -79,12 +94,18 @@ def _error(capsys, argv) -> str:
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x00" * 4)
-    assert "bad.safetensors: not a safetensors file" in _error(capsys, ["compute", str(bad), "-o", str(tmp_path / "o.zarr")])
-    assert "history file not found" in _error(capsys, ["compute", str(tmp_path / "nope"), "-o", str(tmp_path / "o.zarr")])
+    assert "bad.safetensors: not a safetensors file" in _error(
+        capsys, ["compute", str(bad), "-o", str(tmp_path / "o.zarr")]
+    )
+    assert "history file not found" in _error(
+        capsys, ["compute", str(tmp_path / "nope"), "-o", str(tmp_path / "o.zarr")]
+    )
     src = tmp_path / "h.safetensors"
     main(["synth", str(src), "--steps", "5", "--vocab", "4", "--dim", "3"])
     capsys.readouterr()
-    assert "no tensor 'x'; available: embedding_history" in _error(capsys, ["compute", str(src), "--key", "x", "-o", str(tmp_path / "o.zarr")])
+    assert "no tensor 'x'; available: embedding_history" in _error(
+        capsys, ["compute", str(src), "--key", "x", "-o", str(tmp_path / "o.zarr")]
+    )
 
 
 def test_refuses_existing_store_unless_overwrite(tmp_path, capsys):
@@ -131,7 +152,9 @@ def test_console_script_and_module_and_demo(tmp_path):
 def test_compute_from_per_checkpoint_files(tmp_path, write_safetensors):
     x = random_history((7, 6, 5), seed=11)
     for k, step in enumerate([10, 20, 30, 40, 50, 60, 70]):
-        write_safetensors(f"ckpt_{step}.safetensors", {"model.embed_tokens.weight": x[k], "bias": np.zeros(6, np.float32)})
+        write_safetensors(
+            f"ckpt_{step}.safetensors", {"model.embed_tokens.weight": x[k], "bias": np.zeros(6, np.float32)}
+        )
     files = sorted(str(p) for p in tmp_path.glob("ckpt_*.safetensors"))
     for n, inputs in enumerate([[str(tmp_path / "ckpt_*.safetensors")], files]):  # quoted glob, shell-expanded list
         out = tmp_path / f"d{n}.zarr"

@@ -7,10 +7,10 @@ import dask.array as da
 import numpy as np
 import pytest
 import xarray as xr
+from conftest import oracle, raise_if_dask_computes, random_history
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import oracle, random_history, raise_if_dask_computes
 from dask_pdist import open_history, pairwise_distances
 
 
@@ -44,7 +44,9 @@ def test_labels_and_attrs(write_safetensors, tmp_path):
     assert ds.attrs["input_dtype"] == "F16" and ds.attrs["compute_dtype"] == "float32"
     assert ds.attrs["source_key"] == "hist" and ds.attrs["dask_pdist_version"]
     assert "sqrt" in ds.euclidean.attrs["formula"] and "max_d" in ds.chebyshev.attrs["formula"]
-    assert float(ds.chebyshev.sel(step=7, token_i="a", token_j="c")) == pytest.approx(np.abs(x[2, 0] - x[2, 2]).max(), rel=1e-3)
+    assert float(ds.chebyshev.sel(step=7, token_i="a", token_j="c")) == pytest.approx(
+        np.abs(x[2, 0] - x[2, 2]).max(), rel=1e-3
+    )
 
 
 def test_one_blockwise_layer_runs_once_per_block(monkeypatch):
@@ -66,7 +68,7 @@ def test_nothing_is_computed_until_asked(write_safetensors):
         ds = pairwise_distances(open_history(path, chunks=2), token_chunk=4)
         ds.euclidean.sel(step=3)
         with pytest.raises(RuntimeError, match="nothing may be computed"):
-            ds.euclidean.values  # the guard itself works
+            _ = ds.euclidean.values  # the guard itself works
 
 
 def test_metric_subset_and_float16():
@@ -81,7 +83,7 @@ def test_float16_overflow_is_an_error_not_inf():
     x = random_history((2, 5, 3)) * 1e5
     ds = pairwise_distances(_history(x, (2, 5, 3)), dtype="float16")
     with pytest.raises(OverflowError, match=r"exceeds float16's largest finite value 65504.*float32"):
-        ds.euclidean.values
+        _ = ds.euclidean.values
 
 
 @pytest.mark.parametrize(

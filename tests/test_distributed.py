@@ -5,12 +5,10 @@ from __future__ import annotations
 import distributed
 import numpy as np
 import pytest
-
 from conftest import random_history
+
 from dask_pdist import open_distances, open_history, pairwise_distances, to_zarr
 from dask_pdist.cli import main
-
-
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +34,21 @@ def test_cli_scheduler_option(cluster, tmp_path, capsys):
     src = tmp_path / "h.safetensors"
     main(["synth", str(src), "--steps", "30", "--vocab", "12", "--dim", "5"])
     assert main(["compute", str(src), "-o", str(tmp_path / "a.zarr"), "--no-progress"]) == 0
-    assert main(["compute", str(src), "-o", str(tmp_path / "b.zarr"), "--chunk-steps", "4", "--scheduler", cluster.scheduler_address]) == 0
+    assert (
+        main(
+            [
+                "compute",
+                str(src),
+                "-o",
+                str(tmp_path / "b.zarr"),
+                "--chunk-steps",
+                "4",
+                "--scheduler",
+                cluster.scheduler_address,
+            ]
+        )
+        == 0
+    )
     a, b = open_distances(tmp_path / "a.zarr"), open_distances(tmp_path / "b.zarr")
     np.testing.assert_array_equal(a.euclidean.values, b.euclidean.values)
     np.testing.assert_array_equal(a.chebyshev.values, b.chebyshev.values)

@@ -189,12 +189,14 @@ def test_compute_false_is_lazy_and_renames_at_the_end(history, tmp_path, no_comp
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.integers(1, 5), min_size=1, max_size=4).flatmap(
-    lambda shape: st.tuples(
-        st.just(tuple(shape)),
-        st.tuples(*[st.tuples(st.integers(0, n - 1), st.integers(1, n)) for n in shape]),
+@given(
+    st.lists(st.integers(1, 5), min_size=1, max_size=4).flatmap(
+        lambda shape: st.tuples(
+            st.just(tuple(shape)),
+            st.tuples(*[st.tuples(st.integers(0, n - 1), st.integers(1, n)) for n in shape]),
+        )
     )
-))
+)
 def test_segments_cover_a_block_exactly(case):
     shape, raw = case
     region = tuple((min(a, b - 1), max(a + 1, b)) for a, b in raw)

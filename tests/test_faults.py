@@ -19,8 +19,8 @@ import distributed
 import numpy as np
 import pytest
 import xarray as xr
-
 from conftest import random_history
+
 from dask_pdist import StoreError, open_distances, open_history, pairwise_distances, to_zarr
 from dask_pdist.cli import main
 from dask_pdist.store import store_progress, verify_store
@@ -79,7 +79,9 @@ def test_sigkill_then_resume_is_bit_identical(big, tmp_path):
     leftover = out / "euclidean" / "c" / "0" / "0" / "0.deadbeef.partial"  # as a killed zarr write leaves
     leftover.parent.mkdir(parents=True, exist_ok=True)
     leftover.write_bytes(b"half a chunk")
-    code = subprocess.run(CLI + ["compute", str(src), "-o", str(out), "--chunk-steps", "3", "--no-progress", "--resume"], timeout=TIMEOUT).returncode
+    code = subprocess.run(
+        CLI + ["compute", str(src), "-o", str(out), "--chunk-steps", "3", "--no-progress", "--resume"], timeout=TIMEOUT
+    ).returncode
     assert code == 0
     assert not list(out.rglob("*.partial"))
     _assert_same(out, ref)
@@ -111,7 +113,13 @@ def test_disk_full_is_a_clean_error_and_resumable(big, tmp_path):
     assert proc.returncode == 1, err
     assert "File too large" in err and "--resume" in err and "Traceback" not in err
     assert not store_progress(out)[1]
-    assert subprocess.run(CLI + ["compute", str(src), "-o", str(out), "--chunk-steps", "3", "--no-progress", "--resume"], timeout=TIMEOUT).returncode == 0
+    assert (
+        subprocess.run(
+            CLI + ["compute", str(src), "-o", str(out), "--chunk-steps", "3", "--no-progress", "--resume"],
+            timeout=TIMEOUT,
+        ).returncode
+        == 0
+    )
     _assert_same(out, ref)
 
 
@@ -147,7 +155,10 @@ def test_killed_distributed_worker_does_not_lose_work(big, tmp_path):
     src, ref = big
     out = tmp_path / "d.zarr"
     ds = pairwise_distances(open_history(src, chunks=3))
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+    with (
+        distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        distributed.Client(cluster) as client,
+    ):
         future = client.compute(to_zarr(ds, out, compute=False))
         deadline = time.monotonic() + TIMEOUT
         while _n_done(out) < 10:

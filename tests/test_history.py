@@ -11,8 +11,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 import zarr
-
 from conftest import random_history
+
 from dask_pdist import InputError, open_history
 
 
@@ -92,7 +92,7 @@ def test_nonfinite_raise_names_step_and_token(write_safetensors):
     path = write_safetensors("h.safetensors", {"h": x})
     h = open_history(path, chunks=3)
     with pytest.raises(InputError, match=r"inf at step index 7, token 2.*propagate"):
-        h.values
+        _ = h.values
     assert np.isinf(open_history(path, nonfinite="propagate").values[7, 2, 1])
 
 
@@ -116,25 +116,73 @@ GOOD = {"h": {"dtype": "F32", "shape": [2, 2, 2], "data_offsets": [0, 32]}}
         (_raw(b"{not json}  "), r"header is not valid JSON"),
         (_raw(b"\xff\xfe{}"), r"header is not UTF-8"),
         (_raw(b"[1, 2]"), r"header is a JSON list, expected an object"),
-        (_raw(b'{"h": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, "h": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}', bytes(4)), r"lists key 'h' twice"),
-        (_raw({"h": {"dtype": "F8_E4M3", "shape": [2, 2, 2], "data_offsets": [0, 8]}}, bytes(8)), r"dtype 'F8_E4M3'.*supported: BF16, F16, F32, F64"),
-        (_raw({"h": {"dtype": "F32", "shape": [2, 2, 2], "data_offsets": [0, 30]}}, bytes(30)), r"needs 32 bytes, but data_offsets \[0, 30\] span 30"),
+        (
+            _raw(
+                b'{"h": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, "h": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}',
+                bytes(4),
+            ),
+            r"lists key 'h' twice",
+        ),
+        (
+            _raw({"h": {"dtype": "F8_E4M3", "shape": [2, 2, 2], "data_offsets": [0, 8]}}, bytes(8)),
+            r"dtype 'F8_E4M3'.*supported: BF16, F16, F32, F64",
+        ),
+        (
+            _raw({"h": {"dtype": "F32", "shape": [2, 2, 2], "data_offsets": [0, 30]}}, bytes(30)),
+            r"needs 32 bytes, but data_offsets \[0, 30\] span 30",
+        ),
         (_raw(GOOD, bytes(20)), r"need 32 data bytes but the file holds 20"),
         (_raw(GOOD, bytes(40)), r"8 trailing bytes"),
-        (_raw({"h": {"dtype": "F32", "shape": [2, 2, 2], "data_offsets": [4, 36]}}, bytes(36)), r"leaves a gap of 4 bytes"),
+        (
+            _raw({"h": {"dtype": "F32", "shape": [2, 2, 2], "data_offsets": [4, 36]}}, bytes(36)),
+            r"leaves a gap of 4 bytes",
+        ),
         (_raw({"__metadata__": {"a": 1}, **GOOD}, bytes(32)), r"__metadata__ must map strings to strings"),
-        (_raw({**GOOD, "g": {"dtype": "F32", "shape": [4], "data_offsets": [16, 32]}}, bytes(32)), r"tensor '(g|h)' at data offset 16 overlaps the previous tensor"),
-        (_raw({**GOOD, "g": {"dtype": "F32", "shape": [8], "data_offsets": [0, 32]}}, bytes(32)), r"at data offset 0 overlaps the previous tensor"),
-        (_raw({"h": {"dtype": "F32", "shape": [2, 2, 2], "data_offsets": [1000, 1032]}}, bytes(32)), r"'h' at data offset 1000 leaves a gap of 1000 bytes"),
-        (_raw({**GOOD, "g": {"dtype": "F32", "shape": [2], "data_offsets": [32, 40]}}, bytes(32)), r"tensors need 40 data bytes but the file holds 32; the file is truncated"),
-        (_raw({"h": {"dtype": "F32", "shape": [2, 2, 2], "data_offsets": [32, 0]}}, bytes(32)), r"'h' has invalid data_offsets \[32, 0\]"),
-        (_raw({"h": {"dtype": "F32", "shape": [2, -2, 2], "data_offsets": [0, 32]}}, bytes(32)), r"'h' has invalid shape \[2, -2, 2\]"),
-        (_raw({"h": {"dtype": "F32", "shape": [2, 2, 2]}}, bytes(32)), r"'h' entry must have exactly dtype, shape and data_offsets"),
-        (_raw({"h": {"dtype": "I32", "shape": [2, 2, 2], "data_offsets": [0, 32]}}, bytes(32)), r"'h' has dtype I32; supported: BF16, F16, F32, F64"),
-        (_raw({"h": {"dtype": "BOOL", "shape": [2, 2, 2], "data_offsets": [0, 8]}}, bytes(8)), r"'h' has dtype BOOL; supported: BF16, F16, F32, F64"),
-        (_raw({"h": {"dtype": "F8_E5M2", "shape": [2, 2, 2], "data_offsets": [0, 8]}}, bytes(8)), r"dtype 'F8_E5M2'.*supported: BF16, F16, F32, F64"),
+        (
+            _raw({**GOOD, "g": {"dtype": "F32", "shape": [4], "data_offsets": [16, 32]}}, bytes(32)),
+            r"tensor '(g|h)' at data offset 16 overlaps the previous tensor",
+        ),
+        (
+            _raw({**GOOD, "g": {"dtype": "F32", "shape": [8], "data_offsets": [0, 32]}}, bytes(32)),
+            r"at data offset 0 overlaps the previous tensor",
+        ),
+        (
+            _raw({"h": {"dtype": "F32", "shape": [2, 2, 2], "data_offsets": [1000, 1032]}}, bytes(32)),
+            r"'h' at data offset 1000 leaves a gap of 1000 bytes",
+        ),
+        (
+            _raw({**GOOD, "g": {"dtype": "F32", "shape": [2], "data_offsets": [32, 40]}}, bytes(32)),
+            r"tensors need 40 data bytes but the file holds 32; the file is truncated",
+        ),
+        (
+            _raw({"h": {"dtype": "F32", "shape": [2, 2, 2], "data_offsets": [32, 0]}}, bytes(32)),
+            r"'h' has invalid data_offsets \[32, 0\]",
+        ),
+        (
+            _raw({"h": {"dtype": "F32", "shape": [2, -2, 2], "data_offsets": [0, 32]}}, bytes(32)),
+            r"'h' has invalid shape \[2, -2, 2\]",
+        ),
+        (
+            _raw({"h": {"dtype": "F32", "shape": [2, 2, 2]}}, bytes(32)),
+            r"'h' entry must have exactly dtype, shape and data_offsets",
+        ),
+        (
+            _raw({"h": {"dtype": "I32", "shape": [2, 2, 2], "data_offsets": [0, 32]}}, bytes(32)),
+            r"'h' has dtype I32; supported: BF16, F16, F32, F64",
+        ),
+        (
+            _raw({"h": {"dtype": "BOOL", "shape": [2, 2, 2], "data_offsets": [0, 8]}}, bytes(8)),
+            r"'h' has dtype BOOL; supported: BF16, F16, F32, F64",
+        ),
+        (
+            _raw({"h": {"dtype": "F8_E5M2", "shape": [2, 2, 2], "data_offsets": [0, 8]}}, bytes(8)),
+            r"dtype 'F8_E5M2'.*supported: BF16, F16, F32, F64",
+        ),
         (_raw(b'{"__metadata__": {"a": "1", "a": "2"}}'), r"lists key 'a' twice"),
-        (_raw(b'{"h": {"dtype": "F32", "shape": [2, 2, 2], "data_offsets": [0, 32], "dtype": "F16"}}', bytes(32)), r"lists key 'dtype' twice"),
+        (
+            _raw(b'{"h": {"dtype": "F32", "shape": [2, 2, 2], "data_offsets": [0, 32], "dtype": "F16"}}', bytes(32)),
+            r"lists key 'dtype' twice",
+        ),
     ],
 )
 def test_bad_safetensors_files(tmp_path, content, match):
@@ -147,7 +195,9 @@ def test_bad_safetensors_files(tmp_path, content, match):
 
 def test_missing_key_lists_available_tensors(write_safetensors):
     path = write_safetensors("h.safetensors", {"embedding_history": random_history((3, 4, 2)), "steps": np.arange(3)})
-    with pytest.raises(InputError, match=r"no tensor 'emb'; available: embedding_history \[3, 4, 2\] F32, steps \[3\] I64"):
+    with pytest.raises(
+        InputError, match=r"no tensor 'emb'; available: embedding_history \[3, 4, 2\] F32, steps \[3\] I64"
+    ):
         open_history(path, key="emb")
 
 
@@ -205,14 +255,19 @@ def test_checkpoint_glob_stacks_in_natural_order_with_steps_from_names(write_saf
 
 def test_checkpoint_list_and_default_key(write_safetensors, tmp_path):
     x = random_history((3, 6, 4), seed=5)
-    paths = [write_safetensors(name, {"emb": x[k]}, "F32") for k, name in enumerate(["b.safetensors", "c.safetensors", "a.safetensors"])]
+    paths = [
+        write_safetensors(name, {"emb": x[k]}, "F32")
+        for k, name in enumerate(["b.safetensors", "c.safetensors", "a.safetensors"])
+    ]
     h = open_history(paths)  # the only 2-D tensor; names without numbers: steps 0..S-1 in name order
     np.testing.assert_array_equal(h["step"].values, [0, 1, 2])
     np.testing.assert_array_equal(h.values, x[[2, 0, 1]])
     x4 = random_history((4, 6, 4), seed=6)
     # the key is chosen in the first file (natural order), then required in every file
     paths.append(write_safetensors("0.safetensors", {"emb": x4[0], "other": x4[1]}, "F32"))
-    with pytest.raises(InputError, match=r"0.safetensors: cannot choose the embedding matrix: 2 tensors are 2-D.*--key"):
+    with pytest.raises(
+        InputError, match=r"0.safetensors: cannot choose the embedding matrix: 2 tensors are 2-D.*--key"
+    ):
         open_history(paths)
 
 
@@ -221,16 +276,23 @@ def test_checkpoint_shape_or_dtype_mismatch_names_the_odd_file(write_safetensors
     for k in range(3):
         write_safetensors(f"ck{k}.safetensors", {"w": x[k]}, "BF16")
     write_safetensors("ck3.safetensors", {"w": x[3][:5]}, "BF16")
-    with pytest.raises(InputError, match=r"ck3.safetensors: tensor 'w' has shape \[5, 4\] and dtype BF16, but .*ck0.safetensors \(the first checkpoint\) has shape \[6, 4\] and dtype BF16"):
+    with pytest.raises(
+        InputError,
+        match=r"ck3.safetensors: tensor 'w' has shape \[5, 4\] and dtype BF16, but .*ck0.safetensors \(the first checkpoint\) has shape \[6, 4\] and dtype BF16",
+    ):
         open_history(str(tmp_path / "ck*.safetensors"))
     write_safetensors("ck3.safetensors", {"w": x[3]}, "F16")
-    with pytest.raises(InputError, match=r"ck3.safetensors: tensor 'w' has shape \[6, 4\] and dtype F16, but .* dtype BF16"):
+    with pytest.raises(
+        InputError, match=r"ck3.safetensors: tensor 'w' has shape \[6, 4\] and dtype F16, but .* dtype BF16"
+    ):
         open_history(str(tmp_path / "ck*.safetensors"))
     write_safetensors("ck3.safetensors", {"v": x[3]}, "BF16")
     with pytest.raises(InputError, match=r"ck3.safetensors: no tensor 'w'; available: v \[6, 4\] BF16"):
         open_history(str(tmp_path / "ck*.safetensors"), key="w")
     write_safetensors("ck3.safetensors", {"w": x}, "BF16")
-    with pytest.raises(InputError, match=r"ck3.safetensors: tensor 'w' has shape \[4, 6, 4\]; a per-checkpoint file holds one 2-D"):
+    with pytest.raises(
+        InputError, match=r"ck3.safetensors: tensor 'w' has shape \[4, 6, 4\]; a per-checkpoint file holds one 2-D"
+    ):
         open_history(str(tmp_path / "ck*.safetensors"))
     (tmp_path / "ck3.safetensors").write_bytes(b"\x01\x02")
     with pytest.raises(InputError, match=r"ck3.safetensors: not a safetensors file"):
@@ -252,7 +314,7 @@ def test_checkpoint_errors_missing_duplicate_step_nonfinite(write_safetensors, t
     c = write_safetensors("step_9.safetensors", {"w": x[2]})
     h = open_history([b, c], chunks=2)
     with pytest.raises(InputError, match=r"step_9.safetensors: history holds nan at step index 1, token 3"):
-        h.values
+        _ = h.values
     assert np.isnan(open_history([b, c], nonfinite="propagate").values[1, 3, 1])
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from conftest import oracle
 from safetensors.torch import load_file, save_file
 
-from conftest import oracle
 from dask_pdist import open_history, pairwise_distances
 
 

@@ -8,8 +8,8 @@ import dask.array as da
 import numpy as np
 import pytest
 import xarray as xr
-
 from conftest import random_history
+
 from dask_pdist import StoreError, open_distances, open_history, pairwise_distances, to_zarr
 
 
