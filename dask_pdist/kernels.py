@@ -1,9 +1,9 @@
 """Block kernels: numpy in, numpy out, no dask.
 
 Every pair (i, j) is reduced over the dims in one fixed order by one shared row routine,
-whichever kernel (diagonal tile or off-diagonal tile) computes it.  That makes results
-bit-identical for any chunking, and exactly symmetric: ``a - b`` and ``b - a`` differ only
-in sign, which neither ``d * d`` nor ``abs(d)`` sees.
+whichever tile computes it.  That makes results bit-identical for any chunking, and exactly
+symmetric: ``a - b`` and ``b - a`` differ only in sign, which neither ``d * d`` nor
+``abs(d)`` sees.
 
 Differences are taken coordinate by coordinate (``x_i - x_j``); the Gram-matrix shortcut
 ``|x|^2 + |y|^2 - 2 x.y`` is never used: it gives non-zero self-distances and large
@@ -78,27 +78,21 @@ def _transpose(x, s, xt):
             xt[d, t] = x[s, t, d]
 
 
+# Every row in full, i against every j, written straight into the output row. Computing both
+# (i, j) and (j, i) costs twice the arithmetic of a triangle but no strided mirror writes, and
+# measured faster (27 vs 34 ms for 256 x 128 x 64). Both are exactly equal: x_i - x_j is
+# exactly -(x_j - x_i), and the diagonal x_i - x_i is exactly 0. Two separate functions, not
+# one with a flag: the flag's aliasing (one buffer as both operands) cost ~30% in the loop.
+
+
 @numba.njit(nogil=True, cache=True)
-def _pairwise_block(x, out):
+def _self_block(x, out):
     nstep, ntok, ndim = x.shape
     xt = np.empty((ndim, ntok), dtype=x.dtype)
-    sq = np.empty(ntok, dtype=x.dtype)
-    mx = np.empty(ntok, dtype=x.dtype)
     for s in range(nstep):
         _transpose(x, s, xt)
         for i in range(ntok):
-            out[0, s, i, i] = 0
-            out[1, s, i, i] = 0
-            n = ntok - i - 1
-            _row(xt, i, xt, i + 1, n, sq, mx)
-            e = out[0, s, i, i + 1 :]
-            c = out[1, s, i, i + 1 :]
-            for j in range(n):
-                e[j] = sq[j]
-                c[j] = mx[j]
-            for j in range(n):
-                out[0, s, i + 1 + j, i] = sq[j]
-                out[1, s, i + 1 + j, i] = mx[j]
+            _row(xt, i, xt, 0, ntok, out[0, s, i], out[1, s, i])
 
 
 @numba.njit(nogil=True, cache=True)
@@ -107,18 +101,11 @@ def _cross_block(xa, xb, out):
     nb = xb.shape[1]
     at = np.empty((ndim, na), dtype=xa.dtype)
     bt = np.empty((ndim, nb), dtype=xa.dtype)
-    sq = np.empty(nb, dtype=xa.dtype)
-    mx = np.empty(nb, dtype=xa.dtype)
     for s in range(nstep):
         _transpose(xa, s, at)
         _transpose(xb, s, bt)
         for i in range(na):
-            _row(at, i, bt, 0, nb, sq, mx)
-            e = out[0, s, i]
-            c = out[1, s, i]
-            for j in range(nb):
-                e[j] = sq[j]
-                c[j] = mx[j]
+            _row(at, i, bt, 0, nb, out[0, s, i], out[1, s, i])
 
 
 def _check(x: np.ndarray) -> np.ndarray:
@@ -151,7 +138,7 @@ def pairwise_block(x: np.ndarray) -> np.ndarray:
     """
     x = _check(x)
     out = np.empty((len(METRICS),) + x.shape[:2] + x.shape[1:2], dtype=x.dtype)
-    _pairwise_block(x, out)
+    _self_block(x, out)
     return out
 
 
