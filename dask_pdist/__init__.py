@@ -2,20 +2,44 @@
 
 Open a history (:func:`open_history`), build both metrics in one pass
 (:func:`pairwise_distances`), write a zarr store (:func:`to_zarr`), reopen it lazily
-(:func:`open_distances`), export it as the notebook's safetensors file (:func:`to_safetensors`).
+(:func:`open_distances`), summarize it (:func:`summarize`), export it for the notebook's
+readers (:func:`to_safetensors`).
+
+The public names are imported on first use (PEP 562): ``import dask_pdist`` and the
+``dask-pdist`` command's start-up stay fast, since dask, xarray and numba take ~1 s to import.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._version import __version__
-from .dataset import pairwise_distances
-from .errors import InputError, StoreError
-from .export import to_safetensors
-from .graph import METRICS, OUTPUT_DTYPES
-from .history import open_history
-from .report import summarize
-from .store import open_distances, to_zarr
-from .synthetic import write_synthetic_history
+
+if TYPE_CHECKING:
+    from .dataset import pairwise_distances
+    from .errors import InputError, StoreError
+    from .export import to_safetensors
+    from .graph import METRICS, OUTPUT_DTYPES
+    from .history import open_history
+    from .report import summarize
+    from .store import open_distances, to_zarr, verify_store
+    from .synthetic import write_synthetic_history
+
+_WHERE = {
+    "METRICS": "graph",
+    "OUTPUT_DTYPES": "graph",
+    "InputError": "errors",
+    "StoreError": "errors",
+    "open_history": "history",
+    "pairwise_distances": "dataset",
+    "to_zarr": "store",
+    "open_distances": "store",
+    "verify_store": "store",
+    "summarize": "report",
+    "write_synthetic_history": "synthetic",
+    "to_safetensors": "export",
+}
 
 __all__ = [
     "__version__",
@@ -27,7 +51,20 @@ __all__ = [
     "pairwise_distances",
     "to_zarr",
     "open_distances",
+    "verify_store",
     "summarize",
     "write_synthetic_history",
     "to_safetensors",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'dask_pdist' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -163,3 +163,23 @@ def test_compute_from_per_checkpoint_files(tmp_path, write_safetensors):
         ds = open_distances(out)
         np.testing.assert_array_equal(ds["step"].values, [10, 20, 30, 40, 50, 60, 70])
         np.testing.assert_array_equal(ds.chebyshev.values, np.abs(x[:, :, None] - x[:, None]).max(-1))
+
+
+def test_help_imports_no_heavy_library():
+    # dask-pdist --help and `import dask_pdist` must not pay for dask, xarray, numba (~1 s)
+    code = "import sys, dask_pdist, dask_pdist.cli; print(sorted({'dask', 'xarray', 'numba', 'zarr'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    import dask_pdist
+
+    assert callable(dask_pdist.open_history) and "to_safetensors" in dir(dask_pdist)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        dask_pdist.nope  # noqa: B018
+
+
+def test_every_public_name_resolves():
+    import dask_pdist
+
+    assert set(dask_pdist.__all__) == {"__version__", *dask_pdist._WHERE}
+    for name in dask_pdist.__all__:
+        assert getattr(dask_pdist, name) is not None
