@@ -237,22 +237,14 @@ def _bench_case(
     args: argparse.Namespace,
     env: dict[str, str],
     work: Path,
-    dask_cmd: list[str],
     warm_all: bool,
 ) -> None:
+    from dask_pdist.synthetic import write_synthetic_history
+
     hist = work / f"history_{case.steps}x{case.vocab}x{case.dim}.safetensors"
-    synth = dask_cmd + [
-        "synth",
-        str(hist),
-        "--steps",
-        str(case.steps),
-        "--vocab",
-        str(case.vocab),
-        "--dim",
-        str(case.dim),
-    ]
     _log(f"[{case.name}] synth")
-    _run_child(synth, env, work / "synth.log")
+    # the function behind `dask-pdist synth`, in this process: same bytes, without a start-up
+    write_synthetic_history(hist, steps=case.steps, vocab=case.vocab, dim=case.dim)
     # The numba cache is already filled (see _main) and synth left the history in the page cache.
     # In the first case one untimed run of every method also brings torch's and scipy's
     # libraries into the page cache, so no timed round starts cold.
@@ -497,6 +489,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args: argparse.Namespace, work: Path) -> int:
     from dask_pdist.store import DEFAULT_COMPRESSOR
+    from dask_pdist.synthetic import write_synthetic_history
 
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     load_before = os.getloadavg()
@@ -509,7 +502,7 @@ def _main(args: argparse.Namespace, work: Path) -> int:
     # Numba compile, paid once and reported: the first compute runs with an empty cache
     # directory (compile + cache write); every later process loads the cached kernels.
     probe = work / "probe.safetensors"
-    _run_child(dask_cmd + ["synth", str(probe), "--steps", "16"], env, work / "synth.log")
+    write_synthetic_history(probe, steps=16)
     cold = _run_child(
         dask_cmd + ["compute", str(probe), "-o", str(work / "p1.zarr"), "--no-progress"], env, work / "cold.log"
     )
@@ -524,7 +517,7 @@ def _main(args: argparse.Namespace, work: Path) -> int:
     kernel = _bench_kernel(env, args, work)
     cases = _cases(args.quick)
     for i, case in enumerate(cases):
-        _bench_case(case, methods, args, env, work, dask_cmd, warm_all=(i == 0 and not args.quick))
+        _bench_case(case, methods, args, env, work, warm_all=(i == 0 and not args.quick))
     by_role = {c.role: c for c in cases}
 
     h = {k: statistics.median(v) for k, v in help_times.items()}
@@ -544,7 +537,7 @@ def _main(args: argparse.Namespace, work: Path) -> int:
     lines += [
         f"Whole processes, alternating methods within each round, {args.repeats} rounds; "
         f"the baselines at the large sizes run {args.slow_repeats} times (`--slow-repeats`). "
-        f"Inputs: bf16 safetensors from `dask-pdist synth`; outputs: both metrics, float32, written to disk. "
+        f"Inputs: bf16 safetensors written as by `dask-pdist synth`; outputs: both metrics, float32, written to disk. "
         f"dask-pdist runs as `{dask_name} compute IN -o OUT.zarr --no-progress`.",
         "",
         "## Targets",
