@@ -419,6 +419,7 @@ def _plot(cases: list[Case], methods: dict[str, Method], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.5), gridspec_kw={"width_ratios": [2, 1]})
     v128 = [c for c in cases if c.role in ("small", "large")]
@@ -429,6 +430,9 @@ def _plot(cases: list[Case], methods: dict[str, Method], path: Path) -> None:
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xticks([c.steps for c in v128], [str(c.steps) for c in v128])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
     ax.set_xlabel(f"snapshots S (V={v128[0].vocab}, D={v128[0].dim}, bf16 in)")
     ax.set_ylabel("whole-process wall time, s (median)")
     ax.set_title("Wall time vs S")
@@ -439,6 +443,11 @@ def _plot(cases: list[Case], methods: dict[str, Method], path: Path) -> None:
     bx.bar(range(len(ys)), ys, color=[f"C{list(v128[0].methods).index(k)}" for k in wide.methods])
     bx.set_xticks(range(len(ys)), [methods[k].key for k in wide.methods], rotation=20, fontsize=8)
     bx.set_yscale("log")
+    bx.set_ylim(min(ys) / 2, max(ys) * 2)
+    bx.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    bx.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+    for x, y in enumerate(ys):
+        bx.annotate(f"{y:.2f} s", (x, y), ha="center", va="bottom", fontsize=8)
     bx.set_title(f"S={wide.steps}, V={wide.vocab}, D={wide.dim}")
     bx.grid(True, axis="y", which="both", alpha=0.3)
     fig.tight_layout()
