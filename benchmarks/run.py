@@ -455,21 +455,33 @@ def _plot(cases: list[Case], methods: dict[str, Method], path: Path) -> None:
     plt.close(fig)
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--repeats", type=int, default=None, help="timed runs per method and case (default 5; --quick: 1)")
+    p.add_argument(
+        "--repeats", type=_positive, default=None, help="timed runs per method and size (default 5; --quick: 1)"
+    )
     p.add_argument(
         "--slow-repeats",
-        type=int,
+        type=_positive,
         default=None,
         help="runs of the baselines at the large sizes, ~40 s each for the notebook (default 3; --quick: 1)",
     )
     p.add_argument(
-        "--help-repeats", type=int, default=None, help="runs of `dask-pdist --help` and `python -c pass` (default 10)"
+        "--help-repeats",
+        type=_positive,
+        default=None,
+        help="runs of `dask-pdist --help`, `python -c pass` (default 10)",
     )
     p.add_argument(
         "--quick", action="store_true", help="tiny sizes, 1 run each: a smoke test of this script, not a benchmark"
