@@ -1,0 +1,32 @@
+"""The benchmark script runs end to end (``--quick``: tiny sizes, one run each) and writes its
+report and plot where asked. No timing is asserted: this machine's load is not the code's."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+RUN_PY = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
+
+
+def test_quick_run_writes_table_and_plot(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    work = tmp_path / "work"
+    proc = subprocess.run(
+        [sys.executable, str(RUN_PY), "--quick", "--output-dir", str(out), "--workdir", str(work)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = (out / "results.md").read_text()
+    assert report in proc.stdout  # the printed table is the file's text
+    for heading in ("## Targets", "## End to end", "### Kernel alone", "### Start-up", "## Machine"):
+        assert heading in report
+    targets = [line for line in report.splitlines() if line.startswith(("PASS  ", "MISS  "))]
+    assert len(targets) == 9, targets
+    assert "Notebook loop mode per run:" in report
+    png = (out / "wall_time_vs_steps.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    assert list(work.iterdir()) == []  # histories and outputs removed
