@@ -72,7 +72,7 @@ def notebook(history_path: str, output_path: str) -> None:
 
 
 def _batch_steps(vocab: int) -> int:
-    # snapshots per batch so one batch's output stays near 32 MiB, as dask_pdist's "auto" chunks
+    # snapshots per batch so one batch's output stays near 32 MiB (memory bounded like dask_pdist's)
     return max(1, (32 << 20) // (2 * 4 * vocab * vocab))
 
 

@@ -69,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
         "--dtype", choices=("float32", "float16", "float64"), default="float32", help="stored dtype (default: float32)"
     )
     c.add_argument(
-        "--chunk-steps", type=_positive, help="snapshots per task and store chunk (default: auto, ~32 MiB per task)"
+        "--chunk-steps", type=_positive, help="snapshots per task and store chunk (default: auto, ~16 MiB per task)"
     )
     c.add_argument(
         "--token-chunk",

@@ -22,7 +22,7 @@ Metric = Literal["euclidean", "chebyshev"]
 #: Output dtypes. Arithmetic is float32 (float64 for float64 input) whatever is chosen.
 OUTPUT_DTYPES: tuple[str, ...] = ("float32", "float16", "float64")
 #: Output bytes one task may produce before token_i x token_j are tiled.
-TILE_OUTPUT_BYTES = 32 * 2**20
+TILE_OUTPUT_BYTES = 16 * 2**20  # as history.TASK_OUTPUT_BYTES
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
@@ -53,7 +53,7 @@ def plan_token_chunk(n_tokens: int, n_metrics: int, itemsize: int, budget: int =
     >>> plan_token_chunk(128, 2, 4)
     128
     >>> plan_token_chunk(16384, 2, 4)
-    2048
+    1448
     """
     if n_metrics * n_tokens * n_tokens * itemsize <= budget:
         return n_tokens
@@ -97,7 +97,7 @@ def pairwise_arrays(
         Output dtype; arithmetic is in ``x.dtype``.
     token_chunk : int or "auto"
         Edge of the token_i x token_j tiles. ``"auto"`` tiles only when one snapshot's
-        matrices exceed 32 MiB (then steps go one per task).
+        matrices exceed 16 MiB (then steps go one per task).
 
     Returns
     -------

@@ -107,11 +107,11 @@ def test_wrong_dims_rejected():
 def test_large_vocab_is_tiled_with_bounded_tasks():
     from dask_pdist.graph import plan_token_chunk
 
-    assert plan_token_chunk(16384, 2, 4) == 2048  # 32 MiB per task at V = 16384
+    assert plan_token_chunk(16384, 2, 4) == 1448  # 16 MiB per task at V = 16384
     h = xr.DataArray(da.zeros((3, 16384, 8), chunks=(3, -1, -1), dtype=np.float32), dims=("step", "token", "dim"))
     ds = pairwise_distances(h)
     chunk = ds.euclidean.data.chunksize
-    assert chunk == (1, 2048, 2048) and 2 * np.prod(chunk) * 4 <= 32 * 2**20
+    assert chunk == (1, 1448, 1448) and 2 * np.prod(chunk) * 4 <= 16 * 2**20
 
 
 @settings(max_examples=25, deadline=None)

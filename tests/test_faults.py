@@ -228,3 +228,14 @@ def test_output_safety(tmp_path, monkeypatch, capsys):
     with pytest.raises(StoreError, match=r"parent directory .*ro is not writable"):
         to_zarr(ds, ro / "d.zarr")
     assert not (ro / "d.zarr").exists()
+
+
+def test_all_nan_block_is_written_not_missing(tmp_path):
+    # nonfinite="propagate": a block that is all NaN equals the fill value, yet must be on disk
+    x = random_history((12, 5, 3))
+    x[4:8] = np.nan
+    ds = pairwise_distances(xr.DataArray(x, dims=("step", "token", "dim")).chunk({"step": 4}))
+    to_zarr(ds, tmp_path / "d.zarr")
+    assert verify_store(tmp_path / "d.zarr") == []
+    back = open_distances(tmp_path / "d.zarr").euclidean.values
+    assert np.isnan(back[4:8]).all() and not np.isnan(back[:4]).any()
