@@ -114,8 +114,9 @@ def scipy_cdist(history_path: str, output_path: str) -> None:
 def kernel(steps: int, vocab: int, dim: int, repeats: int, chunk: int) -> dict:
     """Time ``pairwise_block`` alone on 1 and 2 threads, and an L1-resident peak loop.
 
-    Work is counted in pair-dims: the kernel reduces each unordered pair (i < j) once over the
-    D dims and mirrors it, so one snapshot is V (V - 1) / 2 * D pair-dims. Each pair-dim is
+    Work is counted in pair-dims of unordered pairs (i < j), V (V - 1) / 2 * D per snapshot:
+    the useful work. (The kernel computes both (i, j) and (j, i), full rows without strided
+    mirror writes, so it does twice that arithmetic; the fraction of the bound includes it.) Each pair-dim is
     4 floating-point operations: subtract, multiply-add (square and sum), abs, max.
     """
     from concurrent.futures import ThreadPoolExecutor
@@ -153,42 +154,18 @@ def kernel(steps: int, vocab: int, dim: int, repeats: int, chunk: int) -> dict:
         for threads in (1, 2):
             times[threads].append(run(threads))
 
-    # Bound: the kernel's own inner loop (dims unrolled by 4, slices from 0 so LLVM vectorises)
-    # on one L1-resident (dim, 64) float32 block with full-length rows: no transposes, no
-    # output stores, no short rows near the diagonal, no cache misses.
+    # Bound: the kernel's own row routine on one L1-resident (dim, 64) float32 block with
+    # full-length rows: no transposes, no output stores, no cache misses.
     peak_n = 64
+
+    from dask_pdist.kernels import _row  # the kernel's own row routine, not a copy of it
 
     @numba.njit(nogil=True)
     def _peak(at, reps, sq, mx):
-        ndim, n = at.shape
+        n = at.shape[1]
         for _r in range(reps):
             for i in range(n):
-                for j in range(n):
-                    sq[j] = 0
-                    mx[j] = 0
-                d = 0
-                while d + 4 <= ndim:
-                    a0 = at[d, i]
-                    a1 = at[d + 1, i]
-                    a2 = at[d + 2, i]
-                    a3 = at[d + 3, i]
-                    b0 = at[d, 0:n]
-                    b1 = at[d + 1, 0:n]
-                    b2 = at[d + 2, 0:n]
-                    b3 = at[d + 3, 0:n]
-                    for j in range(n):
-                        t0 = a0 - b0[j]
-                        t1 = a1 - b1[j]
-                        t2 = a2 - b2[j]
-                        t3 = a3 - b3[j]
-                        sq[j] = sq[j] + t0 * t0 + t1 * t1 + t2 * t2 + t3 * t3
-                        m = mx[j]
-                        m = max(m, abs(t0))
-                        m = max(m, abs(t1))
-                        m = max(m, abs(t2))
-                        m = max(m, abs(t3))
-                        mx[j] = m
-                    d += 4
+                _row(at, i, at, 0, n, sq, mx)
         return sq[0] + mx[0]
 
     peak_dim = max(4, dim - dim % 4)

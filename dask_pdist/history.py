@@ -52,41 +52,53 @@ def auto_step_chunk(n_tokens: int, n_steps: int, n_metrics: int = 2, itemsize: i
     return int(min(max(1, n_steps), max(1, TASK_OUTPUT_BYTES // per_step)))
 
 
-class _FileSource:
-    """A (step, token, dim) array stored C-contiguous at ``start`` in a file; read per slice.
+class _RawSource:
+    """A lazy (step, token, dim) array read from raw little-endian bytes, indexed by dask's
+    ``from_array(fancy=False)`` with tuples of unit-stride slices. Holds only paths and
+    numbers, so it pickles into the graph; widens BF16/F16 to float32 exactly and checks
+    finiteness per block."""
 
-    Indexed by dask's ``from_array`` with tuples of slices; reads the covering step range
-    with one positioned read, widens BF16/F16 to float32 exactly, checks finiteness.
-    """
-
-    def __init__(
-        self, path: str, start: int, raw_dtype: str, kind: str, shape: tuple[int, ...], nonfinite: str
-    ) -> None:
-        self.path = path
-        self.start = start
+    def __init__(self, raw_dtype: str, kind: str, shape: tuple[int, ...], nonfinite: str) -> None:
         self.raw_dtype = raw_dtype
         self.kind = kind  # safetensors dtype name: BF16, F16, F32, F64
         self.shape = shape
         self.nonfinite = nonfinite
         self.dtype = np.dtype(np.float64 if kind == "F64" else np.float32)
-        self.ndim = len(shape)
+        self.ndim = 3
 
-    def __getitem__(self, key: tuple) -> np.ndarray:
-        # dask's from_array(fancy=False) passes a tuple of unit-stride slices
+    @property
+    def step_nbytes(self) -> int:
+        return math.prod(self.shape[1:]) * np.dtype(self.raw_dtype).itemsize
+
+    def _steps(self, key: tuple) -> tuple[int, int, tuple]:
         key = (key if isinstance(key, tuple) else (key,)) + (slice(None),) * 3
         if not all(isinstance(k, slice) for k in key[:3]):
             raise TypeError(f"{type(self).__name__} takes slices only, got {key[:3]!r}")
         lo, hi, stride = key[0].indices(self.shape[0])
         if stride != 1:
             raise TypeError(f"{type(self).__name__} takes unit-stride slices only, got {key[0]!r}")
-        hi = max(hi, lo)
-        per_step = math.prod(self.shape[1:]) * np.dtype(self.raw_dtype).itemsize
-        raw = pread_exact(self.path, self.start + lo * per_step, (hi - lo) * per_step)
-        block = np.frombuffer(raw, dtype=self.raw_dtype).reshape((hi - lo,) + self.shape[1:])
+        return lo, max(hi, lo), key
+
+    def _decode(self, raw: bytes | bytearray, n_steps: int, key: tuple, path: str, step0: int) -> np.ndarray:
+        block = np.frombuffer(raw, dtype=self.raw_dtype).reshape((n_steps,) + self.shape[1:])
         block = _widen(block[(slice(None),) + key[1:3]], self.kind)
         if self.nonfinite == "raise":
-            _check_finite(block, self.path, lo)
+            _check_finite(block, path, step0)
         return block
+
+
+class _FileSource(_RawSource):
+    """A history stored C-contiguous at ``start`` in one file: one positioned read per task."""
+
+    def __init__(self, path: str, start: int, raw_dtype: str, kind: str, shape: tuple[int, ...], nonfinite: str):
+        super().__init__(raw_dtype, kind, shape, nonfinite)
+        self.path = path
+        self.start = start
+
+    def __getitem__(self, key: tuple) -> np.ndarray:
+        lo, hi, key = self._steps(key)
+        raw = pread_exact(self.path, self.start + lo * self.step_nbytes, (hi - lo) * self.step_nbytes)
+        return self._decode(raw, hi - lo, key, self.path, lo)
 
 
 def _widen(block: np.ndarray, kind: str) -> np.ndarray:
@@ -112,18 +124,27 @@ def _tensor_list(tensors: dict[str, TensorInfo]) -> str:
     return ", ".join(f"{n} {list(t.shape)} {t.dtype}" for n, t in sorted(tensors.items())) or "none"
 
 
+def _choose_key(
+    path: Path, ndims: dict[str, int], key: str | None, ndim: int, noun: str, role: str, listing: str, hint: str = ""
+) -> str:
+    """The requested name, or the only ``ndim``-D one; errors list what the file holds."""
+    if key is None:
+        found = [n for n, k in ndims.items() if k == ndim]
+        if len(found) != 1:
+            raise InputError(
+                f"{path}: cannot choose the {role}: {len(found)} {noun}s are {ndim}-D"
+                f" ({noun}s: {listing}); name one with key= / --key{hint}"
+            )
+        return found[0]
+    if key not in ndims:
+        raise InputError(f"{path}: no {noun} {key!r}; available: {listing}")
+    return key
+
+
 def _open_safetensors(path: Path, key: str | None, nonfinite: str) -> tuple[_FileSource, str, str, np.ndarray | None]:
     tensors, _ = read_header(path)
-    if key is None:
-        three_d = [n for n, t in tensors.items() if len(t.shape) == 3]
-        if len(three_d) != 1:
-            raise InputError(
-                f"{path}: cannot choose the history tensor: {len(three_d)} tensors are 3-D"
-                f" (tensors: {_tensor_list(tensors)}); name one with key= / --key"
-            )
-        key = three_d[0]
-    if key not in tensors:
-        raise InputError(f"{path}: no tensor {key!r}; available: {_tensor_list(tensors)}")
+    ndims = {n: len(t.shape) for n, t in tensors.items()}
+    key = _choose_key(path, ndims, key, 3, "tensor", "history tensor", _tensor_list(tensors))
     info = tensors[key]
     if len(info.shape) != 3:
         raise InputError(f"{path}: tensor {key!r} has shape {list(info.shape)}; expected 3-D (step, token, dim)")
@@ -143,46 +164,25 @@ def _open_safetensors(path: Path, key: str | None, nonfinite: str) -> tuple[_Fil
     return src, key, info.dtype, steps
 
 
-class _StackSource:
-    """A (step, token, dim) array whose snapshot s is the (token, dim) matrix of file s.
-
-    Per-checkpoint inputs: each task reads only its own files, one positioned read per file;
-    holds paths and offsets only, so it pickles into the graph.
-    """
+class _StackSource(_RawSource):
+    """Per-checkpoint inputs: snapshot s is the (token, dim) matrix of file s; each task
+    reads only its own files, one positioned read per file."""
 
     def __init__(
         self, paths: list[str], starts: list[int], raw_dtype: str, kind: str, shape: tuple[int, ...], nonfinite: str
     ) -> None:
+        super().__init__(raw_dtype, kind, shape, nonfinite)
         self.paths = paths
         self.starts = starts
-        self.raw_dtype = raw_dtype
-        self.kind = kind
-        self.shape = shape
-        self.nonfinite = nonfinite
-        self.dtype = np.dtype(np.float64 if kind == "F64" else np.float32)
-        self.ndim = 3
 
     def __getitem__(self, key: tuple) -> np.ndarray:
-        key = (key if isinstance(key, tuple) else (key,)) + (slice(None),) * 3
-        if not all(isinstance(k, slice) for k in key[:3]):
-            raise TypeError(f"{type(self).__name__} takes slices only, got {key[:3]!r}")
-        lo, hi, stride = key[0].indices(self.shape[0])
-        if stride != 1:
-            raise TypeError(f"{type(self).__name__} takes unit-stride slices only, got {key[0]!r}")
-        nbytes = math.prod(self.shape[1:]) * np.dtype(self.raw_dtype).itemsize
-        blocks = []
-        for s in range(lo, max(hi, lo)):
-            raw = pread_exact(self.paths[s], self.starts[s], nbytes)
-            block = np.frombuffer(raw, dtype=self.raw_dtype).reshape((1,) + self.shape[1:])
-            block = _widen(block[(slice(None),) + key[1:3]], self.kind)
-            if self.nonfinite == "raise":
-                _check_finite(block, self.paths[s], s)
-            blocks.append(block)
-        if not blocks:
-            return np.empty(
-                (0,) + tuple(len(range(*k.indices(n))) for k, n in zip(key[1:3], self.shape[1:], strict=True)),
-                self.dtype,
-            )
+        lo, hi, key = self._steps(key)
+        if hi == lo:
+            return self._decode(b"", 0, key, "", lo)
+        blocks = [
+            self._decode(pread_exact(self.paths[s], self.starts[s], self.step_nbytes), 1, key, self.paths[s], s)
+            for s in range(lo, hi)
+        ]
         return np.concatenate(blocks)
 
 
@@ -231,17 +231,9 @@ def _open_checkpoints(
     first: tuple[Path, TensorInfo] | None = None
     for path in paths:
         tensors, _ = read_header(path)
-        if key is None:
-            two_d = [n for n, t in tensors.items() if len(t.shape) == 2]
-            if len(two_d) != 1:
-                raise InputError(
-                    f"{path}: cannot choose the embedding matrix: {len(two_d)} tensors are 2-D"
-                    f" (tensors: {_tensor_list(tensors)}); name one with key= / --key,"
-                    " e.g. model.embed_tokens.weight"
-                )
-            key = two_d[0]
-        if key not in tensors:
-            raise InputError(f"{path}: no tensor {key!r}; available: {_tensor_list(tensors)}")
+        ndims = {n: len(t.shape) for n, t in tensors.items()}
+        hint = ", e.g. model.embed_tokens.weight"
+        key = _choose_key(path, ndims, key, 2, "tensor", "embedding matrix", _tensor_list(tensors), hint)
         info = tensors[key]
         if len(info.shape) != 2:
             raise InputError(
@@ -310,17 +302,8 @@ def _open_zarr(
     steps = None
     if isinstance(node, zarr.Group):
         arrays = dict(node.arrays())
-        listing = ", ".join(f"{n} {list(a.shape)} {a.dtype}" for n, a in arrays.items()) or "none"
-        if key is None:
-            three_d = [n for n, a in arrays.items() if a.ndim == 3]
-            if len(three_d) != 1:
-                raise InputError(
-                    f"{path}: cannot choose the history array: {len(three_d)} arrays are 3-D"
-                    f" (arrays: {listing}); name one with key= / --key"
-                )
-            key = three_d[0]
-        if key not in arrays:
-            raise InputError(f"{path}: no array {key!r} in the group; available: {listing}")
+        listing = ", ".join(f"{n} {list(a.shape)} {a.dtype}" for n, a in sorted(arrays.items())) or "none"
+        key = _choose_key(path, {n: a.ndim for n, a in arrays.items()}, key, 3, "array", "history array", listing)
         arr = arrays[key]
         for name in ("step", "steps"):
             cand = arrays.get(name)
