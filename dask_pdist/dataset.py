@@ -10,7 +10,7 @@ import xarray as xr
 
 from ._version import __version__
 from .graph import METRICS, Metric, pairwise_arrays
-from .history import HISTORY_DIMS
+from .history import HISTORY_DIMS, auto_step_chunk
 
 __all__ = ["pairwise_distances", "DISTANCE_DIMS"]
 
@@ -36,7 +36,7 @@ def pairwise_distances(
     ----------
     history : xarray.DataArray
         Dims ``("step", "token", "dim")``, as returned by :func:`open_history`; float32 or
-        float64 (numpy-backed input is wrapped in one dask chunk per 256 snapshots).
+        float64 (numpy-backed input is chunked along step as ``open_history(chunks="auto")``).
     metrics : sequence of {"euclidean", "chebyshev"}
         Variables to produce; every one comes from the same differences of the same pass.
     dtype : {"float32", "float16", "float64"}
@@ -61,7 +61,7 @@ def pairwise_distances(
         raise ValueError(f"history has dims {history.dims}; expected {HISTORY_DIMS}")
     data = history.data
     if not isinstance(data, da.Array):
-        data = da.from_array(data, chunks=(256, -1, -1))
+        data = da.from_array(data, chunks=(auto_step_chunk(data.shape[1], data.shape[0]), -1, -1))
     arrays = pairwise_arrays(data, metrics, dtype, token_chunk=token_chunk)
     token = history["token"].values if "token" in history.coords else range(history.sizes["token"])
     coords = {
