@@ -72,7 +72,8 @@ def pairwise_distances(
         # computed from the same history chunks as the distances (no second read)
         "embedding_rms": (
             "step",
-            da.sqrt((data.astype("float64") ** 2).mean(axis=(1, 2))),
+            # chunked like the distances along step, so each write task has its own piece
+            da.sqrt((data.astype("float64") ** 2).mean(axis=(1, 2))).rechunk(next(iter(arrays.values())).chunks[0]),
             {"long_name": "root-mean-square embedding coordinate per step"},
         ),
     }

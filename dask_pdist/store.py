@@ -205,7 +205,6 @@ def _finish(flags: list, path: str) -> int:
 def _write_graph(ds: xr.Dataset, path: Path, todo: np.ndarray) -> Delayed:
     import zarr
 
-    group = zarr.open_group(str(path), mode="r", use_consolidated=False)
     token = dask.base.tokenize(str(path), *(v.data.name for v in ds.data_vars.values()))
     written = []
     # write every chunk, even one equal to the fill value (an all-NaN block under
@@ -233,7 +232,6 @@ def _write_graph(ds: xr.Dataset, path: Path, todo: np.ndarray) -> Delayed:
         chunks=(1, 1, 1),
         name=f"mark-done-{token}",
     )
-    del group
     blocks = done.to_delayed(optimize_graph=False)
     tasks = [blocks[tuple(idx)] for idx in np.argwhere(todo)]  # resume: only blocks not done
     return dask.delayed(_finish, pure=False)(tasks, str(path))

@@ -99,3 +99,17 @@ def test_compute_false_writes_metadata_only(distances, tmp_path):
     assert np.isnan(open_distances(tmp_path / "d.zarr", allow_incomplete=True).euclidean.values).all()
     assert delayed.compute() == 5
     np.testing.assert_array_equal(open_distances(tmp_path / "d.zarr").euclidean.values, distances.euclidean.values)
+
+
+def test_auto_tiling_with_explicit_step_chunks_round_trips(tmp_path):
+    # V large enough that one snapshot's matrices exceed the task budget: tiles, one step per
+    # task, while the history was chunked 4 steps at a time
+    x = random_history((5, 1500, 2))
+    h = xr.DataArray(da.from_array(x, chunks=(4, -1, -1)), dims=("step", "token", "dim"))
+    ds = pairwise_distances(h)
+    assert ds.chebyshev.data.chunksize[0] == 1 and ds.chebyshev.data.numblocks[1] > 1
+    assert ds.embedding_rms.chunks == ds.chebyshev.chunks[:1]
+    to_zarr(ds, tmp_path / "d.zarr", compressor="none")
+    back = open_distances(tmp_path / "d.zarr")
+    np.testing.assert_array_equal(back.chebyshev[3].values, np.abs(x[3][:, None] - x[3][None]).max(-1))
+    np.testing.assert_allclose(back.embedding_rms.values, np.sqrt((x.astype(np.float64) ** 2).mean((1, 2))))
