@@ -206,6 +206,17 @@ def _compute(
         dtype=getattr(args, "dtype", "float32"),
         token_chunk=getattr(args, "token_chunk", None) or "auto",
     )
+    if resume and os.path.isdir(output):
+        from dask_pdist.store import is_store, store_progress
+
+        if is_store(output):
+            done, complete = store_progress(output)
+            state = (
+                "complete: nothing to compute"
+                if complete
+                else f"{int((done == 0).sum())} of {done.size} blocks to compute"
+            )
+            print(f"{output}: resuming, {state}", file=sys.stderr)
     delayed = dp.to_zarr(
         ds,
         output,
@@ -255,11 +266,9 @@ def _cmd_compute(args: argparse.Namespace) -> None:
 
 def _check_export_target(output: str, overwrite: bool) -> None:
     # refuse before the (long) compute, not after it
-    if os.path.isdir(output) or (os.path.lexists(output) and not overwrite):
-        from dask_pdist.errors import StoreError
+    from dask_pdist.export import check_target
 
-        what = "is a directory" if os.path.isdir(output) else "already exists; pass --overwrite to replace it"
-        raise StoreError(f"{output}: {what}")
+    check_target(output, overwrite)
 
 
 def _export(args: argparse.Namespace, store: str, output: str, dtype: str | None, overwrite: bool) -> None:

@@ -29,7 +29,7 @@ from .errors import StoreError
 from .graph import METRICS
 from .safetensors_io import pwrite_all, pwrite_segments, write_header
 
-__all__ = ["EXPORT_DTYPES", "to_safetensors", "tensor_key"]
+__all__ = ["EXPORT_DTYPES", "to_safetensors", "tensor_key", "check_target"]
 
 ExportDtype = Literal["float32", "float16", "float64"]
 #: Dtypes a distance tensor may be exported as.
@@ -126,6 +126,20 @@ def _metadata(ds: xr.Dataset, metrics: list[str], dtype: str) -> dict[str, str]:
     }
 
 
+def check_target(path: str | os.PathLike[str], overwrite: bool) -> Path:
+    """Refuse an export target that is a directory, exists (without ``overwrite``), or has
+    no parent folder; cheap, so callers can check before a long compute."""
+    path = Path(path)
+    if path.is_dir():
+        raise StoreError(f"{path}: is a directory; give a file name such as pairwise_distances.safetensors")
+    if os.path.lexists(path) and not overwrite:
+        raise StoreError(f"{path}: already exists; pass overwrite=True (--overwrite) to replace it")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise StoreError(f"{path}: parent directory {parent} does not exist")
+    return path
+
+
 def _finish(_stored: Any, tmp: str, path: str, overwrite: bool) -> None:
     if not overwrite and os.path.lexists(path):
         os.unlink(tmp)
@@ -204,14 +218,8 @@ def to_safetensors(
     if name not in EXPORT_DTYPES:
         raise ValueError(f"dtype={dtype!r}: choose one of {list(EXPORT_DTYPES)}")
 
-    path = Path(path)
-    if path.is_dir():
-        raise StoreError(f"{path}: is a directory; give a file name such as distances.safetensors")
-    if os.path.lexists(path) and not overwrite:
-        raise StoreError(f"{path}: already exists; pass overwrite=True (--overwrite) to replace it")
+    path = check_target(path, overwrite)
     parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise StoreError(f"{path}: parent directory {parent} does not exist")
 
     shape = tuple(ds[metrics[0]].shape)
     tensors = [(tensor_key(m), _SAFETENSORS_DTYPE[name], shape) for m in metrics]
