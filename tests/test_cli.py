@@ -185,3 +185,13 @@ def test_every_public_name_resolves():
     assert set(dask_pdist.__all__) == {"__version__", *dask_pdist._WHERE}
     for name in dask_pdist.__all__:
         assert getattr(dask_pdist, name) is not None
+
+
+def test_resume_of_a_complete_store_says_so(tmp_path, capsys):
+    src = tmp_path / "h.safetensors"
+    main(["synth", str(src), "--steps", "9", "--vocab", "5", "--dim", "3"])
+    out = str(tmp_path / "d.zarr")
+    assert main(["compute", str(src), "-o", out, "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["compute", str(src), "-o", out, "--no-progress", "--resume"]) == 0
+    assert "resuming, complete: nothing to compute" in capsys.readouterr().err
