@@ -111,7 +111,7 @@ def scipy_cdist(history_path: str, output_path: str) -> None:
     save_file({"euclidean_distances": euclidean, "chebyshev_distances": chebyshev}, output_path)
 
 
-def kernel(steps: int, vocab: int, dim: int, repeats: int, chunk: int) -> dict:
+def kernel(steps: int, vocab: int, dim: int, repeats: int, chunk: int | None) -> dict:
     """Time ``pairwise_block`` alone on 1 and 2 threads, and an L1-resident peak loop.
 
     Work is counted in pair-dims of unordered pairs (i < j), V (V - 1) / 2 * D per snapshot:
@@ -128,6 +128,10 @@ def kernel(steps: int, vocab: int, dim: int, repeats: int, chunk: int) -> dict:
     from dask_pdist.kernels import pairwise_block
 
     import_s = time.perf_counter() - t0
+    if chunk is None:  # as the pipeline chunks it (open_history's chunks="auto")
+        from dask_pdist.history import auto_step_chunk
+
+        chunk = auto_step_chunk(vocab, steps)
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((steps, vocab, dim), dtype=np.float32)
@@ -219,7 +223,7 @@ def main() -> None:
     k.add_argument("--vocab", type=int, default=128)
     k.add_argument("--dim", type=int, default=64)
     k.add_argument("--repeats", type=int, default=5)
-    k.add_argument("--chunk", type=int, default=256)
+    k.add_argument("--chunk", type=int, default=None, help="snapshots per call (default: the pipeline's auto chunk)")
     args = p.parse_args()
     if args.method == "kernel":
         json.dump(kernel(args.steps, args.vocab, args.dim, args.repeats, args.chunk), sys.stdout)

@@ -108,12 +108,19 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys):
     )
 
 
-def test_refuses_existing_store_unless_overwrite(tmp_path, capsys):
+@pytest.fixture
+def small_store(tmp_path, capsys):
+    """(history, store) paths: a tiny synthetic history already computed by the CLI."""
     src = tmp_path / "h.safetensors"
-    main(["synth", str(src), "--steps", "5", "--vocab", "4", "--dim", "3"])
+    main(["synth", str(src), "--steps", "9", "--vocab", "5", "--dim", "3"])
     out = str(tmp_path / "d.zarr")
     assert main(["compute", str(src), "-o", out, "--no-progress"]) == 0
     capsys.readouterr()
+    return src, out
+
+
+def test_refuses_existing_store_unless_overwrite(small_store, capsys):
+    src, out = small_store
     assert "already exists; pass overwrite=True (--overwrite)" in _error(capsys, ["compute", str(src), "-o", out])
     assert main(["compute", str(src), "-o", out, "--overwrite", "--no-progress"]) == 0
 
@@ -187,11 +194,7 @@ def test_every_public_name_resolves():
         assert getattr(dask_pdist, name) is not None
 
 
-def test_resume_of_a_complete_store_says_so(tmp_path, capsys):
-    src = tmp_path / "h.safetensors"
-    main(["synth", str(src), "--steps", "9", "--vocab", "5", "--dim", "3"])
-    out = str(tmp_path / "d.zarr")
-    assert main(["compute", str(src), "-o", out, "--no-progress"]) == 0
-    capsys.readouterr()
+def test_resume_of_a_complete_store_says_so(small_store, capsys):
+    src, out = small_store
     assert main(["compute", str(src), "-o", out, "--no-progress", "--resume"]) == 0
     assert "resuming, complete: nothing to compute" in capsys.readouterr().err
