@@ -62,12 +62,20 @@ def plan_token_chunk(n_tokens: int, n_metrics: int, itemsize: int, budget: int =
 
 
 def _distance_block(
-    xa: np.ndarray, xb: np.ndarray, ia: np.ndarray, jb: np.ndarray, *, which: tuple[int, ...], out_dtype: str
+    xa: np.ndarray,
+    xb: np.ndarray,
+    steps: np.ndarray,
+    ia: np.ndarray,
+    jb: np.ndarray,
+    *,
+    which: tuple[int, ...],
+    out_dtype: str,
 ) -> np.ndarray:
+    step0 = int(steps[0]) if steps.size else 0
     if ia[0] == jb[0]:  # a diagonal tile: xa and xb hold the same tokens
-        out = pairwise_block(xa)
+        out = pairwise_block(xa, step0=step0, token0=int(ia[0]))
     else:
-        out = cross_block(xa, xb)
+        out = cross_block(xa, xb, step0=step0, token0_a=int(ia[0]), token0_b=int(jb[0]))
     if which != tuple(range(len(METRICS))):
         out = out[list(which)]
     if out_dtype == "float16":
@@ -77,7 +85,25 @@ def _distance_block(
                 f"distance {float(top):.6g} exceeds float16's largest finite value {_FLOAT16_MAX:g};"
                 " use dtype='float32' (--dtype float32)"
             )
+    elif np.dtype(out_dtype).itemsize < out.dtype.itemsize:  # float64 arithmetic, float32 output
+        _check_fits(out, out_dtype, step0, int(ia[0]), int(jb[0]))
     return out.astype(out_dtype, copy=False)
+
+
+def _check_fits(out: np.ndarray, out_dtype: str, step0: int, i0: int, j0: int) -> None:
+    # a finite distance above the output dtype's range would become a silent inf
+    top = np.finfo(out_dtype).max
+    if not (out.size and np.nanmax(out) > top):
+        return
+    over = np.isfinite(out) & (out > top)  # an infinite input gives an infinite distance, as scipy
+    if over.any():
+        _, s, i, j = np.argwhere(over)[0]
+        lo, hi = sorted((i0 + int(i), j0 + int(j)))
+        raise OverflowError(
+            f"distance {float(out[:, s, i, j].max()):.6g} between tokens {lo} and {hi} at step index"
+            f" {step0 + s} exceeds {out_dtype}'s largest finite value {float(top):.6g}; use dtype='float64'"
+            " (--dtype float64)"
+        )
 
 
 def pairwise_arrays(
@@ -129,15 +155,18 @@ def pairwise_arrays(
         x = x.rechunk({0: 1})  # one snapshot's tile already fills the task budget
     x = x.rechunk({1: token_chunk, 2: -1})
     ids = da.arange(n_tokens, chunks=token_chunk)
+    step_ids = da.arange(x.shape[0], chunks=(x.chunks[0],))  # to name a step in errors
     which = tuple(METRICS.index(m) for m in metrics)
     with warnings.catch_warnings():
         # tiling token_i x token_j multiplies the chunk count on purpose
         warnings.simplefilter("ignore", PerformanceWarning)
-        out = _blockwise(x, ids, len(metrics), which, dtype)
+        out = _blockwise(x, step_ids, ids, len(metrics), which, dtype)
     return {m: out[k] for k, m in enumerate(metrics)}
 
 
-def _blockwise(x: da.Array, ids: da.Array, n_metrics: int, which: tuple[int, ...], dtype: str) -> da.Array:
+def _blockwise(
+    x: da.Array, step_ids: da.Array, ids: da.Array, n_metrics: int, which: tuple[int, ...], dtype: str
+) -> da.Array:
     return da.blockwise(
         _distance_block,
         "msij",
@@ -145,6 +174,8 @@ def _blockwise(x: da.Array, ids: da.Array, n_metrics: int, which: tuple[int, ...
         "sid",
         x,
         "sjd",
+        step_ids,
+        "s",
         ids,
         "i",
         ids,

@@ -8,6 +8,13 @@ symmetric: ``a - b`` and ``b - a`` differ only in sign, which neither ``d * d`` 
 Differences are taken coordinate by coordinate (``x_i - x_j``); the Gram-matrix shortcut
 ``|x|^2 + |y|^2 - 2 x.y`` is never used: it gives non-zero self-distances and large
 relative errors in float32.
+
+At the float edges the plain sum of squares fails: it overflows once the squares exceed the
+dtype's range (float32: differences above ~1.8e19) and loses digits or becomes 0 once they
+underflow (differences below ~1e-19). The rare pairs where that happened are found after the
+fast loop and recomputed scaled by their Chebyshev distance, so every finite input gives a
+finite, correctly scaled distance; one that truly exceeds the dtype is an ``OverflowError``
+naming the step and the pair.
 """
 
 from __future__ import annotations
@@ -22,8 +29,9 @@ METRICS: tuple[str, ...] = ("euclidean", "chebyshev")
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
-def _row(at, i, bt, j0, n, sq, mx):
+def _row(at, i, bt, j0, n, sq, mx, e_low):
     # Row i of ``at`` against columns j0..j0+n of ``bt`` (both (D, V), one snapshot).
+    # Returns whether some pair of the row needs _rescale_row (rarely).
     # Slices start at 0 so numba drops negative-index wraparound and LLVM vectorises over j
     # (indexing bt[d, j] directly is ~3x slower, see MEASUREMENTS.md).
     ndim = at.shape[0]
@@ -61,13 +69,62 @@ def _row(at, i, bt, j0, n, sq, mx):
             sq[j] = sq[j] + t0 * t0
             mx[j] = max(mx[j], abs(t0))
         d += 1
+    rare = False
     for j in range(n):
         v = sq[j]
-        sq[j] = np.sqrt(v)
+        e = np.sqrt(v)
+        sq[j] = e
+        m = mx[j]
         # max() drops NaN; a NaN anywhere in the pair makes the sum NaN, so copy it over
         # (NaN distances where the input holds NaN, as scipy gives).
         if v != v:
             mx[j] = v
+        rare |= _needs_rescale(e, m, e_low)
+    return rare
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _needs_rescale(e, m, e_low):
+    # The sum of squares overflowed, or underflowed in part (a non-zero pair below e_low).
+    return ((e < e_low) & (m > 0)) | (e == np.inf)
+
+
+@numba.njit(nogil=True, cache=True)
+def _rescale_row(at, i, bt, j0, n, sq, mx, e_low):
+    # The rare pairs of a row whose sum of squares overflowed or holds squares that underflowed
+    # (see _scaling_bound), recomputed scaled by their Chebyshev distance m. A separate,
+    # not inlined, function: kept out of _row it costs the fast path nothing measurable.
+    # Returns the first column whose distance overflows the dtype, else -1.
+    first = -1
+    for j in range(n):
+        e = sq[j]
+        m = mx[j]
+        if _needs_rescale(e, m, e_low):
+            e, over = _scaled(at, i, bt, j0 + j, m)
+            sq[j] = e
+            if over and first < 0:
+                first = j
+    return first
+
+
+@numba.njit(nogil=True, cache=True)
+def _scaled(at, i, bt, j, m):
+    # Euclidean distance as m * sqrt(sum(((a - b) / m)^2)), m = max |a - b| > 0: every term
+    # is in [0, 1] and the sum in [1, D], so nothing overflows and the terms that matter stay
+    # normal. Symmetric: (b - a) / m is exactly -((a - b) / m). Returns (distance, overflowed):
+    # overflowed means the inputs are finite but the distance exceeds the dtype's range.
+    ndim = at.shape[0]
+    if m == np.inf:  # some |a - b| overflowed, or the input holds an infinity
+        for d in range(ndim):
+            if not (np.isfinite(at[d, i]) and np.isfinite(bt[d, j])):
+                return m, False  # infinite input: infinite distance, as scipy gives
+        return m, True
+    s = m - m
+    for d in range(ndim):
+        t = (at[d, i] - bt[d, j]) / m
+        s += t * t
+    e = m * np.sqrt(s)
+    return e, e == np.inf
 
 
 @numba.njit(nogil=True, cache=True)
@@ -86,17 +143,21 @@ def _transpose(x, s, xt):
 
 
 @numba.njit(nogil=True, cache=True)
-def _self_block(x, out):
+def _self_block(x, out, e_low):
     nstep, ntok, ndim = x.shape
     xt = np.empty((ndim, ntok), dtype=x.dtype)
     for s in range(nstep):
         _transpose(x, s, xt)
         for i in range(ntok):
-            _row(xt, i, xt, 0, ntok, out[0, s, i], out[1, s, i])
+            if _row(xt, i, xt, 0, ntok, out[0, s, i], out[1, s, i], e_low):
+                j = _rescale_row(xt, i, xt, 0, ntok, out[0, s, i], out[1, s, i], e_low)
+                if j >= 0:
+                    return s, i, j
+    return -1, -1, -1
 
 
 @numba.njit(nogil=True, cache=True)
-def _cross_block(xa, xb, out):
+def _cross_block(xa, xb, out, e_low):
     nstep, na, ndim = xa.shape
     nb = xb.shape[1]
     at = np.empty((ndim, na), dtype=xa.dtype)
@@ -105,7 +166,34 @@ def _cross_block(xa, xb, out):
         _transpose(xa, s, at)
         _transpose(xb, s, bt)
         for i in range(na):
-            _row(at, i, bt, 0, nb, out[0, s, i], out[1, s, i])
+            if _row(at, i, bt, 0, nb, out[0, s, i], out[1, s, i], e_low):
+                j = _rescale_row(at, i, bt, 0, nb, out[0, s, i], out[1, s, i], e_low)
+                if j >= 0:
+                    return s, i, j
+    return -1, -1, -1
+
+
+def _scaling_bound(dtype: np.dtype, ndim: int) -> np.floating:
+    # Below this Euclidean distance the plain sum of squares may have lost precision: a
+    # square under the dtype's smallest normal (tiny) is rounded to the subnormal grid,
+    # an absolute error of at most tiny * eps / 2 each (2^-150 in float32), D * tiny * eps / 2
+    # in all. Where the sum is at least D * tiny that is at most eps / 2 of it, the same order
+    # as one rounding. Pairs below are rescaled (all-zero pairs, e.g. the diagonal, are not:
+    # their distance is exactly 0).
+    info = np.finfo(dtype)
+    return np.sqrt(dtype.type(max(ndim, 1)) * info.tiny)
+
+
+def _raise_overflow(where: tuple[int, int, int], dtype: np.dtype, step0: int, token0_i: int, token0_j: int) -> None:
+    s, i, j = where
+    if s < 0:
+        return
+    i, j = sorted((token0_i + i, token0_j + j))  # the same words whichever tile meets it
+    raise OverflowError(
+        f"the Euclidean distance between tokens {i} and {j} at step index {step0 + s}"
+        f" exceeds {dtype.name}'s largest finite value {float(np.finfo(dtype).max):.6g}"
+        " (the history's coordinates are that far apart); rescale the history"
+    )
 
 
 def _check(x: np.ndarray) -> np.ndarray:
@@ -116,19 +204,28 @@ def _check(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
-def pairwise_block(x: np.ndarray) -> np.ndarray:
+def pairwise_block(x: np.ndarray, *, step0: int = 0, token0: int = 0) -> np.ndarray:
     """Euclidean and Chebyshev distances between all tokens of each snapshot.
 
     Parameters
     ----------
     x : ndarray, shape (step, token, dim), float32 or float64
         Arithmetic is done in this dtype.
+    step0, token0 : int
+        Position of the block's first step and token in the whole history; used only to
+        name the pair in an error.
 
     Returns
     -------
     ndarray, shape (2, step, token, token), same dtype
         ``[0]`` Euclidean, ``[1]`` Chebyshev (order of :data:`METRICS`); exactly symmetric,
         diagonal exactly 0.
+
+    Raises
+    ------
+    OverflowError
+        A distance exceeds the dtype's range although the coordinates are finite; the
+        message names the step index and the pair.
 
     Examples
     --------
@@ -138,11 +235,12 @@ def pairwise_block(x: np.ndarray) -> np.ndarray:
     """
     x = _check(x)
     out = np.empty((len(METRICS),) + x.shape[:2] + x.shape[1:2], dtype=x.dtype)
-    _self_block(x, out)
+    where = _self_block(x, out, _scaling_bound(x.dtype, x.shape[2]))
+    _raise_overflow(where, x.dtype, step0, token0, token0)
     return out
 
 
-def cross_block(xa: np.ndarray, xb: np.ndarray) -> np.ndarray:
+def cross_block(xa: np.ndarray, xb: np.ndarray, *, step0: int = 0, token0_a: int = 0, token0_b: int = 0) -> np.ndarray:
     """Distances between the tokens of ``xa`` (rows) and of ``xb`` (columns).
 
     Used for off-diagonal token tiles; each pair is reduced exactly as in
@@ -151,10 +249,17 @@ def cross_block(xa: np.ndarray, xb: np.ndarray) -> np.ndarray:
     Parameters
     ----------
     xa, xb : ndarray, shapes (step, token_a, dim) and (step, token_b, dim), one dtype
+    step0, token0_a, token0_b : int
+        Position of the blocks in the whole history, to name a pair in an error.
 
     Returns
     -------
     ndarray, shape (2, step, token_a, token_b)
+
+    Raises
+    ------
+    OverflowError
+        As :func:`pairwise_block`.
 
     Examples
     --------
@@ -167,5 +272,6 @@ def cross_block(xa: np.ndarray, xb: np.ndarray) -> np.ndarray:
     if xa.dtype != xb.dtype or xa.shape[0] != xb.shape[0] or xa.shape[2] != xb.shape[2]:
         raise ValueError(f"mismatched blocks: {xa.shape} {xa.dtype} vs {xb.shape} {xb.dtype}")
     out = np.empty((len(METRICS), xa.shape[0], xa.shape[1], xb.shape[1]), dtype=xa.dtype)
-    _cross_block(xa, xb, out)
+    where = _cross_block(xa, xb, out, _scaling_bound(xa.dtype, xa.shape[2]))
+    _raise_overflow(where, xa.dtype, step0, token0_a, token0_b)
     return out
