@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -155,6 +156,19 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _progress_bar(desc: str):
+    from tqdm.dask import TqdmCallback
+
+    class _Bar(TqdmCallback):
+        # a failed run clears its bar, so that the error is the one line left on stderr
+        def _finish(self, dsk, state, failed):
+            if failed:
+                self.pbar.leave = False
+            self.pbar.close()
+
+    return _Bar(desc=desc, unit="task", file=sys.stderr)
+
+
 def _run(delayed, scheduler: str | None, progress: bool) -> None:
     if scheduler:
         from distributed import Client
@@ -170,9 +184,7 @@ def _run(delayed, scheduler: str | None, progress: bool) -> None:
     import dask
 
     if progress:
-        from tqdm.dask import TqdmCallback
-
-        with TqdmCallback(desc="computing", unit="task", file=sys.stderr):
+        with _progress_bar("computing"):
             dask.compute(delayed)
     else:
         dask.compute(delayed)
@@ -229,7 +241,7 @@ def _compute(
         f"{history.attrs['source']} [{history.name}]: {history.sizes['step']:,} steps"
         f" x {history.sizes['token']:,} tokens"
         f" x {history.sizes['dim']:,} dims ({history.attrs['input_dtype']}) -> {output}",
-        file=sys.stderr,
+        flush=True,  # stdout: an error found by the compute is then the one line on stderr
     )
     try:
         _run(delayed, getattr(args, "scheduler", None), not args.no_progress)
@@ -238,7 +250,7 @@ def _compute(
 
         done, _ = store_progress(output)
         print(
-            f"\ndask-pdist: interrupted; {int(done.sum())} of {done.size} blocks are written and kept."
+            f"dask-pdist: interrupted; {int(done.sum())} of {done.size} blocks are written and kept."
             f" Resume with:\n  {_resume_command(args.argv)}",
             file=sys.stderr,
         )
@@ -289,9 +301,7 @@ def _export(args: argparse.Namespace, store: str, output: str, dtype: str | None
 
             stack.enter_context(Client(scheduler))
         elif not args.no_progress:
-            from tqdm.dask import TqdmCallback
-
-            stack.enter_context(TqdmCallback(desc="exporting", unit="task", file=sys.stderr))
+            stack.enter_context(_progress_bar("exporting"))
         dp.to_safetensors(ds, output, dtype=dtype, overwrite=overwrite)
     print(f"Wrote {output} ({os.path.getsize(output) / 1e6:,.1f} MB) in {time.perf_counter() - t0:.1f} s")
 
@@ -383,11 +393,41 @@ def _cmd_info(args: argparse.Namespace) -> None:
     print(describe(args.path))
 
 
+def _interrupt_once(signum, frame) -> None:
+    # The first Ctrl-C stops the run; later ones are ignored: a second quick Ctrl-C used to
+    # land in the clean stop (the resume hint, the shutdown of zarr's and dask's threads) and
+    # print asyncio tracebacks instead of the hint.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def _catch_interrupts() -> object:
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        return None  # ignored (nohup, background job) or handled by the caller: leave it be
+    return signal.signal(signal.SIGINT, _interrupt_once)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (2 for bad input, with one line on stderr)."""
+    as_program = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     args.argv = argv
+    previous = _catch_interrupts()
+    try:
+        return _main(args)
+    finally:
+        # called from Python: give the caller its handler back. As the program, keep ignoring
+        # a second Ctrl-C until the process has exited cleanly.
+        if previous is not None and not as_program:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         return args.func(args) or 0
     except _Exit as stop:

@@ -142,6 +142,8 @@ def pairwise_arrays(
     dtype = check_dtype(dtype)
     if x.ndim != 3:
         raise ValueError(f"history must be 3-D (step, token, dim), got shape {x.shape}")
+    if 0 in x.shape:  # no block to compute: refuse before a store is created for it
+        raise ValueError(f"history has shape {x.shape}; every axis (step, token, dim) must be non-empty")
     if x.dtype not in (np.float32, np.float64):
         raise TypeError(f"history must be float32 or float64 (widen bf16/f16 first), got {x.dtype}")
     n_tokens = x.shape[1]

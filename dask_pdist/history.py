@@ -21,7 +21,7 @@ import numpy as np
 import xarray as xr
 
 from .errors import InputError
-from .safetensors_io import SUPPORTED_DTYPES, TensorInfo, pread_exact, read_header
+from .safetensors_io import SUPPORTED_DTYPES, TensorInfo, pread_exact, read_header, require_regular_file
 
 __all__ = ["open_history", "auto_step_chunk", "NONFINITE_CHOICES"]
 
@@ -141,6 +141,17 @@ def _choose_key(
     return key
 
 
+def _int64_steps(values: np.ndarray, path: Path, what: str) -> np.ndarray:
+    # uint64 above 2^63 - 1 would wrap to a negative step
+    big = np.flatnonzero(values > np.iinfo(np.int64).max) if values.dtype.kind == "u" else []
+    if len(big):
+        raise InputError(
+            f"{path}: {what} holds {int(values[big[0]])} at index {big[0]}, above the largest step"
+            f" {np.iinfo(np.int64).max} (2^63 - 1); fix the step numbers"
+        )
+    return values.astype(np.int64)
+
+
 def _open_safetensors(path: Path, key: str | None, nonfinite: str) -> tuple[_FileSource, str, str, np.ndarray | None]:
     tensors, _ = read_header(path)
     ndims = {n: len(t.shape) for n, t in tensors.items()}
@@ -159,7 +170,7 @@ def _open_safetensors(path: Path, key: str | None, nonfinite: str) -> tuple[_Fil
                 f" expected a 1-D integer tensor of length {info.shape[0]} (one step per snapshot)"
             )
         raw = pread_exact(path, sinfo.start, sinfo.nbytes)
-        steps = np.frombuffer(raw, dtype=sinfo.raw_dtype).astype(np.int64)
+        steps = _int64_steps(np.frombuffer(raw, dtype=sinfo.raw_dtype), path, "tensor 'steps'")
     src = _FileSource(str(path), info.start, info.raw_dtype.str, info.dtype, info.shape, nonfinite)
     return src, key, info.dtype, steps
 
@@ -197,13 +208,17 @@ def _checkpoint_paths(spec: str | Sequence[str | os.PathLike[str]]) -> list[Path
         if not found:
             raise FileNotFoundError(f"{spec}: no file matches this pattern")
         paths = [p for p in found if not os.path.isdir(p)]
+        if not paths:
+            raise InputError(
+                f"{spec}: the pattern matches only directories ({', '.join(sorted(found)[:3])}"
+                f"{', ...' if len(found) > 3 else ''}); give a pattern that matches safetensors files"
+            )
     else:
         paths = [os.fspath(p) for p in spec]
         if not paths:
             raise InputError("open_history got an empty list of checkpoint files; give at least one")
         for p in paths:
-            if not os.path.isfile(p):
-                raise FileNotFoundError(f"{p}: checkpoint file not found")
+            require_regular_file(p, "checkpoint file")
     return [Path(p) for p in sorted(paths, key=lambda p: (_natural_key(Path(p).name), _natural_key(p)))]
 
 
@@ -263,9 +278,23 @@ def _open_checkpoints(
 _NPY_KINDS = {"<f2": "F16", "<f4": "F32", "<f8": "F64"}
 
 
-def _open_npy(path: Path, key: str | None, nonfinite: str) -> tuple[_FileSource, str, str, None]:
-    if key is not None:
-        raise InputError(f"{path}: a .npy file holds one array; drop key= / --key")
+def _read_npy_header(path: str | os.PathLike[str]) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """Read and check a ``.npy`` header without reading the data (numpy's own header parser).
+
+    Returns
+    -------
+    shape, fortran_order, dtype, data offset
+
+    Raises
+    ------
+    InputError
+        Not a readable ``.npy`` header, a negative dimension, or a file size that does not
+        match the header (truncated or corrupt); the message names the file.
+    """
+    import tokenize
+
+    path = Path(path)
+    size = require_regular_file(path).st_size
     try:
         with open(path, "rb") as f:
             version = np.lib.format.read_magic(f)
@@ -274,8 +303,21 @@ def _open_npy(path: Path, key: str | None, nonfinite: str) -> tuple[_FileSource,
                 raise ValueError(f"unsupported .npy version {version}")
             shape, fortran, dtype = read[version](f)
             start = f.tell()
-    except ValueError as exc:
-        raise InputError(f"{path}: not a valid .npy file ({exc})") from None
+    except (ValueError, SyntaxError, TypeError, tokenize.TokenError) as exc:  # numpy parses the header as Python
+        reason = exc.args[0] if isinstance(exc, tokenize.TokenError) else str(exc)
+        raise InputError(f"{path}: not a valid .npy file (header: {str(reason)[:200]})") from None
+    if any(n < 0 for n in shape):
+        raise InputError(f"{path}: not a valid .npy file (negative dimension in shape {list(shape)})")
+    need = start + math.prod(shape) * dtype.itemsize
+    if not dtype.hasobject and size != need:
+        raise InputError(f"{path}: file has {size} bytes, the header promises {need}; it is truncated or corrupt")
+    return tuple(shape), fortran, dtype, start
+
+
+def _open_npy(path: Path, key: str | None, nonfinite: str) -> tuple[_FileSource, str, str, None]:
+    if key is not None:
+        raise InputError(f"{path}: a .npy file holds one array; drop key= / --key")
+    shape, fortran, dtype, start = _read_npy_header(path)
     kind = _NPY_KINDS.get(dtype.str)
     if kind is None:
         raise InputError(f"{path}: array has dtype {dtype}; supported: float16, float32, float64 (little-endian)")
@@ -283,10 +325,6 @@ def _open_npy(path: Path, key: str | None, nonfinite: str) -> tuple[_FileSource,
         raise InputError(f"{path}: array has shape {list(shape)}; expected 3-D (step, token, dim)")
     if fortran:
         raise InputError(f"{path}: array is Fortran-ordered; save it C-ordered (np.ascontiguousarray)")
-    size = os.path.getsize(path)
-    need = start + math.prod(shape) * np.dtype(dtype).itemsize
-    if size != need:
-        raise InputError(f"{path}: file has {size} bytes, the header promises {need}; it is truncated or corrupt")
     return _FileSource(str(path), start, np.dtype(dtype).str, kind, tuple(shape), nonfinite), "array", kind, None
 
 
@@ -308,7 +346,7 @@ def _open_zarr(
         for name in ("step", "steps"):
             cand = arrays.get(name)
             if cand is not None and cand.ndim == 1 and cand.shape[0] == arr.shape[0] and cand.dtype.kind in "iu":
-                steps = np.asarray(cand[:]).astype(np.int64)
+                steps = _int64_steps(np.asarray(cand[:]), path, f"array {name!r}")
                 break
     else:
         arr = node
@@ -357,10 +395,9 @@ def _fingerprint(path: Path, header_bytes: int | None) -> str:
 def _read_tokens(tokens: str | os.PathLike[str] | Sequence[str], n_tokens: int, source: str) -> np.ndarray:
     if isinstance(tokens, (str, os.PathLike)):
         tpath = Path(tokens)
+        require_regular_file(tpath, "token file")
         try:
             labels = tpath.read_text(encoding="utf-8").splitlines()
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{tpath}: token file not found") from None
         except UnicodeDecodeError:
             raise InputError(f"{tpath}: token file is not UTF-8 text (one label per line)") from None
         where = str(tpath)
@@ -457,6 +494,7 @@ def open_history(
         x, key, kind, steps = _open_zarr(path, key, chunks, nonfinite)
         fingerprint = _fingerprint(path / key / "zarr.json" if (path / key).is_dir() else path / "zarr.json", None)
     else:
+        require_regular_file(path, "history file")  # a FIFO would block the read below forever
         with open(path, "rb") as f:
             magic = f.read(6)
         if magic == b"\x93NUMPY":
@@ -488,6 +526,11 @@ def _label(
     fingerprint: str,
 ) -> xr.DataArray:
     n_steps, n_tokens, _ = x.shape
+    if 0 in x.shape:
+        raise InputError(
+            f"{source}: {key!r} has shape {list(x.shape)} ({', '.join(HISTORY_DIMS)}); every axis must be"
+            " non-empty: give a history with at least one step, token and dim"
+        )
     coords = {
         "step": ("step", steps if steps is not None else np.arange(n_steps, dtype=np.int64)),
         "token": (

@@ -144,6 +144,7 @@ def describe(path: str | os.PathLike[str]) -> str:
     """
     import zarr
 
+    from .history import _read_npy_header
     from .safetensors_io import read_header
     from .store import is_store, store_progress
 
@@ -176,8 +177,8 @@ def describe(path: str | os.PathLike[str]) -> str:
         for name, arr in sorted(arrays.items()):
             lines.append(f"  {name}: shape {list(arr.shape)} {arr.dtype}")
     elif path.suffix == ".npy":
-        arr = np.load(path, mmap_mode="r")
-        lines.append(f"  .npy: shape {list(arr.shape)} {arr.dtype}")
+        shape, _, dtype, _ = _read_npy_header(path)
+        lines.append(f"  .npy: shape {list(shape)} {dtype}")
     else:
         tensors, metadata = read_header(path)
         lines.append(f"  safetensors, {len(tensors)} tensors")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ __all__ = [
     "SUPPORTED_DTYPES",
     "TensorInfo",
     "read_header",
+    "require_regular_file",
     "write_header",
     "pread_exact",
     "pwrite_all",
@@ -88,6 +90,44 @@ class _DuplicateKey(Exception):
     pass
 
 
+_FILE_KINDS = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFIFO: "a named pipe (FIFO)",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+}
+
+
+def require_regular_file(path: str | os.PathLike[str], role: str = "input file") -> os.stat_result:
+    """Refuse anything but an existing regular file (following symlinks), without opening it.
+
+    Opening a named pipe blocks until a writer appears, and a device never ends: both would
+    hang a reader, so they are refused from their ``stat`` alone.
+
+    Raises
+    ------
+    FileNotFoundError
+        Nothing exists at ``path``.
+    InputError
+        ``path`` is a directory, a pipe, a socket or a device.
+
+    Examples
+    --------
+    >>> require_regular_file("/dev/null")
+    Traceback (most recent call last):
+    dask_pdist.errors.InputError: /dev/null: input file is a character device, not a regular file; give a file
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: {role} not found") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = _FILE_KINDS.get(stat.S_IFMT(st.st_mode), "not a regular file")
+        raise InputError(f"{path}: {role} is {kind}, not a regular file; give a file")
+    return st
+
+
 def read_header(path: str | os.PathLike[str]) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     """Read and validate a safetensors header without reading any tensor data.
 
@@ -115,6 +155,7 @@ def read_header(path: str | os.PathLike[str]) -> tuple[dict[str, TensorInfo], di
     (5001, 128, 64)
     """
     path = Path(path)
+    require_regular_file(path)
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         if size < 8:
@@ -141,6 +182,11 @@ def read_header(path: str | os.PathLike[str]) -> tuple[dict[str, TensorInfo], di
         raise InputError(f"{path}: header lists key {exc.args[0]!r} twice; refusing an ambiguous file") from None
     except json.JSONDecodeError as exc:
         raise InputError(f"{path}: header is not valid JSON ({exc.msg} at byte {exc.pos})") from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        reason = str(exc).split(";")[0][:200]
+        raise InputError(f"{path}: header is not a valid safetensors header ({reason})") from None
+    except RecursionError:
+        raise InputError(f"{path}: header nests JSON too deeply to be a safetensors header") from None
     if not isinstance(header, dict):
         raise InputError(f"{path}: header is a JSON {type(header).__name__}, expected an object")
 
@@ -181,7 +227,7 @@ def _tensor_info(path: Path, name: str, entry: Any, data_start: int) -> TensorIn
             f"{path}: tensor {name!r} entry must have exactly dtype, shape and data_offsets, got {entry!r:.200}"
         )
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-    if dtype not in _DTYPES:
+    if not isinstance(dtype, str) or dtype not in _DTYPES:
         raise InputError(
             f"{path}: tensor {name!r} has dtype {dtype!r}, which dask_pdist cannot read;"
             f" supported: {', '.join(SUPPORTED_DTYPES)}"
