@@ -162,19 +162,20 @@ def kernel(steps: int, vocab: int, dim: int, repeats: int, chunk: int | None) ->
     # full-length rows: no transposes, no output stores, no cache misses.
     peak_n = 64
 
-    from dask_pdist.kernels import _row  # the kernel's own row routine, not a copy of it
+    from dask_pdist.kernels import _row, _scaling_bound  # the kernel's own row routine, not a copy of it
 
     @numba.njit(nogil=True)
-    def _peak(at, reps, sq, mx):
+    def _peak(at, reps, sq, mx, e_low):
         n = at.shape[1]
         for _r in range(reps):
             for i in range(n):
-                _row(at, i, at, 0, n, sq, mx)
+                _row(at, i, at, 0, n, sq, mx, e_low)
         return sq[0] + mx[0]
 
     peak_dim = max(4, dim - dim % 4)
     blocks = [rng.standard_normal((peak_dim, peak_n), dtype=np.float32) for _ in range(2)]
-    bufs = [(np.zeros(peak_n, np.float32), np.zeros(peak_n, np.float32)) for _ in range(2)]
+    e_low = _scaling_bound(np.dtype(np.float32), peak_dim)
+    bufs = [(np.zeros(peak_n, np.float32), np.zeros(peak_n, np.float32), e_low) for _ in range(2)]
     t0 = time.perf_counter()
     _peak(blocks[0], 1, *bufs[0])
     peak_compile_s = time.perf_counter() - t0
