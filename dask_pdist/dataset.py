@@ -40,7 +40,9 @@ def pairwise_distances(
     metrics : sequence of {"euclidean", "chebyshev"}
         Variables to produce; every one comes from the same differences of the same pass.
     dtype : {"float32", "float16", "float64"}
-        Stored dtype. Arithmetic is float32 (float64 for float64 input) either way.
+        Stored dtype. Arithmetic is float32 (float64 for float64 input) either way. A
+        distance beyond the stored dtype's range raises :class:`OverflowError` naming the
+        step index and the token pair when it is computed, never a silent inf.
     token_chunk : int or "auto"
         Tile edge along token_i and token_j; ``"auto"`` tiles only large vocabularies.
 
