@@ -135,7 +135,7 @@ def test_tokens_path_that_is_a_directory(tmp_path, capsys):
     with pytest.raises(InputError, match=r"labels: token file is a directory, not a regular file"):
         open_history(src, tokens=tmp_path / "labels")
     line = _one_error_line(
-        capsys, ["compute", str(src), "--tokens", str(tmp_path / "labels"), "-o", "o.zarr"], "labels"
+        capsys, ["compute", str(src), "--tokens", str(tmp_path / "labels"), "-o", str(tmp_path / "o.zarr")], "labels"
     )
     assert "token file is a directory" in line
 
