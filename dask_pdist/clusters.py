@@ -1,0 +1,643 @@
+"""Clusters of identical (or nearly identical) tokens at every step.
+
+A **group** at one step is a connected component of the graph "distance <= threshold"
+between tokens (single linkage), with at least two tokens. At threshold 0 that is "equal
+embeddings", found from the bytes of the rows in O(V * D) per step, without computing any
+distance. At a positive threshold the components come from distance tiles (the kernels of
+:mod:`dask_pdist.kernels` on a history, or the stored blocks of a distance store), joined
+with union-find; no task holds more than one tile.
+
+Three layers, as in :mod:`dask_pdist.graph` / :mod:`dask_pdist.dataset`: numpy block
+functions (:func:`equal_row_labels`, :func:`tile_labels`, :func:`merge_labels`,
+:func:`label_stats`), one graph builder (:func:`cluster_arrays`), and the xarray layer
+(:func:`clusters`).
+
+Labels are canonical: a token's label is the smallest token **position** (0..V-1) in its
+group, so a partition has exactly one labelling, whatever the chunking or the path.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+import dask.array as da
+import numba
+import numpy as np
+import xarray as xr
+from dask.array.core import PerformanceWarning
+
+from ._version import __version__
+from .kernels import METRICS, cross_block, pairwise_block
+
+__all__ = [
+    "THRESHOLD_NAMES",
+    "CLUSTER_DIMS",
+    "clusters",
+    "cluster_arrays",
+    "equal_row_labels",
+    "tile_labels",
+    "merge_labels",
+    "label_stats",
+    "write_clusters",
+]
+
+#: Named thresholds: "bf16" is one bf16 spacing at the step's RMS embedding coordinate.
+THRESHOLD_NAMES: tuple[str, ...] = ("bf16",)
+#: Dims of the per-token variables.
+CLUSTER_DIMS = ("step", "token")
+Threshold = float | Literal["bf16"]
+_MARKER_ATTR = "dask_pdist_clusters"
+#: Distance bytes one task may hold at a positive threshold (one tile, both metrics).
+_TILE_BYTES = 4 * 2**20
+
+
+# ---------------------------------------------------------------- block functions (numpy)
+
+
+def equal_row_labels(x: np.ndarray) -> np.ndarray:
+    """Group equal rows of each snapshot: the threshold-0 clusters, without any distance.
+
+    Two rows are in one group when they are equal as numbers in every dim, which is
+    exactly Chebyshev (or Euclidean) distance 0: ``-0.0`` and ``+0.0`` are equal (they are
+    normalised before the rows are compared by their bytes). A row holding NaN or Inf is a
+    singleton (its distance to any row is NaN or Inf, never <= 0).
+
+    Parameters
+    ----------
+    x : ndarray, shape (step, token, dim), float
+
+    Returns
+    -------
+    ndarray, shape (step, token), int32
+        The smallest token position of each token's group (itself for a singleton).
+
+    Examples
+    --------
+    >>> x = np.array([[[1.0, 0.0], [2.0, 0.0], [1.0, -0.0], [np.nan, 0.0], [np.nan, 0.0]]])
+    >>> equal_row_labels(x)
+    array([[0, 1, 0, 3, 4]], dtype=int32)
+    """
+    x = np.asarray(x)
+    if x.ndim != 3:
+        raise ValueError(f"expected a (step, token, dim) block, got shape {x.shape}")
+    n_steps, n_tokens, n_dims = x.shape
+    out = np.empty((n_steps, n_tokens), dtype=np.int32)
+    if n_tokens == 0:
+        return out
+    row = np.dtype((np.void, max(1, n_dims) * x.dtype.itemsize))
+    ids = np.arange(n_tokens, dtype=np.int32)
+    for s in range(n_steps):
+        snap = x[s] + x.dtype.type(0)  # -0.0 + 0.0 == +0.0: equal numbers get equal bytes
+        if n_dims == 0:
+            snap = np.zeros((n_tokens, 1), dtype=x.dtype)
+        keys = np.ascontiguousarray(snap).view(row).ravel()
+        # return_index gives the first (smallest) position of each distinct row
+        _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+        labels = first.astype(np.int32)[inverse.ravel()]
+        bad = ~np.isfinite(snap).all(axis=1)
+        labels[bad] = ids[bad]
+        out[s] = labels
+    return out
+
+
+@numba.njit(nogil=True, cache=True)
+def _find(parent, i):
+    while parent[i] != i:
+        parent[i] = parent[parent[i]]  # path halving
+        i = parent[i]
+    return i
+
+
+@numba.njit(nogil=True, cache=True)
+def _union(parent, i, j):
+    # the smaller root wins, so a component's root is its smallest position
+    ri = _find(parent, i)
+    rj = _find(parent, j)
+    if ri < rj:
+        parent[rj] = ri
+    elif rj < ri:
+        parent[ri] = rj
+
+
+@numba.njit(nogil=True, cache=True)
+def _union_tile(d, thr, i0, j0, parent):
+    # d: (step, ti, tj) distances between tokens i0.. and j0..; parent: (step, V) forests
+    for s in range(d.shape[0]):
+        p = parent[s]
+        t = thr[s]
+        for i in range(d.shape[1]):
+            row = d[s, i]
+            for j in range(d.shape[2]):
+                if row[j] <= t:  # NaN compares False: a NaN distance joins nothing
+                    _union(p, i0 + i, j0 + j)
+
+
+@numba.njit(nogil=True, cache=True)
+def _union_labels(labels, parent):
+    # join token t with labels[s, t] (another partition of the same tokens)
+    for s in range(labels.shape[0]):
+        p = parent[s]
+        lab = labels[s]
+        for t in range(labels.shape[1]):
+            _union(p, t, lab[t])
+
+
+@numba.njit(nogil=True, cache=True)
+def _flatten(parent):
+    for s in range(parent.shape[0]):
+        p = parent[s]
+        for t in range(parent.shape[1]):
+            p[t] = _find(p, t)
+
+
+def _identity(n_steps: int, n_tokens: int) -> np.ndarray:
+    out = np.empty((n_steps, n_tokens), dtype=np.int32)
+    out[:] = np.arange(n_tokens, dtype=np.int32)
+    return out
+
+
+def tile_labels(d: np.ndarray, thr: np.ndarray, i0: int, j0: int, n_tokens: int) -> np.ndarray:
+    """Components of "distance <= threshold" seen in one distance tile.
+
+    Parameters
+    ----------
+    d : ndarray, shape (step, ti, tj)
+        Distances between tokens ``i0 .. i0+ti`` (rows) and ``j0 .. j0+tj`` (columns).
+    thr : ndarray, shape (step,)
+        Threshold per step; a pair joins when ``d <= thr`` (NaN never joins).
+    i0, j0 : int
+        Positions of the tile's first row and column.
+    n_tokens : int
+        V: the labels cover every token (tokens outside the tile are singletons).
+
+    Returns
+    -------
+    ndarray, shape (step, n_tokens), int32
+        Canonical labels (smallest position of the component). Combine the tiles of one
+        step with :func:`merge_labels`.
+
+    Examples
+    --------
+    >>> d = np.array([[[0.0, 0.5, 2.0], [0.5, 0.0, 3.0], [2.0, 3.0, 0.0]]])
+    >>> tile_labels(d, np.array([1.0]), 0, 0, 4)
+    array([[0, 0, 2, 3]], dtype=int32)
+    """
+    d = np.ascontiguousarray(d)
+    parent = _identity(d.shape[0], n_tokens)
+    _union_tile(d, np.ascontiguousarray(thr, dtype=np.float64), int(i0), int(j0), parent)
+    _flatten(parent)
+    return parent
+
+
+def merge_labels(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Components of the union of two partitions of the same tokens (per step).
+
+    Examples
+    --------
+    >>> merge_labels(np.array([[0, 0, 2, 3]]), np.array([[0, 1, 1, 3]]))
+    array([[0, 0, 0, 3]], dtype=int32)
+    """
+    parent = np.array(a, dtype=np.int32, order="C")
+    _union_labels(np.ascontiguousarray(b, dtype=np.int32), parent)
+    _flatten(parent)
+    return parent
+
+
+def label_stats(labels: np.ndarray) -> dict[str, np.ndarray]:
+    """Group populations and per-step counts from canonical labels.
+
+    Parameters
+    ----------
+    labels : ndarray, shape (step, token), int
+        Canonical labels (as :func:`equal_row_labels` or :func:`merge_labels` give).
+
+    Returns
+    -------
+    dict
+        ``cluster_size`` (step, token): population of each token's group (1 for a
+        singleton); ``n_clusters`` (step,): groups of two or more tokens; ``n_clustered``
+        (step,): tokens in such groups; ``largest`` (step,): the largest population (1
+        when there is no group). All int32.
+
+    Examples
+    --------
+    >>> s = label_stats(np.array([[0, 0, 2, 0, 4, 4]]))
+    >>> s["cluster_size"], s["n_clusters"], s["n_clustered"], s["largest"]
+    (array([[3, 3, 1, 3, 2, 2]], dtype=int32), array([2], dtype=int32), array([5], dtype=int32), array([3], dtype=int32))
+    """
+    labels = np.asarray(labels)
+    n_steps, n_tokens = labels.shape
+    offsets = (np.arange(n_steps, dtype=np.int64) * n_tokens)[:, None]
+    counts = np.bincount((labels + offsets).ravel(), minlength=n_steps * n_tokens).reshape(n_steps, n_tokens)
+    grouped = counts >= 2
+    return {
+        "cluster_size": np.take_along_axis(counts, labels.astype(np.int64), axis=1).astype(np.int32),
+        "n_clusters": grouped.sum(axis=1).astype(np.int32),
+        "n_clustered": np.where(grouped, counts, 0).sum(axis=1).astype(np.int32),
+        "largest": counts.max(axis=1, initial=0).astype(np.int32),
+    }
+
+
+# ---------------------------------------------------------------- task functions (dask blocks)
+
+
+def _equal_rows_task(x: np.ndarray) -> np.ndarray:
+    return equal_row_labels(x)
+
+
+def _history_tile_task(
+    xa: np.ndarray, xb: np.ndarray, ia: np.ndarray, jb: np.ndarray, thr: np.ndarray, *, metric: int, n_tokens: int
+) -> np.ndarray:
+    n_steps = xa.shape[0]
+    if ia.size == 0 or jb.size == 0 or ia[0] > jb[0]:
+        # distances are symmetric: the tile (j, i) already gave every edge of (i, j)
+        return _identity(n_steps, n_tokens)[:, None, None, :]
+    diagonal = ia[0] == jb[0]
+    parent = _identity(n_steps, n_tokens)
+    # a few steps at a time, so the distances held stay within one tile's budget
+    per_step = 2 * xa.shape[1] * xb.shape[1] * xa.dtype.itemsize
+    batch = max(1, _TILE_BYTES // max(1, per_step))
+    for s in range(0, n_steps, batch):
+        e = min(n_steps, s + batch)
+        d = pairwise_block(xa[s:e]) if diagonal else cross_block(xa[s:e], xb[s:e])
+        _union_tile(d[metric], np.ascontiguousarray(thr[s:e], dtype=np.float64), int(ia[0]), int(jb[0]), parent[s:e])
+    _flatten(parent)
+    return parent[:, None, None, :]
+
+
+def _store_tile_task(d: np.ndarray, ia: np.ndarray, jb: np.ndarray, thr: np.ndarray, *, n_tokens: int) -> np.ndarray:
+    if ia.size == 0 or jb.size == 0 or ia[0] > jb[0]:  # symmetric: the upper tile has every edge
+        return _identity(d.shape[0], n_tokens)[:, None, None, :]
+    return tile_labels(d, thr, int(ia[0]), int(jb[0]), n_tokens)[:, None, None, :]
+
+
+def _merge_tiles(x: np.ndarray, axis: Any = None, keepdims: bool = False) -> np.ndarray:
+    # x: (step, ni, nj, V) partial labels of the tiles of one step range -> one partition
+    n_steps, ni, nj, n_tokens = x.shape
+    flat = x.reshape(n_steps, ni * nj, n_tokens)
+    out = np.array(flat[:, 0], dtype=np.int32, order="C")
+    for k in range(1, ni * nj):
+        _union_labels(np.ascontiguousarray(flat[:, k], dtype=np.int32), out)
+    _flatten(out)
+    return out[:, None, None, :] if keepdims else out
+
+
+def _stat_task(labels: np.ndarray, *, stat: str) -> np.ndarray:
+    return label_stats(labels)[stat]
+
+
+# ---------------------------------------------------------------- the graph builder
+
+
+def _keep(x: np.ndarray, axis: Any = None, keepdims: bool = True) -> np.ndarray:
+    return x
+
+
+def _reduce_tiles(per_tile: da.Array) -> da.Array:
+    return da.reduction(
+        per_tile,
+        chunk=_keep,
+        combine=_merge_tiles,
+        aggregate=_merge_tiles,
+        axis=(1, 2),
+        keepdims=False,
+        dtype=np.int32,
+        concatenate=True,
+        meta=np.empty((0, 0), dtype=np.int32),
+        name="cluster-labels",
+    )
+
+
+def cluster_arrays(
+    data: da.Array, thr: da.Array | None, *, kind: Literal["history", "distances"], metric_index: int = 1
+) -> dict[str, da.Array]:
+    """Lazy cluster arrays from a history or from one metric's distances (array layer).
+
+    Parameters
+    ----------
+    data : dask.array.Array
+        ``kind="history"``: (step, token, dim) float32/float64. ``kind="distances"``:
+        (step, token_i, token_j) distances of one metric, any chunking.
+    thr : dask.array.Array or None
+        (step,) float64 thresholds; ``None`` means threshold 0 (for a history: equal rows
+        by their bytes, no distance computed).
+    metric_index : int
+        History only: which metric of the kernels' output (0 Euclidean, 1 Chebyshev).
+
+    Returns
+    -------
+    dict of str to dask.array.Array
+        ``cluster``, ``cluster_size`` (step, token) and ``n_clusters``, ``n_clustered``,
+        ``largest`` (step,), all int32, chunked along step like the input.
+
+    Examples
+    --------
+    >>> x = da.zeros((10, 5, 3), chunks=(4, 5, 3), dtype=np.float32)
+    >>> cluster_arrays(x, None, kind="history")["cluster"].chunks
+    ((4, 4, 2), (5,))
+    """
+    n_tokens = data.shape[1]
+    meta2 = np.empty((0, 0), dtype=np.int32)
+    if kind == "history" and thr is None:
+        x = data.rechunk({1: -1, 2: -1})
+        labels = x.map_blocks(_equal_rows_task, drop_axis=2, dtype=np.int32, meta=meta2, name="cluster-equal-rows")
+    elif kind == "history":
+        from .graph import plan_token_chunk
+
+        edge = plan_token_chunk(n_tokens, len(METRICS), data.dtype.itemsize)
+        x = data.rechunk({0: 1, 1: edge, 2: -1} if edge < n_tokens else {1: -1, 2: -1})
+        ids = da.arange(n_tokens, chunks=x.chunks[1])
+        thr = thr.rechunk((x.chunks[0],))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PerformanceWarning)  # tiles multiply the chunk count on purpose
+            per_tile = da.blockwise(
+                _history_tile_task,
+                "sijv",
+                x,
+                "sid",
+                x,
+                "sjd",
+                ids,
+                "i",
+                ids,
+                "j",
+                thr,
+                "s",
+                new_axes={"v": n_tokens},
+                adjust_chunks={"i": 1, "j": 1},
+                concatenate=True,
+                dtype=np.int32,
+                meta=np.empty((0, 0, 0, 0), dtype=np.int32),
+                metric=metric_index,
+                n_tokens=n_tokens,
+            )
+        labels = _reduce_tiles(per_tile)
+    elif kind == "distances":
+        ids_i = da.arange(n_tokens, chunks=data.chunks[1])
+        ids_j = da.arange(n_tokens, chunks=data.chunks[2])
+        thr = (da.zeros(data.shape[0], chunks=(data.chunks[0],)) if thr is None else thr).rechunk((data.chunks[0],))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PerformanceWarning)
+            per_tile = da.blockwise(
+                _store_tile_task,
+                "sijv",
+                data,
+                "sij",
+                ids_i,
+                "i",
+                ids_j,
+                "j",
+                thr,
+                "s",
+                new_axes={"v": n_tokens},
+                adjust_chunks={"i": 1, "j": 1},
+                dtype=np.int32,
+                meta=np.empty((0, 0, 0, 0), dtype=np.int32),
+                n_tokens=n_tokens,
+            )
+        labels = _reduce_tiles(per_tile)
+    else:
+        raise ValueError(f"kind={kind!r}: choose 'history' or 'distances'")
+    out = {"cluster": labels}
+    out["cluster_size"] = labels.map_blocks(_stat_task, stat="cluster_size", dtype=np.int32, meta=meta2)
+    for name in ("n_clusters", "n_clustered", "largest"):
+        out[name] = labels.map_blocks(
+            _stat_task, stat=name, drop_axis=1, dtype=np.int32, meta=np.empty((0,), dtype=np.int32)
+        )
+    return out
+
+
+# ---------------------------------------------------------------- the xarray layer
+
+
+def _check_threshold(threshold: Any) -> float | str:
+    if isinstance(threshold, str):
+        if threshold in THRESHOLD_NAMES:
+            return threshold
+        try:
+            threshold = float(threshold)
+        except ValueError:
+            raise ValueError(
+                f"threshold={threshold!r}: give a distance >= 0 or one of {list(THRESHOLD_NAMES)}"
+            ) from None
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.integer, np.floating)):
+        raise TypeError(f"threshold={threshold!r}: give a distance >= 0 or one of {list(THRESHOLD_NAMES)}")
+    value = float(threshold)
+    if not (value >= 0 and math.isfinite(value)):
+        raise ValueError(f"threshold={threshold!r}: must be a finite distance >= 0 (or one of {list(THRESHOLD_NAMES)})")
+    return value
+
+
+def _source_name(obj: xr.DataArray | xr.Dataset) -> str:
+    return str(obj.attrs.get("source", "")) or "the source"
+
+
+def _from_history(history: xr.DataArray, threshold: float | str, metric: str) -> tuple[dict, da.Array, Any]:
+    from .history import HISTORY_DIMS, auto_step_chunk
+    from .report import bf16_spacing
+
+    if history.dims != HISTORY_DIMS:
+        raise ValueError(f"history has dims {history.dims}; expected {HISTORY_DIMS}")
+    data = history.data
+    if not isinstance(data, da.Array):
+        data = da.from_array(data, chunks=(auto_step_chunk(data.shape[1], data.shape[0]), -1, -1))
+    if data.dtype not in (np.float32, np.float64):
+        raise TypeError(f"history must be float32 or float64 (open it with open_history), got {data.dtype}")
+    if threshold == "bf16":
+        # exactly as pairwise_distances records embedding_rms, so history and store agree
+        rms = da.sqrt((data.astype("float64") ** 2).mean(axis=(1, 2)))
+        thr = bf16_spacing(rms)
+    elif threshold == 0:
+        thr = None
+    else:
+        thr = da.full(data.shape[0], threshold, dtype=np.float64, chunks=(data.chunks[0],))
+    arrays = cluster_arrays(data, thr, kind="history", metric_index=METRICS.index(metric))
+    token = history["token"].values if "token" in history.coords else np.arange(history.sizes["token"])
+    return arrays, thr, token
+
+
+def _from_distances(ds: xr.Dataset, threshold: float | str, metric: str) -> tuple[dict, da.Array, Any]:
+    from .dataset import DISTANCE_DIMS
+    from .report import bf16_spacing
+
+    where = _source_name(ds)
+    if metric not in ds.data_vars:
+        raise ValueError(
+            f"{where}: the distance Dataset has no {metric!r} variable (it holds {sorted(ds.data_vars)});"
+            f" choose metric= / --metric from those, or compute it with --metrics {metric}"
+        )
+    var = ds[metric]
+    if var.dims != DISTANCE_DIMS:
+        raise ValueError(f"{where}: {metric} has dims {var.dims}; expected {DISTANCE_DIMS}")
+    computed = str(ds.attrs.get("compute_dtype", var.dtype))
+    if str(var.dtype) != computed or var.dtype not in (np.float32, np.float64):
+        raise ValueError(
+            f"{where}: {metric} is stored as {var.dtype} but was computed in {computed}; rounding the"
+            " distances changes which pairs are within the threshold, so clusters would differ from the"
+            f" history's. Recompute the store with --dtype {computed}, or pass the history instead"
+        )
+    data = var.data
+    if not isinstance(data, da.Array):
+        data = da.from_array(data, chunks=(max(1, min(var.shape[0], 128)), -1, -1))
+    if threshold == "bf16":
+        if "embedding_rms" not in ds.coords:
+            raise ValueError(
+                f"{where}: no embedding_rms coordinate for threshold='bf16'; give a number instead"
+                " (threshold= / --threshold)"
+            )
+        rms = ds["embedding_rms"].data
+        rms = rms if isinstance(rms, da.Array) else da.from_array(np.asarray(rms), chunks=(data.chunks[0],))
+        thr = bf16_spacing(rms.astype(np.float64))
+    elif threshold == 0:
+        thr = None
+    else:
+        thr = da.full(data.shape[0], threshold, dtype=np.float64, chunks=(data.chunks[0],))
+    arrays = cluster_arrays(data, thr, kind="distances")
+    return arrays, thr, ds["token_i"].values
+
+
+def clusters(
+    source: xr.DataArray | xr.Dataset,
+    threshold: Threshold = 0.0,
+    *,
+    metric: Literal["euclidean", "chebyshev"] = "chebyshev",
+) -> xr.Dataset:
+    """Groups of tokens within ``threshold`` of each other, at every step, lazily.
+
+    A group is a connected component, with two or more tokens, of the graph
+    "distance <= threshold" at one step (single linkage: a chain of close pairs joins
+    tokens that are further apart).
+
+    Parameters
+    ----------
+    source : xarray.DataArray or xarray.Dataset
+        A history (:func:`open_history`): computed blockwise along step, holding at most one
+        distance tile per task and storing none. Or a distance Dataset
+        (:func:`open_distances`, :func:`pairwise_distances`): read block by block. Both give
+        identical results, for any chunking. A store must hold its distances in the dtype
+        they were computed in (not ``--dtype float16``): rounding would move pairs across
+        the threshold.
+    threshold : float >= 0 or "bf16"
+        A pair joins when its distance is ``<=`` this. ``0`` (the default): equal
+        embeddings (with Chebyshev, bit-identical rows, ``-0.0 == +0.0``); from a history
+        no distance is computed at all. ``"bf16"``: one bf16 spacing at the step's RMS
+        embedding coordinate, ``2**(floor(log2 rms) - 7)``, as :func:`summarize` defines
+        it; note that ``summarize`` counts quantization neighbours with ``<`` (strictly
+        closer), clusters use ``<=``. Rows holding NaN or Inf are always singletons.
+    metric : {"chebyshev", "euclidean"}
+        At threshold 0 both mean "equal rows".
+
+    Returns
+    -------
+    xarray.Dataset
+        Dims ``("step", "token")``, dask-backed:
+
+        - ``cluster`` (step, token) int32: the smallest token **position** (0..V-1) of the
+          token's group, a singleton its own; positions even where the ``token``
+          coordinate holds labels;
+        - ``cluster_size`` (step, token) int32: the population of the token's group;
+        - ``n_clusters`` (step,): groups of two or more tokens; ``n_clustered`` (step,):
+          tokens in them; ``largest`` (step,): the largest population (1 if no group);
+        - ``threshold`` (step,) float64: the threshold used.
+
+    Examples
+    --------
+    >>> c = clusters(open_history("history.safetensors")).compute()  # doctest: +SKIP
+    >>> c.n_clusters.sel(step=5000).item()  # doctest: +SKIP
+    4
+    """
+    if metric not in METRICS:
+        raise ValueError(f"metric={metric!r}: choose one of {list(METRICS)}")
+    threshold = _check_threshold(threshold)
+    if isinstance(source, xr.DataArray):
+        arrays, thr, token = _from_history(source, threshold, metric)
+    elif isinstance(source, xr.Dataset):
+        arrays, thr, token = _from_distances(source, threshold, metric)
+    else:
+        raise TypeError(
+            f"source must be a history DataArray (open_history) or a distance Dataset (open_distances),"
+            f" got {type(source).__name__}"
+        )
+    labels = arrays["cluster"]
+    steps = source["step"].values if "step" in source.coords else np.arange(labels.shape[0])
+    if thr is None:
+        thr = da.zeros(labels.shape[0], dtype=np.float64, chunks=(labels.chunks[0],))
+    thr = thr.rechunk((labels.chunks[0],))
+    descriptions = {
+        "cluster": "smallest token position (0..V-1) of the token's group",
+        "cluster_size": "population of the token's group (1: a singleton)",
+        "n_clusters": "groups of two or more tokens",
+        "n_clustered": "tokens in groups of two or more",
+        "largest": "largest group population (1: no group)",
+    }
+    variables = {
+        name: xr.Variable(CLUSTER_DIMS if arr.ndim == 2 else ("step",), arr, attrs={"long_name": descriptions[name]})
+        for name, arr in arrays.items()
+    }
+    variables["threshold"] = xr.Variable(
+        ("step",), thr, attrs={"long_name": f"{metric} distance at or below which two tokens join"}
+    )
+    attrs = {
+        "title": "clusters of tokens per step",
+        "metric": metric,
+        "threshold": str(threshold),
+        "source": str(source.attrs.get("source", "")),
+        _MARKER_ATTR: __version__,
+    }
+    return xr.Dataset(variables, coords={"step": steps, "token": token}, attrs=attrs)
+
+
+def _is_clusters_store(path: Path) -> bool:
+    import json
+
+    try:
+        return _MARKER_ATTR in json.loads((path / "zarr.json").read_text()).get("attributes", {})
+    except (OSError, ValueError):
+        return False
+
+
+def write_clusters(
+    ds: xr.Dataset, path: str | os.PathLike[str], *, overwrite: bool = False, compute: bool = True
+) -> Any:
+    """Write a :func:`clusters` Dataset as a zarr (format 3) store that ``xarray.open_zarr`` opens.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        From :func:`clusters`.
+    path : path-like
+        Store directory to create.
+    overwrite : bool
+        Replace an existing clusters store at ``path``; anything else there is never
+        deleted.
+    compute : bool
+        If False, return a ``dask.delayed`` that writes the data when computed.
+
+    Examples
+    --------
+    >>> write_clusters(clusters(open_history("h.safetensors")), "clusters.zarr")  # doctest: +SKIP
+    """
+    from .errors import StoreError
+
+    path = Path(path)
+    if path.exists():
+        if not _is_clusters_store(path):
+            raise StoreError(f"{path}: exists and is not a dask_pdist clusters store; refusing to write into it")
+        if not overwrite:
+            raise StoreError(f"{path}: already exists; pass overwrite=True (--overwrite) to replace it")
+        shutil.rmtree(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise StoreError(f"{path}: parent directory {parent} does not exist")
+    ds = ds.copy()
+    ds["token"] = ds["token"].astype(object) if ds["token"].dtype.kind in "OUS" else ds["token"]
+    with warnings.catch_warnings():
+        # consolidated metadata is a zarr-python extension to format 3; written so that plain
+        # xarray.open_zarr(path) opens the store without a fallback warning
+        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+        return ds.to_zarr(path, mode="w-", zarr_format=3, consolidated=True, compute=compute)
