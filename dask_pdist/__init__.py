@@ -3,7 +3,8 @@
 Open a history (:func:`open_history`), build both metrics in one pass
 (:func:`pairwise_distances`), write a zarr store (:func:`to_zarr`), reopen it lazily
 (:func:`open_distances`), summarize it (:func:`summarize`), export it for the notebook's
-readers (:func:`to_safetensors`).
+readers (:func:`to_safetensors`), track groups of identical tokens over training
+(:func:`clusters`, :func:`cluster_events`).
 
 The public names are imported on first use (PEP 562): ``import dask_pdist`` and the
 ``dask-pdist`` command's start-up stay fast, since dask, xarray and numba take ~1 s to import.
@@ -17,14 +18,16 @@ from typing import TYPE_CHECKING, Any
 from ._version import __version__
 
 if TYPE_CHECKING:
+    from .clustering import clusters, write_clusters
     from .dataset import pairwise_distances
     from .errors import InputError, StoreError
+    from .events import cluster_events
     from .export import to_safetensors
     from .graph import METRICS, OUTPUT_DTYPES
     from .history import open_history
     from .report import summarize
     from .store import open_distances, to_zarr, verify_store
-    from .synthetic import write_synthetic_history
+    from .synthetic import synthetic_events, write_synthetic_history
 
 _WHERE = {
     "METRICS": "graph",
@@ -39,6 +42,10 @@ _WHERE = {
     "summarize": "report",
     "write_synthetic_history": "synthetic",
     "to_safetensors": "export",
+    "clusters": "clustering",
+    "write_clusters": "clustering",
+    "cluster_events": "events",
+    "synthetic_events": "synthetic",
 }
 
 __all__ = [
@@ -55,6 +62,10 @@ __all__ = [
     "summarize",
     "write_synthetic_history",
     "to_safetensors",
+    "clusters",
+    "write_clusters",
+    "cluster_events",
+    "synthetic_events",
 ]
 
 

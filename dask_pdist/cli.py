@@ -45,6 +45,18 @@ def _positive(text: str) -> int:
     return value
 
 
+def _threshold_arg(text: str) -> float | str:
+    if text == "bf16":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give 0, bf16 or a distance >= 0") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: give 0, bf16 or a finite distance >= 0")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="dask-pdist",
@@ -153,6 +165,26 @@ def _parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="describe a store or an input file")
     i.add_argument("path", help="zarr store, .safetensors, .npy or zarr input")
     i.set_defaults(func=_cmd_info)
+
+    k = sub.add_parser("clusters", help="groups of identical (or close) tokens at every step, and their events")
+    k.add_argument(
+        "input", nargs="+", help="a distance store (from compute) or a history (any input compute takes)"
+    )
+    k.add_argument(
+        "--threshold",
+        type=_threshold_arg,
+        default=0.0,
+        help="tokens join when their distance is <= this: 0 (default: equal embeddings), bf16 (one bf16"
+        " spacing at the step's RMS coordinate) or a number",
+    )
+    k.add_argument("--metric", choices=_METRICS, default="chebyshev", help="distance (default: chebyshev)")
+    k.add_argument("--key", help="history tensor/array (default: the only 3-D one)")
+    k.add_argument("--output", "-o", metavar="OUT.zarr", help="write the clusters Dataset as a zarr store")
+    k.add_argument("--events", metavar="EVENTS.csv", help="write the events as CSV (step,kind,tokens)")
+    k.add_argument("--plot", metavar="FILE.png", help="draw groups over steps with the events (needs matplotlib)")
+    k.add_argument("--overwrite", action="store_true", help="replace existing --output / --events files")
+    k.add_argument("--no-progress", action="store_true", help="no progress bar")
+    k.set_defaults(func=_cmd_clusters)
     return p
 
 
@@ -335,6 +367,8 @@ def _cmd_demo(args: argparse.Namespace) -> None:
         f"Wrote synthetic history {history} (5001 x 128 x 64 bf16) in {time.perf_counter() - t0:.1f} s", file=sys.stderr
     )
     _compute(args, str(history), str(store), overwrite=True)
+    print()
+    _clusters(args, str(history), threshold=0.0, metric="chebyshev")
 
 
 def _cmd_summary(args: argparse.Namespace) -> None:
@@ -409,6 +443,72 @@ def _catch_interrupts() -> object:
     if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         return None  # ignored (nohup, background job) or handled by the caller: leave it be
     return signal.signal(signal.SIGINT, _interrupt_once)
+
+
+def _clusters(
+    args: argparse.Namespace,
+    input_path: str | list[str],
+    threshold: float | str,
+    metric: str,
+    key: str | None = None,
+    output: str | None = None,
+    overwrite: bool = False,
+) -> tuple:
+    import contextlib
+
+    import dask_pdist as dp
+    from dask_pdist.events import format_clusters
+    from dask_pdist.store import is_store
+
+    if isinstance(input_path, str) and is_store(input_path):
+        if key:
+            raise ValueError(f"{input_path}: --key names a history tensor, but this is a distance store; drop --key")
+        source = dp.open_distances(input_path)
+        what = f"{input_path} (distance store)"
+    else:
+        source = dp.open_history(input_path, key=key)
+        what = f"{source.attrs['source']} [{source.name}]"
+    ds = dp.clusters(source, threshold, metric=metric)
+    print(f"{what}: clusters at {metric} distance <= {threshold}" + (f" -> {output}" if output else ""), file=sys.stderr)
+    with contextlib.ExitStack() as stack:
+        if not args.no_progress:
+            from tqdm.dask import TqdmCallback
+
+            stack.enter_context(TqdmCallback(desc="clustering", unit="task", file=sys.stderr))
+        if output:
+            import xarray as xr
+
+            dp.write_clusters(ds, output, overwrite=overwrite)
+            ds = xr.open_zarr(output)
+        else:
+            ds = ds.compute()
+    events = dp.cluster_events(ds)
+    print(format_clusters(ds, events))
+    return ds, events
+
+
+def _cmd_clusters(args: argparse.Namespace) -> None:
+    from dask_pdist.events import write_events_csv
+
+    # refuse before the work, not after it
+    if args.events and os.path.exists(args.events) and not args.overwrite:
+        raise FileExistsError(f"{args.events}: already exists; pass --overwrite to replace it")
+    if args.plot:
+        from dask_pdist.plotting import require_matplotlib
+
+        require_matplotlib()
+    source = args.input[0] if len(args.input) == 1 else args.input
+    ds, events = _clusters(args, source, args.threshold, args.metric, args.key, args.output, args.overwrite)
+    if args.output:
+        print(f"\nWrote {args.output}")
+    if args.events:
+        write_events_csv(events, args.events, overwrite=args.overwrite)
+        print(f"Wrote {args.events} ({len(events):,} events)")
+    if args.plot:
+        from dask_pdist.plotting import plot_clusters
+
+        plot_clusters(ds, events, args.plot)
+        print(f"Wrote {args.plot}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -116,7 +116,7 @@ def cluster_events(clusters: xr.Dataset) -> pd.DataFrame:
     ----------
     clusters : xarray.Dataset
         From :func:`dask_pdist.clusters` (lazy or loaded) or a store written by
-        :func:`dask_pdist.clusters.write_clusters`; only ``cluster`` is read, one step chunk
+        :func:`dask_pdist.clustering.write_clusters`; only ``cluster`` is read, one step chunk
         at a time (a lazy Dataset is computed chunk by chunk).
 
     Returns

@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import numpy as np
 import xarray as xr
 
-__all__ = ["plot_summary", "require_matplotlib"]
+__all__ = ["plot_summary", "plot_clusters", "require_matplotlib"]
 
 
 def require_matplotlib() -> Any:
@@ -60,5 +61,59 @@ def plot_summary(
     axes[-1].set_ylabel("token_i")
     fig.colorbar(im, ax=axes[-1])
     fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+
+
+def plot_clusters(clusters: xr.Dataset, events: Any, path: str | os.PathLike[str], *, dpi: int = 100) -> None:
+    """Groups over steps (``n_clusters``, ``largest``) with the events marked below, as a PNG.
+
+    Parameters
+    ----------
+    clusters : xarray.Dataset
+        From :func:`dask_pdist.clusters` (only the per-step variables are read).
+    events : pandas.DataFrame
+        From :func:`dask_pdist.cluster_events`.
+    path : path-like
+        PNG to write; 9 x 5 inches at ``dpi``.
+
+    Examples
+    --------
+    >>> plot_clusters(c, cluster_events(c), "clusters.png")  # doctest: +SKIP
+    """
+    from .events import EVENT_KINDS
+
+    plt = require_matplotlib()
+    steps = clusters["step"].values
+    fig, (ax, bx) = plt.subplots(
+        2, 1, figsize=(9, 5), sharex=True, gridspec_kw={"height_ratios": [2, 1.2]}, constrained_layout=True
+    )
+    ax.step(steps, clusters["n_clusters"].values, where="post", label="groups (2+ tokens)")
+    ax.step(steps, clusters["largest"].values, where="post", label="largest population")
+    # counts run from 0 to V (every token in one group at step 0): log-like above 1
+    ax.set_yscale("symlog", linthresh=1, linscale=0.5)
+    top = max(1, int(clusters["largest"].max()), int(clusters["n_clusters"].max()))
+    ticks = [t for t in (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10**4, 10**5) if t <= top * 1.5]
+    ax.set_yticks(ticks, [str(t) for t in ticks])
+    ax.set_ylim(-0.3, top * 1.6)
+    ax.set_ylabel("count")
+    ax.set_title(
+        f"Clusters: {clusters.attrs.get('metric', '')} distance <= {clusters.attrs.get('threshold', '')}", fontsize=10
+    )
+    ax.legend(loc="upper right", fontsize=8)
+    ax.grid(True, alpha=0.3)
+    for k, kind in enumerate(EVENT_KINDS):
+        at = events["step"].values[events["kind"].values == kind]
+        if len(at):
+            steps_at, counts = np.unique(at, return_counts=True)
+            bx.scatter(
+                steps_at, np.full(len(steps_at), k), s=80, color=f"C{k}", marker="|", linewidths=1 + np.log10(counts)
+            )
+    bx.set_yticks(range(len(EVENT_KINDS)), EVENT_KINDS, fontsize=8)
+    bx.set_ylim(-0.7, len(EVENT_KINDS) - 0.3)
+    bx.invert_yaxis()
+    bx.set_xlabel("step")
+    bx.set_title("events", fontsize=10)
+    bx.grid(True, axis="x", alpha=0.3)
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
