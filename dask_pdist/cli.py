@@ -167,9 +167,7 @@ def _parser() -> argparse.ArgumentParser:
     i.set_defaults(func=_cmd_info)
 
     k = sub.add_parser("clusters", help="groups of identical (or close) tokens at every step, and their events")
-    k.add_argument(
-        "input", nargs="+", help="a distance store (from compute) or a history (any input compute takes)"
-    )
+    k.add_argument("input", nargs="+", help="a distance store (from compute) or a history (any input compute takes)")
     k.add_argument(
         "--threshold",
         type=_threshold_arg,
@@ -469,7 +467,8 @@ def _clusters(
         source = dp.open_history(input_path, key=key)
         what = f"{source.attrs['source']} [{source.name}]"
     ds = dp.clusters(source, threshold, metric=metric)
-    print(f"{what}: clusters at {metric} distance <= {threshold}" + (f" -> {output}" if output else ""), file=sys.stderr)
+    target = f" -> {output}" if output else ""
+    print(f"{what}: clusters at {metric} distance <= {threshold}{target}", file=sys.stderr)
     with contextlib.ExitStack() as stack:
         if not args.no_progress:
             from tqdm.dask import TqdmCallback

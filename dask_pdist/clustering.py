@@ -227,8 +227,10 @@ def label_stats(labels: np.ndarray) -> dict[str, np.ndarray]:
     Examples
     --------
     >>> s = label_stats(np.array([[0, 0, 2, 0, 4, 4]]))
-    >>> s["cluster_size"], s["n_clusters"], s["n_clustered"], s["largest"]
-    (array([[3, 3, 1, 3, 2, 2]], dtype=int32), array([2], dtype=int32), array([5], dtype=int32), array([3], dtype=int32))
+    >>> s["cluster_size"]
+    array([[3, 3, 1, 3, 2, 2]], dtype=int32)
+    >>> s["n_clusters"], s["n_clustered"], s["largest"]
+    (array([2], dtype=int32), array([5], dtype=int32), array([3], dtype=int32))
     """
     labels = np.asarray(labels)
     n_steps, n_tokens = labels.shape
@@ -314,7 +316,12 @@ def _reduce_tiles(per_tile: da.Array) -> da.Array:
 
 
 def cluster_arrays(
-    data: da.Array, thr: da.Array | None, *, kind: Literal["history", "distances"], metric_index: int = 1
+    data: da.Array,
+    thr: da.Array | None,
+    *,
+    kind: Literal["history", "distances"],
+    metric_index: int = 1,
+    token_chunk: int | Literal["auto"] = "auto",
 ) -> dict[str, da.Array]:
     """Lazy cluster arrays from a history or from one metric's distances (array layer).
 
@@ -328,6 +335,9 @@ def cluster_arrays(
         by their bytes, no distance computed).
     metric_index : int
         History only: which metric of the kernels' output (0 Euclidean, 1 Chebyshev).
+    token_chunk : int or "auto"
+        History at a positive threshold: edge of the distance tiles; ``"auto"`` tiles only
+        when one snapshot's matrices exceed the tile budget (as :func:`pairwise_arrays`).
 
     Returns
     -------
@@ -349,8 +359,13 @@ def cluster_arrays(
     elif kind == "history":
         from .graph import plan_token_chunk
 
-        edge = plan_token_chunk(n_tokens, len(METRICS), data.dtype.itemsize)
-        x = data.rechunk({0: 1, 1: edge, 2: -1} if edge < n_tokens else {1: -1, 2: -1})
+        if token_chunk == "auto":
+            edge = plan_token_chunk(n_tokens, len(METRICS), data.dtype.itemsize)
+            x = data.rechunk({0: 1, 1: edge, 2: -1} if edge < n_tokens else {1: -1, 2: -1})
+        elif isinstance(token_chunk, (int, np.integer)) and not isinstance(token_chunk, bool) and token_chunk >= 1:
+            x = data.rechunk({1: int(min(token_chunk, max(1, n_tokens))), 2: -1})
+        else:
+            raise ValueError(f"token_chunk={token_chunk!r}: give a positive int or 'auto'")
         ids = da.arange(n_tokens, chunks=x.chunks[1])
         thr = thr.rechunk((x.chunks[0],))
         with warnings.catch_warnings():
@@ -437,7 +452,9 @@ def _source_name(obj: xr.DataArray | xr.Dataset) -> str:
     return str(obj.attrs.get("source", "")) or "the source"
 
 
-def _from_history(history: xr.DataArray, threshold: float | str, metric: str) -> tuple[dict, da.Array, Any]:
+def _from_history(
+    history: xr.DataArray, threshold: float | str, metric: str, token_chunk: int | str
+) -> tuple[dict, da.Array, Any]:
     from .history import HISTORY_DIMS, auto_step_chunk
     from .report import bf16_spacing
 
@@ -456,7 +473,13 @@ def _from_history(history: xr.DataArray, threshold: float | str, metric: str) ->
         thr = None
     else:
         thr = da.full(data.shape[0], threshold, dtype=np.float64, chunks=(data.chunks[0],))
-    arrays = cluster_arrays(data, thr, kind="history", metric_index=METRICS.index(metric))
+    arrays = cluster_arrays(
+        data,
+        thr,
+        kind="history",
+        metric_index=METRICS.index(metric),
+        token_chunk=token_chunk,  # type: ignore[arg-type]
+    )
     token = history["token"].values if "token" in history.coords else np.arange(history.sizes["token"])
     return arrays, thr, token
 
@@ -506,6 +529,7 @@ def clusters(
     threshold: Threshold = 0.0,
     *,
     metric: Literal["euclidean", "chebyshev"] = "chebyshev",
+    token_chunk: int | Literal["auto"] = "auto",
 ) -> xr.Dataset:
     """Groups of tokens within ``threshold`` of each other, at every step, lazily.
 
@@ -531,6 +555,10 @@ def clusters(
         closer), clusters use ``<=``. Rows holding NaN or Inf are always singletons.
     metric : {"chebyshev", "euclidean"}
         At threshold 0 both mean "equal rows".
+    token_chunk : int or "auto"
+        History at a positive threshold: edge of the token x token distance tiles (one task
+        computes one tile); ``"auto"`` tiles only large vocabularies, as
+        :func:`pairwise_distances` does. Does not change the result.
 
     Returns
     -------
@@ -555,7 +583,7 @@ def clusters(
         raise ValueError(f"metric={metric!r}: choose one of {list(METRICS)}")
     threshold = _check_threshold(threshold)
     if isinstance(source, xr.DataArray):
-        arrays, thr, token = _from_history(source, threshold, metric)
+        arrays, thr, token = _from_history(source, threshold, metric, token_chunk)
     elif isinstance(source, xr.Dataset):
         arrays, thr, token = _from_distances(source, threshold, metric)
     else:

@@ -228,7 +228,8 @@ def format_clusters(clusters: xr.Dataset, events: pd.DataFrame, *, per_kind: int
     threshold = clusters.attrs.get("threshold", "?")
     metric = clusters.attrs.get("metric", "?")
     meaning = " (equal embeddings)" if threshold in ("0", "0.0") else ""
-    lines = [f"Clusters: {metric} distance <= {threshold}{meaning}; {len(steps):,} steps x {clusters.sizes['token']:,} tokens"]
+    shape = f"{len(steps):,} steps x {clusters.sizes['token']:,} tokens"
+    lines = [f"Clusters: {metric} distance <= {threshold}{meaning}; {shape}"]
     if len(steps):
         for index in sorted({0, len(steps) - 1}):
             lines.append(

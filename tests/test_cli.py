@@ -146,6 +146,8 @@ def test_console_script_and_module_and_demo(tmp_path):
     assert run.returncode == 0, run.stderr
     assert "Snapshots: 5,001" in run.stdout and "Final distances (step 5000)" in run.stdout
     assert "computing" in run.stderr  # the progress bar
+    # the planted cluster events of synth (see synthetic_events)
+    assert "1000, emission, {6 7 8 9 10} -> 10 alone" in run.stdout and "3500, evaporation" in run.stdout
     ds = open_distances(tmp_path / "demo" / "pairwise_distances.zarr")
     assert ds.sizes == {"step": 5001, "token_i": 128, "token_j": 128}
     x = open_history(tmp_path / "demo" / "embedding_evolution.safetensors").isel(step=[0, 2500, 5000]).values

@@ -1,0 +1,426 @@
+"""clusters, cluster_events, `dask-pdist clusters`, and the planted groups of synth.
+
+Oracles: scipy's Chebyshev / Euclidean matrices in float64 with scipy's connected
+components (for the groups), and a set-based transcription of the issue's event rules."""
+
+from __future__ import annotations
+
+import doctest
+
+import dask
+import dask.array as da
+import ml_dtypes
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+from conftest import raise_if_dask_computes
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scipy.sparse.csgraph import connected_components
+from scipy.spatial.distance import cdist
+
+import dask_pdist as dp
+from dask_pdist import clustering, events, synthetic
+from dask_pdist.cli import main
+from dask_pdist.events import step_events
+
+
+def _history(x: np.ndarray, chunks: int, steps=None) -> xr.DataArray:
+    s = x.shape[0]
+    return xr.DataArray(
+        da.from_array(x, chunks=(chunks, -1, -1)),
+        dims=("step", "token", "dim"),
+        coords={"step": np.arange(s) * 10 if steps is None else steps, "token": np.arange(x.shape[1])},
+    )
+
+
+def _oracle_labels(x: np.ndarray, thr: np.ndarray, metric: str) -> np.ndarray:
+    """Smallest member of each token's component of "distance <= thr", scipy float64."""
+    out = np.empty(x.shape[:2], dtype=np.int64)
+    for s, snap in enumerate(np.asarray(x, dtype=np.float64)):
+        d = cdist(snap, snap, metric)
+        _, comp = connected_components(d <= thr[s], directed=False)
+        first = {c: i for i, c in reversed(list(enumerate(comp)))}
+        out[s] = [first[c] for c in comp]
+    return out
+
+
+def _bf16_threshold(x: np.ndarray) -> np.ndarray:
+    rms = np.sqrt((np.asarray(x, dtype=np.float64) ** 2).mean(axis=(1, 2)))
+    return 2.0 ** (np.floor(np.log2(rms)) - 7)
+
+
+def _oracle_events(prev: np.ndarray, cur: np.ndarray) -> list[tuple[str, list[int]]]:
+    """The issue's rules, transcribed literally with Python sets."""
+
+    def groups(labels):
+        by: dict[int, set[int]] = {}
+        for t, lab in enumerate(labels.tolist()):
+            by.setdefault(lab, set()).add(t)
+        return [g for g in by.values() if len(g) >= 2]
+
+    before, after = groups(prev), groups(cur)
+    singles_after = set(range(len(cur))) - set().union(*after)
+    singles_before = set(range(len(prev))) - set().union(*before)
+    rows = []
+    for g in before:
+        c = [h for h in after if h & g]
+        if len(c) >= 2:
+            rows.append(("fission", sorted(g)))
+        if len(c) == 0:
+            rows.append(("evaporation", sorted(g)))
+        if len(c) >= 1:
+            rows += [("emission", [t]) for t in sorted(g & singles_after)]
+    for h in after:
+        p = [g for g in before if g & h]
+        if len(p) >= 2:
+            rows.append(("merger", sorted(h)))
+        if len(p) == 0:
+            rows.append(("formation", sorted(h)))
+        if len(p) >= 1 and h & singles_before:
+            rows.append(("capture", sorted(h & singles_before)))
+    return sorted(rows, key=lambda r: (events.EVENT_KINDS.index(r[0]), r[1]))
+
+
+# ---------------------------------------------------------------- doctests and block functions
+
+
+@pytest.mark.parametrize("module", [clustering, events, synthetic])
+def test_doctests(module):
+    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE, extraglobs={"np": np, "xr": xr})
+    assert result.failed == 0 and result.attempted > 0
+
+
+def test_equal_rows_signed_zero_nan_and_inf():
+    x = np.array([[[0.0, 1.0], [-0.0, 1.0], [np.nan, 1.0], [np.nan, 1.0], [np.inf, 1.0], [np.inf, 1.0], [0.0, 1.0]]])
+    for dtype in (np.float32, np.float64):
+        np.testing.assert_array_equal(clustering.equal_row_labels(x.astype(dtype)), [[0, 0, 2, 3, 4, 5, 0]])
+    # the distance path agrees: -0.0 is at distance 0 of +0.0, NaN and Inf rows join nothing
+    h = _history(x.astype(np.float32), 1)
+    from_store = dp.clusters(dp.pairwise_distances(h)).cluster.values
+    np.testing.assert_array_equal(from_store, [[0, 0, 2, 3, 4, 5, 0]])
+    np.testing.assert_array_equal(dp.clusters(h, 1e30).cluster.values, [[0, 0, 2, 3, 4, 5, 0]])
+
+
+def test_merge_labels_is_the_union_of_partitions():
+    rng = np.random.default_rng(3)
+    zero = np.zeros(2)
+    for _ in range(50):
+        a = rng.integers(0, 9, size=(2, 9))
+        b = rng.integers(0, 9, size=(2, 9))
+        adj = (a[:, :, None] == a[:, None, :]) | (b[:, :, None] == b[:, None, :])
+        want = [[np.flatnonzero(_reach(adj[s], i)).min() for i in range(9)] for s in range(2)]
+        da_ = np.where(a[:, :, None] == a[:, None, :], 0.0, 1.0)
+        la = clustering.tile_labels(da_, zero, 0, 0, 9)
+        lb = clustering.tile_labels(np.where(b[:, :, None] == b[:, None, :], 0.0, 1.0), zero, 0, 0, 9)
+        np.testing.assert_array_equal(clustering.merge_labels(la, lb), want)
+        # the same edges seen through two row tiles (offsets), merged
+        top = clustering.tile_labels(da_[:, :4], zero, 0, 0, 9)
+        bottom = clustering.tile_labels(da_[:, 4:], zero, 4, 0, 9)
+        np.testing.assert_array_equal(clustering.merge_labels(top, bottom), la)
+
+
+def _reach(adj: np.ndarray, i: int) -> np.ndarray:
+    seen = np.zeros(len(adj), bool)
+    seen[i] = True
+    while True:
+        new = seen | adj[seen].any(axis=0)
+        if (new == seen).all():
+            return seen
+        seen = new
+
+
+# ---------------------------------------------------------------- hypothesis against scipy
+
+
+@st.composite
+def _structures(draw):
+    """bf16-exact histories: tokens copied from a few prototypes, some one bf16 ulp away."""
+    s = draw(st.integers(1, 4))
+    v = draw(st.integers(2, 11))
+    d = draw(st.integers(1, 5))
+    seed = draw(st.integers(0, 2**31 - 1))
+    rng = np.random.default_rng(seed)
+    n_proto = draw(st.integers(1, 4))
+    protos = rng.uniform(0.25, 2.0, size=(s, n_proto, d)) * rng.choice([-1, 1], size=(s, n_proto, d))
+    protos = protos.astype(ml_dtypes.bfloat16).astype(np.float32)
+    which = rng.integers(0, n_proto, size=v)
+    x = protos[:, which].copy()
+    bits = x.astype(ml_dtypes.bfloat16).view(np.uint16)
+    near = rng.random(v) < 0.3  # one bf16 ulp away in one dim, at every step
+    dims = rng.integers(0, d, size=v)
+    for t in np.flatnonzero(near):
+        bits[:, t, dims[t]] += 1
+    fresh = rng.random(v) < 0.2  # unrelated tokens
+    bits[:, fresh] = (rng.uniform(0.25, 2.0, size=(s, int(fresh.sum()), d))).astype(ml_dtypes.bfloat16).view(np.uint16)
+    x = bits.view(ml_dtypes.bfloat16).astype(np.float32)
+    chunks = draw(st.integers(1, s))
+    token_chunk = draw(st.integers(1, v))
+    return x, chunks, token_chunk
+
+
+def _midpoint_threshold(x: np.ndarray, metric: str, pick: float) -> float:
+    # a float threshold half way between two distinct distances, so float32 and float64
+    # arithmetic agree on which side every pair falls
+    ds = np.unique(np.concatenate([cdist(s, s, metric).ravel() for s in x.astype(np.float64)]))
+    if len(ds) < 2:
+        return 0.5
+    k = int(pick * (len(ds) - 1))
+    return float((ds[k] + ds[k + 1]) / 2)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    _structures(),
+    st.sampled_from(["zero", "bf16", "float"]),
+    st.sampled_from(["chebyshev", "euclidean"]),
+    st.floats(0, 1),
+)
+def test_clusters_match_scipy_from_history_and_distances(case, kind, metric, pick):
+    x, chunks, token_chunk = case
+    if kind == "bf16" and metric == "euclidean":
+        metric = "chebyshev"  # Euclidean in float32 is not exact next to a power-of-two threshold
+    threshold = {"zero": 0.0, "bf16": "bf16", "float": _midpoint_threshold(x, metric, pick)}[kind]
+    thr = {"zero": np.zeros(len(x)), "bf16": _bf16_threshold(x), "float": np.full(len(x), threshold)}[kind]
+    want = _oracle_labels(x, thr, metric)
+    h = _history(x, chunks)
+    results = [
+        dp.clusters(h, threshold, metric=metric, token_chunk=token_chunk),
+        dp.clusters(h, threshold, metric=metric),
+        dp.clusters(dp.pairwise_distances(h, token_chunk=token_chunk), threshold, metric=metric),
+    ]
+    for ds in results:
+        got = ds.compute()
+        np.testing.assert_array_equal(got.cluster.values, want)
+        np.testing.assert_array_equal(got.threshold.values, thr)
+        counts = [np.bincount(w, minlength=x.shape[1]) for w in want]
+        np.testing.assert_array_equal(got.cluster_size.values, [c[w] for c, w in zip(counts, want, strict=True)])
+        np.testing.assert_array_equal(got.n_clusters.values, [(c >= 2).sum() for c in counts])
+        np.testing.assert_array_equal(got.n_clustered.values, [c[c >= 2].sum() for c in counts])
+        np.testing.assert_array_equal(got.largest.values, [c.max() for c in counts])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 9), st.integers(0, 2**31 - 1))
+def test_step_events_follow_the_rules(v, seed):
+    rng = np.random.default_rng(seed)
+    prev = rng.integers(0, max(1, v // 2 + 1), size=v)
+    cur = np.where(rng.random(v) < 0.5, prev, rng.integers(0, v, size=v))
+    assert step_events(prev, cur) == _oracle_events(prev, cur)
+
+
+# ---------------------------------------------------------------- events on hand-built labels
+
+
+def test_every_event_kind_on_hand_built_labels():
+    labels = np.array(
+        [
+            [0, 0, 0, 0, 4, 5, 6, 7, 8],  # {0 1 2 3}
+            [0, 0, 2, 2, 4, 5, 6, 7, 8],  # fission {0 1 2 3} -> {0 1} {2 3}
+            [0, 0, 2, 2, 4, 4, 6, 7, 8],  # formation {4 5}
+            [0, 0, 2, 2, 2, 2, 2, 7, 8],  # merger {2 3 4 5 6}, capture 6
+            [0, 1, 2, 2, 2, 2, 6, 7, 8],  # evaporation {0 1}, emission 6
+            [0, 1, 2, 3, 4, 5, 6, 7, 8],  # evaporation {2 3 4 5}
+            [0, 0, 0, 3, 3, 5, 6, 7, 8],  # formation {0 1 2}, formation {3 4}
+        ]
+    )
+    c = xr.Dataset({"cluster": (("step", "token"), labels)}, coords={"step": [100, 200, 300, 400, 500, 600, 700]})
+    want = [
+        (200, "fission", [0, 1, 2, 3]),
+        (300, "formation", [4, 5]),
+        (400, "merger", [2, 3, 4, 5, 6]),
+        (400, "capture", [6]),
+        (500, "evaporation", [0, 1]),
+        (500, "emission", [6]),
+        (600, "evaporation", [2, 3, 4, 5]),
+        (700, "formation", [0, 1, 2]),
+        (700, "formation", [3, 4]),
+    ]
+    for chunks in (None, 1, 2, 3):  # loaded, and dask-chunked with events across chunk borders
+        got = dp.cluster_events(c if chunks is None else c.chunk(step=chunks))
+        assert list(got.columns) == ["step", "kind", "tokens"]
+        assert [(int(s), k, t) for s, k, t in got.itertuples(index=False)] == want
+    # emission only when the group goes on, capture only into an existing group
+    assert step_events(np.array([0, 0, 0]), np.array([0, 0, 2])) == [("emission", [2])]
+    assert step_events(np.array([0, 0, 2]), np.array([0, 0, 0])) == [("capture", [2])]
+    assert step_events(np.array([0, 0, 2, 2]), np.array([0, 1, 2, 3])) == [
+        ("evaporation", [0, 1]),
+        ("evaporation", [2, 3]),
+    ]
+    empty = dp.cluster_events(c.isel(step=[0]))
+    assert len(empty) == 0 and list(empty.columns) == ["step", "kind", "tokens"]
+
+
+# ---------------------------------------------------------------- planted groups of synth
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("planted")
+    path = tmp / "h.safetensors"
+    dp.write_synthetic_history(path, steps=61, vocab=40, dim=16, seed=5)
+    store = tmp / "d.zarr"
+    dp.to_zarr(dp.pairwise_distances(dp.open_history(path, chunks=13)), store)
+    return path, store
+
+
+def test_planted_events_from_history_and_store_any_chunking(planted):
+    path, store = planted
+    want = dp.synthetic_events(61, 40)
+    kinds = set(want["kind"])
+    assert kinds == set(events.EVENT_KINDS)  # every kind planted
+    planted_steps = want[want["step"] > 1]
+    assert list(planted_steps["step"]) == [12, 18, 24, 30, 36, 42]  # 20 % .. 70 % of the run
+    results = [dp.clusters(dp.open_history(path, chunks=c)) for c in (1, 7, 61)]
+    results.append(dp.clusters(dp.open_distances(store)))
+    results.append(dp.clusters(dp.open_history(path, chunks=9), 1e-9))  # the distance path, below any gap
+    first = results[0].compute()
+    for ds in results:
+        got = dp.cluster_events(ds)
+        pd.testing.assert_frame_equal(got, want)
+        xr.testing.assert_equal(
+            ds.compute()[["cluster", "cluster_size", "n_clusters"]], first[["cluster", "cluster_size", "n_clusters"]]
+        )
+    # bf16: history and store agree (thresholds from the same embedding_rms)
+    a = dp.clusters(dp.open_history(path, chunks=5), "bf16").compute()
+    b = dp.clusters(dp.open_distances(store), "bf16").compute()
+    xr.testing.assert_equal(a.drop_attrs(), b.drop_attrs())
+    np.testing.assert_array_equal(a.threshold.values, dp.summarize(dp.open_distances(store)).threshold.values)
+
+
+def test_synthetic_events_small_shapes_have_no_planting():
+    assert list(dp.synthetic_events(19, 40)["step"]) == [1] * len(dp.synthetic_events(19, 40))
+    assert len(dp.synthetic_events(1, 40)) == 0 and len(dp.synthetic_events(50, 1)) == 0
+    ev = dp.synthetic_events(30, 6)  # no duplicates (6 // 8 == 0), no planting: all evaporate at step 1
+    assert [(int(s), k, t) for s, k, t in ev.itertuples(index=False)] == [(1, "evaporation", list(range(6)))]
+    with pytest.raises(ValueError, match="steps=0: must be a positive integer"):
+        dp.synthetic_events(0, 5)
+
+
+# ---------------------------------------------------------------- laziness
+
+
+def test_building_reads_nothing_and_history_path_holds_no_vxv(monkeypatch):
+    x = np.random.default_rng(0).standard_normal((9, 60, 5)).astype(np.float32)
+    x[:, 7] = x[:, 3]
+    h = _history(x, 4)
+    with raise_if_dask_computes():
+        built = [dp.clusters(h, t) for t in (0.0, "bf16", 2.5)]
+        built.append(dp.clusters(dp.pairwise_distances(h), "bf16"))
+        lazy_events = [dp.clusters(h), dp.clusters(h, 3.0, metric="euclidean")]
+    assert all(isinstance(ds.cluster.data, da.Array) for ds in built + lazy_events)
+
+    sizes: list[int] = []
+
+    class Record(dask.callbacks.Callback):
+        def _posttask(self, key, result, dsk, state, worker_id):
+            sizes.append(getattr(result, "size", 0))
+
+    with Record():
+        dp.clusters(h, 2.5, token_chunk=20).compute()
+    assert sizes and max(sizes) < 60 * 60  # no task returns a V x V array
+    # threshold 0 computes no distance at all
+    monkeypatch.setattr(clustering, "pairwise_block", _forbidden)
+    monkeypatch.setattr(clustering, "cross_block", _forbidden)
+    assert (dp.clusters(h).cluster.values[:, 7] == 3).all()
+
+
+def _forbidden(*args, **kwargs):
+    raise AssertionError("a distance was computed at threshold 0")
+
+
+# ---------------------------------------------------------------- errors
+
+
+def test_bad_arguments_and_sources(tmp_path):
+    x = np.zeros((3, 4, 2), np.float32)
+    h = _history(x, 2)
+    for bad, err, match in [
+        (-1.0, ValueError, "must be a finite distance >= 0"),
+        (float("nan"), ValueError, "must be a finite distance >= 0"),
+        ("fp8", ValueError, r"give a distance >= 0 or one of \['bf16'\]"),
+        (True, TypeError, "give a distance >= 0"),
+    ]:
+        with pytest.raises(err, match=match):
+            dp.clusters(h, bad)
+    with pytest.raises(ValueError, match=r"metric='cosine': choose one of \['euclidean', 'chebyshev'\]"):
+        dp.clusters(h, metric="cosine")
+    with pytest.raises(TypeError, match="source must be a history DataArray"):
+        dp.clusters(x)
+    with pytest.raises(ValueError, match="token_chunk=0"):
+        dp.clusters(h, 1.0, token_chunk=0)
+    ds16 = dp.pairwise_distances(h, dtype="float16")
+    with pytest.raises(ValueError, match="chebyshev is stored as float16 but was computed in float32"):
+        dp.clusters(ds16)
+    with pytest.raises(ValueError, match=r"no 'chebyshev' variable \(it holds \['euclidean'\]\)"):
+        dp.clusters(dp.pairwise_distances(h, metrics=("euclidean",)))
+    with pytest.raises(ValueError, match="no embedding_rms coordinate for threshold='bf16'"):
+        dp.clusters(dp.pairwise_distances(h).drop_vars("embedding_rms"), "bf16")
+    with pytest.raises(ValueError, match="no 'cluster' variable"):
+        dp.cluster_events(xr.Dataset())
+    out = tmp_path / "c.zarr"
+    dp.write_clusters(dp.clusters(h), out)
+    with pytest.raises(dp.StoreError, match="already exists; pass overwrite=True"):
+        dp.write_clusters(dp.clusters(h), out)
+    dp.write_clusters(dp.clusters(h, 1.0), out, overwrite=True)
+    assert xr.open_zarr(out).attrs["threshold"] == "1.0"
+    (tmp_path / "other").mkdir()
+    with pytest.raises(dp.StoreError, match="is not a dask_pdist clusters store"):
+        dp.write_clusters(dp.clusters(h), tmp_path / "other", overwrite=True)
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def test_clusters_command_prints_planted_events_and_writes_outputs(planted, tmp_path, capsys):
+    path, store = planted
+    out, csv, png = tmp_path / "c.zarr", tmp_path / "ev.csv", tmp_path / "c.png"
+    args = ["clusters", str(path), "-o", str(out), "--events", str(csv), "--plot", str(png), "--no-progress"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    for line in [
+        "  step 0: groups 1, tokens in groups 40, largest 40",
+        "Events: 36 (fission 2, evaporation 1, emission 30, merger 1, formation 1, capture 1)",
+        "  12, emission, {6 7 8 9 10} -> 10 alone",
+        "  18, formation, 11 12 -> {11 12}",
+        "  24, fission, {6 7 8 9} -> {6 7} + {8 9}",
+        "  30, capture, {11 12} + 13 -> {11 12 13}",
+        "  36, merger, {8 9} + {11 12 13} -> {8 9 11 12 13}",
+        "  42, evaporation, {6 7} -> 6 7",
+    ]:
+        assert line in text, text
+    table = pd.read_csv(csv, dtype={"tokens": str})
+    want = dp.synthetic_events(61, 40)
+    assert list(table.columns) == ["step", "kind", "tokens"]
+    assert table["tokens"].tolist() == [" ".join(map(str, t)) for t in want["tokens"]]
+    assert table["kind"].tolist() == want["kind"].tolist() and table["step"].tolist() == want["step"].tolist()
+    written = xr.open_zarr(out)  # plain xarray opens it
+    xr.testing.assert_equal(written.load(), dp.clusters(dp.open_history(path)).compute())
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # from the store, at bf16: same result as from the history
+    assert main(["clusters", str(store), "--threshold", "bf16", "--no-progress", "-o", str(tmp_path / "s.zarr")]) == 0
+    assert main(["clusters", str(path), "--threshold", "bf16", "--no-progress", "-o", str(tmp_path / "h.zarr")]) == 0
+    xr.testing.assert_equal(xr.open_zarr(tmp_path / "s.zarr").load(), xr.open_zarr(tmp_path / "h.zarr").load())
+
+
+def test_clusters_command_errors(planted, tmp_path, capsys):
+    path, store = planted
+    (tmp_path / "ev.csv").write_text("keep me")
+    cases = [
+        (["clusters", str(path), "--events", str(tmp_path / "ev.csv")], "ev.csv: already exists; pass --overwrite"),
+        (["clusters", str(store), "--key", "x"], "--key names a history tensor, but this is a distance store"),
+        (["clusters", str(tmp_path / "nope.safetensors")], "nope.safetensors: history file not found"),
+        (["clusters", str(store), "--metric", "euclidean", "--threshold", "0.5"], None),
+    ]
+    for args, message in cases:
+        code = main([*args, "--no-progress"])
+        err = capsys.readouterr().err
+        if message is None:
+            assert code == 0, err
+            continue
+        assert code == 2 and message in err and err.count("\n") == 1, err
+    assert (tmp_path / "ev.csv").read_text() == "keep me"
+    with pytest.raises(SystemExit) as info:
+        main(["clusters", str(path), "--threshold", "-1"])
+    assert info.value.code == 2 and "give 0, bf16 or a finite distance >= 0" in capsys.readouterr().err
