@@ -21,7 +21,7 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial.distance import cdist
 
 import dask_pdist as dp
-from dask_pdist import clustering, events, synthetic
+from dask_pdist import cluster_blocks, clustering, events, synthetic
 from dask_pdist.cli import main
 from dask_pdist.events import step_events
 
@@ -86,7 +86,7 @@ def _oracle_events(prev: np.ndarray, cur: np.ndarray) -> list[tuple[str, list[in
 # ---------------------------------------------------------------- doctests and block functions
 
 
-@pytest.mark.parametrize("module", [clustering, events, synthetic])
+@pytest.mark.parametrize("module", [cluster_blocks, clustering, events, synthetic])
 def test_doctests(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE, extraglobs={"np": np, "xr": xr})
     assert result.failed == 0 and result.attempted > 0
@@ -95,7 +95,7 @@ def test_doctests(module):
 def test_equal_rows_signed_zero_nan_and_inf():
     x = np.array([[[0.0, 1.0], [-0.0, 1.0], [np.nan, 1.0], [np.nan, 1.0], [np.inf, 1.0], [np.inf, 1.0], [0.0, 1.0]]])
     for dtype in (np.float32, np.float64):
-        np.testing.assert_array_equal(clustering.equal_row_labels(x.astype(dtype)), [[0, 0, 2, 3, 4, 5, 0]])
+        np.testing.assert_array_equal(cluster_blocks.equal_row_labels(x.astype(dtype)), [[0, 0, 2, 3, 4, 5, 0]])
     # the distance path agrees: -0.0 is at distance 0 of +0.0, NaN and Inf rows join nothing
     h = _history(x.astype(np.float32), 1)
     from_store = dp.clusters(dp.pairwise_distances(h)).cluster.values
@@ -112,13 +112,13 @@ def test_merge_labels_is_the_union_of_partitions():
         adj = (a[:, :, None] == a[:, None, :]) | (b[:, :, None] == b[:, None, :])
         want = [[np.flatnonzero(_reach(adj[s], i)).min() for i in range(9)] for s in range(2)]
         da_ = np.where(a[:, :, None] == a[:, None, :], 0.0, 1.0)
-        la = clustering.tile_labels(da_, zero, 0, 0, 9)
-        lb = clustering.tile_labels(np.where(b[:, :, None] == b[:, None, :], 0.0, 1.0), zero, 0, 0, 9)
-        np.testing.assert_array_equal(clustering.merge_labels(la, lb), want)
+        la = cluster_blocks.tile_labels(da_, zero, 0, 0, 9)
+        lb = cluster_blocks.tile_labels(np.where(b[:, :, None] == b[:, None, :], 0.0, 1.0), zero, 0, 0, 9)
+        np.testing.assert_array_equal(cluster_blocks.merge_labels(la, lb), want)
         # the same edges seen through two row tiles (offsets), merged
-        top = clustering.tile_labels(da_[:, :4], zero, 0, 0, 9)
-        bottom = clustering.tile_labels(da_[:, 4:], zero, 4, 0, 9)
-        np.testing.assert_array_equal(clustering.merge_labels(top, bottom), la)
+        top = cluster_blocks.tile_labels(da_[:, :4], zero, 0, 0, 9)
+        bottom = cluster_blocks.tile_labels(da_[:, 4:], zero, 4, 0, 9)
+        np.testing.assert_array_equal(cluster_blocks.merge_labels(top, bottom), la)
 
 
 def _reach(adj: np.ndarray, i: int) -> np.ndarray:
@@ -321,8 +321,8 @@ def test_building_reads_nothing_and_history_path_holds_no_vxv(monkeypatch):
         dp.clusters(h, 2.5, token_chunk=20).compute()
     assert sizes and max(sizes) < 60 * 60  # no task returns a V x V array
     # threshold 0 computes no distance at all
-    monkeypatch.setattr(clustering, "pairwise_block", _forbidden)
-    monkeypatch.setattr(clustering, "cross_block", _forbidden)
+    monkeypatch.setattr(cluster_blocks, "pairwise_block", _forbidden)
+    monkeypatch.setattr(cluster_blocks, "cross_block", _forbidden)
     assert (dp.clusters(h).cluster.values[:, 7] == 3).all()
 
 
