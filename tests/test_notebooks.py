@@ -29,3 +29,6 @@ def test_notebook_is_stored_without_outputs_and_executes(path, tmp_path, monkeyp
     outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "Final distances (step 119)" in outputs
     assert "euclidean_distances [120, 128, 128]" in outputs
+    assert "(equal embeddings); 120 steps x 128 tokens" in outputs  # the clusters section
+    assert "24, emission, {6 7 8 9 10} -> 10 alone" in outputs  # a planted event (20 % of the run)
+    assert (tmp_path / "work" / "clusters.png").stat().st_size > 1000
