@@ -48,6 +48,9 @@ TARGETS = {
     "help_s": 0.5,
     "compressor_cost": 0.15,
 }
+# issue 11: `dask-pdist clusters` against `dask-pdist compute` on the same history
+CLUSTER_TARGETS = {"clusters-0-history": 0.5, "clusters-bf16-history": 1.0, "clusters-0-store": 0.5}
+CLUSTERS_MD = "clusters_results.md"
 
 
 @dataclass
@@ -285,6 +288,84 @@ def _bench_kernel(env: dict[str, str], args: argparse.Namespace, work: Path) -> 
     return json.loads(out.stdout)
 
 
+def _bench_clusters(dask_cmd: list[str], env: dict[str, str], args: argparse.Namespace, work: Path) -> dict:
+    """`dask-pdist clusters` (history at threshold 0 and bf16, an existing store) against
+    `dask-pdist compute` on the same history: whole processes, alternating, medians."""
+    from dask_pdist.synthetic import write_synthetic_history
+
+    steps = 32 if args.quick else 5001
+    hist = work / f"clusters_history_{steps}x128x64.safetensors"
+    store = work / "clusters_store.zarr"
+    _log(f"[clusters {steps} x 128 x 64] synth and the store the store rows read")
+    write_synthetic_history(hist, steps=steps)
+    _run_child(dask_cmd + ["compute", str(hist), "-o", str(store), "--no-progress"], env, work / "clusters.log")
+    out = work / "clusters_out.zarr"
+    cmds = {
+        "compute": dask_cmd + ["compute", str(hist), "-o", str(out), "--no-progress"],
+        "clusters-0-history": dask_cmd + ["clusters", str(hist), "--no-progress"],
+        "clusters-bf16-history": dask_cmd + ["clusters", str(hist), "--threshold", "bf16", "--no-progress"],
+        "clusters-0-store": dask_cmd + ["clusters", str(store), "--no-progress"],
+        "clusters-bf16-store": dask_cmd + ["clusters", str(store), "--threshold", "bf16", "--no-progress"],
+    }
+    for cmd in cmds.values() if not args.quick else ():  # untimed: page cache, numba cache
+        _run_child(cmd, env, work / "clusters.log")
+        _remove(out)
+    runs: dict[str, list[Run]] = {k: [] for k in cmds}
+    for r in range(args.repeats):
+        for key, cmd in cmds.items():
+            os.sync()
+            run = _run_child(cmd, env, work / "clusters.log")
+            _remove(out)
+            runs[key].append(run)
+            _log(f"[clusters] round {r + 1}: {key:<22} {run.wall_s:7.2f} s  {run.maxrss_mb:7.0f} MB")
+    _remove(hist)
+    _remove(store)
+    return {"steps": steps, "runs": runs}
+
+
+def _cluster_targets(bench: dict) -> list[str]:
+    runs = bench["runs"]
+    base = statistics.median(r.wall_s for r in runs["compute"])
+    lines = []
+    for key, target in CLUSTER_TARGETS.items():
+        ratio = statistics.median(r.wall_s for r in runs[key]) / base
+        lines.append(
+            f"{'PASS' if ratio <= target else 'MISS'}  {bench['steps']} x 128 x 64: dask-pdist {key.replace('-', ' ')}"
+            f" / compute = {ratio:.3f} (target <= {target})"
+        )
+    return lines
+
+
+def _fmt_clusters(bench: dict) -> list[str]:
+    runs = bench["runs"]
+    base = statistics.median(r.wall_s for r in runs["compute"])
+    labels = {
+        "compute": "dask-pdist compute (baseline)",
+        "clusters-0-history": "dask-pdist clusters HISTORY (threshold 0)",
+        "clusters-bf16-history": "dask-pdist clusters HISTORY --threshold bf16",
+        "clusters-0-store": "dask-pdist clusters STORE (threshold 0)",
+        "clusters-bf16-store": "dask-pdist clusters STORE --threshold bf16",
+    }
+    lines = [
+        f"### Clusters (issue 11): {bench['steps']} x 128 x 64 bf16 (baseline: dask-pdist compute)",
+        "",
+        "Whole processes, alternating, medians. `clusters` runs without `--output` (in memory) and prints its"
+        " summary and events; the STORE rows read a float32 lz4 store made by `compute` before the rounds.",
+        "",
+        "| method | runs | wall s (median) | min-max s | vs compute | peak RSS MB | user s | sys s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for key, label in labels.items():
+        walls = [r.wall_s for r in runs[key]]
+        med = statistics.median(walls)
+        lines.append(
+            f"| {label} | {len(walls)} | {med:.2f} | {min(walls):.2f}-{max(walls):.2f} | {med / base:.3f} "
+            f"| {_median(runs[key], 'maxrss_mb'):.0f} | {_median(runs[key], 'user_s'):.2f} "
+            f"| {_median(runs[key], 'sys_s'):.2f} |"
+        )
+    return lines + [""]
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -487,6 +568,11 @@ def main(argv: list[str] | None = None) -> int:
         "--quick", action="store_true", help="tiny sizes, 1 run each: a smoke test of this script, not a benchmark"
     )
     p.add_argument(
+        "--clusters-only",
+        action="store_true",
+        help=f"only the `dask-pdist clusters` rows (issue 11); writes {CLUSTERS_MD}, never results.md",
+    )
+    p.add_argument(
         "--output-dir", type=Path, default=HERE, help=f"where {RESULTS_MD} and {PLOT_PNG} go (default: benchmarks/)"
     )
     p.add_argument(
@@ -519,6 +605,8 @@ def _main(args: argparse.Namespace, work: Path) -> int:
     methods = _methods(dask_cmd, DEFAULT_COMPRESSOR)
     env = dict(os.environ, NUMBA_CACHE_DIR=str(work / "numba_cache"))
     machine = _machine(env, work)
+    if args.clusters_only:
+        return _clusters_only(args, dask_cmd, env, work, machine, started, load_before, t_start)
 
     # Numba compile, paid once and reported: the first compute runs with an empty cache
     # directory (compile + cache write); every later process loads the cached kernels.
@@ -540,6 +628,8 @@ def _main(args: argparse.Namespace, work: Path) -> int:
     for i, case in enumerate(cases):
         _bench_case(case, methods, args, env, work, warm_all=(i == 0 and not args.quick))
     by_role = {c.role: c for c in cases}
+    _log("clusters")
+    clusters_bench = _bench_clusters(dask_cmd, env, args, work)
 
     h = {k: statistics.median(v) for k, v in help_times.items()}
     lines = [
@@ -565,6 +655,7 @@ def _main(args: argparse.Namespace, work: Path) -> int:
         "",
         "```",
         *_targets(by_role, help_times, DEFAULT_COMPRESSOR),
+        *_cluster_targets(clusters_bench),
         "```",
         "",
         "## End to end",
@@ -572,6 +663,7 @@ def _main(args: argparse.Namespace, work: Path) -> int:
     ]
     for case in cases:
         lines += _fmt_case(case, methods)
+    lines += _fmt_clusters(clusters_bench)
     lines += _fmt_kernel(kernel)
     lines += [
         "### Start-up",
@@ -598,6 +690,42 @@ def _main(args: argparse.Namespace, work: Path) -> int:
     _plot(cases, methods, args.output_dir / PLOT_PNG)
     print(text)
     _log(f"wrote {args.output_dir / RESULTS_MD} and {args.output_dir / PLOT_PNG}")
+    return 0
+
+
+def _clusters_only(
+    args: argparse.Namespace,
+    dask_cmd: list[str],
+    env: dict[str, str],
+    work: Path,
+    machine: list[str],
+    started: str,
+    load_before: tuple[float, float, float],
+    t_start: float,
+) -> int:
+    bench = _bench_clusters(dask_cmd, env, args, work)
+    lines = [
+        "# dask_pdist benchmark: clusters rows only",
+        "",
+        f"Generated by `python benchmarks/run.py --clusters-only{' --quick' if args.quick else ''}` on {started}, "
+        f"{time.perf_counter() - t_start:.0f} s in all, {args.repeats} rounds; load average before "
+        f"{load_before[0]:.2f}, after {os.getloadavg()[0]:.2f} (other work on the machine makes every number noisier).",
+        "",
+        "```",
+        *_cluster_targets(bench),
+        "```",
+        "",
+        *_fmt_clusters(bench),
+        "## Machine",
+        "",
+        *machine,
+        "",
+    ]
+    text = "\n".join(lines)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    (args.output_dir / CLUSTERS_MD).write_text(text)
+    print(text)
+    _log(f"wrote {args.output_dir / CLUSTERS_MD}")
     return 0
 
 

@@ -25,8 +25,10 @@ def test_quick_run_writes_table_and_plot(tmp_path: Path) -> None:
     for heading in ("## Targets", "## End to end", "### Kernel alone", "### Start-up", "## Machine"):
         assert heading in report
     targets = [line for line in report.splitlines() if line.startswith(("PASS  ", "MISS  "))]
-    assert len(targets) == 9, targets
+    assert len(targets) == 12, targets  # 9 of issue 5, 3 of issue 11 (clusters)
+    assert "### Clusters (issue 11)" in report
     assert "Notebook loop mode per run:" in report
     png = (out / "wall_time_vs_steps.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n")
     assert list(work.iterdir()) == []  # histories and outputs removed
+
