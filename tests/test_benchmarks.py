@@ -31,4 +31,3 @@ def test_quick_run_writes_table_and_plot(tmp_path: Path) -> None:
     png = (out / "wall_time_vs_steps.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n")
     assert list(work.iterdir()) == []  # histories and outputs removed
-
