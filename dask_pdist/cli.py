@@ -443,6 +443,12 @@ def _catch_interrupts() -> object:
     return signal.signal(signal.SIGINT, _interrupt_once)
 
 
+def _is_store(path: str) -> bool:
+    from dask_pdist.store import is_store  # imports the kernels (numba): only for folders
+
+    return is_store(path)
+
+
 def _clusters(
     args: argparse.Namespace,
     input_path: str | list[str],
@@ -454,11 +460,13 @@ def _clusters(
 ) -> tuple:
     import contextlib
 
+    import dask
+    import dask.threaded
+
     import dask_pdist as dp
     from dask_pdist.events import format_clusters
-    from dask_pdist.store import is_store
 
-    if isinstance(input_path, str) and is_store(input_path):
+    if isinstance(input_path, str) and os.path.isdir(input_path) and _is_store(input_path):
         if key:
             raise ValueError(f"{input_path}: --key names a history tensor, but this is a distance store; drop --key")
         source = dp.open_distances(input_path)
@@ -470,6 +478,9 @@ def _clusters(
     target = f" -> {output}" if output else ""
     print(f"{what}: clusters at {metric} distance <= {threshold}{target}", file=sys.stderr)
     with contextlib.ExitStack() as stack:
+        # the threaded scheduler itself: dask's lookup (even of scheduler="threads") imports
+        # distributed when installed, ~0.5 s, to look for a client this command never has
+        stack.enter_context(dask.config.set(scheduler=dask.threaded.get))
         if not args.no_progress:
             from tqdm.dask import TqdmCallback
 

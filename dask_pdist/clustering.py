@@ -8,8 +8,8 @@ distance. At a positive threshold the components come from distance tiles (the k
 with union-find; no task holds more than one tile.
 
 Three layers, as in :mod:`dask_pdist.graph` / :mod:`dask_pdist.dataset`: numpy block
-functions (:mod:`dask_pdist.cluster_blocks`), one graph builder (:func:`cluster_arrays`),
-and the xarray layer (:func:`clusters`).
+functions (:mod:`dask_pdist.cluster_blocks`, :mod:`dask_pdist.cluster_tiles`), one graph
+builder (:func:`cluster_arrays`), and the xarray layer (:func:`clusters`).
 
 Labels are canonical: a token's label is the smallest token **position** (0..V-1) in its
 group, so a partition has exactly one labelling, whatever the chunking or the path.
@@ -30,15 +30,11 @@ import xarray as xr
 from dask.array.core import PerformanceWarning
 
 from ._version import __version__
-from .cluster_blocks import (
-    _history_tile_task,
-    _keep,
-    _merge_tiles,
-    _stat_task,
-    _store_tile_task,
-    equal_row_labels,
-)
-from .kernels import METRICS
+from .cluster_blocks import _keep, _stat_task, equal_row_labels
+
+# kernels.METRICS (their order indexes the kernels' output), without importing numba: the
+# threshold-0 path needs neither numba nor the kernels (a test checks both agree)
+METRICS: tuple[str, ...] = ("euclidean", "chebyshev")
 
 __all__ = [
     "THRESHOLD_NAMES",
@@ -60,6 +56,8 @@ _MARKER_ATTR = "dask_pdist_clusters"
 
 
 def _reduce_tiles(per_tile: da.Array) -> da.Array:
+    from .cluster_tiles import _merge_tiles
+
     return da.reduction(
         per_tile,
         chunk=_keep,
@@ -116,6 +114,7 @@ def cluster_arrays(
         x = data.rechunk({1: -1, 2: -1})
         labels = x.map_blocks(equal_row_labels, drop_axis=2, dtype=np.int32, meta=meta2, name="cluster-equal-rows")
     elif kind == "history":
+        from .cluster_tiles import _history_tile_task
         from .graph import plan_token_chunk
 
         if token_chunk == "auto":
@@ -152,6 +151,8 @@ def cluster_arrays(
             )
         labels = _reduce_tiles(per_tile)
     elif kind == "distances":
+        from .cluster_tiles import _store_tile_task
+
         ids_i = da.arange(n_tokens, chunks=data.chunks[1])
         ids_j = da.arange(n_tokens, chunks=data.chunks[2])
         thr = (da.zeros(data.shape[0], chunks=(data.chunks[0],)) if thr is None else thr).rechunk((data.chunks[0],))
@@ -256,8 +257,8 @@ def _from_distances(ds: xr.Dataset, threshold: float | str, metric: str) -> tupl
     var = ds[metric]
     if var.dims != DISTANCE_DIMS:
         raise ValueError(f"{where}: {metric} has dims {var.dims}; expected {DISTANCE_DIMS}")
-    computed = str(ds.attrs.get("compute_dtype", var.dtype))
-    if str(var.dtype) != computed or var.dtype not in (np.float32, np.float64):
+    computed = str(ds.attrs.get("compute_dtype", "float32" if var.dtype == np.float16 else var.dtype))
+    if str(var.dtype) != computed:
         raise ValueError(
             f"{where}: {metric} is stored as {var.dtype} but was computed in {computed}; rounding the"
             " distances changes which pairs are within the threshold, so clusters would differ from the"

@@ -21,7 +21,7 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial.distance import cdist
 
 import dask_pdist as dp
-from dask_pdist import cluster_blocks, clustering, events, synthetic
+from dask_pdist import cluster_blocks, cluster_tiles, clustering, events, synthetic
 from dask_pdist.cli import main
 from dask_pdist.events import step_events
 
@@ -86,10 +86,27 @@ def _oracle_events(prev: np.ndarray, cur: np.ndarray) -> list[tuple[str, list[in
 # ---------------------------------------------------------------- doctests and block functions
 
 
-@pytest.mark.parametrize("module", [cluster_blocks, clustering, events, synthetic])
+@pytest.mark.parametrize("module", [cluster_blocks, cluster_tiles, clustering, events, synthetic])
 def test_doctests(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE, extraglobs={"np": np, "xr": xr})
     assert result.failed == 0 and result.attempted > 0
+
+
+def test_threshold_zero_imports_no_numba_and_metrics_agree():
+    import subprocess
+    import sys
+
+    from dask_pdist.kernels import METRICS
+
+    assert clustering.METRICS == METRICS
+    code = (
+        "import sys, numpy as np, xarray as xr, dask.array as da, dask_pdist as dp\n"
+        "h = xr.DataArray(da.zeros((3, 4, 2), chunks=2), dims=('step', 'token', 'dim'))\n"
+        "assert (dp.clusters(h).cluster.values == 0).all()\n"
+        "print(sorted({'numba', 'zarr'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_equal_rows_signed_zero_nan_and_inf():
@@ -112,13 +129,13 @@ def test_merge_labels_is_the_union_of_partitions():
         adj = (a[:, :, None] == a[:, None, :]) | (b[:, :, None] == b[:, None, :])
         want = [[np.flatnonzero(_reach(adj[s], i)).min() for i in range(9)] for s in range(2)]
         da_ = np.where(a[:, :, None] == a[:, None, :], 0.0, 1.0)
-        la = cluster_blocks.tile_labels(da_, zero, 0, 0, 9)
-        lb = cluster_blocks.tile_labels(np.where(b[:, :, None] == b[:, None, :], 0.0, 1.0), zero, 0, 0, 9)
-        np.testing.assert_array_equal(cluster_blocks.merge_labels(la, lb), want)
+        la = cluster_tiles.tile_labels(da_, zero, 0, 0, 9)
+        lb = cluster_tiles.tile_labels(np.where(b[:, :, None] == b[:, None, :], 0.0, 1.0), zero, 0, 0, 9)
+        np.testing.assert_array_equal(cluster_tiles.merge_labels(la, lb), want)
         # the same edges seen through two row tiles (offsets), merged
-        top = cluster_blocks.tile_labels(da_[:, :4], zero, 0, 0, 9)
-        bottom = cluster_blocks.tile_labels(da_[:, 4:], zero, 4, 0, 9)
-        np.testing.assert_array_equal(cluster_blocks.merge_labels(top, bottom), la)
+        top = cluster_tiles.tile_labels(da_[:, :4], zero, 0, 0, 9)
+        bottom = cluster_tiles.tile_labels(da_[:, 4:], zero, 4, 0, 9)
+        np.testing.assert_array_equal(cluster_tiles.merge_labels(top, bottom), la)
 
 
 def _reach(adj: np.ndarray, i: int) -> np.ndarray:
@@ -321,8 +338,8 @@ def test_building_reads_nothing_and_history_path_holds_no_vxv(monkeypatch):
         dp.clusters(h, 2.5, token_chunk=20).compute()
     assert sizes and max(sizes) < 60 * 60  # no task returns a V x V array
     # threshold 0 computes no distance at all
-    monkeypatch.setattr(cluster_blocks, "pairwise_block", _forbidden)
-    monkeypatch.setattr(cluster_blocks, "cross_block", _forbidden)
+    monkeypatch.setattr(cluster_tiles, "pairwise_block", _forbidden)
+    monkeypatch.setattr(cluster_tiles, "cross_block", _forbidden)
     assert (dp.clusters(h).cluster.values[:, 7] == 3).all()
 
 
@@ -365,6 +382,9 @@ def test_bad_arguments_and_sources(tmp_path):
         dp.write_clusters(dp.clusters(h), out)
     dp.write_clusters(dp.clusters(h, 1.0), out, overwrite=True)
     assert xr.open_zarr(out).attrs["threshold"] == "1.0"
+    labelled = h.assign_coords(token=np.array(["a", "b", "c", "d"], dtype=object))
+    dp.write_clusters(dp.clusters(labelled), tmp_path / "labelled.zarr")
+    assert list(xr.open_zarr(tmp_path / "labelled.zarr").token.values) == ["a", "b", "c", "d"]
     (tmp_path / "other").mkdir()
     with pytest.raises(dp.StoreError, match="is not a dask_pdist clusters store"):
         dp.write_clusters(dp.clusters(h), tmp_path / "other", overwrite=True)
