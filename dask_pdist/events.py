@@ -227,9 +227,12 @@ def format_clusters(clusters: xr.Dataset, events: pd.DataFrame, *, per_kind: int
     largest = np.asarray(clusters["largest"].values)
     threshold = clusters.attrs.get("threshold", "?")
     metric = clusters.attrs.get("metric", "?")
-    meaning = " (equal embeddings)" if threshold in ("0", "0.0") else ""
+    meaning = {
+        "0.0": " (equal embeddings)",
+        "bf16": " (one bf16 spacing at the step's RMS coordinate)",
+    }
     shape = f"{len(steps):,} steps x {clusters.sizes['token']:,} tokens"
-    lines = [f"Clusters: {metric} distance <= {threshold}{meaning}; {shape}"]
+    lines = [f"Clusters: {metric} distance <= {threshold}{meaning.get(threshold, '')}; {shape}"]
     if len(steps):
         for index in sorted({0, len(steps) - 1}):
             lines.append(
