@@ -183,7 +183,7 @@ def _midpoint_threshold(x: np.ndarray, metric: str, pick: float) -> float:
     ds = np.unique(np.concatenate([cdist(s, s, metric).ravel() for s in x.astype(np.float64)]))
     if len(ds) < 2:
         return 0.5
-    k = int(pick * (len(ds) - 1))
+    k = min(int(pick * (len(ds) - 1)), len(ds) - 2)
     return float((ds[k] + ds[k + 1]) / 2)
 
 
