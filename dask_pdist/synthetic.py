@@ -134,7 +134,10 @@ def write_synthetic_history(
     """Write a deterministic synthetic bf16 history of shape (steps, vocab, dim).
 
     Streams in blocks of 256 snapshots, so memory does not grow with ``steps``. The file
-    also holds ``steps`` (int64, 0..steps-1), as dask_pdist reads it.
+    also holds ``steps`` (int64, 0..steps-1), as dask_pdist reads it. Every token is
+    identical at step 0; a few are exact duplicates or one-ulp neighbours of others; eight
+    move as planted groups of identical embeddings (when ``vocab`` and ``steps`` allow,
+    see the module docstring), whose events :func:`synthetic_events` lists.
 
     Parameters
     ----------
