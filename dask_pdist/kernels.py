@@ -22,7 +22,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["METRICS", "pairwise_block", "cross_block"]
+__all__ = ["METRICS", "pairwise_block", "cross_block", "knn_transposed"]
 
 #: Metrics every kernel computes, in the order of the leading output axis.
 METRICS: tuple[str, ...] = ("euclidean", "chebyshev")
@@ -275,3 +275,114 @@ def cross_block(xa: np.ndarray, xb: np.ndarray, *, step0: int = 0, token0_a: int
     where = _cross_block(xa, xb, out, _scaling_bound(xa.dtype, xa.shape[2]))
     _raise_overflow(where, xa.dtype, step0, token0_a, token0_b)
     return out
+
+
+# ---------------------------------------------------------------- k nearest neighbours
+# Every distance comes from the same _row routine as pairwise_block/cross_block, over a
+# candidate tile [j0, j0 + n): each pair's value depends only on the two tokens and the
+# fixed order over dims, never on the tile, so it is bit-identical to the pairwise store's.
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _before(v, w):
+    # strict order with NaN last (NaN never comes before anything)
+    if v != v:
+        return False
+    if w != w:
+        return True
+    return v < w
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _merge_row(vals, n, j0, i, nr, dr):
+    # Merge candidates j0..j0+n (values vals[:n]) into row i's sorted top-k (nr, dr).
+    # Candidates arrive in ascending token order, so a tie (equal distance) never displaces
+    # an entry already held: ties keep the smaller token index first. Empty slots hold -1.
+    k = nr.shape[0]
+    for jj in range(n):
+        j = j0 + jj
+        if j == i:
+            continue
+        v = vals[jj]
+        if nr[k - 1] != -1 and not _before(v, dr[k - 1]):
+            continue
+        p = k - 1
+        while p > 0 and (nr[p - 1] == -1 or _before(v, dr[p - 1])):
+            nr[p] = nr[p - 1]
+            dr[p] = dr[p - 1]
+            p -= 1
+        nr[p] = j
+        dr[p] = v
+
+
+@numba.njit(nogil=True, cache=True)
+def _knn_tiles(xt, q0, metric, rows, tile, nbr, dist):
+    # xt: (step, D, V) transposed snapshots; query rows q0..q0+nq of each step against all
+    # V tokens. Loop order: a block of `rows` query rows x one candidate tile of `tile`
+    # tokens at a time, so the tile's (D, tile) columns stay in cache across the rows.
+    nstep, _, ntok = xt.shape
+    nq = nbr.shape[1]
+    sq = np.empty(tile, dtype=xt.dtype)
+    mx = np.empty(tile, dtype=xt.dtype)
+    for s in range(nstep):
+        at = xt[s]
+        nb = nbr[s]
+        ds = dist[s]
+        for r in range(nq):
+            for p in range(nb.shape[1]):
+                nb[r, p] = -1
+                ds[r, p] = np.nan
+        for r0 in range(0, nq, rows):
+            r1 = min(r0 + rows, nq)
+            for j0 in range(0, ntok, tile):
+                n = min(tile, ntok - j0)
+                for r in range(r0, r1):
+                    i = q0 + r
+                    _row(at, i, at, j0, n, sq, mx)
+                    if metric == 0:
+                        _merge_row(sq, n, j0, i, nb[r], ds[r])
+                    else:
+                        _merge_row(mx, n, j0, i, nb[r], ds[r])
+
+
+def knn_transposed(
+    xt: np.ndarray, q0: int, nq: int, k: int, metric: int, rows: int, tile: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """k nearest tokens of query rows ``q0..q0+nq`` in pre-transposed snapshots.
+
+    Parameters
+    ----------
+    xt : ndarray, shape (step, dim, token), C-contiguous float32 or float64
+    q0, nq : int
+        First query token (position) and number of query tokens.
+    k : int
+        Neighbours per token, ``1 <= k <= token - 1``.
+    metric : int
+        Index into :data:`METRICS`.
+    rows, tile : int
+        Query rows and candidate tokens per cache block (speed only: the result does not
+        depend on them).
+
+    Returns
+    -------
+    (neighbour, distance) : ndarrays, shape (step, nq, k)
+        Token positions (int64) and distances (``xt.dtype``), nearest first, ties by smaller
+        position, NaN distances last; a token is never its own neighbour.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> xt = np.array([[[0.0, 3.0, 1.0]]])  # one step, one dim, tokens at 0, 3, 1
+    >>> knn_transposed(xt, 0, 3, 1, 0, 8, 8)[0][0, :, 0]
+    array([2, 2, 0])
+    """
+    if xt.ndim != 3 or xt.dtype not in (np.float32, np.float64) or not xt.flags.c_contiguous:
+        raise ValueError(f"expected a C-contiguous (step, dim, token) float block, got {xt.shape} {xt.dtype}")
+    if not 1 <= k <= xt.shape[2] - 1:
+        raise ValueError(f"k={k}: need 1 <= k <= tokens - 1 = {xt.shape[2] - 1}")
+    if not (0 <= q0 and q0 + nq <= xt.shape[2]) or rows < 1 or tile < 1:
+        raise ValueError(f"bad query range {q0}+{nq} or blocking rows={rows}, tile={tile} for {xt.shape[2]} tokens")
+    nbr = np.empty((xt.shape[0], nq, k), dtype=np.int64)
+    dist = np.empty((xt.shape[0], nq, k), dtype=xt.dtype)
+    _knn_tiles(xt, q0, metric, rows, tile, nbr, dist)
+    return nbr, dist
