@@ -23,7 +23,7 @@ import xarray as xr
 from .errors import InputError
 from .safetensors_io import SUPPORTED_DTYPES, TensorInfo, pread_exact, read_header, require_regular_file
 
-__all__ = ["open_history", "auto_step_chunk", "NONFINITE_CHOICES"]
+__all__ = ["open_history", "auto_step_chunk", "NONFINITE_CHOICES", "parse_token_ids", "token_runs"]
 
 NonFinite = Literal["raise", "propagate"]
 #: What to do with NaN/Inf in the history.
@@ -86,6 +86,24 @@ class _RawSource:
             _check_finite(block, path, step0)
         return block
 
+    @property
+    def row_nbytes(self) -> int:
+        return self.shape[2] * np.dtype(self.raw_dtype).itemsize
+
+    def _row_range(self, key: tuple) -> tuple[int, int] | None:
+        # a unit-stride token slice short of all tokens (a token subset): read only those rows
+        r0, r1, stride = key[1].indices(self.shape[1])
+        if stride != 1 or (r0, r1) == (0, self.shape[1]):
+            return None
+        return r0, max(r0, r1)
+
+    def _decode_rows(self, raw: bytes, n_steps: int, rows: tuple[int, int], key: tuple, path: str, step0: int):
+        block = np.frombuffer(raw, dtype=self.raw_dtype).reshape((n_steps, rows[1] - rows[0], self.shape[2]))
+        block = _widen(block[:, :, key[2]], self.kind)
+        if self.nonfinite == "raise":
+            _check_finite(block, path, step0, rows[0])
+        return block
+
 
 class _FileSource(_RawSource):
     """A history stored C-contiguous at ``start`` in one file: one positioned read per task."""
@@ -97,6 +115,11 @@ class _FileSource(_RawSource):
 
     def __getitem__(self, key: tuple) -> np.ndarray:
         lo, hi, key = self._steps(key)
+        rows = self._row_range(key)
+        if rows is not None:
+            n, at = (rows[1] - rows[0]) * self.row_nbytes, self.start + rows[0] * self.row_nbytes
+            raw = b"".join(pread_exact(self.path, at + s * self.step_nbytes, n) for s in range(lo, hi))
+            return self._decode_rows(raw, hi - lo, rows, key, self.path, lo)
         raw = pread_exact(self.path, self.start + lo * self.step_nbytes, (hi - lo) * self.step_nbytes)
         return self._decode(raw, hi - lo, key, self.path, lo)
 
@@ -110,12 +133,12 @@ def _widen(block: np.ndarray, kind: str) -> np.ndarray:
     return np.ascontiguousarray(block)
 
 
-def _check_finite(block: np.ndarray, path: str, step0: int) -> None:
+def _check_finite(block: np.ndarray, path: str, step0: int, token0: int = 0) -> None:
     if block.ndim == 3 and not np.isfinite(block).all():
         s, t, _ = np.argwhere(~np.isfinite(block))[0]
         value = block[s, t][~np.isfinite(block[s, t])][0]
         raise InputError(
-            f"{path}: history holds {value} at step index {step0 + s}, token {t};"
+            f"{path}: history holds {value} at step index {step0 + s}, token {token0 + t};"
             " fix the input, or pass nonfinite='propagate' (--nonfinite propagate) to get NaN distances there"
         )
 
@@ -190,6 +213,15 @@ class _StackSource(_RawSource):
         lo, hi, key = self._steps(key)
         if hi == lo:
             return self._decode(b"", 0, key, "", lo)
+        rows = self._row_range(key)
+        if rows is not None:
+            n, at = (rows[1] - rows[0]) * self.row_nbytes, rows[0] * self.row_nbytes
+            return np.concatenate(
+                [
+                    self._decode_rows(pread_exact(self.paths[s], self.starts[s] + at, n), 1, rows, key, self.paths[s], s)
+                    for s in range(lo, hi)
+                ]
+            )
         blocks = [
             self._decode(pread_exact(self.paths[s], self.starts[s], self.step_nbytes), 1, key, self.paths[s], s)
             for s in range(lo, hi)
@@ -383,6 +415,126 @@ def _chunk_spec(chunks: Chunks, shape: tuple[int, ...]) -> tuple | dict | int:
     return chunks
 
 
+#: A token subset's rows are read in runs; gaps up to this many bytes per step are read
+#: through (one read beats two for small gaps), and at most _MAX_RUNS runs per step chunk.
+_RUN_GAP_BYTES = 256 * 2**10
+_MAX_RUNS = 64
+
+
+def parse_token_ids(spec: str | Sequence[int] | np.ndarray, n_tokens: int) -> np.ndarray:
+    """Token indices of a subset, sorted, validated against ``n_tokens``.
+
+    Parameters
+    ----------
+    spec : str or sequence of int
+        A comma list of indices and Python-style half-open ranges ``a:b`` (``a`` included,
+        ``b`` excluded), e.g. ``"0:1000,5000,7000:7100"``; or ``"@FILE"``: a text file with
+        one index per line (blank lines ignored); or a sequence of ints.
+    n_tokens : int
+        Tokens in the history; every index must be in ``0 .. n_tokens - 1``.
+
+    Returns
+    -------
+    ndarray of int64, ascending (the order of the spec does not matter).
+
+    Raises
+    ------
+    InputError
+        Unparseable item, index out of range, empty or reversed range, a token listed twice,
+        or an empty subset; the message names the spec and the item.
+
+    Examples
+    --------
+    >>> parse_token_ids("7:10,2,0:2", 50).tolist()
+    [0, 1, 2, 7, 8, 9]
+    """
+    where = f"token_ids {spec!r}" if isinstance(spec, str) else "token_ids"
+    if isinstance(spec, str):
+        parts: list[np.ndarray] = []
+        if spec.startswith("@"):
+            fpath = Path(spec[1:])
+            try:
+                lines = fpath.read_text(encoding="utf-8").splitlines()
+            except FileNotFoundError:
+                raise FileNotFoundError(f"{fpath}: token id file not found ({where})") from None
+            except (UnicodeDecodeError, IsADirectoryError):
+                raise InputError(f"{fpath}: not a text file of token indices, one per line ({where})") from None
+            items = [(f"{fpath} line {n}", line.strip()) for n, line in enumerate(lines, 1) if line.strip()]
+        else:
+            items = [(f"{where} item {n}", item.strip()) for n, item in enumerate(spec.split(","), 1)]
+        for label, item in items:
+            lo_text, colon, hi_text = item.partition(":")
+            try:
+                lo = int(lo_text)
+                hi = int(hi_text) if colon else lo + 1
+            except ValueError:
+                raise InputError(
+                    f"{label}: {item!r} is not an index or a range a:b; write e.g. '0:1000,5000' or '@ids.txt'"
+                ) from None
+            if lo < 0 or hi > n_tokens or lo >= hi:
+                raise InputError(
+                    f"{label}: {item!r} is outside 0..{n_tokens - 1} or an empty range (ranges are half-open:"
+                    f" a:b means a..b-1, a < b); the history has {n_tokens} tokens"
+                )
+            parts.append(np.arange(lo, hi, dtype=np.int64))
+        ids = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    else:
+        arr = np.asarray(spec)
+        if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iu"):
+            raise InputError(f"{where}: expected a 1-D sequence of integers, got shape {arr.shape} {arr.dtype}")
+        ids = arr.astype(np.int64)
+        bad = ids[(ids < 0) | (ids >= n_tokens)]
+        if bad.size:
+            raise InputError(f"{where}: index {bad[0]} is outside 0..{n_tokens - 1}; the history has {n_tokens} tokens")
+    if ids.size == 0:
+        raise InputError(f"{where}: selects no token; give at least one index")
+    ids = np.sort(ids)
+    dup = ids[1:][ids[1:] == ids[:-1]]
+    if dup.size:
+        raise InputError(f"{where}: token {dup[0]} is listed twice (overlapping ranges?); list each token once")
+    return ids
+
+
+def token_runs(ids: np.ndarray, n_tokens: int, row_nbytes: int) -> tuple[int, ...]:
+    """Token chunks covering ``0..n_tokens`` whose subset-holding chunks are read whole.
+
+    Pure arithmetic: sorted ``ids`` are grouped into runs, merging gaps up to 256 KiB of rows
+    (more if needed to keep at most 64 runs); the gaps between runs are separate chunks that
+    nothing reads.
+
+    Examples
+    --------
+    >>> token_runs(np.array([0, 1, 2, 700, 701]), 1000, 1024)
+    (3, 697, 2, 298)
+    >>> token_runs(np.array([0, 5, 9]), 20, 1024)
+    (10, 10)
+    """
+    gap = max(1, _RUN_GAP_BYTES // max(1, row_nbytes))
+    while True:
+        breaks = np.flatnonzero(np.diff(ids) > gap)
+        if len(breaks) < _MAX_RUNS:
+            break
+        gap *= 2
+    starts = np.concatenate([[ids[0]], ids[breaks + 1]])
+    stops = np.concatenate([ids[breaks] + 1, [ids[-1] + 1]])
+    edges = sorted({0, n_tokens, *starts.tolist(), *stops.tolist()})
+    return tuple(int(b - a) for a, b in zip(edges[:-1], edges[1:], strict=True))
+
+
+def _source_chunks(
+    chunks: Chunks, src: _RawSource, token_ids: str | Sequence[int] | np.ndarray | None
+) -> tuple[tuple | dict | int, np.ndarray | None]:
+    # (chunks for from_array, subset ids): with a subset, steps are planned for the subset's
+    # size and the token axis is cut at the subset's runs, so only those rows are read
+    if token_ids is None:
+        return _chunk_spec(chunks, src.shape), None
+    ids = parse_token_ids(token_ids, src.shape[1])
+    spec = _chunk_spec(chunks, (src.shape[0], len(ids), src.shape[2]))
+    if isinstance(spec, int):
+        spec = (spec, -1, -1)
+    return (spec[0], token_runs(ids, src.shape[1], src.row_nbytes), spec[2]), ids
+
+
 def _fingerprint(path: Path, header_bytes: int | None) -> str:
     # size and header hash: what --resume compares to know the input is the same
     # (cheap: the header only, never the data)
@@ -425,6 +577,7 @@ def open_history(
     *,
     tokens: str | os.PathLike[str] | Sequence[str] | None = None,
     nonfinite: NonFinite = "raise",
+    token_ids: str | Sequence[int] | np.ndarray | None = None,
 ) -> xr.DataArray:
     """Open an embedding history lazily as a ``(step, token, dim)`` DataArray.
 
@@ -452,6 +605,14 @@ def open_history(
     nonfinite : {"raise", "propagate"}
         ``"raise"``: a task that meets NaN/Inf raises :class:`InputError` naming the step and
         token. ``"propagate"``: compute anyway (NaN distances there, as scipy gives).
+    token_ids : str or sequence of int, optional
+        A token subset: a sequence of indices, or a SPEC string (see :func:`parse_token_ids`:
+        ``"0:1000,5000,7000:7100"``, half-open ranges, or ``"@FILE"`` with one index per
+        line). Indices are sorted; duplicates and out-of-range ones are errors. The
+        ``token`` coordinate keeps the original indices (or their labels with ``tokens``;
+        then a ``token_id`` coordinate holds the indices). Safetensors and .npy inputs read
+        only the rows of the subset (runs of nearby tokens are read in one piece); the
+        token axis of the result is one chunk.
 
     Returns
     -------
@@ -477,8 +638,8 @@ def open_history(
         identity = [(p, os.stat(p).st_mtime_ns) for p in stack.paths]
         x = da.from_array(
             stack,
-            chunks=_chunk_spec(chunks, stack.shape),
-            name=f"history-{da.core.tokenize(identity, key, nonfinite)}",
+            chunks=(spec := _source_chunks(chunks, stack, token_ids))[0],
+            name=f"history-{da.core.tokenize(identity, key, nonfinite, spec[0])}",
             meta=np.empty((0, 0, 0), dtype=stack.dtype),
             asarray=False,
             fancy=False,
@@ -486,12 +647,13 @@ def open_history(
         fingerprint = hashlib.sha256(
             "\n".join(_fingerprint(Path(p), start) for p, start in zip(stack.paths, stack.starts, strict=True)).encode()
         ).hexdigest()[:32]
-        return _label(x, steps, tokens, source, key, kind, f"{len(stack.paths)} files:{fingerprint}")
+        return _label(x, steps, tokens, source, key, kind, f"{len(stack.paths)} files:{fingerprint}", spec[1])
     path = Path(path)  # type: ignore[arg-type]
     if not path.exists():
         raise FileNotFoundError(f"{path}: history file not found")
     if path.is_dir():
         x, key, kind, steps = _open_zarr(path, key, chunks, nonfinite)
+        spec = (None, None if token_ids is None else parse_token_ids(token_ids, x.shape[1]))
         fingerprint = _fingerprint(path / key / "zarr.json" if (path / key).is_dir() else path / "zarr.json", None)
     else:
         require_regular_file(path, "history file")  # a FIFO would block the read below forever
@@ -506,14 +668,14 @@ def open_history(
         meta = np.empty((0, 0, 0), dtype=src.dtype)
         x = da.from_array(
             src,
-            chunks=_chunk_spec(chunks, src.shape),
-            name=f"history-{da.core.tokenize(str(path.resolve()), os.stat(path).st_mtime_ns, key, nonfinite)}",
+            chunks=(spec := _source_chunks(chunks, src, token_ids))[0],
+            name=f"history-{da.core.tokenize(str(path.resolve()), os.stat(path).st_mtime_ns, key, nonfinite, spec[0])}",
             meta=meta,
             asarray=False,
             fancy=False,
         )
         fingerprint = _fingerprint(path, src.start)
-    return _label(x, steps, tokens, str(path), key, kind, fingerprint)
+    return _label(x, steps, tokens, str(path), key, kind, fingerprint, spec[1])
 
 
 def _label(
@@ -524,6 +686,7 @@ def _label(
     key: str,
     kind: str,
     fingerprint: str,
+    ids: np.ndarray | None = None,
 ) -> xr.DataArray:
     n_steps, n_tokens, _ = x.shape
     if 0 in x.shape:
@@ -538,5 +701,12 @@ def _label(
             _read_tokens(tokens, n_tokens, source) if tokens is not None else np.arange(n_tokens, dtype=np.int64),
         ),
     }
+    if ids is not None:
+        x = x[:, ids].rechunk({1: -1})  # chunks not holding a subset token are never read
+        coords["token"] = ("token", coords["token"][1][ids])
+        if tokens is not None:
+            coords["token_id"] = ("token", ids)
+        # a resumed store must have been made from the same subset
+        fingerprint += f":tokens {len(ids)}:{hashlib.sha256(ids.tobytes()).hexdigest()[:16]}"
     attrs = {"source": source, "key": key, "input_dtype": kind, "source_fingerprint": fingerprint}
     return xr.DataArray(x, dims=HISTORY_DIMS, coords=coords, name=key, attrs=attrs)
