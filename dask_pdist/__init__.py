@@ -24,7 +24,9 @@ if TYPE_CHECKING:
     from .events import cluster_events
     from .export import to_safetensors
     from .graph import METRICS, OUTPUT_DTYPES
-    from .history import open_history
+    from .history import open_history, parse_token_ids
+    from .knn import neighbour_churn, neighbours
+    from .knn_store import neighbours_to_zarr, open_neighbours
     from .report import summarize
     from .store import open_distances, to_zarr, verify_store
     from .synthetic import synthetic_events, write_synthetic_history
@@ -46,6 +48,11 @@ _WHERE = {
     "write_clusters": "clustering",
     "cluster_events": "events",
     "synthetic_events": "synthetic",
+    "parse_token_ids": "history",
+    "neighbours": "knn",
+    "neighbour_churn": "knn",
+    "neighbours_to_zarr": "knn_store",
+    "open_neighbours": "knn_store",
 }
 
 __all__ = [
@@ -66,6 +73,11 @@ __all__ = [
     "write_clusters",
     "cluster_events",
     "synthetic_events",
+    "parse_token_ids",
+    "neighbours",
+    "neighbour_churn",
+    "neighbours_to_zarr",
+    "open_neighbours",
 ]
 
 

@@ -17,6 +17,10 @@ __all__ = ["main"]
 
 EXIT_BAD_INPUT = 2
 _METRICS = ("euclidean", "chebyshev")  # mirrors kernels.METRICS without importing numba
+_TOKEN_IDS_HELP = (
+    "only these tokens: comma list of indices and half-open ranges a:b (e.g. 0:1000,5000,7000:7100),"
+    " or @FILE with one index per line; the original indices are kept as coordinates"
+)
 
 
 class _Exit(Exception):
@@ -90,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
         help="tile edge along token_i/token_j (default: auto, tiles only large vocabularies)",
     )
     c.add_argument("--tokens", help="text file with one token label per line")
+    c.add_argument("--token-ids", metavar="SPEC", help=_TOKEN_IDS_HELP)
     c.add_argument(
         "--compressor", choices=("lz4", "zstd", "none"), default=None, help="store compression (default: lz4)"
     )
@@ -183,6 +188,30 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--overwrite", action="store_true", help="replace existing --output / --events files")
     k.add_argument("--no-progress", action="store_true", help="no progress bar")
     k.set_defaults(func=_cmd_clusters)
+
+    n = sub.add_parser("neighbours", help="exact k nearest tokens of every token at every step, into a zarr store")
+    n.add_argument("input", nargs="+", help="history, as for compute")
+    n.add_argument("-k", type=_positive, required=True, help="neighbours per token (at most tokens - 1)")
+    n.add_argument("--metric", choices=_METRICS, default="euclidean", help="distance (default: euclidean)")
+    n.add_argument("--output", "-o", required=True, help="zarr store to create, e.g. neighbours.zarr")
+    n.add_argument("--token-ids", metavar="SPEC", help=_TOKEN_IDS_HELP)
+    n.add_argument("--key", help="tensor/array holding the history (default: the only 3-D one)")
+    n.add_argument("--tokens", help="text file with one token label per line")
+    n.add_argument("--chunk-steps", type=_positive, help="snapshots per read of the history (default: auto)")
+    n.add_argument(
+        "--nonfinite",
+        choices=("raise", "propagate"),
+        default="raise",
+        help="NaN/Inf in the history: stop with an error (default) or give NaN distances (ranked last)",
+    )
+    n.add_argument(
+        "--scheduler",
+        default=os.environ.get("DASK_SCHEDULER_ADDRESS"),
+        help="dask.distributed scheduler address (default: $DASK_SCHEDULER_ADDRESS, else local threads)",
+    )
+    n.add_argument("--overwrite", action="store_true", help="replace an existing dask_pdist store at --output")
+    n.add_argument("--no-progress", action="store_true", help="no progress bar")
+    n.set_defaults(func=_cmd_neighbours)
     return p
 
 
@@ -241,6 +270,7 @@ def _compute(
         chunks=getattr(args, "chunk_steps", None) or "auto",
         tokens=getattr(args, "tokens", None),
         nonfinite=getattr(args, "nonfinite", "raise"),
+        token_ids=getattr(args, "token_ids", None),
     )
     ds = dp.pairwise_distances(
         history,
@@ -369,12 +399,64 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     _clusters(args, str(history), threshold=0.0, metric="chebyshev")
 
 
+def _cmd_neighbours(args: argparse.Namespace) -> None:
+    import dask_pdist as dp
+
+    t0 = time.perf_counter()
+    history = dp.open_history(
+        args.input[0] if len(args.input) == 1 else args.input,
+        key=args.key,
+        chunks=args.chunk_steps or "auto",
+        tokens=args.tokens,
+        nonfinite=args.nonfinite,
+        token_ids=args.token_ids,
+    )
+    nbrs = dp.neighbours(history, k=args.k, metric=args.metric)
+    delayed = dp.neighbours_to_zarr(nbrs, args.output, overwrite=args.overwrite, compute=False)
+    print(
+        f"{history.attrs['source']} [{history.name}]: {history.sizes['step']:,} steps"
+        f" x {history.sizes['token']:,} tokens x {history.sizes['dim']:,} dims ({history.attrs['input_dtype']})"
+        f" -> {args.k} nearest ({args.metric}) -> {args.output}",
+        file=sys.stderr,
+    )
+    _run(delayed, args.scheduler, not args.no_progress)
+    print(f"\nWrote {args.output} in {time.perf_counter() - t0:.1f} s")
+
+
+def _neighbours_summary(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    import dask_pdist as dp
+
+    nbrs = dp.open_neighbours(args.store)
+    churn = dp.neighbour_churn(nbrs)["mean_churn"].values
+    steps = nbrs["step"].values
+    print(
+        f"Neighbours store: {nbrs.sizes['step']:,} steps x {nbrs.sizes['token']:,} tokens,"
+        f" k = {nbrs.sizes['rank']} ({nbrs.attrs.get('metric', '?')})"
+    )
+    if len(steps) < 2:
+        print("Mean neighbour churn over steps: n/a (one step)")
+        return
+    print(
+        f"Mean neighbour churn over steps: {np.mean(churn[1:]):.6f}"
+        " (fraction of a token's k neighbours at the previous step that are gone, mean over tokens and steps)"
+    )
+    rows = np.unique(np.linspace(1, len(steps) - 1, min(args.rows, len(steps) - 1)).round().astype(int))
+    print(f"\n{'step':>8} {'mean_churn':>12}")
+    for r in rows:
+        print(f"{steps[r]:>8} {churn[r]:>12.6f}")
+
+
 def _cmd_summary(args: argparse.Namespace) -> None:
     import numpy as np
 
     import dask_pdist as dp
+    from dask_pdist.knn_store import is_neighbours_store
     from dask_pdist.report import format_summary, summarize
 
+    if is_neighbours_store(args.store):
+        return _neighbours_summary(args)
     ds = dp.open_distances(args.store)
     if args.step is not None and args.step not in ds["step"].values:
         steps = ds["step"].values

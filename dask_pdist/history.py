@@ -216,12 +216,8 @@ class _StackSource(_RawSource):
         rows = self._row_range(key)
         if rows is not None:
             n, at = (rows[1] - rows[0]) * self.row_nbytes, rows[0] * self.row_nbytes
-            return np.concatenate(
-                [
-                    self._decode_rows(pread_exact(self.paths[s], self.starts[s] + at, n), 1, rows, key, self.paths[s], s)
-                    for s in range(lo, hi)
-                ]
-            )
+            reads = [(s, pread_exact(self.paths[s], self.starts[s] + at, n)) for s in range(lo, hi)]
+            return np.concatenate([self._decode_rows(raw, 1, rows, key, self.paths[s], s) for s, raw in reads])
         blocks = [
             self._decode(pread_exact(self.paths[s], self.starts[s], self.step_nbytes), 1, key, self.paths[s], s)
             for s in range(lo, hi)

@@ -365,6 +365,7 @@ def neighbour_churn(nbrs: xr.Dataset, lag: int = 1) -> xr.Dataset:
         {"churn": (("step", "token"), churn, {"long_name": f"fraction of the k neighbours at step - {lag} lost"})},
         coords={"step": nbrs["step"].values, "token": nbrs["token"].values},
     )
-    out["mean_churn"] = out["churn"].astype(np.float64).mean("token", skipna=False).assign_attrs(long_name="mean churn over tokens")
+    mean = out["churn"].astype(np.float64).mean("token", skipna=False)
+    out["mean_churn"] = mean.assign_attrs(long_name="mean churn over tokens")
     out.attrs = {"lag": lag, "k": int(nbrs.sizes["rank"])}
     return out

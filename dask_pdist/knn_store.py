@@ -18,7 +18,7 @@ import dask
 import xarray as xr
 
 from .errors import StoreError
-from .neighbours import NEIGHBOURS_KIND
+from .knn import NEIGHBOURS_KIND
 
 __all__ = ["neighbours_to_zarr", "open_neighbours", "is_neighbours_store"]
 
@@ -95,7 +95,10 @@ def neighbours_to_zarr(
     if tmp.exists():
         shutil.rmtree(tmp)
     # store chunks = dask chunks: each task writes whole chunks of its own
-    encoding = {name: {"chunks": tuple(c[0] for c in var.chunks)} for name, var in ds.data_vars.items()}
+    encoding = {
+        name: {"chunks": tuple(c[0] for c in var.chunks) if var.chunks else var.shape}
+        for name, var in ds.data_vars.items()
+    }
     with warnings.catch_warnings():
         # consolidated metadata is a zarr-python extension to format 3 (as in store.py): plain
         # xarray.open_zarr(path) then opens the store without a fallback warning
