@@ -3,6 +3,7 @@
     python benchmarks/methods.py notebook HISTORY.safetensors OUT.safetensors
     python benchmarks/methods.py torch-cdist HISTORY.safetensors OUT.safetensors
     python benchmarks/methods.py scipy-cdist HISTORY.safetensors OUT.safetensors
+    python benchmarks/methods.py torch-knn HISTORY.safetensors OUT.safetensors -k 10
     python benchmarks/methods.py kernel --steps 5001 --vocab 128 --dim 64 --repeats 5
 
 Each baseline reads the bf16 history written by ``dask-pdist synth`` and writes both (S, V, V)
@@ -91,6 +92,30 @@ def torch_cdist(history_path: str, output_path: str) -> None:
         euclidean[s : s + b] = torch.cdist(x, x)
         chebyshev[s : s + b] = torch.cdist(x, x, p=float("inf"))
     save_file({"euclidean_distances": euclidean, "chebyshev_distances": chebyshev}, output_path)
+
+
+def torch_knn(history_path: str, output_path: str, k: int) -> None:
+    """k nearest tokens per step the usual torch way: ``torch.topk(torch.cdist(x, x), k + 1)``.
+
+    Default compute mode (Gram trick for V > 25), so self-distances are not exactly 0 and
+    the token itself may not come first; the caller drops it. Also saves the largest
+    self-distance per step (the diagonal of the same matrix).
+    """
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    history = load_file(history_path)[KEY]
+    n, v, _ = history.shape
+    idx = torch.empty((n, v, k + 1), dtype=torch.int64)
+    val = torch.empty((n, v, k + 1), dtype=torch.float32)
+    diag = torch.empty(n, dtype=torch.float32)
+    for s in range(n):
+        x = history[s].float()
+        d = torch.cdist(x, x)
+        diag[s] = d.diagonal().abs().max()
+        val[s], idx[s] = torch.topk(d, k + 1, largest=False)
+        del d
+    save_file({"indices": idx, "distances": val, "self_distance_max": diag}, output_path)
 
 
 def scipy_cdist(history_path: str, output_path: str) -> None:
@@ -219,6 +244,10 @@ def main() -> None:
         s = sub.add_parser(name)
         s.add_argument("history")
         s.add_argument("output")
+    t = sub.add_parser("torch-knn")
+    t.add_argument("history")
+    t.add_argument("output")
+    t.add_argument("-k", type=int, default=10)
     k = sub.add_parser("kernel")
     k.add_argument("--steps", type=int, default=5001)
     k.add_argument("--vocab", type=int, default=128)
@@ -226,6 +255,9 @@ def main() -> None:
     k.add_argument("--repeats", type=int, default=5)
     k.add_argument("--chunk", type=int, default=None, help="snapshots per call (default: the pipeline's auto chunk)")
     args = p.parse_args()
+    if args.method == "torch-knn":
+        torch_knn(args.history, args.output, args.k)
+        return
     if args.method == "kernel":
         json.dump(kernel(args.steps, args.vocab, args.dim, args.repeats, args.chunk), sys.stdout)
         return

@@ -573,6 +573,11 @@ def main(argv: list[str] | None = None) -> int:
         help=f"only the `dask-pdist clusters` rows (issue 11); writes {CLUSTERS_MD}, never results.md",
     )
     p.add_argument(
+        "--neighbours",
+        action="store_true",
+        help=f"run only the neighbours rows (issue 12) and replace their section of {RESULTS_MD}",
+    )
+    p.add_argument(
         "--output-dir", type=Path, default=HERE, help=f"where {RESULTS_MD} and {PLOT_PNG} go (default: benchmarks/)"
     )
     p.add_argument(
@@ -589,7 +594,7 @@ def main(argv: list[str] | None = None) -> int:
         args.workdir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="dask_pdist_bench_", dir=args.workdir))
     try:
-        return _main(args, work)
+        return _main_neighbours(args, work) if args.neighbours else _main(args, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -684,6 +689,7 @@ def _main(args: argparse.Namespace, work: Path) -> int:
         f"![wall time vs S]({PLOT_PNG})",
         "",
     ]
+    lines += _neighbour_rows(args, env, work)
     text = "\n".join(lines)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     (args.output_dir / RESULTS_MD).write_text(text)
@@ -726,6 +732,27 @@ def _clusters_only(
     (args.output_dir / CLUSTERS_MD).write_text(text)
     print(text)
     _log(f"wrote {args.output_dir / CLUSTERS_MD}")
+    return 0
+
+
+def _neighbour_rows(args: argparse.Namespace, env: dict[str, str], work: Path) -> list[str]:
+    from neighbours_rows import run_rows
+
+    return run_rows(work, env, args.quick, min(args.repeats, 3))
+
+
+def _main_neighbours(args: argparse.Namespace, work: Path) -> int:
+    from neighbours_rows import replace_section
+
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(work / "numba_cache"))
+    lines = _neighbour_rows(args, env, work)
+    if args.quick:
+        lines.insert(3, "**Quick smoke run: tiny sizes. These numbers test the script, they are not results.**\n")
+    path = args.output_dir / RESULTS_MD
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(replace_section(path.read_text() if path.exists() else "", lines))
+    print("\n".join(lines))
+    _log(f"updated the neighbours section of {path}")
     return 0
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["METRICS", "pairwise_block", "cross_block", "knn_transposed"]
+__all__ = ["METRICS", "pairwise_block", "cross_block", "knn_pairs", "knn_merge"]
 
 #: Metrics every kernel computes, in the order of the leading output axis.
 METRICS: tuple[str, ...] = ("euclidean", "chebyshev")
@@ -279,110 +279,163 @@ def cross_block(xa: np.ndarray, xb: np.ndarray, *, step0: int = 0, token0_a: int
 
 # ---------------------------------------------------------------- k nearest neighbours
 # Every distance comes from the same _row routine as pairwise_block/cross_block, over a
-# candidate tile [j0, j0 + n): each pair's value depends only on the two tokens and the
-# fixed order over dims, never on the tile, so it is bit-identical to the pairwise store's.
+# candidate tile: each pair's value depends only on the two tokens and the fixed order over
+# dims, never on the tile, so it is bit-identical to the pairwise store's. Each unordered
+# pair is computed once and offered to both tokens' lists: _row(i, j) equals _row(j, i)
+# exactly (x_i - x_j is exactly -(x_j - x_i), see above).
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
-def _before(v, w):
-    # strict order with NaN last (NaN never comes before anything)
+def _before(v, j, w, jw):
+    # (distance, token) order: smaller distance first, then smaller token; NaN last
     if v != v:
-        return False
-    if w != w:
+        return w != w and j < jw
+    if w != w or v < w:
         return True
-    return v < w
+    return v == w and j < jw
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
-def _merge_row(vals, n, j0, i, nr, dr):
-    # Merge candidates j0..j0+n (values vals[:n]) into row i's sorted top-k (nr, dr).
-    # Candidates arrive in ascending token order, so a tie (equal distance) never displaces
-    # an entry already held: ties keep the smaller token index first. Empty slots hold -1.
+def _insert(nr, dr, v, j):
+    # offer candidate j at distance v to one token's sorted top-k; empty slots hold -1
     k = nr.shape[0]
-    for jj in range(n):
-        j = j0 + jj
-        if j == i:
-            continue
-        v = vals[jj]
-        if nr[k - 1] != -1 and not _before(v, dr[k - 1]):
-            continue
-        p = k - 1
-        while p > 0 and (nr[p - 1] == -1 or _before(v, dr[p - 1])):
-            nr[p] = nr[p - 1]
-            dr[p] = dr[p - 1]
-            p -= 1
-        nr[p] = j
-        dr[p] = v
+    if nr[k - 1] != -1 and not _before(v, j, dr[k - 1], nr[k - 1]):
+        return
+    p = k - 1
+    while p > 0 and (nr[p - 1] == -1 or _before(v, j, dr[p - 1], nr[p - 1])):
+        nr[p] = nr[p - 1]
+        dr[p] = dr[p - 1]
+        p -= 1
+    nr[p] = j
+    dr[p] = v
 
 
 @numba.njit(nogil=True, cache=True)
-def _knn_tiles(xt, q0, metric, rows, tile, nbr, dist):
-    # xt: (step, D, V) transposed snapshots; query rows q0..q0+nq of each step against all
-    # V tokens. Loop order: a block of `rows` query rows x one candidate tile of `tile`
-    # tokens at a time, so the tile's (D, tile) columns stay in cache across the rows.
-    nstep, _, ntok = xt.shape
-    nq = nbr.shape[1]
+def _knn_pairs(xt, b0, c0, nc, metric, rows, tile, rn, rd, cn, cd):
+    # Rows b0..b0+nb x candidates c0..c0+nc of each snapshot in xt (step, D, V), every pair
+    # once: row i's top-k (rn, rd) is offered j, column j's (cn, cd) is offered i. On a
+    # diagonal block (b0 == c0; pass cn is rn) only pairs j > i are computed. Loop order:
+    # `rows` rows x one `tile` of candidates at a time, so the (D, tile) columns stay in cache.
+    nstep = xt.shape[0]
+    nb = rn.shape[1]
+    diag = b0 == c0
+    last = rn.shape[2] - 1
     sq = np.empty(tile, dtype=xt.dtype)
     mx = np.empty(tile, dtype=xt.dtype)
+    # contiguous copies of each list's last distance, so the common rejection stays in L1
+    rbar = np.empty(nb, dtype=xt.dtype)
+    cbar = rbar if diag else np.empty(nc, dtype=xt.dtype)
     for s in range(nstep):
         at = xt[s]
-        nb = nbr[s]
-        ds = dist[s]
-        for r in range(nq):
-            for p in range(nb.shape[1]):
-                nb[r, p] = -1
-                ds[r, p] = np.nan
-        for r0 in range(0, nq, rows):
-            r1 = min(r0 + rows, nq)
-            for j0 in range(0, ntok, tile):
-                n = min(tile, ntok - j0)
+        rbar[:] = np.nan
+        cbar[:] = np.nan
+        for r0 in range(0, nb, rows):
+            r1 = min(r0 + rows, nb)
+            for j0 in range(0, nc, tile):
+                j1 = min(j0 + tile, nc)
                 for r in range(r0, r1):
-                    i = q0 + r
-                    _row(at, i, at, j0, n, sq, mx)
-                    if metric == 0:
-                        _merge_row(sq, n, j0, i, nb[r], ds[r])
-                    else:
-                        _merge_row(mx, n, j0, i, nb[r], ds[r])
+                    i = b0 + r
+                    start = max(j0, r + 1) if diag else j0
+                    if start >= j1:
+                        continue
+                    _row(at, i, at, c0 + start, j1 - start, sq, mx)
+                    vals = sq if metric == 0 else mx
+                    rnr = rn[s, r]
+                    rdr = rd[s, r]
+                    for q in range(j1 - start):
+                        jl = start + q
+                        v = vals[q]
+                        # Fast rejection (most candidates): not nearer than a full list's
+                        # last (bars hold NaN until a list is full, and NaN compares false,
+                        # so NaN goes through the exact order in _insert). Rejecting a tie is
+                        # exact because within one call every list is offered its candidates
+                        # in ascending token order (tiles, row blocks and rows ascend), so a
+                        # tie never has the smaller token.
+                        if not v >= rbar[r]:
+                            _insert(rnr, rdr, v, c0 + jl)
+                            if rnr[last] != -1:
+                                rbar[r] = rdr[last]
+                        if not v >= cbar[jl]:
+                            _insert(cn[s, jl], cd[s, jl], v, i)
+                            if cn[s, jl, last] != -1:
+                                cbar[jl] = cd[s, jl, last]
 
 
-def knn_transposed(
-    xt: np.ndarray, q0: int, nq: int, k: int, metric: int, rows: int, tile: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """k nearest tokens of query rows ``q0..q0+nq`` in pre-transposed snapshots.
+@numba.njit(nogil=True, cache=True)
+def _knn_merge(parts_n, parts_d, nr, dr):
+    # top-k of the union of partial lists (P, step, rows, k) over disjoint candidate sets
+    for p in range(parts_n.shape[0]):
+        for s in range(nr.shape[0]):
+            for r in range(nr.shape[1]):
+                for q in range(parts_n.shape[3]):
+                    j = parts_n[p, s, r, q]
+                    if j != -1:
+                        _insert(nr[s, r], dr[s, r], parts_d[p, s, r, q], j)
+
+
+def _empty_lists(nstep: int, nrows: int, k: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    return np.full((nstep, nrows, k), -1, dtype=np.int64), np.full((nstep, nrows, k), np.nan, dtype=dtype)
+
+
+def knn_pairs(
+    xt: np.ndarray, b: tuple[int, int], c: tuple[int, int], k: int, metric: int, rows: int = 128, tile: int = 512
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Partial k-nearest lists from one block of token pairs, each pair computed once.
 
     Parameters
     ----------
     xt : ndarray, shape (step, dim, token), C-contiguous float32 or float64
-    q0, nq : int
-        First query token (position) and number of query tokens.
+        Transposed snapshots.
+    b, c : (start, stop)
+        Token ranges of the rows and of the candidates: equal (a diagonal block: every pair
+        of its tokens) or disjoint.
     k : int
-        Neighbours per token, ``1 <= k <= token - 1``.
     metric : int
         Index into :data:`METRICS`.
     rows, tile : int
-        Query rows and candidate tokens per cache block (speed only: the result does not
-        depend on them).
+        Cache blocking (speed only: the result does not depend on them).
 
     Returns
     -------
-    (neighbour, distance) : ndarrays, shape (step, nq, k)
-        Token positions (int64) and distances (``xt.dtype``), nearest first, ties by smaller
-        position, NaN distances last; a token is never its own neighbour.
+    (row_nbr, row_dist, col_nbr, col_dist)
+        Each row token's k nearest among the candidates (step, b, k), and each candidate's
+        k nearest among the rows (step, c, k) (the same arrays for a diagonal block). Token
+        positions (int64, -1 where fewer than k exist) and distances (``xt.dtype``), ordered
+        by (distance, token) with NaN last; a token is never its own neighbour.
 
     Examples
     --------
     >>> import numpy as np
     >>> xt = np.array([[[0.0, 3.0, 1.0]]])  # one step, one dim, tokens at 0, 3, 1
-    >>> knn_transposed(xt, 0, 3, 1, 0, 8, 8)[0][0, :, 0]
+    >>> knn_pairs(xt, (0, 3), (0, 3), 1, 0)[0][0, :, 0]
     array([2, 2, 0])
     """
     if xt.ndim != 3 or xt.dtype not in (np.float32, np.float64) or not xt.flags.c_contiguous:
         raise ValueError(f"expected a C-contiguous (step, dim, token) float block, got {xt.shape} {xt.dtype}")
-    if not 1 <= k <= xt.shape[2] - 1:
-        raise ValueError(f"k={k}: need 1 <= k <= tokens - 1 = {xt.shape[2] - 1}")
-    if not (0 <= q0 and q0 + nq <= xt.shape[2]) or rows < 1 or tile < 1:
-        raise ValueError(f"bad query range {q0}+{nq} or blocking rows={rows}, tile={tile} for {xt.shape[2]} tokens")
-    nbr = np.empty((xt.shape[0], nq, k), dtype=np.int64)
-    dist = np.empty((xt.shape[0], nq, k), dtype=xt.dtype)
-    _knn_tiles(xt, q0, metric, rows, tile, nbr, dist)
-    return nbr, dist
+    ntok = xt.shape[2]
+    if not (0 <= b[0] <= b[1] <= ntok and 0 <= c[0] <= c[1] <= ntok) or (b != c and max(b[0], c[0]) < min(b[1], c[1])):
+        raise ValueError(f"token ranges {b} and {c} must be equal or disjoint, within 0..{ntok}")
+    if k < 1 or rows < 1 or tile < 1:
+        raise ValueError(f"need k, rows, tile >= 1, got {k}, {rows}, {tile}")
+    rn, rd = _empty_lists(xt.shape[0], b[1] - b[0], k, xt.dtype)
+    cn, cd = (rn, rd) if b == c else _empty_lists(xt.shape[0], c[1] - c[0], k, xt.dtype)
+    _knn_pairs(xt, b[0], c[0], c[1] - c[0], metric, rows, tile, rn, rd, cn, cd)
+    return rn, rd, cn, cd
+
+
+def knn_merge(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Merge partial k-nearest lists of the same tokens over disjoint candidate sets.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> a = (np.array([[[4, -1]]]), np.array([[[2.0, np.nan]]]))
+    >>> b = (np.array([[[7, 1]]]), np.array([[[2.0, 3.0]]]))
+    >>> knn_merge([a, b], 2)[0].tolist()
+    [[[4, 7]]]
+    """
+    nbr = np.stack([p[0] for p in parts])
+    dist = np.stack([p[1] for p in parts])
+    out_n, out_d = _empty_lists(nbr.shape[1], nbr.shape[2], k, dist.dtype)
+    _knn_merge(nbr, dist, out_n, out_d)
+    return out_n, out_d

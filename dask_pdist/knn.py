@@ -3,9 +3,11 @@
 Three layers, as for the distances: numpy block functions (:func:`knn_block`,
 :func:`churn_block`), one ``dask.array.blockwise`` graph (:func:`neighbour_array`), and the
 xarray Dataset (:func:`neighbours`, :func:`neighbour_churn`). A V x V matrix never exists:
-each task holds one step's (D, V) snapshot, a (D, tile) candidate tile in cache and its
-query rows' running top-k. Every distance comes from the pairwise kernels' own row routine,
-so it is bit-identical to the value :func:`pairwise_distances` gives for that pair.
+the tokens are cut into blocks; one task computes every pair of one block pair (b, c), c >= b,
+once (a (D, tile) candidate tile in cache at a time) and keeps a running top-k of both
+blocks' tokens; one task per block merges its partial lists. Every distance comes from the
+pairwise kernels' own row routine, so it is bit-identical to the value
+:func:`pairwise_distances` gives for that pair.
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ from __future__ import annotations
 import math
 from typing import Literal
 
+import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
 
 from ._version import __version__
 from .history import HISTORY_DIMS
-from .kernels import METRICS, knn_transposed
+from .kernels import METRICS, knn_merge, knn_pairs
 
 __all__ = [
     "NEIGHBOUR_DIMS",
@@ -37,8 +40,8 @@ Metric = Literal["euclidean", "chebyshev"]
 NEIGHBOUR_DIMS = ("step", "token", "rank")
 #: Value of the ``dask_pdist_kind`` attribute of a neighbours Dataset and store.
 NEIGHBOURS_KIND = "neighbours"
-#: Pair-dims of arithmetic one task aims at (~1 s of one core on this machine's kind).
-TASK_PAIR_DIMS = 4 * 10**9
+#: Pair-dims of arithmetic one block-pair task aims at (~0.2 s of one core here).
+TASK_PAIR_DIMS = 2 * 10**9
 #: History bytes one task may read before steps go one per task.
 TASK_INPUT_BYTES = 64 * 2**20
 #: Bytes of one candidate tile (D x tile values), sized to stay in L2/L3 across query rows.
@@ -102,7 +105,9 @@ def knn_block(
     k = _check_k(k, x.shape[1])
     xt = np.ascontiguousarray(x.transpose(0, 2, 1))
     tile = tile or _tile(x.shape[2], x.shape[1], x.dtype.itemsize)
-    return knn_transposed(xt, 0, x.shape[1], k, m, _ROWS, tile)
+    whole = (0, x.shape[1])
+    nbr, dist, _, _ = knn_pairs(xt, whole, whole, k, m, _ROWS, tile)
+    return nbr, dist
 
 
 def churn_block(prev: np.ndarray, cur: np.ndarray) -> np.ndarray:
@@ -133,32 +138,38 @@ def churn_block(prev: np.ndarray, cur: np.ndarray) -> np.ndarray:
 def plan_neighbour_chunks(
     n_steps: int, n_tokens: int, n_dims: int, itemsize: int = 4, pair_dims: int = TASK_PAIR_DIMS
 ) -> tuple[int, int]:
-    """(steps, query tokens) per task: ~``pair_dims`` of arithmetic, bounded input.
+    """(steps, token block) per task: ~``pair_dims`` of arithmetic per block pair, bounded input.
 
-    Pure arithmetic. Large vocabularies go one step per task and split the query tokens.
+    Pure arithmetic. Large vocabularies go one step per task and cut the tokens into equal
+    blocks.
 
     Examples
     --------
     >>> plan_neighbour_chunks(154, 50304, 512)
-    (1, 156)
+    (1, 1935)
     >>> plan_neighbour_chunks(4, 16384, 64)
-    (4, 954)
+    (4, 2731)
     """
     per_step = max(1, n_tokens * n_dims * itemsize)
     steps = int(max(1, min(n_steps, TASK_INPUT_BYTES // per_step)))
-    per_query = max(1, steps * n_tokens * n_dims)
-    query = int(max(1, min(n_tokens, math.ceil(pair_dims / per_query))))
-    return steps, query
+    block = max(1, min(n_tokens, math.isqrt(pair_dims // max(1, steps * n_dims))))
+    n_blocks = math.ceil(max(1, n_tokens) / block)
+    return steps, max(1, math.ceil(n_tokens / n_blocks))
 
 
 def _transpose_block(x: np.ndarray) -> np.ndarray:
-    # once per step chunk, shared by every query task of that chunk
+    # once per step chunk, shared by every block-pair task of that chunk
     return np.ascontiguousarray(x.transpose(0, 2, 1))
 
 
-def _knn_task(xt: np.ndarray, query: np.ndarray, ids: np.ndarray, *, k: int, metric: int) -> np.ndarray:
-    q0, nq = int(query[0]), len(query)
-    nbr, dist = knn_transposed(xt, q0, nq, k, metric, _ROWS, _tile(xt.shape[1], xt.shape[2], xt.dtype.itemsize))
+def _pair_task(xt: np.ndarray, b: tuple[int, int], c: tuple[int, int], *, k: int, metric: int) -> tuple:
+    return knn_pairs(xt, b, c, k, metric, _ROWS, _tile(xt.shape[1], xt.shape[2], xt.dtype.itemsize))
+
+
+def _merge_task(as_rows: list[tuple], as_cols: list[tuple], ids: np.ndarray, *, k: int) -> np.ndarray:
+    # one block's partial lists: from its pairs with blocks c >= b (it was the rows) and c < b
+    parts = [(r[0], r[1]) for r in as_rows] + [(r[2], r[3]) for r in as_cols]
+    nbr, dist = knn_merge(parts, k)
     out = np.empty(nbr.shape, dtype=_RECORD)
     out["neighbour"] = ids[nbr]
     out["distance"] = dist
@@ -184,15 +195,15 @@ def neighbour_array(
         Value stored for each token position (the original token index of a subset);
         default the positions.
     query_chunk : int or "auto"
-        Query tokens per task; ``"auto"``: see :func:`plan_neighbour_chunks` (the step
-        chunking is replanned too).
+        Tokens per block (the output's token chunks); ``"auto"``: see
+        :func:`plan_neighbour_chunks` (the step chunking is replanned too).
 
     Returns
     -------
     dask.array.Array
         Record dtype with fields ``neighbour`` (int32) and ``distance`` (float32), chunked
-        (steps, query tokens, k). One task: one step chunk's transposed snapshots, shared by
-        its query tasks, plus the (query, k) results.
+        (steps, token block, k). A block-pair task holds one step chunk's transposed
+        snapshots (shared by all its tasks) and two blocks' (tokens, k) lists.
 
     Examples
     --------
@@ -214,31 +225,36 @@ def neighbour_array(
         raise ValueError(f"token_ids has shape {ids.shape}; expected ({n_tokens},), one per token")
     if ids.size and (ids.min() < 0 or ids.max() > np.iinfo(np.int32).max):
         raise ValueError("token_ids must be non-negative and fit int32")
-    steps, query = plan_neighbour_chunks(n_steps, n_tokens, n_dims, x.dtype.itemsize)
+    steps, block = plan_neighbour_chunks(n_steps, n_tokens, n_dims, x.dtype.itemsize)
     if query_chunk != "auto":
         if isinstance(query_chunk, bool) or not isinstance(query_chunk, (int, np.integer)) or query_chunk < 1:
             raise ValueError(f"query_chunk={query_chunk!r}: give a positive int or 'auto'")
-        query = int(min(query_chunk, n_tokens))
+        block = int(min(query_chunk, n_tokens))
     x = x.rechunk({0: steps, 1: -1, 2: -1})
     xt = x.map_blocks(_transpose_block, chunks=(x.chunks[0], x.chunks[2], x.chunks[1]), dtype=x.dtype)
-    queries = da.arange(n_tokens, chunks=query)
-    idarr = da.from_array(ids, chunks=-1)
-    return da.blockwise(
-        _knn_task,
-        "sqr",
-        xt,
-        "sdj",
-        queries,
-        "q",
-        idarr,
-        "j",
-        new_axes={"r": k},
-        concatenate=True,
-        dtype=_RECORD,
-        meta=np.empty((0, 0, 0), dtype=_RECORD),
-        k=k,
-        metric=m,
-    )
+    ranges = [(a, min(a + block, n_tokens)) for a in range(0, n_tokens, block)]
+    ids_d = dask.delayed(ids, pure=True)
+    meta = np.empty((0, 0, 0), dtype=_RECORD)
+    rows = []
+    for xt_s, n in zip(xt.to_delayed(optimize_graph=False).ravel(), x.chunks[0], strict=True):
+        pair = dask.delayed(_pair_task, pure=True)
+        pairs = {
+            (b, c): pair(xt_s, ranges[b], ranges[c], k=k, metric=m)
+            for b in range(len(ranges))
+            for c in range(b, len(ranges))
+        }
+        merge = dask.delayed(_merge_task, pure=True)
+        blocks = [
+            da.from_delayed(
+                merge([pairs[b, c] for c in range(b, len(ranges))], [pairs[c, b] for c in range(b)], ids_d, k=k),
+                shape=(n, hi - lo, k),
+                dtype=_RECORD,
+                meta=meta,
+            )
+            for b, (lo, hi) in enumerate(ranges)
+        ]
+        rows.append(da.concatenate(blocks, axis=1))
+    return da.concatenate(rows, axis=0)
 
 
 def _token_ids(history: xr.DataArray) -> np.ndarray:
@@ -269,7 +285,7 @@ def neighbours(
         Neighbours per token, ``1 <= k <= tokens - 1``; a larger k is an error.
     metric : {"euclidean", "chebyshev"}
     query_chunk : int or "auto"
-        Query tokens per task (``"auto"``: ~4e9 pair-dims of work per task).
+        Tokens per block (``"auto"``: ~2e9 pair-dims of work per block-pair task).
 
     Returns
     -------

@@ -1,0 +1,176 @@
+"""Benchmark rows for ``dask-pdist neighbours`` (issue 12), called by ``run.py``.
+
+(a) V = 16,384, D = 64, S = 4, k = 10: ``dask-pdist neighbours`` against
+    ``torch.topk(torch.cdist(x, x), k + 1)`` per step (``methods.py torch-knn``), whole
+    processes alternating; torch's largest self-distance and its neighbour disagreements
+    with the exact lists are reported.
+(b) V = 50,304, D = 512, S = 1: ``dask-pdist neighbours`` wall time and peak RSS. No torch
+    row: its V x V float32 matrix alone is 10 GB.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+K = 10
+TARGET_VS_TORCH = 1.0
+TARGET_RSS_MB = 2000.0
+SECTION_BEGIN = "<!-- neighbours rows: begin -->"
+SECTION_END = "<!-- neighbours rows: end -->"
+
+
+def _disagreements(history: Path, ours_path: Path, torch_path: Path, k: int) -> dict[str, float]:
+    """Compare torch's lists with the exact ones.
+
+    ``differ``: (step, token) lists whose set differs at all; ``wrong``: lists holding a token
+    farther (float64 distance of the history's values) than the farthest of the exact list,
+    i.e. not a valid k-nearest set even allowing other tie-breaks; ``wrong_entries``: such tokens.
+    """
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    import dask_pdist as dp
+
+    x = dp.open_history(history).values.astype(np.float64)
+    ours = dp.open_neighbours(ours_path).neighbour.values.astype(np.int64)
+    theirs = load_file(str(torch_path))
+    idx = theirs["indices"]
+    s, v, _ = idx.shape
+    self_ = idx == np.arange(v)[None, :, None]
+    # drop the token itself; if the Gram trick pushed it out of the k + 1, drop the last entry
+    keep = ~self_
+    keep[..., -1] &= self_.any(axis=-1)
+    lists = idx[keep].reshape(s, v, k)
+    both = np.sort(np.concatenate([ours, lists], axis=-1), axis=-1)
+    shared = (both[..., 1:] == both[..., :-1]).sum(axis=-1)
+
+    def dist(nbr: np.ndarray) -> np.ndarray:
+        steps = np.arange(s)[:, None, None]
+        return np.sqrt(((x[steps, np.arange(v)[None, :, None]] - x[steps, nbr]) ** 2).sum(-1))
+
+    far = dist(lists) > dist(ours).max(axis=-1, keepdims=True)
+    return {
+        "lists": s * v,
+        "differ": int((shared < k).sum()),
+        "wrong": int(far.any(axis=-1).sum()),
+        "wrong_entries": int(far.sum()),
+        "self_max": float(theirs["self_distance_max"].max()),
+    }
+
+
+def run_rows(work: Path, env: dict[str, str], quick: bool, repeats: int) -> list[str]:
+    """Run both rows; returns the markdown section (between the section markers)."""
+    import os
+
+    from run import METHODS_PY, _dask_pdist_cmd, _log, _remove, _run_child
+
+    from dask_pdist.synthetic import write_synthetic_history
+
+    dask_cmd, dask_name = _dask_pdist_cmd()
+    a = (4, 512, 16) if quick else (4, 16384, 64)
+    b = (1, 2048, 64) if quick else (1, 50304, 512)
+    load = os.getloadavg()
+    hist = work / "nb_a.safetensors"
+    write_synthetic_history(hist, steps=a[0], vocab=a[1], dim=a[2])
+    ours_out, torch_out = work / "nb_ours.zarr", work / "nb_torch.safetensors"
+    cmds = {
+        "dask-pdist neighbours": dask_cmd + ["neighbours", str(hist), "-k", str(K), "-o", str(ours_out)],
+        "torch.topk(torch.cdist)": [sys.executable, str(METHODS_PY), "torch-knn", str(hist), str(torch_out)],
+    }
+    cmds["dask-pdist neighbours"].append("--no-progress")
+    cmds["torch.topk(torch.cdist)"] += ["-k", str(K)]
+    outs = {"dask-pdist neighbours": ours_out, "torch.topk(torch.cdist)": torch_out}
+    runs: dict[str, list] = {key: [] for key in cmds}
+    for key, cmd in cmds.items():  # untimed warm-up: page cache, numba cache
+        _run_child(cmd, env, work / "nb.log")
+        _remove(outs[key])
+    for r in range(repeats):
+        for key, cmd in cmds.items():
+            os.sync()
+            run = _run_child(cmd, env, work / "nb.log")
+            if r < repeats - 1:  # the last round's outputs are compared below
+                _remove(outs[key])
+            runs[key].append(run)
+            _log(f"[neighbours a] round {r + 1}: {key:<24} {run.wall_s:7.2f} s  {run.maxrss_mb:7.0f} MB")
+    cmp = _disagreements(hist, ours_out, torch_out, K)
+    _remove(ours_out)
+    _remove(torch_out)
+    _remove(hist)
+
+    hist_b = work / "nb_b.safetensors"
+    write_synthetic_history(hist_b, steps=b[0], vocab=b[1], dim=b[2])
+    out_b = work / "nb_b.zarr"
+    run_b = _run_child(
+        dask_cmd + ["neighbours", str(hist_b), "-k", str(K), "-o", str(out_b), "--no-progress"], env, work / "nb.log"
+    )
+    _log(f"[neighbours b] {run_b.wall_s:7.2f} s  {run_b.maxrss_mb:7.0f} MB")
+    _remove(out_b)
+    _remove(hist_b)
+    load_after = os.getloadavg()
+
+    med = {key: statistics.median(r.wall_s for r in v) for key, v in runs.items()}
+    ratio = med["dask-pdist neighbours"] / med["torch.topk(torch.cdist)"]
+    lines = [
+        SECTION_BEGIN,
+        "## Neighbours (issue 12)",
+        "",
+        f"k = {K} nearest tokens per token and step, Euclidean. Whole processes, bf16 safetensors in"
+        f" (as by `dask-pdist synth`), results written to disk; dask-pdist runs as `{dask_name} neighbours IN -k {K}"
+        f" -o OUT.zarr --no-progress`, torch as `methods.py torch-knn` (per step `torch.topk(torch.cdist(x, x),"
+        f" k + 1, largest=False)`, default compute mode, the token itself dropped, results saved)."
+        f" Load average before {load[0]:.2f}, after {load_after[0]:.2f}.",
+        "",
+        "```",
+        f"{'PASS' if ratio <= TARGET_VS_TORCH else 'MISS'}  {a[0]} x {a[1]} x {a[2]}: dask-pdist neighbours /"
+        f" torch.topk(torch.cdist) = {ratio:.3f} (target <= {TARGET_VS_TORCH})",
+        f"{'PASS' if run_b.maxrss_mb <= TARGET_RSS_MB else 'MISS'}  {b[0]} x {b[1]} x {b[2]}: dask-pdist neighbours"
+        f" peak RSS = {run_b.maxrss_mb:.0f} MB (target <= {TARGET_RSS_MB:.0f} MB)",
+        "```",
+        "",
+        f"### (a) {a[0]} x {a[1]} x {a[2]} bf16, k = {K} (baseline: torch.topk(torch.cdist))",
+        "",
+        "| method | runs | wall s (median) | min-max s | vs torch | peak RSS MB | user s | sys s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for key, rs in runs.items():
+        walls = [r.wall_s for r in rs]
+        lines.append(
+            f"| {key} | {len(rs)} | {med[key]:.2f} | {min(walls):.2f}-{max(walls):.2f}"
+            f" | {med[key] / med['torch.topk(torch.cdist)']:.3f} | {statistics.median(r.maxrss_mb for r in rs):.0f}"
+            f" | {statistics.median(r.user_s for r in rs):.2f} | {statistics.median(r.sys_s for r in rs):.2f} |"
+        )
+    lines += [
+        "",
+        f"torch's exactness (last round's outputs): largest self-distance {cmp['self_max']:.3g} (exactly 0 in"
+        f" dask-pdist); {cmp['wrong']:,} of {cmp['lists']:,} (step, token) lists hold a token farther than the"
+        f" exact k-th nearest ({cmp['wrong_entries']:,} of {cmp['lists'] * K:,} neighbours wrong);"
+        f" {cmp['differ']:,} lists differ from dask-pdist's at all (the rest of the difference: exact ties,"
+        " e.g. duplicate tokens, broken another way; dask-pdist breaks them by the smaller token index).",
+        "",
+        f"### (b) {b[0]} x {b[1]} x {b[2]} bf16, k = {K}",
+        "",
+        "| method | wall s | peak RSS MB | user s | sys s |",
+        "|---|---|---|---|---|",
+        f"| dask-pdist neighbours | {run_b.wall_s:.2f} | {run_b.maxrss_mb:.0f} | {run_b.user_s:.2f}"
+        f" | {run_b.sys_s:.2f} |",
+        "",
+        f"One run. Work: V(V-1) x D = {b[1] * (b[1] - 1) * b[2]:.3g} pair-dims (every ordered pair, no symmetric"
+        " half). No torch row: its V x V float32 matrix alone would be"
+        f" {b[1] * b[1] * 4 / 1e9:.1f} GB per step.",
+        SECTION_END,
+        "",
+    ]
+    return lines
+
+
+def replace_section(text: str, lines: list[str]) -> str:
+    """``text`` with its neighbours section replaced by ``lines`` (appended if absent)."""
+    new = "\n".join(lines)
+    if SECTION_BEGIN in text and SECTION_END in text:
+        head, rest = text.split(SECTION_BEGIN, 1)
+        _, tail = rest.split(SECTION_END, 1)
+        return head + new.rstrip("\n") + tail
+    return text.rstrip("\n") + "\n\n" + new
