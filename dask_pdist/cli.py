@@ -456,6 +456,10 @@ def _cmd_summary(args: argparse.Namespace) -> None:
     from dask_pdist.report import format_summary, summarize
 
     if is_neighbours_store(args.store):
+        if args.plot or args.threshold is not None or args.step is not None:
+            raise ValueError(
+                f"{args.store}: a neighbours store; --plot, --threshold and --step apply to distance stores"
+            )
         return _neighbours_summary(args)
     ds = dp.open_distances(args.store)
     if args.step is not None and args.step not in ds["step"].values:

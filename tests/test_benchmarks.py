@@ -22,12 +22,24 @@ def test_quick_run_writes_table_and_plot(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = (out / "results.md").read_text()
     assert report in proc.stdout  # the printed table is the file's text
-    for heading in ("## Targets", "## End to end", "### Kernel alone", "### Start-up", "## Machine"):
+    for heading in ("## Targets", "## End to end", "### Kernel alone", "### Start-up", "## Machine", "## Neighbours"):
         assert heading in report
     targets = [line for line in report.splitlines() if line.startswith(("PASS  ", "MISS  "))]
-    assert len(targets) == 12, targets  # 9 of issue 5, 3 of issue 11 (clusters)
+    assert len(targets) == 14, targets  # 9 of issue 5, 3 of issue 11 (clusters), 2 of issue 12 (neighbours)
     assert "### Clusters (issue 11)" in report
     assert "Notebook loop mode per run:" in report
     png = (out / "wall_time_vs_steps.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n")
     assert list(work.iterdir()) == []  # histories and outputs removed
+
+
+def test_neighbours_section_is_replaced_in_place() -> None:
+    sys.path.insert(0, str(RUN_PY.parent))
+    try:
+        from neighbours_rows import SECTION_BEGIN, SECTION_END, replace_section
+    finally:
+        sys.path.remove(str(RUN_PY.parent))
+    old = f"# results\n\nkept\n\n{SECTION_BEGIN}\nold rows\n{SECTION_END}\n\ntail kept\n"
+    new = replace_section(old, [SECTION_BEGIN, "new rows", SECTION_END, ""])
+    assert new == f"# results\n\nkept\n\n{SECTION_BEGIN}\nnew rows\n{SECTION_END}\n\ntail kept\n"
+    assert replace_section("# results\n", [SECTION_BEGIN, "rows", SECTION_END, ""]).endswith(f"rows\n{SECTION_END}\n")
