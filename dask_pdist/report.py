@@ -145,6 +145,7 @@ def describe(path: str | os.PathLike[str]) -> str:
     import zarr
 
     from .history import _read_npy_header
+    from .knn_store import is_neighbours_store
     from .safetensors_io import read_header
     from .store import is_store, store_progress
 
@@ -152,6 +153,16 @@ def describe(path: str | os.PathLike[str]) -> str:
     if not path.exists():
         raise FileNotFoundError(f"{path}: not found")
     lines = [f"{path}"]
+    if path.is_dir() and is_neighbours_store(path):
+        group = zarr.open_group(str(path), mode="r")
+        steps, nbr = np.asarray(group["step"][:]), group["neighbour"]
+        lines.append(f"  dask_pdist neighbours store, version {group.attrs.get('dask_pdist_version', '?')}")
+        lines.append(f"  source: {group.attrs.get('source', '?')} [{group.attrs.get('source_key', '?')}]")
+        lines.append(f"  {group.attrs.get('k', '?')} nearest per token ({group.attrs.get('metric', '?')})")
+        lines.append(f"  steps: {len(steps)} ({steps[0]}..{steps[-1]})" if len(steps) else "  steps: 0")
+        lines.append(f"  neighbour: shape {list(nbr.shape)} {nbr.dtype}, chunks {list(nbr.chunks)}")
+        lines.append(f"  size on disk: {_disk_size(path) / 1e6:.1f} MB")
+        return "\n".join(lines)
     if path.is_dir() and is_store(path):
         group = zarr.open_group(str(path), mode="r")
         steps = np.asarray(group["step"][:])

@@ -203,6 +203,10 @@ def test_cli_neighbours_and_summary(tmp_path, capsys):
     text = capsys.readouterr().out
     churn = dp.neighbour_churn(nb).mean_churn.values[1:].mean()
     assert f"Mean neighbour churn over steps: {churn:.6f}" in text
+    assert main(["info", str(out)]) == 0
+    assert "dask_pdist neighbours store" in capsys.readouterr().out
+    assert main(["summary", str(out), "--plot", str(tmp_path / "p.png")]) == 2
+    assert "apply to distance stores" in capsys.readouterr().err
     assert main(args) == 2 and "already exists" in capsys.readouterr().err
     assert main(args + ["--overwrite", "-k", "70"]) == 2
     assert "k=70: need an integer 1 <= k <= 69" in capsys.readouterr().err
