@@ -74,11 +74,13 @@ def _gaussian_history(path: Path, shape: tuple[int, int, int]) -> None:
 def run_rows(work: Path, env: dict[str, str], quick: bool, repeats: int) -> list[str]:
     """Run both rows; returns the markdown section (between the section markers)."""
     import os
+    import time
 
     from run import METHODS_PY, _dask_pdist_cmd, _log, _remove, _run_child
 
     from dask_pdist.synthetic import write_synthetic_history
 
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
     dask_cmd, dask_name = _dask_pdist_cmd()
     a = (4, 512, 16) if quick else (4, 16384, 64)
     b = (1, 2048, 64) if quick else (1, 50304, 512)
@@ -131,7 +133,8 @@ def run_rows(work: Path, env: dict[str, str], quick: bool, repeats: int) -> list
         f" (as by `dask-pdist synth`), results written to disk; dask-pdist runs as `{dask_name} neighbours IN -k {K}"
         f" -o OUT.zarr --no-progress`, torch as `methods.py torch-knn` (per step `torch.topk(torch.cdist(x, x),"
         f" k + 1, largest=False)`, default compute mode, the token itself dropped, results saved)."
-        f" Load average before {load[0]:.2f}, after {load_after[0]:.2f}.",
+        f" Run on {started}; load average before {load[0]:.2f}, after {load_after[0]:.2f} (other work on the"
+        " machine slows every wall time; user s is CPU time and suffers less).",
         "",
         "```",
         f"{'PASS' if ratio <= TARGET_VS_TORCH else 'MISS'}  {a[0]} x {a[1]} x {a[2]}: dask-pdist neighbours /"

@@ -1,8 +1,9 @@
 """Exact k nearest neighbours of every token at every step, and neighbour churn.
 
 Three layers, as for the distances: numpy block functions (:func:`knn_block`,
-:func:`churn_block`), one ``dask.array.blockwise`` graph (:func:`neighbour_array`), and the
-xarray Dataset (:func:`neighbours`, :func:`neighbour_churn`). A V x V matrix never exists:
+:func:`churn_block`), one graph builder (:func:`neighbour_array`: block-pair tasks, then
+one merge task per block), and the xarray Dataset (:func:`neighbours`,
+:func:`neighbour_churn`). A V x V matrix never exists:
 the tokens are cut into blocks; one task computes every pair of one block pair (b, c), c >= b,
 once (a (D, tile) candidate tile in cache at a time) and keeps a running top-k of both
 blocks' tokens; one task per block merges its partial lists. Every distance comes from the
@@ -182,9 +183,9 @@ def neighbour_array(
     metric: Metric = "euclidean",
     *,
     token_ids: np.ndarray | None = None,
-    query_chunk: int | Literal["auto"] = "auto",
+    token_chunk: int | Literal["auto"] = "auto",
 ) -> da.Array:
-    """Lazy (step, token, k) record array of neighbours from one ``blockwise`` graph.
+    """Lazy (step, token, k) record array of neighbours: block-pair tasks, then one merge per block.
 
     Parameters
     ----------
@@ -194,7 +195,7 @@ def neighbour_array(
     token_ids : ndarray of int, optional
         Value stored for each token position (the original token index of a subset);
         default the positions.
-    query_chunk : int or "auto"
+    token_chunk : int or "auto"
         Tokens per block (the output's token chunks); ``"auto"``: see
         :func:`plan_neighbour_chunks` (the step chunking is replanned too).
 
@@ -226,10 +227,10 @@ def neighbour_array(
     if ids.size and (ids.min() < 0 or ids.max() > np.iinfo(np.int32).max):
         raise ValueError("token_ids must be non-negative and fit int32")
     steps, block = plan_neighbour_chunks(n_steps, n_tokens, n_dims, x.dtype.itemsize)
-    if query_chunk != "auto":
-        if isinstance(query_chunk, bool) or not isinstance(query_chunk, (int, np.integer)) or query_chunk < 1:
-            raise ValueError(f"query_chunk={query_chunk!r}: give a positive int or 'auto'")
-        block = int(min(query_chunk, n_tokens))
+    if token_chunk != "auto":
+        if isinstance(token_chunk, bool) or not isinstance(token_chunk, (int, np.integer)) or token_chunk < 1:
+            raise ValueError(f"token_chunk={token_chunk!r}: give a positive int or 'auto'")
+        block = int(min(token_chunk, n_tokens))
     x = x.rechunk({0: steps, 1: -1, 2: -1})
     xt = x.map_blocks(_transpose_block, chunks=(x.chunks[0], x.chunks[2], x.chunks[1]), dtype=x.dtype)
     ranges = [(a, min(a + block, n_tokens)) for a in range(0, n_tokens, block)]
@@ -272,7 +273,7 @@ def neighbours(
     k: int = 10,
     metric: Metric = "euclidean",
     *,
-    query_chunk: int | Literal["auto"] = "auto",
+    token_chunk: int | Literal["auto"] = "auto",
 ) -> xr.Dataset:
     """The k nearest tokens of every token at every step, exactly, lazily.
 
@@ -284,7 +285,7 @@ def neighbours(
     k : int
         Neighbours per token, ``1 <= k <= tokens - 1``; a larger k is an error.
     metric : {"euclidean", "chebyshev"}
-    query_chunk : int or "auto"
+    token_chunk : int or "auto"
         Tokens per block (``"auto"``: ~2e9 pair-dims of work per block-pair task).
 
     Returns
@@ -312,7 +313,7 @@ def neighbours(
     data = history.data
     if not isinstance(data, da.Array):
         data = da.from_array(data, chunks=(1, -1, -1))
-    rec = neighbour_array(data, k, metric, token_ids=_token_ids(history), query_chunk=query_chunk)
+    rec = neighbour_array(data, k, metric, token_ids=_token_ids(history), token_chunk=token_chunk)
     coords = {
         "step": history["step"].values if "step" in history.coords else np.arange(history.sizes["step"]),
         "token": history["token"].values if "token" in history.coords else np.arange(history.sizes["token"]),

@@ -70,7 +70,7 @@ def test_exact_against_float64_brute_force_with_ties_and_duplicates(metric):
 def test_bit_identical_to_the_pairwise_distances(metric):
     x = random_history((5, 53, 11), seed=4)  # duplicates and one-ulp neighbours
     h = _history(x, chunks=3)
-    nb = dp.neighbours(h, k=7, metric=metric, query_chunk=10).compute()
+    nb = dp.neighbours(h, k=7, metric=metric, token_chunk=10).compute()
     full = dp.pairwise_distances(h, token_chunk=17).compute()[metric].values
     want_idx, _ = _brute(full, 7)
     np.testing.assert_array_equal(nb.neighbour.values, want_idx)
@@ -101,7 +101,7 @@ def test_tiled_and_chunked_equal_untiled(v, d, k, tile, query, data):
     tiled = knn_block(x, k, "euclidean", tile=tile)
     np.testing.assert_array_equal(whole[0], tiled[0])
     np.testing.assert_array_equal(whole[1].view(np.int32), tiled[1].view(np.int32))
-    lazy = dp.neighbours(_history(x, 1), k=k, query_chunk=query).compute()
+    lazy = dp.neighbours(_history(x, 1), k=k, token_chunk=query).compute()
     np.testing.assert_array_equal(lazy.neighbour.values, whole[0])
     np.testing.assert_array_equal(lazy.distance.values, whole[1])
 
