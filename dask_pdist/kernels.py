@@ -311,11 +311,12 @@ def _insert(nr, dr, v, j):
 
 
 @numba.njit(nogil=True, cache=True)
-def _knn_pairs(xt, b0, c0, nc, metric, rows, tile, rn, rd, cn, cd):
+def _knn_pairs(xt, b0, c0, nc, metric, rows, tile, rn, rd, cn, cd, e_low):
     # Rows b0..b0+nb x candidates c0..c0+nc of each snapshot in xt (step, D, V), every pair
     # once: row i's top-k (rn, rd) is offered j, column j's (cn, cd) is offered i. On a
     # diagonal block (b0 == c0; pass cn is rn) only pairs j > i are computed. Loop order:
     # `rows` rows x one `tile` of candidates at a time, so the (D, tile) columns stay in cache.
+    # Returns (step, i, j) of a distance that overflows the dtype (finite input), else -1s.
     nstep = xt.shape[0]
     nb = rn.shape[1]
     diag = b0 == c0
@@ -338,7 +339,11 @@ def _knn_pairs(xt, b0, c0, nc, metric, rows, tile, rn, rd, cn, cd):
                     start = max(j0, r + 1) if diag else j0
                     if start >= j1:
                         continue
-                    _row(at, i, at, c0 + start, j1 - start, sq, mx)
+                    # the pairwise kernels' exact sequence: the fast row, then its rare rescaling
+                    if _row(at, i, at, c0 + start, j1 - start, sq, mx, e_low):
+                        over = _rescale_row(at, i, at, c0 + start, j1 - start, sq, mx, e_low)
+                        if over >= 0:
+                            return s, i, c0 + start + over
                     vals = sq if metric == 0 else mx
                     rnr = rn[s, r]
                     rdr = rd[s, r]
@@ -359,6 +364,7 @@ def _knn_pairs(xt, b0, c0, nc, metric, rows, tile, rn, rd, cn, cd):
                             _insert(cn[s, jl], cd[s, jl], v, i)
                             if cn[s, jl, last] != -1:
                                 cbar[jl] = cd[s, jl, last]
+    return -1, -1, -1
 
 
 @numba.njit(nogil=True, cache=True)
@@ -378,7 +384,15 @@ def _empty_lists(nstep: int, nrows: int, k: int, dtype: np.dtype) -> tuple[np.nd
 
 
 def knn_pairs(
-    xt: np.ndarray, b: tuple[int, int], c: tuple[int, int], k: int, metric: int, rows: int = 128, tile: int = 512
+    xt: np.ndarray,
+    b: tuple[int, int],
+    c: tuple[int, int],
+    k: int,
+    metric: int,
+    rows: int = 128,
+    tile: int = 512,
+    *,
+    step0: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Partial k-nearest lists from one block of token pairs, each pair computed once.
 
@@ -394,6 +408,8 @@ def knn_pairs(
         Index into :data:`METRICS`.
     rows, tile : int
         Cache blocking (speed only: the result does not depend on them).
+    step0 : int
+        Position of the block's first step in the whole history, to name a pair in an error.
 
     Returns
     -------
@@ -402,6 +418,11 @@ def knn_pairs(
         k nearest among the rows (step, c, k) (the same arrays for a diagonal block). Token
         positions (int64, -1 where fewer than k exist) and distances (``xt.dtype``), ordered
         by (distance, token) with NaN last; a token is never its own neighbour.
+
+    Raises
+    ------
+    OverflowError
+        As :func:`pairwise_block`: a distance exceeds the dtype although the input is finite.
 
     Examples
     --------
@@ -419,7 +440,10 @@ def knn_pairs(
         raise ValueError(f"need k, rows, tile >= 1, got {k}, {rows}, {tile}")
     rn, rd = _empty_lists(xt.shape[0], b[1] - b[0], k, xt.dtype)
     cn, cd = (rn, rd) if b == c else _empty_lists(xt.shape[0], c[1] - c[0], k, xt.dtype)
-    _knn_pairs(xt, b[0], c[0], c[1] - c[0], metric, rows, tile, rn, rd, cn, cd)
+    where = _knn_pairs(
+        xt, b[0], c[0], c[1] - c[0], metric, rows, tile, rn, rd, cn, cd, _scaling_bound(xt.dtype, xt.shape[1])
+    )
+    _raise_overflow(where, xt.dtype, step0, 0, 0)  # i, j are already whole-history positions
     return rn, rd, cn, cd
 
 

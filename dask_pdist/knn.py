@@ -163,8 +163,9 @@ def _transpose_block(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(0, 2, 1))
 
 
-def _pair_task(xt: np.ndarray, b: tuple[int, int], c: tuple[int, int], *, k: int, metric: int) -> tuple:
-    return knn_pairs(xt, b, c, k, metric, _ROWS, _tile(xt.shape[1], xt.shape[2], xt.dtype.itemsize))
+def _pair_task(xt: np.ndarray, b: tuple[int, int], c: tuple[int, int], *, k: int, metric: int, step0: int) -> tuple:
+    tile = _tile(xt.shape[1], xt.shape[2], xt.dtype.itemsize)
+    return knn_pairs(xt, b, c, k, metric, _ROWS, tile, step0=step0)
 
 
 def _merge_task(as_rows: list[tuple], as_cols: list[tuple], ids: np.ndarray, *, k: int) -> np.ndarray:
@@ -237,10 +238,11 @@ def neighbour_array(
     ids_d = dask.delayed(ids, pure=True)
     meta = np.empty((0, 0, 0), dtype=_RECORD)
     rows = []
-    for xt_s, n in zip(xt.to_delayed(optimize_graph=False).ravel(), x.chunks[0], strict=True):
+    step0s = np.cumsum((0,) + x.chunks[0][:-1])
+    for xt_s, n, step0 in zip(xt.to_delayed(optimize_graph=False).ravel(), x.chunks[0], step0s, strict=True):
         pair = dask.delayed(_pair_task, pure=True)
         pairs = {
-            (b, c): pair(xt_s, ranges[b], ranges[c], k=k, metric=m)
+            (b, c): pair(xt_s, ranges[b], ranges[c], k=k, metric=m, step0=int(step0))
             for b in range(len(ranges))
             for c in range(b, len(ranges))
         }

@@ -106,6 +106,27 @@ def test_tiled_and_chunked_equal_untiled(v, d, k, tile, query, data):
     np.testing.assert_array_equal(lazy.distance.values, whole[1])
 
 
+@pytest.mark.parametrize("scale", [3e19, 1e-25])
+def test_float_edges_take_the_pairwise_kernels_rescaled_values(scale):
+    # sums of squares that overflow (3e19) or underflow (1e-25): the kernels rescale those
+    # pairs; neighbours must get the same values, bit for bit
+    x = random_history((2, 29, 6), seed=8, scale=scale)
+    h = _history(x)
+    nb = dp.neighbours(h, k=4, token_chunk=9).compute()
+    full = dp.pairwise_distances(h).euclidean.values
+    want_idx, _ = _brute(full, 4)
+    np.testing.assert_array_equal(nb.neighbour.values, want_idx)
+    np.testing.assert_array_equal(nb.distance.values, np.take_along_axis(full, want_idx, -1))
+    assert np.isfinite(nb.distance.values).all() and (nb.distance.values[:, 2:] > 0).any()
+
+
+def test_distance_beyond_float32_is_an_error_naming_step_and_pair():
+    x = np.zeros((3, 4, 5), dtype=np.float32)
+    x[2, 1, :2], x[2, 2, :2] = 1.5e38, -1.5e38  # tokens 1 and 2 are 4.2e38 apart
+    with pytest.raises(OverflowError, match=r"between tokens 1 and 2 at step index 2 exceeds float32"):
+        dp.neighbours(_history(x, chunks=1), k=2, token_chunk=2).neighbour.load()
+
+
 def test_float64_history_and_nan_sort_last():
     x = random_history((2, 9, 4), seed=1).astype(np.float64)
     nbr, dist = knn_block(x, 3)
