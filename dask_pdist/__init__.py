@@ -4,7 +4,9 @@ Open a history (:func:`open_history`), build both metrics in one pass
 (:func:`pairwise_distances`), write a zarr store (:func:`to_zarr`), reopen it lazily
 (:func:`open_distances`), summarize it (:func:`summarize`), export it for the notebook's
 readers (:func:`to_safetensors`), track groups of identical tokens over training
-(:func:`clusters`, :func:`cluster_events`).
+(:func:`clusters`, :func:`cluster_events`). For large vocabularies: exact k nearest
+neighbours per token and step without V x V matrices (:func:`neighbours`,
+:func:`neighbour_churn`), and token subsets (``open_history(..., token_ids=...)``).
 
 The public names are imported on first use (PEP 562): ``import dask_pdist`` and the
 ``dask-pdist`` command's start-up stay fast, since dask, xarray and numba take ~1 s to import.
