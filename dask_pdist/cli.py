@@ -182,6 +182,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     k.add_argument("--metric", choices=_METRICS, default="chebyshev", help="distance (default: chebyshev)")
     k.add_argument("--key", help="history tensor/array (default: the only 3-D one)")
+    k.add_argument(
+        "--token-ids",
+        metavar="SPEC",
+        help=_TOKEN_IDS_HELP + " (history inputs only; cluster ids are then positions within the subset)",
+    )
     k.add_argument("--output", "-o", metavar="OUT.zarr", help="write the clusters Dataset as a zarr store")
     k.add_argument("--events", metavar="EVENTS.csv", help="write the events as CSV (step,kind,tokens)")
     k.add_argument("--plot", metavar="FILE.png", help="draw groups over steps with the events (needs matplotlib)")
@@ -543,6 +548,7 @@ def _clusters(
     key: str | None = None,
     output: str | None = None,
     overwrite: bool = False,
+    token_ids: str | None = None,
 ) -> tuple:
     import contextlib
 
@@ -555,10 +561,15 @@ def _clusters(
     if isinstance(input_path, str) and os.path.isdir(input_path) and _is_store(input_path):
         if key:
             raise ValueError(f"{input_path}: --key names a history tensor, but this is a distance store; drop --key")
+        if token_ids:
+            raise ValueError(
+                f"{input_path}: --token-ids applies to a history, but this is a distance store;"
+                " run clusters on the history, or compute a subset store with compute --token-ids"
+            )
         source = dp.open_distances(input_path)
         what = f"{input_path} (distance store)"
     else:
-        source = dp.open_history(input_path, key=key)
+        source = dp.open_history(input_path, key=key, token_ids=token_ids)
         what = f"{source.attrs['source']} [{source.name}]"
     ds = dp.clusters(source, threshold, metric=metric)
     target = f" -> {output}" if output else ""
@@ -594,7 +605,9 @@ def _cmd_clusters(args: argparse.Namespace) -> None:
 
         require_matplotlib()
     source = args.input[0] if len(args.input) == 1 else args.input
-    ds, events = _clusters(args, source, args.threshold, args.metric, args.key, args.output, args.overwrite)
+    ds, events = _clusters(
+        args, source, args.threshold, args.metric, args.key, args.output, args.overwrite, args.token_ids
+    )
     if args.output:
         print(f"\nWrote {args.output}")
     if args.events:

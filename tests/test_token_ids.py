@@ -139,3 +139,24 @@ def test_cli_compute_token_ids(tmp_path, capsys):
     capsys.readouterr()
     assert main(["compute", str(src), "-o", str(tmp_path / "e.zarr"), "--token-ids", "0:31"]) == 2
     assert "'0:31' is outside 0..29" in capsys.readouterr().err
+
+
+def test_clusters_on_a_subset(tmp_path, capsys):
+    src = tmp_path / "h.safetensors"
+    main(["synth", str(src), "--steps", "6", "--vocab", "40", "--dim", "4"])
+    full = dp.clusters(open_history(src)).compute()
+    ids = np.array([0, 1, 2, 3, 4, 20, 37, 38, 39])
+    sub = dp.clusters(open_history(src, token_ids=ids)).compute()
+    assert sub["token"].values.tolist() == ids.tolist()
+    # threshold 0 groups equal embeddings: the subset's groups are the full groups cut to it
+    labels = full.cluster.values[:, ids]
+    want = (labels[:, :, None] == labels[:, None, :]).sum(-1)
+    np.testing.assert_array_equal(sub.cluster_size.values, want)
+    assert (want[0] == len(ids)).all()  # all tokens identical at step 0
+    capsys.readouterr()
+    assert main(["clusters", str(src), "--token-ids", "0:5,20,37:40", "--no-progress"]) == 0
+    store = tmp_path / "d.zarr"
+    main(["compute", str(src), "-o", str(store), "--no-progress"])
+    capsys.readouterr()
+    assert main(["clusters", str(store), "--token-ids", "0:5", "--no-progress"]) == 2
+    assert "--token-ids applies to a history" in capsys.readouterr().err
