@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from .history import open_history, parse_token_ids
     from .knn import neighbour_churn, neighbours
     from .knn_store import neighbours_to_zarr, open_neighbours
+    from .reading import iter_steps
     from .report import summarize
     from .store import open_distances, to_zarr, verify_store
     from .synthetic import synthetic_events, write_synthetic_history
@@ -44,6 +45,7 @@ _WHERE = {
     "open_distances": "store",
     "verify_store": "store",
     "summarize": "report",
+    "iter_steps": "reading",
     "write_synthetic_history": "synthetic",
     "to_safetensors": "export",
     "clusters": "clustering",
@@ -69,6 +71,7 @@ __all__ = [
     "open_distances",
     "verify_store",
     "summarize",
+    "iter_steps",
     "write_synthetic_history",
     "to_safetensors",
     "clusters",

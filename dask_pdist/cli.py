@@ -96,7 +96,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--tokens", help="text file with one token label per line")
     c.add_argument("--token-ids", metavar="SPEC", help=_TOKEN_IDS_HELP)
     c.add_argument(
-        "--compressor", choices=("lz4", "zstd", "none"), default=None, help="store compression (default: lz4)"
+        "--compressor",
+        choices=("auto", "none", "lz4", "zstd"),
+        default=None,
+        help="store compression (default: auto, chosen per variable: see README)",
     )
     c.add_argument(
         "--nonfinite",
@@ -246,12 +249,15 @@ def _run(delayed, scheduler: str | None, progress: bool) -> None:
             future.result()
         return
     import dask
+    from dask.threaded import get as threads
 
+    # the local scheduler passed as a function: a name ("threads") or none makes dask look
+    # for a distributed client, which imports dask.distributed (~0.2 s) whenever it is installed
     if progress:
         with _progress_bar("computing"):
-            dask.compute(delayed)
+            dask.compute(delayed, scheduler=threads)
     else:
-        dask.compute(delayed)
+        dask.compute(delayed, scheduler=threads)
 
 
 def _resume_command(argv: Sequence[str]) -> str:

@@ -1,0 +1,211 @@
+"""Probes that ``benchmarks/run.py`` runs as child processes to time one part of the pipeline.
+
+    python benchmarks/probes.py startup STAMPS.json [--hide=scipy,distributed] -- compute IN -o OUT.zarr
+    python benchmarks/probes.py write-floor DIR NBYTES FILES
+    python benchmarks/probes.py read-step STORE --repeats 200
+    python benchmarks/probes.py summarize STORE --repeats 3
+    python benchmarks/probes.py iter-steps STORE --repeats 3
+
+``startup`` runs ``dask-pdist`` (its ``main``) in this process and records wall-clock times
+(``time.time()``, comparable with the parent's clock) when the first kernel call starts and
+returns; the kernel module is wrapped when it is imported, so nothing is imported earlier than
+in a plain ``dask-pdist`` run. The other probes print one JSON object on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.abc
+import importlib.machinery
+import json
+import os
+import statistics
+import sys
+import time
+
+
+class _WrapKernels(importlib.abc.MetaPathFinder):
+    """On import of dask_pdist.kernels, wrap pairwise_block/cross_block to stamp the first call."""
+
+    def __init__(self, stamps: dict[str, float]) -> None:
+        self.stamps = stamps
+
+    def find_spec(self, name, path, target=None):  # noqa: ANN001, ANN201
+        if name != "dask_pdist.kernels":
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        loader = spec.loader
+        exec_module = loader.exec_module
+        stamps = self.stamps
+
+        def exec_and_wrap(module):  # noqa: ANN001, ANN202
+            exec_module(module)
+            stamps["kernels_imported"] = time.time()
+            for fname in ("pairwise_block", "cross_block"):
+                inner = getattr(module, fname)
+
+                def wrapped(*a, _inner=inner, **k):  # noqa: ANN002, ANN003, ANN202
+                    stamps.setdefault("first_kernel_call", time.time())
+                    out = _inner(*a, **k)
+                    stamps.setdefault("first_kernel_return", time.time())
+                    return out
+
+                setattr(module, fname, wrapped)
+
+        loader.exec_module = exec_and_wrap
+        return spec
+
+
+class _Hide(importlib.abc.MetaPathFinder):
+    """Make optional packages look absent (as in a plain ``pip install dask_pdist``)."""
+
+    def __init__(self, names: set[str]) -> None:
+        self.names = names
+
+    def find_spec(self, name, path, target=None):  # noqa: ANN001, ANN201
+        if name.partition(".")[0] in self.names:
+            raise ModuleNotFoundError(f"No module named {name!r} (hidden by probes.py)", name=name)
+        return None
+
+
+def startup(stamps_path: str, argv: list[str], hide: str = "") -> int:
+    stamps: dict[str, float] = {"probe_start": time.time()}
+    if hide:
+        sys.meta_path.insert(0, _Hide(set(hide.split(","))))
+    sys.meta_path.insert(0, _WrapKernels(stamps))
+    from dask_pdist.cli import main
+
+    try:
+        return main(argv)
+    finally:
+        stamps["end"] = time.time()
+        with open(stamps_path, "w") as f:
+            json.dump(stamps, f)
+
+
+def write_floor(directory: str, nbytes: int, files: int) -> dict:
+    """Write ``nbytes`` of incompressible bytes into ``files`` new files (no fsync), as a store write does."""
+    import numpy as np
+
+    per = max(1, nbytes // files)
+    block = np.random.default_rng(0).integers(0, 256, size=per, dtype=np.uint8).tobytes()
+    os.makedirs(directory, exist_ok=True)
+    t0 = time.perf_counter()
+    for k in range(files):
+        with open(os.path.join(directory, str(k)), "wb") as f:
+            f.write(block)
+    return {"seconds": time.perf_counter() - t0, "bytes": per * files, "files": files}
+
+
+def _timed(fn, repeats: int) -> list[float]:  # noqa: ANN001
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def read_step(store: str, repeats: int) -> dict:
+    import numpy as np
+    import zarr
+
+    import dask_pdist as dp
+
+    t0 = time.perf_counter()
+    ds = dp.open_distances(store)
+    open_s = time.perf_counter() - t0
+    n = ds.sizes["step"]
+    labels = ds["step"].values
+    rng = np.random.default_rng(1)
+    picks = [int(labels[i]) for i in rng.integers(0, n, size=repeats)]
+    it = iter(picks)
+    xr_times = _timed(lambda: ds.euclidean.sel(step=next(it)).values, repeats)
+    it = iter(picks)
+    light = dp.read_step  # the light reader (dask_pdist.reading)
+    light_times = _timed(lambda: light(store, next(it), "euclidean"), repeats)
+    arr = zarr.open_array(os.path.join(store, "euclidean"), mode="r")
+    it = iter(rng.integers(0, n, size=repeats))
+    zarr_times = _timed(lambda: arr[int(next(it))], repeats)
+    return {
+        "open_s": open_s,
+        "open_distances_sel_ms": statistics.median(xr_times) * 1e3,
+        "read_step_ms": statistics.median(light_times) * 1e3,
+        "zarr_ms": statistics.median(zarr_times) * 1e3,
+        "repeats": repeats,
+    }
+
+
+def _uncompressed_bytes(ds) -> int:  # noqa: ANN001
+    return sum(v.size * v.dtype.itemsize for v in ds.data_vars.values())
+
+
+def summarize(store: str, repeats: int) -> dict:
+    import numpy as np
+    import zarr
+
+    import dask_pdist as dp
+
+    ds = dp.open_distances(store)
+    nbytes = _uncompressed_bytes(ds)
+    times = _timed(lambda: dp.summarize(ds).compute(), repeats)
+    group = zarr.open_group(store, mode="r")
+
+    def decode_all() -> None:  # the floor: zarr decoding every chunk, the same threads
+        from concurrent.futures import ThreadPoolExecutor
+
+        jobs = []
+        for name in ds.data_vars:
+            a = group[name]
+            cs = a.chunks[0]
+            jobs += [(a, s) for s in range(0, a.shape[0], cs)]
+        with ThreadPoolExecutor(len(os.sched_getaffinity(0))) as pool:
+            list(pool.map(lambda job: np.asarray(job[0][job[1] : job[1] + job[0].chunks[0]]).sum(), jobs))
+
+    floor = _timed(decode_all, repeats)
+    return {"seconds": statistics.median(times), "floor_s": statistics.median(floor), "bytes": nbytes}
+
+
+def iter_steps(store: str, repeats: int) -> dict:
+    import numpy as np
+
+    import dask_pdist as dp
+
+    ds = dp.open_distances(store)
+    nbytes = _uncompressed_bytes(ds)
+
+    def walk() -> None:
+        for _, step in dp.iter_steps(ds):
+            np.add.reduce(step["euclidean"], axis=None)
+
+    times = _timed(walk, repeats)
+    return {"seconds": statistics.median(times), "bytes": nbytes, "steps": int(ds.sizes["step"])}
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "startup":
+        sep = sys.argv.index("--")
+        hide = sys.argv[3].removeprefix("--hide=") if sep > 3 else ""
+        return startup(sys.argv[2], sys.argv[sep + 1 :], hide)
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="probe", required=True)
+    w = sub.add_parser("write-floor")
+    w.add_argument("directory")
+    w.add_argument("nbytes", type=int)
+    w.add_argument("files", type=int)
+    for name in ("read-step", "summarize", "iter-steps"):
+        s = sub.add_parser(name)
+        s.add_argument("store")
+        s.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args()
+    if args.probe == "write-floor":
+        result = write_floor(args.directory, args.nbytes, args.files)
+    else:
+        fn = {"read-step": read_step, "summarize": summarize, "iter-steps": iter_steps}[args.probe]
+        result = fn(args.store, args.repeats)
+    json.dump(result, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
