@@ -96,16 +96,15 @@ def summarize(ds: xr.Dataset, threshold: float | None = None) -> xr.Dataset:
     >>> s = summarize(open_distances("d.zarr")).compute()  # doctest: +SKIP
     >>> s.euclidean_mean.isel(step=-1).item()  # doctest: +SKIP
     """
-    n = ds.sizes["token_i"]
-    off = xr.DataArray(~np.eye(n, dtype=bool), dims=("token_i", "token_j"))
-    upper = xr.DataArray(np.triu(np.ones((n, n), dtype=bool), 1), dims=("token_i", "token_j"))
-    pair_dims = ("token_i", "token_j")
+    import dask.array as da
+
+    from .step_stats import step_stats
+
+    names = [m for m in ("euclidean", "chebyshev") if m in ds.data_vars]
+    if any(not isinstance(ds[name].data, da.Array) for name in names):
+        ds = ds.chunk({"step": ds[names[0]].encoding.get("chunks", (-1,))[0]} if names else {})
     out = {}
-    for name in [m for m in ("euclidean", "chebyshev") if m in ds.data_vars]:
-        var = ds[name].astype(np.float64).where(off)
-        for stat in STATS:
-            red = getattr(var, stat)(pair_dims, skipna=True)
-            out[f"{name}_{stat}"] = red.assign_attrs(long_name=f"{stat} off-diagonal {name} distance")
+    thr = None
     if "chebyshev" in ds.data_vars:
         if threshold is None:
             if "embedding_rms" not in ds.coords:
@@ -117,12 +116,27 @@ def summarize(ds: xr.Dataset, threshold: float | None = None) -> xr.Dataset:
             if not threshold > 0:
                 raise ValueError(f"threshold={threshold!r}: must be a positive distance")
             thr = xr.full_like(ds["step"], threshold, dtype=np.float64)
-        out["threshold"] = thr.reset_coords(drop=True).assign_attrs(long_name="quantization-neighbour threshold")
-        near = (ds["chebyshev"] < thr).where(upper, False)
-        out["quantization_neighbours"] = near.sum(pair_dims).assign_attrs(
-            long_name="token pairs i<j with Chebyshev distance below threshold"
-        )
-    result = xr.Dataset(out)
+        thr = thr.reset_coords(drop=True).astype(np.float64)
+    for name in names:
+        var = ds[name].transpose("step", "token_i", "token_j")
+        threshold_data = None
+        if name == "chebyshev":
+            threshold_data = thr.data if isinstance(thr.data, da.Array) else da.from_array(thr.values, chunks=-1)
+        # one pass over each chunk: min, max, sum, count (off-diagonal, NaN skipped), pairs below
+        stats = step_stats(var.data, threshold_data)  # min, mean, max, pairs below threshold
+        values = {"min": stats[:, 0], "mean": stats[:, 1], "max": stats[:, 2]}
+        for stat in STATS:
+            out[f"{name}_{stat}"] = xr.DataArray(
+                values[stat], dims=("step",), attrs={"long_name": f"{stat} off-diagonal {name} distance"}
+            )
+        if name == "chebyshev":
+            out["threshold"] = thr.assign_attrs(long_name="quantization-neighbour threshold")
+            out["quantization_neighbours"] = xr.DataArray(
+                stats[:, 3].astype(np.int64),
+                dims=("step",),
+                attrs={"long_name": "token pairs i<j with Chebyshev distance below threshold"},
+            )
+    result = xr.Dataset(out, coords={"step": ds["step"]})
     return result.drop_vars([c for c in result.coords if c != "step"])
 
 

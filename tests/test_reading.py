@@ -180,3 +180,11 @@ def test_resume_refuses_other_compressor(distances, tmp_path):
     del job
     with pytest.raises(dp.StoreError, match="compressor"):
         dp.to_zarr(distances, store, resume=True, compressor="lz4")
+
+
+def test_summarize_same_with_or_without_dask(distances, tmp_path):
+    store = tmp_path / "d.zarr"
+    dp.to_zarr(distances, store)
+    a = dp.summarize(dp.open_distances(store)).compute()
+    b = dp.summarize(dp.open_distances(store, chunks=None)).compute()
+    xr.testing.assert_identical(a, b)
