@@ -164,10 +164,12 @@ def _parser() -> argparse.ArgumentParser:
         " (default: one bf16 spacing at the embedding's RMS magnitude)",
     )
     m.add_argument("--rows", type=_positive, default=10, help="rows in the printed series (default: 10)")
+    m.add_argument("--no-progress", action="store_true", help="no progress bar")
     m.set_defaults(func=_cmd_summary)
 
     v = sub.add_parser("verify", help="read every chunk of a store; report missing or corrupt ones")
     v.add_argument("store", help="zarr store written by compute")
+    v.add_argument("--no-progress", action="store_true", help="no progress bar")
     v.set_defaults(func=_cmd_verify)
 
     i = sub.add_parser("info", help="describe a store or an input file")
@@ -223,7 +225,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _progress_bar(desc: str):
+def _progress_bar(desc: str, **tqdm_kwargs):  # noqa: ANN003, ANN202
     from tqdm.dask import TqdmCallback
 
     class _Bar(TqdmCallback):
@@ -233,7 +235,7 @@ def _progress_bar(desc: str):
                 self.pbar.leave = False
             self.pbar.close()
 
-    return _Bar(desc=desc, unit="task", file=sys.stderr)
+    return _Bar(desc=desc, unit="task", file=sys.stderr, **tqdm_kwargs)
 
 
 def _run(delayed, scheduler: str | None, progress: bool) -> None:
@@ -258,6 +260,16 @@ def _run(delayed, scheduler: str | None, progress: bool) -> None:
             dask.compute(delayed, scheduler=threads)
     else:
         dask.compute(delayed, scheduler=threads)
+
+
+def _progress(desc: str, args: argparse.Namespace):  # noqa: ANN202
+    """A dask progress bar on stderr that shows only after 1 s, and never off a terminal."""
+    import contextlib
+
+    if getattr(args, "no_progress", False):
+        return contextlib.nullcontext()
+    # disable=None: tqdm turns itself off when stderr is not a terminal
+    return _progress_bar(desc, delay=1.0, disable=None)
 
 
 def _resume_command(argv: Sequence[str]) -> str:
@@ -371,8 +383,8 @@ def _export(args: argparse.Namespace, store: str, output: str, dtype: str | None
             from distributed import Client
 
             stack.enter_context(Client(scheduler))
-        elif not args.no_progress:
-            stack.enter_context(_progress_bar("exporting"))
+        else:
+            stack.enter_context(_progress("exporting", args))
         dp.to_safetensors(ds, output, dtype=dtype, overwrite=overwrite)
     print(f"Wrote {output} ({os.path.getsize(output) / 1e6:,.1f} MB) in {time.perf_counter() - t0:.1f} s")
 
@@ -480,7 +492,8 @@ def _cmd_summary(args: argparse.Namespace) -> None:
         from dask_pdist.plotting import require_matplotlib
 
         require_matplotlib()  # fail before the long pass over the store
-    summary = summarize(ds, threshold=args.threshold).compute()
+    with _progress("summarizing", args):
+        summary = summarize(ds, threshold=args.threshold).compute()
     print(format_summary(ds))
     rows = np.unique(np.linspace(0, ds.sizes["step"] - 1, min(args.rows, ds.sizes["step"])).round().astype(int))
     cols = [
@@ -507,7 +520,19 @@ def _cmd_summary(args: argparse.Namespace) -> None:
 def _cmd_verify(args: argparse.Namespace) -> int:
     from dask_pdist.store import verify_store
 
-    problems = verify_store(args.store)
+    if args.no_progress:
+        problems = verify_store(args.store)
+    else:
+        from tqdm import tqdm
+
+        # disable=None: off when stderr is not a terminal; delay: only for runs over a second
+        with tqdm(desc="verifying", unit="chunk", file=sys.stderr, delay=1.0, disable=None) as bar:
+
+            def advance(checked: int, total: int) -> None:
+                bar.total = total
+                bar.update(checked - bar.n)
+
+            problems = verify_store(args.store, progress=advance)
     for problem in problems:
         print(f"{args.store}: {problem}")
     if problems:

@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -440,11 +441,14 @@ class ChunkProblem:
         return f"{self.variable} {where}: {self.problem}"
 
 
-def verify_store(path: str | os.PathLike[str]) -> list[ChunkProblem]:
+def verify_store(
+    path: str | os.PathLike[str], *, progress: Callable[[int, int], None] | None = None
+) -> list[ChunkProblem]:
     """Read every chunk of every variable; report missing and corrupt ones.
 
     A chunk is missing when its block is not marked done or its file is absent, and corrupt
-    when it fails its crc32c checksum or cannot be decoded.
+    when it fails its crc32c checksum or cannot be decoded. ``progress(checked, total)``, if
+    given, is called after each chunk (the CLI draws a progress bar with it).
 
     Examples
     --------
@@ -459,9 +463,9 @@ def verify_store(path: str | os.PathLike[str]) -> list[ChunkProblem]:
     group = zarr.open_group(str(path), mode="r", use_consolidated=False)
     steps = np.asarray(group["step"][:])
     problems = []
-    for name in ("euclidean", "chebyshev"):
-        if name not in group:
-            continue
+    names = [name for name in ("euclidean", "chebyshev") if name in group]
+    checked, total = 0, len(names) * done.size
+    for name in names:
         arr = group[name]
         cs, ci, cj = arr.chunks
         for idx in np.ndindex(*done.shape):
@@ -482,4 +486,7 @@ def verify_store(path: str | os.PathLike[str]) -> list[ChunkProblem]:
                 problems.append(
                     ChunkProblem(name, (int(steps[s0]), int(steps[s1 - 1])), (i0, i1 - 1), (j0, j1 - 1), problem)
                 )
+            checked += 1
+            if progress is not None:
+                progress(checked, total)
     return problems

@@ -188,3 +188,27 @@ def test_summarize_same_with_or_without_dask(distances, tmp_path):
     a = dp.summarize(dp.open_distances(store)).compute()
     b = dp.summarize(dp.open_distances(store, chunks=None)).compute()
     xr.testing.assert_identical(a, b)
+
+
+def test_verify_reports_progress(distances, tmp_path):
+    store = tmp_path / "d.zarr"
+    dp.to_zarr(distances, store)
+    calls = []
+    assert dp.verify_store(store, progress=lambda checked, total: calls.append((checked, total))) == []
+    total = 2 * 5 * 3 * 3  # variables x blocks (23 steps in chunks of 5, 11 tokens in tiles of 4)
+    assert calls == [(k, total) for k in range(1, total + 1)]
+
+
+@pytest.mark.parametrize("command", ["summary", "verify", "export"])
+def test_progress_commands_quiet_off_a_terminal(distances, tmp_path, capsys, command):
+    from dask_pdist.cli import main
+
+    store = tmp_path / "d.zarr"
+    dp.to_zarr(distances, store)
+    argv = {"summary": ["summary", str(store)], "verify": ["verify", str(store)]}.get(
+        command, ["export", str(store), str(tmp_path / "d.safetensors")]
+    )
+    assert main(argv) == 0
+    assert main([*argv, "--no-progress"] + (["--overwrite"] if command == "export" else [])) == 0
+    err = capsys.readouterr().err
+    assert "%|" not in err and "it/s" not in err and "task/s" not in err  # no bar: stderr is not a terminal
