@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+import parts  # benchmarks/parts.py: each part against its floor
+
 HERE = Path(__file__).resolve().parent
 METHODS_PY = HERE / "methods.py"
 RESULTS_MD = "results.md"
@@ -81,6 +83,9 @@ class Case:
     reduced: tuple[str, ...] = ()  # methods run only --slow-repeats times here
     runs: dict[str, list[Run]] = field(default_factory=dict)
     warmup: dict[str, float] = field(default_factory=dict)
+    io_floor: bool = False  # also time the I/O floor in each round (writing the default store's bytes)
+    floor_s: list[float] = field(default_factory=list)
+    sizes: dict[str, dict] = field(default_factory=dict)  # store bytes per method (first round)
 
     @property
     def name(self) -> str:
@@ -148,18 +153,20 @@ def _methods(dask_cmd: list[str], default_compressor: str) -> dict[str, Method]:
 
 def _cases(quick: bool) -> list[Case]:
     all5 = ["dask-pdist", "dask-pdist-none", "notebook", "torch-cdist", "scipy-cdist"]
-    baselines = ("notebook", "torch-cdist", "scipy-cdist")
+    # the uncompressed store runs --slow-repeats times at the large sizes (it only checks the
+    # compressor's cost), which pays for the per-part rows' time in the full run
+    baselines = ("dask-pdist-none", "notebook", "torch-cdist", "scipy-cdist")
     wide = ["dask-pdist", "dask-pdist-none", "torch-cdist"]
     if quick:
         return [
-            Case("small", 32, 128, 64, all5, "notebook"),
+            Case("small", 32, 128, 64, all5, "notebook", io_floor=True),
             Case("large", 64, 128, 64, all5, "notebook", baselines),
-            Case("wide", 2, 256, 64, wide, "torch-cdist", ("torch-cdist",)),
+            Case("wide", 2, 256, 64, wide, "torch-cdist", ("dask-pdist-none", "torch-cdist")),
         ]
     return [
-        Case("small", 5001, 128, 64, all5, "notebook"),
+        Case("small", 5001, 128, 64, all5, "notebook", io_floor=True),
         Case("large", 20004, 128, 64, all5, "notebook", baselines),
-        Case("wide", 200, 1024, 256, wide, "torch-cdist", ("torch-cdist",)),
+        Case("wide", 200, 1024, 256, wide, "torch-cdist", ("dask-pdist-none", "torch-cdist")),
     ]
 
 
@@ -264,9 +271,17 @@ def _bench_case(
             out = work / f"out{m.suffix}"
             os.sync()  # flush the previous run's dirty pages outside the timed region
             run = _run_child(m.argv(str(hist), str(out)), env, work / f"{key}.log")
+            if key.startswith("dask-pdist") and key not in case.sizes:
+                case.sizes[key] = parts.store_bytes(out)
             _remove(out)
             case.runs[key].append(run)
             _log(f"[{case.name}] round {r + 1}: {key:<16} {run.wall_s:7.2f} s  {run.maxrss_mb:7.0f} MB")
+        if case.io_floor and "dask-pdist" in case.sizes:
+            os.sync()
+            size = case.sizes["dask-pdist"]
+            chunk_bytes = sum(size["variables"].get(v, 0) for v in ("euclidean", "chebyshev"))
+            case.floor_s.append(parts.io_floor(work, chunk_bytes, size["chunk_files"], env))
+            _log(f"[{case.name}] round {r + 1}: {'I/O floor':<16} {case.floor_s[-1]:7.2f} s")
     _remove(hist)
 
 
@@ -536,6 +551,17 @@ def _plot(cases: list[Case], methods: dict[str, Method], path: Path) -> None:
     plt.close(fig)
 
 
+SECTIONS = ("startup", "kernel", "e2e", "reads", "clusters", "neighbours")
+
+
+def _sections(text: str) -> tuple[str, ...]:
+    chosen = tuple(x.strip() for x in text.split(",") if x.strip())
+    bad = [x for x in chosen if x not in SECTIONS]
+    if bad or not chosen:
+        raise argparse.ArgumentTypeError(f"unknown section(s) {bad or text!r}; choose from {','.join(SECTIONS)}")
+    return chosen
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -586,7 +612,18 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="parent folder for the temporary histories and outputs (default: system temp)",
     )
+    p.add_argument(
+        "--sections",
+        type=_sections,
+        default=SECTIONS,
+        help=f"comma-separated subset of {','.join(SECTIONS)} (default: all); e2e = the end-to-end tables,"
+        " bytes and the I/O floor; with a subset, write to another --output-dir",
+    )
+    p.add_argument(
+        "--startup-repeats", type=_positive, default=None, help="rounds of the start-up probe (default 3; --quick: 1)"
+    )
     args = p.parse_args(argv)
+    args.startup_repeats = args.startup_repeats or (1 if args.quick else 3)
     args.repeats = args.repeats or (1 if args.quick else 5)
     args.slow_repeats = min(args.slow_repeats or (1 if args.quick else 3), args.repeats)
     args.help_repeats = args.help_repeats or (1 if args.quick else 10)
@@ -625,22 +662,41 @@ def _main(args: argparse.Namespace, work: Path) -> int:
     )
     _log(f"numba: first compute with empty cache {cold.wall_s:.2f} s, then cached {cached.wall_s:.2f} s")
 
-    _log("--help timing")
-    help_times = _bench_help(dask_cmd, env, args.help_repeats, work)
-    _log("kernel alone")
-    kernel = _bench_kernel(env, args, work)
-    cases = _cases(args.quick)
+    sections = args.sections
+    help_times = kernel = start = read = None
+    parts_steps = 32 if args.quick else 5001
+    parts_hist = work / "history_parts.safetensors"
+    if "startup" in sections or "reads" in sections:
+        write_synthetic_history(parts_hist, steps=parts_steps)
+    if "startup" in sections:
+        _log("--help timing")
+        help_times = _bench_help(dask_cmd, env, args.help_repeats, work)
+        _log("start-up: time to the first kernel call")
+        start = parts.startup(["compute"], parts_hist, work, env, args.startup_repeats)
+    if "kernel" in sections:
+        _log("kernel alone")
+        kernel = _bench_kernel(env, args, work)
+    cases = _cases(args.quick) if "e2e" in sections else []
     for i, case in enumerate(cases):
         _bench_case(case, methods, args, env, work, warm_all=(i == 0 and not args.quick))
     by_role = {c.role: c for c in cases}
-    _log("clusters")
-    clusters_bench = _bench_clusters(dask_cmd, env, args, work)
+    clusters_bench = None
+    if "clusters" in sections:
+        _log("clusters")
+        clusters_bench = _bench_clusters(dask_cmd, env, args, work)
+    if "reads" in sections:
+        _log("read paths")
+        store = work / "reads.zarr"
+        _run_child(dask_cmd + ["compute", str(parts_hist), "-o", str(store), "--no-progress"], env, work / "reads.log")
+        read = parts.reads(store, env, 1 if args.quick else 3, 20 if args.quick else 200)
+        _remove(store)
+    _remove(parts_hist)
 
-    h = {k: statistics.median(v) for k, v in help_times.items()}
     lines = [
         "# dask_pdist benchmark results",
         "",
-        f"Generated by `python benchmarks/run.py{' --quick' if args.quick else ''}` on {started}, "
+        f"Generated by `python benchmarks/run.py{' --quick' if args.quick else ''}"
+        f"{'' if sections == SECTIONS else ' --sections ' + ','.join(sections)}` on {started}, "
         f"{time.perf_counter() - t_start:.0f} s in all; load average before {load_before[0]:.2f}, "
         f"after {os.getloadavg()[0]:.2f} (other work on the machine makes every number noisier).",
         "",
@@ -650,32 +706,63 @@ def _main(args: argparse.Namespace, work: Path) -> int:
             "**Quick smoke run: tiny sizes, 1 run each. These numbers test the script, they are not results.**",
             "",
         ]
+    if cases:
+        lines += [
+            f"Whole processes, alternating methods within each round, {args.repeats} rounds; "
+            f"the baselines at the large sizes run {args.slow_repeats} times (`--slow-repeats`). "
+            f"Inputs: bf16 safetensors written as by `dask-pdist synth`; outputs: both metrics, float32, written to "
+            f"disk. dask-pdist runs as `{dask_name} compute IN -o OUT.zarr --no-progress`.",
+            "",
+        ]
+    targets = _targets(by_role, help_times, DEFAULT_COMPRESSOR) if cases and help_times is not None else []
+    targets += _cluster_targets(clusters_bench) if clusters_bench is not None else []
+    if targets:
+        lines += ["## Targets", "", "```", *targets, "```", ""]
+    small = by_role.get("small")
+    if small is not None and small.floor_s and start is not None and kernel is not None:
+        lines += ["## Each part against its floor", ""]
+        lines += parts.fmt_parts(
+            small.steps,
+            statistics.median(r.wall_s for r in small.runs["dask-pdist"]),
+            parts.first_kernel_median(start),
+            statistics.median(kernel["times"]["2"]),
+            statistics.median(small.floor_s),
+            sum(small.sizes["dask-pdist"]["variables"].get(v, 0) for v in ("euclidean", "chebyshev")),
+            statistics.median(r.wall_s for r in small.runs["notebook"]),
+            TARGETS["small_vs_notebook"],
+        )
+    if start is not None:
+        lines += parts.fmt_startup(start, statistics.median(help_times["dask-pdist --help"]), parts_steps)
+    if small is not None:
+        sizes = {methods[k].label: v for k, v in small.sizes.items()}
+        lines += parts.fmt_bytes(sizes, small.steps)
+        if small.floor_s:
+            lines += [
+                f"I/O floor per round (s): {', '.join(f'{x:.2f}' for x in small.floor_s)}: "
+                "`probes.py write-floor` writes the default store's chunk bytes (incompressible) into as many new "
+                "files in the work folder, no fsync, as the store write does.",
+                "",
+            ]
+    if read is not None:
+        lines += parts.fmt_reads(read, parts_steps)
+    if cases:
+        lines += ["## End to end", ""]
+        for case in cases:
+            lines += _fmt_case(case, methods)
+    if clusters_bench is not None:
+        lines += _fmt_clusters(clusters_bench)
+    if kernel is not None:
+        lines += _fmt_kernel(kernel)
+    if help_times is not None:
+        h = {k: statistics.median(v) for k, v in help_times.items()}
+        lines += [
+            "### Start-up of the command line",
+            "",
+            f"`dask-pdist --help` {h['dask-pdist --help']:.3f} s vs `python -c pass` {h['python -c pass']:.3f} s "
+            f"(medians of {args.help_repeats}, alternating).",
+            "",
+        ]
     lines += [
-        f"Whole processes, alternating methods within each round, {args.repeats} rounds; "
-        f"the baselines at the large sizes run {args.slow_repeats} times (`--slow-repeats`). "
-        f"Inputs: bf16 safetensors written as by `dask-pdist synth`; outputs: both metrics, float32, written to disk. "
-        f"dask-pdist runs as `{dask_name} compute IN -o OUT.zarr --no-progress`.",
-        "",
-        "## Targets",
-        "",
-        "```",
-        *_targets(by_role, help_times, DEFAULT_COMPRESSOR),
-        *_cluster_targets(clusters_bench),
-        "```",
-        "",
-        "## End to end",
-        "",
-    ]
-    for case in cases:
-        lines += _fmt_case(case, methods)
-    lines += _fmt_clusters(clusters_bench)
-    lines += _fmt_kernel(kernel)
-    lines += [
-        "### Start-up",
-        "",
-        f"`dask-pdist --help` {h['dask-pdist --help']:.3f} s vs `python -c pass` {h['python -c pass']:.3f} s "
-        f"(medians of {args.help_repeats}, alternating).",
-        "",
         "### Numba compile (paid once, outside every timed row)",
         "",
         f"`dask-pdist compute` on a 16-snapshot history with an empty NUMBA_CACHE_DIR: {cold.wall_s:.2f} s "
@@ -686,14 +773,16 @@ def _main(args: argparse.Namespace, work: Path) -> int:
         "",
         *machine,
         "",
-        f"![wall time vs S]({PLOT_PNG})",
-        "",
     ]
-    lines += _neighbour_rows(args, env, work)
+    if cases:
+        lines += [f"![wall time vs S]({PLOT_PNG})", ""]
+    if "neighbours" in sections:
+        lines += _neighbour_rows(args, env, work)
     text = "\n".join(lines)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     (args.output_dir / RESULTS_MD).write_text(text)
-    _plot(cases, methods, args.output_dir / PLOT_PNG)
+    if cases:
+        _plot(cases, methods, args.output_dir / PLOT_PNG)
     print(text)
     _log(f"wrote {args.output_dir / RESULTS_MD} and {args.output_dir / PLOT_PNG}")
     return 0

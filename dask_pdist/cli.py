@@ -347,7 +347,9 @@ def _compute(
         raise _Exit(1) from None
     elapsed = time.perf_counter() - t0
     print(f"\nWrote {output} in {elapsed:.1f} s\n")
-    print(format_summary(dp.open_distances(output)))
+    # chunks=None: two steps read straight through zarr, no dask graph (nor its look-up of a
+    # distributed client, ~0.2 s of dask.distributed import when it is installed)
+    print(format_summary(dp.open_distances(output, chunks=None)))
 
 
 def _cmd_compute(args: argparse.Namespace) -> None:

@@ -22,10 +22,23 @@ def test_quick_run_writes_table_and_plot(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = (out / "results.md").read_text()
     assert report in proc.stdout  # the printed table is the file's text
-    for heading in ("## Targets", "## End to end", "### Kernel alone", "### Start-up", "## Machine", "## Neighbours"):
+    for heading in (
+        "## Targets",
+        "## Each part against its floor",
+        "### `compute` against its parts",
+        "### Start-up: `dask-pdist compute` to its first kernel call",
+        "### Bytes written by `compute`",
+        "### Read paths",
+        "## End to end",
+        "### Kernel alone",
+        "## Machine",
+        "## Neighbours",
+    ):
         assert heading in report
     targets = [line for line in report.splitlines() if line.startswith(("PASS  ", "MISS  "))]
-    assert len(targets) == 14, targets  # 9 of issue 5, 3 of issue 11 (clusters), 2 of issue 12 (neighbours)
+    # 9 of issue 5, 3 of issue 11 (clusters), 2 of issue 12 (neighbours),
+    # 4 of issue 14 (parts, first kernel call, 2 read paths)
+    assert len(targets) == 18, targets
     assert "### Clusters (issue 11)" in report
     assert "Notebook loop mode per run:" in report
     png = (out / "wall_time_vs_steps.png").read_bytes()
@@ -43,3 +56,18 @@ def test_neighbours_section_is_replaced_in_place() -> None:
     new = replace_section(old, [SECTION_BEGIN, "new rows", SECTION_END, ""])
     assert new == f"# results\n\nkept\n\n{SECTION_BEGIN}\nnew rows\n{SECTION_END}\n\ntail kept\n"
     assert replace_section("# results\n", [SECTION_BEGIN, "rows", SECTION_END, ""]).endswith(f"rows\n{SECTION_END}\n")
+
+
+def test_sections_subset_and_bad_section(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, str(RUN_PY), "--quick", "--sections", "reads", "--output-dir", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = (out / "results.md").read_text()
+    assert "### Read paths" in report and "## End to end" not in report and "--sections reads" in report
+    bad = subprocess.run([sys.executable, str(RUN_PY), "--sections", "nope"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "choose from startup,kernel,e2e,reads" in bad.stderr
