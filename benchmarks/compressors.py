@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-COMPRESSORS = ("none", "lz4", "zstd")
+COMPRESSORS = ("none", "auto", "lz4", "zstd")
 
 
 def _size(path: Path) -> int:
