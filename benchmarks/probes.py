@@ -45,7 +45,11 @@ class _WrapKernels(importlib.abc.MetaPathFinder):
                 inner = getattr(module, fname)
 
                 def wrapped(*a, _inner=inner, **k):  # noqa: ANN002, ANN003, ANN202
-                    stamps.setdefault("first_kernel_call", time.time())
+                    if "first_kernel_call" not in stamps:
+                        stamps["first_kernel_call"] = time.time()
+                        stamps["loaded_at_first_call"] = sorted(  # type: ignore[assignment]
+                            m for m in ("distributed", "scipy", "xarray", "pandas", "zarr", "tqdm") if m in sys.modules
+                        )
                     out = _inner(*a, **k)
                     stamps.setdefault("first_kernel_return", time.time())
                     return out
