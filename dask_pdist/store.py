@@ -28,6 +28,15 @@ import xarray as xr
 from dask.delayed import Delayed
 
 from ._version import __version__
+from .compression import (  # noqa: F401  (COMPRESSORS, DEFAULT_COMPRESSOR, AUTO_CODECS: re-exported)
+    AUTO_CODECS,
+    COMPRESSORS,
+    DEFAULT_COMPRESSOR,
+    Compressor,
+    codec_choice,
+    codec_name,
+    codecs,
+)
 from .dataset import DISTANCE_DIMS
 from .errors import StoreError
 
@@ -43,64 +52,11 @@ __all__ = [
     "ChunkProblem",
 ]
 
-Compressor = Literal["auto", "none", "lz4", "zstd"]
-#: Compressor choices: "auto" picks per variable (:data:`AUTO_CODECS`); the others apply to
-#: every variable. See the README for the measurements behind them.
-COMPRESSORS: tuple[str, ...] = ("auto", "none", "lz4", "zstd")
-DEFAULT_COMPRESSOR: Compressor = "auto"
-#: What ``compressor="auto"`` writes per variable: (Blosc cname, clevel, shuffle), or None for
-#: no compression. Measured on the synthetic history's store, 128-step chunks, one thread
-#: (README, "Store compression"): Euclidean keeps 0.69 of its bytes with lz4 + bit shuffle
-#: (0.79 with byte shuffle) for ~2.9x the CPU of writing it raw; Chebyshev keeps 0.38 for ~3x:
-#: per byte saved, compressing Chebyshev costs half as much, and Euclidean stays fast to read.
-AUTO_CODECS: dict[str, tuple[str, int, str] | None] = {
-    "euclidean": None,
-    "chebyshev": ("lz4", 5, "bitshuffle"),
-}
-_OVERRIDES: dict[str, tuple[str, int, str] | None] = {
-    "none": None,
-    # byte shuffle groups the exponent bytes of neighbouring floats, which is what compresses
-    "lz4": ("lz4", 5, "shuffle"),
-    "zstd": ("zstd", 1, "shuffle"),
-}
 DONE = "chunk_done"
 _DONE_DIMS = ("step_block", "token_i_block", "token_j_block")
 _MARKER_ATTR = "dask_pdist_version"
 _FINGERPRINT_ATTR = "dask_pdist_fingerprint"
 _COMPLETE_ATTR = "complete"
-
-
-def codec_choice(compressor: str, variable: str) -> tuple[str, int, str] | None:
-    """The Blosc (cname, clevel, shuffle) that ``compressor`` writes for ``variable``, or None.
-
-    Examples
-    --------
-    >>> codec_choice("auto", "chebyshev")
-    ('lz4', 5, 'bitshuffle')
-    >>> codec_choice("none", "euclidean") is None
-    True
-    """
-    if compressor not in COMPRESSORS:
-        raise ValueError(f"compressor={compressor!r}: choose one of {list(COMPRESSORS)}")
-    if compressor == "auto":
-        return AUTO_CODECS.get(variable, _OVERRIDES["lz4"])
-    return _OVERRIDES[compressor]
-
-
-def _codec_name(choice: tuple[str, int, str] | None) -> str:
-    return "none" if choice is None else f"{choice[0]}-{choice[1]}+{choice[2]}"
-
-
-def _codecs(compressor: str, itemsize: int, variable: str = "") -> list[Any]:
-    from zarr.codecs import BloscCodec, Crc32cCodec
-
-    choice = codec_choice(compressor, variable)
-    codecs: list[Any] = []
-    if choice is not None:
-        cname, clevel, shuffle = choice
-        codecs.append(BloscCodec(cname=cname, clevel=clevel, shuffle=shuffle, typesize=itemsize))
-    codecs.append(Crc32cCodec())  # every chunk carries a checksum: verify finds flipped bytes
-    return codecs
 
 
 def _regular_chunks(ds: xr.Dataset) -> xr.Dataset:
@@ -139,7 +95,7 @@ def _fingerprint(ds: xr.Dataset, compressor: str) -> dict[str, Any]:
         "chunks": [int(ds.chunksizes[d][0]) for d in DISTANCE_DIMS],
         "compressor": compressor,
         # what the choice meant when the store was made: a resumed job writes the same codecs
-        "codecs": {name: _codec_name(codec_choice(compressor, name)) for name in sorted(ds.data_vars)},
+        "codecs": {name: codec_name(codec_choice(compressor, name)) for name in sorted(ds.data_vars)},
         "version": __version__,
     }
 
@@ -172,7 +128,7 @@ def _create(ds: xr.Dataset, path: Path, compressor: str, fingerprint: dict[str, 
     encoding = {
         name: {
             "chunks": tuple(c[0] for c in var.chunks),
-            "compressors": _codecs(compressor, var.dtype.itemsize, str(name)),
+            "compressors": codecs(compressor, var.dtype.itemsize, str(name)),
             "_FillValue": np.nan,  # an unwritten chunk reads as NaN, never as distance 0
         }
         for name, var in ds.data_vars.items()
