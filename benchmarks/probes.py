@@ -131,11 +131,24 @@ def read_step(store: str, repeats: int) -> dict:
     arr = zarr.open_array(os.path.join(store, "euclidean"), mode="r")
     it = iter(rng.integers(0, n, size=repeats))
     zarr_times = _timed(lambda: arr[int(next(it))], repeats)
+    # Chebyshev is compressed by default: one step decodes its whole chunk
+    it = iter(picks)
+    cheb_xr = _timed(lambda: ds.chebyshev.sel(step=next(it)).values, repeats)
+    it = iter(picks)
+    cheb_light = _timed(lambda: light.chebyshev.sel(step=next(it)).values, repeats)
+    carr = zarr.open_array(os.path.join(store, "chebyshev"), mode="r")
+    it = iter(rng.integers(0, n, size=repeats))
+    cheb_zarr = _timed(lambda: carr[int(next(it))], repeats)
     return {
         "open_s": open_s,
         "open_distances_sel_ms": statistics.median(xr_times) * 1e3,
         "read_step_ms": statistics.median(light_times) * 1e3,
         "zarr_ms": statistics.median(zarr_times) * 1e3,
+        "chebyshev": {
+            "open_distances_sel_ms": statistics.median(cheb_xr) * 1e3,
+            "read_step_ms": statistics.median(cheb_light) * 1e3,
+            "zarr_ms": statistics.median(cheb_zarr) * 1e3,
+        },
         "repeats": repeats,
     }
 
