@@ -247,7 +247,7 @@ def _bench_case(
     hist = work / f"history_{case.steps}x{case.vocab}x{case.dim}.safetensors"
     _log(f"[{case.name}] synth")
     # the function behind `dask-pdist synth`, in this process: same bytes, without a start-up
-    write_synthetic_history(hist, steps=case.steps, vocab=case.vocab, dim=case.dim)
+    write_synthetic_history(hist, steps=case.steps, vocab=case.vocab, dim=case.dim, overwrite=True)
     # The numba cache is already filled (see _main) and synth left the history in the page cache.
     # In the first case one untimed run of every method also brings torch's and scipy's
     # libraries into the page cache, so no timed round starts cold.
@@ -616,7 +616,7 @@ def _main(args: argparse.Namespace, work: Path) -> int:
     # Numba compile, paid once and reported: the first compute runs with an empty cache
     # directory (compile + cache write); every later process loads the cached kernels.
     probe = work / "probe.safetensors"
-    write_synthetic_history(probe, steps=16)
+    write_synthetic_history(probe, steps=16, overwrite=True)
     cold = _run_child(
         dask_cmd + ["compute", str(probe), "-o", str(work / "p1.zarr"), "--no-progress"], env, work / "cold.log"
     )

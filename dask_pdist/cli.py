@@ -140,11 +140,17 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--vocab", type=_positive, default=128)
     s.add_argument("--dim", type=_positive, default=64)
     s.add_argument("--seed", type=int, default=42)
+    s.add_argument("--overwrite", action="store_true", help="replace an existing file at OUTPUT (default: refuse)")
     s.set_defaults(func=_cmd_synth)
 
     d = sub.add_parser("demo", help="synth at the notebook's size (5001x128x64), then compute")
     d.add_argument(
         "--output-dir", default="dask_pdist_demo", help="folder for the demo files (default: ./dask_pdist_demo)"
+    )
+    d.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace files there that an earlier demo did not make (default: refuse)",
     )
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
     d.set_defaults(func=_cmd_demo)
@@ -378,24 +384,34 @@ def _cmd_export(args: argparse.Namespace) -> None:
 def _cmd_synth(args: argparse.Namespace) -> None:
     from dask_pdist.synthetic import write_synthetic_history
 
-    path = write_synthetic_history(args.output, steps=args.steps, vocab=args.vocab, dim=args.dim, seed=args.seed)
+    path = write_synthetic_history(
+        args.output, steps=args.steps, vocab=args.vocab, dim=args.dim, seed=args.seed, overwrite=args.overwrite
+    )
     print(f"Wrote {path}: embedding_history ({args.steps}, {args.vocab}, {args.dim}) bf16, seed {args.seed}")
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
     from dask_pdist.store import is_store
-    from dask_pdist.synthetic import write_synthetic_history
+    from dask_pdist.synthetic import is_synthetic_history, write_synthetic_history
 
     out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     history = out / "embedding_evolution.safetensors"
     store = out / "pairwise_distances.zarr"
     if store.exists() and not is_store(store):
         from dask_pdist.errors import StoreError
 
         raise StoreError(f"{store}: exists and is not a dask_pdist store; choose another --output-dir")
+    # replace only an earlier demo's files (a synthetic history, marked in its header):
+    # anything else there may be real data
+    if not args.overwrite and (history.exists() or store.exists()) and not is_synthetic_history(history):
+        found = history if history.exists() else store
+        raise FileExistsError(
+            f"{found}: already exists and is not an earlier demo's output; the demo would replace it:"
+            " choose another --output-dir, or pass --overwrite"
+        )
+    out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    write_synthetic_history(history)
+    write_synthetic_history(history, overwrite=True)
     print(
         f"Wrote synthetic history {history} (5001 x 128 x 64 bf16) in {time.perf_counter() - t0:.1f} s", file=sys.stderr
     )
