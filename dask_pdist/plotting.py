@@ -1,4 +1,4 @@
-"""Plots of a summary (matplotlib is an optional extra: ``pip install 'dask_pdist[plot]'``)."""
+"""Plots of a summary (matplotlib is optional: ``pip install matplotlib``)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,11 @@ def require_matplotlib() -> Any:
     try:
         import matplotlib
     except ImportError as exc:
-        raise ImportError("plotting needs matplotlib, an optional extra: pip install 'dask_pdist[plot]'") from exc
+        # dask_pdist[plot] works only where the package came from an index, not from a checkout
+        raise ImportError(
+            "plotting needs matplotlib: pip install matplotlib"
+            " (in a checkout of dask_pdist, pip install -e '.[plot]' does the same)"
+        ) from exc
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
