@@ -61,6 +61,11 @@ def _threshold_arg(text: str) -> float | str:
     return value
 
 
+_ALLOW_INCOMPLETE_HELP = (
+    "read a store whose job was interrupted, its missing blocks as NaN (default: refuse an incomplete store)"
+)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="dask-pdist",
@@ -132,6 +137,7 @@ def _parser() -> argparse.ArgumentParser:
         help="dask.distributed scheduler address (default: $DASK_SCHEDULER_ADDRESS, else local threads)",
     )
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
+    e.add_argument("--allow-incomplete", action="store_true", help=_ALLOW_INCOMPLETE_HELP)
     e.set_defaults(func=_cmd_export)
 
     s = sub.add_parser("synth", help="write a synthetic bf16 history (safetensors)")
@@ -167,6 +173,7 @@ def _parser() -> argparse.ArgumentParser:
         " (default: one bf16 spacing at the embedding's RMS magnitude)",
     )
     m.add_argument("--rows", type=_positive, default=10, help="rows in the printed series (default: 10)")
+    m.add_argument("--allow-incomplete", action="store_true", help=_ALLOW_INCOMPLETE_HELP)
     m.set_defaults(func=_cmd_summary)
 
     v = sub.add_parser("verify", help="read every chunk of a store; report missing or corrupt ones")
@@ -360,7 +367,7 @@ def _export(args: argparse.Namespace, store: str, output: str, dtype: str | None
     import dask_pdist as dp
 
     t0 = time.perf_counter()
-    ds = dp.open_distances(store)
+    ds = dp.open_distances(store, allow_incomplete=getattr(args, "allow_incomplete", False))
     _check_export_target(output, overwrite)
     print(f"{store} -> {output}", file=sys.stderr)
     scheduler = getattr(args, "scheduler", None)
@@ -482,7 +489,7 @@ def _cmd_summary(args: argparse.Namespace) -> None:
                 f"{args.store}: a neighbours store; --plot, --threshold and --step apply to distance stores"
             )
         return _neighbours_summary(args)
-    ds = dp.open_distances(args.store)
+    ds = dp.open_distances(args.store, allow_incomplete=args.allow_incomplete)
     if args.step is not None and args.step not in ds["step"].values:
         steps = ds["step"].values
         raise ValueError(f"{args.store}: no step {args.step}; steps run {steps[0]}..{steps[-1]} ({len(steps)} steps)")

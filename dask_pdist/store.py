@@ -357,7 +357,7 @@ def open_distances(path: str | os.PathLike[str], *, allow_incomplete: bool = Fal
         raise StoreError(
             f"{path}: incomplete, {missing} of {done.size} blocks missing (the job was interrupted);"
             " finish it with the same `dask-pdist compute ... --resume` command, or open with"
-            " allow_incomplete=True to read missing blocks as NaN"
+            " allow_incomplete=True (--allow-incomplete) to read missing blocks as NaN"
         )
     for name in ds.data_vars:
         ds[name] = ds[name].copy(data=ds[name].data.map_blocks(_mask_block, done=done, dtype=ds[name].dtype))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from dask_pdist.cli import main
@@ -40,3 +41,37 @@ def test_demo_refuses_to_replace_real_data(tmp_path, capsys):
     (store / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group", "attributes": {"dask_pdist_version": "0"}}')
     assert "pairwise_distances.zarr: already exists" in _error(capsys, ["demo", "--output-dir", str(tmp_path)])
     assert store.is_dir() and not real.exists()
+
+
+@pytest.fixture
+def incomplete_store(tmp_path, write_safetensors):
+    """A store whose job stopped after 2 of its 3 blocks (as a killed job leaves it)."""
+    import dask
+    from conftest import random_history
+
+    from dask_pdist import open_history, pairwise_distances, to_zarr
+
+    src = write_safetensors("h.safetensors", {"embedding_history": random_history((6, 5, 3))})
+    out = tmp_path / "d.zarr"
+    job = to_zarr(pairwise_distances(open_history(src, chunks=2)), out, compute=False)
+    graph = dict(job.__dask_graph__())
+    blocks = sorted(dask.core.get_dependencies(graph, job.key))
+    assert len(blocks) == 3
+    dask.get(graph, blocks[:2])  # write two blocks, never the last step
+    return out
+
+
+def test_allow_incomplete_is_reachable_where_the_message_suggests_it(incomplete_store, tmp_path, capsys):
+    store = str(incomplete_store)
+    for argv in (["summary", store], ["export", store, str(tmp_path / "x.safetensors")]):
+        assert "(--allow-incomplete) to read missing blocks as NaN" in _error(capsys, argv)
+    assert main(["summary", store, "--allow-incomplete"]) == 0
+    assert "Over training" in capsys.readouterr().out
+    out = tmp_path / "x.safetensors"
+    assert main(["export", store, str(out), "--allow-incomplete", "--no-progress"]) == 0
+    from safetensors.numpy import load_file
+
+    cheb = load_file(out)["chebyshev_distances"]
+    assert np.isnan(cheb).any() and not np.isnan(cheb).all()
+    assert main(["info", store]) == 0  # info describes an incomplete store as it is
+    assert "1 blocks missing" in capsys.readouterr().out
