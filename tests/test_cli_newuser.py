@@ -38,7 +38,9 @@ def test_demo_refuses_to_replace_real_data(tmp_path, capsys):
     real.unlink()
     store = tmp_path / "pairwise_distances.zarr"  # a real store, no history next to it
     store.mkdir()
-    (store / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group", "attributes": {"dask_pdist_version": "0"}}')
+    (store / "zarr.json").write_text(
+        '{"zarr_format": 3, "node_type": "group", "attributes": {"dask_pdist_version": "0"}}'
+    )
     assert "pairwise_distances.zarr: already exists" in _error(capsys, ["demo", "--output-dir", str(tmp_path)])
     assert store.is_dir() and not real.exists()
 
