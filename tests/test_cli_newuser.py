@@ -77,3 +77,93 @@ def test_allow_incomplete_is_reachable_where_the_message_suggests_it(incomplete_
     assert np.isnan(cheb).any() and not np.isnan(cheb).all()
     assert main(["info", store]) == 0  # info describes an incomplete store as it is
     assert "1 blocks missing" in capsys.readouterr().out
+
+
+@pytest.fixture
+def tiny_store(tmp_path, capsys):
+    src = tmp_path / "h.safetensors"
+    assert main(["synth", str(src), "--steps", "9", "--vocab", "5", "--dim", "3"]) == 0
+    out = tmp_path / "d.zarr"
+    assert main(["compute", str(src), "-o", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    return src, out
+
+
+def test_debug_works_after_the_subcommand_too(tmp_path, capsys):
+    missing = str(tmp_path / "nope.safetensors")
+    for argv in (["compute", missing, "-o", str(tmp_path / "o.zarr"), "--debug"], ["info", missing, "--debug"]):
+        with pytest.raises(FileNotFoundError):
+            main(argv)
+    assert "not found" in _error(capsys, ["info", missing])  # and without it, one line
+
+
+def test_torch_zip_and_checkpoint_directory_get_plain_messages(tmp_path, capsys, write_safetensors):
+    import zipfile
+
+    pt = tmp_path / "model.pt"
+    with zipfile.ZipFile(pt, "w") as z:  # what torch.save writes
+        z.writestr("archive/data.pkl", b"\x80\x02}q\x00.")
+    for argv in (["compute", str(pt), "-o", str(tmp_path / "o.zarr")], ["info", str(pt)]):
+        assert "model.pt: not a safetensors file but a zip archive, as torch.save writes" in _error(capsys, argv)
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    write_safetensors("flat/step_1.safetensors", {"w": np.zeros((3, 2), np.float32)})
+    hf = tmp_path / "hf"
+    (hf / "checkpoint-5").mkdir(parents=True)
+    write_safetensors("hf/checkpoint-5/model.safetensors", {"w": np.zeros((3, 2), np.float32)})
+    for folder, pattern in ((flat, f"{flat}/*.safetensors"), (hf, f"{hf}/*")):
+        for argv in (["compute", str(folder), "-o", str(tmp_path / "o.zarr")], ["info", str(folder)]):
+            assert f"a directory, not a zarr store: did you mean '{pattern}'?" in _error(capsys, argv)
+
+
+def test_info_takes_globs_and_lists_like_compute(tmp_path, capsys, write_safetensors):
+    x = np.arange(24, dtype=np.float32).reshape(4, 3, 2)
+    paths = [str(write_safetensors(f"step_{10 * k}.safetensors", {"w": x[k]})) for k in range(4)]
+    for argv in (["info", str(tmp_path / "step_*.safetensors")], ["info", *paths]):
+        assert main(argv) == 0
+        out = capsys.readouterr().out
+        assert "4 checkpoints:" in out and "stacked to shape [4, 3, 2] F32, steps 0..30" in out
+
+
+def test_summary_step_without_plot_prints_that_step(tiny_store, capsys):
+    from dask_pdist import open_distances
+    from dask_pdist.report import step_summary
+
+    _, store = tiny_store
+    assert main(["summary", str(store), "--step", "4"]) == 0
+    out = capsys.readouterr().out
+    lo, hi, mean = step_summary(open_distances(store), 4)["euclidean"]
+    assert f"Step 4:\n  Euclidean: min={lo:.6f}, max={hi:.6f}, mean={mean:.6f}\n" in out
+    assert "Quantization neighbours:" in out.split("Step 4:")[1]
+
+
+@pytest.mark.parametrize("command", [["summary", "STORE"], ["info", "STORE"]])
+def test_broken_pipe_exits_quietly(tiny_store, command):
+    import subprocess
+    import sys
+
+    _, store = tiny_store
+    argv = [sys.executable, "-m", "dask_pdist", *[str(store) if a == "STORE" else a for a in command]]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before anything is written (`| head -0`)
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == ""
+
+
+def test_every_option_has_help_with_its_default():
+    import argparse
+
+    from dask_pdist.cli import _parser
+
+    parser = _parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    checked = 0
+    for name, sub in [("dask-pdist", parser), *subparsers.choices.items()]:
+        for action in sub._actions:
+            if not action.option_strings or isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+                continue
+            where = f"{name} {'/'.join(action.option_strings)}"
+            assert action.help, f"{where}: no help text"
+            assert action.required or "(default: " in action.help, f"{where}: help does not give the default"
+            checked += 1
+    assert checked > 30
