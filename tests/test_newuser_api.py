@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import io
+import sys
+
 import dask.array as da
 import numpy as np
 import pytest
 import xarray as xr
+from conftest import random_history
 
-from dask_pdist import pairwise_distances
+from dask_pdist import open_distances, pairwise_distances, to_zarr
 
 
 @pytest.mark.parametrize("token_chunk", ["auto", 2])
@@ -19,3 +23,28 @@ def test_float16_overflow_names_step_label_and_pair(token_chunk):
     ds = pairwise_distances(history, dtype="float16", token_chunk=token_chunk)
     with pytest.raises(OverflowError, match=r"distance 100000 at step 400 between tokens [012] and 3 exceeds float16"):
         ds.euclidean.values  # noqa: B018
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_to_zarr_returns_the_store_opened_and_shows_progress_when_watched(tmp_path, capsys, monkeypatch):
+    x = random_history((11, 6, 3))
+    history = xr.DataArray(da.from_array(x, chunks=(4, 6, 3)), dims=("step", "token", "dim"))
+    ds = pairwise_distances(history)
+    written = to_zarr(ds, tmp_path / "a.zarr")  # not a terminal (pytest captures): no bar
+    assert isinstance(written, xr.Dataset) and written.euclidean.chunks[0] == (4, 4, 3)
+    xr.testing.assert_identical(written, open_distances(tmp_path / "a.zarr"))
+    np.testing.assert_array_equal(written.chebyshev.values, np.abs(x[:, :, None] - x[:, None]).max(-1))
+    assert capsys.readouterr().err == ""
+    to_zarr(ds, tmp_path / "b.zarr", progress=True)
+    assert "writing: 100%" in capsys.readouterr().err
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    to_zarr(ds, tmp_path / "c.zarr")  # default: on in a terminal
+    assert "writing: 100%" in terminal.getvalue()
+    before = terminal.getvalue()
+    to_zarr(ds, tmp_path / "d.zarr", progress=False)
+    assert terminal.getvalue() == before
