@@ -62,3 +62,13 @@ def test_kernel_cache_defaults_to_home_cache(tmp_path):
 def test_kernel_cache_honours_numba_cache_dir(tmp_path):
     where = _probe(tmp_path, {"NUMBA_CACHE_DIR": str(tmp_path / "mine"), "XDG_CACHE_HOME": str(tmp_path / "xdg")})
     assert where.is_relative_to(tmp_path / "mine")
+
+
+def test_kernel_cache_falls_back_to_temp_without_a_writable_cache_home(tmp_path):
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("")
+    (tmp_path / "tmp").mkdir()
+    where = _probe(tmp_path, {"XDG_CACHE_HOME": str(blocker), "TMPDIR": str(tmp_path / "tmp")})
+    assert where.is_relative_to(tmp_path / "tmp") and where.parts[len((tmp_path / "tmp").parts)].startswith(
+        "dask_pdist-numba-"
+    )
