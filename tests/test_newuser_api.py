@@ -50,3 +50,19 @@ def test_to_zarr_returns_the_store_opened_and_shows_progress_when_watched(tmp_pa
     before = terminal.getvalue()
     to_zarr(ds, tmp_path / "d.zarr", progress=False)
     assert terminal.getvalue() == before
+
+
+def test_plots_never_switch_the_callers_matplotlib_backend(tmp_path, monkeypatch):
+    import matplotlib
+
+    from dask_pdist import summarize
+    from dask_pdist.plotting import plot_summary
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("plotting switched the matplotlib backend (a notebook would stop showing plots inline)")
+
+    monkeypatch.setattr(matplotlib, "use", refuse)
+    x = random_history((7, 5, 3))
+    ds = pairwise_distances(xr.DataArray(x, dims=("step", "token", "dim")))
+    plot_summary(summarize(ds).compute(), ds, 6, tmp_path / "s.png")
+    assert (tmp_path / "s.png").stat().st_size > 1000
