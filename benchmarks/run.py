@@ -297,7 +297,7 @@ def _bench_clusters(dask_cmd: list[str], env: dict[str, str], args: argparse.Nam
     hist = work / f"clusters_history_{steps}x128x64.safetensors"
     store = work / "clusters_store.zarr"
     _log(f"[clusters {steps} x 128 x 64] synth and the store the store rows read")
-    write_synthetic_history(hist, steps=steps)
+    write_synthetic_history(hist, steps=steps, overwrite=True)
     _run_child(dask_cmd + ["compute", str(hist), "-o", str(store), "--no-progress"], env, work / "clusters.log")
     out = work / "clusters_out.zarr"
     cmds = {
