@@ -86,7 +86,7 @@ def run_rows(work: Path, env: dict[str, str], quick: bool, repeats: int) -> list
     b = (1, 2048, 64) if quick else (1, 50304, 512)
     load = os.getloadavg()
     hist = work / "nb_a.safetensors"
-    write_synthetic_history(hist, steps=a[0], vocab=a[1], dim=a[2])
+    write_synthetic_history(hist, steps=a[0], vocab=a[1], dim=a[2], overwrite=True)
     ours_out, torch_out = work / "nb_ours.zarr", work / "nb_torch.safetensors"
     cmds = {
         "dask-pdist neighbours": dask_cmd + ["neighbours", str(hist), "-k", str(K), "-o", str(ours_out)],

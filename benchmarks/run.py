@@ -254,7 +254,7 @@ def _bench_case(
     hist = work / f"history_{case.steps}x{case.vocab}x{case.dim}.safetensors"
     _log(f"[{case.name}] synth")
     # the function behind `dask-pdist synth`, in this process: same bytes, without a start-up
-    write_synthetic_history(hist, steps=case.steps, vocab=case.vocab, dim=case.dim)
+    write_synthetic_history(hist, steps=case.steps, vocab=case.vocab, dim=case.dim, overwrite=True)
     # The numba cache is already filled (see _main) and synth left the history in the page cache.
     # In the first case one untimed run of every method also brings torch's and scipy's
     # libraries into the page cache, so no timed round starts cold.
@@ -312,7 +312,7 @@ def _bench_clusters(dask_cmd: list[str], env: dict[str, str], args: argparse.Nam
     hist = work / f"clusters_history_{steps}x128x64.safetensors"
     store = work / "clusters_store.zarr"
     _log(f"[clusters {steps} x 128 x 64] synth and the store the store rows read")
-    write_synthetic_history(hist, steps=steps)
+    write_synthetic_history(hist, steps=steps, overwrite=True)
     _run_child(dask_cmd + ["compute", str(hist), "-o", str(store), "--no-progress"], env, work / "clusters.log")
     out = work / "clusters_out.zarr"
     cmds = {
@@ -653,7 +653,7 @@ def _main(args: argparse.Namespace, work: Path) -> int:
     # Numba compile, paid once and reported: the first compute runs with an empty cache
     # directory (compile + cache write); every later process loads the cached kernels.
     probe = work / "probe.safetensors"
-    write_synthetic_history(probe, steps=16)
+    write_synthetic_history(probe, steps=16, overwrite=True)
     cold = _run_child(
         dask_cmd + ["compute", str(probe), "-o", str(work / "p1.zarr"), "--no-progress"], env, work / "cold.log"
     )

@@ -19,7 +19,7 @@ EXIT_BAD_INPUT = 2
 _METRICS = ("euclidean", "chebyshev")  # mirrors kernels.METRICS without importing numba
 _TOKEN_IDS_HELP = (
     "only these tokens: comma list of indices and half-open ranges a:b (e.g. 0:1000,5000,7000:7100),"
-    " or @FILE with one index per line; the original indices are kept as coordinates"
+    " or @FILE with one index per line; the original indices are kept as coordinates (default: all tokens)"
 )
 
 
@@ -61,13 +61,24 @@ def _threshold_arg(text: str) -> float | str:
     return value
 
 
+_DEBUG_HELP = "show the traceback on errors (default: one line on stderr)"
+_NO_PROGRESS_HELP = "no progress bar (default: a bar on stderr)"
+_KEY_HELP = (
+    "tensor/array holding the history (default: the only 3-D one); for per-checkpoint files, the"
+    " (token, dim) matrix in each, e.g. model.embed_tokens.weight (default: the only 2-D one)"
+)
+_ALLOW_INCOMPLETE_HELP = (
+    "read a store whose job was interrupted, its missing blocks as NaN (default: refuse an incomplete store)"
+)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="dask-pdist",
         description="Pairwise token distances (Euclidean, Chebyshev) for every snapshot of an embedding history.",
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    p.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     c = sub.add_parser("compute", help="compute distances of a history into a zarr store")
@@ -77,10 +88,13 @@ def _parser() -> argparse.ArgumentParser:
         help="history: .safetensors, .npy or zarr store; or per-checkpoint safetensors files,"
         " as a quoted glob ('ckpt/step_*.safetensors') or a list",
     )
-    c.add_argument("--key", help="tensor/array holding the history (default: the only 3-D one)")
+    c.add_argument("--key", help=_KEY_HELP)
     c.add_argument("--output", "-o", required=True, help="zarr store to create, e.g. distances.zarr")
     c.add_argument(
-        "--metrics", type=_metrics_arg, default=_METRICS, help="comma-separated (default: euclidean,chebyshev)"
+        "--metrics",
+        type=_metrics_arg,
+        default=_METRICS,
+        help="comma-separated, from euclidean,chebyshev (default: euclidean,chebyshev)",
     )
     c.add_argument(
         "--dtype", choices=("float32", "float16", "float64"), default="float32", help="stored dtype (default: float32)"
@@ -93,8 +107,14 @@ def _parser() -> argparse.ArgumentParser:
         type=_positive,
         help="tile edge along token_i/token_j (default: auto, tiles only large vocabularies)",
     )
-    c.add_argument("--tokens", help="text file with one token label per line")
+    c.add_argument("--tokens", help="text file with one token label per line (default: token ids 0..V-1)")
     c.add_argument("--token-ids", metavar="SPEC", help=_TOKEN_IDS_HELP)
+    c.add_argument(
+        "--steps",
+        metavar="FILE|RANGE",
+        help="step labels: a file with one integer per line, or START:STOP:STEP as Python's range, STOP"
+        " excluded (default: a 'steps' tensor, else the number in each checkpoint's path, else 0..S-1)",
+    )
     c.add_argument(
         "--compressor",
         choices=("auto", "none", "lz4", "zstd"),
@@ -105,22 +125,28 @@ def _parser() -> argparse.ArgumentParser:
         "--nonfinite",
         choices=("raise", "propagate"),
         default="raise",
-        help="NaN/Inf in the history: stop with an error (default) or give NaN distances",
+        help="NaN/Inf in the history: stop with an error, or give NaN distances (default: raise)",
     )
     c.add_argument(
         "--scheduler",
         default=os.environ.get("DASK_SCHEDULER_ADDRESS"),
         help="dask.distributed scheduler address (default: $DASK_SCHEDULER_ADDRESS, else local threads)",
     )
-    c.add_argument("--overwrite", action="store_true", help="replace an existing dask_pdist store at --output")
     c.add_argument(
-        "--resume", action="store_true", help="finish an interrupted job: compute only the blocks missing from --output"
+        "--overwrite",
+        action="store_true",
+        help="replace an existing dask_pdist store at --output (default: refuse an existing path)",
     )
-    c.add_argument("--no-progress", action="store_true", help="no progress bar")
+    c.add_argument(
+        "--resume",
+        action="store_true",
+        help="finish an interrupted job: compute only the blocks missing from --output (default: start anew)",
+    )
+    c.add_argument("--no-progress", action="store_true", help=_NO_PROGRESS_HELP)
     c.add_argument(
         "--safetensors",
         metavar="OUT.safetensors",
-        help="also export the store to this safetensors file (as the notebook saves it)",
+        help="also export the store to this safetensors file, as the notebook saves it (default: no export)",
     )
     c.set_defaults(func=_cmd_compute)
 
@@ -128,34 +154,51 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("store", help="zarr store written by 'dask-pdist compute'")
     e.add_argument("output", help="safetensors file to create, e.g. pairwise_distances.safetensors")
     e.add_argument("--dtype", choices=("float32", "float16"), default=None, help="stored dtype (default: the store's)")
-    e.add_argument("--overwrite", action="store_true", help="replace an existing file at OUTPUT")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing file at OUTPUT (default: refuse)")
     e.add_argument(
         "--scheduler",
         default=os.environ.get("DASK_SCHEDULER_ADDRESS"),
         help="dask.distributed scheduler address (default: $DASK_SCHEDULER_ADDRESS, else local threads)",
     )
-    e.add_argument("--no-progress", action="store_true", help="no progress bar")
+    e.add_argument("--no-progress", action="store_true", help=_NO_PROGRESS_HELP)
+    e.add_argument("--allow-incomplete", action="store_true", help=_ALLOW_INCOMPLETE_HELP)
     e.set_defaults(func=_cmd_export)
 
     s = sub.add_parser("synth", help="write a synthetic bf16 history (safetensors)")
     s.add_argument("output", help="file to write, e.g. history.safetensors")
-    s.add_argument("--steps", type=_positive, default=5001)
-    s.add_argument("--vocab", type=_positive, default=128)
-    s.add_argument("--dim", type=_positive, default=64)
-    s.add_argument("--seed", type=int, default=42)
+    s.add_argument("--steps", type=_positive, default=5001, help="snapshots (default: 5001)")
+    s.add_argument("--vocab", type=_positive, default=128, help="tokens per snapshot (default: 128)")
+    s.add_argument("--dim", type=_positive, default=64, help="embedding dims (default: 64)")
+    s.add_argument("--seed", type=int, default=42, help="random seed; same seed, same bytes (default: 42)")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing file at OUTPUT (default: refuse)")
     s.set_defaults(func=_cmd_synth)
 
     d = sub.add_parser("demo", help="synth at the notebook's size (5001x128x64), then compute")
     d.add_argument(
         "--output-dir", default="dask_pdist_demo", help="folder for the demo files (default: ./dask_pdist_demo)"
     )
-    d.add_argument("--no-progress", action="store_true", help="no progress bar")
+    d.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace files there that an earlier demo did not make (default: refuse)",
+    )
+    d.add_argument("--no-progress", action="store_true", help=_NO_PROGRESS_HELP)
     d.set_defaults(func=_cmd_demo)
 
     m = sub.add_parser("summary", help="per-step statistics of a store; optional plot")
     m.add_argument("store", help="zarr store written by compute")
-    m.add_argument("--plot", metavar="FILE.png", help="draw min/mean/max over steps and a heatmap (needs matplotlib)")
-    m.add_argument("--step", type=int, default=None, help="step label for the heatmap (default: the last step)")
+    m.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="draw min/mean/max over steps and a heatmap, needs matplotlib (default: no plot)",
+    )
+    m.add_argument(
+        "--step",
+        type=int,
+        default=None,
+        help="print this step's summary (a step label) and draw its heatmap with --plot"
+        " (default: no step block; the heatmap shows the last step)",
+    )
     m.add_argument(
         "--threshold",
         type=float,
@@ -164,16 +207,23 @@ def _parser() -> argparse.ArgumentParser:
         " (default: one bf16 spacing at the embedding's RMS magnitude)",
     )
     m.add_argument("--rows", type=_positive, default=10, help="rows in the printed series (default: 10)")
-    m.add_argument("--no-progress", action="store_true", help="no progress bar")
+    m.add_argument("--no-progress", action="store_true", help=_NO_PROGRESS_HELP)
+    m.add_argument("--allow-incomplete", action="store_true", help=_ALLOW_INCOMPLETE_HELP)
     m.set_defaults(func=_cmd_summary)
 
     v = sub.add_parser("verify", help="read every chunk of a store; report missing or corrupt ones")
     v.add_argument("store", help="zarr store written by compute")
-    v.add_argument("--no-progress", action="store_true", help="no progress bar")
+    v.add_argument("--no-progress", action="store_true", help=_NO_PROGRESS_HELP)
     v.set_defaults(func=_cmd_verify)
 
     i = sub.add_parser("info", help="describe a store or an input file")
-    i.add_argument("path", help="zarr store, .safetensors, .npy or zarr input")
+    i.add_argument(
+        "path",
+        nargs="+",
+        help="zarr store, .safetensors, .npy or zarr input; or per-checkpoint safetensors files,"
+        " as a quoted glob ('ckpt/step_*.safetensors') or a list, as compute takes them",
+    )
+    i.add_argument("--key", help=_KEY_HELP)
     i.set_defaults(func=_cmd_info)
 
     k = sub.add_parser("clusters", help="groups of identical (or close) tokens at every step, and their events")
@@ -186,17 +236,23 @@ def _parser() -> argparse.ArgumentParser:
         " spacing at the step's RMS coordinate) or a number",
     )
     k.add_argument("--metric", choices=_METRICS, default="chebyshev", help="distance (default: chebyshev)")
-    k.add_argument("--key", help="history tensor/array (default: the only 3-D one)")
+    k.add_argument("--key", help=_KEY_HELP)
     k.add_argument(
         "--token-ids",
         metavar="SPEC",
         help=_TOKEN_IDS_HELP + " (history inputs only; cluster ids are then positions within the subset)",
     )
-    k.add_argument("--output", "-o", metavar="OUT.zarr", help="write the clusters Dataset as a zarr store")
-    k.add_argument("--events", metavar="EVENTS.csv", help="write the events as CSV (step,kind,tokens)")
-    k.add_argument("--plot", metavar="FILE.png", help="draw groups over steps with the events (needs matplotlib)")
-    k.add_argument("--overwrite", action="store_true", help="replace existing --output / --events files")
-    k.add_argument("--no-progress", action="store_true", help="no progress bar")
+    k.add_argument(
+        "--output", "-o", metavar="OUT.zarr", help="write the clusters Dataset as a zarr store (default: none)"
+    )
+    k.add_argument("--events", metavar="EVENTS.csv", help="write the events as CSV (step,kind,tokens) (default: none)")
+    k.add_argument(
+        "--plot", metavar="FILE.png", help="draw groups over steps with the events, needs matplotlib (default: no plot)"
+    )
+    k.add_argument(
+        "--overwrite", action="store_true", help="replace existing --output / --events files (default: refuse)"
+    )
+    k.add_argument("--no-progress", action="store_true", help=_NO_PROGRESS_HELP)
     k.set_defaults(func=_cmd_clusters)
 
     n = sub.add_parser("neighbours", help="exact k nearest tokens of every token at every step, into a zarr store")
@@ -205,23 +261,31 @@ def _parser() -> argparse.ArgumentParser:
     n.add_argument("--metric", choices=_METRICS, default="euclidean", help="distance (default: euclidean)")
     n.add_argument("--output", "-o", required=True, help="zarr store to create, e.g. neighbours.zarr")
     n.add_argument("--token-ids", metavar="SPEC", help=_TOKEN_IDS_HELP)
-    n.add_argument("--key", help="tensor/array holding the history (default: the only 3-D one)")
-    n.add_argument("--tokens", help="text file with one token label per line")
+    n.add_argument("--key", help=_KEY_HELP)
+    n.add_argument("--tokens", help="text file with one token label per line (default: token ids 0..V-1)")
     n.add_argument("--chunk-steps", type=_positive, help="snapshots per read of the history (default: auto)")
     n.add_argument(
         "--nonfinite",
         choices=("raise", "propagate"),
         default="raise",
-        help="NaN/Inf in the history: stop with an error (default) or give NaN distances (ranked last)",
+        help="NaN/Inf in the history: stop with an error, or give NaN distances, ranked last (default: raise)",
     )
     n.add_argument(
         "--scheduler",
         default=os.environ.get("DASK_SCHEDULER_ADDRESS"),
         help="dask.distributed scheduler address (default: $DASK_SCHEDULER_ADDRESS, else local threads)",
     )
-    n.add_argument("--overwrite", action="store_true", help="replace an existing dask_pdist store at --output")
-    n.add_argument("--no-progress", action="store_true", help="no progress bar")
+    n.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing dask_pdist store at --output (default: refuse an existing path)",
+    )
+    n.add_argument("--no-progress", action="store_true", help=_NO_PROGRESS_HELP)
     n.set_defaults(func=_cmd_neighbours)
+
+    # --debug also after the subcommand; SUPPRESS keeps the main parser's value when absent
+    for command in sub.choices.values():
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
     return p
 
 
@@ -294,6 +358,7 @@ def _compute(
         tokens=getattr(args, "tokens", None),
         nonfinite=getattr(args, "nonfinite", "raise"),
         token_ids=getattr(args, "token_ids", None),
+        steps=getattr(args, "steps", None),
     )
     ds = dp.pairwise_distances(
         history,
@@ -374,7 +439,7 @@ def _export(args: argparse.Namespace, store: str, output: str, dtype: str | None
     import dask_pdist as dp
 
     t0 = time.perf_counter()
-    ds = dp.open_distances(store)
+    ds = dp.open_distances(store, allow_incomplete=getattr(args, "allow_incomplete", False))
     _check_export_target(output, overwrite)
     print(f"{store} -> {output}", file=sys.stderr)
     scheduler = getattr(args, "scheduler", None)
@@ -398,24 +463,34 @@ def _cmd_export(args: argparse.Namespace) -> None:
 def _cmd_synth(args: argparse.Namespace) -> None:
     from dask_pdist.synthetic import write_synthetic_history
 
-    path = write_synthetic_history(args.output, steps=args.steps, vocab=args.vocab, dim=args.dim, seed=args.seed)
+    path = write_synthetic_history(
+        args.output, steps=args.steps, vocab=args.vocab, dim=args.dim, seed=args.seed, overwrite=args.overwrite
+    )
     print(f"Wrote {path}: embedding_history ({args.steps}, {args.vocab}, {args.dim}) bf16, seed {args.seed}")
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
     from dask_pdist.store import is_store
-    from dask_pdist.synthetic import write_synthetic_history
+    from dask_pdist.synthetic import is_synthetic_history, write_synthetic_history
 
     out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     history = out / "embedding_evolution.safetensors"
     store = out / "pairwise_distances.zarr"
     if store.exists() and not is_store(store):
         from dask_pdist.errors import StoreError
 
         raise StoreError(f"{store}: exists and is not a dask_pdist store; choose another --output-dir")
+    # replace only an earlier demo's files (a synthetic history, marked in its header):
+    # anything else there may be real data
+    if not args.overwrite and (history.exists() or store.exists()) and not is_synthetic_history(history):
+        found = history if history.exists() else store
+        raise FileExistsError(
+            f"{found}: already exists and is not an earlier demo's output; the demo would replace it:"
+            " choose another --output-dir, or pass --overwrite"
+        )
+    out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    write_synthetic_history(history)
+    write_synthetic_history(history, overwrite=True)
     print(
         f"Wrote synthetic history {history} (5001 x 128 x 64 bf16) in {time.perf_counter() - t0:.1f} s", file=sys.stderr
     )
@@ -486,7 +561,7 @@ def _cmd_summary(args: argparse.Namespace) -> None:
                 f"{args.store}: a neighbours store; --plot, --threshold and --step apply to distance stores"
             )
         return _neighbours_summary(args)
-    ds = dp.open_distances(args.store)
+    ds = dp.open_distances(args.store, allow_incomplete=args.allow_incomplete)
     if args.step is not None and args.step not in ds["step"].values:
         steps = ds["step"].values
         raise ValueError(f"{args.store}: no step {args.step}; steps run {steps[0]}..{steps[-1]} ({len(steps)} steps)")
@@ -511,6 +586,11 @@ def _cmd_summary(args: argparse.Namespace) -> None:
             f"{summary['step'].values[r]:>8} "
             + " ".join(f"{v:>24.6f}" if isinstance(v, np.floating) else f"{v:>24}" for v in values)
         )
+    if args.step is not None:
+        from dask_pdist.report import format_step
+
+        print()
+        print(format_step(ds, args.step, summary))
     if args.plot:
         from dask_pdist.plotting import plot_summary
 
@@ -546,7 +626,11 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 def _cmd_info(args: argparse.Namespace) -> None:
     from dask_pdist.report import describe
 
-    print(describe(args.path))
+    # several paths: per-checkpoint files the shell expanded from an unquoted glob
+    print(describe(args.path[0] if len(args.path) == 1 else args.path, key=args.key))
+
+
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a tool killed by it reports
 
 
 def _interrupt_once(signum, frame) -> None:
@@ -655,6 +739,19 @@ def _cmd_clusters(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (2 for bad input, with one line on stderr)."""
+    try:
+        try:
+            return _run_cli(argv)
+        finally:
+            sys.stdout.flush()  # here, not at interpreter exit, so a closed pipe is caught below
+    except BrokenPipeError:
+        # the reader went away (`dask-pdist ... | head`): stop quietly; point stdout at devnull
+        # so the interpreter's own flush at exit has nowhere to fail
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def _run_cli(argv: Sequence[str] | None) -> int:
     as_program = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
@@ -672,6 +769,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(args: argparse.Namespace) -> int:
     try:
         return args.func(args) or 0
+    except BrokenPipeError:
+        raise
     except _Exit as stop:
         return stop.code
     except KeyboardInterrupt:

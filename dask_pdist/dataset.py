@@ -64,7 +64,8 @@ def pairwise_distances(
     data = history.data
     if not isinstance(data, da.Array):
         data = da.from_array(data, chunks=(auto_step_chunk(data.shape[1], data.shape[0]), -1, -1))
-    arrays = pairwise_arrays(data, metrics, dtype, token_chunk=token_chunk)
+    step_labels = history["step"].values if "step" in history.coords else None
+    arrays = pairwise_arrays(data, metrics, dtype, token_chunk=token_chunk, steps=step_labels)
     token = history["token"].values if "token" in history.coords else range(history.sizes["token"])
     coords = {
         "step": history["step"].values if "step" in history.coords else range(history.sizes["step"]),

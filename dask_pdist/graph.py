@@ -67,6 +67,7 @@ def _distance_block(
     steps: np.ndarray,
     ia: np.ndarray,
     jb: np.ndarray,
+    labels: np.ndarray,
     *,
     which: tuple[int, ...],
     out_dtype: str,
@@ -81,8 +82,10 @@ def _distance_block(
     if out_dtype == "float16":
         top = np.nanmax(out) if out.size else 0.0
         if top > _FLOAT16_MAX:
+            m, s, i, j = np.argwhere(out == top)[0]
             raise OverflowError(
-                f"distance {float(top):.6g} exceeds float16's largest finite value {_FLOAT16_MAX:g};"
+                f"{METRICS[which[m]]} distance {float(top):.6g} at step {labels[s]} between tokens"
+                f" {ia[i]} and {jb[j]} exceeds float16's largest finite value {_FLOAT16_MAX:g};"
                 " use dtype='float32' (--dtype float32)"
             )
     elif np.dtype(out_dtype).itemsize < out.dtype.itemsize:  # float64 arithmetic, float32 output
@@ -111,6 +114,7 @@ def pairwise_arrays(
     metrics: Sequence[Metric] = METRICS,
     dtype: str = "float32",
     token_chunk: int | Literal["auto"] = "auto",
+    steps: np.ndarray | None = None,
 ) -> dict[str, da.Array]:
     """Lazy distance arrays of every metric from one ``dask.array.blockwise`` graph.
 
@@ -124,6 +128,8 @@ def pairwise_arrays(
     token_chunk : int or "auto"
         Edge of the token_i x token_j tiles. ``"auto"`` tiles only when one snapshot's
         matrices exceed 16 MiB (then steps go one per task).
+    steps : numpy.ndarray, optional
+        Step labels (length step), named by errors; default 0..step-1.
 
     Returns
     -------
@@ -158,16 +164,26 @@ def pairwise_arrays(
     x = x.rechunk({1: token_chunk, 2: -1})
     ids = da.arange(n_tokens, chunks=token_chunk)
     step_ids = da.arange(x.shape[0], chunks=(x.chunks[0],))  # to name a step in errors
+    labels = np.arange(x.shape[0]) if steps is None else np.asarray(steps)
+    if labels.shape != (x.shape[0],):
+        raise ValueError(f"steps has shape {labels.shape}; expected one label per step, ({x.shape[0]},)")
+    step_labels = da.from_array(labels, chunks=(x.chunks[0],))
     which = tuple(METRICS.index(m) for m in metrics)
     with warnings.catch_warnings():
         # tiling token_i x token_j multiplies the chunk count on purpose
         warnings.simplefilter("ignore", PerformanceWarning)
-        out = _blockwise(x, step_ids, ids, len(metrics), which, dtype)
+        out = _blockwise(x, step_ids, ids, step_labels, len(metrics), which, dtype)
     return {m: out[k] for k, m in enumerate(metrics)}
 
 
 def _blockwise(
-    x: da.Array, step_ids: da.Array, ids: da.Array, n_metrics: int, which: tuple[int, ...], dtype: str
+    x: da.Array,
+    step_ids: da.Array,
+    ids: da.Array,
+    step_labels: da.Array,
+    n_metrics: int,
+    which: tuple[int, ...],
+    dtype: str,
 ) -> da.Array:
     return da.blockwise(
         _distance_block,
@@ -182,6 +198,8 @@ def _blockwise(
         "i",
         ids,
         "j",
+        step_labels,
+        "s",
         new_axes={"m": n_metrics},
         concatenate=True,
         dtype=dtype,

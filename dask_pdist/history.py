@@ -7,11 +7,9 @@ for dask.distributed and a file truncated under a running job gives a clean erro
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import math
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -20,6 +18,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from .checkpoints import INDEX_SUFFIX, checkpoint_paths, checkpoint_steps, directory_hint, parse_steps, tensor_file
 from .errors import InputError
 from .safetensors_io import SUPPORTED_DTYPES, TensorInfo, pread_exact, read_header, require_regular_file
 
@@ -225,54 +224,16 @@ class _StackSource(_RawSource):
         return np.concatenate(blocks)
 
 
-def _natural_key(path: str) -> list:
-    # "step_10" after "step_9": digit runs compare as numbers
-    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", path)]
-
-
-def _checkpoint_paths(spec: str | Sequence[str | os.PathLike[str]]) -> list[Path]:
-    if isinstance(spec, str):
-        found = glob.glob(spec)
-        if not found:
-            raise FileNotFoundError(f"{spec}: no file matches this pattern")
-        paths = [p for p in found if not os.path.isdir(p)]
-        if not paths:
-            raise InputError(
-                f"{spec}: the pattern matches only directories ({', '.join(sorted(found)[:3])}"
-                f"{', ...' if len(found) > 3 else ''}); give a pattern that matches safetensors files"
-            )
-    else:
-        paths = [os.fspath(p) for p in spec]
-        if not paths:
-            raise InputError("open_history got an empty list of checkpoint files; give at least one")
-        for p in paths:
-            require_regular_file(p, "checkpoint file")
-    return [Path(p) for p in sorted(paths, key=lambda p: (_natural_key(Path(p).name), _natural_key(p)))]
-
-
-def _checkpoint_steps(paths: list[Path]) -> np.ndarray | None:
-    numbers = [re.findall(r"\d+", p.stem) for p in paths]
-    if not all(numbers):
-        return None
-    steps = np.array([int(n[-1]) for n in numbers], dtype=np.int64)
-    seen: dict[int, Path] = {}
-    for step, p in zip(steps.tolist(), paths, strict=True):
-        if step in seen:
-            raise InputError(
-                f"{p}: step {step} from its file name is also the step of {seen[step]};"
-                " every checkpoint needs its own step number (remove or rename one)"
-            )
-        seen[step] = p
-    return steps
-
-
 def _open_checkpoints(
     spec: str | Sequence[str | os.PathLike[str]], key: str | None, nonfinite: str
-) -> tuple[_StackSource, str, str, np.ndarray | None, str]:
-    paths = _checkpoint_paths(spec)
+) -> tuple[_StackSource, str, str, list[Path], str]:
+    checkpoints = checkpoint_paths(spec)
     starts = []
+    paths = []
     first: tuple[Path, TensorInfo] | None = None
-    for path in paths:
+    for checkpoint in checkpoints:
+        path = tensor_file(checkpoint, key)  # the shard holding key, for a sharded checkpoint
+        paths.append(path)
         tensors, _ = read_header(path)
         ndims = {n: len(t.shape) for n, t in tensors.items()}
         hint = ", e.g. model.embed_tokens.weight"
@@ -299,8 +260,8 @@ def _open_checkpoints(
     src = _StackSource(
         [str(p) for p in paths], starts, info.raw_dtype.str, info.dtype, (len(paths),) + info.shape, nonfinite
     )
-    source = str(spec) if isinstance(spec, str) else f"{paths[0]} .. {paths[-1]} ({len(paths)} files)"
-    return src, key, info.dtype, _checkpoint_steps(paths), source
+    source = str(spec) if isinstance(spec, str) else f"{checkpoints[0]} .. {checkpoints[-1]} ({len(paths)} files)"
+    return src, key, info.dtype, checkpoints, source
 
 
 _NPY_KINDS = {"<f2": "F16", "<f4": "F32", "<f8": "F64"}
@@ -561,6 +522,8 @@ def _read_tokens(tokens: str | os.PathLike[str] | Sequence[str], n_tokens: int, 
 
 
 def _is_checkpoint_spec(path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> bool:
+    if isinstance(path, (str, os.PathLike)) and os.fspath(path).endswith(INDEX_SUFFIX):
+        return True  # one sharded checkpoint
     if isinstance(path, str):
         return any(c in path for c in "*?[") and not os.path.exists(path)
     return not isinstance(path, os.PathLike)
@@ -574,6 +537,7 @@ def open_history(
     tokens: str | os.PathLike[str] | Sequence[str] | None = None,
     nonfinite: NonFinite = "raise",
     token_ids: str | Sequence[int] | np.ndarray | None = None,
+    steps: str | os.PathLike[str] | Sequence[int] | None = None,
 ) -> xr.DataArray:
     """Open an embedding history lazily as a ``(step, token, dim)`` DataArray.
 
@@ -588,8 +552,13 @@ def open_history(
         (``"ckpt/step_*.safetensors"``) or a list of safetensors files, each holding one
         (token, dim) matrix, stacked lazily along ``step`` in natural order (``step_10``
         after ``step_9``); ``step`` is the number in each file name (the last one, if a
-        name has several) when every name has one, else 0..S-1. Every header is checked;
-        a file whose shape or dtype differs from the first is an error naming it.
+        name has several) when every name has one, else 0..S-1. Hugging Face style folders
+        (``"ckpt/checkpoint-*/model.safetensors"``, or ``"ckpt/checkpoint-*"``: a folder
+        stands for its checkpoint) take ``step`` from the part of the path that varies
+        (``checkpoint-500`` -> 500). A sharded checkpoint is given as its
+        ``model.safetensors.index.json`` (or its folder): the tensor is read from the shard
+        its ``weight_map`` names. Every header is checked; a file whose shape or dtype
+        differs from the first is an error naming it.
     key : str, optional
         Tensor name (safetensors) or array name (zarr group). Defaults to the only 3-D one
         (the only 2-D one for per-checkpoint files, e.g. ``model.embed_tokens.weight``).
@@ -609,6 +578,10 @@ def open_history(
         then a ``token_id`` coordinate holds the indices). Safetensors and .npy inputs read
         only the rows of the subset (runs of nearby tokens are read in one piece); the
         token axis of the result is one chunk.
+    steps : str, path-like or sequence of int, optional
+        The ``step`` labels, one per snapshot, for any input: a range ``"START:STOP:STEP"``
+        (Python's, STOP excluded: ``"500:5001:500"``), a text file with one integer per
+        line, or a sequence of integers. Default: from the file (see ``path``).
 
     Returns
     -------
@@ -630,7 +603,9 @@ def open_history(
     if nonfinite not in NONFINITE_CHOICES:
         raise ValueError(f"nonfinite={nonfinite!r}; choose one of {NONFINITE_CHOICES}")
     if _is_checkpoint_spec(path):
-        stack, key, kind, steps, source = _open_checkpoints(path, key, nonfinite)  # type: ignore[arg-type]
+        stack, key, kind, checkpoints, source = _open_checkpoints(path, key, nonfinite)  # type: ignore[arg-type]
+        # steps given: the paths need not hold distinct numbers
+        labels = parse_steps(steps, len(checkpoints), source) if steps is not None else checkpoint_steps(checkpoints)
         identity = [(p, os.stat(p).st_mtime_ns) for p in stack.paths]
         x = da.from_array(
             stack,
@@ -643,12 +618,14 @@ def open_history(
         fingerprint = hashlib.sha256(
             "\n".join(_fingerprint(Path(p), start) for p, start in zip(stack.paths, stack.starts, strict=True)).encode()
         ).hexdigest()[:32]
-        return _label(x, steps, tokens, source, key, kind, f"{len(stack.paths)} files:{fingerprint}", spec[1])
+        return _label(x, labels, tokens, source, key, kind, f"{len(stack.paths)} files:{fingerprint}", spec[1])
     path = Path(path)  # type: ignore[arg-type]
     if not path.exists():
         raise FileNotFoundError(f"{path}: history file not found")
     if path.is_dir():
-        x, key, kind, steps = _open_zarr(path, key, chunks, nonfinite)
+        if not any((path / marker).exists() for marker in ("zarr.json", ".zarray", ".zgroup")):
+            raise InputError(directory_hint(path))
+        x, key, kind, labels = _open_zarr(path, key, chunks, nonfinite)
         spec = (None, None if token_ids is None else parse_token_ids(token_ids, x.shape[1]))
         fingerprint = _fingerprint(path / key / "zarr.json" if (path / key).is_dir() else path / "zarr.json", None)
     else:
@@ -656,11 +633,11 @@ def open_history(
         with open(path, "rb") as f:
             magic = f.read(6)
         if magic == b"\x93NUMPY":
-            src, key, kind, steps = _open_npy(path, key, nonfinite)
+            src, key, kind, labels = _open_npy(path, key, nonfinite)
         elif path.suffix == ".npy":
             raise InputError(f"{path}: not a valid .npy file (bad magic bytes)")
         else:
-            src, key, kind, steps = _open_safetensors(path, key, nonfinite)
+            src, key, kind, labels = _open_safetensors(path, key, nonfinite)
         meta = np.empty((0, 0, 0), dtype=src.dtype)
         x = da.from_array(
             src,
@@ -671,7 +648,9 @@ def open_history(
             fancy=False,
         )
         fingerprint = _fingerprint(path, src.start)
-    return _label(x, steps, tokens, str(path), key, kind, fingerprint, spec[1])
+    if steps is not None:
+        labels = parse_steps(steps, x.shape[0], str(path))
+    return _label(x, labels, tokens, str(path), key, kind, fingerprint, spec[1])
 
 
 def _label(

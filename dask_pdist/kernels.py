@@ -19,8 +19,42 @@ naming the step and the pair.
 
 from __future__ import annotations
 
-import numba
-import numpy as np
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+
+def _user_cache_dir() -> str:
+    # numba's cache=True writes next to this file by default, i.e. into site-packages, which
+    # may be read-only, and a leftover dask_pdist/__pycache__ there imports as an empty
+    # namespace package once `pip install -e` replaces the package: keep it in a user cache
+    try:
+        if sys.platform == "win32":
+            base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
+        elif sys.platform == "darwin":
+            base = str(Path.home() / "Library" / "Caches")
+        else:
+            base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        path = Path(base) / "dask_pdist" / "numba"
+        path.mkdir(parents=True, exist_ok=True)
+    except (OSError, RuntimeError):  # no (writable) home, as in some containers: a per-user temp folder
+        path = Path(tempfile.gettempdir()) / f"dask_pdist-numba-{os.getuid() if hasattr(os, 'getuid') else 0}"
+    return str(path)
+
+
+# Before numba is imported: numba reads NUMBA_CACHE_DIR into its config at import, and a
+# NUMBA_CACHE_DIR the user set wins. The environment also carries it to worker processes.
+if "NUMBA_CACHE_DIR" not in os.environ:
+    os.environ["NUMBA_CACHE_DIR"] = _user_cache_dir()
+
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+
+# numba was imported before us (its config already read, without a cache dir): set it too.
+# Each kernel's cache location is fixed when it is decorated, just below.
+if not numba.config.CACHE_DIR:
+    numba.config.CACHE_DIR = os.environ["NUMBA_CACHE_DIR"]
 
 __all__ = ["METRICS", "pairwise_block", "cross_block", "knn_pairs", "knn_merge"]
 

@@ -1,4 +1,4 @@
-"""Plots of a summary (matplotlib is an optional extra: ``pip install 'dask_pdist[plot]'``)."""
+"""Plots of a summary (matplotlib is optional: ``pip install matplotlib``)."""
 
 from __future__ import annotations
 
@@ -12,15 +12,20 @@ __all__ = ["plot_summary", "plot_clusters", "require_matplotlib"]
 
 
 def require_matplotlib() -> Any:
-    """Import matplotlib with the Agg backend, or say how to install it."""
-    try:
-        import matplotlib
-    except ImportError as exc:
-        raise ImportError("plotting needs matplotlib, an optional extra: pip install 'dask_pdist[plot]'") from exc
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """matplotlib's ``Figure`` class, or an ImportError saying how to install matplotlib.
 
-    return plt
+    Figures are drawn without pyplot, so the caller's backend is never switched (a
+    notebook keeps showing its plots inline) and no display is needed.
+    """
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        # dask_pdist[plot] works only where the package came from an index, not from a checkout
+        raise ImportError(
+            "plotting needs matplotlib: pip install matplotlib"
+            " (in a checkout of dask_pdist, pip install -e '.[plot]' does the same)"
+        ) from exc
+    return Figure
 
 
 def plot_summary(
@@ -43,9 +48,10 @@ def plot_summary(
     --------
     >>> plot_summary(summarize(ds).compute(), ds, 5000, "summary.png")  # doctest: +SKIP
     """
-    plt = require_matplotlib()
+    figure = require_matplotlib()
     metrics = [m for m in ("euclidean", "chebyshev") if f"{m}_mean" in summary]
-    fig, axes = plt.subplots(1, len(metrics) + 1, figsize=(12, 4))
+    fig = figure(figsize=(12, 4))
+    axes = fig.subplots(1, len(metrics) + 1)
     steps = summary["step"].values
     for ax, metric in zip(axes[:-1], metrics, strict=True):
         ax.fill_between(steps, summary[f"{metric}_min"], summary[f"{metric}_max"], alpha=0.3, label="min-max")
@@ -62,7 +68,6 @@ def plot_summary(
     fig.colorbar(im, ax=axes[-1])
     fig.tight_layout()
     fig.savefig(path, dpi=dpi)
-    plt.close(fig)
 
 
 def plot_clusters(clusters: xr.Dataset, events: Any, path: str | os.PathLike[str], *, dpi: int = 100) -> None:
@@ -83,11 +88,10 @@ def plot_clusters(clusters: xr.Dataset, events: Any, path: str | os.PathLike[str
     """
     from .events import EVENT_KINDS
 
-    plt = require_matplotlib()
+    figure = require_matplotlib()
     steps = clusters["step"].values
-    fig, (ax, bx) = plt.subplots(
-        2, 1, figsize=(9, 5), sharex=True, gridspec_kw={"height_ratios": [2, 1.2]}, constrained_layout=True
-    )
+    fig = figure(figsize=(9, 5), constrained_layout=True)
+    ax, bx = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [2, 1.2]})
     ax.step(steps, clusters["n_clusters"].values, where="post", label="groups (2+ tokens)")
     ax.step(steps, clusters["largest"].values, where="post", label="largest population")
     # counts run from 0 to V (every token in one group at step 0): log-like above 1
@@ -116,4 +120,3 @@ def plot_clusters(clusters: xr.Dataset, events: Any, path: str | os.PathLike[str
     bx.set_title("events", fontsize=10)
     bx.grid(True, axis="x", alpha=0.3)
     fig.savefig(path, dpi=dpi)
-    plt.close(fig)

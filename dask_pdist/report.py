@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
-__all__ = ["step_summary", "format_summary", "summarize", "bf16_spacing", "STATS", "describe"]
+__all__ = ["step_summary", "format_summary", "format_step", "summarize", "bf16_spacing", "STATS", "describe"]
 
 
 def step_summary(ds: xr.Dataset, index: int) -> dict[str, tuple[float, float, float]]:
@@ -53,6 +54,30 @@ def format_summary(ds: xr.Dataset) -> str:
         lines.append(f"{label} distances (step {steps[index]}):")
         for name, (lo, hi, mean) in step_summary(ds, index).items():
             lines.append(f"  {name.capitalize()}: min={lo:.6f}, max={hi:.6f}, mean={mean:.6f}")
+    return "\n".join(lines)
+
+
+def format_step(ds: xr.Dataset, step: int, summary: xr.Dataset | None = None) -> str:
+    """The summary block of one step (by label): min/max/mean per metric, and its
+    quantization neighbours when a :func:`summarize` result is given.
+
+    Examples
+    --------
+    >>> print(format_step(open_distances("d.zarr"), 1000))  # doctest: +SKIP
+    Step 1000:
+      Euclidean: min=0.000000, max=0.812217, mean=0.401003
+      Chebyshev: min=0.000000, max=0.318359, mean=0.131405
+    """
+    steps = ds["step"].values
+    where = np.flatnonzero(steps == step)
+    if not where.size:
+        raise ValueError(f"no step {step}; steps run {steps[0]}..{steps[-1]} ({len(steps)} steps)")
+    lines = [f"Step {step}:"]
+    for name, (lo, hi, mean) in step_summary(ds, int(where[0])).items():
+        lines.append(f"  {name.capitalize()}: min={lo:.6f}, max={hi:.6f}, mean={mean:.6f}")
+    if summary is not None and "quantization_neighbours" in summary:
+        count = int(summary["quantization_neighbours"].values[where[0]])
+        lines.append(f"  Quantization neighbours: {count:,} pairs")
     return "\n".join(lines)
 
 
@@ -146,11 +171,13 @@ def _disk_size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def describe(path: str | os.PathLike[str]) -> str:
+def describe(path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], key: str | None = None) -> str:
     """A short text description of a distance store or of a history input.
 
     Stores: shape, dtype, chunking, step range, completeness (chunks on disk), size on
-    disk. Inputs: every tensor/array with shape and dtype.
+    disk. Inputs: every tensor/array with shape and dtype. Per-checkpoint inputs (a glob
+    or a list, as :func:`open_history` takes them, ``key`` as there): the files, the
+    stacked history's shape and steps, and the first checkpoint's tensors.
 
     Examples
     --------
@@ -158,12 +185,16 @@ def describe(path: str | os.PathLike[str]) -> str:
     """
     import zarr
 
-    from .history import _read_npy_header
+    from .checkpoints import directory_hint
+    from .errors import InputError
+    from .history import _is_checkpoint_spec, _read_npy_header
     from .knn_store import is_neighbours_store
     from .safetensors_io import read_header
     from .store import is_store, store_progress
 
-    path = Path(path)
+    if _is_checkpoint_spec(path):
+        return _describe_checkpoints(path, key)  # type: ignore[arg-type]
+    path = Path(path)  # type: ignore[arg-type]
     if not path.exists():
         raise FileNotFoundError(f"{path}: not found")
     lines = [f"{path}"]
@@ -196,6 +227,8 @@ def describe(path: str | os.PathLike[str]) -> str:
         lines.append(f"  size on disk: {_disk_size(path) / 1e6:.1f} MB")
         return "\n".join(lines)
     if path.is_dir():
+        if not any((path / marker).exists() for marker in ("zarr.json", ".zarray", ".zgroup")):
+            raise InputError(directory_hint(path))
         node = zarr.open(str(path), mode="r")
         arrays = dict(node.arrays()) if isinstance(node, zarr.Group) else {path.name: node}
         lines.append("  zarr input")
@@ -212,4 +245,26 @@ def describe(path: str | os.PathLike[str]) -> str:
         for key, value in sorted(metadata.items()):
             lines.append(f"  metadata {key}: {value[:80]}")
     lines.append(f"  size on disk: {_disk_size(path) / 1e6:.1f} MB")
+    return "\n".join(lines)
+
+
+def _describe_checkpoints(spec: str | Sequence[str | os.PathLike[str]], key: str | None) -> str:
+    from .checkpoints import checkpoint_paths, tensor_file
+    from .history import open_history
+    from .safetensors_io import read_header
+
+    history = open_history(spec, key=key)
+    paths = checkpoint_paths(spec)
+    steps = history["step"].values
+    lines = [
+        f"{history.attrs['source']}",
+        f"  {len(paths)} checkpoints: {paths[0]} .. {paths[-1]}",
+        f"  history: {history.name} stacked to shape {list(history.shape)} {history.attrs['input_dtype']},"
+        f" steps {steps[0]}..{steps[-1]}",
+    ]
+    first = tensor_file(paths[0], history.name)
+    tensors, _ = read_header(first)
+    lines.append(f"  {first}: {len(tensors)} tensors")
+    for name, info in sorted(tensors.items()):
+        lines.append(f"  {name}: shape {list(info.shape)} {info.dtype}")
     return "\n".join(lines)

@@ -160,7 +160,13 @@ def read_header(path: str | os.PathLike[str]) -> tuple[dict[str, TensorInfo], di
         size = os.fstat(f.fileno()).st_size
         if size < 8:
             raise InputError(f"{path}: not a safetensors file: {size} bytes, shorter than the 8-byte header length")
-        (n,) = struct.unpack("<Q", f.read(8))
+        head = f.read(8)
+        if head.startswith(b"PK\x03\x04"):  # what torch.save writes (.pt, .bin)
+            raise InputError(
+                f"{path}: not a safetensors file but a zip archive, as torch.save writes .pt/.bin files;"
+                " convert it with safetensors.torch.save_file(torch.load(path), 'model.safetensors')"
+            )
+        (n,) = struct.unpack("<Q", head)
         if n > MAX_HEADER_BYTES:
             raise InputError(
                 f"{path}: header length {n} exceeds the safetensors limit of {MAX_HEADER_BYTES} bytes;"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -240,6 +241,7 @@ def to_zarr(
     overwrite: bool = False,
     resume: bool = False,
     compute: bool = True,
+    progress: bool | None = None,
 ) -> Any:
     """Write a distance Dataset to a zarr (format 3) store, every metric from one graph.
 
@@ -265,10 +267,16 @@ def to_zarr(
         If False, create the store (metadata and coordinates) now and return a
         ``dask.delayed`` object that writes the distances when computed (run it under a
         progress bar or a distributed client as you like).
+    progress : bool, optional
+        Show a progress bar (tqdm, on stderr) while computing. Default: on in a terminal or
+        a Jupyter notebook, off otherwise. Under a dask.distributed ``Client`` use
+        ``compute=False`` and ``distributed.progress`` instead.
 
     Returns
     -------
-    int (blocks written), or dask.delayed.Delayed if ``compute=False``.
+    xarray.Dataset
+        The written store, opened lazily (as :func:`open_distances` opens it); or a
+        ``dask.delayed.Delayed`` if ``compute=False``.
 
     Raises
     ------
@@ -278,7 +286,8 @@ def to_zarr(
 
     Examples
     --------
-    >>> to_zarr(pairwise_distances(open_history("h.safetensors")), "d.zarr")  # doctest: +SKIP
+    >>> ds = to_zarr(pairwise_distances(open_history("h.safetensors")), "d.zarr")  # doctest: +SKIP
+    >>> ds.euclidean.sel(step=1234)  # doctest: +SKIP
     """
     path = Path(path)
     if compressor not in COMPRESSORS:
@@ -302,7 +311,25 @@ def to_zarr(
         store_progress(path)[0] == 0 if resuming else np.ones(tuple(len(ds.chunksizes[d]) for d in DISTANCE_DIMS), bool)
     )
     job = _write_graph(ds, path, todo)
-    return job.compute() if compute else job
+    if not compute:
+        return job
+    if _interactive() if progress is None else progress:
+        from tqdm.dask import TqdmCallback
+
+        with TqdmCallback(desc="writing", unit="task", file=sys.stderr):
+            job.compute()
+    else:
+        job.compute()
+    return open_distances(path)
+
+
+def _interactive() -> bool:
+    # a person is watching: a terminal, or a Jupyter kernel (whose stderr is not a tty)
+    if sys.stderr is not None and sys.stderr.isatty():
+        return True
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
+    return type(shell).__name__ == "ZMQInteractiveShell"
 
 
 def store_progress(path: str | os.PathLike[str]) -> tuple[np.ndarray, bool]:
@@ -367,7 +394,7 @@ def open_distances(
         raise StoreError(
             f"{path}: incomplete, {missing} of {done.size} blocks missing (the job was interrupted);"
             " finish it with the same `dask-pdist compute ... --resume` command, or open with"
-            " allow_incomplete=True to read missing blocks as NaN"
+            " allow_incomplete=True (--allow-incomplete) to read missing blocks as NaN"
         )
     for name in ds.data_vars:
         ds[name] = ds[name].copy(data=ds[name].data.map_blocks(_mask_block, done=done, dtype=ds[name].dtype))

@@ -22,9 +22,12 @@ import ml_dtypes
 import numpy as np
 import pandas as pd
 
-from .safetensors_io import pwrite_all, write_header
+from .safetensors_io import pwrite_all, read_header, write_header
 
-__all__ = ["write_synthetic_history", "synthetic_events"]
+__all__ = ["write_synthetic_history", "synthetic_events", "is_synthetic_history"]
+
+#: ``generator`` in the header metadata of every synthetic history.
+GENERATOR = "dask_pdist.synthetic"
 
 _BLOCK_STEPS = 256
 _MEAN_FINAL_DISTANCE = 0.67  # the notebook's mean final Euclidean distance
@@ -130,6 +133,8 @@ def write_synthetic_history(
     dim: int = 64,
     seed: int = 42,
     key: str = "embedding_history",
+    *,
+    overwrite: bool = False,
 ) -> Path:
     """Write a deterministic synthetic bf16 history of shape (steps, vocab, dim).
 
@@ -142,17 +147,25 @@ def write_synthetic_history(
     Parameters
     ----------
     path : path-like
-        Output ``.safetensors`` file (overwritten).
+        Output ``.safetensors`` file.
     steps, vocab, dim : int
         Shape; all positive.
     seed : int
         Same seed and shape give the same bytes.
     key : str
         Tensor name of the history.
+    overwrite : bool
+        Replace an existing file at ``path``; without it an existing file is an error
+        (it may be real data).
 
     Returns
     -------
     pathlib.Path
+
+    Raises
+    ------
+    FileExistsError
+        ``path`` exists and ``overwrite`` is False.
 
     Examples
     --------
@@ -164,6 +177,8 @@ def write_synthetic_history(
     if key == "steps":
         raise ValueError("key='steps' is reserved for the step coordinate; choose another tensor name")
     path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path}: already exists; pass overwrite=True (--overwrite) to replace it")
     rng = np.random.default_rng(seed)
     start = rng.normal(0.0, 0.02, size=dim).astype(np.float32)
     speed = np.exp(rng.normal(0.0, 0.3, size=(vocab, 1)))
@@ -182,7 +197,7 @@ def write_synthetic_history(
     offsets = write_header(
         path,
         [(key, "BF16", (steps, vocab, dim)), ("steps", "I64", (steps,))],
-        metadata={"generator": "dask_pdist.synthetic", "seed": str(seed)},
+        metadata={"generator": GENERATOR, "seed": str(seed)},
     )
     pwrite_all(path, offsets["steps"], np.arange(steps, dtype="<i8"))
     state = np.broadcast_to(start, (vocab, dim)).astype(np.float32)
@@ -212,3 +227,20 @@ def write_synthetic_history(
             bits[first:, copy, 0] += 1  # next bf16 value away from zero: one ulp apart
         pwrite_all(path, offsets[key] + s0_ * row_bytes, bits.astype("<u2", copy=False))
     return path
+
+
+def is_synthetic_history(path: str | os.PathLike[str]) -> bool:
+    """True if ``path`` is a safetensors file written by :func:`write_synthetic_history`.
+
+    Reads the header only; any unreadable or foreign file gives False.
+
+    Examples
+    --------
+    >>> is_synthetic_history("dask_pdist_demo/embedding_evolution.safetensors")  # doctest: +SKIP
+    True
+    """
+    try:
+        _, metadata = read_header(path)
+    except (OSError, ValueError):
+        return False
+    return metadata.get("generator") == GENERATOR
