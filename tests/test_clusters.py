@@ -444,3 +444,34 @@ def test_clusters_command_errors(planted, tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         main(["clusters", str(path), "--threshold", "-1"])
     assert info.value.code == 2 and "give 0, bf16 or a finite distance >= 0" in capsys.readouterr().err
+
+
+def test_interrupted_write_leaves_nothing_at_the_target(tmp_path, monkeypatch):
+    # an interrupted write used to leave a store at the target that plain xarray.open_zarr
+    # opened without complaint, its unwritten chunks reading cluster 0 (every token in one group)
+    x = np.zeros((6, 4, 2), np.float32)
+    x[:, 3] = 1.0
+    out = tmp_path / "c.zarr"
+    calls = {"n": 0}
+    real = cluster_blocks.equal_row_labels
+
+    def stop_late(block):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(block)
+
+    monkeypatch.setattr(cluster_blocks, "equal_row_labels", stop_late)
+    monkeypatch.setattr(clustering, "equal_row_labels", stop_late)
+    with dask.config.set(scheduler="synchronous"), pytest.raises(KeyboardInterrupt):
+        dp.write_clusters(dp.clusters(_history(x, 1)), out)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    dp.write_clusters(dp.clusters(_history(x, 1)), out)
+    assert (xr.open_zarr(out).cluster.values == [0, 0, 0, 3]).all()
+    # deferred: nothing at the target until the delayed has run
+    later = dp.write_clusters(dp.clusters(_history(x, 2), 0.5), out, overwrite=True, compute=False)
+    assert xr.open_zarr(out).attrs["threshold"] == "0.0"
+    later.compute()
+    assert xr.open_zarr(out).attrs["threshold"] == "0.5"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.zarr"]
