@@ -475,3 +475,20 @@ def test_interrupted_write_leaves_nothing_at_the_target(tmp_path, monkeypatch):
     later.compute()
     assert xr.open_zarr(out).attrs["threshold"] == "0.5"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.zarr"]
+
+
+def test_clusters_command_refuses_bad_events_and_plot_targets_before_the_work(planted, tmp_path, capsys, monkeypatch):
+    # these used to fail only after the whole computation, --events with exit 1 and
+    # pandas' message ("Cannot save file into a non-existent directory")
+    path, _ = planted
+    (tmp_path / "adir").mkdir()
+    monkeypatch.setattr(dp, "clusters", lambda *a, **k: pytest.fail("computed before refusing"))
+    for flag, target, message in [
+        ("--events", tmp_path / "no" / "ev.csv", "ev.csv: parent directory"),
+        ("--events", tmp_path / "adir", "adir: is a directory"),
+        ("--plot", tmp_path / "no" / "c.png", "c.png: parent directory"),
+        ("--plot", tmp_path / "adir", "adir: is a directory"),
+    ]:
+        code = main(["clusters", str(path), flag, str(target), "--no-progress"])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and err.count("\n") == 1, err
