@@ -250,7 +250,8 @@ def _from_distances(ds: xr.Dataset, threshold: float | str, metric: str) -> tupl
     from .dataset import DISTANCE_DIMS
     from .report import bf16_spacing
 
-    where = _source_name(ds)
+    # a store (open_distances) by its own path, a lazy Dataset by the history it comes from
+    where = str(ds.encoding.get("source") or "") or _source_name(ds)
     if metric not in ds.data_vars:
         raise ValueError(
             f"{where}: the distance Dataset has no {metric!r} variable (it holds {sorted(ds.data_vars)});"

@@ -492,3 +492,16 @@ def test_clusters_command_refuses_bad_events_and_plot_targets_before_the_work(pl
         code = main(["clusters", str(path), flag, str(target), "--no-progress"])
         err = capsys.readouterr().err
         assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_store_errors_name_the_store_not_its_history(planted, tmp_path):
+    # they named the history the store was computed from (its "source" attribute)
+    path, _ = planted
+    h = dp.open_history(path, chunks=13)
+    for name, kwargs, match in [
+        ("e.zarr", {"metrics": ("euclidean",)}, r"e\.zarr: the distance Dataset has no 'chebyshev'"),
+        ("f16.zarr", {"dtype": "float16"}, r"f16\.zarr: chebyshev is stored as float16"),
+    ]:
+        dp.to_zarr(dp.pairwise_distances(h, **kwargs), tmp_path / name)
+        with pytest.raises(ValueError, match=match):
+            dp.clusters(dp.open_distances(tmp_path / name))
