@@ -196,7 +196,10 @@ def describe(path: str | os.PathLike[str]) -> str:
         lines.append(f"  size on disk: {_disk_size(path) / 1e6:.1f} MB")
         return "\n".join(lines)
     if path.is_dir():
-        node = zarr.open(str(path), mode="r")
+        try:
+            node = zarr.open(str(path), mode="r")
+        except (FileNotFoundError, ValueError) as exc:
+            raise FileNotFoundError(f"{path}: a directory that is not a zarr store or array ({exc})") from None
         arrays = dict(node.arrays()) if isinstance(node, zarr.Group) else {path.name: node}
         lines.append("  zarr input")
         for name, arr in sorted(arrays.items()):
