@@ -712,9 +712,16 @@ def _clusters(
 
 
 def _cmd_clusters(args: argparse.Namespace) -> None:
+    from dask_pdist.errors import InputError
     from dask_pdist.events import write_events_csv
 
     # refuse before the work, not after it
+    for target in (args.events, args.plot):
+        if target and os.path.isdir(target):
+            raise InputError(f"{target}: is a directory; give a file name")
+        parent = os.path.dirname(target or "") or "."
+        if target and not os.path.isdir(parent):
+            raise FileNotFoundError(f"{target}: parent directory {parent} does not exist")
     if args.events and os.path.exists(args.events) and not args.overwrite:
         raise FileExistsError(f"{args.events}: already exists; pass --overwrite to replace it")
     if args.plot:

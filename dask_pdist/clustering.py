@@ -20,10 +20,12 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any, Literal
 
+import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
@@ -248,7 +250,8 @@ def _from_distances(ds: xr.Dataset, threshold: float | str, metric: str) -> tupl
     from .dataset import DISTANCE_DIMS
     from .report import bf16_spacing
 
-    where = _source_name(ds)
+    # a store (open_distances) by its own path, a lazy Dataset by the history it comes from
+    where = str(ds.encoding.get("source") or "") or _source_name(ds)
     if metric not in ds.data_vars:
         raise ValueError(
             f"{where}: the distance Dataset has no {metric!r} variable (it holds {sorted(ds.data_vars)});"
@@ -406,6 +409,10 @@ def write_clusters(
     compute : bool
         If False, return a ``dask.delayed`` that writes the data when computed.
 
+    The store is written under a hidden temporary name in the same folder and renamed to
+    ``path`` when complete, so an interrupted write leaves nothing at ``path`` (only the
+    hidden ``.NAME.*.partial`` folder if the process was killed).
+
     Examples
     --------
     >>> write_clusters(clusters(open_history("h.safetensors")), "clusters.zarr")  # doctest: +SKIP
@@ -413,19 +420,47 @@ def write_clusters(
     from .errors import StoreError
 
     path = Path(path)
-    if path.exists():
-        if not _is_clusters_store(path):
-            raise StoreError(f"{path}: exists and is not a dask_pdist clusters store; refusing to write into it")
-        if not overwrite:
-            raise StoreError(f"{path}: already exists; pass overwrite=True (--overwrite) to replace it")
-        shutil.rmtree(path)
+    _check_clusters_target(path, overwrite)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise StoreError(f"{path}: parent directory {parent} does not exist")
     ds = ds.copy()
     ds["token"] = ds["token"].astype(object) if ds["token"].dtype.kind in "OUS" else ds["token"]
-    with warnings.catch_warnings():
-        # consolidated metadata is a zarr-python extension to format 3; written so that plain
-        # xarray.open_zarr(path) opens the store without a fallback warning
-        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
-        return ds.to_zarr(path, mode="w-", zarr_format=3, consolidated=True, compute=compute)
+    # written under a hidden name and renamed when complete: an interrupted write must not
+    # leave a store whose unwritten chunks read as cluster 0 (every token in one group)
+    tmp = parent / f".{path.name}.{uuid.uuid4().hex[:8]}.partial"
+    try:
+        with warnings.catch_warnings():
+            # consolidated metadata is a zarr-python extension to format 3; written so that plain
+            # xarray.open_zarr(path) opens the store without a fallback warning
+            warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+            stored = ds.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=True, compute=False)
+        finish = dask.delayed(_finish_clusters)(stored, str(tmp), str(path), overwrite)
+        if not compute:
+            return finish
+        finish.compute()
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return None
+
+
+def _check_clusters_target(path: Path, overwrite: bool) -> None:
+    from .errors import StoreError
+
+    if os.path.lexists(path):
+        if not _is_clusters_store(path):
+            raise StoreError(f"{path}: exists and is not a dask_pdist clusters store; refusing to write into it")
+        if not overwrite:
+            raise StoreError(f"{path}: already exists; pass overwrite=True (--overwrite) to replace it")
+
+
+def _finish_clusters(_stored: Any, tmp: str, path: str, overwrite: bool) -> None:
+    try:
+        _check_clusters_target(Path(path), overwrite)  # again: it may have appeared meanwhile
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if os.path.lexists(path):
+        shutil.rmtree(path)
+    os.rename(tmp, path)

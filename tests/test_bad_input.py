@@ -148,6 +148,13 @@ def test_info_on_a_truncated_npy_names_the_file(tmp_path, capsys):
     assert "file has 214 bytes, the header promises 224; it is truncated" in line
 
 
+def test_info_on_a_directory_that_is_not_zarr_names_it(tmp_path, capsys):
+    # said only "No group found in store StorePath(LocalStore, 'file://...') at path ''"
+    (tmp_path / "x.safetensors").mkdir()
+    line = _one_error_line(capsys, ["info", str(tmp_path / "x.safetensors")], "x.safetensors")
+    assert line.startswith(f"dask-pdist: error: {tmp_path / 'x.safetensors'}: a directory that is not a zarr")
+
+
 def test_unsigned_step_above_2_63_is_refused(tmp_path, capsys):
     header = _f32([3, 2, 2], {"steps": {"dtype": "U64", "shape": [3], "data_offsets": [48, 72]}})
     steps = np.array([1, 2, 2**63 + 5], dtype="<u8")

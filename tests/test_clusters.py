@@ -444,3 +444,64 @@ def test_clusters_command_errors(planted, tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         main(["clusters", str(path), "--threshold", "-1"])
     assert info.value.code == 2 and "give 0, bf16 or a finite distance >= 0" in capsys.readouterr().err
+
+
+def test_interrupted_write_leaves_nothing_at_the_target(tmp_path, monkeypatch):
+    # an interrupted write used to leave a store at the target that plain xarray.open_zarr
+    # opened without complaint, its unwritten chunks reading cluster 0 (every token in one group)
+    x = np.zeros((6, 4, 2), np.float32)
+    x[:, 3] = 1.0
+    out = tmp_path / "c.zarr"
+    calls = {"n": 0}
+    real = cluster_blocks.equal_row_labels
+
+    def stop_late(block):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(block)
+
+    monkeypatch.setattr(cluster_blocks, "equal_row_labels", stop_late)
+    monkeypatch.setattr(clustering, "equal_row_labels", stop_late)
+    with dask.config.set(scheduler="synchronous"), pytest.raises(KeyboardInterrupt):
+        dp.write_clusters(dp.clusters(_history(x, 1)), out)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    dp.write_clusters(dp.clusters(_history(x, 1)), out)
+    assert (xr.open_zarr(out).cluster.values == [0, 0, 0, 3]).all()
+    # deferred: nothing at the target until the delayed has run
+    later = dp.write_clusters(dp.clusters(_history(x, 2), 0.5), out, overwrite=True, compute=False)
+    assert xr.open_zarr(out).attrs["threshold"] == "0.0"
+    later.compute()
+    assert xr.open_zarr(out).attrs["threshold"] == "0.5"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.zarr"]
+
+
+def test_clusters_command_refuses_bad_events_and_plot_targets_before_the_work(planted, tmp_path, capsys, monkeypatch):
+    # these used to fail only after the whole computation, --events with exit 1 and
+    # pandas' message ("Cannot save file into a non-existent directory")
+    path, _ = planted
+    (tmp_path / "adir").mkdir()
+    monkeypatch.setattr(dp, "clusters", lambda *a, **k: pytest.fail("computed before refusing"))
+    for flag, target, message in [
+        ("--events", tmp_path / "no" / "ev.csv", "ev.csv: parent directory"),
+        ("--events", tmp_path / "adir", "adir: is a directory"),
+        ("--plot", tmp_path / "no" / "c.png", "c.png: parent directory"),
+        ("--plot", tmp_path / "adir", "adir: is a directory"),
+    ]:
+        code = main(["clusters", str(path), flag, str(target), "--no-progress"])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_store_errors_name_the_store_not_its_history(planted, tmp_path):
+    # they named the history the store was computed from (its "source" attribute)
+    path, _ = planted
+    h = dp.open_history(path, chunks=13)
+    for name, kwargs, match in [
+        ("e.zarr", {"metrics": ("euclidean",)}, r"e\.zarr: the distance Dataset has no 'chebyshev'"),
+        ("f16.zarr", {"dtype": "float16"}, r"f16\.zarr: chebyshev is stored as float16"),
+    ]:
+        dp.to_zarr(dp.pairwise_distances(h, **kwargs), tmp_path / name)
+        with pytest.raises(ValueError, match=match):
+            dp.clusters(dp.open_distances(tmp_path / name))
