@@ -4,6 +4,7 @@ and a dask scheduler that raises if anything is computed."""
 from __future__ import annotations
 
 import contextlib
+import signal
 from pathlib import Path
 
 import dask
@@ -12,6 +13,12 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 from scipy.spatial.distance import cdist
+
+# A test run started in the background of a non-interactive shell (`bash .ci/run &`) inherits
+# SIGINT ignored, and so would every CLI process the Ctrl-C tests start (ignored signals stay
+# ignored across exec): handle it here so those children get the default disposition again.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 NUMPY_DTYPES = {"BF16": ml_dtypes.bfloat16, "F16": np.float16, "F32": np.float32, "F64": np.float64}
 
