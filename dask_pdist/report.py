@@ -164,7 +164,7 @@ def describe(path: str | os.PathLike[str]) -> str:
         lines.append(f"  size on disk: {_disk_size(path) / 1e6:.1f} MB")
         return "\n".join(lines)
     if path.is_dir() and is_store(path):
-        group = zarr.open_group(str(path), mode="r")
+        group = zarr.open_group(str(path), mode="r", use_consolidated=False)
         steps = np.asarray(group["step"][:])
         lines.append(f"  dask_pdist store, version {group.attrs.get('dask_pdist_version', '?')}")
         lines.append(
@@ -177,7 +177,14 @@ def describe(path: str | os.PathLike[str]) -> str:
                 arr = group[name]
                 lines.append(f"  {name}: shape {list(arr.shape)} {arr.dtype}, chunks {list(arr.chunks)}")
         done, complete = store_progress(path)
-        state = "complete" if complete else f"INCOMPLETE: {int((done == 0).sum())} blocks missing, resume with --resume"
+        stopped = group.attrs.get("stopped")
+        state = (
+            "complete"
+            if complete
+            else f"INCOMPLETE: {int((done == 0).sum())} blocks missing; the job was {stopped}"
+            if stopped
+            else f"INCOMPLETE: {int((done == 0).sum())} blocks missing, resume with --resume"
+        )
         lines.append(f"  blocks written: {int(done.sum())}/{done.size} ({state})")
         lines.append(f"  size on disk: {_disk_size(path) / 1e6:.1f} MB")
         return "\n".join(lines)

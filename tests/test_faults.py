@@ -1,6 +1,6 @@
 """Nothing lost: completeness, resume after kill / Ctrl-C / disk full, integrity, safety.
 
-Subprocess tests poll the store's done flags (files under chunk_done/) instead of sleeping
+Subprocess tests poll the store's done flags (files under _dask_pdist/chunk_done/) instead of sleeping
 for a fixed time, and are bounded by timeouts.
 """
 
@@ -41,7 +41,7 @@ def big(tmp_path_factory):
 
 
 def _n_done(store: Path) -> int:
-    root = store / "chunk_done" / "c"
+    root = store / "_dask_pdist" / "chunk_done" / "c"
     return sum(1 for p in root.rglob("*") if p.is_file() and not p.name.endswith(".partial")) if root.exists() else 0
 
 
