@@ -19,9 +19,12 @@ import socket
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import StoreError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 BOOKKEEPING = "_dask_pdist"
 DONE = "chunk_done"
@@ -52,6 +55,12 @@ def read_root(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return meta if isinstance(meta, dict) else None
+
+
+def is_store(path: str | os.PathLike[str]) -> bool:
+    """True if ``path`` holds a zarr group written by dask_pdist."""
+    meta = read_root(Path(path))
+    return meta is not None and MARKER_ATTR in meta.get("attributes", {})
 
 
 def is_complete(meta: dict[str, Any] | None) -> bool:
@@ -146,8 +155,10 @@ def release_lock(path: Path, token: str | None = None) -> None:
         holder = json.loads(lock.read_text())
     except (OSError, ValueError):
         return
-    mine = holder.get("token") == token if token else (
-        holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname()
+    mine = (
+        holder.get("token") == token
+        if token
+        else (holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname())
     )
     if mine:
         lock.unlink(missing_ok=True)
@@ -198,3 +209,23 @@ def _known(rel: str, is_dir: bool) -> bool:
 
 def has_bookkeeping(path: Path) -> bool:
     return (path / BOOKKEEPING / DONE / "zarr.json").is_file() or (path / DONE / "zarr.json").is_file()
+
+
+def store_progress(path: str | os.PathLike[str]) -> tuple[np.ndarray, bool]:
+    """The ``chunk_done`` flags (one per block) and whether the store is complete.
+
+    Complete means the completion record is written, together with the consolidated
+    metadata it vouches for (the last write of a job)."""
+    import numpy as np
+    import zarr
+
+    path = Path(path)
+    where = done_path(path)
+    try:
+        done = np.asarray(zarr.open_array(str(where), mode="r")[...])
+    except Exception as exc:
+        raise StoreError(
+            f"{path}: the done flags {where.relative_to(path)} are unreadable ({type(exc).__name__}: {exc});"
+            f" run `dask-pdist verify {path}`"
+        ) from exc
+    return done, is_complete(read_root(path))

@@ -246,7 +246,6 @@ def to_safetensors(
         raise ValueError(f"dtype={dtype!r}: choose one of {list(EXPORT_DTYPES)}")
 
     path = check_target(path, overwrite)
-    parent = path.parent if str(path.parent) else Path(".")
 
     shape = tuple(ds[metrics[0]].shape)
     tensors = [(tensor_key(m), _SAFETENSORS_DTYPE[name], shape) for m in metrics]

@@ -87,6 +87,9 @@ class CheckedChunks:
             return bool(self.done[idx])
         return bool(self.done[idx[0]].any())
 
+    def _file(self, idx: tuple[int, ...]) -> str:
+        return _chunk_file(self.store, self.name, idx)
+
     def _rows(self, idx: tuple[int, ...]) -> tuple[int, int]:
         return idx[0] * self.chunks[0], min((idx[0] + 1) * self.chunks[0], self.shape[0])
 
@@ -121,7 +124,7 @@ class CheckedChunks:
             )
             if not is_done:
                 data[sub] = np.nan
-            elif data.size and np.isnan(data[sub].flat[0]) and not os.path.isfile(_chunk_file(self.store, self.name, idx)):
+            elif data.size and np.isnan(data[sub].flat[0]) and not os.path.isfile(self._file(idx)):
                 raise self._fail(idx, "missing (chunk file absent)")
         return data[rel]
 
@@ -190,8 +193,7 @@ class ChunkProblem:
         if self.tokens_i is not None and self.tokens_j is not None:
             if self.tokens_i != self.tokens_j or self.tokens_i[0] != 0:
                 where += (
-                    f", token_i {self.tokens_i[0]}..{self.tokens_i[1]},"
-                    f" token_j {self.tokens_j[0]}..{self.tokens_j[1]}"
+                    f", token_i {self.tokens_i[0]}..{self.tokens_i[1]}, token_j {self.tokens_j[0]}..{self.tokens_j[1]}"
                 )
         return f"{where}: {self.problem}"
 
@@ -207,7 +209,8 @@ def _expected_arrays(path: Path, meta: dict[str, Any]) -> list[str]:
     except (ValueError, AttributeError):
         pass
     names.add(done_path(path).relative_to(path).as_posix())
-    return sorted(names)
+    first = ("euclidean", "chebyshev")  # the distances first, in the notebook's order
+    return sorted(names, key=lambda n: (first.index(n) if n in first else len(first), n))
 
 
 def verify_store(path: str | os.PathLike[str]) -> list[ChunkProblem]:

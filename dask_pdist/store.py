@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,16 +39,16 @@ from .bookkeeping import (
     STOPPED_ATTR,
     acquire_lock,
     done_path,
-    foreign_entries,
-    has_bookkeeping,
-    is_complete,
+    is_store,
     read_root,
     release_lock,
+    store_progress,
     write_root_attrs,
 )
 from .dataset import DISTANCE_DIMS
 from .errors import InputError, StoreError
-from .integrity import ChunkProblem, CheckedChunks, check_small_arrays, verify_store
+from .integrity import CheckedChunks, ChunkProblem, check_small_arrays, verify_store
+from .jobs import check_input_outside, check_output, check_resumed_input, stop_job
 
 __all__ = [
     "COMPRESSORS",
@@ -60,6 +59,7 @@ __all__ = [
     "verify_store",
     "ChunkProblem",
     "stop_job",
+    "is_store",
 ]
 
 Compressor = Literal["none", "lz4", "zstd"]
@@ -104,12 +104,6 @@ def _read_attrs(path: Path) -> dict[str, Any] | None:
     return None if meta is None else meta.get("attributes", {})
 
 
-def is_store(path: str | os.PathLike[str]) -> bool:
-    """True if ``path`` holds a zarr group written by dask_pdist."""
-    attrs = _read_attrs(Path(path))
-    return attrs is not None and _MARKER_ATTR in attrs
-
-
 def _fingerprint(ds: xr.Dataset, compressor: str) -> dict[str, Any]:
     # what must match for a resumed job to continue the same computation
     return {
@@ -134,80 +128,6 @@ def _token_labels(ds: xr.Dataset) -> str:
     if tokens.dtype.kind in "iu" and np.array_equal(tokens, np.arange(len(tokens))):
         return "none (token index)"
     return "labels sha256:" + hashlib.sha256("\n".join(map(str, tokens.tolist())).encode()).hexdigest()[:16]
-
-
-def _check_output(path: Path, overwrite: bool, resume: bool) -> bool:
-    """Validate the output location before any work; returns True to resume into it."""
-    if overwrite and resume:
-        raise ValueError("overwrite and resume exclude each other: resume continues a store, overwrite replaces it")
-    if path.is_symlink():
-        raise StoreError(
-            f"{path}: is a symbolic link to {os.path.realpath(path)}; give the real path as the output"
-        )
-    if path.exists():
-        _check_ours(path, overwrite, resume)
-        if resume:
-            return True
-        if not overwrite:
-            stopped = (_read_attrs(path) or {}).get(STOPPED_ATTR)
-            if stopped:
-                raise StoreError(
-                    f"{path}: already exists, incomplete: the job was {stopped}; pass overwrite=True"
-                    " (--overwrite) to recompute it, or resume=True (--resume) once the cause is dealt with"
-                )
-            raise StoreError(
-                f"{path}: already exists; pass overwrite=True (--overwrite) to replace it,"
-                " or resume=True (--resume) to finish an interrupted job"
-            )
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise StoreError(f"{path}: parent directory {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise StoreError(f"{path}: parent directory {parent} is not writable")
-    return False
-
-
-def _check_ours(path: Path, overwrite: bool, resume: bool) -> None:
-    # only a directory holding nothing but this tool's own store layout is ever written into
-    # or deleted; a user's zarr saved from open_distances() carries our attributes, not our
-    # bookkeeping
-    if not path.is_dir():
-        raise StoreError(f"{path}: exists and is not a dask_pdist store; refusing to write into or delete it")
-    foreign = foreign_entries(path)
-    if not has_bookkeeping(path) or (not is_store(path) and resume):
-        what = f": it holds {', '.join(foreign)}" if foreign else ""
-        raise StoreError(
-            f"{path}: exists and is not a dask_pdist store; refusing to write into or delete it"
-            f" (not written by dask_pdist, or not by compute{what})"
-        )
-    if foreign:
-        raise StoreError(
-            f"{path}: holds files dask_pdist did not write ({', '.join(foreign)}); refusing to write into or"
-            " delete it: move them out, or choose another output"
-        )
-    if not is_store(path) and not overwrite:
-        raise StoreError(
-            f"{path}: a dask_pdist store without its root zarr.json (a write was interrupted);"
-            " pass overwrite=True (--overwrite) to replace it"
-        )
-
-
-def _check_input_outside(ds: xr.Dataset, path: Path) -> None:
-    source = str(ds.attrs.get("source", ""))
-    if not source:
-        return
-    head = source.split(" .. ")[0]
-    for wild in "*?[":
-        head = head.split(wild)[0]
-    try:
-        inside = Path(head).resolve().is_relative_to(path.resolve())
-    except (OSError, ValueError):
-        return
-    if inside:
-        raise StoreError(
-            f"{path}: the input {source} lies inside the output; writing the store would delete it:"
-            " choose another output"
-        )
 
 
 def _create(ds: xr.Dataset, path: Path, compressor: str, fingerprint: dict[str, Any]) -> None:
@@ -408,11 +328,16 @@ def to_zarr(
     path = Path(path)
     if compressor not in COMPRESSORS:
         raise ValueError(f"compressor={compressor!r}: choose one of {list(COMPRESSORS)}")
-    _check_input_outside(ds, path)
-    _check_output(path, overwrite, resume)  # cheap refusals first, then the lock, then again
-    lock = acquire_lock(path)
+    check_input_outside(ds, path)
     try:
-        resuming = _check_output(path, overwrite, resume)
+        lock = acquire_lock(path)  # first: a running writer is the most useful thing to report
+    except StoreError:
+        raise
+    except OSError:
+        check_output(path, overwrite, resume)  # no parent folder, not writable: say so
+        raise
+    try:
+        resuming = check_output(path, overwrite, resume)
         ds = _regular_chunks(ds)
         fingerprint = _fingerprint(ds, compressor)
         if resuming:
@@ -423,7 +348,7 @@ def to_zarr(
                     f"{path}: cannot resume, the job differs from the one that made the store: " + "; ".join(diff)
                 )
             _clean_partials(path)
-            _check_resumed_input(ds, path)
+            check_resumed_input(ds, path)
         else:
             _create(ds, path, compressor, fingerprint)
         todo = (
@@ -444,101 +369,6 @@ def to_zarr(
     except BaseException as exc:
         stop_job(path, exc)
         raise
-
-
-def _check_resumed_input(ds: xr.Dataset, path: Path) -> None:
-    # the done blocks were computed from some input: re-read it (cheap next to recomputing,
-    # in parallel) and compare its per-step checksums with those recorded next to the flags
-    import zarr
-
-    where = path / BOOKKEEPING / INPUT_CHECKSUM
-    if INPUT_CHECKSUM not in ds.coords or not (where / "zarr.json").exists():
-        return  # a store (or Dataset) without input checksums: size and header checked only
-    done = store_progress(path)[0].any(axis=(1, 2))
-    blocks = np.flatnonzero(done)
-    if not len(blocks):
-        return
-    data = ds[INPUT_CHECKSUM].data
-    now = np.concatenate(dask.compute(*[data.blocks[int(b)] for b in blocks]))
-    try:
-        stored = zarr.open_array(str(where), mode="r")
-        recorded = np.concatenate([stored.get_block_selection((int(b),)) for b in blocks])
-    except Exception as exc:
-        raise StoreError(
-            f"{path}: {BOOKKEEPING}/{INPUT_CHECKSUM}: unreadable ({exc}); run `dask-pdist verify {path}`"
-        ) from exc
-    changed = np.flatnonzero(now != recorded)
-    if len(changed):
-        rows = np.concatenate([np.arange(*_block_rows(ds, int(b))) for b in blocks])
-        first = rows[changed[0]]
-        step = ds["step"].values[first]
-        raise StoreError(
-            f"{path}: cannot resume: the input changed since the store was written: step {step}"
-            f" (index {first}) of {ds.attrs.get('source', 'the input')} differs from the data its distances were"
-            f" computed from ({len(changed)} steps differ); recompute with overwrite=True (--overwrite)"
-        )
-
-
-def _block_rows(ds: xr.Dataset, b: int) -> tuple[int, int]:
-    sizes = ds.chunksizes["step"]
-    start = int(sum(sizes[:b]))
-    return start, start + int(sizes[b])
-
-
-def stop_job(path: str | os.PathLike[str], exc: BaseException) -> str:
-    """Clean up after a write job of :func:`to_zarr` failed; returns what to tell the user.
-
-    Releases this process's writer lock. A job stopped by its input (``InputError``: NaN or
-    Inf under ``nonfinite="raise"``; ``OverflowError``: float16) cannot be finished by a
-    plain resume: with no block written the store is removed, otherwise the cause is recorded
-    in the store (``info`` and a later ``compute`` show it) and the message says how to go on.
-    Interruptions (Ctrl-C, disk full, a kill) keep the store for ``--resume``.
-
-    Examples
-    --------
-    >>> job = to_zarr(ds, "d.zarr", compute=False)  # doctest: +SKIP
-    >>> try:  # doctest: +SKIP
-    ...     job.compute()
-    ... except InputError as exc:
-    ...     print(exc, stop_job("d.zarr", exc))
-    """
-    path = Path(path)
-    try:
-        if not isinstance(exc, (InputError, OverflowError)) or not is_store(path):
-            return ""
-        done, _ = store_progress(path)
-        if not done.any():
-            shutil.rmtree(path)
-            return f"nothing was written, so {path} was removed"
-        way = (
-            "recompute with --dtype float32 --overwrite"
-            if isinstance(exc, OverflowError)
-            else "fix the input and recompute with --overwrite, or finish with --resume --nonfinite propagate"
-            " (NaN distances there)"
-        )
-        write_root_attrs(path, **{STOPPED_ATTR: f"stopped by its input: {exc}"})
-        return f"{path} keeps {int(done.sum())} of {done.size} blocks; the job was stopped by its input: {way}"
-    finally:
-        release_lock(path)
-
-
-def store_progress(path: str | os.PathLike[str]) -> tuple[np.ndarray, bool]:
-    """The ``chunk_done`` flags (one per block) and whether the store is complete.
-
-    Complete means the completion record is written, together with the consolidated
-    metadata it vouches for (the last write of a job)."""
-    import zarr
-
-    path = Path(path)
-    where = done_path(path)
-    try:
-        done = np.asarray(zarr.open_array(str(where), mode="r")[...])
-    except Exception as exc:
-        raise StoreError(
-            f"{path}: the done flags {where.relative_to(path)} are unreadable ({type(exc).__name__}: {exc});"
-            f" run `dask-pdist verify {path}`"
-        ) from exc
-    return done, is_complete(read_root(path))
 
 
 def open_distances(path: str | os.PathLike[str], *, allow_incomplete: bool = False) -> xr.Dataset:
@@ -600,13 +430,10 @@ def open_distances(path: str | os.PathLike[str], *, allow_incomplete: bool = Fal
     for name in [*ds.data_vars, *(["embedding_rms"] if "embedding_rms" in ds.coords else [])]:
         if name not in group:
             raise StoreError(
-                f"{path}: {name}: missing (array absent although the metadata lists it);"
-                f" run `dask-pdist verify {path}`"
+                f"{path}: {name}: missing (array absent although the metadata lists it); run `dask-pdist verify {path}`"
             )
         arr = group[name]
-        source = CheckedChunks(
-            str(path), name, arr.shape, arr.chunks, arr.dtype, steps, None if complete else done
-        )
+        source = CheckedChunks(str(path), name, arr.shape, arr.chunks, arr.dtype, steps, None if complete else done)
         data = da.from_array(
             source,
             chunks=arr.chunks,
@@ -617,4 +444,3 @@ def open_distances(path: str | os.PathLike[str], *, allow_incomplete: bool = Fal
         )
         ds[name] = ds[name].copy(data=data)
     return ds
-

@@ -11,7 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import dask
 import numpy as np
 import pytest
 import xarray as xr
@@ -87,7 +86,7 @@ def test_verify_reports_a_chunk_replaced_by_a_directory(store):
     problems = [str(p) for p in verify_store(store)]
     assert problems == ["chebyshev steps 80..150: missing (chunk file absent)"]
     with pytest.raises(StoreError, match=r"d.zarr: chebyshev chunk \(1, 0, 0\), steps 80..150: missing"):
-        open_distances(store).chebyshev.values
+        _ = open_distances(store).chebyshev.values
 
 
 # -- 2. a complete store's reads raise on an absent chunk ----------------------------------
@@ -98,9 +97,9 @@ def test_complete_store_read_of_a_missing_chunk_raises(store, tmp_path, capsys):
     ds = open_distances(store)
     np.testing.assert_array_equal(ds.euclidean.sel(step=0).values, ds.euclidean.isel(step=0).values)  # others read
     with pytest.raises(StoreError, match=r"d.zarr: euclidean chunk \(2, 0, 0\), steps 160..230: missing.*verify"):
-        ds.euclidean.values
+        _ = ds.euclidean.values
     with pytest.raises(StoreError, match=r"steps 160..230: missing"):
-        ds.euclidean.sel(step=170).values
+        _ = ds.euclidean.sel(step=170).values
     assert main(["summary", str(store)]) == 2
     assert "steps 160..230: missing" in capsys.readouterr().err
     with pytest.raises(StoreError, match="missing"):
@@ -115,7 +114,7 @@ def test_incomplete_store_reads_nan_only_where_not_done(store):
     assert np.isnan(e[24:32]).all() and not np.isnan(e[:24]).any()
     (store / "euclidean" / "c" / "1" / "0" / "0").unlink()  # marked done, yet absent
     with pytest.raises(StoreError, match=r"steps 80..150: missing"):
-        open_distances(store, allow_incomplete=True).euclidean.values
+        _ = open_distances(store, allow_incomplete=True).euclidean.values
 
 
 # -- 3. every array carries a checksum, verify reads all of them ---------------------------
@@ -150,7 +149,7 @@ def test_a_corrupt_step_coordinate_fails_to_open(store):
 def test_corrupt_chunk_read_names_the_chunk(store, tmp_path, capsys):
     _flip(store / "euclidean" / "c" / "2" / "0" / "0")
     with pytest.raises(StoreError, match=r"d.zarr: euclidean chunk \(2, 0, 0\), steps 160..230: corrupt.*verify"):
-        open_distances(store).euclidean.values
+        _ = open_distances(store).euclidean.values
     assert main(["export", str(store), str(tmp_path / "x.safetensors"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "euclidean chunk (2, 0, 0), steps 160..230: corrupt" in err and "dask-pdist verify" in err
@@ -183,7 +182,7 @@ def test_a_kill_while_finishing_never_leaves_a_complete_store_that_fails_to_open
         open_distances(out)
     to_zarr(ds, out, resume=True)
     assert store_progress(out)[1] and verify_store(out) == []
-    open_distances(out).euclidean.values
+    _ = open_distances(out).euclidean.values
 
 
 def test_complete_without_consolidated_metadata_reads_as_incomplete(store, history_file):
@@ -195,7 +194,7 @@ def test_complete_without_consolidated_metadata_reads_as_incomplete(store, histo
     assert "INCOMPLETE" in describe(store)
     to_zarr(pairwise_distances(open_history(history_file, chunks=8)), store, resume=True)
     assert store_progress(store)[1]
-    open_distances(store).euclidean.values
+    _ = open_distances(store).euclidean.values
 
 
 # -- issue 9 item 6: bookkeeping hidden from plain xarray, old layout still read -----------
@@ -251,7 +250,6 @@ def _poke(history: Path, step: int, xor: int = 0, value: bytes | None = None) ->
     else:
         raw[at : at + len(value)] = value
     history.write_bytes(bytes(raw))
-
 
 
 def test_resume_refuses_an_input_whose_data_changed(store, history_file):
