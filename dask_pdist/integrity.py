@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .bookkeeping import FINGERPRINT_ATTR, MARKER_ATTR, done_path, read_root
+from .bookkeeping import FINGERPRINT_ATTR, MARKER_ATTR, done_path, is_complete, read_root
 from .errors import StoreError
 
 __all__ = ["ChunkProblem", "CheckedChunks", "verify_store", "check_small_arrays"]
@@ -219,7 +219,8 @@ def verify_store(path: str | os.PathLike[str]) -> list[ChunkProblem]:
     Every array the store's metadata names (distances, coordinates, ``embedding_rms``,
     done flags, input checksums) must be present with every chunk; a chunk is missing when
     its file is absent (or not a file) or, for distances, its block is not marked done, and
-    corrupt when it fails its crc32c checksum or cannot be decoded.
+    corrupt when it fails its crc32c checksum or cannot be decoded. A store without its
+    completion record is reported too.
 
     Examples
     --------
@@ -276,4 +277,15 @@ def verify_store(path: str | os.PathLike[str]) -> list[ChunkProblem]:
                     ti = (idx[1] * ci, min((idx[1] + 1) * ci, arr.shape[1]) - 1)
                     tj = (idx[2] * cj, min((idx[2] + 1) * cj, arr.shape[2]) - 1)
                 problems.append(ChunkProblem(name, label, ti, tj, problem, None if label else idx))
+    if not is_complete(meta):
+        problems.append(
+            ChunkProblem(
+                "store",
+                None,
+                None,
+                None,
+                "not marked complete (the job was interrupted or stopped; `dask-pdist info` says which);"
+                " reads refuse it until `dask-pdist compute ... --resume` finishes it",
+            )
+        )
     return problems

@@ -309,7 +309,9 @@ def to_zarr(
     compute : bool
         If False, create the store (metadata and coordinates) now and return a
         ``dask.delayed`` object that writes the distances when computed (run it under a
-        progress bar or a distributed client as you like).
+        progress bar or a distributed client as you like). The job holds the store's
+        writer lock (``.NAME.lock`` next to it) until it finishes; a lock left by a process
+        that has exited is taken over by the next writer.
 
     Returns
     -------
@@ -318,8 +320,10 @@ def to_zarr(
     Raises
     ------
     StoreError
-        ``path`` exists and neither ``overwrite`` nor ``resume`` is given, is not a
-        dask_pdist store, or (resume) was made from other input or parameters.
+        ``path`` exists and neither ``overwrite`` nor ``resume`` is given, is not (only) a
+        dask_pdist store, is a symbolic link or holds the input, is being written by another
+        live process, or (resume) was made from other input or parameters, or the input
+        values of its finished blocks changed (naming the first changed step).
 
     Examples
     --------
