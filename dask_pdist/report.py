@@ -144,6 +144,7 @@ def describe(path: str | os.PathLike[str]) -> str:
     """
     import zarr
 
+    from .bookkeeping import has_bookkeeping
     from .history import _read_npy_header
     from .knn_store import is_neighbours_store
     from .safetensors_io import read_header
@@ -162,6 +163,12 @@ def describe(path: str | os.PathLike[str]) -> str:
         lines.append(f"  steps: {len(steps)} ({steps[0]}..{steps[-1]})" if len(steps) else "  steps: 0")
         lines.append(f"  neighbour: shape {list(nbr.shape)} {nbr.dtype}, chunks {list(nbr.chunks)}")
         lines.append(f"  size on disk: {_disk_size(path) / 1e6:.1f} MB")
+        return "\n".join(lines)
+    if path.is_dir() and not (path / "zarr.json").exists() and has_bookkeeping(path):
+        lines.append(
+            "  DAMAGED dask_pdist store: its root zarr.json is missing (a write was interrupted);"
+            " replace it with `dask-pdist compute ... --overwrite`"
+        )
         return "\n".join(lines)
     if path.is_dir() and is_store(path):
         group = zarr.open_group(str(path), mode="r", use_consolidated=False)

@@ -289,6 +289,7 @@ def test_a_second_writer_is_refused_and_a_dead_ones_lock_is_taken_over(history_f
 
 def test_a_store_directory_without_root_metadata_is_recognised(store, history_file, capsys):
     (store / "zarr.json").unlink()  # as two racing writers could leave it
+    assert "DAMAGED dask_pdist store" in describe(store)
     src = str(history_file)
     assert main(["compute", src, "-o", str(store), "--chunk-steps", "8", "--no-progress"]) == 2
     assert "--overwrite" in capsys.readouterr().err
