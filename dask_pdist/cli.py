@@ -391,11 +391,19 @@ def _compute(
         f" x {history.sizes['dim']:,} dims ({history.attrs['input_dtype']}) -> {output}",
         flush=True,  # stdout: an error found by the compute is then the one line on stderr
     )
+    from dask_pdist.store import stop_job
+
     try:
         _run(delayed, getattr(args, "scheduler", None), not args.no_progress)
-    except KeyboardInterrupt:
+    except (dp.InputError, OverflowError) as exc:  # stopped by its input: no resume can finish it
+        if args.debug:
+            raise
+        print(f"dask-pdist: error: {exc}; {stop_job(output, exc)}", file=sys.stderr)
+        raise _Exit(EXIT_BAD_INPUT) from None
+    except KeyboardInterrupt as exc:
         from dask_pdist.store import store_progress
 
+        stop_job(output, exc)
         done, _ = store_progress(output)
         print(
             f"dask-pdist: interrupted; {int(done.sum())} of {done.size} blocks are written and kept."
@@ -404,6 +412,7 @@ def _compute(
         )
         raise _Exit(130) from None
     except OSError as exc:  # disk full, file too large, lost mount: the written blocks stay valid
+        stop_job(output, exc)
         print(
             f"dask-pdist: error: writing {output} failed: {exc}. The blocks written so far are kept;"
             f" fix the cause, then resume with: {_resume_command(args.argv)}",

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 import dask.array as da
+import numpy as np
 import xarray as xr
 
 from ._version import __version__
@@ -21,6 +22,17 @@ _DESCRIPTIONS = {
     "euclidean": ("Euclidean (L2) distance", "sqrt(sum_d (x[step, i, d] - x[step, j, d])**2)"),
     "chebyshev": ("Chebyshev (L-infinity) distance", "max_d |x[step, i, d] - x[step, j, d]|"),
 }
+
+
+def _step_checksums(block: np.ndarray) -> np.ndarray:
+    """crc32c of each step's values (their bytes as computed on: float32 or float64).
+
+    >>> _step_checksums(np.zeros((2, 3, 4), dtype=np.float32)).tolist()
+    [680278713, 680278713]
+    """
+    import google_crc32c
+
+    return np.array([google_crc32c.value(np.ascontiguousarray(s).tobytes()) for s in block], dtype=np.uint32)
 
 
 def pairwise_distances(
@@ -78,6 +90,15 @@ def pairwise_distances(
             # chunked like the distances along step, so each write task has its own piece
             da.sqrt((data.astype("float64") ** 2).mean(axis=(1, 2))).rechunk(next(iter(arrays.values())).chunks[0]),
             {"long_name": "root-mean-square embedding coordinate per step"},
+        ),
+        # what to_zarr records next to each done flag, so that --resume can tell whether the
+        # input of the finished blocks changed (computed from the same history chunks)
+        "input_checksum": (
+            "step",
+            data.rechunk({1: -1, 2: -1})
+            .map_blocks(_step_checksums, drop_axis=(1, 2), dtype=np.uint32)
+            .rechunk(next(iter(arrays.values())).chunks[0]),
+            {"long_name": "crc32c of each step's input values (checked by --resume)"},
         ),
     }
     common = {

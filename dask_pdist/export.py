@@ -14,6 +14,8 @@ import itertools
 import json
 import math
 import os
+import re
+import socket
 import uuid
 from pathlib import Path
 from typing import Any, Literal
@@ -24,6 +26,7 @@ import numpy as np
 import xarray as xr
 
 from ._version import __version__
+from .bookkeeping import pid_alive
 from .dataset import DISTANCE_DIMS
 from .errors import StoreError
 from .graph import METRICS
@@ -140,6 +143,29 @@ def check_target(path: str | os.PathLike[str], overwrite: bool) -> Path:
     return path
 
 
+def _partial_name(path: Path) -> Path:
+    # the writer's host and pid in the name: a later export can tell a killed one's file
+    # from a live concurrent export's
+    parent = path.parent if str(path.parent) else Path(".")
+    return parent / f".{path.name}.{socket.gethostname()}-{os.getpid()}.{uuid.uuid4().hex[:8]}.partial"
+
+
+def _clean_stale_partials(path: Path) -> list[Path]:
+    """Remove temporary files of killed exports to ``path``: those whose writer is dead on
+    this host, and those of versions that did not name their writer."""
+    parent = path.parent if str(path.parent) else Path(".")
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(?:(?P<host>.+)-(?P<pid>\d+)\.)?[0-9a-f]{{8}}\.partial")
+    removed = []
+    for p in parent.glob(".*.partial"):
+        m = pattern.fullmatch(p.name)
+        if m is None or not p.is_file() or p.is_symlink():
+            continue
+        if m["pid"] is None or (m["host"] == socket.gethostname() and not pid_alive(int(m["pid"]))):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
 def _finish(_stored: Any, tmp: str, path: str, overwrite: bool) -> None:
     if not overwrite and os.path.lexists(path):
         os.unlink(tmp)
@@ -179,7 +205,8 @@ def to_safetensors(
     compute : bool
         If False, write the header now and return a ``dask.delayed`` object that writes the
         data and renames the file into place when computed (a failed deferred run leaves
-        only the hidden ``.NAME.*.partial`` file).
+        only the hidden ``.NAME.HOST-PID.*.partial`` file; the next export to ``path``
+        removes it once that process is gone).
 
     Returns
     -------
@@ -219,13 +246,13 @@ def to_safetensors(
         raise ValueError(f"dtype={dtype!r}: choose one of {list(EXPORT_DTYPES)}")
 
     path = check_target(path, overwrite)
-    parent = path.parent if str(path.parent) else Path(".")
 
     shape = tuple(ds[metrics[0]].shape)
     tensors = [(tensor_key(m), _SAFETENSORS_DTYPE[name], shape) for m in metrics]
-    tmp = parent / f".{path.name}.{uuid.uuid4().hex[:8]}.partial"
-    offsets = write_header(tmp, tensors, _metadata(ds, metrics, name))
+    _clean_stale_partials(path)
+    tmp = _partial_name(path)
     try:
+        offsets = write_header(tmp, tensors, _metadata(ds, metrics, name))
         sources = []
         for m in metrics:
             data = ds[m].data
@@ -241,8 +268,11 @@ def to_safetensors(
         if not compute:
             return finish
         finish.compute()
-    except BaseException:
+    except BaseException as exc:
         if tmp.exists():
             tmp.unlink()
+        if isinstance(exc, OSError) and exc.errno is not None and str(path) not in str(exc):
+            # disk full, file too large: say which file
+            raise type(exc)(exc.errno, f"{path}: export failed: {exc.strerror}; nothing was kept") from exc
         raise
     return None

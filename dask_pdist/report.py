@@ -185,6 +185,7 @@ def describe(path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], ke
     """
     import zarr
 
+    from .bookkeeping import has_bookkeeping
     from .checkpoints import directory_hint
     from .errors import InputError
     from .history import _is_checkpoint_spec, _read_npy_header
@@ -208,8 +209,14 @@ def describe(path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], ke
         lines.append(f"  neighbour: shape {list(nbr.shape)} {nbr.dtype}, chunks {list(nbr.chunks)}")
         lines.append(f"  size on disk: {_disk_size(path) / 1e6:.1f} MB")
         return "\n".join(lines)
+    if path.is_dir() and not (path / "zarr.json").exists() and has_bookkeeping(path):
+        lines.append(
+            "  DAMAGED dask_pdist store: its root zarr.json is missing (a write was interrupted);"
+            " replace it with `dask-pdist compute ... --overwrite`"
+        )
+        return "\n".join(lines)
     if path.is_dir() and is_store(path):
-        group = zarr.open_group(str(path), mode="r")
+        group = zarr.open_group(str(path), mode="r", use_consolidated=False)
         steps = np.asarray(group["step"][:])
         lines.append(f"  dask_pdist store, version {group.attrs.get('dask_pdist_version', '?')}")
         lines.append(
@@ -222,7 +229,14 @@ def describe(path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], ke
                 arr = group[name]
                 lines.append(f"  {name}: shape {list(arr.shape)} {arr.dtype}, chunks {list(arr.chunks)}")
         done, complete = store_progress(path)
-        state = "complete" if complete else f"INCOMPLETE: {int((done == 0).sum())} blocks missing, resume with --resume"
+        stopped = group.attrs.get("stopped")
+        state = (
+            "complete"
+            if complete
+            else f"INCOMPLETE: {int((done == 0).sum())} blocks missing; the job was {stopped}"
+            if stopped
+            else f"INCOMPLETE: {int((done == 0).sum())} blocks missing, resume with --resume"
+        )
         lines.append(f"  blocks written: {int(done.sum())}/{done.size} ({state})")
         lines.append(f"  size on disk: {_disk_size(path) / 1e6:.1f} MB")
         return "\n".join(lines)

@@ -3,9 +3,12 @@
 The store tells the truth about what it holds. Each dask task writes one block of every
 variable, then sets its own element of the ``chunk_done`` array (one zarr chunk per block,
 so concurrent writers never share a file; zarr attributes are not safe for concurrent
-updates). A ``complete`` attribute is written last, by one task that depends on all others.
-Chunk writes are atomic on local disk (zarr >= 3.1.3: temp file + rename) and carry a
-crc32c checksum, so a killed job leaves only whole chunks, which ``--resume`` completes.
+updates), next to the crc32c of the input values it read (``input_checksum``). Both live in
+the ``_dask_pdist`` sub-group (see :mod:`.bookkeeping`). The ``complete`` record is the last
+write, by one task that depends on all others. Chunk writes are atomic on local disk
+(zarr >= 3.1.3: temp file + rename) and every chunk of every array carries a crc32c
+checksum, so a killed job leaves only whole chunks, which ``--resume`` completes. One
+writer at a time: a lock file next to the store.
 
 The store is plain xarray-on-zarr: ``xarray.open_zarr(path)`` opens it without dask_pdist.
 """
@@ -17,8 +20,6 @@ import os
 import shutil
 import sys
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,6 +30,22 @@ import xarray as xr
 from dask.delayed import Delayed
 
 from ._version import __version__
+from .bookkeeping import (
+    BOOKKEEPING,
+    COMPLETE_ATTR,
+    DONE,
+    FINGERPRINT_ATTR,
+    INPUT_CHECKSUM,
+    MARKER_ATTR,
+    STOPPED_ATTR,
+    acquire_lock,
+    done_path,
+    is_store,
+    read_root,
+    release_lock,
+    store_progress,
+    write_root_attrs,
+)
 from .compression import (  # noqa: F401  (COMPRESSORS, DEFAULT_COMPRESSOR, AUTO_CODECS: re-exported)
     AUTO_CODECS,
     COMPRESSORS,
@@ -39,7 +56,9 @@ from .compression import (  # noqa: F401  (COMPRESSORS, DEFAULT_COMPRESSOR, AUTO
     codecs,
 )
 from .dataset import DISTANCE_DIMS
-from .errors import StoreError
+from .errors import InputError, StoreError
+from .integrity import CheckedChunks, ChunkProblem, check_small_arrays, lazy_checked, verify_store
+from .jobs import check_input_outside, check_output, check_resumed_input, stop_job
 
 __all__ = [
     "AUTO_CODECS",
@@ -51,13 +70,15 @@ __all__ = [
     "store_progress",
     "verify_store",
     "ChunkProblem",
+    "stop_job",
+    "is_store",
 ]
 
-DONE = "chunk_done"
 _DONE_DIMS = ("step_block", "token_i_block", "token_j_block")
-_MARKER_ATTR = "dask_pdist_version"
-_FINGERPRINT_ATTR = "dask_pdist_fingerprint"
-_COMPLETE_ATTR = "complete"
+_MARKER_ATTR = MARKER_ATTR
+_FINGERPRINT_ATTR = FINGERPRINT_ATTR
+_COMPLETE_ATTR = COMPLETE_ATTR
+_COORDS = ("step", "token_i", "token_j")
 
 
 def _regular_chunks(ds: xr.Dataset) -> xr.Dataset:
@@ -72,16 +93,8 @@ def _regular_chunks(ds: xr.Dataset) -> xr.Dataset:
 
 
 def _read_attrs(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((path / "zarr.json").read_text()).get("attributes", {})
-    except (OSError, ValueError):
-        return None
-
-
-def is_store(path: str | os.PathLike[str]) -> bool:
-    """True if ``path`` holds a zarr group written by dask_pdist."""
-    attrs = _read_attrs(Path(path))
-    return attrs is not None and _MARKER_ATTR in attrs
+    meta = read_root(path)
+    return None if meta is None else meta.get("attributes", {})
 
 
 def _fingerprint(ds: xr.Dataset, compressor: str) -> dict[str, Any]:
@@ -97,35 +110,27 @@ def _fingerprint(ds: xr.Dataset, compressor: str) -> dict[str, Any]:
         "compressor": compressor,
         # what the choice meant when the store was made: a resumed job writes the same codecs
         "codecs": {name: codec_name(codec_choice(compressor, name)) for name in sorted(ds.data_vars)},
+        "tokens": _token_labels(ds),
         "version": __version__,
     }
 
 
-def _check_output(path: Path, overwrite: bool, resume: bool) -> bool:
-    """Validate the output location before any work; returns True to resume into it."""
-    if overwrite and resume:
-        raise ValueError("overwrite and resume exclude each other: resume continues a store, overwrite replaces it")
-    if path.exists():
-        if not is_store(path):
-            raise StoreError(f"{path}: exists and is not a dask_pdist store; refusing to write into or delete it")
-        if resume:
-            return True
-        if not overwrite:
-            raise StoreError(
-                f"{path}: already exists; pass overwrite=True (--overwrite) to replace it,"
-                " or resume=True (--resume) to finish an interrupted job"
-            )
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise StoreError(f"{path}: parent directory {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise StoreError(f"{path}: parent directory {parent} is not writable")
-    return False
+def _token_labels(ds: xr.Dataset) -> str:
+    # --resume with labels must not silently keep a store's integer labels (or the reverse)
+    import hashlib
+
+    tokens = np.asarray(ds["token_i"].values)
+    if tokens.dtype.kind in "iu" and np.array_equal(tokens, np.arange(len(tokens))):
+        return "none (token index)"
+    return "labels sha256:" + hashlib.sha256("\n".join(map(str, tokens.tolist())).encode()).hexdigest()[:16]
 
 
 def _create(ds: xr.Dataset, path: Path, compressor: str, fingerprint: dict[str, Any]) -> None:
     import zarr
+    from zarr.codecs import Crc32cCodec
 
+    checksums = ds.coords.get(INPUT_CHECKSUM)
+    ds = ds.drop_vars(INPUT_CHECKSUM, errors="ignore")  # bookkeeping: kept in the sub-group
     encoding = {
         name: {
             "chunks": tuple(c[0] for c in var.chunks),
@@ -134,21 +139,53 @@ def _create(ds: xr.Dataset, path: Path, compressor: str, fingerprint: dict[str, 
         }
         for name, var in ds.data_vars.items()
     }
+    for name in ds.coords:  # every array carries a checksum, coordinates too
+        encoding[name] = {"compressors": [Crc32cCodec()]}
     tmp = path.with_name(path.name + ".creating")
     if tmp.exists():
-        shutil.rmtree(tmp)
-    # metadata and the (small, eager) coordinates; the distances are written by our own tasks
-    ds.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=False, encoding=encoding, compute=False)
+        shutil.rmtree(tmp)  # left by a killed run (we hold the lock)
+    # metadata and the (small, eager) coordinates; the distances are written by our own tasks;
+    # every chunk is written, even one equal to the fill value, so that "absent" means missing
+    ds.to_zarr(
+        tmp, mode="w-", zarr_format=3, consolidated=False, encoding=encoding, compute=False, write_empty_chunks=True
+    )
     group = zarr.open_group(str(tmp), mode="r+")
+    books = group.create_group(BOOKKEEPING)
+    books.attrs["long_name"] = "dask_pdist bookkeeping: which blocks are written, and from what input"
     nblocks = tuple(len(ds.chunksizes[d]) for d in DISTANCE_DIMS)
-    done = group.create_array(
-        DONE, shape=nblocks, chunks=(1, 1, 1), dtype="uint8", fill_value=0, dimension_names=_DONE_DIMS
+    done = books.create_array(
+        DONE,
+        shape=nblocks,
+        chunks=(1, 1, 1),
+        dtype="uint8",
+        fill_value=0,
+        dimension_names=_DONE_DIMS,
+        compressors=[Crc32cCodec()],
     )
     done.attrs["long_name"] = "1 where the block of every variable is written (one element per dask task)"
+    if checksums is not None:
+        crc = books.create_array(
+            INPUT_CHECKSUM,
+            shape=(ds.sizes["step"],),
+            chunks=(ds.chunksizes["step"][0],),
+            dtype="uint32",
+            fill_value=0,
+            dimension_names=("step",),
+            compressors=[Crc32cCodec()],
+        )
+        crc.attrs["long_name"] = checksums.attrs.get("long_name", "")
     group.attrs[_FINGERPRINT_ATTR] = json.dumps(fingerprint, sort_keys=True)
     group.attrs[_COMPLETE_ATTR] = False
     _consolidate(tmp)
-    os.rename(tmp, path)  # the store appears whole, with its metadata, or not at all
+    if path.exists():  # --overwrite: move the old store aside first, then delete it
+        trash = path.with_name(f".{path.name}.deleting")
+        if trash.exists():
+            shutil.rmtree(trash)
+        os.rename(path, trash)
+        os.rename(tmp, path)
+        shutil.rmtree(trash)
+    else:
+        os.rename(tmp, path)  # the store appears whole, with its metadata, or not at all
 
 
 def _consolidate(path: Path) -> None:
@@ -189,16 +226,18 @@ def _mark_done(*written: np.ndarray, done: Any, block_info: Any = None) -> np.nd
     return np.ones((1, 1, 1), dtype=np.uint8)
 
 
-def _finish(flags: list, path: str) -> int:
-    import zarr
-
-    group = zarr.open_group(path, mode="r+", use_consolidated=False)
-    group.attrs[_COMPLETE_ATTR] = True
-    _consolidate(Path(path))
+def _finish(flags: list, path: str, lock: str) -> int:
+    store = Path(path)
+    if not (read_root(store) or {}).get("consolidated_metadata"):
+        _consolidate(store)  # a store finished by an older version lacks it
+    # the completion record is the last write, one atomic replace of the root zarr.json that
+    # also holds the consolidated metadata: a reader sees both or neither
+    write_root_attrs(store, **{_COMPLETE_ATTR: True, STOPPED_ATTR: None})
+    release_lock(store, lock)
     return len(flags)
 
 
-def _write_graph(ds: xr.Dataset, path: Path, todo: np.ndarray) -> Delayed:
+def _write_graph(ds: xr.Dataset, path: Path, todo: np.ndarray, lock: str) -> Delayed:
     import zarr
 
     token = dask.base.tokenize(str(path), *(v.data.name for v in ds.data_vars.values()))
@@ -214,8 +253,11 @@ def _write_graph(ds: xr.Dataset, path: Path, todo: np.ndarray) -> Delayed:
             var.data.map_blocks(_write_block, array=arr, dtype=np.uint8, chunks=(1, 1, 1), name=f"write-{name}-{token}")
         )
     for name, coord in ds.coords.items():
-        if isinstance(coord.data, da.Array):  # lazy per-step coordinates (embedding_rms)
-            arr = zarr.open_array(str(path / name), mode="r+").with_config(config)
+        if isinstance(coord.data, da.Array):  # lazy per-step coordinates (embedding_rms, input checksums)
+            where = path / BOOKKEEPING / name if name == INPUT_CHECKSUM else path / name
+            if not (where / "zarr.json").exists():
+                continue  # an old store without input checksums
+            arr = zarr.open_array(str(where), mode="r+").with_config(config)
             flags = coord.data.map_blocks(
                 _write_coord, array=arr, dtype=np.uint8, chunks=(1,), name=f"write-{name}-{token}"
             )
@@ -223,14 +265,14 @@ def _write_graph(ds: xr.Dataset, path: Path, todo: np.ndarray) -> Delayed:
     done = da.map_blocks(
         _mark_done,
         *written,
-        done=zarr.open_array(str(path / DONE), mode="r+").with_config(config),
+        done=zarr.open_array(str(done_path(path)), mode="r+").with_config(config),
         dtype=np.uint8,
         chunks=(1, 1, 1),
         name=f"mark-done-{token}",
     )
     blocks = done.to_delayed(optimize_graph=False)
     tasks = [blocks[tuple(idx)] for idx in np.argwhere(todo)]  # resume: only blocks not done
-    return dask.delayed(_finish, pure=False)(tasks, str(path))
+    return dask.delayed(_finish, pure=False)(tasks, str(path), lock)
 
 
 def to_zarr(
@@ -266,7 +308,9 @@ def to_zarr(
     compute : bool
         If False, create the store (metadata and coordinates) now and return a
         ``dask.delayed`` object that writes the distances when computed (run it under a
-        progress bar or a distributed client as you like).
+        progress bar or a distributed client as you like). The job holds the store's
+        writer lock (``.NAME.lock`` next to it) until it finishes; a lock left by a process
+        that has exited is taken over by the next writer.
     progress : bool, optional
         Show a progress bar (tqdm, on stderr) while computing. Default: on in a terminal or
         a Jupyter notebook, off otherwise. Under a dask.distributed ``Client`` use
@@ -281,8 +325,10 @@ def to_zarr(
     Raises
     ------
     StoreError
-        ``path`` exists and neither ``overwrite`` nor ``resume`` is given, is not a
-        dask_pdist store, or (resume) was made from other input or parameters.
+        ``path`` exists and neither ``overwrite`` nor ``resume`` is given, is not (only) a
+        dask_pdist store, is a symbolic link or holds the input, is being written by another
+        live process, or (resume) was made from other input or parameters, or the input
+        values of its finished blocks changed (naming the first changed step).
 
     Examples
     --------
@@ -292,34 +338,53 @@ def to_zarr(
     path = Path(path)
     if compressor not in COMPRESSORS:
         raise ValueError(f"compressor={compressor!r}: choose one of {list(COMPRESSORS)}")
-    resuming = _check_output(path, overwrite, resume)
-    ds = _regular_chunks(ds)
-    fingerprint = _fingerprint(ds, compressor)
-    if resuming:
-        old = json.loads(_read_attrs(path).get(_FINGERPRINT_ATTR, "{}"))
-        diff = [f"{k}: store has {old.get(k)!r}, now {v!r}" for k, v in fingerprint.items() if old.get(k) != v]
-        if diff:
-            raise StoreError(
-                f"{path}: cannot resume, the job differs from the one that made the store: " + "; ".join(diff)
-            )
-        _clean_partials(path)
-    else:
-        if path.exists():
-            shutil.rmtree(path)
-        _create(ds, path, compressor, fingerprint)
-    todo = (
-        store_progress(path)[0] == 0 if resuming else np.ones(tuple(len(ds.chunksizes[d]) for d in DISTANCE_DIMS), bool)
-    )
-    job = _write_graph(ds, path, todo)
+    check_input_outside(ds, path)
+    try:
+        lock = acquire_lock(path)  # first: a running writer is the most useful thing to report
+    except StoreError:
+        raise
+    except OSError:
+        check_output(path, overwrite, resume)  # no parent folder, not writable: say so
+        raise
+    try:
+        resuming = check_output(path, overwrite, resume)
+        ds = _regular_chunks(ds)
+        fingerprint = _fingerprint(ds, compressor)
+        if resuming:
+            old = json.loads(_read_attrs(path).get(_FINGERPRINT_ATTR, "{}"))
+            diff = [f"{k}: store has {old.get(k)!r}, now {v!r}" for k, v in fingerprint.items() if old.get(k) != v]
+            if diff:
+                raise StoreError(
+                    f"{path}: cannot resume, the job differs from the one that made the store: " + "; ".join(diff)
+                )
+            _clean_partials(path)
+            check_resumed_input(ds, path)
+        else:
+            _create(ds, path, compressor, fingerprint)
+        todo = (
+            store_progress(path)[0] == 0
+            if resuming
+            else np.ones(tuple(len(ds.chunksizes[d]) for d in DISTANCE_DIMS), bool)
+        )
+        job = _write_graph(ds, path, todo, lock)
+    except BaseException:
+        release_lock(path, lock)
+        raise
     if not compute:
         return job
-    if _interactive() if progress is None else progress:
-        from tqdm.dask import TqdmCallback
+    try:
+        if _interactive() if progress is None else progress:
+            from tqdm.dask import TqdmCallback
 
-        with TqdmCallback(desc="writing", unit="task", file=sys.stderr):
+            with TqdmCallback(desc="writing", unit="task", file=sys.stderr):
+                job.compute()
+        else:
             job.compute()
-    else:
-        job.compute()
+    except (InputError, OverflowError) as exc:
+        raise type(exc)(f"{exc}; {stop_job(path, exc)}") from exc
+    except BaseException as exc:
+        stop_job(path, exc)
+        raise
     return open_distances(path)
 
 
@@ -332,20 +397,14 @@ def _interactive() -> bool:
     return type(shell).__name__ == "ZMQInteractiveShell"
 
 
-def store_progress(path: str | os.PathLike[str]) -> tuple[np.ndarray, bool]:
-    """The ``chunk_done`` flags (one per block) and the ``complete`` marker of a store."""
-    import zarr
-
-    path = Path(path)
-    attrs = _read_attrs(path) or {}
-    done = np.asarray(zarr.open_array(str(path / DONE), mode="r")[...])
-    return done, bool(attrs.get(_COMPLETE_ATTR, False))
-
-
 def open_distances(
     path: str | os.PathLike[str], *, allow_incomplete: bool = False, chunks: Literal["store"] | None = "store"
 ) -> xr.Dataset:
     """Open a distance store lazily; slicing by step reads only the chunks it needs.
+
+    Reads never return silently wrong data: a chunk that is absent (where the store says it
+    was written) or fails its checksum raises a :class:`StoreError` naming the store,
+    variable, chunk and step range.
 
     Parameters
     ----------
@@ -364,7 +423,8 @@ def open_distances(
     Raises
     ------
     StoreError
-        Not a dask_pdist store, or incomplete (the message says how to resume).
+        Not a dask_pdist store, incomplete (the message says how to resume), a coordinate
+        absent or corrupt; on compute, a distance chunk absent or corrupt.
 
     Examples
     --------
@@ -378,98 +438,48 @@ def open_distances(
         raise ValueError(
             "allow_incomplete=True masks missing blocks with dask: use chunks='store' (the default) with it"
         )
+    import zarr
+
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: store not found")
     if not is_store(path):
         raise StoreError(f"{path}: not a dask_pdist store (no zarr.json with {_MARKER_ATTR!r})")
     done, complete = store_progress(path)
-    ds = xr.open_zarr(
-        path, zarr_format=3, consolidated=True, chunks={} if chunks == "store" else None, drop_variables=[DONE]
-    )
-    if complete:
-        return ds
-    missing = int((done == 0).sum())
-    if not allow_incomplete:
-        raise StoreError(
-            f"{path}: incomplete, {missing} of {done.size} blocks missing (the job was interrupted);"
-            " finish it with the same `dask-pdist compute ... --resume` command, or open with"
-            " allow_incomplete=True (--allow-incomplete) to read missing blocks as NaN"
+    if not complete and not allow_incomplete:
+        missing = int((done == 0).sum())
+        stopped = (_read_attrs(path) or {}).get(STOPPED_ATTR)
+        why = (
+            f"the job was {stopped}; recompute with --overwrite"
+            if stopped
+            else "the job was interrupted; finish it with the same `dask-pdist compute ... --resume` command"
         )
-    for name in ds.data_vars:
-        ds[name] = ds[name].copy(data=ds[name].data.map_blocks(_mask_block, done=done, dtype=ds[name].dtype))
-    return ds
-
-
-def _mask_block(block: np.ndarray, *, done: np.ndarray, block_info: Any = None) -> np.ndarray:
-    if done[tuple(block_info[0]["chunk-location"])]:
-        return block
-    return np.full_like(block, np.nan)
-
-
-@dataclass(frozen=True)
-class ChunkProblem:
-    """A store chunk that is missing or fails its checksum."""
-
-    variable: str
-    steps: tuple[int, int]  # step labels, first and last
-    tokens_i: tuple[int, int]
-    tokens_j: tuple[int, int]
-    problem: str
-
-    def __str__(self) -> str:
-        where = f"steps {self.steps[0]}..{self.steps[1]}"
-        if self.tokens_i != self.tokens_j or self.tokens_i[0] != 0:
-            where += f", token_i {self.tokens_i[0]}..{self.tokens_i[1]}, token_j {self.tokens_j[0]}..{self.tokens_j[1]}"
-        return f"{self.variable} {where}: {self.problem}"
-
-
-def verify_store(
-    path: str | os.PathLike[str], *, progress: Callable[[int, int], None] | None = None
-) -> list[ChunkProblem]:
-    """Read every chunk of every variable; report missing and corrupt ones.
-
-    A chunk is missing when its block is not marked done or its file is absent, and corrupt
-    when it fails its crc32c checksum or cannot be decoded. ``progress(checked, total)``, if
-    given, is called after each chunk (the CLI draws a progress bar with it).
-
-    Examples
-    --------
-    >>> for problem in verify_store("pairwise_distances.zarr"): print(problem)  # doctest: +SKIP
-    """
-    import zarr
-
-    path = Path(path)
-    if not is_store(path):
-        raise StoreError(f"{path}: not a dask_pdist store")
-    done, _ = store_progress(path)
+        raise StoreError(
+            f"{path}: incomplete, {missing} of {done.size} blocks missing ({why}),"
+            " or open with allow_incomplete=True (--allow-incomplete) to read missing blocks as NaN"
+        )
     group = zarr.open_group(str(path), mode="r", use_consolidated=False)
-    steps = np.asarray(group["step"][:])
-    problems = []
-    names = [name for name in ("euclidean", "chebyshev") if name in group]
-    checked, total = 0, len(names) * done.size
-    for name in names:
+    check_small_arrays(path, [n for n in _COORDS if n in group])
+    ds = xr.open_zarr(path, zarr_format=3, consolidated=True, chunks=None, drop_variables=[DONE])
+    steps = ds["step"].values
+    token = dask.base.tokenize(str(path.resolve()), complete, done)
+    for name in [*ds.data_vars, *(["embedding_rms"] if "embedding_rms" in ds.coords else [])]:
+        if name not in group:
+            raise StoreError(
+                f"{path}: {name}: missing (array absent although the metadata lists it); run `dask-pdist verify {path}`"
+            )
         arr = group[name]
-        cs, ci, cj = arr.chunks
-        for idx in np.ndindex(*done.shape):
-            s0, i0, j0 = idx[0] * cs, idx[1] * ci, idx[2] * cj
-            s1, i1, j1 = min(s0 + cs, arr.shape[0]), min(i0 + ci, arr.shape[1]), min(j0 + cj, arr.shape[2])
-            key = path / name / "c" / str(idx[0]) / str(idx[1]) / str(idx[2])
-            problem = None
-            if not key.exists():
-                problem = "missing (chunk file absent)"
-            elif not done[idx]:
-                problem = "missing (block not marked done)"
-            else:
-                try:
-                    arr[s0:s1, i0:i1, j0:j1]
-                except Exception as exc:  # zarr raises ValueError for checksums, others for decoding
-                    problem = f"corrupt ({exc})"
-            if problem:
-                problems.append(
-                    ChunkProblem(name, (int(steps[s0]), int(steps[s1 - 1])), (i0, i1 - 1), (j0, j1 - 1), problem)
-                )
-            checked += 1
-            if progress is not None:
-                progress(checked, total)
-    return problems
+        source = CheckedChunks(str(path), name, arr.shape, arr.chunks, arr.dtype, steps, None if complete else done)
+        if chunks is None:  # no dask: numpy reads through the same checks, chunk by chunk
+            data = lazy_checked(source)
+        else:
+            data = da.from_array(
+                source,
+                chunks=arr.chunks,
+                name=f"read-{name}-{token}",
+                meta=np.empty((0,) * arr.ndim, dtype=arr.dtype),
+                asarray=False,
+                fancy=False,
+            )
+        ds[name] = ds[name].copy(data=data)
+    return ds

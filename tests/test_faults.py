@@ -1,6 +1,6 @@
 """Nothing lost: completeness, resume after kill / Ctrl-C / disk full, integrity, safety.
 
-Subprocess tests poll the store's done flags (files under chunk_done/) instead of sleeping
+Subprocess tests poll the store's done flags (files under _dask_pdist/chunk_done/) instead of sleeping
 for a fixed time, and are bounded by timeouts.
 """
 
@@ -41,7 +41,7 @@ def big(tmp_path_factory):
 
 
 def _n_done(store: Path) -> int:
-    root = store / "chunk_done" / "c"
+    root = store / "_dask_pdist" / "chunk_done" / "c"
     return sum(1 for p in root.rglob("*") if p.is_file() and not p.name.endswith(".partial")) if root.exists() else 0
 
 
@@ -240,3 +240,52 @@ def test_all_nan_block_is_written_not_missing(tmp_path):
     assert verify_store(tmp_path / "d.zarr") == []
     back = open_distances(tmp_path / "d.zarr").euclidean.values
     assert np.isnan(back[4:8]).all() and not np.isnan(back[:4]).any()
+
+
+def test_a_second_compute_on_a_running_output_is_refused(big, tmp_path, capsys):
+    src, ref = big
+    out = tmp_path / "d.zarr"
+    other = tmp_path / "other.safetensors"
+    shutil.copy(src, other)
+    proc = _start(src, out)
+    _wait_for_blocks(proc, out, 5)
+    for extra in ([], ["--overwrite"], ["--resume"]):  # in this process: no import time, no race
+        second = main(["compute", str(other), "-o", str(out), "--chunk-steps", "3", "--no-progress", *extra])
+        err = capsys.readouterr().err
+        assert second == 2 and f"being written by pid {proc.pid}" in err, err
+    assert proc.poll() is None, "the writer finished before the checks: make the job longer"
+    _, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 0, err
+    assert open_distances(out).attrs["source"] == str(src)  # provenance: the run that wrote the data
+    _assert_same(out, ref)
+    assert not (tmp_path / ".d.zarr.lock").exists()
+
+
+def test_sigkilled_export_leaves_a_partial_the_next_export_removes(big, tmp_path):
+    _, ref = big
+    out = tmp_path / "x.safetensors"
+    proc = subprocess.Popen(CLI + ["export", str(ref), str(out), "--no-progress"])
+    deadline = time.monotonic() + TIMEOUT
+    while not list(tmp_path.glob(".x.safetensors.*.partial")):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.005)
+    proc.kill()
+    proc.wait(TIMEOUT)
+    assert list(tmp_path.glob(".x.safetensors.*.partial"))
+    assert main(["export", str(ref), str(out), "--no-progress"]) == 0
+    assert not list(tmp_path.glob(".x.safetensors.*.partial"))
+
+
+def test_export_write_failure_names_the_file(big, tmp_path):
+    _, ref = big
+    out = tmp_path / "x.safetensors"
+    proc = subprocess.run(
+        CLI + ["export", str(ref), str(out), "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        preexec_fn=_limit_file_size,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert f"{out}: export failed: File too large" in proc.stderr and "Traceback" not in proc.stderr
+    assert not list(tmp_path.glob(".x.safetensors*")) and not out.exists()

@@ -1,0 +1,231 @@
+"""What a distance store keeps about itself, apart from the distances.
+
+- the ``_dask_pdist`` sub-group: ``chunk_done`` (one flag per block) and ``input_checksum``
+  (crc32c of each step's input values, checked by ``--resume``). Plain ``xarray.open_zarr``
+  lists only the arrays of the root group, so users see the distances and their coordinates.
+  Stores written before the sub-group keep ``chunk_done`` at the root; both layouts are read.
+- the completion record: the ``complete`` attribute of the root ``zarr.json``, written in one
+  atomic replace of that file together with the consolidated metadata it vouches for.
+- the writer lock ``.NAME.lock`` next to the store: one writer at a time.
+- the list of entries a store of ours may hold: ``--overwrite`` deletes nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import time
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import StoreError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+BOOKKEEPING = "_dask_pdist"
+DONE = "chunk_done"
+INPUT_CHECKSUM = "input_checksum"
+MARKER_ATTR = "dask_pdist_version"
+FINGERPRINT_ATTR = "dask_pdist_fingerprint"
+COMPLETE_ATTR = "complete"
+STOPPED_ATTR = "stopped"
+#: Root arrays a store of ours may hold (``chunk_done`` only in the old layout).
+ROOT_ARRAYS = ("euclidean", "chebyshev", "step", "token_i", "token_j", "embedding_rms", DONE)
+BOOKKEEPING_ARRAYS = (DONE, INPUT_CHECKSUM)
+# files inside one zarr array: its metadata, chunk files c/0/1/2, and temp files of killed writes
+_ARRAY_ENTRY = re.compile(r"zarr\.json|c(/\d+)+(\.[^/]+\.partial)?|c(/\d+)*/\d+\.[^/]+\.partial")
+
+
+def done_path(path: Path) -> Path:
+    """The ``chunk_done`` array of a store, in the sub-group or (old stores) at the root."""
+    old = path / DONE
+    if not (path / BOOKKEEPING / DONE).exists() and (old / "zarr.json").exists():
+        return old
+    return path / BOOKKEEPING / DONE
+
+
+def read_root(path: Path) -> dict[str, Any] | None:
+    """The root ``zarr.json`` of ``path``, or None if absent or unreadable."""
+    try:
+        meta = json.loads((path / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def is_store(path: str | os.PathLike[str]) -> bool:
+    """True if ``path`` holds a zarr group written by dask_pdist."""
+    meta = read_root(Path(path))
+    return meta is not None and MARKER_ATTR in meta.get("attributes", {})
+
+
+def is_complete(meta: dict[str, Any] | None) -> bool:
+    """The completion record counts only together with the consolidated metadata."""
+    if not meta:
+        return False
+    return bool(meta.get("attributes", {}).get(COMPLETE_ATTR)) and bool(meta.get("consolidated_metadata"))
+
+
+def write_root_attrs(path: Path, **attrs: Any) -> None:
+    """Set (or, for None, remove) root attributes in one atomic replace of ``zarr.json``.
+
+    zarr rewrites the root ``zarr.json`` without its consolidated metadata when attributes
+    change; this keeps that metadata, so no reader ever sees one without the other."""
+    meta = read_root(path)
+    if meta is None:
+        raise StoreError(f"{path}: zarr.json is missing or unreadable")
+    target = meta.setdefault("attributes", {})
+    for key, value in attrs.items():
+        if value is None:
+            target.pop(key, None)
+        else:
+            target[key] = value
+    tmp = path / f"zarr.json.{uuid.uuid4().hex[:8]}.partial"
+    tmp.write_text(json.dumps(meta, indent=2))
+    os.replace(tmp, path / "zarr.json")
+
+
+# -- the writer lock ------------------------------------------------------------------------
+
+
+def lock_path(path: Path) -> Path:
+    return path.parent / f".{path.name}.lock"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def acquire_lock(path: Path) -> str:
+    """Take the one-writer lock of ``path``; returns its token.
+
+    A lock whose process is dead on this host is stale and taken over; so is one of this
+    process (a Python caller running one job after another). Anything else is refused."""
+    lock = lock_path(path)
+    token = uuid.uuid4().hex
+    record = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "token": token,
+    }
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                holder = json.loads(lock.read_text())
+                pid, host = int(holder["pid"]), str(holder["host"])
+            except FileNotFoundError:
+                continue  # released meanwhile
+            except (OSError, ValueError, KeyError, TypeError):
+                raise StoreError(
+                    f"{path}: lock file {lock} is unreadable; if no dask-pdist job is writing {path}, delete it"
+                ) from None
+            if host == record["host"] and (pid == os.getpid() or not pid_alive(pid)):
+                lock.unlink(missing_ok=True)  # stale: its writer is gone
+                continue
+            raise StoreError(
+                f"{path}: being written by pid {pid} on {host} since {holder.get('started', '?')}"
+                f" (lock {lock}); wait for that job to finish, or, if it is no longer running,"
+                f" delete {lock} and retry"
+            ) from None
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f)
+        return token
+    raise StoreError(f"{path}: could not take the lock {lock}; retry")
+
+
+def release_lock(path: Path, token: str | None = None) -> None:
+    """Remove the lock of ``path`` if ``token`` holds it (or, without a token, if this
+    process holds it on this host)."""
+    lock = lock_path(path)
+    try:
+        holder = json.loads(lock.read_text())
+    except (OSError, ValueError):
+        return
+    mine = (
+        holder.get("token") == token
+        if token
+        else (holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname())
+    )
+    if mine:
+        lock.unlink(missing_ok=True)
+
+
+# -- what a store of ours holds -------------------------------------------------------------
+
+
+def foreign_entries(path: Path, limit: int = 5) -> list[str]:
+    """Entries under ``path`` that dask_pdist never writes (relative paths, at most ``limit``)."""
+    found: list[str] = []
+    for root, dirs, files in os.walk(path):
+        rel_root = Path(root).relative_to(path)
+        for name in sorted(dirs) + sorted(files):
+            full = Path(root) / name
+            rel = (rel_root / name).as_posix()
+            if full.is_symlink() or not _known(rel, full.is_dir()):
+                found.append(rel)
+                if name in dirs:
+                    dirs.remove(name)
+        if len(found) >= limit:
+            break
+    return found[:limit]
+
+
+def _known(rel: str, is_dir: bool) -> bool:
+    parts = rel.split("/")
+    if parts[0] == BOOKKEEPING:
+        if len(parts) == 1:
+            return is_dir
+        if len(parts) == 2 and parts[1] == "zarr.json":
+            return not is_dir
+        parts = parts[1:]
+        arrays: tuple[str, ...] = BOOKKEEPING_ARRAYS
+    else:
+        arrays = ROOT_ARRAYS
+    if len(parts) == 1 and parts[0] == "zarr.json":
+        return not is_dir
+    if parts[0] not in arrays:
+        return False
+    if len(parts) == 1:
+        return is_dir
+    inner = "/".join(parts[1:])
+    if is_dir:
+        return re.fullmatch(r"c(/\d+)*", inner) is not None
+    return _ARRAY_ENTRY.fullmatch(inner) is not None
+
+
+def has_bookkeeping(path: Path) -> bool:
+    return (path / BOOKKEEPING / DONE / "zarr.json").is_file() or (path / DONE / "zarr.json").is_file()
+
+
+def store_progress(path: str | os.PathLike[str]) -> tuple[np.ndarray, bool]:
+    """The ``chunk_done`` flags (one per block) and whether the store is complete.
+
+    Complete means the completion record is written, together with the consolidated
+    metadata it vouches for (the last write of a job)."""
+    import numpy as np
+    import zarr
+
+    path = Path(path)
+    where = done_path(path)
+    try:
+        done = np.asarray(zarr.open_array(str(where), mode="r")[...])
+    except Exception as exc:
+        raise StoreError(
+            f"{path}: the done flags {where.relative_to(path)} are unreadable ({type(exc).__name__}: {exc});"
+            f" run `dask-pdist verify {path}`"
+        ) from exc
+    return done, is_complete(read_root(path))
