@@ -72,6 +72,18 @@ _ALLOW_INCOMPLETE_HELP = (
 )
 
 
+def _json_object(text: str) -> dict:
+    import json
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not JSON ({exc.msg} at character {exc.pos})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a JSON object, e.g. '{{\"anon\": true}}'")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="dask-pdist",
@@ -143,6 +155,14 @@ def _parser() -> argparse.ArgumentParser:
         help="finish an interrupted job: compute only the blocks missing from --output (default: start anew)",
     )
     c.add_argument("--no-progress", action="store_true", help=_NO_PROGRESS_HELP)
+    c.add_argument(
+        "--storage-options",
+        type=_json_object,
+        default=None,
+        metavar="JSON",
+        help="for s3://, gs://, ... URLs: fsspec backend options, e.g. '{\"anon\": true}'"
+        " (credentials and endpoint otherwise come from the backend's usual settings, e.g. AWS_*)",
+    )
     c.add_argument(
         "--safetensors",
         metavar="OUT.safetensors",
@@ -359,6 +379,7 @@ def _compute(
         nonfinite=getattr(args, "nonfinite", "raise"),
         token_ids=getattr(args, "token_ids", None),
         steps=getattr(args, "steps", None),
+        storage_options=getattr(args, "storage_options", None),
     )
     ds = dp.pairwise_distances(
         history,

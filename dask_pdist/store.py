@@ -40,6 +40,7 @@ from .compression import (  # noqa: F401  (COMPRESSORS, DEFAULT_COMPRESSOR, AUTO
 )
 from .dataset import DISTANCE_DIMS
 from .errors import StoreError
+from .locations import local_path
 
 __all__ = [
     "AUTO_CODECS",
@@ -289,7 +290,7 @@ def to_zarr(
     >>> ds = to_zarr(pairwise_distances(open_history("h.safetensors")), "d.zarr")  # doctest: +SKIP
     >>> ds.euclidean.sel(step=1234)  # doctest: +SKIP
     """
-    path = Path(path)
+    path = local_path(path, "distance store")
     if compressor not in COMPRESSORS:
         raise ValueError(f"compressor={compressor!r}: choose one of {list(COMPRESSORS)}")
     resuming = _check_output(path, overwrite, resume)
@@ -378,7 +379,7 @@ def open_distances(
         raise ValueError(
             "allow_incomplete=True masks missing blocks with dask: use chunks='store' (the default) with it"
         )
-    path = Path(path)
+    path = local_path(path, "distance store")
     if not path.exists():
         raise FileNotFoundError(f"{path}: store not found")
     if not is_store(path):
