@@ -31,7 +31,8 @@ if TYPE_CHECKING:
     from .knn_store import neighbours_to_zarr, open_neighbours
     from .reading import iter_steps
     from .report import summarize
-    from .store import open_distances, to_zarr, verify_store
+    from .runs import compute_runs, find_runs, open_distances
+    from .store import to_zarr, verify_store
     from .synthetic import synthetic_events, write_synthetic_history
 
 _WHERE = {
@@ -42,7 +43,9 @@ _WHERE = {
     "open_history": "history",
     "pairwise_distances": "dataset",
     "to_zarr": "store",
-    "open_distances": "store",
+    "open_distances": "runs",  # one store, or several as runs (wraps store.open_distances)
+    "compute_runs": "runs",
+    "find_runs": "runs",
     "verify_store": "store",
     "summarize": "report",
     "iter_steps": "reading",
@@ -83,6 +86,8 @@ __all__ = [
     "neighbour_churn",
     "neighbours_to_zarr",
     "open_neighbours",
+    "compute_runs",
+    "find_runs",
 ]
 
 

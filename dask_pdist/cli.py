@@ -206,7 +206,11 @@ def _parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_cmd_demo)
 
     m = sub.add_parser("summary", help="per-step statistics of a store; optional plot")
-    m.add_argument("store", help="zarr store written by compute")
+    m.add_argument(
+        "store",
+        nargs="+",
+        help="zarr store written by compute; several stores (or a quoted glob, 'out/*.zarr') are runs",
+    )
     m.add_argument(
         "--plot",
         metavar="FILE.png",
@@ -439,12 +443,72 @@ def _compute(
 
 
 def _cmd_compute(args: argparse.Namespace) -> None:
+    from dask_pdist.runs import find_runs
+
+    # several paths: per-checkpoint files the shell expanded from an unquoted glob, or runs
+    source = args.input[0] if len(args.input) == 1 else args.input
+    runs = find_runs(source, args.key, storage_options=args.storage_options)
+    if runs is not None:
+        _compute_runs(args, runs)
+        return
     if args.safetensors:
         _check_export_target(args.safetensors, args.overwrite)
-    # several paths: per-checkpoint files the shell expanded from an unquoted glob
-    _compute(args, args.input[0] if len(args.input) == 1 else args.input, args.output, args.overwrite, args.resume)
+    _compute(args, source, args.output, args.overwrite, args.resume)
     if args.safetensors:
         _export(args, args.output, args.safetensors, None, args.overwrite)
+
+
+def _compute_runs(args: argparse.Namespace, runs: dict) -> None:
+    from dask_pdist.errors import InputError
+    from dask_pdist.report import step_summary
+    from dask_pdist.runs import compute_runs
+
+    if args.safetensors:
+        raise InputError(
+            f"--safetensors exports one store, but the input matches {len(runs)} runs;"
+            " export each store afterwards: dask-pdist export DIR/<run>.zarr OUT.safetensors"
+        )
+    t0 = time.perf_counter()
+    batch = compute_runs(
+        runs,
+        args.output,
+        key=args.key,
+        chunks=args.chunk_steps or "auto",
+        tokens=args.tokens,
+        nonfinite=args.nonfinite,
+        metrics=args.metrics,
+        dtype=args.dtype,
+        token_chunk=args.token_chunk or "auto",
+        compressor=args.compressor,
+        overwrite=args.overwrite,
+        resume=args.resume,
+        storage_options=args.storage_options,
+        compute=False,
+    )
+    for run in batch.runs:
+        if run.state == "complete":
+            print(f"{run.name}: {run.store} is complete: skipped (--overwrite recomputes it)", file=sys.stderr)
+        else:
+            what = "resuming, " if run.state == "resume" else ""
+            blocks = f"{run.blocks} block{'s' if run.blocks != 1 else ''}"
+            print(f"{run.name}: {run.source} -> {run.store} ({what}{blocks})", flush=True)
+    if batch.delayed is not None:
+        try:
+            _run(batch.delayed, args.scheduler, not args.no_progress)
+        except KeyboardInterrupt:
+            print(f"dask-pdist: interrupted. Resume with:\n  {_resume_command(args.argv)}", file=sys.stderr)
+            raise _Exit(130) from None
+    print(f"\n{len(batch.runs)} runs in {time.perf_counter() - t0:.1f} s:")
+    for run in batch.runs:
+        import dask_pdist as dp
+
+        ds = dp.open_distances(run.store)
+        final = ", ".join(f"{name} mean {mean:.6f}" for name, (_, _, mean) in step_summary(ds, -1).items())
+        skipped = " (skipped: complete)" if run.state == "complete" else ""
+        print(
+            f"  {run.name}: {ds.sizes['step']:,} steps x {ds.sizes['token_i']:,} tokens -> {run.store}{skipped};"
+            f" step {ds['step'].values[-1]}: {final}"
+        )
 
 
 def _check_export_target(output: str, overwrite: bool) -> None:
@@ -576,13 +640,20 @@ def _cmd_summary(args: argparse.Namespace) -> None:
     from dask_pdist.knn_store import is_neighbours_store
     from dask_pdist.report import format_summary, summarize
 
-    if is_neighbours_store(args.store):
+    if len(args.store) == 1 and is_neighbours_store(args.store[0]):
+        args.store = args.store[0]
         if args.plot or args.threshold is not None or args.step is not None:
             raise ValueError(
                 f"{args.store}: a neighbours store; --plot, --threshold and --step apply to distance stores"
             )
         return _neighbours_summary(args)
-    ds = dp.open_distances(args.store, allow_incomplete=args.allow_incomplete)
+    ds = dp.open_distances(
+        args.store[0] if len(args.store) == 1 else args.store, allow_incomplete=args.allow_incomplete
+    )
+    if "run" in ds.dims:
+        _summary_runs(args, ds)
+        return
+    args.store = args.store[0]
     if args.step is not None and args.step not in ds["step"].values:
         steps = ds["step"].values
         raise ValueError(f"{args.store}: no step {args.step}; steps run {steps[0]}..{steps[-1]} ({len(steps)} steps)")
@@ -618,6 +689,23 @@ def _cmd_summary(args: argparse.Namespace) -> None:
         step = args.step if args.step is not None else int(ds["step"].values[-1])
         plot_summary(summary, ds, step, args.plot)
         print(f"\nWrote {args.plot}")
+
+
+def _summary_runs(args: argparse.Namespace, ds) -> None:
+    from dask_pdist.errors import InputError
+    from dask_pdist.report import format_summary, summarize
+
+    if args.plot or args.step is not None:
+        raise InputError("--plot and --step take one store; give one run's store")
+    with _progress("summarizing", args):
+        summary = summarize(ds, threshold=args.threshold).compute()
+    first = next(c for c in summary.data_vars if c.endswith("_mean"))
+    for name in ds["run"].values:
+        has = summary[first].sel(run=name).notnull().values  # steps this run has (aligned runs: NaN elsewhere)
+        run = ds.sel(run=name).isel(step=has)
+        print(f"Run {name}:")
+        print("  " + format_summary(run).replace("\n", "\n  "))
+    print(f"\n{ds.sizes['run']} runs, {ds.sizes['step']:,} distinct steps")
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:

@@ -115,6 +115,8 @@ def summarize(ds: xr.Dataset, threshold: float | None = None) -> xr.Dataset:
         Dims ``("step",)``: ``{metric}_{min,mean,max}`` (float64) for each metric, and
         ``quantization_neighbours`` (pairs i < j with Chebyshev below the threshold) plus
         the ``threshold`` used, when Chebyshev is present. Lazy: compute or ``.load()`` it.
+        Runs (a leading ``run`` dim, from ``open_distances`` of several stores) give dims
+        ``("run", "step")``; a run's missing steps give NaN statistics and 0 neighbours.
 
     Examples
     --------
@@ -125,6 +127,9 @@ def summarize(ds: xr.Dataset, threshold: float | None = None) -> xr.Dataset:
 
     from .step_stats import step_stats
 
+    if "run" in ds.dims:
+        runs = [summarize(ds.sel(run=r).drop_vars("run"), threshold) for r in ds["run"].values]
+        return xr.concat(runs, dim=ds["run"])
     names = [m for m in ("euclidean", "chebyshev") if m in ds.data_vars]
     if any(not isinstance(ds[name].data, da.Array) for name in names):
         ds = ds.chunk({"step": ds[names[0]].encoding.get("chunks", (-1,))[0]} if names else {})
