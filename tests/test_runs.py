@@ -132,7 +132,9 @@ def test_open_distances_runs_must_agree(tmp_path, three_runs):
     dp.to_zarr(dp.pairwise_distances(dp.open_history(other), metrics=["chebyshev"]), tmp_path / "other" / "cheb.zarr")
     with pytest.raises(StoreError, match=r"small.zarr: its 7 tokens differ from the 11 of .*run_003.zarr"):
         dp.open_distances([out / "run_003.zarr", tmp_path / "other" / "small.zarr"])
-    with pytest.raises(StoreError, match=r"cheb.zarr: holds \['chebyshev'\], but .* holds \['chebyshev', 'euclidean'\]"):
+    with pytest.raises(
+        StoreError, match=r"cheb.zarr: holds \['chebyshev'\], but .* holds \['chebyshev', 'euclidean'\]"
+    ):
         dp.open_distances([out / "run_003.zarr", tmp_path / "other" / "cheb.zarr"])
     with pytest.raises(FileNotFoundError, match="no store matches"):
         dp.open_distances(str(tmp_path / "nothing" / "*.zarr"))
