@@ -181,3 +181,21 @@ def test_batch_from_s3_bit_identical(tmp_path, three_runs, s3_bucket):
         assert got.attrs["source"] == f"{s3_bucket}/data/{name}/embedding_evolution.safetensors"
         for var in ("euclidean", "chebyshev"):
             np.testing.assert_array_equal(got[var].values, alone[var].values)
+
+
+def test_clusters_keep_the_run_dimension(tmp_path, three_runs):
+    out = tmp_path / "out"
+    compute_runs(three_runs, out, chunks=4)
+    ds = dp.open_distances(str(out / "*.zarr"))
+    c = dp.clusters(ds, "bf16").compute()
+    assert c.cluster.dims == ("run", "step", "token") and list(c.run.values) == list(RUNS)
+    for name in RUNS:
+        alone = dp.clusters(dp.open_distances(out / f"{name}.zarr"), "bf16").compute()
+        part = c.sel(run=name)
+        xr.testing.assert_equal(part.sel(step=alone.step).drop_vars("run"), alone)
+        missing = np.setdiff1d(c.step.values, alone.step.values)
+        assert (part.cluster.sel(step=missing) == -1).all() and part.threshold.sel(step=missing).isnull().all()
+        events = dp.cluster_events(part)  # the run's own steps only
+        assert events.equals(dp.cluster_events(alone))
+    with pytest.raises(ValueError, match="events are per run; select one"):
+        dp.cluster_events(c)
