@@ -177,3 +177,9 @@ def test_local_cluster_workers_read_the_history_over_http(tmp_path, history_s3):
     back = dp.open_distances(tmp_path / "d.zarr")
     for name in ("euclidean", "chebyshev"):
         np.testing.assert_array_equal(back[name].values, local[name].values)
+
+
+def test_export_to_a_url_is_refused_before_any_work(tmp_path, history_s3):
+    ds = dp.pairwise_distances(dp.open_history(history_s3[0]))
+    with pytest.raises(InputError, match=r"s3://b/x.safetensors: a safetensors export on object storage"):
+        dp.to_safetensors(ds, "s3://b/x.safetensors")
