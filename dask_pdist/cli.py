@@ -476,6 +476,7 @@ def _compute_runs(args: argparse.Namespace, runs: dict) -> None:
         chunks=args.chunk_steps or "auto",
         tokens=args.tokens,
         nonfinite=args.nonfinite,
+        token_ids=args.token_ids,
         metrics=args.metrics,
         dtype=args.dtype,
         token_chunk=args.token_chunk or "auto",

@@ -166,6 +166,7 @@ def compute_runs(
     chunks: Any = "auto",
     tokens: Any = None,
     nonfinite: str = "raise",
+    token_ids: Any = None,
     metrics: Sequence[str] = ("euclidean", "chebyshev"),
     dtype: str = "float32",
     token_chunk: int | str = "auto",
@@ -183,7 +184,7 @@ def compute_runs(
         The runs' 3-D histories (see :func:`find_runs` and :func:`run_names`).
     output_dir : path-like
         Folder for the stores (created if missing; its parent must exist).
-    key, chunks, tokens, nonfinite, storage_options
+    key, chunks, tokens, nonfinite, token_ids, storage_options
         As :func:`~dask_pdist.history.open_history`, for every run.
     metrics, dtype, token_chunk
         As :func:`~dask_pdist.dataset.pairwise_distances`.
@@ -244,6 +245,7 @@ def compute_runs(
             chunks,
             tokens=tokens,
             nonfinite=nonfinite,  # type: ignore[arg-type]
+            token_ids=token_ids,
             storage_options=storage_options if isinstance(source, Location) else None,
         )
         ds = pairwise_distances(history, metrics=metrics, dtype=dtype, token_chunk=token_chunk)  # type: ignore[arg-type]
