@@ -84,6 +84,17 @@ def _json_object(text: str) -> dict:
     return value
 
 
+def _add_storage_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--storage-options",
+        type=_json_object,
+        default=None,
+        metavar="JSON",
+        help="for s3://, gs://, ... URLs: fsspec backend options, e.g. '{\"anon\": true}' (default: none;"
+        " credentials and endpoint come from the backend's usual settings, e.g. AWS_*)",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="dask-pdist",
@@ -155,14 +166,7 @@ def _parser() -> argparse.ArgumentParser:
         help="finish an interrupted job: compute only the blocks missing from --output (default: start anew)",
     )
     c.add_argument("--no-progress", action="store_true", help=_NO_PROGRESS_HELP)
-    c.add_argument(
-        "--storage-options",
-        type=_json_object,
-        default=None,
-        metavar="JSON",
-        help="for s3://, gs://, ... URLs: fsspec backend options, e.g. '{\"anon\": true}'"
-        " (credentials and endpoint otherwise come from the backend's usual settings, e.g. AWS_*)",
-    )
+    _add_storage_options(c)
     c.add_argument(
         "--safetensors",
         metavar="OUT.safetensors",
@@ -277,6 +281,7 @@ def _parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="replace existing --output / --events files (default: refuse)"
     )
     k.add_argument("--no-progress", action="store_true", help=_NO_PROGRESS_HELP)
+    _add_storage_options(k)
     k.set_defaults(func=_cmd_clusters)
 
     n = sub.add_parser("neighbours", help="exact k nearest tokens of every token at every step, into a zarr store")
@@ -305,6 +310,7 @@ def _parser() -> argparse.ArgumentParser:
         help="replace an existing dask_pdist store at --output (default: refuse an existing path)",
     )
     n.add_argument("--no-progress", action="store_true", help=_NO_PROGRESS_HELP)
+    _add_storage_options(n)
     n.set_defaults(func=_cmd_neighbours)
 
     # --debug also after the subcommand; SUPPRESS keeps the main parser's value when absent
@@ -596,6 +602,7 @@ def _cmd_neighbours(args: argparse.Namespace) -> None:
         tokens=args.tokens,
         nonfinite=args.nonfinite,
         token_ids=args.token_ids,
+        storage_options=args.storage_options,
     )
     nbrs = dp.neighbours(history, k=args.k, metric=args.metric)
     delayed = dp.neighbours_to_zarr(nbrs, args.output, overwrite=args.overwrite, compute=False)
@@ -796,7 +803,9 @@ def _clusters(
         source = dp.open_distances(input_path)
         what = f"{input_path} (distance store)"
     else:
-        source = dp.open_history(input_path, key=key, token_ids=token_ids)
+        source = dp.open_history(
+            input_path, key=key, token_ids=token_ids, storage_options=getattr(args, "storage_options", None)
+        )
         what = f"{source.attrs['source']} [{source.name}]"
     ds = dp.clusters(source, threshold, metric=metric)
     target = f" -> {output}" if output else ""

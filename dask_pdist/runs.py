@@ -95,7 +95,7 @@ def _expand(spec: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], sto
 def _is_3d_history(path: Path | Location, key: str | None) -> bool:
     """True if the file holds a 3-D history (a run), False for a per-checkpoint 2-D matrix."""
     if isinstance(path, Path) and path.is_dir():
-        return True  # a zarr history
+        return any((path / marker).exists() for marker in ("zarr.json", ".zarray", ".zgroup"))  # a zarr history
     if path.suffix == ".npy":
         return True  # .npy inputs are 3-D or refused by open_history
     try:
@@ -116,8 +116,9 @@ def find_runs(
     """The runs among ``inputs``, by name, or None when ``inputs`` is one history.
 
     ``inputs`` (a glob, local or URL, or a list) names runs when it matches two or more
-    files that each hold a 3-D history; two or more 2-D matrices are per-checkpoint files
-    of one history (see :func:`~dask_pdist.history.open_history`), not runs.
+    files (or zarr stores) that each hold a 3-D history; anything else (2-D matrices:
+    per-checkpoint files of one history, see :func:`~dask_pdist.history.open_history`) is
+    left to ``open_history``.
 
     Examples
     --------
@@ -125,7 +126,7 @@ def find_runs(
     {'run_007': PosixPath('data/run_007/embedding_evolution.safetensors'), ...}
     """
     paths = _expand(inputs, storage_options)
-    if len(paths) < 2 or not _is_3d_history(paths[0], key):
+    if len(paths) < 2 or not all(_is_3d_history(p, key) for p in paths):
         return None
     return dict(zip(run_names(paths), paths, strict=True))
 

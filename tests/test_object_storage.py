@@ -190,3 +190,16 @@ def test_token_subset_from_s3_reads_ranges_and_matches_local(history_s3):
     remote = dp.open_history(url, chunks=8, token_ids="1:4,8")
     local = dp.open_history(path, chunks=8, token_ids="1:4,8")
     xr.testing.assert_identical(remote.drop_attrs(), local.drop_attrs())
+
+
+def test_clusters_and_neighbours_cli_take_storage_options(tmp_path, history_s3, s3_endpoint, monkeypatch, capsys):
+    path, url = history_s3
+    monkeypatch.delenv("AWS_ENDPOINT_URL")  # reachable only through --storage-options now
+    options = ["--storage-options", f'{{"endpoint_url": "{s3_endpoint}"}}', "--no-progress"]
+    assert main(["clusters", url, "--events", str(tmp_path / "remote.csv"), *options]) == 0
+    assert main(["clusters", str(path), "--events", str(tmp_path / "local.csv"), "--no-progress"]) == 0
+    assert (tmp_path / "remote.csv").read_text() == (tmp_path / "local.csv").read_text()
+    assert main(["neighbours", url, "-k", "3", "-o", str(tmp_path / "n.zarr"), *options]) == 0
+    assert main(["neighbours", str(path), "-k", "3", "-o", str(tmp_path / "m.zarr"), "--no-progress"]) == 0
+    remote, local = dp.open_neighbours(tmp_path / "n.zarr"), dp.open_neighbours(tmp_path / "m.zarr")
+    xr.testing.assert_identical(remote.drop_attrs(), local.drop_attrs())
