@@ -252,6 +252,7 @@ def _parser() -> argparse.ArgumentParser:
         " as a quoted glob ('ckpt/step_*.safetensors') or a list, as compute takes them",
     )
     i.add_argument("--key", help=_KEY_HELP)
+    _add_storage_options(i)
     i.set_defaults(func=_cmd_info)
 
     k = sub.add_parser("clusters", help="groups of identical (or close) tokens at every step, and their events")
@@ -744,7 +745,9 @@ def _cmd_info(args: argparse.Namespace) -> None:
     from dask_pdist.report import describe
 
     # several paths: per-checkpoint files the shell expanded from an unquoted glob
-    print(describe(args.path[0] if len(args.path) == 1 else args.path, key=args.key))
+    print(
+        describe(args.path[0] if len(args.path) == 1 else args.path, key=args.key, storage_options=args.storage_options)
+    )
 
 
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a tool killed by it reports

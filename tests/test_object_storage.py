@@ -203,3 +203,15 @@ def test_clusters_and_neighbours_cli_take_storage_options(tmp_path, history_s3, 
     assert main(["neighbours", str(path), "-k", "3", "-o", str(tmp_path / "m.zarr"), "--no-progress"]) == 0
     remote, local = dp.open_neighbours(tmp_path / "n.zarr"), dp.open_neighbours(tmp_path / "m.zarr")
     xr.testing.assert_identical(remote.drop_attrs(), local.drop_attrs())
+
+
+def test_info_of_an_input_on_s3(history_s3, capsys):
+    path, url = history_s3
+    assert main(["info", url]) == 0
+    remote = capsys.readouterr().out.splitlines()
+    assert main(["info", str(path)]) == 0
+    local = capsys.readouterr().out.splitlines()
+    assert remote[0] == url and remote[1:-1] == local[1:-1]  # the tensors, shapes, dtypes
+    assert remote[-1] == f"  size: {path.stat().st_size / 1e6:.1f} MB"
+    assert main(["info", f"{url}.missing"]) == 2
+    assert "not found" in capsys.readouterr().err
