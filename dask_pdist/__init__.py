@@ -7,6 +7,9 @@ readers (:func:`to_safetensors`), track groups of identical tokens over training
 (:func:`clusters`, :func:`cluster_events`). For large vocabularies: exact k nearest
 neighbours per token and step without V x V matrices (:func:`neighbours`,
 :func:`neighbour_churn`), and token subsets (``open_history(..., token_ids=...)``).
+Many runs in one graph (:func:`compute_runs`; :func:`open_distances` of several stores has a
+``run`` dimension), and histories on object storage (``open_history("s3://...",
+storage_options=...)``).
 
 The public names are imported on first use (PEP 562): ``import dask_pdist`` and the
 ``dask-pdist`` command's start-up stay fast, since dask, xarray and numba take ~1 s to import.
