@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import sys
+import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -152,10 +153,15 @@ def _create(ds: xr.Dataset, path: Path, compressor: str, fingerprint: dict[str, 
     os.rename(tmp, path)  # the store appears whole, with its metadata, or not at all
 
 
+#: catch_warnings swaps the process-wide filters: two stores finishing at once in one graph
+#: (several runs) would restore each other's filters mid-way and let the warning through
+_WARNINGS_LOCK = threading.Lock()
+
+
 def _consolidate(path: Path) -> None:
     import zarr
 
-    with warnings.catch_warnings():
+    with _WARNINGS_LOCK, warnings.catch_warnings():
         # consolidated metadata is a zarr-python extension to format 3; we write it so that
         # plain xarray.open_zarr(path) opens the store without a fallback warning
         warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")

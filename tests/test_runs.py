@@ -199,3 +199,30 @@ def test_clusters_keep_the_run_dimension(tmp_path, three_runs):
         assert events.equals(dp.cluster_events(alone))
     with pytest.raises(ValueError, match="events are per run; select one"):
         dp.cluster_events(c)
+
+
+def test_stores_finishing_at_once_do_not_leak_the_consolidation_warning(tmp_path, monkeypatch):
+    """Several runs' stores finish in parallel threads of one graph; each finish silences
+    zarr's consolidated-metadata warning with process-wide filters (warnings are errors in
+    this suite). Staggered: the first finish restores the filters while the second is still
+    consolidating; without a lock around the filters the second one's warning escapes."""
+    import time
+    import warnings
+    from concurrent.futures import ThreadPoolExecutor
+
+    import zarr
+
+    from dask_pdist.store import _consolidate
+
+    def slow_consolidate(path):
+        time.sleep(0.1)
+        warnings.warn(
+            "Consolidated metadata is currently not part in the Zarr format 3 specification.", UserWarning, stacklevel=2
+        )
+
+    monkeypatch.setattr(zarr, "consolidate_metadata", slow_consolidate)
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(_consolidate, tmp_path / "a.zarr")
+        time.sleep(0.03)
+        second = pool.submit(_consolidate, tmp_path / "b.zarr")
+        first.result(), second.result()
