@@ -280,7 +280,10 @@ def _store_paths(spec: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
 
 
 def open_distances(
-    path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], *, allow_incomplete: bool = False
+    path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    *,
+    allow_incomplete: bool = False,
+    chunks: str | None = "store",
 ) -> xr.Dataset:
     """Open one distance store, or several (a list or a glob) as one Dataset with a leading
     ``run`` dimension.
@@ -294,6 +297,8 @@ def open_distances(
         without a step reads as NaN there.
     allow_incomplete : bool
         As :func:`dask_pdist.store.open_distances`, for every store.
+    chunks : {"store", None}
+        As :func:`dask_pdist.store.open_distances`; ``None`` (no dask) opens one store only.
 
     Returns
     -------
@@ -316,7 +321,9 @@ def open_distances(
     if isinstance(path, (str, os.PathLike)) and not (
         isinstance(path, str) and any(c in path for c in _GLOB_CHARS) and not os.path.exists(path)
     ):
-        return open_one(path, allow_incomplete=allow_incomplete)
+        return open_one(path, allow_incomplete=allow_incomplete, chunks=chunks)
+    if chunks is None:
+        raise ValueError("chunks=None opens one store without dask; several stores (runs) need chunks='store'")
     paths = _store_paths(path)
     if not paths:
         raise InputError("open_distances got an empty list of stores; give at least one")

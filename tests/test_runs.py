@@ -136,6 +136,8 @@ def test_open_distances_runs_must_agree(tmp_path, three_runs):
         StoreError, match=r"cheb.zarr: holds \['chebyshev'\], but .* holds \['chebyshev', 'euclidean'\]"
     ):
         dp.open_distances([out / "run_003.zarr", tmp_path / "other" / "cheb.zarr"])
+    with pytest.raises(ValueError, match="several stores .* need chunks='store'"):
+        dp.open_distances([out / "run_003.zarr", out / "run_007.zarr"], chunks=None)
     with pytest.raises(FileNotFoundError, match="no store matches"):
         dp.open_distances(str(tmp_path / "nothing" / "*.zarr"))
 
