@@ -215,3 +215,10 @@ def test_info_of_an_input_on_s3(history_s3, capsys):
     assert remote[-1] == f"  size: {path.stat().st_size / 1e6:.1f} MB"
     assert main(["info", f"{url}.missing"]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_sharded_checkpoint_on_s3_is_refused_clearly(tmp_path, s3_bucket):
+    (tmp_path / "model.safetensors.index.json").write_text('{"weight_map": {"w": "model-1.safetensors"}}')
+    _upload(tmp_path / "model.safetensors.index.json", f"{s3_bucket}/ckpt/model.safetensors.index.json")
+    with pytest.raises(InputError, match=r"model.safetensors.index.json: sharded checkpoints on object storage"):
+        dp.open_history(f"{s3_bucket}/ckpt/model.safetensors.index.json", key="w")
