@@ -7,6 +7,9 @@ readers (:func:`to_safetensors`), track groups of identical tokens over training
 (:func:`clusters`, :func:`cluster_events`). For large vocabularies: exact k nearest
 neighbours per token and step without V x V matrices (:func:`neighbours`,
 :func:`neighbour_churn`), and token subsets (``open_history(..., token_ids=...)``).
+Many runs in one graph (:func:`compute_runs`; :func:`open_distances` of several stores has a
+``run`` dimension), and histories on object storage (``open_history("s3://...",
+storage_options=...)``).
 
 The public names are imported on first use (PEP 562): ``import dask_pdist`` and the
 ``dask-pdist`` command's start-up stay fast, since dask, xarray and numba take ~1 s to import.
@@ -31,7 +34,8 @@ if TYPE_CHECKING:
     from .knn_store import neighbours_to_zarr, open_neighbours
     from .reading import iter_steps
     from .report import summarize
-    from .store import open_distances, to_zarr, verify_store
+    from .runs import compute_runs, find_runs, open_distances
+    from .store import to_zarr, verify_store
     from .synthetic import synthetic_events, write_synthetic_history
 
 _WHERE = {
@@ -42,7 +46,9 @@ _WHERE = {
     "open_history": "history",
     "pairwise_distances": "dataset",
     "to_zarr": "store",
-    "open_distances": "store",
+    "open_distances": "runs",  # one store, or several as runs (wraps store.open_distances)
+    "compute_runs": "runs",
+    "find_runs": "runs",
     "verify_store": "store",
     "summarize": "report",
     "iter_steps": "reading",
@@ -83,6 +89,8 @@ __all__ = [
     "neighbour_churn",
     "neighbours_to_zarr",
     "open_neighbours",
+    "compute_runs",
+    "find_runs",
 ]
 
 

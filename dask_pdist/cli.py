@@ -72,6 +72,29 @@ _ALLOW_INCOMPLETE_HELP = (
 )
 
 
+def _json_object(text: str) -> dict:
+    import json
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not JSON ({exc.msg} at character {exc.pos})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a JSON object, e.g. '{{\"anon\": true}}'")
+    return value
+
+
+def _add_storage_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--storage-options",
+        type=_json_object,
+        default=None,
+        metavar="JSON",
+        help="for s3://, gs://, ... URLs: fsspec backend options, e.g. '{\"anon\": true}' (default: none;"
+        " credentials and endpoint come from the backend's usual settings, e.g. AWS_*)",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="dask-pdist",
@@ -143,6 +166,7 @@ def _parser() -> argparse.ArgumentParser:
         help="finish an interrupted job: compute only the blocks missing from --output (default: start anew)",
     )
     c.add_argument("--no-progress", action="store_true", help=_NO_PROGRESS_HELP)
+    _add_storage_options(c)
     c.add_argument(
         "--safetensors",
         metavar="OUT.safetensors",
@@ -186,7 +210,11 @@ def _parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_cmd_demo)
 
     m = sub.add_parser("summary", help="per-step statistics of a store; optional plot")
-    m.add_argument("store", help="zarr store written by compute")
+    m.add_argument(
+        "store",
+        nargs="+",
+        help="zarr store written by compute; several stores (or a quoted glob, 'out/*.zarr') are runs",
+    )
     m.add_argument(
         "--plot",
         metavar="FILE.png",
@@ -224,6 +252,7 @@ def _parser() -> argparse.ArgumentParser:
         " as a quoted glob ('ckpt/step_*.safetensors') or a list, as compute takes them",
     )
     i.add_argument("--key", help=_KEY_HELP)
+    _add_storage_options(i)
     i.set_defaults(func=_cmd_info)
 
     k = sub.add_parser("clusters", help="groups of identical (or close) tokens at every step, and their events")
@@ -253,6 +282,7 @@ def _parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="replace existing --output / --events files (default: refuse)"
     )
     k.add_argument("--no-progress", action="store_true", help=_NO_PROGRESS_HELP)
+    _add_storage_options(k)
     k.set_defaults(func=_cmd_clusters)
 
     n = sub.add_parser("neighbours", help="exact k nearest tokens of every token at every step, into a zarr store")
@@ -281,6 +311,7 @@ def _parser() -> argparse.ArgumentParser:
         help="replace an existing dask_pdist store at --output (default: refuse an existing path)",
     )
     n.add_argument("--no-progress", action="store_true", help=_NO_PROGRESS_HELP)
+    _add_storage_options(n)
     n.set_defaults(func=_cmd_neighbours)
 
     # --debug also after the subcommand; SUPPRESS keeps the main parser's value when absent
@@ -359,6 +390,7 @@ def _compute(
         nonfinite=getattr(args, "nonfinite", "raise"),
         token_ids=getattr(args, "token_ids", None),
         steps=getattr(args, "steps", None),
+        storage_options=getattr(args, "storage_options", None),
     )
     ds = dp.pairwise_distances(
         history,
@@ -427,12 +459,73 @@ def _compute(
 
 
 def _cmd_compute(args: argparse.Namespace) -> None:
+    from dask_pdist.runs import find_runs
+
+    # several paths: per-checkpoint files the shell expanded from an unquoted glob, or runs
+    source = args.input[0] if len(args.input) == 1 else args.input
+    runs = find_runs(source, args.key, storage_options=args.storage_options)
+    if runs is not None:
+        _compute_runs(args, runs)
+        return
     if args.safetensors:
         _check_export_target(args.safetensors, args.overwrite)
-    # several paths: per-checkpoint files the shell expanded from an unquoted glob
-    _compute(args, args.input[0] if len(args.input) == 1 else args.input, args.output, args.overwrite, args.resume)
+    _compute(args, source, args.output, args.overwrite, args.resume)
     if args.safetensors:
         _export(args, args.output, args.safetensors, None, args.overwrite)
+
+
+def _compute_runs(args: argparse.Namespace, runs: dict) -> None:
+    from dask_pdist.errors import InputError
+    from dask_pdist.report import step_summary
+    from dask_pdist.runs import compute_runs
+
+    if args.safetensors:
+        raise InputError(
+            f"--safetensors exports one store, but the input matches {len(runs)} runs;"
+            " export each store afterwards: dask-pdist export DIR/<run>.zarr OUT.safetensors"
+        )
+    t0 = time.perf_counter()
+    batch = compute_runs(
+        runs,
+        args.output,
+        key=args.key,
+        chunks=args.chunk_steps or "auto",
+        tokens=args.tokens,
+        nonfinite=args.nonfinite,
+        token_ids=args.token_ids,
+        metrics=args.metrics,
+        dtype=args.dtype,
+        token_chunk=args.token_chunk or "auto",
+        compressor=args.compressor,
+        overwrite=args.overwrite,
+        resume=args.resume,
+        storage_options=args.storage_options,
+        compute=False,
+    )
+    for run in batch.runs:
+        if run.state == "complete":
+            print(f"{run.name}: {run.store} is complete: skipped (--overwrite recomputes it)", file=sys.stderr)
+        else:
+            what = "resuming, " if run.state == "resume" else ""
+            blocks = f"{run.blocks} block{'s' if run.blocks != 1 else ''}"
+            print(f"{run.name}: {run.source} -> {run.store} ({what}{blocks})", flush=True)
+    if batch.delayed is not None:
+        try:
+            _run(batch.delayed, args.scheduler, not args.no_progress)
+        except KeyboardInterrupt:
+            print(f"dask-pdist: interrupted. Resume with:\n  {_resume_command(args.argv)}", file=sys.stderr)
+            raise _Exit(130) from None
+    print(f"\n{len(batch.runs)} runs in {time.perf_counter() - t0:.1f} s:")
+    for run in batch.runs:
+        import dask_pdist as dp
+
+        ds = dp.open_distances(run.store)
+        final = ", ".join(f"{name} mean {mean:.6f}" for name, (_, _, mean) in step_summary(ds, -1).items())
+        skipped = " (skipped: complete)" if run.state == "complete" else ""
+        print(
+            f"  {run.name}: {ds.sizes['step']:,} steps x {ds.sizes['token_i']:,} tokens -> {run.store}{skipped};"
+            f" step {ds['step'].values[-1]}: {final}"
+        )
 
 
 def _check_export_target(output: str, overwrite: bool) -> None:
@@ -519,6 +612,7 @@ def _cmd_neighbours(args: argparse.Namespace) -> None:
         tokens=args.tokens,
         nonfinite=args.nonfinite,
         token_ids=args.token_ids,
+        storage_options=args.storage_options,
     )
     nbrs = dp.neighbours(history, k=args.k, metric=args.metric)
     delayed = dp.neighbours_to_zarr(nbrs, args.output, overwrite=args.overwrite, compute=False)
@@ -564,13 +658,20 @@ def _cmd_summary(args: argparse.Namespace) -> None:
     from dask_pdist.knn_store import is_neighbours_store
     from dask_pdist.report import format_summary, summarize
 
-    if is_neighbours_store(args.store):
+    if len(args.store) == 1 and is_neighbours_store(args.store[0]):
+        args.store = args.store[0]
         if args.plot or args.threshold is not None or args.step is not None:
             raise ValueError(
                 f"{args.store}: a neighbours store; --plot, --threshold and --step apply to distance stores"
             )
         return _neighbours_summary(args)
-    ds = dp.open_distances(args.store, allow_incomplete=args.allow_incomplete)
+    ds = dp.open_distances(
+        args.store[0] if len(args.store) == 1 else args.store, allow_incomplete=args.allow_incomplete
+    )
+    if "run" in ds.dims:
+        _summary_runs(args, ds)
+        return
+    args.store = args.store[0]
     if args.step is not None and args.step not in ds["step"].values:
         steps = ds["step"].values
         raise ValueError(f"{args.store}: no step {args.step}; steps run {steps[0]}..{steps[-1]} ({len(steps)} steps)")
@@ -608,6 +709,23 @@ def _cmd_summary(args: argparse.Namespace) -> None:
         print(f"\nWrote {args.plot}")
 
 
+def _summary_runs(args: argparse.Namespace, ds) -> None:
+    from dask_pdist.errors import InputError
+    from dask_pdist.report import format_summary, summarize
+
+    if args.plot or args.step is not None:
+        raise InputError("--plot and --step take one store; give one run's store")
+    with _progress("summarizing", args):
+        summary = summarize(ds, threshold=args.threshold).compute()
+    first = next(c for c in summary.data_vars if c.endswith("_mean"))
+    for name in ds["run"].values:
+        has = summary[first].sel(run=name).notnull().values  # steps this run has (aligned runs: NaN elsewhere)
+        run = ds.sel(run=name).isel(step=has)
+        print(f"Run {name}:")
+        print("  " + format_summary(run).replace("\n", "\n  "))
+    print(f"\n{ds.sizes['run']} runs, {ds.sizes['step']:,} distinct steps")
+
+
 def _cmd_verify(args: argparse.Namespace) -> int:
     from dask_pdist.store import verify_store
 
@@ -636,7 +754,9 @@ def _cmd_info(args: argparse.Namespace) -> None:
     from dask_pdist.report import describe
 
     # several paths: per-checkpoint files the shell expanded from an unquoted glob
-    print(describe(args.path[0] if len(args.path) == 1 else args.path, key=args.key))
+    print(
+        describe(args.path[0] if len(args.path) == 1 else args.path, key=args.key, storage_options=args.storage_options)
+    )
 
 
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a tool killed by it reports
@@ -695,7 +815,9 @@ def _clusters(
         source = dp.open_distances(input_path)
         what = f"{input_path} (distance store)"
     else:
-        source = dp.open_history(input_path, key=key, token_ids=token_ids)
+        source = dp.open_history(
+            input_path, key=key, token_ids=token_ids, storage_options=getattr(args, "storage_options", None)
+        )
         what = f"{source.attrs['source']} [{source.name}]"
     ds = dp.clusters(source, threshold, metric=metric)
     target = f" -> {output}" if output else ""

@@ -287,6 +287,24 @@ def _from_distances(ds: xr.Dataset, threshold: float | str, metric: str) -> tupl
     return arrays, thr, ds["token_i"].values
 
 
+#: Integer cluster variables of a run at a step the run does not have (runs aligned on steps).
+MISSING_STEP = -1
+
+
+def _clusters_per_run(source: xr.Dataset, threshold: Any, metric: str, token_chunk: Any) -> xr.Dataset:
+    # runs (open_distances of several stores) are aligned on the union of their steps: each run
+    # is clustered on its own steps (where its per-step embedding_rms is known), then realigned
+    parts = []
+    for name in source["run"].values:
+        run = source.sel(run=name)
+        if "embedding_rms" in run.coords:
+            run = run.isel(step=np.flatnonzero(np.isfinite(run["embedding_rms"].values)))
+        parts.append(clusters(run.drop_vars("run"), threshold, metric=metric, token_chunk=token_chunk))
+    fill = {n: MISSING_STEP for n, v in parts[0].data_vars.items() if v.dtype.kind in "iu"}
+    out = xr.concat(parts, dim=source["run"], join="outer", fill_value=fill | {"threshold": np.nan})
+    return out.assign_attrs(parts[0].attrs)
+
+
 def clusters(
     source: xr.DataArray | xr.Dataset,
     threshold: Threshold = 0.0,
@@ -308,7 +326,9 @@ def clusters(
         (:func:`open_distances`, :func:`pairwise_distances`): read block by block. Both give
         identical results, for any chunking. A store must hold its distances in the dtype
         they were computed in (not ``--dtype float16``): rounding would move pairs across
-        the threshold.
+        the threshold. Runs (``open_distances`` of several stores, a leading ``run`` dim)
+        are clustered each on its own steps; the result keeps ``run``, with ``-1`` in the
+        integer variables (NaN ``threshold``) at steps a run does not have.
     threshold : float >= 0 or "bf16"
         A pair joins when its distance is ``<=`` this. ``0`` (the default): equal
         embeddings (with Chebyshev, bit-identical rows, ``-0.0 == +0.0``); from a history
@@ -345,6 +365,8 @@ def clusters(
     if metric not in METRICS:
         raise ValueError(f"metric={metric!r}: choose one of {list(METRICS)}")
     threshold = _check_threshold(threshold)
+    if isinstance(source, xr.Dataset) and "run" in source.dims:
+        return _clusters_per_run(source, threshold, metric, token_chunk)
     if isinstance(source, xr.DataArray):
         arrays, thr, token = _from_history(source, threshold, metric, token_chunk)
     elif isinstance(source, xr.Dataset):

@@ -138,6 +138,11 @@ def cluster_events(clusters: xr.Dataset) -> pd.DataFrame:
     """
     if "cluster" not in clusters.data_vars:
         raise ValueError(f"no 'cluster' variable (found {sorted(clusters.data_vars)}); pass the result of clusters()")
+    if "run" in clusters["cluster"].dims:
+        raise ValueError(
+            f"clusters of {clusters.sizes['run']} runs: events are per run; select one,"
+            " e.g. cluster_events(c.sel(run=NAME))"
+        )
     labels = clusters["cluster"].transpose("step", ...)
     steps = labels["step"].values if "step" in labels.coords else np.arange(labels.sizes["step"])
     out_step: list = []
@@ -146,18 +151,20 @@ def cluster_events(clusters: xr.Dataset) -> pd.DataFrame:
     prev = None
     for lo, hi in _step_ranges(labels):
         block = np.asarray(labels.isel(step=slice(lo, hi)).values)
+        index = np.arange(lo, hi)
+        present = (block >= 0).all(axis=1)  # a run aligned with others has -1 rows at steps it lacks
+        block, index = block[present], index[present]
         if prev is not None:
-            block = np.concatenate([prev[None], block])
-            first = lo - 1
-        else:
-            first = lo
+            block = np.concatenate([prev[0][None], block])
+            index = np.concatenate([[prev[1]], index])
         # the labels are canonical, so a changed partition is a changed row: skip the rest
         for k in np.flatnonzero((block[1:] != block[:-1]).any(axis=1)):
             for kind, tokens in step_events(block[k], block[k + 1]):
-                out_step.append(steps[first + k + 1])
+                out_step.append(steps[index[k + 1]])
                 out_kind.append(kind)
                 out_tokens.append(tokens)
-        prev = block[-1]
+        if len(block):
+            prev = (block[-1], index[-1])
     return pd.DataFrame(
         {
             "step": np.asarray(out_step, dtype=steps.dtype),

@@ -30,6 +30,7 @@ from .bookkeeping import pid_alive
 from .dataset import DISTANCE_DIMS
 from .errors import StoreError
 from .graph import METRICS
+from .locations import local_path
 from .safetensors_io import pwrite_all, pwrite_segments, write_header
 
 __all__ = ["EXPORT_DTYPES", "to_safetensors", "tensor_key", "check_target"]
@@ -132,7 +133,7 @@ def _metadata(ds: xr.Dataset, metrics: list[str], dtype: str) -> dict[str, str]:
 def check_target(path: str | os.PathLike[str], overwrite: bool) -> Path:
     """Refuse an export target that is a directory, exists (without ``overwrite``), or has
     no parent folder; cheap, so callers can check before a long compute."""
-    path = Path(path)
+    path = local_path(path, "safetensors export")
     if path.is_dir():
         raise StoreError(f"{path}: is a directory; give a file name such as pairwise_distances.safetensors")
     if os.path.lexists(path) and not overwrite:

@@ -18,8 +18,17 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from .checkpoints import INDEX_SUFFIX, checkpoint_paths, checkpoint_steps, directory_hint, parse_steps, tensor_file
+from .checkpoints import (
+    INDEX_SUFFIX,
+    _natural_key,
+    checkpoint_paths,
+    checkpoint_steps,
+    directory_hint,
+    parse_steps,
+    tensor_file,
+)
 from .errors import InputError
+from .locations import Location, any_url, glob_locations, identity, locate
 from .safetensors_io import SUPPORTED_DTYPES, TensorInfo, pread_exact, read_header, require_regular_file
 
 __all__ = ["open_history", "auto_step_chunk", "NONFINITE_CHOICES", "parse_token_ids", "token_runs"]
@@ -107,7 +116,9 @@ class _RawSource:
 class _FileSource(_RawSource):
     """A history stored C-contiguous at ``start`` in one file: one positioned read per task."""
 
-    def __init__(self, path: str, start: int, raw_dtype: str, kind: str, shape: tuple[int, ...], nonfinite: str):
+    def __init__(
+        self, path: str | Location, start: int, raw_dtype: str, kind: str, shape: tuple[int, ...], nonfinite: str
+    ):
         super().__init__(raw_dtype, kind, shape, nonfinite)
         self.path = path
         self.start = start
@@ -118,9 +129,9 @@ class _FileSource(_RawSource):
         if rows is not None:
             n, at = (rows[1] - rows[0]) * self.row_nbytes, self.start + rows[0] * self.row_nbytes
             raw = b"".join(pread_exact(self.path, at + s * self.step_nbytes, n) for s in range(lo, hi))
-            return self._decode_rows(raw, hi - lo, rows, key, self.path, lo)
+            return self._decode_rows(raw, hi - lo, rows, key, str(self.path), lo)
         raw = pread_exact(self.path, self.start + lo * self.step_nbytes, (hi - lo) * self.step_nbytes)
-        return self._decode(raw, hi - lo, key, self.path, lo)
+        return self._decode(raw, hi - lo, key, str(self.path), lo)
 
 
 def _widen(block: np.ndarray, kind: str) -> np.ndarray:
@@ -174,7 +185,9 @@ def _int64_steps(values: np.ndarray, path: Path, what: str) -> np.ndarray:
     return values.astype(np.int64)
 
 
-def _open_safetensors(path: Path, key: str | None, nonfinite: str) -> tuple[_FileSource, str, str, np.ndarray | None]:
+def _open_safetensors(
+    path: Path | Location, key: str | None, nonfinite: str
+) -> tuple[_FileSource, str, str, np.ndarray | None]:
     tensors, _ = read_header(path)
     ndims = {n: len(t.shape) for n, t in tensors.items()}
     key = _choose_key(path, ndims, key, 3, "tensor", "history tensor", _tensor_list(tensors))
@@ -193,7 +206,7 @@ def _open_safetensors(path: Path, key: str | None, nonfinite: str) -> tuple[_Fil
             )
         raw = pread_exact(path, sinfo.start, sinfo.nbytes)
         steps = _int64_steps(np.frombuffer(raw, dtype=sinfo.raw_dtype), path, "tensor 'steps'")
-    src = _FileSource(str(path), info.start, info.raw_dtype.str, info.dtype, info.shape, nonfinite)
+    src = _FileSource(_picklable(path), info.start, info.raw_dtype.str, info.dtype, info.shape, nonfinite)
     return src, key, info.dtype, steps
 
 
@@ -202,7 +215,13 @@ class _StackSource(_RawSource):
     reads only its own files, one positioned read per file."""
 
     def __init__(
-        self, paths: list[str], starts: list[int], raw_dtype: str, kind: str, shape: tuple[int, ...], nonfinite: str
+        self,
+        paths: list[str | Location],
+        starts: list[int],
+        raw_dtype: str,
+        kind: str,
+        shape: tuple[int, ...],
+        nonfinite: str,
     ) -> None:
         super().__init__(raw_dtype, kind, shape, nonfinite)
         self.paths = paths
@@ -216,23 +235,45 @@ class _StackSource(_RawSource):
         if rows is not None:
             n, at = (rows[1] - rows[0]) * self.row_nbytes, rows[0] * self.row_nbytes
             reads = [(s, pread_exact(self.paths[s], self.starts[s] + at, n)) for s in range(lo, hi)]
-            return np.concatenate([self._decode_rows(raw, 1, rows, key, self.paths[s], s) for s, raw in reads])
+            return np.concatenate([self._decode_rows(raw, 1, rows, key, str(self.paths[s]), s) for s, raw in reads])
         blocks = [
-            self._decode(pread_exact(self.paths[s], self.starts[s], self.step_nbytes), 1, key, self.paths[s], s)
+            self._decode(pread_exact(self.paths[s], self.starts[s], self.step_nbytes), 1, key, str(self.paths[s]), s)
             for s in range(lo, hi)
         ]
         return np.concatenate(blocks)
 
 
+def _step_path(p: Path | Location) -> Path:
+    # checkpoint_steps reads numbers from path components: a URL's part after the scheme
+    return Path(p.url.split("://", 1)[1]) if isinstance(p, Location) else p
+
+
+def _url_checkpoints(
+    spec: str | Sequence[str | os.PathLike[str]], storage_options: dict | None
+) -> list[Path | Location]:
+    # per-checkpoint files on object storage: a URL glob (files only) or a list of locations
+    if isinstance(spec, str):
+        found: list[Path | Location] = list(glob_locations(spec, storage_options))
+    else:
+        found = [locate(p, storage_options) for p in spec]
+        for p in found:
+            require_regular_file(p, "checkpoint file")
+    for p in found:
+        if p.name.endswith(INDEX_SUFFIX):
+            raise InputError(f"{p}: sharded checkpoints on object storage are not supported yet; give the shard files")
+    return sorted(found, key=lambda p: (_natural_key(p.name), _natural_key(str(p))))
+
+
 def _open_checkpoints(
-    spec: str | Sequence[str | os.PathLike[str]], key: str | None, nonfinite: str
-) -> tuple[_StackSource, str, str, list[Path], str]:
-    checkpoints = checkpoint_paths(spec)
+    spec: str | Sequence[str | os.PathLike[str]], key: str | None, nonfinite: str, storage_options: dict | None = None
+) -> tuple[_StackSource, str, str, list[Path | Location], str]:
+    checkpoints = _url_checkpoints(spec, storage_options) if any_url(spec) else checkpoint_paths(spec)
     starts = []
     paths = []
-    first: tuple[Path, TensorInfo] | None = None
+    first: tuple[Path | Location, TensorInfo] | None = None
     for checkpoint in checkpoints:
-        path = tensor_file(checkpoint, key)  # the shard holding key, for a sharded checkpoint
+        # the shard holding key, for a sharded checkpoint
+        path = checkpoint if isinstance(checkpoint, Location) else tensor_file(checkpoint, key)
         paths.append(path)
         tensors, _ = read_header(path)
         ndims = {n: len(t.shape) for n, t in tensors.items()}
@@ -258,7 +299,7 @@ def _open_checkpoints(
     assert first is not None and key is not None  # paths is never empty
     info = first[1]
     src = _StackSource(
-        [str(p) for p in paths], starts, info.raw_dtype.str, info.dtype, (len(paths),) + info.shape, nonfinite
+        [_picklable(p) for p in paths], starts, info.raw_dtype.str, info.dtype, (len(paths),) + info.shape, nonfinite
     )
     source = str(spec) if isinstance(spec, str) else f"{checkpoints[0]} .. {checkpoints[-1]} ({len(paths)} files)"
     return src, key, info.dtype, checkpoints, source
@@ -267,7 +308,7 @@ def _open_checkpoints(
 _NPY_KINDS = {"<f2": "F16", "<f4": "F32", "<f8": "F64"}
 
 
-def _read_npy_header(path: str | os.PathLike[str]) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+def _read_npy_header(path: str | os.PathLike[str] | Location) -> tuple[tuple[int, ...], bool, np.dtype, int]:
     """Read and check a ``.npy`` header without reading the data (numpy's own header parser).
 
     Returns
@@ -282,10 +323,11 @@ def _read_npy_header(path: str | os.PathLike[str]) -> tuple[tuple[int, ...], boo
     """
     import tokenize
 
-    path = Path(path)
-    size = require_regular_file(path).st_size
+    path = path if isinstance(path, Location) else Path(path)
+    found = require_regular_file(path)
+    size = found if isinstance(found, int) else found.st_size
     try:
-        with open(path, "rb") as f:
+        with path.open(size) if isinstance(path, Location) else open(path, "rb") as f:
             version = np.lib.format.read_magic(f)
             read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
             if version not in read:
@@ -303,7 +345,7 @@ def _read_npy_header(path: str | os.PathLike[str]) -> tuple[tuple[int, ...], boo
     return tuple(shape), fortran, dtype, start
 
 
-def _open_npy(path: Path, key: str | None, nonfinite: str) -> tuple[_FileSource, str, str, None]:
+def _open_npy(path: Path | Location, key: str | None, nonfinite: str) -> tuple[_FileSource, str, str, None]:
     if key is not None:
         raise InputError(f"{path}: a .npy file holds one array; drop key= / --key")
     shape, fortran, dtype, start = _read_npy_header(path)
@@ -314,16 +356,17 @@ def _open_npy(path: Path, key: str | None, nonfinite: str) -> tuple[_FileSource,
         raise InputError(f"{path}: array has shape {list(shape)}; expected 3-D (step, token, dim)")
     if fortran:
         raise InputError(f"{path}: array is Fortran-ordered; save it C-ordered (np.ascontiguousarray)")
-    return _FileSource(str(path), start, np.dtype(dtype).str, kind, tuple(shape), nonfinite), "array", kind, None
+    return _FileSource(_picklable(path), start, np.dtype(dtype).str, kind, tuple(shape), nonfinite), "array", kind, None
 
 
 def _open_zarr(
-    path: Path, key: str | None, chunks: Chunks, nonfinite: str
+    path: Path | Location, key: str | None, chunks: Chunks, nonfinite: str
 ) -> tuple[da.Array, str, str, np.ndarray | None]:
     import zarr
 
     try:
-        node = zarr.open(str(path), mode="r")
+        options = {"storage_options": dict(path.storage_options)} if isinstance(path, Location) else {}
+        node = zarr.open(str(path), mode="r", **options)
     except Exception as exc:  # zarr raises several types for "not a store"
         raise InputError(f"{path}: cannot open as zarr ({exc})") from None
     steps = None
@@ -339,7 +382,7 @@ def _open_zarr(
                 break
     else:
         arr = node
-        key = key or Path(path).name
+        key = key or path.name
     if arr.ndim != 3:
         raise InputError(f"{path}: array {key!r} has shape {list(arr.shape)}; expected 3-D (step, token, dim)")
     kind = {"float16": "F16", "float32": "F32", "float64": "F64"}.get(str(arr.dtype))
@@ -492,12 +535,12 @@ def _source_chunks(
     return (spec[0], token_runs(ids, src.shape[1], src.row_nbytes), spec[2]), ids
 
 
-def _fingerprint(path: Path, header_bytes: int | None) -> str:
+def _fingerprint(path: Path | Location, header_bytes: int | None) -> str:
     # size and header hash: what --resume compares to know the input is the same
     # (cheap: the header only, never the data)
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(size if header_bytes is None else header_bytes)
+    found = require_regular_file(path)
+    size = found if isinstance(found, int) else found.st_size
+    head = pread_exact(path, 0, size if header_bytes is None else header_bytes)
     return f"{size}:{hashlib.sha256(head).hexdigest()[:32]}"
 
 
@@ -521,9 +564,16 @@ def _read_tokens(tokens: str | os.PathLike[str] | Sequence[str], n_tokens: int, 
     return np.array(labels, dtype=object)
 
 
+def _picklable(path: Path | Location) -> str | Location:
+    # what a task holds: a local path as a string, a URL with its storage options
+    return path if isinstance(path, Location) else str(path)
+
+
 def _is_checkpoint_spec(path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> bool:
     if isinstance(path, (str, os.PathLike)) and os.fspath(path).endswith(INDEX_SUFFIX):
         return True  # one sharded checkpoint
+    if isinstance(path, str) and any_url(path):
+        return any(c in path.split("://", 1)[1] for c in "*?[")
     if isinstance(path, str):
         return any(c in path for c in "*?[") and not os.path.exists(path)
     return not isinstance(path, os.PathLike)
@@ -538,6 +588,7 @@ def open_history(
     nonfinite: NonFinite = "raise",
     token_ids: str | Sequence[int] | np.ndarray | None = None,
     steps: str | os.PathLike[str] | Sequence[int] | None = None,
+    storage_options: dict | None = None,
 ) -> xr.DataArray:
     """Open an embedding history lazily as a ``(step, token, dim)`` DataArray.
 
@@ -559,6 +610,11 @@ def open_history(
         ``model.safetensors.index.json`` (or its folder): the tensor is read from the shard
         its ``weight_map`` names. Every header is checked; a file whose shape or dtype
         differs from the first is an error naming it.
+        Any of these may be a URL fsspec understands (``s3://bucket/h.safetensors``,
+        ``"s3://bucket/ckpt/step_*.safetensors"``, a list of URLs; ``gs://``, ``memory://``;
+        ``file://`` is a local path): the header is read and validated first, then each task
+        reads its snapshots with one ranged request per file (folders and sharded checkpoints
+        are local only).
     key : str, optional
         Tensor name (safetensors) or array name (zarr group). Defaults to the only 3-D one
         (the only 2-D one for per-checkpoint files, e.g. ``model.embed_tokens.weight``).
@@ -582,6 +638,10 @@ def open_history(
         The ``step`` labels, one per snapshot, for any input: a range ``"START:STOP:STEP"``
         (Python's, STOP excluded: ``"500:5001:500"``), a text file with one integer per
         line, or a sequence of integers. Default: from the file (see ``path``).
+    storage_options : dict, optional
+        For URLs: options of the fsspec backend (``{"anon": True}``,
+        ``{"endpoint_url": ...}``), on top of its usual configuration (for S3 the
+        ``AWS_*`` environment variables, ``AWS_ENDPOINT_URL`` included).
 
     Returns
     -------
@@ -593,6 +653,7 @@ def open_history(
     Raises
     ------
     FileNotFoundError, InputError
+        Also ``PermissionError`` for a URL the credentials cannot read.
 
     Examples
     --------
@@ -603,24 +664,32 @@ def open_history(
     if nonfinite not in NONFINITE_CHOICES:
         raise ValueError(f"nonfinite={nonfinite!r}; choose one of {NONFINITE_CHOICES}")
     if _is_checkpoint_spec(path):
-        stack, key, kind, checkpoints, source = _open_checkpoints(path, key, nonfinite)  # type: ignore[arg-type]
+        stack, key, kind, checkpoints, source = _open_checkpoints(path, key, nonfinite, storage_options)  # type: ignore[arg-type]
         # steps given: the paths need not hold distinct numbers
-        labels = parse_steps(steps, len(checkpoints), source) if steps is not None else checkpoint_steps(checkpoints)
-        identity = [(p, os.stat(p).st_mtime_ns) for p in stack.paths]
+        labels = (
+            parse_steps(steps, len(checkpoints), source)
+            if steps is not None
+            else checkpoint_steps([_step_path(p) for p in checkpoints])
+        )
+        versions = [identity(p) for p in stack.paths]
         x = da.from_array(
             stack,
             chunks=(spec := _source_chunks(chunks, stack, token_ids))[0],
-            name=f"history-{da.core.tokenize(identity, key, nonfinite, spec[0])}",
+            name=f"history-{da.core.tokenize(versions, key, nonfinite, spec[0])}",
             meta=np.empty((0, 0, 0), dtype=stack.dtype),
             asarray=False,
             fancy=False,
         )
         fingerprint = hashlib.sha256(
-            "\n".join(_fingerprint(Path(p), start) for p, start in zip(stack.paths, stack.starts, strict=True)).encode()
+            "\n".join(
+                _fingerprint(locate(p), start) for p, start in zip(stack.paths, stack.starts, strict=True)
+            ).encode()
         ).hexdigest()[:32]
         return _label(x, labels, tokens, source, key, kind, f"{len(stack.paths)} files:{fingerprint}", spec[1])
-    path = Path(path)  # type: ignore[arg-type]
+    path = locate(path, storage_options)  # type: ignore[arg-type]
     if not path.exists():
+        if isinstance(path, Location):
+            path.info("history file")  # raises with the backend's reason: no such bucket, no such key
         raise FileNotFoundError(f"{path}: history file not found")
     if path.is_dir():
         if not any((path / marker).exists() for marker in ("zarr.json", ".zarray", ".zgroup")):
@@ -629,9 +698,8 @@ def open_history(
         spec = (None, None if token_ids is None else parse_token_ids(token_ids, x.shape[1]))
         fingerprint = _fingerprint(path / key / "zarr.json" if (path / key).is_dir() else path / "zarr.json", None)
     else:
-        require_regular_file(path, "history file")  # a FIFO would block the read below forever
-        with open(path, "rb") as f:
-            magic = f.read(6)
+        found = require_regular_file(path, "history file")  # a FIFO would block the read below forever
+        magic = pread_exact(path, 0, min(6, found if isinstance(found, int) else found.st_size))
         if magic == b"\x93NUMPY":
             src, key, kind, labels = _open_npy(path, key, nonfinite)
         elif path.suffix == ".npy":
@@ -642,7 +710,7 @@ def open_history(
         x = da.from_array(
             src,
             chunks=(spec := _source_chunks(chunks, src, token_ids))[0],
-            name=f"history-{da.core.tokenize(str(path.resolve()), os.stat(path).st_mtime_ns, key, nonfinite, spec[0])}",
+            name=f"history-{da.core.tokenize(identity(path), key, nonfinite, spec[0])}",
             meta=meta,
             asarray=False,
             fancy=False,

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from .locations import Location, any_url, locate
+
 __all__ = ["step_summary", "format_summary", "format_step", "summarize", "bf16_spacing", "STATS", "describe"]
 
 
@@ -115,6 +117,8 @@ def summarize(ds: xr.Dataset, threshold: float | None = None) -> xr.Dataset:
         Dims ``("step",)``: ``{metric}_{min,mean,max}`` (float64) for each metric, and
         ``quantization_neighbours`` (pairs i < j with Chebyshev below the threshold) plus
         the ``threshold`` used, when Chebyshev is present. Lazy: compute or ``.load()`` it.
+        Runs (a leading ``run`` dim, from ``open_distances`` of several stores) give dims
+        ``("run", "step")``; a run's missing steps give NaN statistics and 0 neighbours.
 
     Examples
     --------
@@ -125,6 +129,9 @@ def summarize(ds: xr.Dataset, threshold: float | None = None) -> xr.Dataset:
 
     from .step_stats import step_stats
 
+    if "run" in ds.dims:
+        runs = [summarize(ds.sel(run=r).drop_vars("run"), threshold) for r in ds["run"].values]
+        return xr.concat(runs, dim=ds["run"])
     names = [m for m in ("euclidean", "chebyshev") if m in ds.data_vars]
     if any(not isinstance(ds[name].data, da.Array) for name in names):
         ds = ds.chunk({"step": ds[names[0]].encoding.get("chunks", (-1,))[0]} if names else {})
@@ -171,13 +178,19 @@ def _disk_size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def describe(path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], key: str | None = None) -> str:
+def describe(
+    path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    key: str | None = None,
+    *,
+    storage_options: dict | None = None,
+) -> str:
     """A short text description of a distance store or of a history input.
 
     Stores: shape, dtype, chunking, step range, completeness (chunks on disk), size on
     disk. Inputs: every tensor/array with shape and dtype. Per-checkpoint inputs (a glob
     or a list, as :func:`open_history` takes them, ``key`` as there): the files, the
-    stacked history's shape and steps, and the first checkpoint's tensors.
+    stacked history's shape and steps, and the first checkpoint's tensors. One input may be
+    a URL (``s3://...``, with ``storage_options`` for its fsspec backend).
 
     Examples
     --------
@@ -194,8 +207,13 @@ def describe(path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], ke
     from .store import is_store, store_progress
 
     if _is_checkpoint_spec(path):
+        if any_url(path):  # type: ignore[arg-type]
+            raise InputError(f"{path}: info takes one file on object storage; name one checkpoint")
         return _describe_checkpoints(path, key)  # type: ignore[arg-type]
-    path = Path(path)  # type: ignore[arg-type]
+    located = locate(path, storage_options)  # type: ignore[arg-type]
+    if isinstance(located, Location):
+        return _describe_url(located)
+    path = located
     if not path.exists():
         raise FileNotFoundError(f"{path}: not found")
     lines = [f"{path}"]
@@ -281,4 +299,30 @@ def _describe_checkpoints(spec: str | Sequence[str | os.PathLike[str]], key: str
     lines.append(f"  {first}: {len(tensors)} tensors")
     for name, info in sorted(tensors.items()):
         lines.append(f"  {name}: shape {list(info.shape)} {info.dtype}")
+    return "\n".join(lines)
+
+
+def _describe_url(loc: Location) -> str:
+    # an input on object storage (stores there are not supported yet): its tensors or arrays
+    import zarr
+
+    from .history import _read_npy_header
+    from .safetensors_io import read_header
+
+    lines = [str(loc)]
+    if loc.is_dir():
+        node = zarr.open(loc.url, mode="r", storage_options=dict(loc.storage_options))
+        arrays = dict(node.arrays()) if isinstance(node, zarr.Group) else {loc.name: node}
+        lines.append("  zarr input")
+        lines += [f"  {name}: shape {list(arr.shape)} {arr.dtype}" for name, arr in sorted(arrays.items())]
+        return "\n".join(lines)
+    if loc.suffix == ".npy":
+        shape, _, dtype, _ = _read_npy_header(loc)
+        lines.append(f"  .npy: shape {list(shape)} {dtype}")
+    else:
+        tensors, metadata = read_header(loc)
+        lines.append(f"  safetensors, {len(tensors)} tensors")
+        lines += [f"  {name}: shape {list(info.shape)} {info.dtype}" for name, info in sorted(tensors.items())]
+        lines += [f"  metadata {key}: {value[:80]}" for key, value in sorted(metadata.items())]
+    lines.append(f"  size: {loc.size() / 1e6:.1f} MB")
     return "\n".join(lines)

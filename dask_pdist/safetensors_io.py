@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
+from .locations import Location
 
 __all__ = [
     "SUPPORTED_DTYPES",
@@ -99,11 +100,14 @@ _FILE_KINDS = {
 }
 
 
-def require_regular_file(path: str | os.PathLike[str], role: str = "input file") -> os.stat_result:
+def require_regular_file(path: str | os.PathLike[str] | Location, role: str = "input file") -> os.stat_result | int:
     """Refuse anything but an existing regular file (following symlinks), without opening it.
 
     Opening a named pipe blocks until a writer appears, and a device never ends: both would
     hang a reader, so they are refused from their ``stat`` alone.
+
+    A :class:`~dask_pdist.locations.Location` (a URL) must be an object, not a folder; its
+    size is returned instead of a ``stat`` result.
 
     Raises
     ------
@@ -118,6 +122,8 @@ def require_regular_file(path: str | os.PathLike[str], role: str = "input file")
     Traceback (most recent call last):
     dask_pdist.errors.InputError: /dev/null: input file is a character device, not a regular file; give a file
     """
+    if isinstance(path, Location):
+        return path.size(role)
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -128,13 +134,13 @@ def require_regular_file(path: str | os.PathLike[str], role: str = "input file")
     return st
 
 
-def read_header(path: str | os.PathLike[str]) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+def read_header(path: str | os.PathLike[str] | Location) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     """Read and validate a safetensors header without reading any tensor data.
 
     Parameters
     ----------
-    path : path-like
-        The safetensors file.
+    path : path-like or Location
+        The safetensors file (a URL: one request for its size, one for a header up to 64 KiB).
 
     Returns
     -------
@@ -154,10 +160,10 @@ def read_header(path: str | os.PathLike[str]) -> tuple[dict[str, TensorInfo], di
     >>> tensors["embedding_history"].shape  # doctest: +SKIP
     (5001, 128, 64)
     """
-    path = Path(path)
-    require_regular_file(path)
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
+    path = path if isinstance(path, Location) else Path(path)
+    remote_size = require_regular_file(path) if isinstance(path, Location) else None
+    with path.open(remote_size) if isinstance(remote_size, int) else _open_regular(path) as f:
+        size = remote_size if isinstance(remote_size, int) else os.fstat(f.fileno()).st_size
         if size < 8:
             raise InputError(f"{path}: not a safetensors file: {size} bytes, shorter than the 8-byte header length")
         head = f.read(8)
@@ -227,7 +233,12 @@ def read_header(path: str | os.PathLike[str]) -> tuple[dict[str, TensorInfo], di
     return tensors, dict(metadata)
 
 
-def _tensor_info(path: Path, name: str, entry: Any, data_start: int) -> TensorInfo:
+def _open_regular(path: Path):
+    require_regular_file(path)
+    return open(path, "rb")
+
+
+def _tensor_info(path: Path | Location, name: str, entry: Any, data_start: int) -> TensorInfo:
     if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
         raise InputError(
             f"{path}: tensor {name!r} entry must have exactly dtype, shape and data_offsets, got {entry!r:.200}"
@@ -256,14 +267,18 @@ def _tensor_info(path: Path, name: str, entry: Any, data_start: int) -> TensorIn
     return TensorInfo(name, dtype, tuple(shape), data_start + offsets[0], nbytes)
 
 
-def pread_exact(path: str | os.PathLike[str], offset: int, nbytes: int) -> bytearray:
+def pread_exact(path: str | os.PathLike[str] | Location, offset: int, nbytes: int) -> bytearray:
     """Read exactly ``nbytes`` at ``offset`` with positioned reads (no mmap: no SIGBUS).
+
+    A :class:`~dask_pdist.locations.Location` (a URL) is read with one ranged request.
 
     Raises
     ------
     InputError
         The file is now shorter than expected (truncated or replaced after it was opened).
     """
+    if isinstance(path, Location):
+        return path.read(offset, nbytes)
     buf = bytearray(nbytes)
     view = memoryview(buf)
     fd = os.open(path, os.O_RDONLY)

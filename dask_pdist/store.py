@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -59,6 +60,7 @@ from .dataset import DISTANCE_DIMS
 from .errors import InputError, StoreError
 from .integrity import CheckedChunks, ChunkProblem, check_small_arrays, lazy_checked, verify_store
 from .jobs import check_input_outside, check_output, check_resumed_input, stop_job
+from .locations import local_path
 
 __all__ = [
     "AUTO_CODECS",
@@ -188,10 +190,15 @@ def _create(ds: xr.Dataset, path: Path, compressor: str, fingerprint: dict[str, 
         os.rename(tmp, path)  # the store appears whole, with its metadata, or not at all
 
 
+#: catch_warnings swaps the process-wide filters: two stores finishing at once in one graph
+#: (several runs) would restore each other's filters mid-way and let the warning through
+_WARNINGS_LOCK = threading.Lock()
+
+
 def _consolidate(path: Path) -> None:
     import zarr
 
-    with warnings.catch_warnings():
+    with _WARNINGS_LOCK, warnings.catch_warnings():
         # consolidated metadata is a zarr-python extension to format 3; we write it so that
         # plain xarray.open_zarr(path) opens the store without a fallback warning
         warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
@@ -335,7 +342,7 @@ def to_zarr(
     >>> ds = to_zarr(pairwise_distances(open_history("h.safetensors")), "d.zarr")  # doctest: +SKIP
     >>> ds.euclidean.sel(step=1234)  # doctest: +SKIP
     """
-    path = Path(path)
+    path = local_path(path, "distance store")
     if compressor not in COMPRESSORS:
         raise ValueError(f"compressor={compressor!r}: choose one of {list(COMPRESSORS)}")
     check_input_outside(ds, path)
@@ -440,7 +447,7 @@ def open_distances(
         )
     import zarr
 
-    path = Path(path)
+    path = local_path(path, "distance store")
     if not path.exists():
         raise FileNotFoundError(f"{path}: store not found")
     if not is_store(path):

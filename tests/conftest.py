@@ -4,6 +4,9 @@ and a dask scheduler that raises if anything is computed."""
 from __future__ import annotations
 
 import contextlib
+import itertools
+import os
+import re
 import signal
 from pathlib import Path
 
@@ -77,3 +80,45 @@ def raise_if_dask_computes():
 @pytest.fixture
 def no_compute():
     return raise_if_dask_computes
+
+
+# --- object storage: a real S3 HTTP API served by moto on 127.0.0.1 (issue 13) ---------------
+
+_BUCKETS = itertools.count(1)
+#: Credentials the local S3 server accepts (it checks none unless a test turns auth on).
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """``http://127.0.0.1:PORT`` of moto's S3 server, started once for the session on a free port."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> str:
+    """``s3://NAME``: a new empty bucket for this test; the standard ``AWS_*`` variables point at
+    the local server (spawned dask workers inherit them)."""
+    import fsspec
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    for name, value in S3_CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):  # no user config leaks into the tests
+        monkeypatch.setenv(name, os.devnull)
+    bucket = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:50] + f"-{next(_BUCKETS)}"
+    fs = fsspec.filesystem("s3", skip_instance_cache=True, endpoint_url=s3_endpoint)
+    fs.mkdir(bucket)
+    fsspec.filesystem("s3").invalidate_cache()  # listings cached by an earlier test's instance
+    return f"s3://{bucket}"

@@ -1,0 +1,293 @@
+"""Locations: where an input lives, a local path or a URL that fsspec understands.
+
+One function, :func:`locate`, opens a location whatever its scheme. A local path (or a
+``file://`` URL) stays a :class:`pathlib.Path` and keeps the positioned-read fast path; any
+other URL (``s3://``, ``gs://``, ``az://``, ``memory://``, ...) becomes a :class:`Location`:
+the URL and its ``storage_options``, nothing else, so it pickles into a dask graph and every
+task opens its own connection (fsspec caches one filesystem per process). Reads are ranged
+(``cat_file(start=, end=)``): one request per task. Credentials and the endpoint come from
+the backend's usual configuration (for S3 the ``AWS_*`` environment variables, including
+``AWS_ENDPOINT_URL``) plus ``storage_options``.
+
+fsspec is imported only when a URL is used.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from .errors import InputError
+
+__all__ = ["Location", "is_url", "any_url", "locate", "local_path", "glob_locations", "identity"]
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
+#: Packages that serve common schemes, for the install hint of a missing one.
+_PACKAGES = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs"}
+
+
+def is_url(path: object) -> bool:
+    """True for a string with a URL scheme (``s3://...``), False for local paths.
+
+    Examples
+    --------
+    >>> is_url("s3://bucket/h.safetensors"), is_url("data/h.safetensors")
+    (True, False)
+    """
+    return isinstance(path, str) and _SCHEME.match(path) is not None
+
+
+@functools.lru_cache(maxsize=64)
+def _filesystem(protocol: str, options: str) -> Any:
+    import fsspec
+
+    try:
+        return fsspec.filesystem(protocol, **json.loads(options))
+    except ImportError as exc:
+        pkg = _PACKAGES.get(protocol, f"the fsspec backend for {protocol}://")
+        extra = " (or pip install 'dask_pdist[s3]')" if pkg == "s3fs" else ""
+        raise ImportError(f"{protocol}:// locations need {pkg}: pip install {pkg}{extra}") from exc
+
+
+@dataclass(frozen=True)
+class Location:
+    """A file or folder at a URL, with the ``storage_options`` to reach it.
+
+    Holds only the URL and the options (JSON-serialisable), so it pickles; the filesystem is
+    made on first use in each process. Errors name the URL.
+
+    Examples
+    --------
+    >>> loc = Location("memory://demo/h.safetensors")
+    >>> loc.name, loc.stem, str(loc / "x")
+    ('h.safetensors', 'h', 'memory://demo/h.safetensors/x')
+    """
+
+    url: str
+    storage_options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        match = _SCHEME.match(self.url)
+        if match is None:
+            raise InputError(f"{self.url}: not a URL (scheme://...); give a URL or a local path")
+        try:
+            json.dumps(dict(self.storage_options), sort_keys=True)
+        except TypeError as exc:
+            raise InputError(f"{self.url}: storage_options must be JSON-serialisable ({exc})") from None
+
+    def __str__(self) -> str:
+        return self.url
+
+    # -- path-like pieces used for labels and step numbers ------------------------------------
+    @property
+    def protocol(self) -> str:
+        return _SCHEME.match(self.url).group(1).lower()  # type: ignore[union-attr]
+
+    @property
+    def path(self) -> str:
+        """The path inside the filesystem (``bucket/key`` for S3), as fsspec names it."""
+        return self.fs._strip_protocol(self.url)
+
+    @property
+    def name(self) -> str:
+        return PurePosixPath(self.url.split("://", 1)[1]).name
+
+    @property
+    def stem(self) -> str:
+        return PurePosixPath(self.name).stem
+
+    @property
+    def suffix(self) -> str:
+        return PurePosixPath(self.name).suffix
+
+    def __truediv__(self, part: str) -> Location:
+        return Location(self.url.rstrip("/") + "/" + part, self.storage_options)
+
+    @property
+    def fs(self) -> Any:
+        """The fsspec filesystem (one per process, options and scheme)."""
+        try:
+            return _filesystem(self.protocol, json.dumps(dict(self.storage_options), sort_keys=True))
+        except ValueError as exc:  # fsspec: "Protocol not known"
+            raise InputError(
+                f"{self.url}: unknown URL scheme {self.protocol!r} ({exc}); give a local path or a URL"
+                " fsspec understands (s3://, gs://, az://, memory://, file://)"
+            ) from None
+        except TypeError as exc:  # a storage option the backend does not take
+            raise InputError(f"{self.url}: storage options {dict(self.storage_options)} rejected: {exc}") from None
+
+    # -- I/O, every error naming the URL ------------------------------------------------------
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(f"{self.url}: {what} not found ({_reason(exc)})") from None
+        except TypeError as exc:
+            if "unexpected keyword argument" not in str(exc):
+                raise
+            # s3fs and others take unknown options at construction and reject them at first use
+            raise InputError(f"{self.url}: storage options {dict(self.storage_options)} rejected: {exc}") from None
+        except PermissionError as exc:
+            raise PermissionError(
+                f"{self.url}: access denied ({_reason(exc)}); check the credentials (for S3: AWS_ACCESS_KEY_ID,"
+                " AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, or storage_options / --storage-options)"
+            ) from None
+
+    def info(self, what: str = "file") -> dict[str, Any]:
+        """fsspec's ``info``: ``size``, ``type`` ("file" or "directory"), backend fields."""
+        return self._call(what, self.fs.info, self.path)
+
+    def exists(self) -> bool:
+        return bool(self._call("location", self.fs.exists, self.path))
+
+    def is_dir(self) -> bool:
+        return bool(self._call("location", self.fs.isdir, self.path))
+
+    def size(self, what: str = "input file") -> int:
+        info = self.info(what)
+        if info.get("type") != "file":
+            raise InputError(f"{self.url}: {what} is a {info.get('type', 'folder')}, not a file; give a file")
+        return int(info["size"])
+
+    def read(self, offset: int, nbytes: int) -> bytearray:
+        """Exactly ``nbytes`` from ``offset``, in one ranged request."""
+        if nbytes == 0:
+            return bytearray()
+        data = self._call("file", self.fs.cat_file, self.path, start=offset, end=offset + nbytes)
+        if len(data) != nbytes:
+            raise InputError(
+                f"{self.url}: object ended at byte {offset + len(data)} while reading bytes"
+                f" {offset}..{offset + nbytes}; it was truncated or replaced after it was opened"
+            )
+        return bytearray(data)  # writable, as a local read gives
+
+    def open(self, size: int | None = None) -> _RangedReader:
+        """A sequential reader for headers: the first 64 KiB in one request, more on demand."""
+        return _RangedReader(self, self.size() if size is None else size)
+
+    def token(self) -> str:
+        """Changes when the object changes (ETag / mtime, as the backend reports)."""
+        return str(self._call("file", self.fs.ukey, self.path))
+
+
+class _RangedReader:
+    """``read(n)`` from the start of an object, by ranged requests (a file object would ask
+    for the object's size again and read ahead whole blocks of megabytes)."""
+
+    FIRST = 2**16
+
+    def __init__(self, location: Location, size: int) -> None:
+        self.location, self.size, self.pos = location, size, 0
+        self.buf = location.read(0, min(size, self.FIRST))
+
+    def read(self, n: int) -> bytes:
+        end = min(self.pos + n, self.size)
+        if end > len(self.buf):
+            self.buf += self.location.read(len(self.buf), end - len(self.buf))
+        out = bytes(self.buf[self.pos : end])
+        self.pos = end
+        return out
+
+    def tell(self) -> int:
+        return self.pos
+
+    def __enter__(self) -> _RangedReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.buf = bytearray()
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+
+
+def locate(
+    path: str | os.PathLike[str] | Location, storage_options: Mapping[str, Any] | None = None
+) -> Path | Location:
+    """Open a location: a :class:`Location` for a URL, a :class:`~pathlib.Path` otherwise.
+
+    ``file://`` URLs become local paths (the positioned-read fast path).
+
+    Parameters
+    ----------
+    path : path-like, URL string or Location
+    storage_options : mapping, optional
+        Passed to the fsspec backend (``{"anon": True}``, ``{"endpoint_url": ...}``, ...).
+
+    Examples
+    --------
+    >>> locate("s3://bucket/h.safetensors", {"anon": True})
+    Location(url='s3://bucket/h.safetensors', storage_options={'anon': True})
+    >>> locate("file:///data/h.safetensors")
+    PosixPath('/data/h.safetensors')
+    """
+    if isinstance(path, Location):
+        return path
+    if is_url(path):
+        text = str(path)
+        if text.lower().startswith("file://"):
+            return Path(text[len("file://") :])
+        return Location(text, dict(storage_options or {}))
+    if storage_options:
+        raise InputError(f"{path}: storage_options apply to URLs (s3://...), but this is a local path")
+    return Path(path)
+
+
+def local_path(path: str | os.PathLike[str], role: str) -> Path:
+    """``path`` as a local :class:`~pathlib.Path`; a URL (other than ``file://``) is refused, for
+    writers that work on local or shared filesystems only.
+
+    Examples
+    --------
+    >>> local_path("s3://b/d.zarr", "store")
+    Traceback (most recent call last):
+    dask_pdist.errors.InputError: s3://b/d.zarr: a store on object storage is not supported yet; give a local path
+    """
+    found = locate(path)
+    if isinstance(found, Location):
+        raise InputError(f"{path}: a {role} on object storage is not supported yet; give a local path")
+    return found
+
+
+def glob_locations(pattern: str, storage_options: Mapping[str, Any] | None = None) -> list[Location]:
+    """The objects a URL glob matches (``s3://bucket/ckpt/step_*.safetensors``), unsorted.
+
+    Raises
+    ------
+    FileNotFoundError
+        Nothing matches (or the bucket does not exist); the message names the pattern.
+
+    Examples
+    --------
+    >>> glob_locations("memory://nothing-here/*.safetensors")
+    Traceback (most recent call last):
+    FileNotFoundError: memory://nothing-here/*.safetensors: no file matches this pattern
+    """
+    base = locate(pattern, storage_options)
+    if not isinstance(base, Location):
+        raise InputError(f"{pattern}: not a URL pattern")
+    found = base._call("bucket or folder", base.fs.glob, base.path, detail=True)
+    files = sorted(name for name, info in found.items() if info.get("type") == "file")
+    if not files:
+        raise FileNotFoundError(f"{pattern}: no file matches this pattern")
+    return [Location(base.fs.unstrip_protocol(name), base.storage_options) for name in files]
+
+
+def identity(path: str | os.PathLike[str] | Location) -> tuple[str, str | int]:
+    """What names a file's current version in a graph key: (path, mtime) or (URL, ETag)."""
+    if isinstance(path, Location):
+        return path.url, path.token()
+    return str(Path(path).resolve()), os.stat(path).st_mtime_ns
+
+
+def any_url(spec: str | os.PathLike[str] | Sequence[Any]) -> bool:
+    """True if ``spec`` (one location or a list) names a URL other than ``file://``."""
+    items = [spec] if isinstance(spec, (str, os.PathLike, Location)) else list(spec)
+    return any(isinstance(p, Location) or (is_url(p) and not str(p).lower().startswith("file://")) for p in items)
