@@ -217,7 +217,7 @@ def _source_name(obj: xr.DataArray | xr.Dataset) -> str:
 def _from_history(
     history: xr.DataArray, threshold: float | str, metric: str, token_chunk: int | str
 ) -> tuple[dict, da.Array, Any]:
-    from .history import HISTORY_DIMS, auto_step_chunk
+    from .history import HISTORY_DIMS, auto_step_chunk, step_rms
     from .report import bf16_spacing
 
     if history.dims != HISTORY_DIMS:
@@ -229,7 +229,7 @@ def _from_history(
         raise TypeError(f"history must be float32 or float64 (open it with open_history), got {data.dtype}")
     if threshold == "bf16":
         # exactly as pairwise_distances records embedding_rms, so history and store agree
-        rms = da.sqrt((data.astype("float64") ** 2).mean(axis=(1, 2)))
+        rms = step_rms(data)
         thr = bf16_spacing(rms)
     elif threshold == 0:
         thr = None

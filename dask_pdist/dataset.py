@@ -11,7 +11,7 @@ import xarray as xr
 
 from ._version import __version__
 from .graph import METRICS, Metric, pairwise_arrays
-from .history import HISTORY_DIMS, auto_step_chunk
+from .history import HISTORY_DIMS, auto_step_chunk, step_rms
 
 __all__ = ["pairwise_distances", "DISTANCE_DIMS"]
 
@@ -88,8 +88,8 @@ def pairwise_distances(
         "embedding_rms": (
             "step",
             # chunked like the distances along step, so each write task has its own piece
-            da.sqrt((data.astype("float64") ** 2).mean(axis=(1, 2))).rechunk(next(iter(arrays.values())).chunks[0]),
-            {"long_name": "root-mean-square embedding coordinate per step"},
+            step_rms(data).rechunk(next(iter(arrays.values())).chunks[0]),
+            {"long_name": "root-mean-square embedding coordinate per step (finite coordinates)"},
         ),
         # what to_zarr records next to each done flag, so that --resume can tell whether the
         # input of the finished blocks changed (computed from the same history chunks)

@@ -31,7 +31,7 @@ from .errors import InputError
 from .locations import Location, any_url, glob_locations, identity, locate
 from .safetensors_io import SUPPORTED_DTYPES, TensorInfo, pread_exact, read_header, require_regular_file
 
-__all__ = ["open_history", "auto_step_chunk", "NONFINITE_CHOICES", "parse_token_ids", "token_runs"]
+__all__ = ["open_history", "auto_step_chunk", "step_rms", "NONFINITE_CHOICES", "parse_token_ids", "token_runs"]
 
 NonFinite = Literal["raise", "propagate"]
 #: What to do with NaN/Inf in the history.
@@ -44,6 +44,26 @@ HISTORY_DIMS = ("step", "token", "dim")
 TASK_OUTPUT_BYTES = 16 * 2**20
 
 Chunks = Literal["auto"] | int | tuple | dict
+
+
+def step_rms(data: da.Array) -> da.Array:
+    """Root-mean-square coordinate per step, over the finite coordinates only (float64).
+
+    The magnitude behind the bf16-spacing thresholds (``embedding_rms``, ``clusters(...,
+    "bf16")``): one shared expression, so stores and histories agree bit for bit. NaN/Inf
+    coordinates (``nonfinite="propagate"``) are left out, so one bad token does not make the
+    threshold of its whole step NaN or infinite; a step with no finite coordinate gives NaN.
+
+    Examples
+    --------
+    >>> import dask.array as da, numpy as np
+    >>> step_rms(da.from_array(np.array([[[3.0, np.inf], [4.0, 0.0]]]))).compute()
+    array([2.88675135])
+    """
+    finite = da.isfinite(data)
+    squares = da.where(finite, data.astype("float64") ** 2, 0.0)
+    count = finite.sum(axis=(1, 2))
+    return da.where(count > 0, da.sqrt(squares.sum(axis=(1, 2)) / da.maximum(count, 1)), np.nan)
 
 
 def auto_step_chunk(n_tokens: int, n_steps: int, n_metrics: int = 2, itemsize: int = 4) -> int:

@@ -120,6 +120,29 @@ def test_equal_rows_signed_zero_nan_and_inf():
     np.testing.assert_array_equal(dp.clusters(h, 1e30).cluster.values, [[0, 0, 2, 3, 4, 5, 0]])
 
 
+@pytest.mark.parametrize("bad", [np.inf, np.nan])
+def test_bf16_threshold_ignores_nonfinite_coordinates(bad, tmp_path):
+    # an Inf coordinate made the step's RMS (and so its threshold) inf: every token grouped,
+    # the Inf row too; a NaN made it NaN: even exact duplicates stayed apart
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 6, 3)).astype(np.float32)
+    x[:, 2] = x[:, 1]
+    x[1, 4, 0] = bad
+    history = xr.DataArray(x, dims=("step", "token", "dim"))
+    finite = np.isfinite(x)
+    rms = np.sqrt((np.where(finite, x.astype(np.float64), 0) ** 2).sum(axis=(1, 2)) / finite.sum(axis=(1, 2)))
+    want = [0, 1, 1, 3, 4, 5]
+    from_history = dp.clusters(history, "bf16").compute()
+    np.testing.assert_allclose(from_history["threshold"].values, dp.report.bf16_spacing(rms))
+    np.testing.assert_array_equal(from_history["cluster"].values, [want, want])
+    store = tmp_path / "d.zarr"
+    dp.to_zarr(dp.pairwise_distances(history), store, progress=False)
+    from_store = dp.clusters(dp.open_distances(store), "bf16").compute()
+    xr.testing.assert_equal(
+        from_store["cluster"].reset_coords(drop=True), from_history["cluster"].reset_coords(drop=True)
+    )
+
+
 def test_merge_labels_is_the_union_of_partitions():
     rng = np.random.default_rng(3)
     zero = np.zeros(2)
