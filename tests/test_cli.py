@@ -130,10 +130,23 @@ def test_debug_shows_traceback(tmp_path):
         main(["--debug", "compute", str(tmp_path / "nope"), "-o", str(tmp_path / "o.zarr")])
 
 
-def test_usage_errors_exit_2(capsys):
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["compute", "x", "-o", "y", "--metrics", "cosine"], "choose from euclidean,chebyshev"),
+        (["compute", "x", "-o", "y", "--chunk-steps", "0"], "--chunk-steps"),
+        (["compute", "x", "-o", "y", "--dtype", "int8"], "invalid choice: 'int8'"),
+        (["synth", "h.safetensors", "--steps", "0"], "--steps"),
+        (["compute", "x"], "required: --output"),
+    ],
+)
+def test_usage_errors_are_one_line_and_exit_2(capsys, argv, message):
+    # argparse printed its usage block before the error: bad input is one line, as elsewhere
     with pytest.raises(SystemExit) as info:
-        main(["compute", "x", "-o", "y", "--metrics", "cosine"])
-    assert info.value.code == 2 and "choose from euclidean,chebyshev" in capsys.readouterr().err
+        main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and message in err and err.count("\n") == 1, err
+    assert err.startswith("dask-pdist ") and "--help" in err
 
 
 def test_console_script_and_module_and_demo(tmp_path):
