@@ -9,9 +9,8 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from ._version import __version__
 from .graph import METRICS, Metric, pairwise_arrays
-from .history import HISTORY_DIMS, auto_step_chunk, step_rms
+from .history import HISTORY_DIMS, auto_step_chunk, provenance, step_rms
 
 __all__ = ["pairwise_distances", "DISTANCE_DIMS"]
 
@@ -101,14 +100,7 @@ def pairwise_distances(
             {"long_name": "crc32c of each step's input values (checked by --resume)"},
         ),
     }
-    common = {
-        "source": str(history.attrs.get("source", "")),
-        "source_key": str(history.attrs.get("key", history.name or "")),
-        "source_fingerprint": str(history.attrs.get("source_fingerprint", "")),
-        "input_dtype": str(history.attrs.get("input_dtype", history.dtype)),
-        "compute_dtype": str(data.dtype),
-        "dask_pdist_version": __version__,
-    }
+    common = provenance(history, data.dtype)
     variables = {}
     for metric, arr in arrays.items():
         long_name, formula = _DESCRIPTIONS[metric]

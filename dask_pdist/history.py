@@ -66,6 +66,21 @@ def step_rms(data: da.Array) -> da.Array:
     return da.where(count > 0, da.sqrt(squares.sum(axis=(1, 2)) / da.maximum(count, 1)), np.nan)
 
 
+def provenance(history: xr.DataArray, compute_dtype: np.dtype | str) -> dict[str, str]:
+    """The attributes every result computed from ``history`` carries: where it came from
+    (file, key, fingerprint, input dtype), the arithmetic dtype and the dask_pdist version."""
+    from ._version import __version__
+
+    return {
+        "source": str(history.attrs.get("source", "")),
+        "source_key": str(history.attrs.get("key", history.name or "")),
+        "source_fingerprint": str(history.attrs.get("source_fingerprint", "")),
+        "input_dtype": str(history.attrs.get("input_dtype", history.dtype)),
+        "compute_dtype": str(np.dtype(compute_dtype)),
+        "dask_pdist_version": __version__,
+    }
+
+
 def auto_step_chunk(n_tokens: int, n_steps: int, n_metrics: int = 2, itemsize: int = 4) -> int:
     """Snapshots per task so that one task's output stays near 16 MiB.
 

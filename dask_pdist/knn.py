@@ -21,8 +21,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from ._version import __version__
-from .history import HISTORY_DIMS
+from .history import HISTORY_DIMS, provenance
 from .kernels import METRICS, knn_merge, knn_pairs
 
 __all__ = [
@@ -334,12 +333,7 @@ def neighbours(
         "dask_pdist_kind": NEIGHBOURS_KIND,
         "metric": metric,
         "k": k,
-        "source": str(history.attrs.get("source", "")),
-        "source_key": str(history.attrs.get("key", history.name or "")),
-        "source_fingerprint": str(history.attrs.get("source_fingerprint", "")),
-        "input_dtype": str(history.attrs.get("input_dtype", history.dtype)),
-        "compute_dtype": str(data.dtype),
-        "dask_pdist_version": __version__,
+        **provenance(history, data.dtype),
     }
     return xr.Dataset(variables, coords=coords, attrs=attrs)
 
