@@ -104,6 +104,22 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _add_scheduler(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--scheduler",
+        default=os.environ.get("DASK_SCHEDULER_ADDRESS"),
+        help="dask.distributed scheduler address (default: $DASK_SCHEDULER_ADDRESS, else local threads)",
+    )
+
+
+def _add_store_overwrite(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing dask_pdist store at --output (default: refuse an existing path)",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="dask-pdist",
@@ -159,16 +175,8 @@ def _parser() -> argparse.ArgumentParser:
         default="raise",
         help="NaN/Inf in the history: stop with an error, or give NaN distances (default: raise)",
     )
-    c.add_argument(
-        "--scheduler",
-        default=os.environ.get("DASK_SCHEDULER_ADDRESS"),
-        help="dask.distributed scheduler address (default: $DASK_SCHEDULER_ADDRESS, else local threads)",
-    )
-    c.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace an existing dask_pdist store at --output (default: refuse an existing path)",
-    )
+    _add_scheduler(c)
+    _add_store_overwrite(c)
     c.add_argument(
         "--resume",
         action="store_true",
@@ -188,11 +196,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("output", help="safetensors file to create, e.g. pairwise_distances.safetensors")
     e.add_argument("--dtype", choices=("float32", "float16"), default=None, help="stored dtype (default: the store's)")
     e.add_argument("--overwrite", action="store_true", help="replace an existing file at OUTPUT (default: refuse)")
-    e.add_argument(
-        "--scheduler",
-        default=os.environ.get("DASK_SCHEDULER_ADDRESS"),
-        help="dask.distributed scheduler address (default: $DASK_SCHEDULER_ADDRESS, else local threads)",
-    )
+    _add_scheduler(e)
     e.add_argument("--no-progress", action="store_true", help=_NO_PROGRESS_HELP)
     e.add_argument("--allow-incomplete", action="store_true", help=_ALLOW_INCOMPLETE_HELP)
     e.set_defaults(func=_cmd_export)
@@ -309,16 +313,8 @@ def _parser() -> argparse.ArgumentParser:
         default="raise",
         help="NaN/Inf in the history: stop with an error, or give NaN distances, ranked last (default: raise)",
     )
-    n.add_argument(
-        "--scheduler",
-        default=os.environ.get("DASK_SCHEDULER_ADDRESS"),
-        help="dask.distributed scheduler address (default: $DASK_SCHEDULER_ADDRESS, else local threads)",
-    )
-    n.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace an existing dask_pdist store at --output (default: refuse an existing path)",
-    )
+    _add_scheduler(n)
+    _add_store_overwrite(n)
     n.add_argument("--no-progress", action="store_true", help=_NO_PROGRESS_HELP)
     _add_storage_options(n)
     n.set_defaults(func=_cmd_neighbours)
