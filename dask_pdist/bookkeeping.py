@@ -22,6 +22,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import StoreError
+from .locations import Location, locate, zarr_array
+
+#: A store's location: a local folder, or a key prefix on an object store (``s3://b/d.zarr``).
+StorePath = Path | Location
 
 if TYPE_CHECKING:
     import numpy as np
@@ -40,7 +44,20 @@ BOOKKEEPING_ARRAYS = (DONE, INPUT_CHECKSUM)
 _ARRAY_ENTRY = re.compile(r"zarr\.json|c(/\d+)+(\.[^/]+\.partial)?|c(/\d+)*/\d+\.[^/]+\.partial")
 
 
-def done_path(path: Path) -> Path:
+def store_path(path: str | os.PathLike[str] | Location, storage_options: dict | None = None) -> StorePath:
+    """A store's location: a :class:`~pathlib.Path`, or a :class:`Location` for a URL.
+
+    A URL must name a prefix below the bucket (``s3://bucket/d.zarr``): the writer lock lives
+    next to the store, never inside it."""
+    found = locate(path, storage_options)
+    if isinstance(found, Location) and "/" not in found.url.split("://", 1)[1].strip("/"):
+        raise StoreError(
+            f"{found.url}: give a store name inside the bucket, e.g. {found.url.rstrip('/')}/distances.zarr"
+        )
+    return found
+
+
+def done_path(path: StorePath) -> StorePath:
     """The ``chunk_done`` array of a store, in the sub-group or (old stores) at the root."""
     old = path / DONE
     if not (path / BOOKKEEPING / DONE).exists() and (old / "zarr.json").exists():
@@ -48,18 +65,22 @@ def done_path(path: Path) -> Path:
     return path / BOOKKEEPING / DONE
 
 
-def read_root(path: Path) -> dict[str, Any] | None:
+def read_root(path: StorePath) -> dict[str, Any] | None:
     """The root ``zarr.json`` of ``path``, or None if absent or unreadable."""
     try:
         meta = json.loads((path / "zarr.json").read_text())
+    except PermissionError:
+        if isinstance(path, Location):
+            raise  # wrong credentials: say so, not "not a store"
+        return None
     except (OSError, ValueError):
         return None
     return meta if isinstance(meta, dict) else None
 
 
-def is_store(path: str | os.PathLike[str]) -> bool:
+def is_store(path: str | os.PathLike[str] | Location) -> bool:
     """True if ``path`` holds a zarr group written by dask_pdist."""
-    meta = read_root(Path(path))
+    meta = read_root(locate(path))
     return meta is not None and MARKER_ATTR in meta.get("attributes", {})
 
 
@@ -70,7 +91,7 @@ def is_complete(meta: dict[str, Any] | None) -> bool:
     return bool(meta.get("attributes", {}).get(COMPLETE_ATTR)) and bool(meta.get("consolidated_metadata"))
 
 
-def write_root_attrs(path: Path, **attrs: Any) -> None:
+def write_root_attrs(path: StorePath, **attrs: Any) -> None:
     """Set (or, for None, remove) root attributes in one atomic replace of ``zarr.json``.
 
     zarr rewrites the root ``zarr.json`` without its consolidated metadata when attributes
@@ -84,6 +105,9 @@ def write_root_attrs(path: Path, **attrs: Any) -> None:
             target.pop(key, None)
         else:
             target[key] = value
+    if isinstance(path, Location):  # a PUT replaces the object whole
+        (path / "zarr.json").write_text(json.dumps(meta, indent=2))
+        return
     tmp = path / f"zarr.json.{uuid.uuid4().hex[:8]}.partial"
     tmp.write_text(json.dumps(meta, indent=2))
     os.replace(tmp, path / "zarr.json")
@@ -92,7 +116,7 @@ def write_root_attrs(path: Path, **attrs: Any) -> None:
 # -- the writer lock ------------------------------------------------------------------------
 
 
-def lock_path(path: Path) -> Path:
+def lock_path(path: StorePath) -> StorePath:
     return path.parent / f".{path.name}.lock"
 
 
@@ -107,11 +131,31 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def acquire_lock(path: Path) -> str:
+def _create_exclusive(lock: StorePath, record: dict[str, Any]) -> bool:
+    # False if the lock exists; an object store creates it with a conditional PUT
+    # (If-None-Match: *), which S3 and most S3-compatible stores honour
+    text = json.dumps(record)
+    if isinstance(lock, Location):
+        try:
+            lock.write_bytes(text.encode(), exclusive=True)
+        except FileExistsError:
+            return False
+        return True
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    return True
+
+
+def acquire_lock(path: StorePath) -> str:
     """Take the one-writer lock of ``path``; returns its token.
 
     A lock whose process is dead on this host is stale and taken over; so is one of this
-    process (a Python caller running one job after another). Anything else is refused."""
+    process (a Python caller running one job after another). Anything else is refused.
+    On an object store the lock is an object created by a conditional PUT."""
     lock = lock_path(path)
     token = uuid.uuid4().hex
     record = {
@@ -121,9 +165,7 @@ def acquire_lock(path: Path) -> str:
         "token": token,
     }
     for _ in range(3):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
+        if not _create_exclusive(lock, record):
             try:
                 holder = json.loads(lock.read_text())
                 pid, host = int(holder["pid"]), str(holder["host"])
@@ -141,13 +183,11 @@ def acquire_lock(path: Path) -> str:
                 f" (lock {lock}); wait for that job to finish, or, if it is no longer running,"
                 f" delete {lock} and retry"
             ) from None
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f)
         return token
     raise StoreError(f"{path}: could not take the lock {lock}; retry")
 
 
-def release_lock(path: Path, token: str | None = None) -> None:
+def release_lock(path: StorePath, token: str | None = None) -> None:
     """Remove the lock of ``path`` if ``token`` holds it (or, without a token, if this
     process holds it on this host)."""
     lock = lock_path(path)
@@ -167,9 +207,11 @@ def release_lock(path: Path, token: str | None = None) -> None:
 # -- what a store of ours holds -------------------------------------------------------------
 
 
-def foreign_entries(path: Path, limit: int = 5) -> list[str]:
+def foreign_entries(path: StorePath, limit: int = 5) -> list[str]:
     """Entries under ``path`` that dask_pdist never writes (relative paths, at most ``limit``)."""
     found: list[str] = []
+    if isinstance(path, Location):  # objects only: a "folder" is a key prefix
+        return [rel for rel in path.files() if not _known(rel, False)][:limit]
     for root, dirs, files in os.walk(path):
         rel_root = Path(root).relative_to(path)
         for name in sorted(dirs) + sorted(files):
@@ -207,25 +249,26 @@ def _known(rel: str, is_dir: bool) -> bool:
     return _ARRAY_ENTRY.fullmatch(inner) is not None
 
 
-def has_bookkeeping(path: Path) -> bool:
+def has_bookkeeping(path: StorePath) -> bool:
     return (path / BOOKKEEPING / DONE / "zarr.json").is_file() or (path / DONE / "zarr.json").is_file()
 
 
-def store_progress(path: str | os.PathLike[str]) -> tuple[np.ndarray, bool]:
+def store_progress(path: str | os.PathLike[str] | Location) -> tuple[np.ndarray, bool]:
     """The ``chunk_done`` flags (one per block) and whether the store is complete.
 
     Complete means the completion record is written, together with the consolidated
     metadata it vouches for (the last write of a job)."""
     import numpy as np
-    import zarr
 
-    path = Path(path)
+    path = path if isinstance(path, Location) else store_path(path)
     where = done_path(path)
     try:
-        done = np.asarray(zarr.open_array(str(where), mode="r")[...])
+        done = np.asarray(zarr_array(where)[...])
+    except PermissionError:
+        raise
     except Exception as exc:
         raise StoreError(
-            f"{path}: the done flags {where.relative_to(path)} are unreadable ({type(exc).__name__}: {exc});"
+            f"{path}: the done flags {str(where)[len(str(path)) + 1 :]} are unreadable ({type(exc).__name__}: {exc});"
             f" run `dask-pdist verify {path}`"
         ) from exc
     return done, is_complete(read_root(path))

@@ -96,6 +96,15 @@ def _add_storage_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _opts(args: argparse.Namespace, path: object) -> dict | None:
+    """``--storage-options`` for ``path`` if it is (or holds) a URL: one option set serves a
+    command's URLs (input, store, export), never its local paths."""
+    from dask_pdist.locations import any_url
+
+    options = getattr(args, "storage_options", None)
+    return options if options and any_url(path) else None  # type: ignore[arg-type]
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a bad option is one line on stderr (exit 2) like every other bad input,
     instead of the usage block and the error."""
@@ -199,6 +208,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_scheduler(e)
     e.add_argument("--no-progress", action="store_true", help=_NO_PROGRESS_HELP)
     e.add_argument("--allow-incomplete", action="store_true", help=_ALLOW_INCOMPLETE_HELP)
+    _add_storage_options(e)
     e.set_defaults(func=_cmd_export)
 
     s = sub.add_parser("synth", help="write a synthetic bf16 history (safetensors)")
@@ -250,11 +260,13 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--rows", type=_positive, default=10, help="rows in the printed series (default: 10)")
     m.add_argument("--no-progress", action="store_true", help=_NO_PROGRESS_HELP)
     m.add_argument("--allow-incomplete", action="store_true", help=_ALLOW_INCOMPLETE_HELP)
+    _add_storage_options(m)
     m.set_defaults(func=_cmd_summary)
 
     v = sub.add_parser("verify", help="read every chunk of a store; report missing or corrupt ones")
     v.add_argument("store", help="zarr store written by compute")
     v.add_argument("--no-progress", action="store_true", help=_NO_PROGRESS_HELP)
+    _add_storage_options(v)
     v.set_defaults(func=_cmd_verify)
 
     i = sub.add_parser("info", help="describe a store or an input file")
@@ -395,7 +407,7 @@ def _compute(
         nonfinite=getattr(args, "nonfinite", "raise"),
         token_ids=getattr(args, "token_ids", None),
         steps=getattr(args, "steps", None),
-        storage_options=getattr(args, "storage_options", None),
+        storage_options=_opts(args, input_path),
     )
     ds = dp.pairwise_distances(
         history,
@@ -403,11 +415,14 @@ def _compute(
         dtype=getattr(args, "dtype", "float32"),
         token_chunk=getattr(args, "token_chunk", None) or "auto",
     )
-    if resume and os.path.isdir(output):
+    from dask_pdist.bookkeeping import store_path
+
+    store = store_path(output, _opts(args, output))
+    if resume and store.is_dir():
         from dask_pdist.store import is_store, store_progress
 
-        if is_store(output):
-            done, complete = store_progress(output)
+        if is_store(store):
+            done, complete = store_progress(store)
             state = (
                 "complete: nothing to compute"
                 if complete
@@ -416,7 +431,7 @@ def _compute(
             print(f"{output}: resuming, {state}", file=sys.stderr)
     delayed = dp.to_zarr(
         ds,
-        output,
+        store,
         compressor=getattr(args, "compressor", None) or DEFAULT_COMPRESSOR,
         overwrite=overwrite,
         resume=resume,
@@ -435,13 +450,13 @@ def _compute(
     except (dp.InputError, OverflowError) as exc:  # stopped by its input: no resume can finish it
         if args.debug:
             raise
-        print(f"dask-pdist: error: {exc}; {stop_job(output, exc)}", file=sys.stderr)
+        print(f"dask-pdist: error: {exc}; {stop_job(store, exc)}", file=sys.stderr)
         raise _Exit(EXIT_BAD_INPUT) from None
     except KeyboardInterrupt as exc:
         from dask_pdist.store import store_progress
 
-        stop_job(output, exc)
-        done, _ = store_progress(output)
+        stop_job(store, exc)
+        done, _ = store_progress(store)
         print(
             f"dask-pdist: interrupted; {int(done.sum())} of {done.size} blocks are written and kept."
             f" Resume with:\n  {_resume_command(args.argv)}",
@@ -449,7 +464,7 @@ def _compute(
         )
         raise _Exit(130) from None
     except OSError as exc:  # disk full, file too large, lost mount: the written blocks stay valid
-        stop_job(output, exc)
+        stop_job(store, exc)
         print(
             f"dask-pdist: error: writing {output} failed: {exc}. The blocks written so far are kept;"
             f" fix the cause, then resume with: {_resume_command(args.argv)}",
@@ -460,7 +475,7 @@ def _compute(
     print(f"\nWrote {output} in {elapsed:.1f} s\n")
     # chunks=None: two steps read straight through zarr, no dask graph (nor its look-up of a
     # distributed client, ~0.2 s of dask.distributed import when it is installed)
-    print(format_summary(dp.open_distances(output, chunks=None)))
+    print(format_summary(dp.open_distances(store, chunks=None)))
 
 
 def _cmd_compute(args: argparse.Namespace) -> None:
@@ -546,7 +561,9 @@ def _export(args: argparse.Namespace, store: str, output: str, dtype: str | None
     import dask_pdist as dp
 
     t0 = time.perf_counter()
-    ds = dp.open_distances(store, allow_incomplete=getattr(args, "allow_incomplete", False))
+    ds = dp.open_distances(
+        store, allow_incomplete=getattr(args, "allow_incomplete", False), storage_options=_opts(args, store)
+    )
     _check_export_target(output, overwrite)
     print(f"{store} -> {output}", file=sys.stderr)
     scheduler = getattr(args, "scheduler", None)
@@ -670,9 +687,8 @@ def _cmd_summary(args: argparse.Namespace) -> None:
                 f"{args.store}: a neighbours store; --plot, --threshold and --step apply to distance stores"
             )
         return _neighbours_summary(args)
-    ds = dp.open_distances(
-        args.store[0] if len(args.store) == 1 else args.store, allow_incomplete=args.allow_incomplete
-    )
+    stores = args.store[0] if len(args.store) == 1 else args.store
+    ds = dp.open_distances(stores, allow_incomplete=args.allow_incomplete, storage_options=_opts(args, stores))
     if "run" in ds.dims:
         _summary_runs(args, ds)
         return
@@ -735,7 +751,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from dask_pdist.store import verify_store
 
     if args.no_progress:
-        problems = verify_store(args.store)
+        problems = verify_store(args.store, storage_options=_opts(args, args.store))
     else:
         from tqdm import tqdm
 
@@ -746,7 +762,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
                 bar.total = total
                 bar.update(checked - bar.n)
 
-            problems = verify_store(args.store, progress=advance)
+            problems = verify_store(args.store, progress=advance, storage_options=_opts(args, args.store))
     for problem in problems:
         print(f"{args.store}: {problem}")
     if problems:
@@ -785,10 +801,11 @@ def _catch_interrupts() -> object:
     return signal.signal(signal.SIGINT, _interrupt_once)
 
 
-def _is_store(path: str) -> bool:
+def _is_store(path: str, storage_options: dict | None = None) -> bool:
+    from dask_pdist.locations import locate
     from dask_pdist.store import is_store  # imports the kernels (numba): only for folders
 
-    return is_store(path)
+    return is_store(locate(path, storage_options))
 
 
 def _clusters(
@@ -809,7 +826,14 @@ def _clusters(
     import dask_pdist as dp
     from dask_pdist.events import format_clusters
 
-    if isinstance(input_path, str) and os.path.isdir(input_path) and _is_store(input_path):
+    from dask_pdist.locations import is_url
+
+    options = _opts(args, input_path)
+    if (
+        isinstance(input_path, str)
+        and (os.path.isdir(input_path) or is_url(input_path))
+        and _is_store(input_path, options)
+    ):
         if key:
             raise ValueError(f"{input_path}: --key names a history tensor, but this is a distance store; drop --key")
         if token_ids:
@@ -817,12 +841,10 @@ def _clusters(
                 f"{input_path}: --token-ids applies to a history, but this is a distance store;"
                 " run clusters on the history, or compute a subset store with compute --token-ids"
             )
-        source = dp.open_distances(input_path)
+        source = dp.open_distances(input_path, storage_options=options)
         what = f"{input_path} (distance store)"
     else:
-        source = dp.open_history(
-            input_path, key=key, token_ids=token_ids, storage_options=getattr(args, "storage_options", None)
-        )
+        source = dp.open_history(input_path, key=key, token_ids=token_ids, storage_options=options)
         what = f"{source.attrs['source']} [{source.name}]"
     ds = dp.clusters(source, threshold, metric=metric)
     target = f" -> {output}" if output else ""

@@ -14,13 +14,13 @@ import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .bookkeeping import FINGERPRINT_ATTR, MARKER_ATTR, done_path, is_complete, read_root
+from .bookkeeping import FINGERPRINT_ATTR, MARKER_ATTR, StorePath, done_path, is_complete, read_root, store_path
 from .errors import StoreError
+from .locations import Location, zarr_array
 
 __all__ = ["ChunkProblem", "CheckedChunks", "lazy_checked", "verify_store", "check_small_arrays"]
 
@@ -29,9 +29,19 @@ def _hint(store: str) -> str:
     return f"run `dask-pdist verify {store}` to list every damaged chunk, then recompute the store (--overwrite)"
 
 
-def _chunk_file(store: str, name: str, idx: tuple[int, ...]) -> str:
+def _chunk_key(name: str, idx: tuple[int, ...]) -> str:
     # zarr format 3 default chunk key encoding, separator "/" (what to_zarr writes)
-    return os.path.join(store, name, "c", *map(str, idx))
+    return "/".join([name, "c", *map(str, idx)])
+
+
+def _chunk_present(store: StorePath, name: str, idx: tuple[int, ...]) -> bool:
+    """Whether the chunk's file (object) exists: one ``stat`` (one HEAD request)."""
+    where = store / _chunk_key(name, idx)
+    return where.is_file() if isinstance(where, Location) else os.path.isfile(where)
+
+
+def _relative(path: StorePath, inner: StorePath) -> str:
+    return str(inner)[len(str(path)) :].lstrip("/")
 
 
 def _where(name: str, idx: tuple[int, ...], steps: np.ndarray | None, rows: tuple[int, int] | None) -> str:
@@ -43,8 +53,8 @@ def _where(name: str, idx: tuple[int, ...], steps: np.ndarray | None, rows: tupl
 
 class CheckedChunks:
     """A dask ``from_array`` source over one float array of a store (distances or a per-step
-    coordinate), with chunk-aligned dask chunks. Holds only paths and small numpy arrays, so
-    it pickles into the graph.
+    coordinate), with chunk-aligned dask chunks. Holds only the store's location (a path, or
+    a URL with its options) and small numpy arrays, so it pickles into the graph.
 
     ``done`` (incomplete stores, indexed by the array's chunk index along its dims; 1-D
     arrays use the step axis of the flags): chunks of blocks not marked done read as NaN.
@@ -53,7 +63,7 @@ class CheckedChunks:
 
     def __init__(
         self,
-        store: str,
+        store: StorePath,
         name: str,
         shape: tuple[int, ...],
         chunks: tuple[int, ...],
@@ -76,9 +86,7 @@ class CheckedChunks:
 
     def _zarr(self) -> Any:
         if self._array is None:
-            import zarr
-
-            self._array = zarr.open_array(os.path.join(self.store, self.name), mode="r")
+            self._array = zarr_array(self.store / self.name)
         return self._array
 
     def _is_done(self, idx: tuple[int, ...]) -> bool:
@@ -87,9 +95,6 @@ class CheckedChunks:
         if self.ndim == self.done.ndim:
             return bool(self.done[idx])
         return bool(self.done[idx[0]].any())
-
-    def _file(self, idx: tuple[int, ...]) -> str:
-        return _chunk_file(self.store, self.name, idx)
 
     def _rows(self, idx: tuple[int, ...]) -> tuple[int, int]:
         return idx[0] * self.chunks[0], min((idx[0] + 1) * self.chunks[0], self.shape[0])
@@ -125,7 +130,7 @@ class CheckedChunks:
             )
             if not is_done:
                 data[sub] = np.nan
-            elif data.size and np.isnan(data[sub].flat[0]) and not os.path.isfile(self._file(idx)):
+            elif data.size and np.isnan(data[sub].flat[0]) and not _chunk_present(self.store, self.name, idx):
                 raise self._fail(idx, "missing (chunk file absent)")
         return data[rel]
 
@@ -176,19 +181,21 @@ def _box(key: Any, shape: tuple[int, ...]) -> tuple[list[tuple[int, int]], tuple
     return box, tuple(rel)
 
 
-def check_small_arrays(path: Path, names: list[str]) -> None:
+def check_small_arrays(path: StorePath, names: list[str], group: Any = None) -> None:
     """Read the small arrays (coordinates, flags) whole: raise naming the one that is
-    absent or corrupt. Their chunks are few; reads of distances check their own."""
-    import zarr
-
+    absent or corrupt. Their chunks are few; reads of distances check their own. ``group``:
+    the store's open zarr group, to take the arrays from (no metadata request per array)."""
     for name in names:
         try:
-            arr = zarr.open_array(str(path / name), mode="r")
+            arr = group[name] if group is not None else zarr_array(path / name)
+            # on an object store one listing per array, not a HEAD request per chunk
+            listed = set((path / name).files()) if isinstance(path, Location) else None
             for idx in itertools.product(*(range(n) for n in arr.cdata_shape)):
-                if not os.path.isfile(_chunk_file(str(path), name, idx)):
+                key = _chunk_key(name, idx)
+                if not (key.split("/", 1)[1] in listed if listed is not None else os.path.isfile(path / key)):
                     raise StoreError(f"{path}: {name} chunk {idx}: missing (chunk file absent); {_hint(str(path))}")
             arr[...]
-        except StoreError:
+        except (StoreError, PermissionError):
             raise
         except Exception as exc:
             raise StoreError(f"{path}: {name}: corrupt ({type(exc).__name__}: {exc}); {_hint(str(path))}") from exc
@@ -219,7 +226,7 @@ class ChunkProblem:
         return f"{where}: {self.problem}"
 
 
-def _expected_arrays(path: Path, meta: dict[str, Any]) -> list[str]:
+def _expected_arrays(path: StorePath, meta: dict[str, Any]) -> list[str]:
     # every array the store's own metadata names: the consolidated metadata, the fingerprint's
     # variables, the coordinates and the done flags
     names = {"step", "token_i", "token_j"}
@@ -229,13 +236,16 @@ def _expected_arrays(path: Path, meta: dict[str, Any]) -> list[str]:
         names |= set(json.loads(meta.get("attributes", {}).get(FINGERPRINT_ATTR, "{}")).get("variables", {}))
     except (ValueError, AttributeError):
         pass
-    names.add(done_path(path).relative_to(path).as_posix())
+    names.add(_relative(path, done_path(path)))
     first = ("euclidean", "chebyshev")  # the distances first, in the notebook's order
     return sorted(names, key=lambda n: (first.index(n) if n in first else len(first), n))
 
 
 def verify_store(
-    path: str | os.PathLike[str], *, progress: Callable[[int, int], None] | None = None
+    path: str | os.PathLike[str] | Location,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> list[ChunkProblem]:
     """Read every chunk of every array of a store; report missing and corrupt ones.
 
@@ -244,15 +254,14 @@ def verify_store(
     its file is absent (or not a file) or, for distances, its block is not marked done, and
     corrupt when it fails its crc32c checksum or cannot be decoded. A store without its
     completion record is reported too. ``progress(checked, total)``, if given, is called
-    after each chunk (the CLI draws a progress bar with it).
+    after each chunk (the CLI draws a progress bar with it). A store at a URL (with its
+    ``storage_options``) is listed once, then every chunk is read.
 
     Examples
     --------
     >>> for problem in verify_store("pairwise_distances.zarr"): print(problem)  # doctest: +SKIP
     """
-    import zarr
-
-    path = Path(path)
+    path = store_path(path, storage_options)
     meta = read_root(path)
     if meta is None or MARKER_ATTR not in meta.get("attributes", {}):
         raise StoreError(f"{path}: not a dask_pdist store")
@@ -261,14 +270,18 @@ def verify_store(
     arrays = {}
     for name in names:
         try:
-            arrays[name] = zarr.open_array(str(path / name), mode="r")
+            arrays[name] = zarr_array(path / name)
+        except PermissionError:
+            raise
         except Exception as exc:
             problems.append(ChunkProblem(name, None, None, None, f"missing (array absent or unreadable: {exc})"))
     try:
         steps = np.asarray(arrays["step"][...])
     except Exception:
         steps = np.arange(int(arrays["step"].shape[0])) if "step" in arrays else None
-    done_name = done_path(path).relative_to(path).as_posix()
+    done_name = _relative(path, done_path(path))
+    # an object store: one listing instead of a HEAD request per chunk
+    listed = set(path.files()) if isinstance(path, Location) else None
     try:
         done = np.asarray(arrays[done_name][...]) if done_name in arrays else None
     except Exception:
@@ -285,7 +298,8 @@ def verify_store(
             elif dims[:1] == ("step_block",) and step_chunk is not None and steps is not None:
                 rows = (idx[0] * step_chunk, min((idx[0] + 1) * step_chunk, len(steps)))
             problem = None
-            if not os.path.isfile(_chunk_file(str(path), name, idx)):
+            key = _chunk_key(name, idx)
+            if not (key in listed if listed is not None else os.path.isfile(path / key)):
                 problem = "missing (chunk file absent)"
             elif is_distance and done is not None and not done[idx]:
                 problem = "missing (block not marked done)"

@@ -20,24 +20,27 @@ from .bookkeeping import (
     BOOKKEEPING,
     INPUT_CHECKSUM,
     STOPPED_ATTR,
+    StorePath,
     foreign_entries,
     has_bookkeeping,
     is_store,
     read_root,
     release_lock,
+    store_path,
     store_progress,
     write_root_attrs,
 )
 from .errors import InputError, StoreError
+from .locations import Location, zarr_array
 
 __all__ = ["stop_job"]
 
 
-def _stopped(path: Path) -> str | None:
+def _stopped(path: StorePath) -> str | None:
     return ((read_root(path) or {}).get("attributes") or {}).get(STOPPED_ATTR)
 
 
-def check_output(path: Path, overwrite: bool, resume: bool) -> bool:
+def check_output(path: StorePath, overwrite: bool, resume: bool) -> bool:
     """Validate the output location before any work; returns True to resume into it."""
     if overwrite and resume:
         raise ValueError("overwrite and resume exclude each other: resume continues a store, overwrite replaces it")
@@ -58,6 +61,11 @@ def check_output(path: Path, overwrite: bool, resume: bool) -> bool:
                 f"{path}: already exists; pass overwrite=True (--overwrite) to replace it,"
                 " or resume=True (--resume) to finish an interrupted job"
             )
+    if isinstance(path, Location):  # no folders to create or check: the bucket must exist
+        if not path.bucket_exists():
+            bucket = path.url.split("://", 1)[1].split("/", 1)[0]
+            raise StoreError(f"{path}: bucket {bucket} does not exist (or is not visible with these credentials)")
+        return False
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise StoreError(f"{path}: parent directory {parent} does not exist")
@@ -66,7 +74,7 @@ def check_output(path: Path, overwrite: bool, resume: bool) -> bool:
     return False
 
 
-def check_ours(path: Path, overwrite: bool, resume: bool) -> None:
+def check_ours(path: StorePath, overwrite: bool, resume: bool) -> None:
     # only a directory holding nothing but this tool's own store layout is ever written into
     # or deleted; a user's zarr saved from open_distances() carries our attributes, not our
     # bookkeeping
@@ -91,17 +99,21 @@ def check_ours(path: Path, overwrite: bool, resume: bool) -> None:
         )
 
 
-def check_input_outside(ds: xr.Dataset, path: Path) -> None:
+def check_input_outside(ds: xr.Dataset, path: StorePath) -> None:
     source = str(ds.attrs.get("source", ""))
     if not source:
         return
     head = source.split(" .. ")[0]
     for wild in "*?[":
         head = head.split(wild)[0]
-    try:
-        inside = Path(head).resolve().is_relative_to(path.resolve())
-    except (OSError, ValueError):
-        return
+    if isinstance(path, Location) or "://" in head:
+        inside = isinstance(path, Location) and (head + "/").startswith(path.url.rstrip("/") + "/")
+    else:
+        inside = False
+        try:
+            inside = Path(head).resolve().is_relative_to(path.resolve())
+        except (OSError, ValueError):
+            return
     if inside:
         raise StoreError(
             f"{path}: the input {source} lies inside the output; writing the store would delete it:"
@@ -109,11 +121,9 @@ def check_input_outside(ds: xr.Dataset, path: Path) -> None:
         )
 
 
-def check_resumed_input(ds: xr.Dataset, path: Path) -> None:
+def check_resumed_input(ds: xr.Dataset, path: StorePath) -> None:
     # the done blocks were computed from some input: re-read it (cheap next to recomputing,
     # in parallel) and compare its per-step checksums with those recorded next to the flags
-    import zarr
-
     where = path / BOOKKEEPING / INPUT_CHECKSUM
     if INPUT_CHECKSUM not in ds.coords or not (where / "zarr.json").exists():
         return  # a store (or Dataset) without input checksums: size and header checked only
@@ -124,7 +134,7 @@ def check_resumed_input(ds: xr.Dataset, path: Path) -> None:
     data = ds[INPUT_CHECKSUM].data
     now = np.concatenate(dask.compute(*[data.blocks[int(b)] for b in blocks]))
     try:
-        stored = zarr.open_array(str(where), mode="r")
+        stored = zarr_array(where)
         recorded = np.concatenate([stored.get_block_selection((int(b),)) for b in blocks])
     except Exception as exc:
         raise StoreError(
@@ -148,7 +158,7 @@ def _block_rows(ds: xr.Dataset, b: int) -> tuple[int, int]:
     return start, start + int(sizes[b])
 
 
-def stop_job(path: str | os.PathLike[str], exc: BaseException) -> str:
+def stop_job(path: str | os.PathLike[str] | Location, exc: BaseException) -> str:
     """Clean up after a write job of :func:`to_zarr` failed; returns what to tell the user.
 
     Releases this process's writer lock. A job stopped by its input (``InputError``: NaN or
@@ -165,13 +175,13 @@ def stop_job(path: str | os.PathLike[str], exc: BaseException) -> str:
     ... except InputError as exc:
     ...     print(exc, stop_job("d.zarr", exc))
     """
-    path = Path(path)
+    path = path if isinstance(path, Location) else store_path(path)
     try:
         if not isinstance(exc, (InputError, OverflowError)) or not is_store(path):
             return ""
         done, _ = store_progress(path)
         if not done.any():
-            shutil.rmtree(path)
+            path.remove_tree() if isinstance(path, Location) else shutil.rmtree(path)
             return f"nothing was written, so {path} was removed"
         way = (
             "recompute with --dtype float32 --overwrite"

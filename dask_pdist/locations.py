@@ -25,7 +25,19 @@ from typing import Any
 
 from .errors import InputError
 
-__all__ = ["Location", "is_url", "any_url", "locate", "local_path", "glob_locations", "identity"]
+__all__ = [
+    "Location",
+    "is_url",
+    "any_url",
+    "locate",
+    "local_path",
+    "glob_locations",
+    "identity",
+    "options_for",
+    "zarr_array",
+    "zarr_group",
+    "zarr_store",
+]
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 #: Packages that serve common schemes, for the install hint of a missing one.
@@ -143,12 +155,6 @@ class Location:
         """fsspec's ``info``: ``size``, ``type`` ("file" or "directory"), backend fields."""
         return self._call(what, self.fs.info, self.path)
 
-    def exists(self) -> bool:
-        return bool(self._call("location", self.fs.exists, self.path))
-
-    def is_dir(self) -> bool:
-        return bool(self._call("location", self.fs.isdir, self.path))
-
     def size(self, what: str = "input file") -> int:
         info = self.info(what)
         if info.get("type") != "file":
@@ -174,6 +180,88 @@ class Location:
     def token(self) -> str:
         """Changes when the object changes (ETag / mtime, as the backend reports)."""
         return str(self._call("file", self.fs.ukey, self.path))
+
+    # -- the pieces of the pathlib API the store code uses, so one code path serves both ------
+    # (an object store has no folders, renames or symlinks: a "folder" is a key prefix, a PUT
+    # replaces an object whole, and listings are not cached here because other processes and
+    # zarr's own filesystem instance write under the same prefix)
+    @property
+    def parent(self) -> Location:
+        head = self.url.rstrip("/").rsplit("/", 1)[0]
+        return Location(head if "://" in head and head.split("://", 1)[1] else self.url, self.storage_options)
+
+    def with_name(self, name: str) -> Location:
+        return self.parent / name
+
+    def resolve(self) -> Location:
+        return self
+
+    def is_symlink(self) -> bool:
+        return False
+
+    def _fresh(self) -> Any:
+        fs = self.fs
+        fs.invalidate_cache(self.path)
+        return fs
+
+    def is_file(self) -> bool:
+        return bool(self._call("location", self._fresh().isfile, self.path))
+
+    def exists(self) -> bool:
+        return bool(self._call("location", self._fresh().exists, self.path))
+
+    def is_dir(self) -> bool:
+        return bool(self._call("location", self._fresh().isdir, self.path))
+
+    def read_bytes(self) -> bytes:
+        return bytes(self._call("object", self.fs.cat_file, self.path))
+
+    def read_text(self) -> str:
+        return self.read_bytes().decode()
+
+    def write_bytes(self, data: bytes, exclusive: bool = False) -> None:
+        """One PUT: the object is replaced whole or not at all. ``exclusive``: only if no object
+        has this name (a conditional PUT, ``If-None-Match: *``); FileExistsError otherwise."""
+        if exclusive:
+            self._call("object", self.fs.pipe_file, self.path, bytes(data), mode="create")
+        else:
+            self._call("object", self.fs.pipe_file, self.path, bytes(data))
+        self.fs.invalidate_cache(self.path)
+
+    def write_text(self, text: str) -> None:
+        self.write_bytes(text.encode())
+
+    def unlink(self, missing_ok: bool = False) -> None:
+        try:
+            self._call("object", self.fs.rm_file, self.path)
+        except FileNotFoundError:
+            if not missing_ok:
+                raise
+        self.fs.invalidate_cache(self.path)
+
+    def files(self) -> list[str]:
+        """Every object under this prefix, as paths relative to it (``a/zarr.json``)."""
+        base = self.path.rstrip("/") + "/"
+        found = self._call("location", self._fresh().find, self.path)
+        return sorted(name[len(base) :] for name in found if name.startswith(base))
+
+    def remove_tree(self) -> None:
+        """Delete every object under this prefix."""
+        fs = self._fresh()
+        names = [self.path.rstrip("/") + "/" + rel for rel in self.files()]
+        if names:
+            self._call("location", fs.rm, names)
+        fs.invalidate_cache(self.path)
+
+    def upload(self, local: str | os.PathLike[str]) -> None:
+        """Copy a local file here (one PUT, or a multipart upload for a large file)."""
+        self._call("object", self.fs.put_file, os.fspath(local), self.path)
+        self.fs.invalidate_cache(self.path)
+
+    def bucket_exists(self) -> bool:
+        """Whether the bucket (container, or top folder) of this URL exists and is reachable."""
+        top = self.path.split("/", 1)[0]
+        return bool(self._call("bucket", self._fresh().exists, top))
 
 
 class _RangedReader:
@@ -256,8 +344,11 @@ def local_path(path: str | os.PathLike[str], role: str) -> Path:
     return found
 
 
-def glob_locations(pattern: str, storage_options: Mapping[str, Any] | None = None) -> list[Location]:
-    """The objects a URL glob matches (``s3://bucket/ckpt/step_*.safetensors``), unsorted.
+def glob_locations(
+    pattern: str, storage_options: Mapping[str, Any] | None = None, kind: str = "file"
+) -> list[Location]:
+    """The objects a URL glob matches (``s3://bucket/ckpt/step_*.safetensors``), unsorted;
+    ``kind="directory"``: the prefixes it matches (stores, ``s3://bucket/out/run_*.zarr``).
 
     Raises
     ------
@@ -273,10 +364,11 @@ def glob_locations(pattern: str, storage_options: Mapping[str, Any] | None = Non
     base = locate(pattern, storage_options)
     if not isinstance(base, Location):
         raise InputError(f"{pattern}: not a URL pattern")
+    base.fs.invalidate_cache()
     found = base._call("bucket or folder", base.fs.glob, base.path, detail=True)
-    files = sorted(name for name, info in found.items() if info.get("type") == "file")
+    files = sorted(name for name, info in found.items() if info.get("type") == kind)
     if not files:
-        raise FileNotFoundError(f"{pattern}: no file matches this pattern")
+        raise FileNotFoundError(f"{pattern}: no {'file' if kind == 'file' else 'store'} matches this pattern")
     return [Location(base.fs.unstrip_protocol(name), base.storage_options) for name in files]
 
 
@@ -287,7 +379,41 @@ def identity(path: str | os.PathLike[str] | Location) -> tuple[str, str | int]:
     return str(Path(path).resolve()), os.stat(path).st_mtime_ns
 
 
+def options_for(path: object, storage_options: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """``storage_options`` if ``path`` is a URL (they configure its backend), else None: one
+    set of options given for a job applies to its URLs, not to its local paths."""
+    return dict(storage_options) if storage_options and (isinstance(path, Location) or is_url(path)) else None
+
+
 def any_url(spec: str | os.PathLike[str] | Sequence[Any]) -> bool:
     """True if ``spec`` (one location or a list) names a URL other than ``file://``."""
     items = [spec] if isinstance(spec, (str, os.PathLike, Location)) else list(spec)
     return any(isinstance(p, Location) or (is_url(p) and not str(p).lower().startswith("file://")) for p in items)
+
+
+def zarr_array(where: Path | Location, mode: str = "r") -> Any:
+    """``zarr.open_array`` of a local folder or a URL (through zarr's fsspec store, with the
+    location's storage options)."""
+    import zarr
+
+    if isinstance(where, Location):
+        return zarr.open_array(where.url, mode=mode, storage_options=dict(where.storage_options))  # type: ignore[arg-type]
+    return zarr.open_array(str(where), mode=mode)  # type: ignore[arg-type]
+
+
+def zarr_group(where: Path | Location, mode: str = "r", **kwargs: Any) -> Any:
+    """``zarr.open_group`` of a local folder or a URL."""
+    import zarr
+
+    if isinstance(where, Location):
+        return zarr.open_group(where.url, mode=mode, storage_options=dict(where.storage_options), **kwargs)  # type: ignore[arg-type]
+    return zarr.open_group(str(where), mode=mode, **kwargs)  # type: ignore[arg-type]
+
+
+def zarr_store(where: Path | Location, read_only: bool = True) -> Any:
+    """A zarr store object for ``where``: what xarray and ``zarr.consolidate_metadata`` take."""
+    if isinstance(where, Location):
+        from zarr.storage import FsspecStore
+
+        return FsspecStore.from_url(where.url, storage_options=dict(where.storage_options), read_only=read_only)
+    return str(where)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from .locations import Location, any_url, locate
+from .locations import Location, any_url, locate, zarr_group
 
 __all__ = ["step_summary", "format_summary", "format_step", "summarize", "bf16_spacing", "STATS", "describe"]
 
@@ -172,7 +172,9 @@ def summarize(ds: xr.Dataset, threshold: float | None = None) -> xr.Dataset:
     return result.drop_vars([c for c in result.coords if c != "step"])
 
 
-def _disk_size(path: Path) -> int:
+def _disk_size(path: Path | Location) -> int:
+    if isinstance(path, Location):
+        return int(path._call("location", path.fs.du, path.path))
     if path.is_file():
         return path.stat().st_size
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
@@ -211,13 +213,15 @@ def describe(
             raise InputError(f"{path}: info takes one file on object storage; name one checkpoint")
         return _describe_checkpoints(path, key)  # type: ignore[arg-type]
     located = locate(path, storage_options)  # type: ignore[arg-type]
-    if isinstance(located, Location):
+    if isinstance(located, Location) and not (
+        located.is_dir() and (is_store(located) or has_bookkeeping(located))
+    ):  # an input on object storage: stores there are described below, as on disk
         return _describe_url(located)
     path = located
     if not path.exists():
         raise FileNotFoundError(f"{path}: not found")
     lines = [f"{path}"]
-    if path.is_dir() and is_neighbours_store(path):
+    if path.is_dir() and not isinstance(path, Location) and is_neighbours_store(path):
         group = zarr.open_group(str(path), mode="r")
         steps, nbr = np.asarray(group["step"][:]), group["neighbour"]
         lines.append(f"  dask_pdist neighbours store, version {group.attrs.get('dask_pdist_version', '?')}")
@@ -234,7 +238,7 @@ def describe(
         )
         return "\n".join(lines)
     if path.is_dir() and is_store(path):
-        group = zarr.open_group(str(path), mode="r", use_consolidated=False)
+        group = zarr_group(path, "r", use_consolidated=False)
         steps = np.asarray(group["step"][:])
         lines.append(f"  dask_pdist store, version {group.attrs.get('dask_pdist_version', '?')}")
         lines.append(
@@ -303,7 +307,7 @@ def _describe_checkpoints(spec: str | Sequence[str | os.PathLike[str]], key: str
 
 
 def _describe_url(loc: Location) -> str:
-    # an input on object storage (stores there are not supported yet): its tensors or arrays
+    # an input on object storage: its tensors or arrays
     import zarr
 
     from .history import _read_npy_header

@@ -20,7 +20,7 @@ import numpy as np
 import xarray as xr
 
 from .errors import InputError, StoreError
-from .locations import Location, any_url, glob_locations, is_url, locate
+from .locations import Location, any_url, glob_locations, is_url, locate, options_for
 from .safetensors_io import read_header
 
 __all__ = ["Run", "RunBatch", "find_runs", "run_names", "compute_runs", "open_distances"]
@@ -87,9 +87,9 @@ def _expand(spec: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], sto
         elif not is_url(text) and any(c in text for c in _GLOB_CHARS) and not os.path.exists(text):
             found = [Path(p) for p in glob.glob(text)]
         else:
-            return [locate(text, storage_options)]
+            return [locate(text, options_for(text, storage_options))]
         return sorted(found, key=lambda p: _natural_key(str(p)))
-    return [locate(p, storage_options) for p in spec]
+    return [locate(p, options_for(p, storage_options)) for p in spec]
 
 
 def _is_3d_history(path: Path | Location, key: str | None) -> bool:
@@ -137,7 +137,7 @@ class Run:
 
     name: str
     source: Path | Location
-    store: Path
+    store: Path | Location
     state: str  # "compute", "resume" or "complete" (skipped)
     blocks: int = 0  # blocks to compute
 
@@ -215,20 +215,22 @@ def compute_runs(
     from .store import DEFAULT_COMPRESSOR, is_store, store_progress, to_zarr
 
     if isinstance(inputs, dict):
-        found = {name: locate(p, storage_options) for name, p in inputs.items()}
+        found = {name: locate(p, options_for(p, storage_options)) for name, p in inputs.items()}
     else:
         paths = _expand(inputs, storage_options)
         found = dict(zip(run_names(paths), paths, strict=True))
     if not found:
         raise InputError(f"{inputs}: no run to compute")
-    out = Path(output_dir)
-    if is_url(str(output_dir)):
-        raise InputError(f"{output_dir}: stores on object storage are not supported yet; give a local folder")
+    out = locate(output_dir, options_for(output_dir, storage_options))
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: --output must be a folder for several runs (one store per run), but it is a file")
-    if not out.parent.is_dir():
+    if isinstance(out, Location):  # a key prefix: nothing to create; the bucket must exist
+        if not out.bucket_exists():
+            raise FileNotFoundError(f"{out}: bucket not found (or not visible with these credentials)")
+    elif not out.parent.is_dir():
         raise FileNotFoundError(f"{out.parent}: folder not found; create it first (the stores go to {out}/<run>.zarr)")
-    out.mkdir(exist_ok=True)
+    else:
+        out.mkdir(exist_ok=True)
     runs, graphs = [], []
     for name, source in found.items():
         store = out / f"{name}.zarr"
@@ -269,14 +271,19 @@ def compute_runs(
     return batch.compute() if compute else batch
 
 
-def _store_paths(spec: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[Path]:
+def _store_paths(
+    spec: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], storage_options: dict | None
+) -> list[Path | Location]:
     if isinstance(spec, (str, os.PathLike)):
         text = os.fspath(spec)
+        if is_url(text):
+            urls = glob_locations(text, storage_options, kind="directory")
+            return sorted(urls, key=lambda loc: _natural_key(loc.url))
         found = [p for p in glob.glob(text) if os.path.isdir(p)]
         if not found:
             raise FileNotFoundError(f"{text}: no store matches this pattern")
         return [Path(p) for p in sorted(found, key=_natural_key)]
-    return [Path(p) for p in spec]
+    return [locate(p, options_for(p, storage_options)) for p in spec]
 
 
 def open_distances(
@@ -284,6 +291,7 @@ def open_distances(
     *,
     allow_incomplete: bool = False,
     chunks: str | None = "store",
+    storage_options: dict | None = None,
 ) -> xr.Dataset:
     """Open one distance store, or several (a list or a glob) as one Dataset with a leading
     ``run`` dimension.
@@ -299,6 +307,8 @@ def open_distances(
         As :func:`dask_pdist.store.open_distances`, for every store.
     chunks : {"store", None}
         As :func:`dask_pdist.store.open_distances`; ``None`` (no dask) opens one store only.
+    storage_options : dict, optional
+        For stores at URLs (``s3://bucket/out/run_*.zarr``): options of the fsspec backend.
 
     Returns
     -------
@@ -318,13 +328,15 @@ def open_distances(
     """
     from .store import open_distances as open_one
 
-    if isinstance(path, (str, os.PathLike)) and not (
+    if isinstance(path, Location) or isinstance(path, (str, os.PathLike)) and not (
         isinstance(path, str) and any(c in path for c in _GLOB_CHARS) and not os.path.exists(path)
     ):
-        return open_one(path, allow_incomplete=allow_incomplete, chunks=chunks)
+        return open_one(
+            path, allow_incomplete=allow_incomplete, chunks=chunks, storage_options=options_for(path, storage_options)
+        )
     if chunks is None:
         raise ValueError("chunks=None opens one store without dask; several stores (runs) need chunks='store'")
-    paths = _store_paths(path)
+    paths = _store_paths(path, storage_options)
     if not paths:
         raise InputError("open_distances got an empty list of stores; give at least one")
     names = [_strip_suffix(p.name) for p in paths]

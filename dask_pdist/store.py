@@ -39,11 +39,13 @@ from .bookkeeping import (
     INPUT_CHECKSUM,
     MARKER_ATTR,
     STOPPED_ATTR,
+    StorePath,
     acquire_lock,
     done_path,
     is_store,
     read_root,
     release_lock,
+    store_path,
     store_progress,
     write_root_attrs,
 )
@@ -60,7 +62,7 @@ from .dataset import DISTANCE_DIMS
 from .errors import InputError, StoreError
 from .integrity import CheckedChunks, ChunkProblem, check_small_arrays, lazy_checked, verify_store
 from .jobs import check_input_outside, check_output, check_resumed_input, stop_job
-from .locations import local_path
+from .locations import Location, zarr_array, zarr_group, zarr_store
 
 __all__ = [
     "AUTO_CODECS",
@@ -94,7 +96,7 @@ def _regular_chunks(ds: xr.Dataset) -> xr.Dataset:
     return ds.chunk(chunks) if chunks else ds
 
 
-def _read_attrs(path: Path) -> dict[str, Any] | None:
+def _read_attrs(path: StorePath) -> dict[str, Any] | None:
     meta = read_root(path)
     return None if meta is None else meta.get("attributes", {})
 
@@ -127,7 +129,41 @@ def _token_labels(ds: xr.Dataset) -> str:
     return "labels sha256:" + hashlib.sha256("\n".join(map(str, tokens.tolist())).encode()).hexdigest()[:16]
 
 
-def _create(ds: xr.Dataset, path: Path, compressor: str, fingerprint: dict[str, Any]) -> None:
+def _create(ds: xr.Dataset, path: StorePath, compressor: str, fingerprint: dict[str, Any]) -> None:
+    if not isinstance(path, Location):
+        tmp = path.with_name(path.name + ".creating")
+        if tmp.exists():
+            shutil.rmtree(tmp)  # left by a killed run (we hold the lock)
+        _build(ds, tmp, compressor, fingerprint)
+        if path.exists():  # --overwrite: move the old store aside first, then delete it
+            trash = path.with_name(f".{path.name}.deleting")
+            if trash.exists():
+                shutil.rmtree(trash)
+            os.rename(path, trash)
+            os.rename(tmp, path)
+            shutil.rmtree(trash)
+        else:
+            os.rename(tmp, path)  # the store appears whole, with its metadata, or not at all
+        return
+    # an object store has no rename: build the metadata and coordinates (small) in a local
+    # temporary folder, upload every object, and the root zarr.json (what makes it a store)
+    # last; --overwrite first deletes the old root zarr.json (the store stops being one), then
+    # the rest, so a kill in between leaves a prefix that --overwrite replaces again
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="dask_pdist-") as scratch:
+        tmp = Path(scratch) / "store"
+        _build(ds, tmp, compressor, fingerprint)
+        if path.exists():
+            (path / "zarr.json").unlink(missing_ok=True)
+            path.remove_tree()
+        files = sorted(p for p in tmp.rglob("*") if p.is_file() and p.relative_to(tmp).as_posix() != "zarr.json")
+        for file in files:
+            (path / file.relative_to(tmp).as_posix()).upload(file)
+        (path / "zarr.json").upload(tmp / "zarr.json")
+
+
+def _build(ds: xr.Dataset, tmp: Path, compressor: str, fingerprint: dict[str, Any]) -> None:
     import zarr
     from zarr.codecs import Crc32cCodec
 
@@ -143,9 +179,6 @@ def _create(ds: xr.Dataset, path: Path, compressor: str, fingerprint: dict[str, 
     }
     for name in ds.coords:  # every array carries a checksum, coordinates too
         encoding[name] = {"compressors": [Crc32cCodec()]}
-    tmp = path.with_name(path.name + ".creating")
-    if tmp.exists():
-        shutil.rmtree(tmp)  # left by a killed run (we hold the lock)
     # metadata and the (small, eager) coordinates; the distances are written by our own tasks;
     # every chunk is written, even one equal to the fill value, so that "absent" means missing
     ds.to_zarr(
@@ -179,15 +212,6 @@ def _create(ds: xr.Dataset, path: Path, compressor: str, fingerprint: dict[str, 
     group.attrs[_FINGERPRINT_ATTR] = json.dumps(fingerprint, sort_keys=True)
     group.attrs[_COMPLETE_ATTR] = False
     _consolidate(tmp)
-    if path.exists():  # --overwrite: move the old store aside first, then delete it
-        trash = path.with_name(f".{path.name}.deleting")
-        if trash.exists():
-            shutil.rmtree(trash)
-        os.rename(path, trash)
-        os.rename(tmp, path)
-        shutil.rmtree(trash)
-    else:
-        os.rename(tmp, path)  # the store appears whole, with its metadata, or not at all
 
 
 #: catch_warnings swaps the process-wide filters: two stores finishing at once in one graph
@@ -195,19 +219,22 @@ def _create(ds: xr.Dataset, path: Path, compressor: str, fingerprint: dict[str, 
 _WARNINGS_LOCK = threading.Lock()
 
 
-def _consolidate(path: Path) -> None:
+def _consolidate(path: StorePath) -> None:
     import zarr
 
     with _WARNINGS_LOCK, warnings.catch_warnings():
         # consolidated metadata is a zarr-python extension to format 3; we write it so that
         # plain xarray.open_zarr(path) opens the store without a fallback warning
         warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
-        zarr.consolidate_metadata(str(path))
+        zarr.consolidate_metadata(zarr_store(path, read_only=False))
 
 
-def _clean_partials(path: Path) -> int:
-    # temp files of chunk writes killed mid-way (zarr's LocalStore names them *.partial)
+def _clean_partials(path: StorePath) -> int:
+    # temp files of chunk writes killed mid-way (zarr's LocalStore names them *.partial);
+    # an object store has none: a PUT is whole or absent
     n = 0
+    if isinstance(path, Location):
+        return n
     for p in path.rglob("*.partial"):
         p.unlink(missing_ok=True)
         n += 1
@@ -233,8 +260,7 @@ def _mark_done(*written: np.ndarray, done: Any, block_info: Any = None) -> np.nd
     return np.ones((1, 1, 1), dtype=np.uint8)
 
 
-def _finish(flags: list, path: str, lock: str) -> int:
-    store = Path(path)
+def _finish(flags: list, store: StorePath, lock: str) -> int:
     if not (read_root(store) or {}).get("consolidated_metadata"):
         _consolidate(store)  # a store finished by an older version lacks it
     # the completion record is the last write, one atomic replace of the root zarr.json that
@@ -244,9 +270,7 @@ def _finish(flags: list, path: str, lock: str) -> int:
     return len(flags)
 
 
-def _write_graph(ds: xr.Dataset, path: Path, todo: np.ndarray, lock: str) -> Delayed:
-    import zarr
-
+def _write_graph(ds: xr.Dataset, path: StorePath, todo: np.ndarray, lock: str) -> Delayed:
     token = dask.base.tokenize(str(path), *(v.data.name for v in ds.data_vars.values()))
     written = []
     # write every chunk, even one equal to the fill value (an all-NaN block under
@@ -255,7 +279,7 @@ def _write_graph(ds: xr.Dataset, path: Path, todo: np.ndarray, lock: str) -> Del
     # (open_array(config=...) is silently ignored in zarr 3.1; with_config is honoured)
     config = {"write_empty_chunks": True}
     for name, var in ds.data_vars.items():
-        arr = zarr.open_array(str(path / name), mode="r+").with_config(config)
+        arr = zarr_array(path / name, "r+").with_config(config)
         written.append(
             var.data.map_blocks(_write_block, array=arr, dtype=np.uint8, chunks=(1, 1, 1), name=f"write-{name}-{token}")
         )
@@ -264,7 +288,7 @@ def _write_graph(ds: xr.Dataset, path: Path, todo: np.ndarray, lock: str) -> Del
             where = path / BOOKKEEPING / name if name == INPUT_CHECKSUM else path / name
             if not (where / "zarr.json").exists():
                 continue  # an old store without input checksums
-            arr = zarr.open_array(str(where), mode="r+").with_config(config)
+            arr = zarr_array(where, "r+").with_config(config)
             flags = coord.data.map_blocks(
                 _write_coord, array=arr, dtype=np.uint8, chunks=(1,), name=f"write-{name}-{token}"
             )
@@ -272,14 +296,14 @@ def _write_graph(ds: xr.Dataset, path: Path, todo: np.ndarray, lock: str) -> Del
     done = da.map_blocks(
         _mark_done,
         *written,
-        done=zarr.open_array(str(done_path(path)), mode="r+").with_config(config),
+        done=zarr_array(done_path(path), "r+").with_config(config),
         dtype=np.uint8,
         chunks=(1, 1, 1),
         name=f"mark-done-{token}",
     )
     blocks = done.to_delayed(optimize_graph=False)
     tasks = [blocks[tuple(idx)] for idx in np.argwhere(todo)]  # resume: only blocks not done
-    return dask.delayed(_finish, pure=False)(tasks, str(path), lock)
+    return dask.delayed(_finish, pure=False)(tasks, path, lock)
 
 
 def to_zarr(
@@ -291,6 +315,7 @@ def to_zarr(
     resume: bool = False,
     compute: bool = True,
     progress: bool | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> Any:
     """Write a distance Dataset to a zarr (format 3) store, every metric from one graph.
 
@@ -298,8 +323,11 @@ def to_zarr(
     ----------
     ds : xarray.Dataset
         From :func:`pairwise_distances`.
-    path : path-like
-        Store directory to create.
+    path : path-like or URL
+        Store directory to create, or a URL that fsspec understands (``s3://bucket/d.zarr``,
+        ``gs://...``, ``memory://...``): the store is written through zarr's fsspec store,
+        one object per chunk (a PUT is whole or absent, so a killed job leaves only whole
+        chunks there too).
     compressor : {"auto", "none", "lz4", "zstd"}
         ``"auto"``: per variable, as measured (:data:`AUTO_CODECS`: Euclidean uncompressed,
         Chebyshev Blosc lz4 with bit shuffle); ``"lz4"``/``"zstd"``: Blosc with byte shuffle for
@@ -322,6 +350,9 @@ def to_zarr(
         Show a progress bar (tqdm, on stderr) while computing. Default: on in a terminal or
         a Jupyter notebook, off otherwise. Under a dask.distributed ``Client`` use
         ``compute=False`` and ``distributed.progress`` instead.
+    storage_options : dict, optional
+        For a URL: options of its fsspec backend (credentials and the endpoint otherwise come
+        from the backend's usual configuration, for S3 the ``AWS_*`` variables).
 
     Returns
     -------
@@ -342,7 +373,7 @@ def to_zarr(
     >>> ds = to_zarr(pairwise_distances(open_history("h.safetensors")), "d.zarr")  # doctest: +SKIP
     >>> ds.euclidean.sel(step=1234)  # doctest: +SKIP
     """
-    path = local_path(path, "distance store")
+    path = store_path(path, storage_options)
     if compressor not in COMPRESSORS:
         raise ValueError(f"compressor={compressor!r}: choose one of {list(COMPRESSORS)}")
     check_input_outside(ds, path)
@@ -405,7 +436,11 @@ def _interactive() -> bool:
 
 
 def open_distances(
-    path: str | os.PathLike[str], *, allow_incomplete: bool = False, chunks: Literal["store"] | None = "store"
+    path: str | os.PathLike[str] | Location,
+    *,
+    allow_incomplete: bool = False,
+    chunks: Literal["store"] | None = "store",
+    storage_options: dict[str, Any] | None = None,
 ) -> xr.Dataset:
     """Open a distance store lazily; slicing by step reads only the chunks it needs.
 
@@ -415,8 +450,9 @@ def open_distances(
 
     Parameters
     ----------
-    path : path-like
-        A store written by :func:`to_zarr` or ``dask-pdist compute``.
+    path : path-like or URL
+        A store written by :func:`to_zarr` or ``dask-pdist compute``, on disk or at a URL
+        (``s3://bucket/d.zarr``).
     allow_incomplete : bool
         Open a store whose job was interrupted: blocks not marked done read as NaN (even if
         a chunk file of them exists). Without it, an incomplete store is an error.
@@ -426,6 +462,8 @@ def open_distances(
         through zarr, in the calling thread: the fastest way to read one step (about half the
         time of the dask path, see the README's Performance section). Not with
         ``allow_incomplete``.
+    storage_options : dict, optional
+        For a URL: options of its fsspec backend.
 
     Raises
     ------
@@ -445,9 +483,7 @@ def open_distances(
         raise ValueError(
             "allow_incomplete=True masks missing blocks with dask: use chunks='store' (the default) with it"
         )
-    import zarr
-
-    path = local_path(path, "distance store")
+    path = store_path(path, storage_options)
     if not path.exists():
         raise FileNotFoundError(f"{path}: store not found")
     if not is_store(path):
@@ -465,9 +501,9 @@ def open_distances(
             f"{path}: incomplete, {missing} of {done.size} blocks missing ({why}),"
             " or open with allow_incomplete=True (--allow-incomplete) to read missing blocks as NaN"
         )
-    group = zarr.open_group(str(path), mode="r", use_consolidated=False)
-    check_small_arrays(path, [n for n in _COORDS if n in group])
-    ds = xr.open_zarr(path, zarr_format=3, consolidated=True, chunks=None, drop_variables=[DONE])
+    group = zarr_group(path, "r", use_consolidated=False)
+    check_small_arrays(path, [n for n in _COORDS if n in group], group)
+    ds = xr.open_zarr(zarr_store(path), zarr_format=3, consolidated=True, chunks=None, drop_variables=[DONE])
     steps = ds["step"].values
     token = dask.base.tokenize(str(path.resolve()), complete, done)
     for name in [*ds.data_vars, *(["embedding_rms"] if "embedding_rms" in ds.coords else [])]:
@@ -476,7 +512,7 @@ def open_distances(
                 f"{path}: {name}: missing (array absent although the metadata lists it); run `dask-pdist verify {path}`"
             )
         arr = group[name]
-        source = CheckedChunks(str(path), name, arr.shape, arr.chunks, arr.dtype, steps, None if complete else done)
+        source = CheckedChunks(path, name, arr.shape, arr.chunks, arr.dtype, steps, None if complete else done)
         if chunks is None:  # no dask: numpy reads through the same checks, chunk by chunk
             data = lazy_checked(source)
         else:

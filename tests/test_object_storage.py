@@ -143,8 +143,6 @@ def test_storage_options_errors(tmp_path, history_s3, capsys):
     with pytest.raises(SystemExit, match="2"):  # argparse: one error line
         main(["compute", url, "-o", "o.zarr", "--storage-options", "{nope"])
     assert "is not JSON" in capsys.readouterr().err
-    with pytest.raises(InputError, match=r"s3://b/d.zarr: a distance store on object storage is not supported yet"):
-        dp.to_zarr(dp.pairwise_distances(dp.open_history(path)), "s3://b/d.zarr")
 
 
 def test_locations_doctests():
@@ -158,25 +156,6 @@ def test_locations_doctests():
 def test_file_urls_are_local_paths(tmp_path):
     assert locate(f"file://{tmp_path}/h.safetensors") == tmp_path / "h.safetensors"
     assert locate(tmp_path) == tmp_path
-
-
-def test_local_cluster_workers_read_the_history_over_http(tmp_path, history_s3):
-    """Worker processes get only URLs in the pickled graph and reach the endpoint through the
-    standard AWS_* variables they inherit; the result is bit-identical to a local run."""
-    import distributed
-
-    path, url = history_s3
-    local = dp.pairwise_distances(dp.open_history(path, chunks=6)).compute(scheduler="sync")
-    path.unlink()  # only the object store holds the history now
-    ds = dp.pairwise_distances(dp.open_history(url, chunks=6))
-    with (
-        distributed.LocalCluster(processes=True, n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster,
-        distributed.Client(cluster) as client,
-    ):
-        client.compute(dp.to_zarr(ds, tmp_path / "d.zarr", compute=False)).result()
-    back = dp.open_distances(tmp_path / "d.zarr")
-    for name in ("euclidean", "chebyshev"):
-        np.testing.assert_array_equal(back[name].values, local[name].values)
 
 
 def test_export_to_a_url_is_refused_before_any_work(tmp_path, history_s3):

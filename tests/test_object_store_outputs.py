@@ -1,0 +1,271 @@
+"""Distance stores on object storage, against a real S3 HTTP API (moto's server on 127.0.0.1,
+see conftest.py): written, resumed, verified, described and read through zarr's fsspec store,
+bit-identical to the same job on local disk; one writer at a time; nothing foreign deleted."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+
+import fsspec
+import numpy as np
+import pytest
+import xarray as xr
+from conftest import oracle, random_history
+
+import dask_pdist as dp
+from dask_pdist.cli import main
+from dask_pdist.errors import StoreError
+from dask_pdist.locations import locate
+from dask_pdist.store import store_progress, verify_store
+
+CLI = [sys.executable, "-m", "dask_pdist"]
+TIMEOUT = 120
+
+
+def _fs():
+    fs = fsspec.filesystem("s3")
+    fs.invalidate_cache()
+    return fs
+
+
+def _upload(local, url: str) -> None:
+    _fs().put_file(str(local), url)
+
+
+def _assert_same_store(a, b) -> None:
+    """Every array of two stores equal, bit for bit (NaN where both are NaN), and their coordinates."""
+    x, y = dp.open_distances(a), dp.open_distances(b)
+    assert set(x.data_vars) == set(y.data_vars) == {"euclidean", "chebyshev"}
+    for name in x.data_vars:
+        np.testing.assert_array_equal(x[name].values, y[name].values)
+    for name in ("step", "token_i", "token_j", "embedding_rms"):
+        np.testing.assert_array_equal(x[name].values, y[name].values)
+
+
+@pytest.fixture
+def history_s3(tmp_path, s3_bucket, write_safetensors):
+    """(local path, URL) of one bf16 history (29 x 11 x 6) with a steps tensor."""
+    x = random_history((29, 11, 6), seed=5)
+    path = write_safetensors("h.safetensors", {"embedding_history": x, "steps": np.arange(29) * 3 + 1}, "BF16")
+    url = f"{s3_bucket}/in/h.safetensors"
+    _upload(path, url)
+    return path, url
+
+
+def test_s3_round_trip_history_in_store_out_bit_identical(tmp_path, history_s3, s3_bucket, capsys):
+    """The must-show round trip: history on S3 -> store on S3 (CLI) -> verify, info, summary,
+    export; the same as the local job, and the distances right against scipy."""
+    path, url = history_s3
+    store = f"{s3_bucket}/out/d.zarr"
+    local = tmp_path / "d.zarr"
+    assert main(["compute", url, "-o", store, "--chunk-steps", "8", "--no-progress"]) == 0
+    assert main(["compute", str(path), "-o", str(local), "--chunk-steps", "8", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert f"Wrote {local}" in out
+    _assert_same_store(store, local)
+    remote = dp.open_distances(store)
+    assert remote.attrs["source"] == url and remote.attrs["input_dtype"] == "BF16"
+    e, c = oracle(dp.open_history(path)[16:18].values)
+    np.testing.assert_allclose(remote.euclidean[16:18].values, e, rtol=2e-6, atol=1e-6)
+    np.testing.assert_allclose(remote.chebyshev[16:18].values, c, rtol=2e-6, atol=1e-6)
+    assert _fs().find(f"{s3_bucket}/out") and not [k for k in _fs().find(s3_bucket) if k.endswith(".lock")]
+
+    assert main(["verify", store, "--no-progress"]) == 0
+    assert "every chunk present" in capsys.readouterr().out
+    assert main(["info", store]) == 0
+    info = capsys.readouterr().out
+    assert "dask_pdist store" in info and "blocks written: 4/4 (complete)" in info
+    assert main(["summary", store, "--no-progress"]) == 0
+    remote_summary = capsys.readouterr().out
+    assert main(["summary", str(local), "--no-progress"]) == 0
+    assert remote_summary == capsys.readouterr().out
+    # the store is plain xarray-on-zarr there too
+    plain = xr.open_zarr(store, zarr_format=3)
+    np.testing.assert_array_equal(plain.chebyshev.values, remote.chebyshev.values)
+
+    assert main(["export", store, str(tmp_path / "from_s3.safetensors"), "--no-progress"]) == 0
+    assert main(["export", str(local), str(tmp_path / "from_local.safetensors"), "--no-progress"]) == 0
+    _assert_same_export(tmp_path / "from_s3.safetensors", tmp_path / "from_local.safetensors", url, str(path))
+
+
+def _assert_same_export(a, b, source_a: str, source_b: str) -> None:
+    """Two safetensors exports: the same tensor bytes, the same metadata but for the source."""
+    raw_a, raw_b = a.read_bytes(), b.read_bytes()
+    na, nb = (int.from_bytes(r[:8], "little") for r in (raw_a, raw_b))
+    head_a, head_b = json.loads(raw_a[8 : 8 + na]), json.loads(raw_b[8 : 8 + nb])
+    meta_a, meta_b = head_a.pop("__metadata__"), head_b.pop("__metadata__")
+    assert meta_a.pop("source") == source_a and meta_b.pop("source") == source_b
+    assert meta_a == meta_b and head_a == head_b
+    assert raw_a[8 + na :] == raw_b[8 + nb :]
+
+
+def test_three_run_batch_on_s3_matches_local(tmp_path, s3_bucket, write_safetensors, capsys):
+    for i, steps in enumerate((13, 17, 13)):
+        path = write_safetensors(f"run_{i:03d}.safetensors", {"emb": random_history((steps, 9, 5), seed=i)}, "BF16")
+        _upload(path, f"{s3_bucket}/in/run_{i:03d}/h.safetensors")
+        (tmp_path / "in" / f"run_{i:03d}").mkdir(parents=True)
+        path.rename(tmp_path / "in" / f"run_{i:03d}" / "h.safetensors")
+    args = ["--chunk-steps", "5", "--no-progress"]
+    assert main(["compute", f"{s3_bucket}/in/run_*/h.safetensors", "-o", f"{s3_bucket}/out", *args]) == 0
+    assert main(["compute", str(tmp_path / "in/run_*/h.safetensors"), "-o", str(tmp_path / "out"), *args]) == 0
+    out = capsys.readouterr().out
+    assert out.count("run_00") >= 6
+    assert sorted(k.rsplit("/", 1)[-1] for k in _fs().ls(f"{s3_bucket}/out")) == [
+        "run_000.zarr",
+        "run_001.zarr",
+        "run_002.zarr",
+    ]
+    remote = dp.open_distances(f"{s3_bucket}/out/run_*.zarr")
+    local = dp.open_distances(str(tmp_path / "out" / "run_*.zarr"))
+    assert list(remote["run"].values) == ["run_000", "run_001", "run_002"]
+    xr.testing.assert_identical(remote.drop_attrs(), local.drop_attrs())
+    assert int(remote.euclidean.sel(run="run_000").isnull().all(axis=(1, 2)).sum()) == 4  # steps 13..16: NaN
+    # again: complete stores are skipped, said so
+    assert main(["compute", f"{s3_bucket}/in/run_*/h.safetensors", "-o", f"{s3_bucket}/out", *args]) == 0
+    assert capsys.readouterr().err.count("is complete: skipped") == 3
+
+
+def _n_done(store: str) -> int:
+    return len(_fs().find(f"{store}/_dask_pdist/chunk_done/c"))
+
+
+def test_kill_then_resume_on_s3_is_bit_identical(tmp_path, s3_bucket):
+    src = tmp_path / "h.safetensors"
+    assert main(["synth", str(src), "--steps", "300", "--vocab", "96", "--dim", "16"]) == 0
+    url, store, ref = f"{s3_bucket}/h.safetensors", f"{s3_bucket}/d.zarr", tmp_path / "ref.zarr"
+    _upload(src, url)
+    assert main(["compute", str(src), "-o", str(ref), "--chunk-steps", "3", "--no-progress"]) == 0
+    cmd = CLI + ["compute", url, "-o", store, "--chunk-steps", "3", "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + TIMEOUT
+    while _n_done(store) < 10:
+        assert proc.poll() is None, f"writer exited early: {proc.communicate()}"
+        assert time.monotonic() < deadline, "writer made no progress"
+        time.sleep(0.01)  # a poll interval, not a synchronisation guess
+    proc.kill()
+    proc.wait(TIMEOUT)
+    done, complete = store_progress(store)
+    assert not complete and 10 <= done.sum() < done.size
+    assert _fs().exists(f"{s3_bucket}/.d.zarr.lock")  # the killed writer's lock stays: its pid is dead
+    with pytest.raises(StoreError, match=r"incomplete, \d+ of 100 blocks missing.*--resume"):
+        dp.open_distances(store)
+    assert subprocess.run(cmd + ["--resume"], timeout=TIMEOUT, capture_output=True).returncode == 0
+    _assert_same_store(store, ref)
+    assert verify_store(store) == []
+    assert not _fs().exists(f"{s3_bucket}/.d.zarr.lock")
+
+
+def test_damaged_store_on_s3_is_named_by_verify_and_reads(history_s3, s3_bucket, capsys):
+    _, url = history_s3
+    store = f"{s3_bucket}/d.zarr"
+    dp.to_zarr(dp.pairwise_distances(dp.open_history(url, chunks=8)), store, progress=False)
+    fs = _fs()
+    fs.rm(f"{store}/euclidean/c/1/0/0")
+    blob = bytearray(fs.cat(f"{store}/chebyshev/c/2/0/0"))
+    blob[10] ^= 0xFF
+    fs.pipe(f"{store}/chebyshev/c/2/0/0", bytes(blob))
+    problems = [str(p) for p in verify_store(store)]
+    assert problems == ["euclidean steps 25..46: missing (chunk file absent)", problems[1]]
+    assert problems[1].startswith("chebyshev steps 49..70: corrupt")
+    assert main(["verify", store, "--no-progress"]) == 1
+    capsys.readouterr()
+    ds = dp.open_distances(store)
+    with pytest.raises(StoreError, match=rf"{store}: euclidean chunk \(1, 0, 0\), steps 25..46: missing"):
+        ds.euclidean[8:16].values
+    with pytest.raises(StoreError, match=rf"{store}: chebyshev chunk \(2, 0, 0\), steps 49..70: corrupt"):
+        ds.chebyshev[16:24].values
+    np.testing.assert_array_equal(ds.euclidean[:8].values, ds.euclidean[:8].values)  # whole chunks still read
+
+
+def test_outputs_on_s3_are_checked_before_any_work(history_s3, s3_bucket, capsys):
+    _, url = history_s3
+    fs = _fs()
+    fs.pipe(f"{s3_bucket}/theirs.zarr/notes.txt", b"not ours")
+    cases = [
+        (f"{s3_bucket}/theirs.zarr", "exists and is not a dask_pdist store"),
+        ("s3://no-such-bucket-13b/d.zarr", "bucket no-such-bucket-13b does not exist"),
+        (s3_bucket, "give a store name inside the bucket"),
+    ]
+    for out, message in cases:
+        for flag in ([], ["--overwrite"]):
+            assert main(["compute", url, "-o", out, "--no-progress", *flag]) == 2
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and message in err and out in err, err
+    assert fs.cat(f"{s3_bucket}/theirs.zarr/notes.txt") == b"not ours"  # nothing foreign deleted
+
+    store = f"{s3_bucket}/d.zarr"
+    assert main(["compute", url, "-o", store, "--no-progress", "--chunk-steps", "10"]) == 0
+    assert main(["compute", url, "-o", store, "--no-progress"]) == 2
+    assert "already exists; pass overwrite=True (--overwrite)" in capsys.readouterr().err
+    fs.pipe(f"{store}/euclidean/c/0/0/0.bak", b"x")  # something we never write
+    assert main(["compute", url, "-o", store, "--no-progress", "--overwrite"]) == 2
+    assert "holds files dask_pdist did not write (euclidean/c/0/0/0.bak)" in capsys.readouterr().err
+    fs.rm(f"{store}/euclidean/c/0/0/0.bak")
+    assert main(["compute", url, "-o", store, "--no-progress", "--overwrite", "--chunk-steps", "8"]) == 0
+    ds = dp.open_distances(store)
+    assert ds.euclidean.chunks[0] == (8, 8, 8, 5)
+    assert len(_fs().find(f"{store}/euclidean/c")) == 4  # the old store's 3 chunks of 10 steps are gone
+    assert verify_store(store) == []
+
+
+def test_one_writer_at_a_time_on_s3(history_s3, s3_bucket, capsys):
+    _, url = history_s3
+    store = f"{s3_bucket}/d.zarr"
+    lock = f"{s3_bucket}/.d.zarr.lock"
+    other = {"pid": 4242, "host": "another-node", "started": "today", "token": "t"}
+    _fs().pipe(lock, json.dumps(other).encode())
+    ds = dp.pairwise_distances(dp.open_history(url, chunks=10))
+    with pytest.raises(StoreError, match=r"being written by pid 4242 on another-node .*\.d\.zarr\.lock"):
+        dp.to_zarr(ds, store, progress=False)
+    assert not _fs().exists(f"{store}/zarr.json")
+    # a lock of a dead process on this host is stale: taken over
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    _fs().pipe(lock, json.dumps({**other, "pid": int(dead.stdout), "host": socket.gethostname()}).encode())
+    dp.to_zarr(ds, store, progress=False)
+    assert verify_store(store) == [] and not _fs().exists(lock)
+
+
+def test_stores_on_s3_through_storage_options_only(tmp_path, history_s3, s3_bucket, s3_endpoint, monkeypatch, capsys):
+    """No AWS_ENDPOINT_URL: the endpoint reaches zarr's fsspec store (and the lock, the
+    listings) through storage_options / --storage-options alone; a local input with them is fine."""
+    path, url = history_s3
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    options = {"endpoint_url": s3_endpoint}
+    store = f"{s3_bucket}/opts.zarr"
+    flags = ["--storage-options", json.dumps(options), "--no-progress"]
+    assert main(["compute", str(path), "-o", store, "--chunk-steps", "7", *flags]) == 0
+    assert main(["verify", store, *flags]) == 0
+    assert main(["info", store, *flags[:2]]) == 0
+    assert "(complete)" in capsys.readouterr().out
+    remote = dp.open_distances(store, storage_options=options)
+    local = dp.pairwise_distances(dp.open_history(path)).compute()
+    for name in ("euclidean", "chebyshev"):
+        np.testing.assert_array_equal(remote[name].values, local[name].values)
+    assert locate(store, options).exists()
+
+
+def test_local_cluster_with_only_an_object_store(tmp_path, history_s3, s3_bucket):
+    """Worker processes see neither the history nor the store on disk: both are URLs in the
+    pickled graph, reached through the AWS_* variables the workers inherit."""
+    import distributed
+
+    path, url = history_s3
+    local = dp.to_zarr(dp.pairwise_distances(dp.open_history(path, chunks=6)), tmp_path / "d.zarr", progress=False)
+    expected = dp.summarize(local).compute(scheduler="sync")
+    path.unlink()  # only the object store holds the history now
+    (tmp_path / "d.zarr").rename(tmp_path / "elsewhere")
+    store = f"{s3_bucket}/cluster.zarr"
+    ds = dp.pairwise_distances(dp.open_history(url, chunks=6))
+    with (
+        distributed.LocalCluster(processes=True, n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        client.compute(dp.to_zarr(ds, store, compute=False)).result()
+        summary = dp.summarize(dp.open_distances(store)).compute()  # workers read the store too
+    _assert_same_store(store, tmp_path / "elsewhere")
+    xr.testing.assert_identical(summary, expected)
+    assert verify_store(store) == []
