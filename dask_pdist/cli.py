@@ -825,7 +825,6 @@ def _clusters(
 
     import dask_pdist as dp
     from dask_pdist.events import format_clusters
-
     from dask_pdist.locations import is_url
 
     options = _opts(args, input_path)

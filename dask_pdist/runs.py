@@ -328,8 +328,10 @@ def open_distances(
     """
     from .store import open_distances as open_one
 
-    if isinstance(path, Location) or isinstance(path, (str, os.PathLike)) and not (
-        isinstance(path, str) and any(c in path for c in _GLOB_CHARS) and not os.path.exists(path)
+    if (
+        isinstance(path, Location)
+        or isinstance(path, (str, os.PathLike))
+        and not (isinstance(path, str) and any(c in path for c in _GLOB_CHARS) and not os.path.exists(path))
     ):
         return open_one(
             path, allow_incomplete=allow_incomplete, chunks=chunks, storage_options=options_for(path, storage_options)
