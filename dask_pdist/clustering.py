@@ -440,8 +440,9 @@ def write_clusters(
     >>> write_clusters(clusters(open_history("h.safetensors")), "clusters.zarr")  # doctest: +SKIP
     """
     from .errors import StoreError
+    from .locations import local_path
 
-    path = Path(path)
+    path = local_path(path, "clusters store")
     _check_clusters_target(path, overwrite)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():

@@ -19,6 +19,7 @@ import xarray as xr
 
 from .errors import StoreError
 from .knn import NEIGHBOURS_KIND
+from .locations import local_path
 
 __all__ = ["neighbours_to_zarr", "open_neighbours", "is_neighbours_store"]
 
@@ -89,7 +90,7 @@ def neighbours_to_zarr(
     """
     if ds.attrs.get(_KIND_ATTR) != NEIGHBOURS_KIND:
         raise ValueError("ds is not a neighbours Dataset (see neighbours())")
-    path = Path(path)
+    path = local_path(path, "neighbours store")
     _check_target(path, overwrite)
     tmp = path.with_name(path.name + ".creating")
     if tmp.exists():
@@ -116,7 +117,7 @@ def open_neighbours(path: str | os.PathLike[str]) -> xr.Dataset:
     >>> nb = open_neighbours("nbrs.zarr")  # doctest: +SKIP
     >>> neighbour_churn(nb).mean_churn.values  # doctest: +SKIP
     """
-    path = Path(path)
+    path = local_path(path, "neighbours store")
     if not path.exists():
         raise FileNotFoundError(f"{path}: store not found")
     if not is_neighbours_store(path):

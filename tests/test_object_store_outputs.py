@@ -270,3 +270,38 @@ def test_local_cluster_with_only_an_object_store(tmp_path, history_s3, s3_bucket
     _assert_same_store(store, tmp_path / "elsewhere")
     xr.testing.assert_identical(summary, expected)
     assert verify_store(store) == []
+
+
+def test_wrong_credentials_for_a_store_is_one_line_exit_2(tmp_path, history_s3, s3_bucket, monkeypatch, capsys):
+    from moto import settings
+    from moto.core.authorization import ActionAuthenticatorMixin
+
+    path, _ = history_s3
+    store = f"{s3_bucket}/d.zarr"
+    dp.to_zarr(dp.pairwise_distances(dp.open_history(path)), store, progress=False)
+    # the server now checks signatures: "testing" is no access key it knows
+    monkeypatch.setattr(settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)
+    monkeypatch.setattr(ActionAuthenticatorMixin, "request_count", 0)
+    _fs()
+    for argv in (
+        ["compute", str(path), "-o", f"{s3_bucket}/e.zarr", "--no-progress"],
+        ["info", store],
+        ["verify", store, "--no-progress"],
+        ["summary", store, "--no-progress"],
+        ["export", store, str(tmp_path / "x.safetensors"), "--no-progress"],
+    ):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "access denied" in err and s3_bucket in err, (argv, err)
+
+
+def test_neighbours_and_clusters_stores_at_urls_are_refused_clearly(history_s3, s3_bucket, capsys):
+    _, url = history_s3
+    for argv, what in (
+        (["neighbours", url, "-k", "2", "-o", f"{s3_bucket}/n.zarr", "--no-progress"], "neighbours store"),
+        (["clusters", url, "-o", f"{s3_bucket}/c.zarr", "--no-progress"], "clusters store"),
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"a {what} on object storage is not supported yet" in err, err
+    assert not _fs().find(s3_bucket + "/n.zarr") and not _fs().find(s3_bucket + "/c.zarr")
