@@ -845,6 +845,10 @@ def _clusters(
     else:
         source = dp.open_history(input_path, key=key, token_ids=token_ids, storage_options=options)
         what = f"{source.attrs['source']} [{source.name}]"
+    if output:  # before any output: a clusters store is local (one error line)
+        from dask_pdist.locations import local_path
+
+        local_path(output, "clusters store")
     ds = dp.clusters(source, threshold, metric=metric)
     target = f" -> {output}" if output else ""
     print(f"{what}: clusters at {metric} distance <= {threshold}{target}", file=sys.stderr)
