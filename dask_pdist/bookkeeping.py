@@ -249,6 +249,17 @@ def _known(rel: str, is_dir: bool) -> bool:
     return _ARRAY_ENTRY.fullmatch(inner) is not None
 
 
+def not_a_store(path: StorePath) -> StoreError:
+    """The error for a location that is not a readable dask_pdist store, saying whether it is
+    one of ours whose root ``zarr.json`` is gone (damaged) or not ours at all."""
+    if has_bookkeeping(path):
+        return StoreError(
+            f"{path}: a damaged dask_pdist store: its root zarr.json is missing or unreadable (a write was"
+            " interrupted, or the file was deleted); recompute it with `dask-pdist compute ... --overwrite`"
+        )
+    return StoreError(f"{path}: not a dask_pdist store (no zarr.json with {MARKER_ATTR!r})")
+
+
 def has_bookkeeping(path: StorePath) -> bool:
     return (path / BOOKKEEPING / DONE / "zarr.json").is_file() or (path / DONE / "zarr.json").is_file()
 

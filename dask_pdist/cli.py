@@ -418,17 +418,7 @@ def _compute(
     from dask_pdist.bookkeeping import store_path
 
     store = store_path(output, _opts(args, output))
-    if resume and store.is_dir():
-        from dask_pdist.store import is_store, store_progress
-
-        if is_store(store):
-            done, complete = store_progress(store)
-            state = (
-                "complete: nothing to compute"
-                if complete
-                else f"{int((done == 0).sum())} of {done.size} blocks to compute"
-            )
-            print(f"{output}: resuming, {state}", file=sys.stderr)
+    existed = resume and store.is_dir()
     delayed = dp.to_zarr(
         ds,
         store,
@@ -437,6 +427,16 @@ def _compute(
         resume=resume,
         compute=False,
     )
+    if existed:  # to_zarr has cleared the flags of blocks whose chunk files are gone
+        from dask_pdist.store import store_progress
+
+        done, complete = store_progress(store)
+        state = (
+            "complete: nothing to compute (`dask-pdist verify` also checks every chunk's checksum)"
+            if complete
+            else f"{int((done == 0).sum())} of {done.size} blocks to compute"
+        )
+        print(f"{output}: resuming, {state}", file=sys.stderr)
     print(
         f"{history.attrs['source']} [{history.name}]: {history.sizes['step']:,} steps"
         f" x {history.sizes['token']:,} tokens"

@@ -217,7 +217,16 @@ def _int64_steps(values: np.ndarray, path: Path, what: str) -> np.ndarray:
             f"{path}: {what} holds {int(values[big[0]])} at index {big[0]}, above the largest step"
             f" {np.iinfo(np.int64).max} (2^63 - 1); fix the step numbers"
         )
-    return values.astype(np.int64)
+    steps = values.astype(np.int64)
+    unique, counts = np.unique(steps, return_counts=True)
+    if (counts > 1).any():  # a step labels one snapshot: analyses select and align by it
+        twice = unique[counts > 1][0]
+        first, second = np.flatnonzero(steps == twice)[:2]
+        raise InputError(
+            f"{path}: {what} holds step {twice} twice (indices {first} and {second}); each snapshot needs its"
+            " own step number: fix the step numbers"
+        )
+    return steps
 
 
 def _open_safetensors(

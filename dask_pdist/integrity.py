@@ -18,11 +18,20 @@ from typing import Any
 
 import numpy as np
 
-from .bookkeeping import FINGERPRINT_ATTR, MARKER_ATTR, StorePath, done_path, is_complete, read_root, store_path
+from .bookkeeping import (
+    FINGERPRINT_ATTR,
+    MARKER_ATTR,
+    StorePath,
+    done_path,
+    is_complete,
+    not_a_store,
+    read_root,
+    store_path,
+)
 from .errors import StoreError
 from .locations import Location, zarr_array
 
-__all__ = ["ChunkProblem", "CheckedChunks", "lazy_checked", "verify_store", "check_small_arrays"]
+__all__ = ["ChunkProblem", "CheckedChunks", "lazy_checked", "verify_store", "check_small_arrays", "present_chunks"]
 
 
 def _hint(store: str) -> str:
@@ -38,6 +47,25 @@ def _chunk_present(store: StorePath, name: str, idx: tuple[int, ...]) -> bool:
     """Whether the chunk's file (object) exists: one ``stat`` (one HEAD request)."""
     where = store / _chunk_key(name, idx)
     return where.is_file() if isinstance(where, Location) else os.path.isfile(where)
+
+
+def present_chunks(path: StorePath, name: str) -> set[tuple[int, ...]]:
+    """Indices of the chunks of array ``name`` whose files (objects) exist: one listing."""
+    base = path / name
+    if isinstance(base, Location):
+        keys = base.files() if base.is_dir() else []
+    else:
+        keys = [
+            os.path.relpath(os.path.join(root, f), base).replace(os.sep, "/")
+            for root, _, files in os.walk(base / "c")
+            for f in files
+        ]
+    found = set()
+    for key in keys:
+        parts = key.split("/")
+        if parts[0] == "c" and len(parts) > 1 and all(p.isdigit() for p in parts[1:]):
+            found.add(tuple(int(p) for p in parts[1:]))
+    return found
 
 
 def _relative(path: StorePath, inner: StorePath) -> str:
@@ -264,7 +292,7 @@ def verify_store(
     path = store_path(path, storage_options)
     meta = read_root(path)
     if meta is None or MARKER_ATTR not in meta.get("attributes", {}):
-        raise StoreError(f"{path}: not a dask_pdist store")
+        raise not_a_store(path)
     problems: list[ChunkProblem] = []
     names = _expected_arrays(path, meta)
     arrays = {}

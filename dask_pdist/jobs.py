@@ -148,7 +148,8 @@ def check_resumed_input(ds: xr.Dataset, path: StorePath) -> None:
         raise StoreError(
             f"{path}: cannot resume: the input changed since the store was written: step {step}"
             f" (index {first}) of {ds.attrs.get('source', 'the input')} differs from the data its distances were"
-            f" computed from ({len(changed)} steps differ); recompute with overwrite=True (--overwrite)"
+            f" computed from ({len(changed)} {'steps differ' if len(changed) != 1 else 'step differs'});"
+            " recompute with overwrite=True (--overwrite)"
         )
 
 

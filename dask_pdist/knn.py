@@ -57,6 +57,11 @@ def _check_metric(metric: str) -> int:
 
 
 def _check_k(k: int, n_tokens: int) -> int:
+    if n_tokens < 2:
+        raise ValueError(
+            f"the history has {n_tokens} token{'s' if n_tokens != 1 else ''}: neighbours need at least 2"
+            " (a token is never its own neighbour)"
+        )
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n_tokens - 1:
         raise ValueError(
             f"k={k!r}: need an integer 1 <= k <= {n_tokens - 1} (tokens - 1: a token is never its own"

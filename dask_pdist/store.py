@@ -43,6 +43,7 @@ from .bookkeeping import (
     acquire_lock,
     done_path,
     is_store,
+    not_a_store,
     read_root,
     release_lock,
     store_path,
@@ -60,7 +61,7 @@ from .compression import (  # noqa: F401  (COMPRESSORS, DEFAULT_COMPRESSOR, AUTO
 )
 from .dataset import DISTANCE_DIMS
 from .errors import InputError, StoreError
-from .integrity import CheckedChunks, ChunkProblem, check_small_arrays, lazy_checked, verify_store
+from .integrity import CheckedChunks, ChunkProblem, check_small_arrays, lazy_checked, present_chunks, verify_store
 from .jobs import check_input_outside, check_output, check_resumed_input, stop_job
 from .locations import Location, zarr_array, zarr_group, zarr_store
 
@@ -306,6 +307,26 @@ def _write_graph(ds: xr.Dataset, path: StorePath, todo: np.ndarray, lock: str) -
     return dask.delayed(_finish, pure=False)(tasks, path, lock)
 
 
+def _resume_todo(ds: xr.Dataset, path: StorePath) -> np.ndarray:
+    # the blocks not marked done, and those marked done whose chunk file of some variable is
+    # gone (deleted since, even from a complete store): their flags are cleared first, then
+    # the completion record, so a kill in between still finds them next time
+    flags, complete = store_progress(path)
+    lost = np.zeros(flags.shape, bool)
+    for name in ds.data_vars:
+        present = present_chunks(path, str(name))
+        for idx in zip(*np.nonzero(flags), strict=True):
+            if tuple(int(i) for i in idx) not in present:
+                lost[idx] = True
+    if lost.any():
+        done = zarr_array(done_path(path), "r+")
+        for idx in np.argwhere(lost):
+            done[tuple(idx)] = 0
+        if complete:
+            write_root_attrs(path, **{_COMPLETE_ATTR: False})
+    return (flags == 0) | lost
+
+
 def to_zarr(
     ds: xr.Dataset,
     path: str | os.PathLike[str],
@@ -338,7 +359,9 @@ def to_zarr(
         Replace an existing dask_pdist store at ``path``. Anything else at ``path`` is
         never written into or deleted.
     resume : bool
-        Finish an interrupted store: compute only the blocks not marked done. Refused if the
+        Finish an interrupted store: compute only the blocks not marked done, and those whose
+        chunk file of some variable is gone (deleted since, also from a complete store; a
+        chunk that is present but corrupt is found by :func:`verify_store`). Refused if the
         input or parameters differ from those recorded in the store.
     compute : bool
         If False, create the store (metadata and coordinates) now and return a
@@ -400,9 +423,7 @@ def to_zarr(
         else:
             _create(ds, path, compressor, fingerprint)
         todo = (
-            store_progress(path)[0] == 0
-            if resuming
-            else np.ones(tuple(len(ds.chunksizes[d]) for d in DISTANCE_DIMS), bool)
+            _resume_todo(ds, path) if resuming else np.ones(tuple(len(ds.chunksizes[d]) for d in DISTANCE_DIMS), bool)
         )
         job = _write_graph(ds, path, todo, lock)
     except BaseException:
@@ -487,7 +508,7 @@ def open_distances(
     if not path.exists():
         raise FileNotFoundError(f"{path}: store not found")
     if not is_store(path):
-        raise StoreError(f"{path}: not a dask_pdist store (no zarr.json with {_MARKER_ATTR!r})")
+        raise not_a_store(path)
     done, complete = store_progress(path)
     if not complete and not allow_incomplete:
         missing = int((done == 0).sum())

@@ -167,6 +167,21 @@ def test_unsigned_step_above_2_63_is_refused(tmp_path, capsys):
     assert open_history(path)["step"].values[-1] == 2**63 - 1
 
 
+def test_a_step_number_twice_is_refused(tmp_path, capsys):
+    header = _f32([4, 2, 2], {"steps": {"dtype": "I64", "shape": [4], "data_offsets": [64, 96]}})
+    steps = np.array([0, 10, 20, 10], dtype="<i8")  # analyses select and align runs by step
+    path = _safetensors(tmp_path / "dup.safetensors", header, bytes(64) + steps.tobytes())
+    with pytest.raises(InputError, match=r"dup.safetensors: tensor 'steps' holds step 10 twice \(indices 1 and 3\)"):
+        open_history(path)
+    _one_error_line(capsys, ["compute", str(path), "-o", str(tmp_path / "o.zarr")], "dup.safetensors")
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_neighbours_of_a_one_token_history_says_so(tmp_path, capsys):
+    path = _safetensors(tmp_path / "one.safetensors", _f32([3, 1, 2]), bytes(24))
+    _one_error_line(capsys, ["neighbours", str(path), "-k", "1", "-o", str(tmp_path / "n.zarr")], "1 token")
+
+
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
 def test_named_pipe_is_refused_without_blocking(tmp_path, capsys):
     fifo = tmp_path / "pipe.safetensors"

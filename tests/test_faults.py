@@ -191,6 +191,38 @@ def test_verify_names_corrupt_and_missing_chunks(big, tmp_path, capsys):
     assert "chebyshev steps 32..39: missing" in lines[1]
 
 
+def test_resume_recomputes_blocks_whose_chunk_files_are_gone(tmp_path, write_safetensors, capsys):
+    """A complete store that lost chunk files (deleted by hand, a bad copy) is repaired by
+    --resume: those blocks alone are recomputed, the rest is left as it is."""
+    src = write_safetensors("h.safetensors", {"emb": random_history((37, 13, 6), seed=4)})
+    out, ref = tmp_path / "d.zarr", tmp_path / "ref.zarr"
+    args = ["--chunk-steps", "8", "--no-progress"]
+    assert main(["compute", str(src), "-o", str(ref), *args]) == 0
+    assert main(["compute", str(src), "-o", str(out), *args]) == 0
+    (out / "chebyshev" / "c" / "1" / "0" / "0").unlink()
+    (out / "euclidean" / "c" / "3" / "0" / "0").unlink()
+    untouched = (out / "euclidean" / "c" / "0" / "0" / "0").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(["compute", str(src), "-o", str(out), "--resume", *args]) == 0
+    assert "resuming, 2 of 5 blocks to compute" in capsys.readouterr().err
+    assert (out / "euclidean" / "c" / "0" / "0" / "0").stat().st_mtime_ns == untouched
+    _assert_same(out, ref)
+    assert verify_store(out) == []
+    assert main(["compute", str(src), "-o", str(out), "--resume", *args]) == 0
+    assert "complete: nothing to compute (`dask-pdist verify` also checks" in capsys.readouterr().err
+
+
+def test_verify_and_reads_name_a_store_that_lost_its_root_metadata(tmp_path, capsys):
+    out = tmp_path / "d.zarr"
+    to_zarr(pairwise_distances(xr.DataArray(random_history((9, 5, 3)), dims=("step", "token", "dim"))), out)
+    (out / "zarr.json").unlink()
+    for call in (verify_store, open_distances):
+        with pytest.raises(StoreError, match=r"d.zarr: a damaged dask_pdist store: its root zarr.json is missing"):
+            call(out)
+    assert main(["verify", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+
 def test_resume_refuses_a_different_job(big, tmp_path, write_safetensors):
     src, _ = big
     out = tmp_path / "d.zarr"

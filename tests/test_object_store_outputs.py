@@ -157,6 +157,11 @@ def test_kill_then_resume_on_s3_is_bit_identical(tmp_path, s3_bucket):
     _assert_same_store(store, ref)
     assert verify_store(store) == []
     assert not _fs().exists(f"{s3_bucket}/.d.zarr.lock")
+    # a complete store that lost an object: --resume recomputes that block alone
+    _fs().rm(f"{store}/chebyshev/c/7/0/0")
+    again = subprocess.run(cmd + ["--resume"], timeout=TIMEOUT, capture_output=True, text=True)
+    assert again.returncode == 0 and "resuming, 1 of 100 blocks to compute" in again.stderr, again.stderr
+    _assert_same_store(store, ref)
 
 
 def test_damaged_store_on_s3_is_named_by_verify_and_reads(history_s3, s3_bucket, capsys):
