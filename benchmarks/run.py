@@ -30,6 +30,7 @@ from importlib import metadata
 from pathlib import Path
 
 import parts  # benchmarks/parts.py: each part against its floor
+from spawner import Spawner  # benchmarks/spawner.py: children's peak RSS is their own
 
 HERE = Path(__file__).resolve().parent
 METHODS_PY = HERE / "methods.py"
@@ -96,18 +97,27 @@ def _median(runs: list[Run], attr: str) -> float:
     return statistics.median(getattr(r, attr) for r in runs)
 
 
+_SPAWNER: Spawner | None = None
+
+
+def _start_spawner() -> None:
+    """Start the process that starts every child (spawner.py: peak RSS of each child is its
+    own only if the process it is forked from is small); call before this process grows."""
+    global _SPAWNER
+    if _SPAWNER is None:
+        _SPAWNER = Spawner()
+
+
 def _run_child(cmd: list[str], env: dict[str, str], log: Path) -> Run:
-    with open(log, "wb") as f:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
-        _, status, ru = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
+    _start_spawner()
+    assert _SPAWNER is not None
+    ru = _SPAWNER.run(cmd, env, str(log))
+    code = os.waitstatus_to_exitcode(ru["status"])
+    if code != 0:
         tail = log.read_text(errors="replace")[-2000:]
-        raise RuntimeError(f"{' '.join(cmd)} exited with {proc.returncode}; end of its output:\n{tail}")
+        raise RuntimeError(f"{' '.join(cmd)} exited with {code}; end of its output:\n{tail}")
     # ru_maxrss is in KiB on Linux
-    return Run(wall, ru.ru_maxrss * 1024 / 1e6, ru.ru_utime, ru.ru_stime, ru.ru_minflt)
+    return Run(ru["wall"], ru["maxrss_kib"] * 1024 / 1e6, ru["utime"], ru["stime"], ru["minflt"])
 
 
 def _remove(path: Path) -> None:
@@ -574,6 +584,7 @@ def _log(msg: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    _start_spawner()  # first, while this process is small
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
         "--repeats", type=_positive, default=None, help="timed runs per method and size (default 5; --quick: 1)"
