@@ -120,3 +120,20 @@ def test_auto_tiling_with_explicit_step_chunks_round_trips(tmp_path):
     back = open_distances(tmp_path / "d.zarr")
     np.testing.assert_array_equal(back.chebyshev[3].values, np.abs(x[3][:, None] - x[3][None]).max(-1))
     np.testing.assert_allclose(back.embedding_rms.values, np.sqrt((x.astype(np.float64) ** 2).mean((1, 2))))
+
+
+def test_to_zarr_does_not_import_dask_distributed(tmp_path):
+    """dask's scheduler look-up imports dask.distributed (~0.2-0.5 s) whenever it is installed;
+    a plain local to_zarr has no client to find and passes the threaded scheduler itself."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np, xarray as xr, dask_pdist as dp\n"
+        "x = np.random.default_rng(0).standard_normal((7, 5, 3)).astype(np.float32)\n"
+        f"ds = dp.to_zarr(dp.pairwise_distances(xr.DataArray(x, dims=('step', 'token', 'dim'))), {str(tmp_path / 'd.zarr')!r})\n"
+        "print('distributed' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+    assert open_distances(tmp_path / "d.zarr").sizes["step"] == 7
