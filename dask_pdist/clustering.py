@@ -370,6 +370,15 @@ def clusters(
     if isinstance(source, xr.DataArray):
         arrays, thr, token = _from_history(source, threshold, metric, token_chunk)
     elif isinstance(source, xr.Dataset):
+        if source.attrs.get("complete") is False:  # open_distances(..., allow_incomplete=True)
+            import warnings
+
+            warnings.warn(
+                "the distance store is incomplete: its missing blocks read as NaN, so their tokens count as"
+                " singletons there; finish it with `dask-pdist compute ... --resume` first",
+                UserWarning,
+                stacklevel=2,
+            )
         arrays, thr, token = _from_distances(source, threshold, metric)
     else:
         raise TypeError(

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
-from conftest import raise_if_dask_computes
+from conftest import raise_if_dask_computes, random_history
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy.sparse.csgraph import connected_components
@@ -528,3 +528,18 @@ def test_store_errors_name_the_store_not_its_history(planted, tmp_path):
         dp.to_zarr(dp.pairwise_distances(h, **kwargs), tmp_path / name)
         with pytest.raises(ValueError, match=match):
             dp.clusters(dp.open_distances(tmp_path / name))
+
+
+def test_clusters_of_an_incomplete_store_warn(tmp_path):
+    import zarr
+
+    from dask_pdist.bookkeeping import write_root_attrs
+
+    x = random_history((12, 7, 3), seed=2)
+    out = tmp_path / "d.zarr"
+    dp.to_zarr(dp.pairwise_distances(xr.DataArray(x, dims=("step", "token", "dim")).chunk({"step": 5})), out)
+    zarr.open_array(str(out / "_dask_pdist" / "chunk_done"), mode="r+")[1, 0, 0] = 0  # as a killed job leaves it
+    write_root_attrs(out, complete=False)
+    ds = dp.open_distances(out, allow_incomplete=True)
+    with pytest.warns(UserWarning, match="incomplete: its missing blocks read as NaN"):
+        dp.clusters(ds)
