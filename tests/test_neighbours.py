@@ -15,6 +15,7 @@ from scipy.spatial.distance import cdist
 import dask_pdist as dp
 import dask_pdist.kernels
 import dask_pdist.knn
+import dask_pdist.token_subsets
 from dask_pdist.cli import main
 from dask_pdist.errors import StoreError
 from dask_pdist.knn import churn_block, knn_block
@@ -236,6 +237,6 @@ def test_cli_neighbours_and_summary(tmp_path, capsys):
 
 
 def test_doctests():
-    for module in (dask_pdist.knn, dask_pdist.kernels, dask_pdist.history):
+    for module in (dask_pdist.knn, dask_pdist.kernels, dask_pdist.history, dask_pdist.token_subsets):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.failed == 0 and result.attempted > 0, module.__name__
