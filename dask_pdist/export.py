@@ -349,7 +349,10 @@ def to_safetensors(
             for step0, piece in file_order_pieces(_source(ds[m].data, shape))
         ]
         convert = functools.partial(_file_bytes, dtype=np.dtype(name), path=str(target))
-        run = functools.partial(stream_to_location, target, head, pieces, convert, overwrite=overwrite, progress=show)
+        size = len(head) + len(metrics) * math.prod(shape) * np.dtype(name).itemsize
+        run = functools.partial(
+            stream_to_location, target, head, pieces, convert, overwrite=overwrite, progress=show, total=size
+        )
         if not compute:
             return dask.delayed(run, pure=False)()
         run()

@@ -119,6 +119,7 @@ def stream_to_location(
     *,
     overwrite: bool,
     progress: bool,
+    total: int | None = None,
     desc: str = "exporting",
 ) -> None:
     """Write ``head`` then every piece's bytes, in order, as one object at ``location``.
@@ -138,6 +139,9 @@ def stream_to_location(
         If False, refuse to publish when an object appeared under the name meanwhile.
     progress : bool
         A progress bar over the bytes written (tqdm, on stderr).
+    total : int, optional
+        The file's size, for the progress bar; default ``head`` plus the pieces' bytes (wrong
+        where ``convert`` casts).
     desc : str
         The progress bar's label.
 
@@ -150,7 +154,7 @@ def stream_to_location(
     --------
     >>> loc = Location("memory://upload-doc/x.bin")
     >>> pieces = [(0, da.arange(6, dtype="<i4", chunks=3))]
-    >>> stream_to_location(loc, b"head", pieces, lambda b, label: b, overwrite=False, progress=False)
+    >>> stream_to_location(loc, b"head", pieces, lambda b, label: b, overwrite=True, progress=False)
     >>> loc.size()
     28
     """
@@ -159,7 +163,8 @@ def stream_to_location(
     fs = location.fs
     direct = location.protocol in COMMIT_AT_CLOSE
     written = location.path if direct else _hidden_name(location.path)
-    total = len(head) + sum(int(p.nbytes) for _, p in pieces)  # source itemsize: an estimate if convert casts
+    if total is None:
+        total = len(head) + sum(int(p.nbytes) for _, p in pieces)
     f = location._call("bucket or folder", fs.open, written, "wb")
     bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True, file=sys.stderr, disable=not progress)
     published = False

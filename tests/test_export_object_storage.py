@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from conftest import oracle, random_history
 from safetensors.numpy import load as load_bytes
+from tqdm import tqdm
 
 import dask_pdist as dp
 from dask_pdist import upload
@@ -188,9 +189,11 @@ def test_compute_false_streams_when_computed(small, tmp_path, s3_bucket, no_comp
 
 def test_progress_bar_counts_the_bytes_sent(small, s3_bucket, capsys):
     _, store = small
-    dp.to_safetensors(dp.open_distances(store), f"{s3_bucket}/p.safetensors", progress=True)
+    url = f"{s3_bucket}/p.safetensors"
+    dp.to_safetensors(dp.open_distances(store), url, dtype="float16", progress=True)
     err = capsys.readouterr().err
-    assert "exporting" in err and "100%" in err
+    size = tqdm.format_sizeof(_s3().info(url)["size"])  # the bar's total is the file's size
+    assert "exporting" in err and "100%" in err and f"{size}/{size}" in err, err
 
 
 def test_cli_compute_safetensors_and_export_to_s3(small, tmp_path, s3_bucket, s3_endpoint, monkeypatch, capsys):
