@@ -102,7 +102,8 @@ def test_token_tiled_store_to_s3_is_byte_identical_and_memory_is_windowed(
     assert _remote_bytes(url) == _local_export(ds, tmp_path, dtype="float16")
     # a few blocks at a time, never a whole tensor: one window is at most one block per thread
     pieces = [p for w in windows for _, p in w]
-    assert len(pieces) == (2 * 3 if step_chunk == 5 else 2 * 11 * 5)  # step-blocks, or one-step row bands
+    # per metric: step-blocks 0:5, 5:10, then step 10 alone as 5 row bands; or 11 steps x 5 row bands
+    assert len(pieces) == (2 * (2 + 5) if step_chunk == 5 else 2 * 11 * 5)
     assert max(len(w) for w in windows) <= 3 and len(windows) == math.ceil(len(pieces) / 3)
     assert max(p.nbytes for p in pieces) == (5 * 29 * 29 * 4 if step_chunk == 5 else 6 * 29 * 4)
 
