@@ -205,6 +205,10 @@ def test_cli_compute_safetensors_and_export_to_s3(small, tmp_path, s3_bucket, s3
     args = ["compute", str(src), "-o", str(tmp_path / "c.zarr"), "--chunk-steps", "5", "--no-progress"]
     assert main([*args, "--safetensors", url]) == 0
     assert _remote_bytes(url) == local
+    both = f"{s3_bucket}/both.safetensors"  # the store on S3 too: exported from there
+    args = ["compute", str(src), "-o", f"{s3_bucket}/c.zarr", "--chunk-steps", "5", "--no-progress"]
+    assert main([*args, "--safetensors", both]) == 0
+    assert _remote_bytes(both) == local
     capsys.readouterr()
     monkeypatch.delenv("AWS_ENDPOINT_URL")  # reachable only through --storage-options now
     options = ["--storage-options", json.dumps({"endpoint_url": s3_endpoint}), "--no-progress"]
