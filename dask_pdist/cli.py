@@ -196,13 +196,17 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--safetensors",
         metavar="OUT.safetensors",
-        help="also export the store to this safetensors file, as the notebook saves it (default: no export)",
+        help="also export the store to this safetensors file (or URL: s3://..., with --storage-options), as the"
+        " notebook saves it (default: no export)",
     )
     c.set_defaults(func=_cmd_compute)
 
     e = sub.add_parser("export", help="export a distance store to one safetensors file (as the notebook saves it)")
     e.add_argument("store", help="zarr store written by 'dask-pdist compute'")
-    e.add_argument("output", help="safetensors file to create, e.g. pairwise_distances.safetensors")
+    e.add_argument(
+        "output",
+        help="safetensors file to create, e.g. pairwise_distances.safetensors, or a URL (s3://bucket/d.safetensors)",
+    )
     e.add_argument("--dtype", choices=("float32", "float16"), default=None, help="stored dtype (default: the store's)")
     e.add_argument("--overwrite", action="store_true", help="replace an existing file at OUTPUT (default: refuse)")
     _add_scheduler(e)
@@ -488,7 +492,7 @@ def _cmd_compute(args: argparse.Namespace) -> None:
         _compute_runs(args, runs)
         return
     if args.safetensors:
-        _check_export_target(args.safetensors, args.overwrite)
+        _check_export_target(args.safetensors, args.overwrite, _opts(args, args.safetensors))
     _compute(args, source, args.output, args.overwrite, args.resume)
     if args.safetensors:
         _export(args, args.output, args.safetensors, None, args.overwrite)
@@ -548,11 +552,11 @@ def _compute_runs(args: argparse.Namespace, runs: dict) -> None:
         )
 
 
-def _check_export_target(output: str, overwrite: bool) -> None:
+def _check_export_target(output: str, overwrite: bool, storage_options: dict | None = None) -> None:
     # refuse before the (long) compute, not after it
     from dask_pdist.export import check_target
 
-    check_target(output, overwrite)
+    check_target(output, overwrite, storage_options)
 
 
 def _export(args: argparse.Namespace, store: str, output: str, dtype: str | None, overwrite: bool) -> None:
@@ -561,23 +565,32 @@ def _export(args: argparse.Namespace, store: str, output: str, dtype: str | None
     import dask_pdist as dp
 
     t0 = time.perf_counter()
+    from dask_pdist.locations import Location, locate
+
     ds = dp.open_distances(
         store, allow_incomplete=getattr(args, "allow_incomplete", False), storage_options=_opts(args, store)
     )
-    _check_export_target(output, overwrite)
+    options = _opts(args, output)
+    _check_export_target(output, overwrite, options)
     print(f"{store} -> {output}", file=sys.stderr)
     scheduler = getattr(args, "scheduler", None)
+    remote = isinstance(locate(output, options), Location)
     # to_safetensors computes itself (compute=True) so that it removes its temporary file
-    # if the run fails; the progress bar and the client apply to that compute
+    # (aborts its upload) if the run fails; the progress bar and the client apply to that
+    # compute. To a URL it computes window after window: its own bar counts the bytes sent.
     with contextlib.ExitStack() as stack:
         if scheduler:
             from distributed import Client
 
             stack.enter_context(Client(scheduler))
-        else:
+        elif not remote:
             stack.enter_context(_progress("exporting", args))
-        dp.to_safetensors(ds, output, dtype=dtype, overwrite=overwrite)
-    print(f"Wrote {output} ({os.path.getsize(output) / 1e6:,.1f} MB) in {time.perf_counter() - t0:.1f} s")
+        show = not scheduler and remote and not args.no_progress
+        dp.to_safetensors(
+            ds, output, dtype=dtype, overwrite=overwrite, storage_options=options, progress=None if show else False
+        )
+    size = locate(output, options).size("export") if remote else os.path.getsize(output)
+    print(f"Wrote {output} ({size / 1e6:,.1f} MB) in {time.perf_counter() - t0:.1f} s")
 
 
 def _cmd_export(args: argparse.Namespace) -> None:

@@ -6,16 +6,20 @@ writer). The result here is (S, V, V) per metric, far larger than memory for lon
 So we write the header first (every shape is known before computing), size the file once, and
 let ``dask.array.store`` place each chunk at its byte offset with positioned writes, in
 whatever order dask produces them: memory stays bounded by a few chunks per thread, whatever S.
+A URL target (object storage) cannot take positioned writes: there the bytes are streamed in
+file order instead (:mod:`dask_pdist.upload`).
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
 import os
 import re
 import socket
+import sys
 import uuid
 from pathlib import Path
 from typing import Any, Literal
@@ -30,8 +34,9 @@ from .bookkeeping import pid_alive
 from .dataset import DISTANCE_DIMS
 from .errors import StoreError
 from .graph import METRICS
-from .locations import local_path
-from .safetensors_io import pwrite_all, pwrite_segments, write_header
+from .locations import Location, locate
+from .safetensors_io import header_bytes, pwrite_all, pwrite_segments, write_header
+from .upload import file_order_pieces, stream_to_location
 
 __all__ = ["EXPORT_DTYPES", "to_safetensors", "tensor_key", "check_target"]
 
@@ -83,17 +88,23 @@ class _TensorTarget:
 
     def __setitem__(self, index: tuple[slice, ...], block: np.ndarray) -> None:
         region = tuple(s.indices(n)[:2] for s, n in zip(index, self.shape, strict=True))
-        block = np.asarray(block)
-        if block.dtype != self.dtype:
-            _check_range(block, self.dtype, self.final, self.key, region[0][0])
-            block = block.astype(self.dtype)
-        block = np.ascontiguousarray(block, dtype=self.dtype.newbyteorder("<"))
+        block = _file_bytes(block, (self.key, region[0][0]), self.dtype, self.final)
         runs = _segments(region, self.shape)
         size = self.dtype.itemsize
         if len(runs) == 1:
             pwrite_all(self.path, self.start + runs[0][0] * size, block[runs[0][1]])
         else:
             pwrite_segments(self.path, [(self.start + elem * size, block[idx]) for elem, idx in runs])
+
+
+def _file_bytes(block: np.ndarray, label: tuple[str, int], dtype: np.dtype, path: str) -> np.ndarray:
+    """A block as the file stores it: ``dtype``, little-endian, C-contiguous; ``label`` is
+    (tensor key, index of the block's first step), for the error of a value out of range."""
+    block = np.asarray(block)
+    if block.dtype != dtype:
+        _check_range(block, dtype, path, label[0], label[1])
+        block = block.astype(dtype)
+    return np.ascontiguousarray(block, dtype=dtype.newbyteorder("<"))
 
 
 def _check_range(block: np.ndarray, dtype: np.dtype, path: str, key: str, step0: int) -> None:
@@ -130,10 +141,22 @@ def _metadata(ds: xr.Dataset, metrics: list[str], dtype: str) -> dict[str, str]:
     }
 
 
-def check_target(path: str | os.PathLike[str], overwrite: bool) -> Path:
+def check_target(
+    path: str | os.PathLike[str], overwrite: bool, storage_options: dict[str, Any] | None = None
+) -> Path | Location:
     """Refuse an export target that is a directory, exists (without ``overwrite``), or has
-    no parent folder; cheap, so callers can check before a long compute."""
-    path = local_path(path, "safetensors export")
+    no parent folder (on object storage: no bucket); cheap, so callers can check before a
+    long compute. Returns the local path, or the :class:`~dask_pdist.locations.Location` of a URL.
+
+    Examples
+    --------
+    >>> check_target("memory://check-doc/d.safetensors", overwrite=False)
+    Location(url='memory://check-doc/d.safetensors', storage_options={})
+    """
+    found = locate(path, storage_options)
+    if isinstance(found, Location):
+        return _check_location(found, overwrite)
+    path = found
     if path.is_dir():
         raise StoreError(f"{path}: is a directory; give a file name such as pairwise_distances.safetensors")
     if os.path.lexists(path) and not overwrite:
@@ -142,6 +165,28 @@ def check_target(path: str | os.PathLike[str], overwrite: bool) -> Path:
     if not parent.is_dir():
         raise StoreError(f"{path}: parent directory {parent} does not exist")
     return path
+
+
+def _check_location(loc: Location, overwrite: bool) -> Location:
+    if not loc.name or loc.url.endswith("/"):
+        raise StoreError(f"{loc}: give a file name, such as {loc.url.rstrip('/')}/pairwise_distances.safetensors")
+    fs = loc.fs  # an unknown scheme or rejected options: one line naming the URL
+    fs.invalidate_cache(loc.path)  # a listing cached earlier in this process may be stale
+    try:
+        info = loc.info("export target")
+    except FileNotFoundError:
+        info = None
+    if info is not None and info.get("type") != "file":
+        raise StoreError(
+            f"{loc}: is a directory (objects exist under this prefix); give a file name such as"
+            f" {loc.url.rstrip('/')}.safetensors"
+        )
+    if info is not None and not overwrite:
+        raise StoreError(f"{loc}: already exists; pass overwrite=True (--overwrite) to replace it")
+    if info is None and not loc.bucket_exists():  # no folders to create or check: the bucket must exist
+        bucket = loc.url.split("://", 1)[1].split("/", 1)[0]
+        raise StoreError(f"{loc}: bucket {bucket} does not exist (or is not visible with these credentials)")
+    return loc
 
 
 def _partial_name(path: Path) -> Path:
@@ -174,6 +219,19 @@ def _finish(_stored: Any, tmp: str, path: str, overwrite: bool) -> None:
     os.replace(tmp, path)  # atomic: the final name only ever holds a complete file
 
 
+def _source(data: Any, shape: tuple[int, ...]) -> da.Array:
+    # a Dataset loaded into memory (numpy): chunks of ~32 MB float32 along step
+    if isinstance(data, da.Array):
+        return data
+    return da.from_array(data, chunks=(max(1, 2**23 // max(1, shape[1] * shape[2])), -1, -1))
+
+
+def _interactive() -> bool:
+    from .store import _interactive as interactive
+
+    return interactive()
+
+
 def to_safetensors(
     ds: xr.Dataset,
     path: str | os.PathLike[str],
@@ -181,6 +239,8 @@ def to_safetensors(
     dtype: ExportDtype | None = None,
     overwrite: bool = False,
     compute: bool = True,
+    storage_options: dict[str, Any] | None = None,
+    progress: bool | None = None,
 ) -> Any:
     """Export a distance Dataset to one safetensors file, streaming chunk by chunk.
 
@@ -188,26 +248,51 @@ def to_safetensors(
     ``ds``), each (S, V, V), as the notebook's ``save_file`` writes them, so
     ``safetensors.torch.load_file`` and ``safe_open`` read it unchanged. ``__metadata__``
     holds the steps (JSON list), token count and labels, metrics, source and package version.
-    The result is never held in memory: the header is written first, then each dask chunk
-    at its byte offset as it is computed; every metric comes from one dask compute. The file
-    is written under a temporary name in the same folder and renamed when complete.
+    The result is never held in memory.
+
+    A local file: the header is written first, then each dask chunk at its byte offset as it
+    is computed; every metric comes from one dask compute. The file is written under a
+    temporary name in the same folder and renamed when complete.
+
+    A URL (``s3://``, ``gs://``, ``memory://``, any fsspec URL): the bytes are streamed in file
+    order through the backend's upload (S3: a multipart upload), a window of a few blocks
+    computed at a time while the previous one is sent, so memory stays bounded by a few
+    blocks. The metrics are read one after the other: from a store that is one read of each
+    variable, but a lazy :func:`pairwise_distances` Dataset runs its kernel once per metric,
+    so write the store first (:func:`to_zarr`, as ``dask-pdist compute --safetensors`` does)
+    and export from it. The object appears under its name only when complete: a failed or
+    interrupted export aborts the upload and leaves the old object (with ``overwrite``) or
+    none (on S3 an aborted multipart upload is deleted; one whose abort could not be sent
+    lingers, invisible, until the bucket's lifecycle rule removes it). The blocks pass through
+    the calling process, also under a dask.distributed client.
 
     Parameters
     ----------
     ds : xarray.Dataset
         From :func:`pairwise_distances` or :func:`open_distances`.
-    path : path-like
-        File to create, e.g. ``pairwise_distances.safetensors``.
+    path : path-like or URL
+        File to create, e.g. ``pairwise_distances.safetensors`` or
+        ``s3://bucket/pairwise_distances.safetensors``.
     dtype : {"float32", "float16", "float64"}, optional
         Stored dtype; default the Dataset's. float16 (relative precision 2^-11) raises
         :class:`OverflowError` naming the largest value if a distance exceeds 65504.
     overwrite : bool
         Replace an existing file at ``path``. A directory is never replaced.
     compute : bool
-        If False, write the header now and return a ``dask.delayed`` object that writes the
-        data and renames the file into place when computed (a failed deferred run leaves
-        only the hidden ``.NAME.HOST-PID.*.partial`` file; the next export to ``path``
-        removes it once that process is gone).
+        If False, return a ``dask.delayed`` object that writes the file when computed. Local
+        file: the header is written now; the delayed writes the data and renames the file
+        into place (a failed deferred run leaves only the hidden ``.NAME.HOST-PID.*.partial``
+        file; the next export to ``path`` removes it once that process is gone). URL: nothing
+        is written now; the delayed is one task that streams the whole export and computes
+        the blocks itself, with the scheduler of the process it runs in, so compute it
+        locally (``.compute()``), not on a dask.distributed worker.
+    storage_options : dict, optional
+        For a URL: fsspec backend options, e.g. ``{"endpoint_url": ...}`` or, on S3, a part
+        size ``{"default_block_size": 2**26}`` (default 50 MiB, at least 5 MiB). Credentials
+        and endpoint otherwise come from the backend's usual settings (``AWS_*``).
+    progress : bool, optional
+        Show a progress bar (tqdm, on stderr) while computing (``compute=True``); for a URL
+        it counts the bytes sent. Default: on in a terminal or a Jupyter notebook.
 
     Returns
     -------
@@ -216,10 +301,14 @@ def to_safetensors(
     Raises
     ------
     StoreError
-        ``path`` exists and ``overwrite`` is False, ``path`` is a directory, or its folder
-        does not exist.
+        ``path`` exists and ``overwrite`` is False, ``path`` is a directory (on object
+        storage: a prefix with objects under it), or its folder (on object storage: its
+        bucket) does not exist.
+    PermissionError
+        The object store refuses the credentials.
     ValueError
-        ``ds`` holds no distance variable, or ``dtype`` is unknown.
+        ``ds`` holds no distance variable, ``dtype`` is unknown, the URL's scheme is unknown,
+        or ``storage_options`` are given for a local path.
     OverflowError
         A distance does not fit float16.
 
@@ -227,6 +316,7 @@ def to_safetensors(
     --------
     >>> ds = open_distances("pairwise_distances.zarr")  # doctest: +SKIP
     >>> to_safetensors(ds, "pairwise_distances.safetensors")  # doctest: +SKIP
+    >>> to_safetensors(ds, "s3://bucket/pairwise_distances.safetensors")  # doctest: +SKIP
     >>> from safetensors.torch import load_file  # doctest: +SKIP
     >>> load_file("pairwise_distances.safetensors")["euclidean_distances"].shape  # doctest: +SKIP
     torch.Size([5001, 128, 128])
@@ -246,20 +336,34 @@ def to_safetensors(
     if name not in EXPORT_DTYPES:
         raise ValueError(f"dtype={dtype!r}: choose one of {list(EXPORT_DTYPES)}")
 
-    path = check_target(path, overwrite)
+    target = check_target(path, overwrite, storage_options)
 
     shape = tuple(ds[metrics[0]].shape)
     tensors = [(tensor_key(m), _SAFETENSORS_DTYPE[name], shape) for m in metrics]
+    show = compute and (_interactive() if progress is None else progress)
+    if isinstance(target, Location):
+        head, _ = header_bytes(tensors, _metadata(ds, metrics, name))
+        pieces = [
+            ((tensor_key(m), step0), piece)
+            for m in metrics
+            for step0, piece in file_order_pieces(_source(ds[m].data, shape))
+        ]
+        convert = functools.partial(_file_bytes, dtype=np.dtype(name), path=str(target))
+        size = len(head) + len(metrics) * math.prod(shape) * np.dtype(name).itemsize
+        run = functools.partial(
+            stream_to_location, target, head, pieces, convert, overwrite=overwrite, progress=show, total=size
+        )
+        if not compute:
+            return dask.delayed(run, pure=False)()
+        run()
+        return None
+
+    path = target
     _clean_stale_partials(path)
     tmp = _partial_name(path)
     try:
         offsets = write_header(tmp, tensors, _metadata(ds, metrics, name))
-        sources = []
-        for m in metrics:
-            data = ds[m].data
-            if not isinstance(data, da.Array):
-                data = da.from_array(data, chunks=(max(1, 2**23 // max(1, shape[1] * shape[2])), -1, -1))
-            sources.append(data)
+        sources = [_source(ds[m].data, shape) for m in metrics]
         targets = [
             _TensorTarget(str(tmp), tensor_key(m), offsets[tensor_key(m)], shape, name, str(path)) for m in metrics
         ]
@@ -268,7 +372,13 @@ def to_safetensors(
         finish = dask.delayed(_finish)(stored, str(tmp), str(path), overwrite)
         if not compute:
             return finish
-        finish.compute()
+        if show:
+            from tqdm.dask import TqdmCallback
+
+            with TqdmCallback(desc="exporting", unit="task", file=sys.stderr):
+                finish.compute()
+        else:
+            finish.compute()
     except BaseException as exc:
         if tmp.exists():
             tmp.unlink()

@@ -30,6 +30,7 @@ __all__ = [
     "TensorInfo",
     "read_header",
     "require_regular_file",
+    "header_bytes",
     "write_header",
     "pread_exact",
     "pwrite_all",
@@ -297,6 +298,36 @@ def pread_exact(path: str | os.PathLike[str] | Location, offset: int, nbytes: in
     return buf
 
 
+def header_bytes(
+    tensors: list[tuple[str, str, tuple[int, ...]]],
+    metadata: dict[str, str] | None = None,
+) -> tuple[bytes, dict[str, int]]:
+    """The first bytes of a safetensors file (length prefix and JSON header) and the absolute
+    offset of each tensor's first byte; the tensors' data follows in the order given.
+
+    Pure arithmetic: a streaming writer sends these bytes first, then each tensor's data.
+
+    Examples
+    --------
+    >>> head, offsets = header_bytes([("x", "F32", (3, 4)), ("y", "F16", (2,))])
+    >>> len(head) % 8, offsets["y"] - offsets["x"]
+    (0, 48)
+    """
+    header: dict[str, Any] = {}
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    pos = 0
+    for name, dtype, shape in tensors:
+        nbytes = math.prod(shape) * _DTYPES[dtype][0]
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [pos, pos + nbytes]}
+        pos += nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the official writer pads the header to 8 bytes
+    data_start = 8 + len(raw)
+    offsets = {name: data_start + header[name]["data_offsets"][0] for name, _, _ in tensors}
+    return struct.pack("<Q", len(raw)) + raw, offsets
+
+
 def write_header(
     path: str | os.PathLike[str],
     tensors: list[tuple[str, str, tuple[int, ...]]],
@@ -325,22 +356,12 @@ def write_header(
     --------
     >>> offsets = write_header("out.safetensors", [("x", "F32", (3, 4))])  # doctest: +SKIP
     """
-    header: dict[str, Any] = {}
-    if metadata:
-        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
-    pos = 0
-    for name, dtype, shape in tensors:
-        nbytes = math.prod(shape) * _DTYPES[dtype][0]
-        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [pos, pos + nbytes]}
-        pos += nbytes
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)  # the official writer pads the header to 8 bytes
-    data_start = 8 + len(raw)
+    head, offsets = header_bytes(tensors, metadata)
+    end = len(head) + sum(math.prod(shape) * _DTYPES[dtype][0] for _, dtype, shape in tensors)
     with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)))
-        f.write(raw)
-        f.truncate(data_start + pos)
-    return {name: data_start + header[name]["data_offsets"][0] for name, _, _ in tensors}
+        f.write(head)
+        f.truncate(end)
+    return offsets
 
 
 def pwrite_all(path: str | os.PathLike[str], offset: int, data: np.ndarray) -> None:
