@@ -58,7 +58,7 @@ def history_s3(tmp_path, s3_bucket, write_safetensors):
 
 def test_s3_round_trip_history_in_store_out_bit_identical(tmp_path, history_s3, s3_bucket, capsys):
     """The must-show round trip: history on S3 -> store on S3 (CLI) -> verify, info, summary,
-    export; the same as the local job, and the distances right against scipy."""
+    export to S3; the same as the local job, and the distances right against scipy."""
     path, url = history_s3
     store = f"{s3_bucket}/out/d.zarr"
     local = tmp_path / "d.zarr"
@@ -87,9 +87,14 @@ def test_s3_round_trip_history_in_store_out_bit_identical(tmp_path, history_s3, 
     plain = xr.open_zarr(store, zarr_format=3)
     np.testing.assert_array_equal(plain.chebyshev.values, remote.chebyshev.values)
 
-    assert main(["export", store, str(tmp_path / "from_s3.safetensors"), "--no-progress"]) == 0
+    # export out, to S3 too: the object's bytes equal the local export's but for the source
+    exported = f"{s3_bucket}/out/d.safetensors"
+    assert main(["export", store, exported, "--no-progress"]) == 0
     assert main(["export", str(local), str(tmp_path / "from_local.safetensors"), "--no-progress"]) == 0
+    _fs().get_file(exported, str(tmp_path / "from_s3.safetensors"))
     _assert_same_export(tmp_path / "from_s3.safetensors", tmp_path / "from_local.safetensors", url, str(path))
+    assert main(["export", store, str(tmp_path / "s3_to_disk.safetensors"), "--no-progress"]) == 0
+    assert (tmp_path / "s3_to_disk.safetensors").read_bytes() == (tmp_path / "from_s3.safetensors").read_bytes()
 
 
 def _assert_same_export(a, b, source_a: str, source_b: str) -> None:
