@@ -50,11 +50,19 @@ def store_path(path: str | os.PathLike[str] | Location, storage_options: dict | 
     A URL must name a prefix below the bucket (``s3://bucket/d.zarr``): the writer lock lives
     next to the store, never inside it."""
     found = locate(path, storage_options)
-    if isinstance(found, Location) and "/" not in found.url.split("://", 1)[1].strip("/"):
-        raise StoreError(
-            f"{found.url}: give a store name inside the bucket, e.g. {found.url.rstrip('/')}/distances.zarr"
-        )
+    if not isinstance(found, Location):
+        return found
+    rest = found.url.split("://", 1)[1].strip("/")
+    if found.protocol in _BUCKET_SCHEMES and "/" not in rest:
+        where = f"{found.protocol}://{rest or 'bucket'}"
+        raise StoreError(f"{found.url}: give a store name inside the bucket, e.g. {where}/distances.zarr")
+    if not rest:
+        raise StoreError(f"{found.url}: give a store name, e.g. {found.protocol}://distances.zarr")
     return found
+
+
+#: Schemes whose first path component is a bucket (container), never a store.
+_BUCKET_SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl")
 
 
 def done_path(path: StorePath) -> StorePath:
@@ -173,7 +181,8 @@ def acquire_lock(path: StorePath) -> str:
                 continue  # released meanwhile
             except (OSError, ValueError, KeyError, TypeError):
                 raise StoreError(
-                    f"{path}: lock file {lock} is unreadable; if no dask-pdist job is writing {path}, delete it"
+                    f"{path}: lock file {lock} is unreadable; if no dask-pdist job is writing {path}, delete"
+                    f" the lock file {lock} (not the store) and retry"
                 ) from None
             if host == record["host"] and (pid == os.getpid() or not pid_alive(pid)):
                 lock.unlink(missing_ok=True)  # stale: its writer is gone

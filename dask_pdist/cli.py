@@ -270,9 +270,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (2 for bad input, with one line on stderr)."""
     try:
         try:
-            return _run_cli(argv)
+            code = _run_cli(argv)
         finally:
             sys.stdout.flush()  # here, not at interpreter exit, so a closed pipe is caught below
+        if code == 130 and argv is None and "aiobotocore" in sys.modules:
+            # interrupted as the program with an S3 client alive: its event loop's pending
+            # tasks would print hundreds of "Task was destroyed" lines at interpreter exit,
+            # burying the resume hint. Every write is whole or absent: end here.
+            sys.stderr.flush()
+            os._exit(code)
+        return code
     except BrokenPipeError:
         # the reader went away (`dask-pdist ... | head`): stop quietly; point stdout at devnull
         # so the interpreter's own flush at exit has nowhere to fail
@@ -313,7 +320,15 @@ def _main(args: argparse.Namespace) -> int:
             EXIT_BAD_INPUT
             if isinstance(
                 exc,
-                (ValueError, FileNotFoundError, FileExistsError, PermissionError, NotADirectoryError, OverflowError),
+                (
+                    ValueError,
+                    FileNotFoundError,
+                    FileExistsError,
+                    PermissionError,
+                    NotADirectoryError,
+                    OverflowError,
+                    ConnectionError,  # an object store's endpoint that does not answer: configuration
+                ),
             )
             else 1
         )

@@ -170,7 +170,21 @@ def _progress(desc: str, args: argparse.Namespace):  # noqa: ANN202
 
 
 def _resume_command(argv: Sequence[str]) -> str:
+    """The same command plus ``--resume``, for the user to copy; a ``--storage-options`` value
+    is shown as ``'...'`` (it may hold a secret, and this line lands in job logs)."""
     import shlex
 
-    kept = [a for a in argv if a not in ("--overwrite", "--resume")]
-    return "dask-pdist " + " ".join(shlex.quote(a) for a in kept) + " --resume"
+    kept, hidden = [], False
+    for i, a in enumerate(argv):
+        if a in ("--overwrite", "--resume"):
+            continue
+        if i and argv[i - 1] == "--storage-options":
+            kept.append("'...'")
+            hidden = True
+        elif a.startswith("--storage-options="):
+            kept.append("--storage-options='...'")
+            hidden = True
+        else:
+            kept.append(shlex.quote(a))
+    note = "  (with the same --storage-options)" if hidden else ""
+    return "dask-pdist " + " ".join(kept) + " --resume" + note

@@ -48,22 +48,30 @@ def _compute(
 
     store = store_path(output, _opts(args, output))
     existed = resume and store.is_dir()
-    delayed = dp.to_zarr(
-        ds,
-        store,
-        compressor=getattr(args, "compressor", None) or DEFAULT_COMPRESSOR,
-        overwrite=overwrite,
-        resume=resume,
-        compute=False,
-    )
+    try:
+        delayed = dp.to_zarr(
+            ds,
+            store,
+            compressor=getattr(args, "compressor", None) or DEFAULT_COMPRESSOR,
+            overwrite=overwrite,
+            resume=resume,
+            compute=False,
+        )
+    except KeyboardInterrupt:  # while --resume re-reads the finished blocks' input
+        print(
+            f"dask-pdist: interrupted; nothing was written. Resume with:\n  {_resume_command(args.argv)}",
+            file=sys.stderr,
+        )
+        raise _Exit(130) from None
     if existed:  # to_zarr has cleared the flags of blocks whose chunk files are gone
         from dask_pdist.store import store_progress
 
         done, complete = store_progress(store)
+        todo = int((done == 0).sum())
         state = (
-            "complete: nothing to compute (`dask-pdist verify` also checks every chunk's checksum)"
-            if complete
-            else f"{int((done == 0).sum())} of {done.size} blocks to compute"
+            f"{todo} of {done.size} blocks to compute"
+            if todo
+            else "complete: nothing to compute (`dask-pdist verify` also checks every chunk's checksum)"
         )
         print(f"{output}: resuming, {state}", file=sys.stderr)
     print(

@@ -68,6 +68,10 @@ def present_chunks(path: StorePath, name: str) -> set[tuple[int, ...]]:
     return found
 
 
+def _absent(store: StorePath) -> str:
+    return "chunk object absent" if isinstance(store, Location) else "chunk file absent"
+
+
 def _relative(path: StorePath, inner: StorePath) -> str:
     return str(inner)[len(str(path)) :].lstrip("/")
 
@@ -159,7 +163,7 @@ class CheckedChunks:
             if not is_done:
                 data[sub] = np.nan
             elif data.size and np.isnan(data[sub].flat[0]) and not _chunk_present(self.store, self.name, idx):
-                raise self._fail(idx, "missing (chunk file absent)")
+                raise self._fail(idx, f"missing ({_absent(self.store)})")
         return data[rel]
 
 
@@ -221,7 +225,7 @@ def check_small_arrays(path: StorePath, names: list[str], group: Any = None) -> 
             for idx in itertools.product(*(range(n) for n in arr.cdata_shape)):
                 key = _chunk_key(name, idx)
                 if not (key.split("/", 1)[1] in listed if listed is not None else os.path.isfile(path / key)):
-                    raise StoreError(f"{path}: {name} chunk {idx}: missing (chunk file absent); {_hint(str(path))}")
+                    raise StoreError(f"{path}: {name} chunk {idx}: missing ({_absent(path)}); {_hint(str(path))}")
             arr[...]
         except (StoreError, PermissionError):
             raise
@@ -290,6 +294,8 @@ def verify_store(
     >>> for problem in verify_store("pairwise_distances.zarr"): print(problem)  # doctest: +SKIP
     """
     path = store_path(path, storage_options)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: store not found")
     meta = read_root(path)
     if meta is None or MARKER_ATTR not in meta.get("attributes", {}):
         raise not_a_store(path)
@@ -304,9 +310,13 @@ def verify_store(
         except Exception as exc:
             problems.append(ChunkProblem(name, None, None, None, f"missing (array absent or unreadable: {exc})"))
     try:
+        if "step" in arrays and present_chunks(path, "step") != set(
+            itertools.product(*(range(n) for n in arrays["step"].cdata_shape))
+        ):
+            raise LookupError("a chunk of the step coordinate is missing")
         steps = np.asarray(arrays["step"][...])
-    except Exception:
-        steps = np.arange(int(arrays["step"].shape[0])) if "step" in arrays else None
+    except Exception:  # no step labels to trust: problems are named by chunk index instead
+        steps = None
     done_name = _relative(path, done_path(path))
     # an object store: one listing instead of a HEAD request per chunk
     listed = set(path.files()) if isinstance(path, Location) else None
@@ -328,7 +338,7 @@ def verify_store(
             problem = None
             key = _chunk_key(name, idx)
             if not (key in listed if listed is not None else os.path.isfile(path / key)):
-                problem = "missing (chunk file absent)"
+                problem = f"missing ({_absent(path)})"
             elif is_distance and done is not None and not done[idx]:
                 problem = "missing (block not marked done)"
             else:

@@ -24,6 +24,7 @@ from .bookkeeping import (
     foreign_entries,
     has_bookkeeping,
     is_store,
+    not_a_store,
     read_root,
     release_lock,
     store_path,
@@ -81,6 +82,8 @@ def check_ours(path: StorePath, overwrite: bool, resume: bool) -> None:
     if not path.is_dir():
         raise StoreError(f"{path}: exists and is not a dask_pdist store; refusing to write into or delete it")
     foreign = foreign_entries(path)
+    if has_bookkeeping(path) and not is_store(path) and resume and not foreign:
+        raise not_a_store(path)  # ours, its root zarr.json lost: nothing to resume, --overwrite
     if not has_bookkeeping(path) or (not is_store(path) and resume):
         what = f": it holds {', '.join(foreign)}" if foreign else ""
         raise StoreError(

@@ -119,7 +119,8 @@ class Location:
         return PurePosixPath(self.name).suffix
 
     def __truediv__(self, part: str) -> Location:
-        return Location(self.url.rstrip("/") + "/" + part, self.storage_options)
+        base = self.url if self.url.endswith("://") else self.url.rstrip("/") + "/"
+        return Location(base + part, self.storage_options)
 
     @property
     def fs(self) -> Any:
@@ -149,6 +150,13 @@ class Location:
             raise PermissionError(
                 f"{self.url}: access denied ({_reason(exc)}); check the credentials (for S3: AWS_ACCESS_KEY_ID,"
                 " AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, or storage_options / --storage-options)"
+            ) from None
+        except Exception as exc:
+            if not _unreachable(exc):
+                raise
+            raise UnreachableError(
+                f"{self.url}: cannot reach the object store ({_reason(exc)}); check the endpoint (for S3:"
+                " AWS_ENDPOINT_URL or storage_options / --storage-options endpoint_url) and the network"
             ) from None
 
     def info(self, what: str = "file") -> dict[str, Any]:
@@ -187,8 +195,9 @@ class Location:
     # zarr's own filesystem instance write under the same prefix)
     @property
     def parent(self) -> Location:
-        head = self.url.rstrip("/").rsplit("/", 1)[0]
-        return Location(head if "://" in head and head.split("://", 1)[1] else self.url, self.storage_options)
+        scheme, rest = self.url.split("://", 1)
+        rest = rest.rstrip("/")
+        return Location(f"{scheme}://{rest.rsplit('/', 1)[0] if '/' in rest else ''}", self.storage_options)
 
     def with_name(self, name: str) -> Location:
         return self.parent / name
@@ -246,11 +255,17 @@ class Location:
         return sorted(name[len(base) :] for name in found if name.startswith(base))
 
     def remove_tree(self) -> None:
-        """Delete every object under this prefix."""
+        """Delete every object under this prefix, exactly those: fsspec's ``rm`` expands
+        ``* ? [`` in a name as a pattern (a store named ``lr=[ab]/d.zarr`` would take
+        ``lr=a/d.zarr``'s objects with it), so such names are deleted one by one."""
         fs = self._fresh()
         names = [self.path.rstrip("/") + "/" + rel for rel in self.files()]
-        if names:
-            self._call("location", fs.rm, names)
+        plain = [n for n in names if not _MAGIC.search(n)]
+        if plain:  # one bulk request per 1,000 keys on S3
+            self._call("location", fs.rm, plain)
+        for name in names:
+            if _MAGIC.search(name):
+                self._call("object", fs.rm_file, name)
         fs.invalidate_cache(self.path)
 
     def upload(self, local: str | os.PathLike[str]) -> None:
@@ -292,6 +307,23 @@ class _RangedReader:
         self.buf = bytearray()
 
 
+#: Characters fsspec expands as a pattern in a path.
+_MAGIC = re.compile(r"[*?\[]")
+
+
+class UnreachableError(ConnectionError):
+    """The object store's endpoint does not answer (wrong endpoint URL, service down)."""
+
+
+def _unreachable(exc: BaseException) -> bool:
+    # botocore's EndpointConnectionError / ConnectTimeoutError, aiohttp's ClientConnectorError:
+    # none is a builtin ConnectionError, so recognise them by name along the MRO
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    return isinstance(exc, ConnectionError) or bool(
+        names & {"EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError", "ConnectionClosedError"}
+    )
+
+
 def _reason(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
 
@@ -319,8 +351,9 @@ def locate(
     if isinstance(path, Location):
         return path
     if is_url(path):
-        text = str(path)
-        if text.lower().startswith("file://"):
+        scheme, rest = str(path).split("://", 1)
+        text = f"{scheme.lower()}://{rest}"  # schemes are case-insensitive: S3:// is s3://
+        if text.startswith("file://"):
             return Path(text[len("file://") :])
         return Location(text, dict(storage_options or {}))
     if storage_options:

@@ -331,7 +331,7 @@ def open_distances(
     if (
         isinstance(path, Location)
         or isinstance(path, (str, os.PathLike))
-        and not (isinstance(path, str) and any(c in path for c in _GLOB_CHARS) and not os.path.exists(path))
+        and not (isinstance(path, str) and any(c in path for c in _GLOB_CHARS) and not _exists(path, storage_options))
     ):
         return open_one(
             path, allow_incomplete=allow_incomplete, chunks=chunks, storage_options=options_for(path, storage_options)
@@ -364,6 +364,13 @@ def open_distances(
     return xr.concat(
         datasets, dim="run", join="outer", coords="minimal", compat="override", combine_attrs="drop_conflicts"
     )
+
+
+def _exists(path: str, storage_options: dict | None) -> bool:
+    # a name with [ ] * ? that exists as it is (a store "run[1].zarr") is that store, not a pattern
+    if is_url(path):
+        return locate(path, options_for(path, storage_options)).is_dir()
+    return os.path.exists(path)
 
 
 def _with_run(ds: xr.Dataset, name: str) -> xr.Dataset:

@@ -322,9 +322,10 @@ def _resume_todo(ds: xr.Dataset, path: StorePath) -> np.ndarray:
         done = zarr_array(done_path(path), "r+")
         for idx in np.argwhere(lost):
             done[tuple(idx)] = 0
-        if complete:
-            write_root_attrs(path, **{_COMPLETE_ATTR: False})
-    return (flags == 0) | lost
+    todo = (flags == 0) | lost
+    if complete and todo.any():  # also a done flag lost from a complete store
+        write_root_attrs(path, **{_COMPLETE_ATTR: False})
+    return todo
 
 
 def to_zarr(

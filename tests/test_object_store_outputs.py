@@ -179,7 +179,7 @@ def test_damaged_store_on_s3_is_named_by_verify_and_reads(history_s3, s3_bucket,
     blob[10] ^= 0xFF
     fs.pipe(f"{store}/chebyshev/c/2/0/0", bytes(blob))
     problems = [str(p) for p in verify_store(store)]
-    assert problems == ["euclidean steps 25..46: missing (chunk file absent)", problems[1]]
+    assert problems == ["euclidean steps 25..46: missing (chunk object absent)", problems[1]]
     assert problems[1].startswith("chebyshev steps 49..70: corrupt")
     assert main(["verify", store, "--no-progress"]) == 1
     capsys.readouterr()
@@ -315,3 +315,56 @@ def test_neighbours_and_clusters_stores_at_urls_are_refused_clearly(history_s3, 
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and f"a {what} on object storage is not supported yet" in err, err
     assert not _fs().find(s3_bucket + "/n.zarr") and not _fs().find(s3_bucket + "/c.zarr")
+
+
+def test_store_names_with_pattern_characters_are_exact_names(history_s3, s3_bucket, capsys):
+    """fsspec's rm expands [ ] * ? as a pattern: --overwrite of lr=[ab]/d.zarr once deleted the
+    objects of lr=a/d.zarr next to it (found by an attack review)."""
+    _, url = history_s3
+    args = ["--no-progress", "--chunk-steps", "10"]
+    neighbour, odd, run1 = f"{s3_bucket}/sw/lr=a/d.zarr", f"{s3_bucket}/sw/lr=[ab]/d.zarr", f"{s3_bucket}/run[1].zarr"
+    for out in (neighbour, odd, f"{s3_bucket}/run1.zarr", run1):
+        assert main(["compute", url, "-o", out, *args]) == 0
+    before = sorted(_fs().find(f"{s3_bucket}/sw/lr=a"))
+    assert main(["compute", url, "-o", odd, *args, "--overwrite"]) == 0
+    assert main(["compute", url, "-o", run1, "--no-progress", "--chunk-steps", "7", "--overwrite"]) == 0
+    assert sorted(_fs().find(f"{s3_bucket}/sw/lr=a")) == before
+    for store in (neighbour, odd, run1, f"{s3_bucket}/run1.zarr"):
+        assert verify_store(store) == [], store
+    assert dp.open_distances(run1).euclidean.chunks[0] == (7, 7, 7, 7, 1)  # the literal name, not run1.zarr
+    assert dp.open_distances(f"{s3_bucket}/run1.zarr").euclidean.chunks[0] == (10, 10, 9)
+
+
+def test_unreachable_endpoint_and_upper_case_scheme(tmp_path, history_s3, s3_bucket, monkeypatch, capsys):
+    path, url = history_s3
+    store = f"{s3_bucket}/d.zarr".replace("s3://", "S3://")
+    assert main(["compute", url.replace("s3://", "S3://"), "-o", store, "--no-progress"]) == 0
+    assert verify_store(store) == [] and main(["verify", store, "--no-progress"]) == 0
+    capsys.readouterr()
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", dead)
+    flags = ["--storage-options", json.dumps({"endpoint_url": dead, "config_kwargs": {"retries": {"max_attempts": 1}}})]
+    for argv in (["compute", str(path), "-o", f"{s3_bucket}/e.zarr", "--no-progress", *flags], ["info", url, *flags]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "cannot reach the object store" in err and s3_bucket in err, err
+
+
+def test_resume_hint_hides_storage_options():
+    from dask_pdist.cli_common import _resume_command
+
+    hint = _resume_command(["compute", "s3://b/h", "-o", "s3://b/d.zarr", "--storage-options", '{"secret": "XYZ"}'])
+    assert "XYZ" not in hint and hint.endswith("--storage-options '...' --resume  (with the same --storage-options)")
+    assert "XYZ" not in _resume_command(["compute", "h", "-o", "d", '--storage-options={"secret": "XYZ"}'])
+
+
+def test_a_store_at_the_top_of_memory(history_s3):
+    path, _ = history_s3
+    ds = dp.pairwise_distances(dp.open_history(path, chunks=9))
+    back = dp.to_zarr(ds, "memory://top-of-memory.zarr", progress=False)
+    np.testing.assert_array_equal(back.chebyshev.values, ds.chebyshev.values)
+    assert verify_store("memory://top-of-memory.zarr") == []
+    with pytest.raises(StoreError, match=r"memory://: give a store name, e.g. memory://distances.zarr"):
+        dp.to_zarr(ds, "memory://")
