@@ -19,14 +19,15 @@ def _cmd_neighbours(args: argparse.Namespace) -> None:
     import dask_pdist as dp
 
     t0 = time.perf_counter()
+    source = args.input[0] if len(args.input) == 1 else args.input
     history = dp.open_history(
-        args.input[0] if len(args.input) == 1 else args.input,
+        source,
         key=args.key,
         chunks=args.chunk_steps or "auto",
         tokens=args.tokens,
         nonfinite=args.nonfinite,
         token_ids=args.token_ids,
-        storage_options=args.storage_options,
+        storage_options=_opts(args, source),
     )
     nbrs = dp.neighbours(history, k=args.k, metric=args.metric)
     delayed = dp.neighbours_to_zarr(nbrs, args.output, overwrite=args.overwrite, compute=False)
@@ -168,7 +169,11 @@ def _cmd_info(args: argparse.Namespace) -> None:
 
     # several paths: per-checkpoint files the shell expanded from an unquoted glob
     print(
-        describe(args.path[0] if len(args.path) == 1 else args.path, key=args.key, storage_options=args.storage_options)
+        describe(
+            args.path[0] if len(args.path) == 1 else args.path,
+            key=args.key,
+            storage_options=_opts(args, args.path[0] if len(args.path) == 1 else args.path),
+        )
     )
 
 

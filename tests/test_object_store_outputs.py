@@ -368,3 +368,14 @@ def test_a_store_at_the_top_of_memory(history_s3):
     assert verify_store("memory://top-of-memory.zarr") == []
     with pytest.raises(StoreError, match=r"memory://: give a store name, e.g. memory://distances.zarr"):
         dp.to_zarr(ds, "memory://")
+
+
+def test_storage_options_apply_to_urls_only_on_the_command_line(tmp_path, write_safetensors, capsys):
+    """One --storage-options serves a command's URLs; a local input or output ignores it (the
+    Python API refuses it for a local path, where it can only be a mistake)."""
+    path = write_safetensors("h.safetensors", {"emb": random_history((6, 5, 3), seed=1)})
+    opts = ["--storage-options", '{"anon": true}']
+    assert main(["info", str(path), *opts]) == 0
+    assert main(["neighbours", str(path), "-k", "2", "-o", str(tmp_path / "n.zarr"), "--no-progress", *opts]) == 0
+    assert main(["compute", str(path), "-o", str(tmp_path / "d.zarr"), "--no-progress", *opts]) == 0
+    assert main(["verify", str(tmp_path / "d.zarr"), "--no-progress", *opts]) == 0
