@@ -24,6 +24,7 @@ from .bookkeeping import (
     StorePath,
     done_path,
     is_complete,
+    lock_path,
     not_a_store,
     read_root,
     store_path,
@@ -364,8 +365,14 @@ def verify_store(
                 None,
                 None,
                 None,
-                "not marked complete (the job was interrupted or stopped; `dask-pdist info` says which);"
-                " reads refuse it until `dask-pdist compute ... --resume` finishes it",
+                (
+                    f"not marked complete: a job holds its writer lock {lock_path(path)} (it may still be"
+                    " running; if it is not, `dask-pdist compute ... --resume` takes the lock over on"
+                    " the same host and finishes the store)"
+                    if lock_path(path).exists()
+                    else "not marked complete (the job was interrupted or stopped; `dask-pdist info` says which);"
+                    " reads refuse it until `dask-pdist compute ... --resume` finishes it"
+                ),
             )
         )
     return problems

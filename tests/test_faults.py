@@ -223,6 +223,22 @@ def test_verify_and_reads_name_a_store_that_lost_its_root_metadata(tmp_path, cap
     assert "--overwrite" in capsys.readouterr().err
 
 
+def test_verify_of_a_store_being_written_names_the_lock(tmp_path):
+    from dask_pdist.bookkeeping import acquire_lock, release_lock, write_root_attrs
+
+    out = tmp_path / "d.zarr"
+    to_zarr(pairwise_distances(xr.DataArray(random_history((9, 5, 3)), dims=("step", "token", "dim"))), out)
+    write_root_attrs(out, complete=False)
+    token = acquire_lock(out)  # as a running writer holds it
+    try:
+        (problem,) = verify_store(out)
+        assert "a job holds its writer lock" in str(problem) and ".d.zarr.lock" in str(problem)
+    finally:
+        release_lock(out, token)
+    (problem,) = verify_store(out)
+    assert "the job was interrupted or stopped" in str(problem)
+
+
 def test_resume_refuses_a_different_job(big, tmp_path, write_safetensors):
     src, _ = big
     out = tmp_path / "d.zarr"
