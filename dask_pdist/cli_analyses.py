@@ -90,8 +90,10 @@ def _cmd_summary(args: argparse.Namespace) -> None:
         steps = ds["step"].values
         raise ValueError(f"{args.store}: no step {args.step}; steps run {steps[0]}..{steps[-1]} ({len(steps)} steps)")
     if args.plot:
+        from dask_pdist.locations import local_path
         from dask_pdist.plotting import require_matplotlib
 
+        local_path(args.plot, "plot")
         require_matplotlib()  # fail before the long pass over the store
     with _progress("summarizing", args):
         summary = summarize(ds, threshold=args.threshold).compute()
@@ -251,9 +253,12 @@ def _clusters(
 def _cmd_clusters(args: argparse.Namespace) -> None:
     from dask_pdist.errors import InputError
     from dask_pdist.events import write_events_csv
+    from dask_pdist.locations import local_path
 
     # refuse before the work, not after it
-    for target in (args.events, args.plot):
+    for target, role in ((args.events, "file of events"), (args.plot, "plot")):
+        if target:
+            local_path(target, role)
         if target and os.path.isdir(target):
             raise InputError(f"{target}: is a directory; give a file name")
         parent = os.path.dirname(target or "") or "."

@@ -379,3 +379,18 @@ def test_storage_options_apply_to_urls_only_on_the_command_line(tmp_path, write_
     assert main(["neighbours", str(path), "-k", "2", "-o", str(tmp_path / "n.zarr"), "--no-progress", *opts]) == 0
     assert main(["compute", str(path), "-o", str(tmp_path / "d.zarr"), "--no-progress", *opts]) == 0
     assert main(["verify", str(tmp_path / "d.zarr"), "--no-progress", *opts]) == 0
+
+
+def test_plot_and_events_files_at_urls_are_refused_before_any_work(tmp_path, write_safetensors, capsys):
+    path = write_safetensors("h.safetensors", {"emb": random_history((6, 5, 3), seed=1)})
+    store = tmp_path / "d.zarr"
+    assert main(["compute", str(path), "-o", str(store), "--no-progress"]) == 0
+    capsys.readouterr()
+    for argv, what in (
+        (["clusters", str(path), "--events", "s3://bucket/e.csv", "--no-progress"], "a file of events"),
+        (["clusters", str(path), "--plot", "s3://bucket/p.png", "--no-progress"], "a plot"),
+        (["summary", str(store), "--plot", "s3://bucket/p.png", "--no-progress"], "a plot"),
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr()
+        assert f"{what} on object storage is not supported yet" in err.err and not err.out, (argv, err)
