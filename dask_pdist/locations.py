@@ -352,7 +352,9 @@ def locate(
         return path
     if is_url(path):
         scheme, rest = str(path).split("://", 1)
-        text = f"{scheme.lower()}://{rest}"  # schemes are case-insensitive: S3:// is s3://
+        # schemes are case-insensitive (S3:// is s3://); "a//b" would be a key with an empty
+        # segment that "a/b" never finds again
+        text = f"{scheme.lower()}://{re.sub('/{2,}', '/', rest)}"
         if text.startswith("file://"):
             return Path(text[len("file://") :])
         return Location(text, dict(storage_options or {}))

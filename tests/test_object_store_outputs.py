@@ -329,6 +329,8 @@ def test_store_names_with_pattern_characters_are_exact_names(history_s3, s3_buck
     assert main(["compute", url, "-o", odd, *args, "--overwrite"]) == 0
     assert main(["compute", url, "-o", run1, "--no-progress", "--chunk-steps", "7", "--overwrite"]) == 0
     assert sorted(_fs().find(f"{s3_bucket}/sw/lr=a")) == before
+    assert main(["compute", url, "-o", f"{s3_bucket}/sw//dbl.zarr", *args]) == 0  # an empty key segment...
+    assert verify_store(f"{s3_bucket}/sw/dbl.zarr") == []  # ...is not kept: the store is found again
     for store in (neighbour, odd, run1, f"{s3_bucket}/run1.zarr"):
         assert verify_store(store) == [], store
     assert dp.open_distances(run1).euclidean.chunks[0] == (7, 7, 7, 7, 1)  # the literal name, not run1.zarr
