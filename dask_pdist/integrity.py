@@ -26,6 +26,7 @@ from .bookkeeping import (
     is_complete,
     lock_path,
     not_a_store,
+    pid_alive,
     read_root,
     store_path,
 )
@@ -71,6 +72,21 @@ def present_chunks(path: StorePath, name: str) -> set[tuple[int, ...]]:
 
 def _absent(store: StorePath) -> str:
     return "chunk object absent" if isinstance(store, Location) else "chunk file absent"
+
+
+def _live_lock(path: StorePath) -> bool:
+    """Whether a writer lock is held, not counting one whose process is dead on this host."""
+    import json
+    import socket
+
+    try:
+        holder = json.loads(lock_path(path).read_text())
+    except (OSError, ValueError):
+        return False
+    try:
+        return not (holder["host"] == socket.gethostname() and not pid_alive(int(holder["pid"])))
+    except (KeyError, TypeError, ValueError):
+        return True  # a lock we cannot read is still a lock
 
 
 def _relative(path: StorePath, inner: StorePath) -> str:
@@ -369,7 +385,7 @@ def verify_store(
                     f"not marked complete: a job holds its writer lock {lock_path(path)} (it may still be"
                     " running; if it is not, `dask-pdist compute ... --resume` takes the lock over on"
                     " the same host and finishes the store)"
-                    if lock_path(path).exists()
+                    if _live_lock(path)
                     else "not marked complete (the job was interrupted or stopped; `dask-pdist info` says which);"
                     " reads refuse it until `dask-pdist compute ... --resume` finishes it"
                 ),
