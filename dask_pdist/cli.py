@@ -293,6 +293,10 @@ def _run_cli(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     args.argv = argv
     previous = _catch_interrupts()
+    if as_program and previous is not None and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        # a batch scheduler's (SLURM, Kubernetes) stop: as Ctrl-C, so the resume hint is printed
+        # and an upload to an object store is aborted instead of left behind
+        signal.signal(signal.SIGTERM, _interrupt_once)
     try:
         return _main(args)
     finally:

@@ -18,6 +18,7 @@ from .cli_common import (
     _resume_command,
     _run,
 )
+from .errors import InputError, StoreError
 
 
 def _compute(
@@ -125,10 +126,27 @@ def _cmd_compute(args: argparse.Namespace) -> None:
         _compute_runs(args, runs)
         return
     if args.safetensors:
-        _check_export_target(args.safetensors, args.overwrite, _opts(args, args.safetensors))
+        try:
+            _check_export_target(args.safetensors, args.overwrite, _opts(args, args.safetensors))
+        except StoreError as exc:
+            if "already exists" not in str(exc):
+                raise
+            raise StoreError(
+                f"{args.safetensors}: already exists; compute --overwrite replaces it and recomputes the store;"
+                f" to replace only the file, export the store: dask-pdist export {args.output} {args.safetensors}"
+                " --overwrite"
+            ) from None
     _compute(args, source, args.output, args.overwrite, args.resume)
     if args.safetensors:
-        _export(args, args.output, args.safetensors, None, args.overwrite)
+        try:
+            _export(args, args.output, args.safetensors, None, args.overwrite)
+        except KeyboardInterrupt:
+            print(
+                f"dask-pdist: interrupted while exporting; {args.output} is complete and nothing was kept at"
+                f" {args.safetensors}. Export it with:\n  dask-pdist export {args.output} {args.safetensors}",
+                file=sys.stderr,
+            )
+            raise _Exit(130) from None
 
 
 def _compute_runs(args: argparse.Namespace, runs: dict) -> None:
@@ -203,6 +221,11 @@ def _export(args: argparse.Namespace, store: str, output: str, dtype: str | None
     ds = dp.open_distances(
         store, allow_incomplete=getattr(args, "allow_incomplete", False), storage_options=_opts(args, store)
     )
+    if "run" in ds.dims:
+        raise InputError(
+            f"{store}: matches {ds.sizes['run']} run stores; a safetensors file holds one store:"
+            " export each, dask-pdist export DIR/<run>.zarr OUT.safetensors"
+        )
     options = _opts(args, output)
     _check_export_target(output, overwrite, options)
     print(f"{store} -> {output}", file=sys.stderr)

@@ -167,9 +167,28 @@ def check_target(
     return path
 
 
+#: Schemes whose first path component is a bucket (container): never a file name itself.
+_BUCKET_SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl")
+#: S3's smallest multipart part (every part but the last).
+_MIN_PART = 5 * 2**20
+
+
 def _check_location(loc: Location, overwrite: bool) -> Location:
     if not loc.name or loc.url.endswith("/"):
         raise StoreError(f"{loc}: give a file name, such as {loc.url.rstrip('/')}/pairwise_distances.safetensors")
+    rest = loc.url.split("://", 1)[1]
+    if loc.protocol in _BUCKET_SCHEMES and ("/" not in rest.strip("/") or rest.startswith("/")):
+        bucket = rest.strip("/").split("/")[0] if not rest.startswith("/") else "bucket"
+        raise StoreError(
+            f"{loc}: give a file name inside a bucket, such as {loc.protocol}://{bucket}/pairwise_distances.safetensors"
+        )
+    part = dict(loc.storage_options).get("default_block_size")
+    if part is not None and loc.protocol in ("s3", "s3a"):  # s3fs checks it only at the first upload
+        if isinstance(part, bool) or not isinstance(part, int) or part < _MIN_PART:
+            raise StoreError(
+                f"{loc}: storage option default_block_size={part!r}: the multipart part size must be an integer"
+                f" of at least {_MIN_PART} bytes (5 MiB, S3's minimum)"
+            )
     fs = loc.fs  # an unknown scheme or rejected options: one line naming the URL
     fs.invalidate_cache(loc.path)  # a listing cached earlier in this process may be stale
     try:
@@ -332,7 +351,10 @@ def to_safetensors(
     for m in metrics:
         if ds[m].dims != DISTANCE_DIMS:
             raise ValueError(f"variable {m!r} has dims {ds[m].dims}; expected {DISTANCE_DIMS}")
-    name = str(np.dtype(dtype).name) if dtype is not None else ds[metrics[0]].dtype.name
+    try:
+        name = str(np.dtype(dtype).name) if dtype is not None else ds[metrics[0]].dtype.name
+    except TypeError:  # a name numpy does not know ("bfloat16")
+        name = str(dtype)
     if name not in EXPORT_DTYPES:
         raise ValueError(f"dtype={dtype!r}: choose one of {list(EXPORT_DTYPES)}")
 

@@ -373,6 +373,12 @@ def _open_zarr(
     except Exception as exc:  # zarr raises several types for "not a store"
         raise InputError(f"{path}: cannot open as zarr ({exc})") from None
     steps = None
+    if isinstance(node, zarr.Group) and ("dask_pdist_fingerprint" in node.attrs or "dask_pdist_kind" in node.attrs):
+        # a distance, neighbours or clusters store of ours: its rows are not embeddings
+        raise InputError(
+            f"{path}: a dask_pdist store (distances or neighbours), not an embedding history; give the history it was"
+            " computed from (`dask-pdist info` names it), or read the store with open_distances"
+        )
     if isinstance(node, zarr.Group):
         arrays = dict(node.arrays())
         listing = ", ".join(f"{n} {list(a.shape)} {a.dtype}" for n, a in sorted(arrays.items())) or "none"

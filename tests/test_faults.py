@@ -191,6 +191,21 @@ def test_verify_names_corrupt_and_missing_chunks(big, tmp_path, capsys):
     assert "chebyshev steps 32..39: missing" in lines[1]
 
 
+def test_sigterm_stops_like_ctrl_c_with_the_resume_hint(big, tmp_path):
+    """SLURM and Kubernetes stop a job with SIGTERM: the same clean stop as Ctrl-C."""
+    src, ref = big
+    out = tmp_path / "d.zarr"
+    proc = _start(src, out)
+    _wait_for_blocks(proc, out, 10)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "--resume" in err and "Traceback" not in err
+    resume_cmd = err.strip().splitlines()[-1].split("dask-pdist ", 1)[1]
+    assert subprocess.run(CLI + resume_cmd.split(), timeout=TIMEOUT).returncode == 0
+    _assert_same(out, ref)
+
+
 def test_resume_recomputes_blocks_whose_chunk_files_are_gone(tmp_path, write_safetensors, capsys):
     """A complete store that lost chunk files (deleted by hand, a bad copy) is repaired by
     --resume: those blocks alone are recomputed, the rest is left as it is."""

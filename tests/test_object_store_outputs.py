@@ -396,3 +396,49 @@ def test_plot_and_events_files_at_urls_are_refused_before_any_work(tmp_path, wri
         assert main(argv) == 2
         err = capsys.readouterr()
         assert f"{what} on object storage is not supported yet" in err.err and not err.out, (argv, err)
+
+
+def test_export_targets_refused_before_any_work(tmp_path, history_s3, s3_bucket, capsys):
+    """Found by an attack review: each of these failed only after the whole compute."""
+    path, _ = history_s3
+    store = tmp_path / "d.zarr"
+    cases = [
+        (f"{s3_bucket}/x.safetensors", '{"default_block_size": 1048576}', "at least 5242880 bytes"),
+        (f"{s3_bucket}/x.safetensors", '{"default_block_size": "abc"}', "must be an integer"),
+        ("s3:///x.safetensors", None, "give a file name inside a bucket"),
+        (s3_bucket, None, "give a file name inside a bucket"),
+    ]
+    for target, opts, message in cases:
+        extra = ["--storage-options", opts] if opts else []
+        argv = ["compute", str(path), "-o", str(store), "--safetensors", target, "--no-progress", *extra]
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, (argv, err)
+        assert not store.exists()
+    assert main(["compute", str(path), "-o", str(store), "--no-progress"]) == 0
+    _fs().pipe(f"{s3_bucket}/old.safetensors", b"old")
+    argv = ["compute", str(path), "-o", str(store), "--safetensors", f"{s3_bucket}/old.safetensors", "--resume"]
+    assert main([*argv, "--no-progress"]) == 2
+    assert f"dask-pdist export {store} {s3_bucket}/old.safetensors --overwrite" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"dtype='bfloat16': choose one of"):
+        dp.to_safetensors(dp.open_distances(store), str(tmp_path / "b.safetensors"), dtype="bfloat16")
+
+
+def test_export_of_several_runs_and_a_store_given_as_history(tmp_path, write_safetensors, capsys):
+    for i in range(2):
+        (tmp_path / "in" / f"run_{i}").mkdir(parents=True)
+        path = write_safetensors(f"r{i}.safetensors", {"emb": random_history((5, 4, 3), seed=i)})
+        path.rename(tmp_path / "in" / f"run_{i}" / "h.safetensors")
+    assert (
+        main(["compute", str(tmp_path / "in/run_*/h.safetensors"), "-o", str(tmp_path / "out"), "--no-progress"]) == 0
+    )
+    capsys.readouterr()
+    assert main(["export", str(tmp_path / "out" / "*.zarr"), str(tmp_path / "x.safetensors"), "--no-progress"]) == 2
+    assert "matches 2 run stores; a safetensors file holds one store" in capsys.readouterr().err
+    store = str(tmp_path / "out" / "run_0.zarr")
+    for argv in (
+        ["neighbours", store, "-k", "2", "--key", "euclidean", "-o", str(tmp_path / "n.zarr")],
+        ["compute", store, "--key", "euclidean", "-o", str(tmp_path / "e.zarr")],
+    ):
+        assert main([*argv, "--no-progress"]) == 2
+        assert "a dask_pdist store (distances or neighbours), not an embedding history" in capsys.readouterr().err
