@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import StoreError
-from .locations import Location, locate, zarr_array
+from .locations import BUCKET_SCHEMES, Location, locate, zarr_array
 
 #: A store's location: a local folder, or a key prefix on an object store (``s3://b/d.zarr``).
 StorePath = Path | Location
@@ -53,16 +53,12 @@ def store_path(path: str | os.PathLike[str] | Location, storage_options: dict | 
     if not isinstance(found, Location):
         return found
     rest = found.url.split("://", 1)[1].strip("/")
-    if found.protocol in _BUCKET_SCHEMES and "/" not in rest:
+    if found.protocol in BUCKET_SCHEMES and "/" not in rest:
         where = f"{found.protocol}://{rest or 'bucket'}"
         raise StoreError(f"{found.url}: give a store name inside the bucket, e.g. {where}/distances.zarr")
     if not rest:
         raise StoreError(f"{found.url}: give a store name, e.g. {found.protocol}://distances.zarr")
     return found
-
-
-#: Schemes whose first path component is a bucket (container), never a store.
-_BUCKET_SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl")
 
 
 def done_path(path: StorePath) -> StorePath:

@@ -34,7 +34,7 @@ from .bookkeeping import pid_alive
 from .dataset import DISTANCE_DIMS
 from .errors import StoreError
 from .graph import METRICS
-from .locations import Location, locate
+from .locations import BUCKET_SCHEMES, Location, locate
 from .safetensors_io import header_bytes, pwrite_all, pwrite_segments, write_header
 from .upload import file_order_pieces, stream_to_location
 
@@ -167,8 +167,6 @@ def check_target(
     return path
 
 
-#: Schemes whose first path component is a bucket (container): never a file name itself.
-_BUCKET_SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl")
 #: S3's smallest multipart part (every part but the last).
 _MIN_PART = 5 * 2**20
 
@@ -177,7 +175,7 @@ def _check_location(loc: Location, overwrite: bool) -> Location:
     if not loc.name or loc.url.endswith("/"):
         raise StoreError(f"{loc}: give a file name, such as {loc.url.rstrip('/')}/pairwise_distances.safetensors")
     rest = loc.url.split("://", 1)[1]
-    if loc.protocol in _BUCKET_SCHEMES and ("/" not in rest.strip("/") or rest.startswith("/")):
+    if loc.protocol in BUCKET_SCHEMES and ("/" not in rest.strip("/") or rest.startswith("/")):
         bucket = rest.strip("/").split("/")[0] if not rest.startswith("/") else "bucket"
         raise StoreError(
             f"{loc}: give a file name inside a bucket, such as {loc.protocol}://{bucket}/pairwise_distances.safetensors"

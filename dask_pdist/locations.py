@@ -307,6 +307,8 @@ class _RangedReader:
         self.buf = bytearray()
 
 
+#: Schemes whose first path component is a bucket (container): never a store or file itself.
+BUCKET_SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl")
 #: Characters fsspec expands as a pattern in a path.
 _MAGIC = re.compile(r"[*?\[]")
 
