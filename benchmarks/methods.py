@@ -150,11 +150,11 @@ def kernel(steps: int, vocab: int, dim: int, repeats: int, chunk: int | None) ->
     import numpy as np
 
     t0 = time.perf_counter()
-    from dask_pdist.kernels import pairwise_block
+    from dask_pdist.kernels.distances import pairwise_block
 
     import_s = time.perf_counter() - t0
     if chunk is None:  # as the pipeline chunks it (open_history's chunks="auto")
-        from dask_pdist.history import auto_step_chunk
+        from dask_pdist.planning import auto_step_chunk
 
         chunk = auto_step_chunk(vocab, steps)
 
@@ -187,7 +187,7 @@ def kernel(steps: int, vocab: int, dim: int, repeats: int, chunk: int | None) ->
     # full-length rows: no transposes, no output stores, no cache misses.
     peak_n = 64
 
-    from dask_pdist.kernels import _row, _scaling_bound  # the kernel's own row routine, not a copy of it
+    from dask_pdist.kernels.distances import _row, _scaling_bound  # the kernel's own row routine, not a copy of it
 
     @numba.njit(nogil=True)
     def _peak(at, reps, sq, mx, e_low):

@@ -78,7 +78,7 @@ def run_rows(work: Path, env: dict[str, str], quick: bool, repeats: int) -> list
 
     from run import METHODS_PY, _dask_pdist_cmd, _log, _remove, _run_child
 
-    from dask_pdist.synthetic import write_synthetic_history
+    from dask_pdist.io.synthetic import write_synthetic_history
 
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     dask_cmd, dask_name = _dask_pdist_cmd()

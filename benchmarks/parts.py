@@ -31,11 +31,11 @@ IMPORT_ROWS = (
     "numba",
     "distributed",
     "tqdm",
-    "dask_pdist.history",
-    "dask_pdist.kernels",
-    "dask_pdist.dataset",
-    "dask_pdist.store",
-    "dask_pdist.report",
+    "dask_pdist.io.history",
+    "dask_pdist.kernels.distances",
+    "dask_pdist.graphs.dataset",
+    "dask_pdist.store.writer",
+    "dask_pdist.analyses.summary",
 )
 TARGET_FIRST_KERNEL_S = 0.8
 TARGET_VS_PARTS = 1.5

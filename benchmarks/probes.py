@@ -25,13 +25,13 @@ import time
 
 
 class _WrapKernels(importlib.abc.MetaPathFinder):
-    """On import of dask_pdist.kernels, wrap pairwise_block/cross_block to stamp the first call."""
+    """On import of dask_pdist.kernels.distances, wrap pairwise_block/cross_block to stamp the first call."""
 
     def __init__(self, stamps: dict[str, float]) -> None:
         self.stamps = stamps
 
     def find_spec(self, name, path, target=None):  # noqa: ANN001, ANN201
-        if name != "dask_pdist.kernels":
+        if name != "dask_pdist.kernels.distances":
             return None
         spec = importlib.machinery.PathFinder.find_spec(name, path)
         loader = spec.loader
@@ -77,7 +77,7 @@ def startup(stamps_path: str, argv: list[str], hide: str = "") -> int:
     if hide:
         sys.meta_path.insert(0, _Hide(set(hide.split(","))))
     sys.meta_path.insert(0, _WrapKernels(stamps))
-    from dask_pdist.cli import main
+    from dask_pdist.cli.main import main
 
     try:
         return main(argv)

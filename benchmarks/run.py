@@ -259,7 +259,7 @@ def _bench_case(
     work: Path,
     warm_all: bool,
 ) -> None:
-    from dask_pdist.synthetic import write_synthetic_history
+    from dask_pdist.io.synthetic import write_synthetic_history
 
     hist = work / f"history_{case.steps}x{case.vocab}x{case.dim}.safetensors"
     _log(f"[{case.name}] synth")
@@ -316,7 +316,7 @@ def _bench_kernel(env: dict[str, str], args: argparse.Namespace, work: Path) -> 
 def _bench_clusters(dask_cmd: list[str], env: dict[str, str], args: argparse.Namespace, work: Path) -> dict:
     """`dask-pdist clusters` (history at threshold 0 and bf16, an existing store) against
     `dask-pdist compute` on the same history: whole processes, alternating, medians."""
-    from dask_pdist.synthetic import write_synthetic_history
+    from dask_pdist.io.synthetic import write_synthetic_history
 
     steps = 32 if args.quick else 5001
     hist = work / f"clusters_history_{steps}x128x64.safetensors"
@@ -513,7 +513,7 @@ def _fmt_kernel(k: dict) -> list[str]:
         f"Bound: the kernel's inner loop (same operations, dims unrolled by 4) on one L1-resident "
         f"{k['peak_block'][0]} x {k['peak_block'][1]} float32 block with full-length rows, no transposes, no output "
         "stores, measured in the same process on the same threads: the most this CPU does with this instruction mix.",
-        f"Numba outside the timed regions: importing dask_pdist.kernels {k['import_s']:.2f} s; first call "
+        f"Numba outside the timed regions: importing dask_pdist.kernels.distances {k['import_s']:.2f} s; first call "
         f"(loads the cached machine code) {k['first_call_s']:.2f} s; "
         f"compiling the bound loop {k['peak_compile_s']:.2f} s.",
         "",
@@ -648,8 +648,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace, work: Path) -> int:
-    from dask_pdist.store import DEFAULT_COMPRESSOR
-    from dask_pdist.synthetic import write_synthetic_history
+    from dask_pdist.io.synthetic import write_synthetic_history
+    from dask_pdist.store.codecs import DEFAULT_COMPRESSOR
 
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     load_before = os.getloadavg()

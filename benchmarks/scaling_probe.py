@@ -34,7 +34,7 @@ def main() -> None:
     args = p.parse_args()
 
     import dask_pdist as dp
-    from dask_pdist.kernels import cross_block, pairwise_block
+    from dask_pdist.kernels.distances import cross_block, pairwise_block
 
     rng = np.random.default_rng(0)
     rows = []

@@ -20,49 +20,50 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ._version import __version__
+from dask_pdist._version import __version__
 
 if TYPE_CHECKING:
-    from .clustering import clusters, write_clusters
-    from .dataset import pairwise_distances
-    from .errors import InputError, StoreError
-    from .events import cluster_events
-    from .export import to_safetensors
-    from .graph import METRICS, OUTPUT_DTYPES
-    from .history import open_history, parse_token_ids
-    from .knn import neighbour_churn, neighbours
-    from .knn_store import neighbours_to_zarr, open_neighbours
-    from .reading import iter_steps
-    from .report import summarize
-    from .runs import compute_runs, find_runs, open_distances
-    from .store import to_zarr, verify_store
-    from .synthetic import synthetic_events, write_synthetic_history
+    from dask_pdist.analyses.clusters import clusters, write_clusters
+    from dask_pdist.analyses.events import cluster_events
+    from dask_pdist.analyses.neighbours import neighbour_churn, neighbours
+    from dask_pdist.analyses.neighbours_store import neighbours_to_zarr, open_neighbours
+    from dask_pdist.analyses.summary import summarize
+    from dask_pdist.conventions import METRICS, OUTPUT_DTYPES
+    from dask_pdist.errors import InputError, StoreError
+    from dask_pdist.graphs.dataset import pairwise_distances
+    from dask_pdist.io.history import open_history, parse_token_ids
+    from dask_pdist.io.synthetic import synthetic_events, write_synthetic_history
+    from dask_pdist.store.export import to_safetensors
+    from dask_pdist.store.integrity import verify_store
+    from dask_pdist.store.reading import iter_steps
+    from dask_pdist.store.runs import compute_runs, find_runs, open_distances
+    from dask_pdist.store.writer import to_zarr
 
 _WHERE = {
-    "METRICS": "graph",
-    "OUTPUT_DTYPES": "graph",
+    "METRICS": "conventions",
+    "OUTPUT_DTYPES": "conventions",
     "InputError": "errors",
     "StoreError": "errors",
-    "open_history": "history",
-    "pairwise_distances": "dataset",
-    "to_zarr": "store",
-    "open_distances": "runs",  # one store, or several as runs (wraps store.open_distances)
-    "compute_runs": "runs",
-    "find_runs": "runs",
-    "verify_store": "store",
-    "summarize": "report",
-    "iter_steps": "reading",
-    "write_synthetic_history": "synthetic",
-    "to_safetensors": "export",
-    "clusters": "clustering",
-    "write_clusters": "clustering",
-    "cluster_events": "events",
-    "synthetic_events": "synthetic",
-    "parse_token_ids": "history",
-    "neighbours": "knn",
-    "neighbour_churn": "knn",
-    "neighbours_to_zarr": "knn_store",
-    "open_neighbours": "knn_store",
+    "open_history": "io.history",
+    "pairwise_distances": "graphs.dataset",
+    "to_zarr": "store.writer",
+    "open_distances": "store.runs",  # one store, or several as runs (wraps store.open_distances)
+    "compute_runs": "store.runs",
+    "find_runs": "store.runs",
+    "verify_store": "store.integrity",
+    "summarize": "analyses.summary",
+    "iter_steps": "store.reading",
+    "write_synthetic_history": "io.synthetic",
+    "to_safetensors": "store.export",
+    "clusters": "analyses.clusters",
+    "write_clusters": "analyses.clusters",
+    "cluster_events": "analyses.events",
+    "synthetic_events": "io.synthetic",
+    "parse_token_ids": "io.token_ids",
+    "neighbours": "analyses.neighbours",
+    "neighbour_churn": "analyses.neighbours",
+    "neighbours_to_zarr": "analyses.neighbours_store",
+    "open_neighbours": "analyses.neighbours_store",
 }
 
 __all__ = [

@@ -1,3 +1,3 @@
-from .cli import main
+from dask_pdist.cli.main import main
 
 raise SystemExit(main())

@@ -11,8 +11,8 @@ import pytest
 from conftest import raise_if_dask_computes, random_history
 
 from dask_pdist import open_distances, open_history, pairwise_distances, summarize, to_zarr
-from dask_pdist.cli import main
-from dask_pdist.report import bf16_spacing
+from dask_pdist.cli.main import main
+from dask_pdist.kernels.spacing import bf16_spacing
 
 
 @pytest.fixture

@@ -20,8 +20,8 @@ import pytest
 import xarray as xr
 
 from dask_pdist import InputError, open_history, pairwise_distances
-from dask_pdist.cli import main
-from dask_pdist.store import store_progress
+from dask_pdist.cli.main import main
+from dask_pdist.store.layout import store_progress
 
 CLI = [sys.executable, "-m", "dask_pdist"]
 TIMEOUT = 120

@@ -11,7 +11,7 @@ import pytest
 from conftest import random_history
 
 from dask_pdist import InputError, open_history
-from dask_pdist.cli import main
+from dask_pdist.cli.main import main
 
 KEY = "model.embed_tokens.weight"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dask_pdist.cli import main
-from dask_pdist.synthetic import is_synthetic_history, write_synthetic_history
+from dask_pdist.cli.main import main
+from dask_pdist.io.synthetic import is_synthetic_history, write_synthetic_history
 
 
 def _error(capsys, argv: list[str]) -> str:
@@ -127,7 +127,7 @@ def test_info_takes_globs_and_lists_like_compute(tmp_path, capsys, write_safeten
 
 def test_summary_step_without_plot_prints_that_step(tiny_store, capsys):
     from dask_pdist import open_distances
-    from dask_pdist.report import step_summary
+    from dask_pdist.analyses.summary import step_summary
 
     _, store = tiny_store
     assert main(["summary", str(store), "--step", "4"]) == 0
@@ -153,7 +153,7 @@ def test_broken_pipe_exits_quietly(tiny_store, command):
 def test_every_option_has_help_with_its_default():
     import argparse
 
-    from dask_pdist.cli import _parser
+    from dask_pdist.cli.main import _parser
 
     parser = _parser()
     subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))

@@ -21,9 +21,13 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial.distance import cdist
 
 import dask_pdist as dp
-from dask_pdist import cluster_blocks, cluster_tiles, clustering, events, synthetic
-from dask_pdist.cli import main
-from dask_pdist.events import step_events
+from dask_pdist.analyses import clusters as clustering
+from dask_pdist.analyses import events
+from dask_pdist.analyses.events import step_events
+from dask_pdist.cli.main import main
+from dask_pdist.io import synthetic
+from dask_pdist.kernels import cluster_rows as cluster_blocks
+from dask_pdist.kernels import cluster_tiles
 
 
 def _history(x: np.ndarray, chunks: int, steps=None) -> xr.DataArray:
@@ -92,13 +96,10 @@ def test_doctests(module):
     assert result.failed == 0 and result.attempted > 0
 
 
-def test_threshold_zero_imports_no_numba_and_metrics_agree():
+def test_threshold_zero_imports_no_numba():
     import subprocess
     import sys
 
-    from dask_pdist.kernels import METRICS
-
-    assert clustering.METRICS == METRICS
     code = (
         "import sys, numpy as np, xarray as xr, dask.array as da, dask_pdist as dp\n"
         "h = xr.DataArray(da.zeros((3, 4, 2), chunks=2), dims=('step', 'token', 'dim'))\n"
@@ -533,7 +534,7 @@ def test_store_errors_name_the_store_not_its_history(planted, tmp_path):
 def test_clusters_of_an_incomplete_store_warn(tmp_path):
     import zarr
 
-    from dask_pdist.bookkeeping import write_root_attrs
+    from dask_pdist.store.layout import write_root_attrs
 
     x = random_history((12, 7, 3), seed=2)
     out = tmp_path / "d.zarr"

@@ -50,7 +50,7 @@ def test_labels_and_attrs(write_safetensors, tmp_path):
 
 
 def test_one_blockwise_layer_runs_once_per_block(monkeypatch):
-    import dask_pdist.graph as graph
+    import dask_pdist.graphs.distances as graph
 
     calls = []
     real = graph.pairwise_block
@@ -105,7 +105,7 @@ def test_wrong_dims_rejected():
 
 
 def test_large_vocab_is_tiled_with_bounded_tasks():
-    from dask_pdist.graph import plan_token_chunk
+    from dask_pdist.planning import plan_token_chunk
 
     assert plan_token_chunk(16384, 2, 4) == 1448  # 16 MiB per task at V = 16384
     h = xr.DataArray(da.zeros((3, 16384, 8), chunks=(3, -1, -1), dtype=np.float32), dims=("step", "token", "dim"))

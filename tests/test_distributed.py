@@ -8,7 +8,7 @@ import pytest
 from conftest import random_history
 
 from dask_pdist import open_distances, open_history, pairwise_distances, to_zarr
-from dask_pdist.cli import main
+from dask_pdist.cli.main import main
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-import dask_pdist.graph
+import dask_pdist.graphs.distances
 from dask_pdist import (
     StoreError,
     __version__,
@@ -29,8 +29,8 @@ from dask_pdist import (
     to_safetensors,
     to_zarr,
 )
-from dask_pdist.cli import main
-from dask_pdist.export import _segments
+from dask_pdist.cli.main import main
+from dask_pdist.store.export import _segments
 
 KEYS = {"euclidean": "euclidean_distances", "chebyshev": "chebyshev_distances"}
 
@@ -109,13 +109,13 @@ def test_one_metric_gives_one_key(history, tmp_path):
 
 def test_both_metrics_from_one_compute_and_one_kernel_pass(history, tmp_path, monkeypatch):
     calls = []
-    original = dask_pdist.graph._distance_block
+    original = dask_pdist.graphs.distances._distance_block
 
     def counting(*args, **kwargs):
         calls.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(dask_pdist.graph, "_distance_block", counting)
+    monkeypatch.setattr(dask_pdist.graphs.distances, "_distance_block", counting)
     ds = pairwise_distances(history, token_chunk=10)
     n_blocks = ds.euclidean.data.numblocks
     computes = []

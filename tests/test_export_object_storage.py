@@ -20,9 +20,9 @@ from safetensors.numpy import load as load_bytes
 from tqdm import tqdm
 
 import dask_pdist as dp
-from dask_pdist import upload
-from dask_pdist.cli import main
+from dask_pdist.cli.main import main
 from dask_pdist.errors import InputError, StoreError
+from dask_pdist.io import upload
 
 KEYS = {"euclidean": "euclidean_distances", "chebyshev": "chebyshev_distances"}
 PART = 5 * 2**20  # S3's smallest part; s3fs refuses smaller blocks
@@ -274,7 +274,7 @@ def test_storage_options_for_a_local_target_are_refused(small, tmp_path):
 def test_upload_doctests():
     import doctest
 
-    import dask_pdist.safetensors_io
+    import dask_pdist.io.safetensors_format
 
     assert doctest.testmod(upload).failed == 0
-    assert doctest.testmod(dask_pdist.safetensors_io).failed == 0
+    assert doctest.testmod(dask_pdist.io.safetensors_format).failed == 0

@@ -22,8 +22,9 @@ import xarray as xr
 from conftest import random_history
 
 from dask_pdist import StoreError, open_distances, open_history, pairwise_distances, to_zarr
-from dask_pdist.cli import main
-from dask_pdist.store import store_progress, verify_store
+from dask_pdist.cli.main import main
+from dask_pdist.store.integrity import verify_store
+from dask_pdist.store.layout import store_progress
 
 CLI = [sys.executable, "-m", "dask_pdist"]
 TIMEOUT = 120
@@ -226,7 +227,7 @@ def test_verify_and_reads_name_a_store_that_lost_its_root_metadata(tmp_path, cap
 
 
 def test_verify_of_a_store_being_written_names_the_lock(tmp_path):
-    from dask_pdist.bookkeeping import acquire_lock, release_lock, write_root_attrs
+    from dask_pdist.store.layout import acquire_lock, release_lock, write_root_attrs
 
     out = tmp_path / "d.zarr"
     to_zarr(pairwise_distances(xr.DataArray(random_history((9, 5, 3)), dims=("step", "token", "dim"))), out)

@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dask_pdist import pairwise_distances
-from dask_pdist.kernels import cross_block, pairwise_block
+from dask_pdist.kernels.distances import cross_block, pairwise_block
 
 F32 = np.finfo(np.float32)
 SUBNORMAL_STEP = 2.0**-149  # spacing of float32 subnormals

@@ -21,7 +21,7 @@ import json, sys
 if {numba_first}:
     import numba  # a process that imported numba before dask_pdist
 import numpy as np
-from dask_pdist import kernels
+from dask_pdist.kernels import distances as kernels
 if {call}:
     kernels.pairwise_block(np.zeros((1, 3, 5), np.float32))
 print(json.dumps(kernels._transpose._cache._cache_path))

@@ -17,9 +17,10 @@ import xarray as xr
 from conftest import random_history
 
 from dask_pdist import StoreError, open_distances, open_history, pairwise_distances, to_safetensors, to_zarr
-from dask_pdist.cli import main
-from dask_pdist.report import describe
-from dask_pdist.store import store_progress, verify_store
+from dask_pdist.analyses.info import describe
+from dask_pdist.cli.main import main
+from dask_pdist.store.integrity import verify_store
+from dask_pdist.store.layout import store_progress
 
 STEPS = np.arange(40, dtype=np.int64) * 10  # labels 0, 10, ..., 390: blocks of 8 steps
 
@@ -169,7 +170,7 @@ def test_corrupt_chunk_read_names_the_chunk(store, tmp_path, capsys):
 
 
 def test_a_kill_while_finishing_never_leaves_a_complete_store_that_fails_to_open(history_file, tmp_path, monkeypatch):
-    import dask_pdist.store as store_mod
+    import dask_pdist.store.writer as store_mod
 
     out = tmp_path / "d.zarr"
     ds = pairwise_distances(open_history(history_file, chunks=8))
@@ -179,7 +180,7 @@ def test_a_kill_while_finishing_never_leaves_a_complete_store_that_fails_to_open
         raise RuntimeError("killed while finishing")
 
     # the writes of the completion step: consolidated metadata, then the completion record
-    monkeypatch.setattr(store_mod, "_consolidate", killed)
+    monkeypatch.setattr(store_mod, "consolidate", killed)
     if hasattr(store_mod, "write_root_attrs"):
         monkeypatch.setattr(store_mod, "write_root_attrs", killed)
     with pytest.raises(RuntimeError, match="killed"):
@@ -198,7 +199,7 @@ def test_a_kill_while_finishing_never_leaves_a_complete_store_that_fails_to_open
     _ = open_distances(out).euclidean.values
 
 
-def test_complete_without_consolidated_metadata_reads_as_incomplete(store, history_file):
+def test_complete_withoutconsolidated_metadata_reads_as_incomplete(store, history_file):
     # a store killed between the two writes of the old _finish
     meta = json.loads((store / "zarr.json").read_text())
     del meta["consolidated_metadata"]
@@ -223,12 +224,12 @@ def _to_old_layout(store: Path) -> None:
     """The layout of stores written before the bookkeeping sub-group: chunk_done at the root."""
     import zarr
 
-    from dask_pdist.store import _consolidate
+    from dask_pdist.store.layout import consolidate
 
     os.rename(store / "_dask_pdist" / "chunk_done", store / "chunk_done")
     shutil.rmtree(store / "_dask_pdist")
-    zarr.open_group(str(store), mode="r+", use_consolidated=False)  # still a valid group
-    _consolidate(store)
+    zarr.open_group(str(store), mode="r+", useconsolidated=False)  # still a valid group
+    consolidate(store)
 
 
 def test_old_layout_store_opens_verifies_and_resumes(store, history_file):

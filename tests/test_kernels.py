@@ -9,7 +9,7 @@ from conftest import oracle, random_history
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dask_pdist.kernels import cross_block, pairwise_block
+from dask_pdist.kernels.distances import cross_block, pairwise_block
 
 
 def _rel_err(got: np.ndarray, want: np.ndarray) -> float:

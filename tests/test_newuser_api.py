@@ -56,7 +56,7 @@ def test_plots_never_switch_the_callers_matplotlib_backend(tmp_path, monkeypatch
     import matplotlib
 
     from dask_pdist import summarize
-    from dask_pdist.plotting import plot_summary
+    from dask_pdist.analyses.plotting import plot_summary
 
     def refuse(*args, **kwargs):
         raise AssertionError("plotting switched the matplotlib backend (a notebook would stop showing plots inline)")

@@ -14,9 +14,9 @@ from conftest import random_history
 from safetensors.numpy import save_file
 
 import dask_pdist as dp
-from dask_pdist.cli import main
+from dask_pdist.cli.main import main
 from dask_pdist.errors import InputError
-from dask_pdist.locations import Location, locate
+from dask_pdist.io.paths import Location, locate
 
 
 def _upload(local, url: str) -> None:
@@ -148,9 +148,9 @@ def test_storage_options_errors(tmp_path, history_s3, capsys):
 def test_locations_doctests():
     import doctest
 
-    import dask_pdist.locations
+    import dask_pdist.io.paths
 
-    assert doctest.testmod(dask_pdist.locations).failed == 0
+    assert doctest.testmod(dask_pdist.io.paths).failed == 0
 
 
 def test_file_urls_are_local_paths(tmp_path):

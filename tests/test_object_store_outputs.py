@@ -17,10 +17,11 @@ import xarray as xr
 from conftest import oracle, random_history
 
 import dask_pdist as dp
-from dask_pdist.cli import main
+from dask_pdist.cli.main import main
 from dask_pdist.errors import StoreError
-from dask_pdist.locations import locate
-from dask_pdist.store import store_progress, verify_store
+from dask_pdist.io.paths import locate
+from dask_pdist.store.integrity import verify_store
+from dask_pdist.store.layout import store_progress
 
 CLI = [sys.executable, "-m", "dask_pdist"]
 TIMEOUT = 120
@@ -355,7 +356,7 @@ def test_unreachable_endpoint_and_upper_case_scheme(tmp_path, history_s3, s3_buc
 
 
 def test_resume_hint_hides_storage_options():
-    from dask_pdist.cli_common import _resume_command
+    from dask_pdist.cli.common import _resume_command
 
     hint = _resume_command(["compute", "s3://b/h", "-o", "s3://b/d.zarr", "--storage-options", '{"secret": "XYZ"}'])
     assert "XYZ" not in hint and hint.endswith("--storage-options '...' --resume  (with the same --storage-options)")

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dask_pdist as dp
-from dask_pdist.reading import step_blocks
+from dask_pdist.store.reading import step_blocks
 
 
 @pytest.fixture
@@ -212,7 +212,7 @@ def test_verify_reports_progress(distances, tmp_path):
 
 @pytest.mark.parametrize("command", ["summary", "verify", "export"])
 def test_progress_commands_quiet_off_a_terminal(distances, tmp_path, capsys, command):
-    from dask_pdist.cli import main
+    from dask_pdist.cli.main import main
 
     store = tmp_path / "d.zarr"
     dp.to_zarr(distances, store)

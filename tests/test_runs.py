@@ -15,10 +15,10 @@ from conftest import random_history
 from safetensors.numpy import save_file
 
 import dask_pdist as dp
-import dask_pdist.runs
-from dask_pdist.cli import main
+import dask_pdist.store.runs
+from dask_pdist.cli.main import main
 from dask_pdist.errors import InputError, StoreError
-from dask_pdist.runs import compute_runs, find_runs, run_names
+from dask_pdist.store.runs import compute_runs, find_runs, run_names
 
 #: run name -> (steps, first step label); run_012 is shorter, run_003's steps are offset
 RUNS = {"run_003": (13, 4), "run_007": (13, 0), "run_012": (9, 0)}
@@ -48,7 +48,7 @@ def _alone(tmp_path, name: str) -> xr.Dataset:
 
 
 def test_doctests():
-    assert doctest.testmod(dask_pdist.runs).failed == 0
+    assert doctest.testmod(dask_pdist.store.runs).failed == 0
 
 
 def test_run_names():
@@ -214,17 +214,17 @@ def test_stores_finishing_at_once_do_not_leak_the_consolidation_warning(tmp_path
 
     import zarr
 
-    from dask_pdist.store import _consolidate
+    from dask_pdist.store.layout import consolidate
 
-    def slow_consolidate(path):
+    def slowconsolidate(path):
         time.sleep(0.1)
         warnings.warn(
             "Consolidated metadata is currently not part in the Zarr format 3 specification.", UserWarning, stacklevel=2
         )
 
-    monkeypatch.setattr(zarr, "consolidate_metadata", slow_consolidate)
+    monkeypatch.setattr(zarr, "consolidate_metadata", slowconsolidate)
     with ThreadPoolExecutor(2) as pool:
-        first = pool.submit(_consolidate, tmp_path / "a.zarr")
+        first = pool.submit(consolidate, tmp_path / "a.zarr")
         time.sleep(0.03)
-        second = pool.submit(_consolidate, tmp_path / "b.zarr")
+        second = pool.submit(consolidate, tmp_path / "b.zarr")
         first.result(), second.result()

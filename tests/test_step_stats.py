@@ -7,7 +7,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dask_pdist.step_stats import step_stats
+from dask_pdist.graphs.stats import step_stats
 
 
 def _oracle(x: np.ndarray, thr: np.ndarray) -> np.ndarray:

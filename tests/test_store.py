@@ -11,7 +11,7 @@ import xarray as xr
 from conftest import random_history
 
 from dask_pdist import StoreError, open_distances, open_history, pairwise_distances, to_zarr
-from dask_pdist.store import codec_choice
+from dask_pdist.store.codecs import codec_choice
 
 
 @pytest.fixture

@@ -8,9 +8,9 @@ import zarr
 from conftest import random_history
 
 import dask_pdist as dp
-import dask_pdist.history_sources
+import dask_pdist.io.sources
 from dask_pdist import InputError, open_history, parse_token_ids
-from dask_pdist.cli import main
+from dask_pdist.cli.main import main
 from dask_pdist.errors import StoreError
 
 SPEC = "40:45,3,7:9,63"
@@ -93,13 +93,13 @@ def test_subset_reads_only_its_rows(kind, tmp_path, write_safetensors, monkeypat
     x = random_history((3, 2000, 256))
     path = _inputs(kind, tmp_path, write_safetensors, x)
     reads: list[int] = []
-    real = dask_pdist.history_sources.pread_exact
+    real = dask_pdist.io.sources.pread_exact
 
     def spy(p, offset, n):
         reads.append(n)
         return real(p, offset, n)
 
-    monkeypatch.setattr(dask_pdist.history_sources, "pread_exact", spy)
+    monkeypatch.setattr(dask_pdist.io.sources, "pread_exact", spy)
     h = open_history(path, token_ids="0:10,1990:1995")
     reads.clear()
     got = h.values

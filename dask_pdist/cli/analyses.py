@@ -1,0 +1,282 @@
+"""``dask-pdist summary``, ``verify``, ``info``, ``clusters`` and ``neighbours``: they call the
+public API on a store or a history and print. Heavy imports happen inside each command."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from dask_pdist.cli.common import _opts, _progress, _run
+
+
+def _cmd_neighbours(args: argparse.Namespace) -> None:
+    import dask_pdist as dp
+
+    t0 = time.perf_counter()
+    source = args.input[0] if len(args.input) == 1 else args.input
+    history = dp.open_history(
+        source,
+        key=args.key,
+        chunks=args.chunk_steps or "auto",
+        tokens=args.tokens,
+        nonfinite=args.nonfinite,
+        token_ids=args.token_ids,
+        storage_options=_opts(args, source),
+    )
+    nbrs = dp.neighbours(history, k=args.k, metric=args.metric)
+    delayed = dp.neighbours_to_zarr(nbrs, args.output, overwrite=args.overwrite, compute=False)
+    print(
+        f"{history.attrs['source']} [{history.name}]: {history.sizes['step']:,} steps"
+        f" x {history.sizes['token']:,} tokens x {history.sizes['dim']:,} dims ({history.attrs['input_dtype']})"
+        f" -> {args.k} nearest ({args.metric}) -> {args.output}",
+        file=sys.stderr,
+    )
+    _run(delayed, args.scheduler, not args.no_progress)
+    print(f"\nWrote {args.output} in {time.perf_counter() - t0:.1f} s")
+
+
+def _neighbours_summary(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    import dask_pdist as dp
+
+    nbrs = dp.open_neighbours(args.store)
+    churn = dp.neighbour_churn(nbrs)["mean_churn"].values
+    steps = nbrs["step"].values
+    print(
+        f"Neighbours store: {nbrs.sizes['step']:,} steps x {nbrs.sizes['token']:,} tokens,"
+        f" k = {nbrs.sizes['rank']} ({nbrs.attrs.get('metric', '?')})"
+    )
+    if len(steps) < 2:
+        print("Mean neighbour churn over steps: n/a (one step)")
+        return
+    print(
+        f"Mean neighbour churn over steps: {np.mean(churn[1:]):.6f}"
+        " (fraction of a token's k neighbours at the previous step that are gone, mean over tokens and steps)"
+    )
+    rows = np.unique(np.linspace(1, len(steps) - 1, min(args.rows, len(steps) - 1)).round().astype(int))
+    print(f"\n{'step':>8} {'mean_churn':>12}")
+    for r in rows:
+        print(f"{steps[r]:>8} {churn[r]:>12.6f}")
+
+
+def _cmd_summary(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    import dask_pdist as dp
+    from dask_pdist.analyses.neighbours_store import is_neighbours_store
+    from dask_pdist.analyses.summary import format_summary, summarize
+
+    if len(args.store) == 1 and is_neighbours_store(args.store[0]):
+        args.store = args.store[0]
+        if args.plot or args.threshold is not None or args.step is not None:
+            raise ValueError(
+                f"{args.store}: a neighbours store; --plot, --threshold and --step apply to distance stores"
+            )
+        return _neighbours_summary(args)
+    stores = args.store[0] if len(args.store) == 1 else args.store
+    ds = dp.open_distances(stores, allow_incomplete=args.allow_incomplete, storage_options=_opts(args, stores))
+    if "run" in ds.dims:
+        _summary_runs(args, ds)
+        return
+    args.store = args.store[0]
+    if args.step is not None and args.step not in ds["step"].values:
+        steps = ds["step"].values
+        raise ValueError(f"{args.store}: no step {args.step}; steps run {steps[0]}..{steps[-1]} ({len(steps)} steps)")
+    if args.plot:
+        from dask_pdist.analyses.plotting import require_matplotlib
+        from dask_pdist.io.paths import local_path
+
+        local_path(args.plot, "plot")
+        require_matplotlib()  # fail before the long pass over the store
+    with _progress("summarizing", args):
+        summary = summarize(ds, threshold=args.threshold).compute()
+    print(format_summary(ds))
+    rows = np.unique(np.linspace(0, ds.sizes["step"] - 1, min(args.rows, ds.sizes["step"])).round().astype(int))
+    cols = [
+        c
+        for c in ("euclidean_mean", "euclidean_max", "chebyshev_mean", "chebyshev_max", "quantization_neighbours")
+        if c in summary
+    ]
+    print("\nOver training:")
+    print(f"{'step':>8} " + " ".join(f"{c:>24}" for c in cols))
+    for r in rows:
+        values = [summary[c].values[r] for c in cols]
+        print(
+            f"{summary['step'].values[r]:>8} "
+            + " ".join(f"{v:>24.6f}" if isinstance(v, np.floating) else f"{v:>24}" for v in values)
+        )
+    if args.step is not None:
+        from dask_pdist.analyses.summary import format_step
+
+        print()
+        print(format_step(ds, args.step, summary))
+    if args.plot:
+        from dask_pdist.analyses.plotting import plot_summary
+
+        step = args.step if args.step is not None else int(ds["step"].values[-1])
+        plot_summary(summary, ds, step, args.plot)
+        print(f"\nWrote {args.plot}")
+
+
+def _summary_runs(args: argparse.Namespace, ds) -> None:
+    from dask_pdist.analyses.summary import format_summary, summarize
+    from dask_pdist.errors import InputError
+
+    if args.plot or args.step is not None:
+        raise InputError("--plot and --step take one store; give one run's store")
+    with _progress("summarizing", args):
+        summary = summarize(ds, threshold=args.threshold).compute()
+    first = next(c for c in summary.data_vars if c.endswith("_mean"))
+    for name in ds["run"].values:
+        has = summary[first].sel(run=name).notnull().values  # steps this run has (aligned runs: NaN elsewhere)
+        run = ds.sel(run=name).isel(step=has)
+        print(f"Run {name}:")
+        print("  " + format_summary(run).replace("\n", "\n  "))
+    print(f"\n{ds.sizes['run']} runs, {ds.sizes['step']:,} distinct steps")
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from dask_pdist.store.integrity import verify_store
+
+    if args.no_progress:
+        problems = verify_store(args.store, storage_options=_opts(args, args.store))
+    else:
+        from tqdm import tqdm
+
+        # disable=None: off when stderr is not a terminal; delay: only for runs over a second
+        with tqdm(desc="verifying", unit="chunk", file=sys.stderr, delay=1.0, disable=None) as bar:
+
+            def advance(checked: int, total: int) -> None:
+                bar.total = total
+                bar.update(checked - bar.n)
+
+            problems = verify_store(args.store, progress=advance, storage_options=_opts(args, args.store))
+    for problem in problems:
+        print(f"{args.store}: {problem}")
+    if problems:
+        return 1
+    print(f"{args.store}: every chunk present and its checksum correct")
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> None:
+    from dask_pdist.analyses.info import describe
+
+    # several paths: per-checkpoint files the shell expanded from an unquoted glob
+    print(
+        describe(
+            args.path[0] if len(args.path) == 1 else args.path,
+            key=args.key,
+            storage_options=_opts(args, args.path[0] if len(args.path) == 1 else args.path),
+        )
+    )
+
+
+def _is_store(path: str, storage_options: dict | None = None) -> bool:
+    from dask_pdist.io.paths import locate
+    from dask_pdist.store.layout import is_store  # imports the kernels (numba): only for folders
+
+    return is_store(locate(path, storage_options))
+
+
+def _clusters(
+    args: argparse.Namespace,
+    input_path: str | list[str],
+    threshold: float | str,
+    metric: str,
+    key: str | None = None,
+    output: str | None = None,
+    overwrite: bool = False,
+    token_ids: str | None = None,
+) -> tuple:
+    import contextlib
+
+    import dask
+    import dask.threaded
+
+    import dask_pdist as dp
+    from dask_pdist.analyses.events import format_clusters
+    from dask_pdist.io.paths import is_url
+
+    options = _opts(args, input_path)
+    if (
+        isinstance(input_path, str)
+        and (os.path.isdir(input_path) or is_url(input_path))
+        and _is_store(input_path, options)
+    ):
+        if key:
+            raise ValueError(f"{input_path}: --key names a history tensor, but this is a distance store; drop --key")
+        if token_ids:
+            raise ValueError(
+                f"{input_path}: --token-ids applies to a history, but this is a distance store;"
+                " run clusters on the history, or compute a subset store with compute --token-ids"
+            )
+        source = dp.open_distances(input_path, storage_options=options)
+        what = f"{input_path} (distance store)"
+    else:
+        source = dp.open_history(input_path, key=key, token_ids=token_ids, storage_options=options)
+        what = f"{source.attrs['source']} [{source.name}]"
+    if output:  # before any output: a clusters store is local (one error line)
+        from dask_pdist.io.paths import local_path
+
+        local_path(output, "clusters store")
+    ds = dp.clusters(source, threshold, metric=metric)
+    target = f" -> {output}" if output else ""
+    print(f"{what}: clusters at {metric} distance <= {threshold}{target}", file=sys.stderr)
+    with contextlib.ExitStack() as stack:
+        # the threaded scheduler itself: dask's lookup (even of scheduler="threads") imports
+        # distributed when installed, ~0.5 s, to look for a client this command never has
+        stack.enter_context(dask.config.set(scheduler=dask.threaded.get))
+        if not args.no_progress:
+            from tqdm.dask import TqdmCallback
+
+            stack.enter_context(TqdmCallback(desc="clustering", unit="task", file=sys.stderr))
+        if output:
+            import xarray as xr
+
+            dp.write_clusters(ds, output, overwrite=overwrite)
+            ds = xr.open_zarr(output)
+        else:
+            ds = ds.compute()
+    events = dp.cluster_events(ds)
+    print(format_clusters(ds, events))
+    return ds, events
+
+
+def _cmd_clusters(args: argparse.Namespace) -> None:
+    from dask_pdist.analyses.events import write_events_csv
+    from dask_pdist.errors import InputError
+    from dask_pdist.io.paths import local_path
+
+    # refuse before the work, not after it
+    for target, role in ((args.events, "file of events"), (args.plot, "plot")):
+        if target:
+            local_path(target, role)
+        if target and os.path.isdir(target):
+            raise InputError(f"{target}: is a directory; give a file name")
+        parent = os.path.dirname(target or "") or "."
+        if target and not os.path.isdir(parent):
+            raise FileNotFoundError(f"{target}: parent directory {parent} does not exist")
+    if args.events and os.path.exists(args.events) and not args.overwrite:
+        raise FileExistsError(f"{args.events}: already exists; pass --overwrite to replace it")
+    if args.plot:
+        from dask_pdist.analyses.plotting import require_matplotlib
+
+        require_matplotlib()
+    source = args.input[0] if len(args.input) == 1 else args.input
+    ds, events = _clusters(
+        args, source, args.threshold, args.metric, args.key, args.output, args.overwrite, args.token_ids
+    )
+    if args.output:
+        print(f"\nWrote {args.output}")
+    if args.events:
+        write_events_csv(events, args.events, overwrite=args.overwrite)
+        print(f"Wrote {args.events} ({len(events):,} events)")
+    if args.plot:
+        from dask_pdist.analyses.plotting import plot_clusters
+
+        plot_clusters(ds, events, args.plot)
+        print(f"Wrote {args.plot}")

@@ -1,0 +1,192 @@
+"""What the ``dask-pdist`` subcommands share: argument types, common options, exit codes, progress
+bars and the local run. Light imports only (``dask-pdist --help`` stays fast)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from dask_pdist.conventions import METRICS
+
+EXIT_BAD_INPUT = 2
+
+_TOKEN_IDS_HELP = (
+    "only these tokens: comma list of indices and half-open ranges a:b (e.g. 0:1000,5000,7000:7100),"
+    " or @FILE with one index per line; the original indices are kept as coordinates (default: all tokens)"
+)
+
+
+class _Exit(Exception):
+    """Stop with this exit code; the message is already printed."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def _metrics_arg(text: str) -> tuple[str, ...]:
+    metrics = tuple(m.strip() for m in text.split(",") if m.strip())
+    bad = [m for m in metrics if m not in METRICS]
+    if bad or not metrics:
+        raise argparse.ArgumentTypeError(f"unknown metric(s) {bad or text!r}; choose from {','.join(METRICS)}")
+    return metrics
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _threshold_arg(text: str) -> float | str:
+    if text == "bf16":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give 0, bf16 or a distance >= 0") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: give 0, bf16 or a finite distance >= 0")
+    return value
+
+
+_DEBUG_HELP = "show the traceback on errors (default: one line on stderr)"
+_NO_PROGRESS_HELP = "no progress bar (default: a bar on stderr)"
+_KEY_HELP = (
+    "tensor/array holding the history (default: the only 3-D one); for per-checkpoint files, the"
+    " (token, dim) matrix in each, e.g. model.embed_tokens.weight (default: the only 2-D one)"
+)
+_ALLOW_INCOMPLETE_HELP = (
+    "read a store whose job was interrupted, its missing blocks as NaN (default: refuse an incomplete store)"
+)
+
+
+def _json_object(text: str) -> dict:
+    import json
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not JSON ({exc.msg} at character {exc.pos})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a JSON object, e.g. '{{\"anon\": true}}'")
+    return value
+
+
+def _add_storage_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--storage-options",
+        type=_json_object,
+        default=None,
+        metavar="JSON",
+        help="for s3://, gs://, ... URLs: fsspec backend options, e.g. '{\"anon\": true}' (default: none;"
+        " credentials and endpoint come from the backend's usual settings, e.g. AWS_*)",
+    )
+
+
+def _opts(args: argparse.Namespace, path: object) -> dict | None:
+    """``--storage-options`` for ``path`` if it is (or holds) a URL: one option set serves a
+    command's URLs (input, store, export), never its local paths."""
+    from dask_pdist.io.paths import any_url
+
+    options = getattr(args, "storage_options", None)
+    return options if options and any_url(path) else None  # type: ignore[arg-type]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad option is one line on stderr (exit 2) like every other bad input,
+    instead of the usage block and the error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _add_scheduler(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--scheduler",
+        default=os.environ.get("DASK_SCHEDULER_ADDRESS"),
+        help="dask.distributed scheduler address (default: $DASK_SCHEDULER_ADDRESS, else local threads)",
+    )
+
+
+def _add_store_overwrite(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing dask_pdist store at --output (default: refuse an existing path)",
+    )
+
+
+def _progress_bar(desc: str, **tqdm_kwargs):  # noqa: ANN003, ANN202
+    from tqdm.dask import TqdmCallback
+
+    class _Bar(TqdmCallback):
+        # a failed run clears its bar, so that the error is the one line left on stderr
+        def _finish(self, dsk, state, failed):
+            if failed:
+                self.pbar.leave = False
+            self.pbar.close()
+
+    return _Bar(desc=desc, unit="task", file=sys.stderr, **tqdm_kwargs)
+
+
+def _run(delayed, scheduler: str | None, progress: bool) -> None:
+    if scheduler:
+        from distributed import Client
+        from distributed import progress as dist_progress
+
+        with Client(scheduler) as client:
+            future = client.compute(delayed)
+            if progress:
+                dist_progress(future)
+                print(file=sys.stderr)
+            future.result()
+        return
+    import dask
+    from dask.threaded import get as threads
+
+    # the local scheduler passed as a function: a name ("threads") or none makes dask look
+    # for a distributed client, which imports dask.distributed (~0.2 s) whenever it is installed
+    if progress:
+        with _progress_bar("computing"):
+            dask.compute(delayed, scheduler=threads)
+    else:
+        dask.compute(delayed, scheduler=threads)
+
+
+def _progress(desc: str, args: argparse.Namespace):  # noqa: ANN202
+    """A dask progress bar on stderr that shows only after 1 s, and never off a terminal."""
+    import contextlib
+
+    if getattr(args, "no_progress", False):
+        return contextlib.nullcontext()
+    # disable=None: tqdm turns itself off when stderr is not a terminal
+    return _progress_bar(desc, delay=1.0, disable=None)
+
+
+def _resume_command(argv: Sequence[str]) -> str:
+    """The same command plus ``--resume``, for the user to copy; a ``--storage-options`` value
+    is shown as ``'...'`` (it may hold a secret, and this line lands in job logs)."""
+    import shlex
+
+    kept, hidden = [], False
+    for i, a in enumerate(argv):
+        if a in ("--overwrite", "--resume"):
+            continue
+        if i and argv[i - 1] == "--storage-options":
+            kept.append("'...'")
+            hidden = True
+        elif a.startswith("--storage-options="):
+            kept.append("--storage-options='...'")
+            hidden = True
+        else:
+            kept.append(shlex.quote(a))
+    note = "  (with the same --storage-options)" if hidden else ""
+    return "dask-pdist " + " ".join(kept) + " --resume" + note

@@ -1,0 +1,287 @@
+"""``dask-pdist compute`` (one history or several runs), ``export``, ``synth`` and ``demo``: they parse
+nothing, call the public API and print. Heavy imports happen inside each command."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from dask_pdist.cli.common import EXIT_BAD_INPUT, _Exit, _opts, _progress, _resume_command, _run
+from dask_pdist.conventions import METRICS
+from dask_pdist.errors import InputError, StoreError
+
+
+def _compute(
+    args: argparse.Namespace, input_path: str | list[str], output: str, overwrite: bool, resume: bool = False
+) -> None:
+    import dask_pdist as dp
+    from dask_pdist.analyses.summary import format_summary
+    from dask_pdist.store.codecs import DEFAULT_COMPRESSOR
+
+    t0 = time.perf_counter()
+    history = dp.open_history(
+        input_path,
+        key=getattr(args, "key", None),
+        chunks=getattr(args, "chunk_steps", None) or "auto",
+        tokens=getattr(args, "tokens", None),
+        nonfinite=getattr(args, "nonfinite", "raise"),
+        token_ids=getattr(args, "token_ids", None),
+        steps=getattr(args, "steps", None),
+        storage_options=_opts(args, input_path),
+    )
+    ds = dp.pairwise_distances(
+        history,
+        metrics=getattr(args, "metrics", METRICS),
+        dtype=getattr(args, "dtype", "float32"),
+        token_chunk=getattr(args, "token_chunk", None) or "auto",
+    )
+    from dask_pdist.store.layout import store_path
+
+    store = store_path(output, _opts(args, output))
+    existed = resume and store.is_dir()
+    try:
+        delayed = dp.to_zarr(
+            ds,
+            store,
+            compressor=getattr(args, "compressor", None) or DEFAULT_COMPRESSOR,
+            overwrite=overwrite,
+            resume=resume,
+            compute=False,
+        )
+    except KeyboardInterrupt:  # while --resume re-reads the finished blocks' input
+        print(
+            f"dask-pdist: interrupted; nothing was written. Resume with:\n  {_resume_command(args.argv)}",
+            file=sys.stderr,
+        )
+        raise _Exit(130) from None
+    if existed:  # to_zarr has cleared the flags of blocks whose chunk files are gone
+        from dask_pdist.store.layout import store_progress
+
+        done, complete = store_progress(store)
+        todo = int((done == 0).sum())
+        state = (
+            f"{todo} of {done.size} blocks to compute"
+            if todo
+            else "complete: nothing to compute (`dask-pdist verify` also checks every chunk's checksum)"
+        )
+        print(f"{output}: resuming, {state}", file=sys.stderr)
+    print(
+        f"{history.attrs['source']} [{history.name}]: {history.sizes['step']:,} steps"
+        f" x {history.sizes['token']:,} tokens"
+        f" x {history.sizes['dim']:,} dims ({history.attrs['input_dtype']}) -> {output}",
+        flush=True,  # stdout: an error found by the compute is then the one line on stderr
+    )
+    from dask_pdist.store.guards import stop_job
+
+    try:
+        _run(delayed, getattr(args, "scheduler", None), not args.no_progress)
+    except (dp.InputError, OverflowError) as exc:  # stopped by its input: no resume can finish it
+        if args.debug:
+            raise
+        print(f"dask-pdist: error: {exc}; {stop_job(store, exc)}", file=sys.stderr)
+        raise _Exit(EXIT_BAD_INPUT) from None
+    except KeyboardInterrupt as exc:
+        from dask_pdist.store.layout import store_progress
+
+        stop_job(store, exc)
+        done, _ = store_progress(store)
+        print(
+            f"dask-pdist: interrupted; {int(done.sum())} of {done.size} blocks are written and kept."
+            f" Resume with:\n  {_resume_command(args.argv)}",
+            file=sys.stderr,
+        )
+        raise _Exit(130) from None
+    except OSError as exc:  # disk full, file too large, lost mount: the written blocks stay valid
+        stop_job(store, exc)
+        print(
+            f"dask-pdist: error: writing {output} failed: {exc}. The blocks written so far are kept;"
+            f" fix the cause, then resume with: {_resume_command(args.argv)}",
+            file=sys.stderr,
+        )
+        raise _Exit(1) from None
+    elapsed = time.perf_counter() - t0
+    print(f"\nWrote {output} in {elapsed:.1f} s\n")
+    # chunks=None: two steps read straight through zarr, no dask graph (nor its look-up of a
+    # distributed client, ~0.2 s of dask.distributed import when it is installed)
+    print(format_summary(dp.open_distances(store, chunks=None)))
+
+
+def _cmd_compute(args: argparse.Namespace) -> None:
+    from dask_pdist.store.runs import find_runs
+
+    # several paths: per-checkpoint files the shell expanded from an unquoted glob, or runs
+    source = args.input[0] if len(args.input) == 1 else args.input
+    runs = find_runs(source, args.key, storage_options=args.storage_options)
+    if runs is not None:
+        _compute_runs(args, runs)
+        return
+    if args.safetensors:
+        try:
+            _check_export_target(args.safetensors, args.overwrite, _opts(args, args.safetensors))
+        except StoreError as exc:
+            if "already exists" not in str(exc):
+                raise
+            raise StoreError(
+                f"{args.safetensors}: already exists; compute --overwrite replaces it and recomputes the store;"
+                f" to replace only the file, export the store: dask-pdist export {args.output} {args.safetensors}"
+                " --overwrite"
+            ) from None
+    _compute(args, source, args.output, args.overwrite, args.resume)
+    if args.safetensors:
+        try:
+            _export(args, args.output, args.safetensors, None, args.overwrite)
+        except KeyboardInterrupt:
+            print(
+                f"dask-pdist: interrupted while exporting; {args.output} is complete and nothing was kept at"
+                f" {args.safetensors}. Export it with:\n  dask-pdist export {args.output} {args.safetensors}",
+                file=sys.stderr,
+            )
+            raise _Exit(130) from None
+
+
+def _compute_runs(args: argparse.Namespace, runs: dict) -> None:
+    from dask_pdist.analyses.summary import step_summary
+    from dask_pdist.errors import InputError
+    from dask_pdist.store.runs import compute_runs
+
+    if args.safetensors:
+        raise InputError(
+            f"--safetensors exports one store, but the input matches {len(runs)} runs;"
+            " export each store afterwards: dask-pdist export DIR/<run>.zarr OUT.safetensors"
+        )
+    t0 = time.perf_counter()
+    batch = compute_runs(
+        runs,
+        args.output,
+        key=args.key,
+        chunks=args.chunk_steps or "auto",
+        tokens=args.tokens,
+        nonfinite=args.nonfinite,
+        token_ids=args.token_ids,
+        metrics=args.metrics,
+        dtype=args.dtype,
+        token_chunk=args.token_chunk or "auto",
+        compressor=args.compressor,
+        overwrite=args.overwrite,
+        resume=args.resume,
+        storage_options=args.storage_options,
+        compute=False,
+    )
+    for run in batch.runs:
+        if run.state == "complete":
+            print(f"{run.name}: {run.store} is complete: skipped (--overwrite recomputes it)", file=sys.stderr)
+        else:
+            what = "resuming, " if run.state == "resume" else ""
+            blocks = f"{run.blocks} block{'s' if run.blocks != 1 else ''}"
+            print(f"{run.name}: {run.source} -> {run.store} ({what}{blocks})", flush=True)
+    if batch.delayed is not None:
+        try:
+            _run(batch.delayed, args.scheduler, not args.no_progress)
+        except KeyboardInterrupt:
+            print(f"dask-pdist: interrupted. Resume with:\n  {_resume_command(args.argv)}", file=sys.stderr)
+            raise _Exit(130) from None
+    print(f"\n{len(batch.runs)} runs in {time.perf_counter() - t0:.1f} s:")
+    for run in batch.runs:
+        import dask_pdist as dp
+
+        ds = dp.open_distances(run.store)
+        final = ", ".join(f"{name} mean {mean:.6f}" for name, (_, _, mean) in step_summary(ds, -1).items())
+        skipped = " (skipped: complete)" if run.state == "complete" else ""
+        print(
+            f"  {run.name}: {ds.sizes['step']:,} steps x {ds.sizes['token_i']:,} tokens -> {run.store}{skipped};"
+            f" step {ds['step'].values[-1]}: {final}"
+        )
+
+
+def _check_export_target(output: str, overwrite: bool, storage_options: dict | None = None) -> None:
+    # refuse before the (long) compute, not after it
+    from dask_pdist.store.export import check_target
+
+    check_target(output, overwrite, storage_options)
+
+
+def _export(args: argparse.Namespace, store: str, output: str, dtype: str | None, overwrite: bool) -> None:
+    import contextlib
+
+    import dask_pdist as dp
+
+    t0 = time.perf_counter()
+    from dask_pdist.io.paths import Location, locate
+
+    ds = dp.open_distances(
+        store, allow_incomplete=getattr(args, "allow_incomplete", False), storage_options=_opts(args, store)
+    )
+    if "run" in ds.dims:
+        raise InputError(
+            f"{store}: matches {ds.sizes['run']} run stores; a safetensors file holds one store:"
+            " export each, dask-pdist export DIR/<run>.zarr OUT.safetensors"
+        )
+    options = _opts(args, output)
+    _check_export_target(output, overwrite, options)
+    print(f"{store} -> {output}", file=sys.stderr)
+    scheduler = getattr(args, "scheduler", None)
+    remote = isinstance(locate(output, options), Location)
+    # to_safetensors computes itself (compute=True) so that it removes its temporary file
+    # (aborts its upload) if the run fails; the progress bar and the client apply to that
+    # compute. To a URL it computes window after window: its own bar counts the bytes sent.
+    with contextlib.ExitStack() as stack:
+        if scheduler:
+            from distributed import Client
+
+            stack.enter_context(Client(scheduler))
+        elif not remote:
+            stack.enter_context(_progress("exporting", args))
+        show = not scheduler and remote and not args.no_progress
+        dp.to_safetensors(
+            ds, output, dtype=dtype, overwrite=overwrite, storage_options=options, progress=None if show else False
+        )
+    size = locate(output, options).size("export") if remote else os.path.getsize(output)
+    print(f"Wrote {output} ({size / 1e6:,.1f} MB) in {time.perf_counter() - t0:.1f} s")
+
+
+def _cmd_export(args: argparse.Namespace) -> None:
+    _export(args, args.store, args.output, args.dtype, args.overwrite)
+
+
+def _cmd_synth(args: argparse.Namespace) -> None:
+    from dask_pdist.io.synthetic import write_synthetic_history
+
+    path = write_synthetic_history(
+        args.output, steps=args.steps, vocab=args.vocab, dim=args.dim, seed=args.seed, overwrite=args.overwrite
+    )
+    print(f"Wrote {path}: embedding_history ({args.steps}, {args.vocab}, {args.dim}) bf16, seed {args.seed}")
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from dask_pdist.io.synthetic import is_synthetic_history, write_synthetic_history
+    from dask_pdist.store.layout import is_store
+
+    out = Path(args.output_dir)
+    history = out / "embedding_evolution.safetensors"
+    store = out / "pairwise_distances.zarr"
+    if store.exists() and not is_store(store):
+        from dask_pdist.errors import StoreError
+
+        raise StoreError(f"{store}: exists and is not a dask_pdist store; choose another --output-dir")
+    # replace only an earlier demo's files (a synthetic history, marked in its header):
+    # anything else there may be real data
+    if not args.overwrite and (history.exists() or store.exists()) and not is_synthetic_history(history):
+        found = history if history.exists() else store
+        raise FileExistsError(
+            f"{found}: already exists and is not an earlier demo's output; the demo would replace it:"
+            " choose another --output-dir, or pass --overwrite"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    write_synthetic_history(history, overwrite=True)
+    print(
+        f"Wrote synthetic history {history} (5001 x 128 x 64 bf16) in {time.perf_counter() - t0:.1f} s", file=sys.stderr
+    )
+    _compute(args, str(history), str(store), overwrite=True)
+    print()
+    from dask_pdist.cli.analyses import _clusters  # the planted events of the synthetic history
+
+    _clusters(args, str(history), threshold=0.0, metric="chebyshev")

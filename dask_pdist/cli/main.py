@@ -1,0 +1,339 @@
+"""The ``dask-pdist`` command line. Calls only the public API; heavy imports happen inside
+the subcommands so ``dask-pdist --help`` stays fast."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from dask_pdist._version import __version__
+from dask_pdist.cli.analyses import _cmd_clusters, _cmd_info, _cmd_neighbours, _cmd_summary, _cmd_verify
+from dask_pdist.cli.common import (
+    _ALLOW_INCOMPLETE_HELP,
+    _DEBUG_HELP,
+    _KEY_HELP,
+    _NO_PROGRESS_HELP,
+    _TOKEN_IDS_HELP,
+    EXIT_BAD_INPUT,
+    _add_scheduler,
+    _add_storage_options,
+    _add_store_overwrite,
+    _Exit,
+    _metrics_arg,
+    _Parser,
+    _positive,
+    _threshold_arg,
+)
+from dask_pdist.cli.compute import _cmd_compute, _cmd_demo, _cmd_export, _cmd_synth
+from dask_pdist.conventions import METRICS
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="dask-pdist",
+        description="Pairwise token distances (Euclidean, Chebyshev) for every snapshot of an embedding history.",
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    c = sub.add_parser("compute", help="compute distances of a history into a zarr store")
+    c.add_argument(
+        "input",
+        nargs="+",
+        help="history: .safetensors, .npy or zarr store; or per-checkpoint safetensors files,"
+        " as a quoted glob ('ckpt/step_*.safetensors') or a list",
+    )
+    c.add_argument("--key", help=_KEY_HELP)
+    c.add_argument("--output", "-o", required=True, help="zarr store to create, e.g. distances.zarr")
+    c.add_argument(
+        "--metrics",
+        type=_metrics_arg,
+        default=METRICS,
+        help="comma-separated, from euclidean,chebyshev (default: euclidean,chebyshev)",
+    )
+    c.add_argument(
+        "--dtype", choices=("float32", "float16", "float64"), default="float32", help="stored dtype (default: float32)"
+    )
+    c.add_argument(
+        "--chunk-steps", type=_positive, help="snapshots per task and store chunk (default: auto, ~16 MiB per task)"
+    )
+    c.add_argument(
+        "--token-chunk",
+        type=_positive,
+        help="tile edge along token_i/token_j (default: auto, tiles only large vocabularies)",
+    )
+    c.add_argument("--tokens", help="text file with one token label per line (default: token ids 0..V-1)")
+    c.add_argument("--token-ids", metavar="SPEC", help=_TOKEN_IDS_HELP)
+    c.add_argument(
+        "--steps",
+        metavar="FILE|RANGE",
+        help="step labels: a file with one integer per line, or START:STOP:STEP as Python's range, STOP"
+        " excluded (default: a 'steps' tensor, else the number in each checkpoint's path, else 0..S-1)",
+    )
+    c.add_argument(
+        "--compressor",
+        choices=("auto", "none", "lz4", "zstd"),
+        default=None,
+        help="store compression (default: auto, chosen per variable: see README)",
+    )
+    c.add_argument(
+        "--nonfinite",
+        choices=("raise", "propagate"),
+        default="raise",
+        help="NaN/Inf in the history: stop with an error, or give NaN distances (default: raise)",
+    )
+    _add_scheduler(c)
+    _add_store_overwrite(c)
+    c.add_argument(
+        "--resume",
+        action="store_true",
+        help="finish an interrupted job: compute only the blocks missing from --output (default: start anew)",
+    )
+    c.add_argument("--no-progress", action="store_true", help=_NO_PROGRESS_HELP)
+    _add_storage_options(c)
+    c.add_argument(
+        "--safetensors",
+        metavar="OUT.safetensors",
+        help="also export the store to this safetensors file (or URL: s3://..., with --storage-options), as the"
+        " notebook saves it (default: no export)",
+    )
+    c.set_defaults(func=_cmd_compute)
+
+    e = sub.add_parser("export", help="export a distance store to one safetensors file (as the notebook saves it)")
+    e.add_argument("store", help="zarr store written by 'dask-pdist compute'")
+    e.add_argument(
+        "output",
+        help="safetensors file to create, e.g. pairwise_distances.safetensors, or a URL (s3://bucket/d.safetensors)",
+    )
+    e.add_argument("--dtype", choices=("float32", "float16"), default=None, help="stored dtype (default: the store's)")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing file at OUTPUT (default: refuse)")
+    _add_scheduler(e)
+    e.add_argument("--no-progress", action="store_true", help=_NO_PROGRESS_HELP)
+    e.add_argument("--allow-incomplete", action="store_true", help=_ALLOW_INCOMPLETE_HELP)
+    _add_storage_options(e)
+    e.set_defaults(func=_cmd_export)
+
+    s = sub.add_parser("synth", help="write a synthetic bf16 history (safetensors)")
+    s.add_argument("output", help="file to write, e.g. history.safetensors")
+    s.add_argument("--steps", type=_positive, default=5001, help="snapshots (default: 5001)")
+    s.add_argument("--vocab", type=_positive, default=128, help="tokens per snapshot (default: 128)")
+    s.add_argument("--dim", type=_positive, default=64, help="embedding dims (default: 64)")
+    s.add_argument("--seed", type=int, default=42, help="random seed; same seed, same bytes (default: 42)")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing file at OUTPUT (default: refuse)")
+    s.set_defaults(func=_cmd_synth)
+
+    d = sub.add_parser("demo", help="synth at the notebook's size (5001x128x64), then compute")
+    d.add_argument(
+        "--output-dir", default="dask_pdist_demo", help="folder for the demo files (default: ./dask_pdist_demo)"
+    )
+    d.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace files there that an earlier demo did not make (default: refuse)",
+    )
+    d.add_argument("--no-progress", action="store_true", help=_NO_PROGRESS_HELP)
+    d.set_defaults(func=_cmd_demo)
+
+    m = sub.add_parser("summary", help="per-step statistics of a store; optional plot")
+    m.add_argument(
+        "store",
+        nargs="+",
+        help="zarr store written by compute; several stores (or a quoted glob, 'out/*.zarr') are runs",
+    )
+    m.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="draw min/mean/max over steps and a heatmap, needs matplotlib (default: no plot)",
+    )
+    m.add_argument(
+        "--step",
+        type=int,
+        default=None,
+        help="print this step's summary (a step label) and draw its heatmap with --plot"
+        " (default: no step block; the heatmap shows the last step)",
+    )
+    m.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="Chebyshev threshold for quantization neighbours"
+        " (default: one bf16 spacing at the embedding's RMS magnitude)",
+    )
+    m.add_argument("--rows", type=_positive, default=10, help="rows in the printed series (default: 10)")
+    m.add_argument("--no-progress", action="store_true", help=_NO_PROGRESS_HELP)
+    m.add_argument("--allow-incomplete", action="store_true", help=_ALLOW_INCOMPLETE_HELP)
+    _add_storage_options(m)
+    m.set_defaults(func=_cmd_summary)
+
+    v = sub.add_parser("verify", help="read every chunk of a store; report missing or corrupt ones")
+    v.add_argument("store", help="zarr store written by compute")
+    v.add_argument("--no-progress", action="store_true", help=_NO_PROGRESS_HELP)
+    _add_storage_options(v)
+    v.set_defaults(func=_cmd_verify)
+
+    i = sub.add_parser("info", help="describe a store or an input file")
+    i.add_argument(
+        "path",
+        nargs="+",
+        help="zarr store, .safetensors, .npy or zarr input; or per-checkpoint safetensors files,"
+        " as a quoted glob ('ckpt/step_*.safetensors') or a list, as compute takes them",
+    )
+    i.add_argument("--key", help=_KEY_HELP)
+    _add_storage_options(i)
+    i.set_defaults(func=_cmd_info)
+
+    k = sub.add_parser("clusters", help="groups of identical (or close) tokens at every step, and their events")
+    k.add_argument("input", nargs="+", help="a distance store (from compute) or a history (any input compute takes)")
+    k.add_argument(
+        "--threshold",
+        type=_threshold_arg,
+        default=0.0,
+        help="tokens join when their distance is <= this: 0 (default: equal embeddings), bf16 (one bf16"
+        " spacing at the step's RMS coordinate) or a number",
+    )
+    k.add_argument("--metric", choices=METRICS, default="chebyshev", help="distance (default: chebyshev)")
+    k.add_argument("--key", help=_KEY_HELP)
+    k.add_argument(
+        "--token-ids",
+        metavar="SPEC",
+        help=_TOKEN_IDS_HELP + " (history inputs only; cluster ids are then positions within the subset)",
+    )
+    k.add_argument(
+        "--output", "-o", metavar="OUT.zarr", help="write the clusters Dataset as a zarr store (default: none)"
+    )
+    k.add_argument("--events", metavar="EVENTS.csv", help="write the events as CSV (step,kind,tokens) (default: none)")
+    k.add_argument(
+        "--plot", metavar="FILE.png", help="draw groups over steps with the events, needs matplotlib (default: no plot)"
+    )
+    k.add_argument(
+        "--overwrite", action="store_true", help="replace existing --output / --events files (default: refuse)"
+    )
+    k.add_argument("--no-progress", action="store_true", help=_NO_PROGRESS_HELP)
+    _add_storage_options(k)
+    k.set_defaults(func=_cmd_clusters)
+
+    n = sub.add_parser("neighbours", help="exact k nearest tokens of every token at every step, into a zarr store")
+    n.add_argument("input", nargs="+", help="history, as for compute")
+    n.add_argument("-k", type=_positive, required=True, help="neighbours per token (at most tokens - 1)")
+    n.add_argument("--metric", choices=METRICS, default="euclidean", help="distance (default: euclidean)")
+    n.add_argument("--output", "-o", required=True, help="zarr store to create, e.g. neighbours.zarr")
+    n.add_argument("--token-ids", metavar="SPEC", help=_TOKEN_IDS_HELP)
+    n.add_argument("--key", help=_KEY_HELP)
+    n.add_argument("--tokens", help="text file with one token label per line (default: token ids 0..V-1)")
+    n.add_argument("--chunk-steps", type=_positive, help="snapshots per read of the history (default: auto)")
+    n.add_argument(
+        "--nonfinite",
+        choices=("raise", "propagate"),
+        default="raise",
+        help="NaN/Inf in the history: stop with an error, or give NaN distances, ranked last (default: raise)",
+    )
+    _add_scheduler(n)
+    _add_store_overwrite(n)
+    n.add_argument("--no-progress", action="store_true", help=_NO_PROGRESS_HELP)
+    _add_storage_options(n)
+    n.set_defaults(func=_cmd_neighbours)
+
+    # --debug also after the subcommand; SUPPRESS keeps the main parser's value when absent
+    for command in sub.choices.values():
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
+    return p
+
+
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a tool killed by it reports
+
+
+def _interrupt_once(signum, frame) -> None:
+    # The first Ctrl-C stops the run; later ones are ignored: a second quick Ctrl-C used to
+    # land in the clean stop (the resume hint, the shutdown of zarr's and dask's threads) and
+    # print asyncio tracebacks instead of the hint.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def _catch_interrupts() -> object:
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        return None  # ignored (nohup, background job) or handled by the caller: leave it be
+    return signal.signal(signal.SIGINT, _interrupt_once)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (2 for bad input, with one line on stderr)."""
+    try:
+        try:
+            code = _run_cli(argv)
+        finally:
+            sys.stdout.flush()  # here, not at interpreter exit, so a closed pipe is caught below
+        if code == 130 and argv is None and "aiobotocore" in sys.modules:
+            # interrupted as the program with an S3 client alive: its event loop's pending
+            # tasks would print hundreds of "Task was destroyed" lines at interpreter exit,
+            # burying the resume hint. Every write is whole or absent: end here.
+            sys.stderr.flush()
+            os._exit(code)
+        return code
+    except BrokenPipeError:
+        # the reader went away (`dask-pdist ... | head`): stop quietly; point stdout at devnull
+        # so the interpreter's own flush at exit has nowhere to fail
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def _run_cli(argv: Sequence[str] | None) -> int:
+    as_program = argv is None
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(argv)
+    args.argv = argv
+    previous = _catch_interrupts()
+    if as_program and previous is not None and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        # a batch scheduler's (SLURM, Kubernetes) stop: as Ctrl-C, so the resume hint is printed
+        # and an upload to an object store is aborted instead of left behind
+        signal.signal(signal.SIGTERM, _interrupt_once)
+    try:
+        return _main(args)
+    finally:
+        # called from Python: give the caller its handler back. As the program, keep ignoring
+        # a second Ctrl-C until the process has exited cleanly.
+        if previous is not None and not as_program:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _main(args: argparse.Namespace) -> int:
+    try:
+        return args.func(args) or 0
+    except BrokenPipeError:
+        raise
+    except _Exit as stop:
+        return stop.code
+    except KeyboardInterrupt:
+        print("dask-pdist: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, OverflowError, TypeError, ImportError) as exc:
+        if args.debug:
+            raise
+        print(f"dask-pdist: error: {exc}", file=sys.stderr)
+        return (
+            EXIT_BAD_INPUT
+            if isinstance(
+                exc,
+                (
+                    ValueError,
+                    FileNotFoundError,
+                    FileExistsError,
+                    PermissionError,
+                    NotADirectoryError,
+                    OverflowError,
+                    ConnectionError,  # an object store's endpoint that does not answer: configuration
+                ),
+            )
+            else 1
+        )
+    return 0

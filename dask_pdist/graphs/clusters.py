@@ -1,0 +1,152 @@
+"""The graph of clusters: per-step labels of groups of (nearly) identical tokens.
+
+Array layer (axes and chunks) over the block functions of :mod:`dask_pdist.kernels.cluster_rows`
+(threshold 0: equal rows by their bytes, no numba) and :mod:`dask_pdist.kernels.cluster_tiles`
+(a positive threshold: union-find over distance tiles, numba, imported only on that path).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Literal
+
+import dask.array as da
+import numpy as np
+from dask.array.core import PerformanceWarning
+
+from dask_pdist.conventions import METRICS
+from dask_pdist.kernels.cluster_rows import _keep, _stat_task, equal_row_labels
+from dask_pdist.planning import plan_token_chunk
+
+__all__ = ["cluster_arrays"]
+
+
+def _reduce_tiles(per_tile: da.Array) -> da.Array:
+    from dask_pdist.kernels.cluster_tiles import _merge_tiles
+
+    return da.reduction(
+        per_tile,
+        chunk=_keep,
+        combine=_merge_tiles,
+        aggregate=_merge_tiles,
+        axis=(1, 2),
+        keepdims=False,
+        dtype=np.int32,
+        concatenate=True,
+        meta=np.empty((0, 0), dtype=np.int32),
+        name="cluster-labels",
+    )
+
+
+def cluster_arrays(
+    data: da.Array,
+    thr: da.Array | None,
+    *,
+    kind: Literal["history", "distances"],
+    metric_index: int = 1,
+    token_chunk: int | Literal["auto"] = "auto",
+) -> dict[str, da.Array]:
+    """Lazy cluster arrays from a history or from one metric's distances (array layer).
+
+    Parameters
+    ----------
+    data : dask.array.Array
+        ``kind="history"``: (step, token, dim) float32/float64. ``kind="distances"``:
+        (step, token_i, token_j) distances of one metric, any chunking.
+    thr : dask.array.Array or None
+        (step,) float64 thresholds; ``None`` means threshold 0 (for a history: equal rows
+        by their bytes, no distance computed).
+    metric_index : int
+        History only: which metric of the kernels' output (0 Euclidean, 1 Chebyshev).
+    token_chunk : int or "auto"
+        History at a positive threshold: edge of the distance tiles; ``"auto"`` tiles only
+        when one snapshot's matrices exceed the tile budget (as :func:`pairwise_arrays`).
+
+    Returns
+    -------
+    dict of str to dask.array.Array
+        ``cluster``, ``cluster_size`` (step, token) and ``n_clusters``, ``n_clustered``,
+        ``largest`` (step,), all int32, chunked along step like the input.
+
+    Examples
+    --------
+    >>> x = da.zeros((10, 5, 3), chunks=(4, 5, 3), dtype=np.float32)
+    >>> cluster_arrays(x, None, kind="history")["cluster"].chunks
+    ((4, 4, 2), (5,))
+    """
+    n_tokens = data.shape[1]
+    meta2 = np.empty((0, 0), dtype=np.int32)
+    if kind == "history" and thr is None:
+        x = data.rechunk({1: -1, 2: -1})
+        labels = x.map_blocks(equal_row_labels, drop_axis=2, dtype=np.int32, meta=meta2, name="cluster-equal-rows")
+    elif kind == "history":
+        from dask_pdist.kernels.cluster_tiles import _history_tile_task  # numba: only here
+
+        if token_chunk == "auto":
+            edge = plan_token_chunk(n_tokens, len(METRICS), data.dtype.itemsize)
+            x = data.rechunk({0: 1, 1: edge, 2: -1} if edge < n_tokens else {1: -1, 2: -1})
+        elif isinstance(token_chunk, (int, np.integer)) and not isinstance(token_chunk, bool) and token_chunk >= 1:
+            x = data.rechunk({1: int(min(token_chunk, max(1, n_tokens))), 2: -1})
+        else:
+            raise ValueError(f"token_chunk={token_chunk!r}: give a positive int or 'auto'")
+        ids = da.arange(n_tokens, chunks=x.chunks[1])
+        thr = thr.rechunk((x.chunks[0],))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PerformanceWarning)  # tiles multiply the chunk count on purpose
+            per_tile = da.blockwise(
+                _history_tile_task,
+                "sijv",
+                x,
+                "sid",
+                x,
+                "sjd",
+                ids,
+                "i",
+                ids,
+                "j",
+                thr,
+                "s",
+                new_axes={"v": n_tokens},
+                adjust_chunks={"i": 1, "j": 1},
+                concatenate=True,
+                dtype=np.int32,
+                meta=np.empty((0, 0, 0, 0), dtype=np.int32),
+                metric=metric_index,
+                n_tokens=n_tokens,
+            )
+        labels = _reduce_tiles(per_tile)
+    elif kind == "distances":
+        from dask_pdist.kernels.cluster_tiles import _store_tile_task
+
+        ids_i = da.arange(n_tokens, chunks=data.chunks[1])
+        ids_j = da.arange(n_tokens, chunks=data.chunks[2])
+        thr = (da.zeros(data.shape[0], chunks=(data.chunks[0],)) if thr is None else thr).rechunk((data.chunks[0],))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PerformanceWarning)
+            per_tile = da.blockwise(
+                _store_tile_task,
+                "sijv",
+                data,
+                "sij",
+                ids_i,
+                "i",
+                ids_j,
+                "j",
+                thr,
+                "s",
+                new_axes={"v": n_tokens},
+                adjust_chunks={"i": 1, "j": 1},
+                dtype=np.int32,
+                meta=np.empty((0, 0, 0, 0), dtype=np.int32),
+                n_tokens=n_tokens,
+            )
+        labels = _reduce_tiles(per_tile)
+    else:
+        raise ValueError(f"kind={kind!r}: choose 'history' or 'distances'")
+    out = {"cluster": labels}
+    out["cluster_size"] = labels.map_blocks(_stat_task, stat="cluster_size", dtype=np.int32, meta=meta2)
+    for name in ("n_clusters", "n_clustered", "largest"):
+        out[name] = labels.map_blocks(
+            _stat_task, stat=name, drop_axis=1, dtype=np.int32, meta=np.empty((0,), dtype=np.int32)
+        )
+    return out

@@ -1,0 +1,107 @@
+"""The xarray layer: label the distance arrays as a Dataset (dims step, token_i, token_j)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from dask_pdist.conventions import DISTANCE_DIMS, HISTORY_DIMS, METRICS, Metric
+from dask_pdist.graphs.distances import pairwise_arrays
+from dask_pdist.io.history import provenance, step_rms
+from dask_pdist.planning import auto_step_chunk
+
+__all__ = ["pairwise_distances"]
+
+_DESCRIPTIONS = {
+    "euclidean": ("Euclidean (L2) distance", "sqrt(sum_d (x[step, i, d] - x[step, j, d])**2)"),
+    "chebyshev": ("Chebyshev (L-infinity) distance", "max_d |x[step, i, d] - x[step, j, d]|"),
+}
+
+
+def _step_checksums(block: np.ndarray) -> np.ndarray:
+    """crc32c of each step's values (their bytes as computed on: float32 or float64).
+
+    >>> _step_checksums(np.zeros((2, 3, 4), dtype=np.float32)).tolist()
+    [680278713, 680278713]
+    """
+    import google_crc32c
+
+    return np.array([google_crc32c.value(np.ascontiguousarray(s).tobytes()) for s in block], dtype=np.uint32)
+
+
+def pairwise_distances(
+    history: xr.DataArray,
+    metrics: Sequence[Metric] = METRICS,
+    dtype: Literal["float32", "float16", "float64"] = "float32",
+    *,
+    token_chunk: int | Literal["auto"] = "auto",
+) -> xr.Dataset:
+    """Pairwise distances between all tokens at every step, lazily, all metrics in one pass.
+
+    Parameters
+    ----------
+    history : xarray.DataArray
+        Dims ``("step", "token", "dim")``, as returned by :func:`open_history`; float32 or
+        float64 (numpy-backed input is chunked along step as ``open_history(chunks="auto")``).
+    metrics : sequence of {"euclidean", "chebyshev"}
+        Variables to produce; every one comes from the same differences of the same pass.
+    dtype : {"float32", "float16", "float64"}
+        Stored dtype. Arithmetic is float32 (float64 for float64 input) either way. A
+        distance beyond the stored dtype's range raises :class:`OverflowError` naming the
+        step index and the token pair when it is computed, never a silent inf.
+    token_chunk : int or "auto"
+        Tile edge along token_i and token_j; ``"auto"`` tiles only large vocabularies.
+
+    Returns
+    -------
+    xarray.Dataset
+        One variable per metric, dims ``("step", "token_i", "token_j")``, dask-backed:
+        nothing is computed until you compute, slice-and-load, or write it.
+
+    Examples
+    --------
+    >>> ds = pairwise_distances(open_history("history.safetensors"))  # doctest: +SKIP
+    >>> ds.euclidean.sel(step=1234).values  # computes one chunk  # doctest: +SKIP
+    """
+    if not isinstance(history, xr.DataArray):
+        raise TypeError(f"history must be an xarray.DataArray (see open_history), got {type(history).__name__}")
+    if history.dims != HISTORY_DIMS:
+        raise ValueError(f"history has dims {history.dims}; expected {HISTORY_DIMS}")
+    data = history.data
+    if not isinstance(data, da.Array):
+        data = da.from_array(data, chunks=(auto_step_chunk(data.shape[1], data.shape[0]), -1, -1))
+    step_labels = history["step"].values if "step" in history.coords else None
+    arrays = pairwise_arrays(data, metrics, dtype, token_chunk=token_chunk, steps=step_labels)
+    token = history["token"].values if "token" in history.coords else range(history.sizes["token"])
+    coords = {
+        "step": history["step"].values if "step" in history.coords else range(history.sizes["step"]),
+        "token_i": ("token_i", token),
+        "token_j": ("token_j", token),
+        # typical magnitude per step, for the quantization-neighbour threshold of summarize();
+        # computed from the same history chunks as the distances (no second read)
+        "embedding_rms": (
+            "step",
+            # chunked like the distances along step, so each write task has its own piece
+            step_rms(data).rechunk(next(iter(arrays.values())).chunks[0]),
+            {"long_name": "root-mean-square embedding coordinate per step (finite coordinates)"},
+        ),
+        # what to_zarr records next to each done flag, so that --resume can tell whether the
+        # input of the finished blocks changed (computed from the same history chunks)
+        "input_checksum": (
+            "step",
+            data.rechunk({1: -1, 2: -1})
+            .map_blocks(_step_checksums, drop_axis=(1, 2), dtype=np.uint32)
+            .rechunk(next(iter(arrays.values())).chunks[0]),
+            {"long_name": "crc32c of each step's input values (checked by --resume)"},
+        ),
+    }
+    common = provenance(history, data.dtype)
+    variables = {}
+    for metric, arr in arrays.items():
+        long_name, formula = _DESCRIPTIONS[metric]
+        variables[metric] = xr.Variable(DISTANCE_DIMS, arr, attrs={"long_name": long_name, "formula": formula})
+    return xr.Dataset(variables, coords=coords, attrs={"title": "pairwise token distances per step", **common})

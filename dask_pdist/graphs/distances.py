@@ -1,0 +1,170 @@
+"""The one blockwise graph: history blocks in, distance blocks of every metric out.
+
+Array layer: speaks axes and chunks, knows nothing of xarray labels.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Literal
+
+import dask.array as da
+import numpy as np
+from dask.array.core import PerformanceWarning
+
+from dask_pdist.conventions import METRICS, Metric, check_dtype, check_metrics
+from dask_pdist.kernels.distances import cross_block, pairwise_block
+from dask_pdist.planning import plan_token_chunk
+
+__all__ = ["pairwise_arrays"]
+
+_FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+def _distance_block(
+    xa: np.ndarray,
+    xb: np.ndarray,
+    steps: np.ndarray,
+    ia: np.ndarray,
+    jb: np.ndarray,
+    labels: np.ndarray,
+    *,
+    which: tuple[int, ...],
+    out_dtype: str,
+) -> np.ndarray:
+    step0 = int(steps[0]) if steps.size else 0
+    if ia[0] == jb[0]:  # a diagonal tile: xa and xb hold the same tokens
+        out = pairwise_block(xa, step0=step0, token0=int(ia[0]))
+    else:
+        out = cross_block(xa, xb, step0=step0, token0_a=int(ia[0]), token0_b=int(jb[0]))
+    if which != tuple(range(len(METRICS))):
+        out = out[list(which)]
+    if out_dtype == "float16":
+        top = np.nanmax(out) if out.size else 0.0
+        if top > _FLOAT16_MAX:
+            m, s, i, j = np.argwhere(out == top)[0]
+            raise OverflowError(
+                f"{METRICS[which[m]]} distance {float(top):.6g} at step {labels[s]} between tokens"
+                f" {ia[i]} and {jb[j]} exceeds float16's largest finite value {_FLOAT16_MAX:g};"
+                " use dtype='float32' (--dtype float32)"
+            )
+    elif np.dtype(out_dtype).itemsize < out.dtype.itemsize:  # float64 arithmetic, float32 output
+        _check_fits(out, out_dtype, step0, int(ia[0]), int(jb[0]))
+    return out.astype(out_dtype, copy=False)
+
+
+def _check_fits(out: np.ndarray, out_dtype: str, step0: int, i0: int, j0: int) -> None:
+    # a finite distance above the output dtype's range would become a silent inf
+    top = np.finfo(out_dtype).max
+    if not (out.size and np.nanmax(out) > top):
+        return
+    over = np.isfinite(out) & (out > top)  # an infinite input gives an infinite distance, as scipy
+    if over.any():
+        _, s, i, j = np.argwhere(over)[0]
+        lo, hi = sorted((i0 + int(i), j0 + int(j)))
+        raise OverflowError(
+            f"distance {float(out[:, s, i, j].max()):.6g} between tokens {lo} and {hi} at step index"
+            f" {step0 + s} exceeds {out_dtype}'s largest finite value {float(top):.6g}; use dtype='float64'"
+            " (--dtype float64)"
+        )
+
+
+def pairwise_arrays(
+    x: da.Array,
+    metrics: Sequence[Metric] = METRICS,
+    dtype: str = "float32",
+    token_chunk: int | Literal["auto"] = "auto",
+    steps: np.ndarray | None = None,
+) -> dict[str, da.Array]:
+    """Lazy distance arrays of every metric from one ``dask.array.blockwise`` graph.
+
+    Parameters
+    ----------
+    x : dask.array.Array, shape (step, token, dim), float32 or float64
+        Chunked along step; the dim axis is made whole.
+    metrics : sequence of {"euclidean", "chebyshev"}
+    dtype : {"float32", "float16", "float64"}
+        Output dtype; arithmetic is in ``x.dtype``.
+    token_chunk : int or "auto"
+        Edge of the token_i x token_j tiles. ``"auto"`` tiles only when one snapshot's
+        matrices exceed 16 MiB (then steps go one per task).
+    steps : numpy.ndarray, optional
+        Step labels (length step), named by errors; default 0..step-1.
+
+    Returns
+    -------
+    dict of str to dask.array.Array
+        Each (step, token, token); all share one blockwise layer, so computing or storing
+        them together runs the kernel once per block.
+
+    Examples
+    --------
+    >>> import dask.array as da, numpy as np
+    >>> x = da.ones((10, 5, 3), chunks=(4, 5, 3), dtype=np.float32)
+    >>> pairwise_arrays(x)["chebyshev"].chunks[0]
+    (4, 4, 2)
+    """
+    metrics = check_metrics(metrics)
+    dtype = check_dtype(dtype)
+    if x.ndim != 3:
+        raise ValueError(f"history must be 3-D (step, token, dim), got shape {x.shape}")
+    if 0 in x.shape:  # no block to compute: refuse before a store is created for it
+        raise ValueError(f"history has shape {x.shape}; every axis (step, token, dim) must be non-empty")
+    if x.dtype not in (np.float32, np.float64):
+        raise TypeError(f"history must be float32 or float64 (widen bf16/f16 first), got {x.dtype}")
+    n_tokens = x.shape[1]
+    auto = token_chunk == "auto"
+    if auto:
+        token_chunk = plan_token_chunk(n_tokens, len(metrics), x.dtype.itemsize)
+    elif not isinstance(token_chunk, (int, np.integer)) or isinstance(token_chunk, bool) or token_chunk < 1:
+        raise ValueError(f"token_chunk={token_chunk!r}: give a positive int or 'auto'")
+    token_chunk = int(min(token_chunk, max(n_tokens, 1)))
+    if auto and token_chunk < n_tokens:
+        x = x.rechunk({0: 1})  # one snapshot's tile already fills the task budget
+    x = x.rechunk({1: token_chunk, 2: -1})
+    ids = da.arange(n_tokens, chunks=token_chunk)
+    step_ids = da.arange(x.shape[0], chunks=(x.chunks[0],))  # to name a step in errors
+    labels = np.arange(x.shape[0]) if steps is None else np.asarray(steps)
+    if labels.shape != (x.shape[0],):
+        raise ValueError(f"steps has shape {labels.shape}; expected one label per step, ({x.shape[0]},)")
+    step_labels = da.from_array(labels, chunks=(x.chunks[0],))
+    which = tuple(METRICS.index(m) for m in metrics)
+    with warnings.catch_warnings():
+        # tiling token_i x token_j multiplies the chunk count on purpose
+        warnings.simplefilter("ignore", PerformanceWarning)
+        out = _blockwise(x, step_ids, ids, step_labels, len(metrics), which, dtype)
+    return {m: out[k] for k, m in enumerate(metrics)}
+
+
+def _blockwise(
+    x: da.Array,
+    step_ids: da.Array,
+    ids: da.Array,
+    step_labels: da.Array,
+    n_metrics: int,
+    which: tuple[int, ...],
+    dtype: str,
+) -> da.Array:
+    return da.blockwise(
+        _distance_block,
+        "msij",
+        x,
+        "sid",
+        x,
+        "sjd",
+        step_ids,
+        "s",
+        ids,
+        "i",
+        ids,
+        "j",
+        step_labels,
+        "s",
+        new_axes={"m": n_metrics},
+        concatenate=True,
+        dtype=dtype,
+        meta=np.empty((0, 0, 0, 0), dtype=dtype),
+        which=which,
+        out_dtype=dtype,
+    )

@@ -1,0 +1,239 @@
+"""Per-checkpoint inputs: which files make the history, which step each one is, and where a
+sharded checkpoint keeps the tensor.
+
+Pure path and header logic, no array reading: :mod:`dask_pdist.io.history` stacks the files.
+Checkpoints come as files (``ckpt/step_500.safetensors``), as Hugging Face style folders
+(``ckpt/checkpoint-500/model.safetensors``, or the folder itself), or sharded
+(``model.safetensors.index.json`` naming the shard of every tensor).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from dask_pdist.errors import InputError
+from dask_pdist.io.safetensors_format import require_regular_file
+
+__all__ = ["INDEX_SUFFIX", "checkpoint_paths", "checkpoint_steps", "parse_steps", "tensor_file", "directory_hint"]
+
+#: Name ending of a sharded checkpoint's index (``model.safetensors.index.json``).
+INDEX_SUFFIX = ".safetensors.index.json"
+_RANGE = re.compile(r"^(-?\d+):(-?\d+)(?::(-?\d+))?$")
+
+
+def _natural_key(path: str) -> list:
+    # "step_10" after "step_9": digit runs compare as numbers
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", path)]
+
+
+def _checkpoint_in(folder: Path) -> Path | None:
+    """The checkpoint a folder holds: its index json, else its only safetensors file."""
+    index = sorted(folder.glob("*" + INDEX_SUFFIX))
+    if len(index) == 1:
+        return index[0]
+    files = sorted(folder.glob("*.safetensors"))
+    if len(files) == 1 and not index:
+        return files[0]
+    if index or files:
+        found = ", ".join(p.name for p in (index or files))
+        raise InputError(f"{folder}: holds several checkpoints ({found}); name the files instead of the folder")
+    return None
+
+
+def checkpoint_paths(spec: str | Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """The checkpoints of a glob string or a list, in natural order (``step_10`` after ``step_9``).
+
+    Each is a safetensors file or a sharded checkpoint's index json; a folder stands for the
+    checkpoint inside it (its index json, or its only safetensors file). A glob skips
+    folders that hold no checkpoint.
+
+    Examples
+    --------
+    >>> checkpoint_paths("ckpt/checkpoint-*")  # doctest: +SKIP
+    [PosixPath('ckpt/checkpoint-500/model.safetensors'), PosixPath('ckpt/checkpoint-1000/model.safetensors')]
+    """
+    if isinstance(spec, str):
+        found = glob.glob(spec)
+        if not found:
+            raise FileNotFoundError(f"{spec}: no file matches this pattern")
+        paths = []
+        for p in found:
+            inner = _checkpoint_in(Path(p)) if os.path.isdir(p) else Path(p)
+            if inner is not None:
+                paths.append(inner)
+        if not paths:
+            raise InputError(
+                f"{spec}: the pattern matches only directories ({', '.join(sorted(found)[:3])}"
+                f"{', ...' if len(found) > 3 else ''}) that hold no safetensors checkpoint;"
+                " give a pattern that matches safetensors files"
+            )
+    else:
+        paths = []
+        for p in spec:
+            path = Path(p)
+            inner = _checkpoint_in(path) if path.is_dir() else None
+            if inner is None:  # not a folder holding a checkpoint: must be a regular file
+                require_regular_file(path, "checkpoint file")
+            paths.append(inner or path)
+        if not paths:
+            raise InputError("open_history got an empty list of checkpoint files; give at least one")
+    return sorted(paths, key=lambda p: (_natural_key(p.name), _natural_key(str(p))))
+
+
+def _varying_numbers(paths: list[Path]) -> list[int] | None:
+    # the number in the part of the path that differs between checkpoints (a glob's match):
+    # checkpoint-500/model.safetensors -> 500, even though the file names are all alike
+    parts = [re.split(r"(\d+)", os.path.abspath(p)) for p in paths]
+    if len({len(x) for x in parts}) != 1:
+        return None
+    if any(x[i] != parts[0][i] for x in parts for i in range(0, len(parts[0]), 2)):
+        return None  # the text between the numbers differs too: no common pattern
+    varying = [i for i in range(1, len(parts[0]), 2) if len({int(x[i]) for x in parts}) > 1]
+    return [int(x[varying[-1]]) for x in parts] if varying else None
+
+
+def _name_numbers(paths: list[Path]) -> list[int] | None:
+    # the last number in each file name
+    out = []
+    for p in paths:
+        numbers = re.findall(r"\d+", p.name.removesuffix(INDEX_SUFFIX) if p.name.endswith(INDEX_SUFFIX) else p.stem)
+        if not numbers:
+            return None
+        out.append(int(numbers[-1]))
+    return out
+
+
+def checkpoint_steps(paths: list[Path]) -> np.ndarray | None:
+    """Step numbers from the checkpoints' paths, or None when there are none to take.
+
+    With several checkpoints: the number in the part of the path that varies between them;
+    failing that (or with one checkpoint), the last number in every file name. Two
+    checkpoints with one step are an error.
+
+    Examples
+    --------
+    >>> checkpoint_steps([Path("c/checkpoint-500/model.safetensors"), Path("c/checkpoint-1000/model.safetensors")])
+    array([ 500, 1000])
+    """
+    numbers, origin = (_varying_numbers(paths) if len(paths) > 1 else None), "path"
+    if numbers is None:
+        numbers, origin = _name_numbers(paths), "file name"
+    if numbers is None:
+        return None
+    steps = np.array(numbers, dtype=np.int64)
+    seen: dict[int, Path] = {}
+    for step, p in zip(steps.tolist(), paths, strict=True):
+        if step in seen:
+            raise InputError(
+                f"{p}: step {step} from its {origin} is also the step of {seen[step]};"
+                " every checkpoint needs its own step number (remove or rename one, or give steps= / --steps)"
+            )
+        seen[step] = p
+    return steps
+
+
+def parse_steps(steps: str | os.PathLike[str] | Sequence[int], n_steps: int, source: str) -> np.ndarray:
+    """Step labels given by the user: a range ``START:STOP[:STEP]`` (Python's, STOP excluded),
+    a text file with one integer per line, or a sequence of integers; ``n_steps`` of them,
+    all different.
+
+    Examples
+    --------
+    >>> parse_steps("500:2001:500", 4, "ckpt/*")
+    array([ 500, 1000, 1500, 2000])
+    """
+    where = "steps"
+    match = _RANGE.match(steps) if isinstance(steps, str) else None
+    if match:
+        start, stop, step = int(match[1]), int(match[2]), int(match[3] or 1)
+        if step == 0:
+            raise InputError(f"steps={steps!r}: the range's STEP must not be 0")
+        values = list(range(start, stop, step))
+        where = f"steps range {steps} (STOP excluded, as in Python)"
+    elif isinstance(steps, (str, os.PathLike)):
+        path = Path(steps)
+        try:
+            lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"{path}: steps file not found (give a file with one integer per line, or a range START:STOP:STEP)"
+            ) from None
+        except (UnicodeDecodeError, IsADirectoryError):
+            raise InputError(f"{path}: steps file is not text (one integer per line)") from None
+        try:
+            values = [int(line) for line in lines]
+        except ValueError as exc:
+            raise InputError(f"{path}: steps file holds a line that is not an integer ({exc})") from None
+        where = str(path)
+    else:
+        try:
+            values = [int(v) for v in steps]
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"steps: expected integers, a range 'START:STOP:STEP' or a file ({exc})") from None
+    if len(values) != n_steps:
+        shown = f" ({values[0]}..{values[-1]})" if values else ""
+        raise InputError(
+            f"{where}: gives {len(values)} steps{shown}, but {source} has {n_steps}; give one per snapshot"
+        )
+    if len(set(values)) != len(values):
+        dup = next(v for v in values if values.count(v) > 1)
+        raise InputError(f"{where}: step {dup} appears twice; every snapshot needs its own step")
+    return np.array(values, dtype=np.int64)
+
+
+def tensor_file(path: Path, key: str | None) -> Path:
+    """The safetensors file holding ``key``: ``path`` itself, or for a sharded checkpoint's
+    index json, the shard its ``weight_map`` names.
+
+    Examples
+    --------
+    >>> tensor_file(Path("ckpt/model.safetensors.index.json"), "model.embed_tokens.weight")  # doctest: +SKIP
+    PosixPath('ckpt/model-00001-of-00002.safetensors')
+    """
+    if not path.name.endswith(INDEX_SUFFIX):
+        return path
+    try:
+        weight_map = json.loads(path.read_text(encoding="utf-8"))["weight_map"]
+        if not isinstance(weight_map, dict):
+            raise TypeError(type(weight_map).__name__)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(
+            f"{path}: not a safetensors index ({type(exc).__name__}: {exc}); expected JSON with a"
+            " 'weight_map' object of tensor name -> shard file"
+        ) from None
+    if key is None or key not in weight_map:
+        embed = [n for n in weight_map if "embed" in n][:3] or list(weight_map)[:3]
+        problem = "a sharded checkpoint: name its embedding matrix" if key is None else f"no tensor {key!r} in it"
+        raise InputError(
+            f"{path}: {problem} ({len(weight_map)} tensors in its weight_map, e.g. {', '.join(embed)});"
+            " give key= / --key"
+        )
+    shard = path.parent / str(weight_map[key])
+    if not shard.is_file():
+        raise FileNotFoundError(f"{shard}: the shard holding {key!r} (says {path}) not found")
+    return shard
+
+
+def directory_hint(folder: Path) -> str:
+    """The error for a folder given where a file or zarr store is expected: the glob it
+    probably meant.
+
+    Examples
+    --------
+    >>> directory_hint(Path("ckpt"))  # doctest: +SKIP
+    "ckpt: a directory, not a zarr store: did you mean 'ckpt/*.safetensors'? (quote the glob)"
+    """
+    if any(folder.glob("*.safetensors")):
+        pattern = str(folder / "*.safetensors")
+    elif any(folder.glob("*/*.safetensors")) or any(folder.glob("*/*" + INDEX_SUFFIX)):
+        pattern = str(folder / "*")  # Hugging Face style checkpoint folders
+    else:
+        return f"{folder}: a directory that is not a zarr store and holds no .safetensors checkpoints"
+    return f"{folder}: a directory, not a zarr store: did you mean '{pattern}'? (quote the glob)"

@@ -1,0 +1,162 @@
+"""Block functions of the clusters at a positive threshold: numpy in, numpy out, no dask.
+
+:func:`tile_labels` joins the pairs of one distance tile that are within the threshold,
+with union-find (numba); :func:`merge_labels` joins the partitions of several tiles. The
+task functions compute a history's distance tiles with the kernels of
+:mod:`dask_pdist.kernels.distances`, a few steps at a time. Labels are canonical: the smallest token
+position of the component (the union keeps the smaller root).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from dask_pdist.kernels._jit import numba
+from dask_pdist.kernels.distances import cross_block, pairwise_block
+
+__all__ = ["tile_labels", "merge_labels"]
+
+#: Distance bytes one task holds at a time (one tile of a few steps, both metrics).
+_TILE_BYTES = 4 * 2**20
+
+
+@numba.njit(nogil=True, cache=True)
+def _find(parent, i):
+    while parent[i] != i:
+        parent[i] = parent[parent[i]]  # path halving
+        i = parent[i]
+    return i
+
+
+@numba.njit(nogil=True, cache=True)
+def _union(parent, i, j):
+    # the smaller root wins, so a component's root is its smallest position
+    ri = _find(parent, i)
+    rj = _find(parent, j)
+    if ri < rj:
+        parent[rj] = ri
+    elif rj < ri:
+        parent[ri] = rj
+
+
+@numba.njit(nogil=True, cache=True)
+def _union_tile(d, thr, i0, j0, parent):
+    # d: (step, ti, tj) distances between tokens i0.. and j0..; parent: (step, V) forests
+    for s in range(d.shape[0]):
+        p = parent[s]
+        t = thr[s]
+        for i in range(d.shape[1]):
+            row = d[s, i]
+            for j in range(d.shape[2]):
+                if row[j] <= t:  # NaN compares False: a NaN distance joins nothing
+                    _union(p, i0 + i, j0 + j)
+
+
+@numba.njit(nogil=True, cache=True)
+def _union_labels(labels, parent):
+    # join token t with labels[s, t] (another partition of the same tokens)
+    for s in range(labels.shape[0]):
+        p = parent[s]
+        lab = labels[s]
+        for t in range(labels.shape[1]):
+            _union(p, t, lab[t])
+
+
+@numba.njit(nogil=True, cache=True)
+def _flatten(parent):
+    for s in range(parent.shape[0]):
+        p = parent[s]
+        for t in range(parent.shape[1]):
+            p[t] = _find(p, t)
+
+
+def _identity(n_steps: int, n_tokens: int) -> np.ndarray:
+    out = np.empty((n_steps, n_tokens), dtype=np.int32)
+    out[:] = np.arange(n_tokens, dtype=np.int32)
+    return out
+
+
+def tile_labels(d: np.ndarray, thr: np.ndarray, i0: int, j0: int, n_tokens: int) -> np.ndarray:
+    """Components of "distance <= threshold" seen in one distance tile.
+
+    Parameters
+    ----------
+    d : ndarray, shape (step, ti, tj)
+        Distances between tokens ``i0 .. i0+ti`` (rows) and ``j0 .. j0+tj`` (columns).
+    thr : ndarray, shape (step,)
+        Threshold per step; a pair joins when ``d <= thr`` (NaN never joins).
+    i0, j0 : int
+        Positions of the tile's first row and column.
+    n_tokens : int
+        V: the labels cover every token (tokens outside the tile are singletons).
+
+    Returns
+    -------
+    ndarray, shape (step, n_tokens), int32
+        Canonical labels (smallest position of the component). Combine the tiles of one
+        step with :func:`merge_labels`.
+
+    Examples
+    --------
+    >>> d = np.array([[[0.0, 0.5, 2.0], [0.5, 0.0, 3.0], [2.0, 3.0, 0.0]]])
+    >>> tile_labels(d, np.array([1.0]), 0, 0, 4)
+    array([[0, 0, 2, 3]], dtype=int32)
+    """
+    d = np.ascontiguousarray(d)
+    parent = _identity(d.shape[0], n_tokens)
+    _union_tile(d, np.ascontiguousarray(thr, dtype=np.float64), int(i0), int(j0), parent)
+    _flatten(parent)
+    return parent
+
+
+def merge_labels(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Components of the union of two partitions of the same tokens (per step).
+
+    Examples
+    --------
+    >>> merge_labels(np.array([[0, 0, 2, 3]]), np.array([[0, 1, 1, 3]]))
+    array([[0, 0, 0, 3]], dtype=int32)
+    """
+    parent = np.array(a, dtype=np.int32, order="C")
+    _union_labels(np.ascontiguousarray(b, dtype=np.int32), parent)
+    _flatten(parent)
+    return parent
+
+
+def _history_tile_task(
+    xa: np.ndarray, xb: np.ndarray, ia: np.ndarray, jb: np.ndarray, thr: np.ndarray, *, metric: int, n_tokens: int
+) -> np.ndarray:
+    n_steps = xa.shape[0]
+    if ia.size == 0 or jb.size == 0 or ia[0] > jb[0]:
+        # distances are symmetric: the tile (j, i) already gave every edge of (i, j)
+        return _identity(n_steps, n_tokens)[:, None, None, :]
+    diagonal = ia[0] == jb[0]
+    parent = _identity(n_steps, n_tokens)
+    # a few steps at a time, so the distances held stay within one tile's budget
+    per_step = 2 * xa.shape[1] * xb.shape[1] * xa.dtype.itemsize
+    batch = max(1, _TILE_BYTES // max(1, per_step))
+    for s in range(0, n_steps, batch):
+        e = min(n_steps, s + batch)
+        d = pairwise_block(xa[s:e]) if diagonal else cross_block(xa[s:e], xb[s:e])
+        _union_tile(d[metric], np.ascontiguousarray(thr[s:e], dtype=np.float64), int(ia[0]), int(jb[0]), parent[s:e])
+    _flatten(parent)
+    return parent[:, None, None, :]
+
+
+def _store_tile_task(d: np.ndarray, ia: np.ndarray, jb: np.ndarray, thr: np.ndarray, *, n_tokens: int) -> np.ndarray:
+    if ia.size == 0 or jb.size == 0 or ia[0] > jb[0]:  # symmetric: the upper tile has every edge
+        return _identity(d.shape[0], n_tokens)[:, None, None, :]
+    return tile_labels(d, thr, int(ia[0]), int(jb[0]), n_tokens)[:, None, None, :]
+
+
+def _merge_tiles(x: np.ndarray, axis: Any = None, keepdims: bool = False) -> np.ndarray:
+    # x: (step, ni, nj, V) partial labels of the tiles of one step range -> one partition
+    n_steps, ni, nj, n_tokens = x.shape
+    flat = x.reshape(n_steps, ni * nj, n_tokens)
+    out = np.array(flat[:, 0], dtype=np.int32, order="C")
+    for k in range(1, ni * nj):
+        _union_labels(np.ascontiguousarray(flat[:, k], dtype=np.int32), out)
+    _flatten(out)
+    return out[:, None, None, :] if keepdims else out

@@ -1,0 +1,67 @@
+"""Chunk planning: how many steps and tokens one task takes. Pure integer arithmetic, no I/O,
+no dask (as rechunker plans), so every layer can plan without importing a heavy dependency.
+
+Each plan aims at a byte or work target of :mod:`dask_pdist.conventions`.
+"""
+
+from __future__ import annotations
+
+import math
+
+from dask_pdist.conventions import KNN_TASK_INPUT_BYTES, KNN_TASK_PAIR_DIMS, TASK_OUTPUT_BYTES
+
+__all__ = ["auto_step_chunk", "plan_token_chunk", "plan_neighbour_chunks"]
+
+
+def auto_step_chunk(n_tokens: int, n_steps: int, n_metrics: int = 2, itemsize: int = 4) -> int:
+    """Snapshots per task so that one task's output stays near 16 MiB.
+
+    Pure arithmetic, no I/O. 128 tokens -> 128 steps; 1024 tokens -> 2 steps.
+
+    Examples
+    --------
+    >>> auto_step_chunk(128, 5001)
+    128
+    """
+    per_step = max(1, n_metrics * n_tokens * n_tokens * itemsize)
+    return int(min(max(1, n_steps), max(1, TASK_OUTPUT_BYTES // per_step)))
+
+
+def plan_token_chunk(n_tokens: int, n_metrics: int, itemsize: int, budget: int = TASK_OUTPUT_BYTES) -> int:
+    """Token tile edge so one snapshot's tile of every metric fits ``budget`` bytes.
+
+    Pure arithmetic. Returns ``n_tokens`` (no tiling) when a whole matrix fits.
+
+    Examples
+    --------
+    >>> plan_token_chunk(128, 2, 4)
+    128
+    >>> plan_token_chunk(16384, 2, 4)
+    1448
+    """
+    if n_metrics * n_tokens * n_tokens * itemsize <= budget:
+        return n_tokens
+    edge = math.isqrt(budget // (n_metrics * itemsize))
+    return max(1, min(n_tokens, edge))
+
+
+def plan_neighbour_chunks(
+    n_steps: int, n_tokens: int, n_dims: int, itemsize: int = 4, pair_dims: int = KNN_TASK_PAIR_DIMS
+) -> tuple[int, int]:
+    """(steps, token block) per task: ~``pair_dims`` of arithmetic per block pair, bounded input.
+
+    Pure arithmetic. Large vocabularies go one step per task and cut the tokens into equal
+    blocks.
+
+    Examples
+    --------
+    >>> plan_neighbour_chunks(154, 50304, 512)
+    (1, 1935)
+    >>> plan_neighbour_chunks(4, 16384, 64)
+    (4, 2731)
+    """
+    per_step = max(1, n_tokens * n_dims * itemsize)
+    steps = int(max(1, min(n_steps, KNN_TASK_INPUT_BYTES // per_step)))
+    block = max(1, min(n_tokens, math.isqrt(pair_dims // max(1, steps * n_dims))))
+    n_blocks = math.ceil(max(1, n_tokens) / block)
+    return steps, max(1, math.ceil(n_tokens / n_blocks))

@@ -1,0 +1,393 @@
+"""Reads that never return silently wrong data, and ``verify``.
+
+zarr reads an absent chunk as the fill value (NaN) and reports a checksum mismatch without
+saying where. :class:`CheckedChunks` is the dask source :func:`open_distances` reads through:
+an absent chunk of a block that should be there, or a chunk that fails its crc32c, raises a
+:class:`StoreError` naming the store, variable, chunk and step range. The presence check
+costs one ``stat`` and only when the block read starts with NaN (an absent chunk is all NaN).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from dask_pdist.conventions import FINGERPRINT_ATTR, MARKER_ATTR
+from dask_pdist.errors import StoreError
+from dask_pdist.io.paths import Location, zarr_array
+from dask_pdist.store.layout import (
+    StorePath,
+    done_path,
+    is_complete,
+    lock_path,
+    not_a_store,
+    pid_alive,
+    read_root,
+    store_path,
+)
+
+__all__ = ["ChunkProblem", "CheckedChunks", "lazy_checked", "verify_store", "check_small_arrays", "present_chunks"]
+
+
+def _hint(store: str) -> str:
+    return f"run `dask-pdist verify {store}` to list every damaged chunk, then recompute the store (--overwrite)"
+
+
+def _chunk_key(name: str, idx: tuple[int, ...]) -> str:
+    # zarr format 3 default chunk key encoding, separator "/" (what to_zarr writes)
+    return "/".join([name, "c", *map(str, idx)])
+
+
+def _chunk_present(store: StorePath, name: str, idx: tuple[int, ...]) -> bool:
+    """Whether the chunk's file (object) exists: one ``stat`` (one HEAD request)."""
+    where = store / _chunk_key(name, idx)
+    return where.is_file() if isinstance(where, Location) else os.path.isfile(where)
+
+
+def present_chunks(path: StorePath, name: str) -> set[tuple[int, ...]]:
+    """Indices of the chunks of array ``name`` whose files (objects) exist: one listing."""
+    base = path / name
+    if isinstance(base, Location):
+        keys = base.files() if base.is_dir() else []
+    else:
+        keys = [
+            os.path.relpath(os.path.join(root, f), base).replace(os.sep, "/")
+            for root, _, files in os.walk(base / "c")
+            for f in files
+        ]
+    found = set()
+    for key in keys:
+        parts = key.split("/")
+        if parts[0] == "c" and len(parts) > 1 and all(p.isdigit() for p in parts[1:]):
+            found.add(tuple(int(p) for p in parts[1:]))
+    return found
+
+
+def _absent(store: StorePath) -> str:
+    return "chunk object absent" if isinstance(store, Location) else "chunk file absent"
+
+
+def _live_lock(path: StorePath) -> bool:
+    """Whether a writer lock is held, not counting one whose process is dead on this host."""
+    import json
+    import socket
+
+    try:
+        holder = json.loads(lock_path(path).read_text())
+    except (OSError, ValueError):
+        return False
+    try:
+        return not (holder["host"] == socket.gethostname() and not pid_alive(int(holder["pid"])))
+    except (KeyError, TypeError, ValueError):
+        return True  # a lock we cannot read is still a lock
+
+
+def _relative(path: StorePath, inner: StorePath) -> str:
+    return str(inner)[len(str(path)) :].lstrip("/")
+
+
+def _where(name: str, idx: tuple[int, ...], steps: np.ndarray | None, rows: tuple[int, int] | None) -> str:
+    out = f"{name} chunk {idx}"
+    if steps is not None and rows is not None and len(steps):
+        out += f", steps {steps[rows[0]]}..{steps[rows[1] - 1]}"
+    return out
+
+
+class CheckedChunks:
+    """A dask ``from_array`` source over one float array of a store (distances or a per-step
+    coordinate), with chunk-aligned dask chunks. Holds only the store's location (a path, or
+    a URL with its options) and small numpy arrays, so it pickles into the graph.
+
+    ``done`` (incomplete stores, indexed by the array's chunk index along its dims; 1-D
+    arrays use the step axis of the flags): chunks of blocks not marked done read as NaN.
+    ``done=None``: the store is complete; every chunk must be present.
+    """
+
+    def __init__(
+        self,
+        store: StorePath,
+        name: str,
+        shape: tuple[int, ...],
+        chunks: tuple[int, ...],
+        dtype: np.dtype,
+        steps: np.ndarray,
+        done: np.ndarray | None,
+    ) -> None:
+        self.store = store
+        self.name = name
+        self.shape = shape
+        self.chunks = chunks
+        self.dtype = np.dtype(dtype)
+        self.ndim = len(shape)
+        self.steps = steps
+        self.done = done
+        self._array: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_array": None}
+
+    def _zarr(self) -> Any:
+        if self._array is None:
+            self._array = zarr_array(self.store / self.name)
+        return self._array
+
+    def _is_done(self, idx: tuple[int, ...]) -> bool:
+        if self.done is None:
+            return True
+        if self.ndim == self.done.ndim:
+            return bool(self.done[idx])
+        return bool(self.done[idx[0]].any())
+
+    def _rows(self, idx: tuple[int, ...]) -> tuple[int, int]:
+        return idx[0] * self.chunks[0], min((idx[0] + 1) * self.chunks[0], self.shape[0])
+
+    def _fail(self, idx: tuple[int, ...], problem: str) -> StoreError:
+        where = _where(self.name, idx, self.steps, self._rows(idx))
+        return StoreError(f"{self.store}: {where}: {problem}; {_hint(self.store)}")
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        box, rel = _box(key, self.shape)
+        ranges = [range(lo // c, max(lo, hi - 1) // c + 1) for (lo, hi), c in zip(box, self.chunks, strict=True)]
+        covered = list(itertools.product(*ranges))
+        done = {idx: self._is_done(idx) for idx in covered}
+        region = tuple(slice(lo, hi) for lo, hi in box)
+        if not any(done.values()):
+            data = np.full(tuple(hi - lo for lo, hi in box), np.nan, dtype=self.dtype)
+            return data[rel]
+        try:
+            data = np.asarray(self._zarr()[region])
+        except Exception as exc:  # zarr: ValueError for a checksum, others for a bad chunk
+            bad = covered[0]
+            for idx in covered:  # find the chunk that fails (error path only)
+                try:
+                    self._zarr().get_block_selection(idx)
+                except Exception:
+                    bad = idx
+                    break
+            raise self._fail(bad, f"corrupt ({type(exc).__name__}: {exc})") from exc
+        for idx, is_done in done.items():
+            sub = tuple(
+                slice(max(lo, i * c) - lo, min(hi, (i + 1) * c) - lo)
+                for (lo, hi), i, c in zip(box, idx, self.chunks, strict=True)
+            )
+            if not is_done:
+                data[sub] = np.nan
+            elif data.size and np.isnan(data[sub].flat[0]) and not _chunk_present(self.store, self.name, idx):
+                raise self._fail(idx, f"missing ({_absent(self.store)})")
+        return data[rel]
+
+
+def lazy_checked(source: CheckedChunks) -> Any:
+    """``source`` as a lazily indexed array for xarray without dask: indexing reads only the
+    chunks it touches, through the same checks (``open_distances(chunks=None)``)."""
+    from xarray.backends import BackendArray
+    from xarray.core import indexing
+
+    class _Checked(BackendArray):
+        def __init__(self) -> None:
+            self.shape = source.shape
+            self.dtype = source.dtype
+
+        def __getitem__(self, key: Any) -> np.ndarray:
+            # xarray turns any index into basic ones (ints, slices) plus a numpy step after it
+            return indexing.explicit_indexing_adapter(
+                key, self.shape, indexing.IndexingSupport.BASIC, lambda k: source[k]
+            )
+
+    return indexing.LazilyIndexedArray(_Checked())
+
+
+def _box(key: Any, shape: tuple[int, ...]) -> tuple[list[tuple[int, int]], tuple]:
+    """The bounding box of a basic index (ints, slices) and the index relative to it."""
+    key = key if isinstance(key, tuple) else (key,)
+    if any(k is Ellipsis for k in key):
+        i = key.index(Ellipsis)
+        key = key[:i] + (slice(None),) * (len(shape) - len(key) + 1) + key[i + 1 :]
+    key = key + (slice(None),) * (len(shape) - len(key))
+    box, rel = [], []
+    for k, n in zip(key, shape, strict=True):
+        if isinstance(k, slice):
+            r = range(*k.indices(n))
+            if len(r) == 0:
+                box.append((0, 0))
+                rel.append(slice(0, 0))
+                continue
+            lo, hi = min(r), max(r) + 1
+            stop = r.stop - lo
+            box.append((lo, hi))
+            rel.append(slice(r.start - lo, stop if stop >= 0 else None, r.step))
+        else:
+            i = int(k) + (n if int(k) < 0 else 0)
+            box.append((i, i + 1))
+            rel.append(0)
+    return box, tuple(rel)
+
+
+def check_small_arrays(path: StorePath, names: list[str], group: Any = None) -> None:
+    """Read the small arrays (coordinates, flags) whole: raise naming the one that is
+    absent or corrupt. Their chunks are few; reads of distances check their own. ``group``:
+    the store's open zarr group, to take the arrays from (no metadata request per array)."""
+    for name in names:
+        try:
+            arr = group[name] if group is not None else zarr_array(path / name)
+            # on an object store one listing per array, not a HEAD request per chunk
+            listed = set((path / name).files()) if isinstance(path, Location) else None
+            for idx in itertools.product(*(range(n) for n in arr.cdata_shape)):
+                key = _chunk_key(name, idx)
+                if not (key.split("/", 1)[1] in listed if listed is not None else os.path.isfile(path / key)):
+                    raise StoreError(f"{path}: {name} chunk {idx}: missing ({_absent(path)}); {_hint(str(path))}")
+            arr[...]
+        except (StoreError, PermissionError):
+            raise
+        except Exception as exc:
+            raise StoreError(f"{path}: {name}: corrupt ({type(exc).__name__}: {exc}); {_hint(str(path))}") from exc
+
+
+@dataclass(frozen=True)
+class ChunkProblem:
+    """A store chunk (or a whole array) that is missing or fails its checksum."""
+
+    variable: str
+    steps: tuple[int, int] | None  # step labels, first and last (None: not along step)
+    tokens_i: tuple[int, int] | None
+    tokens_j: tuple[int, int] | None
+    problem: str
+    chunk: tuple[int, ...] | None = None
+
+    def __str__(self) -> str:
+        where = self.variable
+        if self.steps is not None:
+            where += f" steps {self.steps[0]}..{self.steps[1]}"
+        elif self.chunk is not None:
+            where += f" chunk {self.chunk}"
+        if self.tokens_i is not None and self.tokens_j is not None:
+            if self.tokens_i != self.tokens_j or self.tokens_i[0] != 0:
+                where += (
+                    f", token_i {self.tokens_i[0]}..{self.tokens_i[1]}, token_j {self.tokens_j[0]}..{self.tokens_j[1]}"
+                )
+        return f"{where}: {self.problem}"
+
+
+def _expected_arrays(path: StorePath, meta: dict[str, Any]) -> list[str]:
+    # every array the store's own metadata names: the consolidated metadata, the fingerprint's
+    # variables, the coordinates and the done flags
+    names = {"step", "token_i", "token_j"}
+    consolidated = (meta.get("consolidated_metadata") or {}).get("metadata") or {}
+    names |= {k for k, v in consolidated.items() if isinstance(v, dict) and v.get("node_type") == "array"}
+    try:
+        names |= set(json.loads(meta.get("attributes", {}).get(FINGERPRINT_ATTR, "{}")).get("variables", {}))
+    except (ValueError, AttributeError):
+        pass
+    names.add(_relative(path, done_path(path)))
+    first = ("euclidean", "chebyshev")  # the distances first, in the notebook's order
+    return sorted(names, key=lambda n: (first.index(n) if n in first else len(first), n))
+
+
+def verify_store(
+    path: str | os.PathLike[str] | Location,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> list[ChunkProblem]:
+    """Read every chunk of every array of a store; report missing and corrupt ones.
+
+    Every array the store's metadata names (distances, coordinates, ``embedding_rms``,
+    done flags, input checksums) must be present with every chunk; a chunk is missing when
+    its file is absent (or not a file) or, for distances, its block is not marked done, and
+    corrupt when it fails its crc32c checksum or cannot be decoded. A store without its
+    completion record is reported too. ``progress(checked, total)``, if given, is called
+    after each chunk (the CLI draws a progress bar with it). A store at a URL (with its
+    ``storage_options``) is listed once, then every chunk is read.
+
+    Examples
+    --------
+    >>> for problem in verify_store("pairwise_distances.zarr"): print(problem)  # doctest: +SKIP
+    """
+    path = store_path(path, storage_options)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: store not found")
+    meta = read_root(path)
+    if meta is None or MARKER_ATTR not in meta.get("attributes", {}):
+        raise not_a_store(path)
+    problems: list[ChunkProblem] = []
+    names = _expected_arrays(path, meta)
+    arrays = {}
+    for name in names:
+        try:
+            arrays[name] = zarr_array(path / name)
+        except PermissionError:
+            raise
+        except Exception as exc:
+            problems.append(ChunkProblem(name, None, None, None, f"missing (array absent or unreadable: {exc})"))
+    try:
+        if "step" in arrays and present_chunks(path, "step") != set(
+            itertools.product(*(range(n) for n in arrays["step"].cdata_shape))
+        ):
+            raise LookupError("a chunk of the step coordinate is missing")
+        steps = np.asarray(arrays["step"][...])
+    except Exception:  # no step labels to trust: problems are named by chunk index instead
+        steps = None
+    done_name = _relative(path, done_path(path))
+    # an object store: one listing instead of a HEAD request per chunk
+    listed = set(path.files()) if isinstance(path, Location) else None
+    try:
+        done = np.asarray(arrays[done_name][...]) if done_name in arrays else None
+    except Exception:
+        done = None
+    step_chunk = next((a.chunks[0] for n, a in arrays.items() if n in ("euclidean", "chebyshev")), None)
+    checked, total = 0, sum(int(np.prod(a.cdata_shape)) for a in arrays.values())
+    for name, arr in arrays.items():
+        dims = tuple(getattr(arr.metadata, "dimension_names", None) or ())
+        is_distance = dims == ("step", "token_i", "token_j")
+        for idx in itertools.product(*(range(n) for n in arr.cdata_shape)):
+            rows = None
+            if dims[:1] == ("step",):
+                rows = (idx[0] * arr.chunks[0], min((idx[0] + 1) * arr.chunks[0], arr.shape[0]))
+            elif dims[:1] == ("step_block",) and step_chunk is not None and steps is not None:
+                rows = (idx[0] * step_chunk, min((idx[0] + 1) * step_chunk, len(steps)))
+            problem = None
+            key = _chunk_key(name, idx)
+            if not (key in listed if listed is not None else os.path.isfile(path / key)):
+                problem = f"missing ({_absent(path)})"
+            elif is_distance and done is not None and not done[idx]:
+                problem = "missing (block not marked done)"
+            else:
+                try:
+                    arr.get_block_selection(idx)
+                except Exception as exc:  # zarr raises ValueError for checksums, others for decoding
+                    problem = f"corrupt ({exc})"
+            if problem:
+                label = (int(steps[rows[0]]), int(steps[rows[1] - 1])) if rows and steps is not None else None
+                ti = tj = None
+                if is_distance:
+                    ci, cj = arr.chunks[1], arr.chunks[2]
+                    ti = (idx[1] * ci, min((idx[1] + 1) * ci, arr.shape[1]) - 1)
+                    tj = (idx[2] * cj, min((idx[2] + 1) * cj, arr.shape[2]) - 1)
+                problems.append(ChunkProblem(name, label, ti, tj, problem, None if label else idx))
+            checked += 1
+            if progress is not None:
+                progress(checked, total)
+    if not is_complete(meta):
+        problems.append(
+            ChunkProblem(
+                "store",
+                None,
+                None,
+                None,
+                (
+                    f"not marked complete: a job holds its writer lock {lock_path(path)} (it may still be"
+                    " running; if it is not, `dask-pdist compute ... --resume` takes the lock over on"
+                    " the same host and finishes the store)"
+                    if _live_lock(path)
+                    else "not marked complete (the job was interrupted or stopped; `dask-pdist info` says which);"
+                    " reads refuse it until `dask-pdist compute ... --resume` finishes it"
+                ),
+            )
+        )
+    return problems

@@ -1,0 +1,313 @@
+"""What a distance store keeps about itself, apart from the distances.
+
+- the ``_dask_pdist`` sub-group: ``chunk_done`` (one flag per block) and ``input_checksum``
+  (crc32c of each step's input values, checked by ``--resume``). Plain ``xarray.open_zarr``
+  lists only the arrays of the root group, so users see the distances and their coordinates.
+  Stores written before the sub-group keep ``chunk_done`` at the root; both layouts are read.
+- the completion record: the ``complete`` attribute of the root ``zarr.json``, written in one
+  atomic replace of that file together with the consolidated metadata it vouches for.
+- the writer lock ``.NAME.lock`` next to the store: one writer at a time.
+- the list of entries a store of ours may hold: ``--overwrite`` deletes nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import threading
+import time
+import uuid
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dask_pdist.conventions import (
+    BOOKKEEPING,
+    COMPLETE_ATTR,
+    DONE,
+    INPUT_CHECKSUM,
+    MARKER_ATTR,
+)
+from dask_pdist.errors import StoreError
+from dask_pdist.io.paths import BUCKET_SCHEMES, Location, locate, zarr_array, zarr_store
+
+#: A store's location: a local folder, or a key prefix on an object store (``s3://b/d.zarr``).
+StorePath = Path | Location
+
+if TYPE_CHECKING:
+    import numpy as np
+
+#: Root arrays a store of ours may hold (``chunk_done`` only in the old layout).
+ROOT_ARRAYS = ("euclidean", "chebyshev", "step", "token_i", "token_j", "embedding_rms", DONE)
+BOOKKEEPING_ARRAYS = (DONE, INPUT_CHECKSUM)
+# files inside one zarr array: its metadata, chunk files c/0/1/2, and temp files of killed writes
+_ARRAY_ENTRY = re.compile(r"zarr\.json|c(/\d+)+(\.[^/]+\.partial)?|c(/\d+)*/\d+\.[^/]+\.partial")
+
+
+def store_path(path: str | os.PathLike[str] | Location, storage_options: dict | None = None) -> StorePath:
+    """A store's location: a :class:`~pathlib.Path`, or a :class:`Location` for a URL.
+
+    A URL must name a prefix below the bucket (``s3://bucket/d.zarr``): the writer lock lives
+    next to the store, never inside it."""
+    found = locate(path, storage_options)
+    if not isinstance(found, Location):
+        return found
+    rest = found.url.split("://", 1)[1].strip("/")
+    if found.protocol in BUCKET_SCHEMES and "/" not in rest:
+        where = f"{found.protocol}://{rest or 'bucket'}"
+        raise StoreError(f"{found.url}: give a store name inside the bucket, e.g. {where}/distances.zarr")
+    if not rest:
+        raise StoreError(f"{found.url}: give a store name, e.g. {found.protocol}://distances.zarr")
+    return found
+
+
+def done_path(path: StorePath) -> StorePath:
+    """The ``chunk_done`` array of a store, in the sub-group or (old stores) at the root."""
+    old = path / DONE
+    if not (path / BOOKKEEPING / DONE).exists() and (old / "zarr.json").exists():
+        return old
+    return path / BOOKKEEPING / DONE
+
+
+def read_root(path: StorePath) -> dict[str, Any] | None:
+    """The root ``zarr.json`` of ``path``, or None if absent or unreadable."""
+    try:
+        meta = json.loads((path / "zarr.json").read_text())
+    except PermissionError:
+        if isinstance(path, Location):
+            raise  # wrong credentials: say so, not "not a store"
+        return None
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def read_attrs(path: StorePath) -> dict[str, Any] | None:
+    """The root attributes of a store, or None if its zarr.json is missing or unreadable."""
+    meta = read_root(path)
+    return None if meta is None else meta.get("attributes", {})
+
+
+def is_store(path: str | os.PathLike[str] | Location) -> bool:
+    """True if ``path`` holds a zarr group written by dask_pdist."""
+    meta = read_root(locate(path))
+    return meta is not None and MARKER_ATTR in meta.get("attributes", {})
+
+
+def is_complete(meta: dict[str, Any] | None) -> bool:
+    """The completion record counts only together with the consolidated metadata."""
+    if not meta:
+        return False
+    return bool(meta.get("attributes", {}).get(COMPLETE_ATTR)) and bool(meta.get("consolidated_metadata"))
+
+
+def write_root_attrs(path: StorePath, **attrs: Any) -> None:
+    """Set (or, for None, remove) root attributes in one atomic replace of ``zarr.json``.
+
+    zarr rewrites the root ``zarr.json`` without its consolidated metadata when attributes
+    change; this keeps that metadata, so no reader ever sees one without the other."""
+    meta = read_root(path)
+    if meta is None:
+        raise StoreError(f"{path}: zarr.json is missing or unreadable")
+    target = meta.setdefault("attributes", {})
+    for key, value in attrs.items():
+        if value is None:
+            target.pop(key, None)
+        else:
+            target[key] = value
+    if isinstance(path, Location):  # a PUT replaces the object whole
+        (path / "zarr.json").write_text(json.dumps(meta, indent=2))
+        return
+    tmp = path / f"zarr.json.{uuid.uuid4().hex[:8]}.partial"
+    tmp.write_text(json.dumps(meta, indent=2))
+    os.replace(tmp, path / "zarr.json")
+
+
+# -- the writer lock ------------------------------------------------------------------------
+
+
+def lock_path(path: StorePath) -> StorePath:
+    return path.parent / f".{path.name}.lock"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _create_exclusive(lock: StorePath, record: dict[str, Any]) -> bool:
+    # False if the lock exists; an object store creates it with a conditional PUT
+    # (If-None-Match: *), which S3 and most S3-compatible stores honour
+    text = json.dumps(record)
+    if isinstance(lock, Location):
+        try:
+            lock.write_bytes(text.encode(), exclusive=True)
+        except FileExistsError:
+            return False
+        return True
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    return True
+
+
+def acquire_lock(path: StorePath) -> str:
+    """Take the one-writer lock of ``path``; returns its token.
+
+    A lock whose process is dead on this host is stale and taken over; so is one of this
+    process (a Python caller running one job after another). Anything else is refused.
+    On an object store the lock is an object created by a conditional PUT."""
+    lock = lock_path(path)
+    token = uuid.uuid4().hex
+    record = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "token": token,
+    }
+    for _ in range(3):
+        if not _create_exclusive(lock, record):
+            try:
+                holder = json.loads(lock.read_text())
+                pid, host = int(holder["pid"]), str(holder["host"])
+            except FileNotFoundError:
+                continue  # released meanwhile
+            except (OSError, ValueError, KeyError, TypeError):
+                raise StoreError(
+                    f"{path}: lock file {lock} is unreadable; if no dask-pdist job is writing {path}, delete"
+                    f" the lock file {lock} (not the store) and retry"
+                ) from None
+            if host == record["host"] and (pid == os.getpid() or not pid_alive(pid)):
+                lock.unlink(missing_ok=True)  # stale: its writer is gone
+                continue
+            raise StoreError(
+                f"{path}: being written by pid {pid} on {host} since {holder.get('started', '?')}"
+                f" (lock {lock}); wait for that job to finish, or, if it is no longer running,"
+                f" delete {lock} and retry"
+            ) from None
+        return token
+    raise StoreError(f"{path}: could not take the lock {lock}; retry")
+
+
+def release_lock(path: StorePath, token: str | None = None) -> None:
+    """Remove the lock of ``path`` if ``token`` holds it (or, without a token, if this
+    process holds it on this host)."""
+    lock = lock_path(path)
+    try:
+        holder = json.loads(lock.read_text())
+    except (OSError, ValueError):
+        return
+    mine = (
+        holder.get("token") == token
+        if token
+        else (holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname())
+    )
+    if mine:
+        lock.unlink(missing_ok=True)
+
+
+# -- what a store of ours holds -------------------------------------------------------------
+
+
+def foreign_entries(path: StorePath, limit: int = 5) -> list[str]:
+    """Entries under ``path`` that dask_pdist never writes (relative paths, at most ``limit``)."""
+    found: list[str] = []
+    if isinstance(path, Location):  # objects only: a "folder" is a key prefix
+        return [rel for rel in path.files() if not _known(rel, False)][:limit]
+    for root, dirs, files in os.walk(path):
+        rel_root = Path(root).relative_to(path)
+        for name in sorted(dirs) + sorted(files):
+            full = Path(root) / name
+            rel = (rel_root / name).as_posix()
+            if full.is_symlink() or not _known(rel, full.is_dir()):
+                found.append(rel)
+                if name in dirs:
+                    dirs.remove(name)
+        if len(found) >= limit:
+            break
+    return found[:limit]
+
+
+def _known(rel: str, is_dir: bool) -> bool:
+    parts = rel.split("/")
+    if parts[0] == BOOKKEEPING:
+        if len(parts) == 1:
+            return is_dir
+        if len(parts) == 2 and parts[1] == "zarr.json":
+            return not is_dir
+        parts = parts[1:]
+        arrays: tuple[str, ...] = BOOKKEEPING_ARRAYS
+    else:
+        arrays = ROOT_ARRAYS
+    if len(parts) == 1 and parts[0] == "zarr.json":
+        return not is_dir
+    if parts[0] not in arrays:
+        return False
+    if len(parts) == 1:
+        return is_dir
+    inner = "/".join(parts[1:])
+    if is_dir:
+        return re.fullmatch(r"c(/\d+)*", inner) is not None
+    return _ARRAY_ENTRY.fullmatch(inner) is not None
+
+
+def not_a_store(path: StorePath) -> StoreError:
+    """The error for a location that is not a readable dask_pdist store, saying whether it is
+    one of ours whose root ``zarr.json`` is gone (damaged) or not ours at all."""
+    if has_bookkeeping(path):
+        return StoreError(
+            f"{path}: a damaged dask_pdist store: its root zarr.json is missing or unreadable (a write was"
+            " interrupted, or the file was deleted); recompute it with `dask-pdist compute ... --overwrite`"
+        )
+    return StoreError(f"{path}: not a dask_pdist store (no zarr.json with {MARKER_ATTR!r})")
+
+
+def has_bookkeeping(path: StorePath) -> bool:
+    return (path / BOOKKEEPING / DONE / "zarr.json").is_file() or (path / DONE / "zarr.json").is_file()
+
+
+def store_progress(path: str | os.PathLike[str] | Location) -> tuple[np.ndarray, bool]:
+    """The ``chunk_done`` flags (one per block) and whether the store is complete.
+
+    Complete means the completion record is written, together with the consolidated
+    metadata it vouches for (the last write of a job)."""
+    import numpy as np
+
+    path = path if isinstance(path, Location) else store_path(path)
+    where = done_path(path)
+    try:
+        done = np.asarray(zarr_array(where)[...])
+    except PermissionError:
+        raise
+    except Exception as exc:
+        raise StoreError(
+            f"{path}: the done flags {str(where)[len(str(path)) + 1 :]} are unreadable ({type(exc).__name__}: {exc});"
+            f" run `dask-pdist verify {path}`"
+        ) from exc
+    return done, is_complete(read_root(path))
+
+
+#: catch_warnings swaps the process-wide filters: two stores finishing at once in one graph
+#: (several runs) would restore each other's filters mid-way and let the warning through
+_WARNINGS_LOCK = threading.Lock()
+
+
+def consolidate(path: StorePath) -> None:
+    import zarr
+
+    with _WARNINGS_LOCK, warnings.catch_warnings():
+        # consolidated metadata is a zarr-python extension to format 3; we write it so that
+        # plain xarray.open_zarr(path) opens the store without a fallback warning
+        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+        zarr.consolidate_metadata(zarr_store(path, read_only=False))

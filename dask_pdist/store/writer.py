@@ -1,0 +1,424 @@
+"""Writers and readers of the zarr store (zarr format 3, NaN fill, chunks aligned with dask).
+
+The store tells the truth about what it holds. Each dask task writes one block of every
+variable, then sets its own element of the ``chunk_done`` array (one zarr chunk per block,
+so concurrent writers never share a file; zarr attributes are not safe for concurrent
+updates), next to the crc32c of the input values it read (``input_checksum``). Both live in
+the ``_dask_pdist`` sub-group (see :mod:`.bookkeeping`). The ``complete`` record is the last
+write, by one task that depends on all others. Chunk writes are atomic on local disk
+(zarr >= 3.1.3: temp file + rename) and every chunk of every array carries a crc32c
+checksum, so a killed job leaves only whole chunks, which ``--resume`` completes. One
+writer at a time: a lock file next to the store.
+
+The store is plain xarray-on-zarr: ``xarray.open_zarr(path)`` opens it without dask_pdist.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+from dask.delayed import Delayed
+
+from dask_pdist._version import __version__
+from dask_pdist.conventions import (
+    BOOKKEEPING,
+    COMPLETE_ATTR,
+    DISTANCE_DIMS,
+    DONE,
+    FINGERPRINT_ATTR,
+    INPUT_CHECKSUM,
+    STOPPED_ATTR,
+)
+from dask_pdist.errors import InputError, StoreError
+from dask_pdist.io.paths import Location, zarr_array
+from dask_pdist.store.codecs import COMPRESSORS, DEFAULT_COMPRESSOR, Compressor, codec_choice, codec_name, codecs
+from dask_pdist.store.guards import check_input_outside, check_output, check_resumed_input, stop_job
+from dask_pdist.store.integrity import present_chunks
+from dask_pdist.store.layout import (
+    StorePath,
+    acquire_lock,
+    consolidate,
+    done_path,
+    read_attrs,
+    read_root,
+    release_lock,
+    store_path,
+    store_progress,
+    write_root_attrs,
+)
+from dask_pdist.store.reader import open_distances
+
+__all__ = ["to_zarr"]
+
+_DONE_DIMS = ("step_block", "token_i_block", "token_j_block")
+
+
+def _regular_chunks(ds: xr.Dataset) -> xr.Dataset:
+    # zarr chunks are regular: make every dask chunk but the last one equal, so each dask
+    # task writes whole store chunks and no two tasks share one
+    chunks = {}
+    for dim in DISTANCE_DIMS:
+        sizes = ds.chunksizes.get(dim)
+        if sizes and (len(set(sizes[:-1])) > 1 or (len(sizes) > 1 and sizes[-1] > sizes[0])):
+            chunks[dim] = max(sizes)
+    return ds.chunk(chunks) if chunks else ds
+
+
+def _fingerprint(ds: xr.Dataset, compressor: str) -> dict[str, Any]:
+    # what must match for a resumed job to continue the same computation
+    return {
+        "source_key": ds.attrs.get("source_key", ""),
+        "source_fingerprint": ds.attrs.get("source_fingerprint", ""),
+        "input_dtype": ds.attrs.get("input_dtype", ""),
+        "compute_dtype": ds.attrs.get("compute_dtype", ""),
+        "variables": {name: str(var.dtype) for name, var in sorted(ds.data_vars.items())},
+        "shape": [int(ds.sizes[d]) for d in DISTANCE_DIMS],
+        "chunks": [int(ds.chunksizes[d][0]) for d in DISTANCE_DIMS],
+        "compressor": compressor,
+        # what the choice meant when the store was made: a resumed job writes the same codecs
+        "codecs": {name: codec_name(codec_choice(compressor, name)) for name in sorted(ds.data_vars)},
+        "tokens": _token_labels(ds),
+        "version": __version__,
+    }
+
+
+def _token_labels(ds: xr.Dataset) -> str:
+    # --resume with labels must not silently keep a store's integer labels (or the reverse)
+    import hashlib
+
+    tokens = np.asarray(ds["token_i"].values)
+    if tokens.dtype.kind in "iu" and np.array_equal(tokens, np.arange(len(tokens))):
+        return "none (token index)"
+    return "labels sha256:" + hashlib.sha256("\n".join(map(str, tokens.tolist())).encode()).hexdigest()[:16]
+
+
+def _create(ds: xr.Dataset, path: StorePath, compressor: str, fingerprint: dict[str, Any]) -> None:
+    if not isinstance(path, Location):
+        tmp = path.with_name(path.name + ".creating")
+        if tmp.exists():
+            shutil.rmtree(tmp)  # left by a killed run (we hold the lock)
+        _build(ds, tmp, compressor, fingerprint)
+        if path.exists():  # --overwrite: move the old store aside first, then delete it
+            trash = path.with_name(f".{path.name}.deleting")
+            if trash.exists():
+                shutil.rmtree(trash)
+            os.rename(path, trash)
+            os.rename(tmp, path)
+            shutil.rmtree(trash)
+        else:
+            os.rename(tmp, path)  # the store appears whole, with its metadata, or not at all
+        return
+    # an object store has no rename: build the metadata and coordinates (small) in a local
+    # temporary folder, upload every object, and the root zarr.json (what makes it a store)
+    # last; --overwrite first deletes the old root zarr.json (the store stops being one), then
+    # the rest, so a kill in between leaves a prefix that --overwrite replaces again
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="dask_pdist-") as scratch:
+        tmp = Path(scratch) / "store"
+        _build(ds, tmp, compressor, fingerprint)
+        if path.exists():
+            (path / "zarr.json").unlink(missing_ok=True)
+            path.remove_tree()
+        files = sorted(p for p in tmp.rglob("*") if p.is_file() and p.relative_to(tmp).as_posix() != "zarr.json")
+        for file in files:
+            (path / file.relative_to(tmp).as_posix()).upload(file)
+        (path / "zarr.json").upload(tmp / "zarr.json")
+
+
+def _build(ds: xr.Dataset, tmp: Path, compressor: str, fingerprint: dict[str, Any]) -> None:
+    import zarr
+    from zarr.codecs import Crc32cCodec
+
+    checksums = ds.coords.get(INPUT_CHECKSUM)
+    ds = ds.drop_vars(INPUT_CHECKSUM, errors="ignore")  # bookkeeping: kept in the sub-group
+    encoding = {
+        name: {
+            "chunks": tuple(c[0] for c in var.chunks),
+            "compressors": codecs(compressor, var.dtype.itemsize, str(name)),
+            "_FillValue": np.nan,  # an unwritten chunk reads as NaN, never as distance 0
+        }
+        for name, var in ds.data_vars.items()
+    }
+    for name in ds.coords:  # every array carries a checksum, coordinates too
+        encoding[name] = {"compressors": [Crc32cCodec()]}
+    # metadata and the (small, eager) coordinates; the distances are written by our own tasks;
+    # every chunk is written, even one equal to the fill value, so that "absent" means missing
+    ds.to_zarr(
+        tmp, mode="w-", zarr_format=3, consolidated=False, encoding=encoding, compute=False, write_empty_chunks=True
+    )
+    group = zarr.open_group(str(tmp), mode="r+")
+    books = group.create_group(BOOKKEEPING)
+    books.attrs["long_name"] = "dask_pdist bookkeeping: which blocks are written, and from what input"
+    nblocks = tuple(len(ds.chunksizes[d]) for d in DISTANCE_DIMS)
+    done = books.create_array(
+        DONE,
+        shape=nblocks,
+        chunks=(1, 1, 1),
+        dtype="uint8",
+        fill_value=0,
+        dimension_names=_DONE_DIMS,
+        compressors=[Crc32cCodec()],
+    )
+    done.attrs["long_name"] = "1 where the block of every variable is written (one element per dask task)"
+    if checksums is not None:
+        crc = books.create_array(
+            INPUT_CHECKSUM,
+            shape=(ds.sizes["step"],),
+            chunks=(ds.chunksizes["step"][0],),
+            dtype="uint32",
+            fill_value=0,
+            dimension_names=("step",),
+            compressors=[Crc32cCodec()],
+        )
+        crc.attrs["long_name"] = checksums.attrs.get("long_name", "")
+    group.attrs[FINGERPRINT_ATTR] = json.dumps(fingerprint, sort_keys=True)
+    group.attrs[COMPLETE_ATTR] = False
+    consolidate(tmp)
+
+
+def _clean_partials(path: StorePath) -> int:
+    # temp files of chunk writes killed mid-way (zarr's LocalStore names them *.partial);
+    # an object store has none: a PUT is whole or absent
+    n = 0
+    if isinstance(path, Location):
+        return n
+    for p in path.rglob("*.partial"):
+        p.unlink(missing_ok=True)
+        n += 1
+    return n
+
+
+def _write_block(block: np.ndarray, *, array: Any, block_info: Any = None) -> np.ndarray:
+    region = tuple(slice(a, b) for a, b in block_info[0]["array-location"])
+    array[region] = block
+    return np.ones((1,) * block.ndim, dtype=np.uint8)
+
+
+def _write_coord(block: np.ndarray, *, array: Any, block_info: Any = None) -> np.ndarray:
+    ((start, stop),) = block_info[0]["array-location"]
+    array[start:stop] = block
+    return np.ones((1,), dtype=np.uint8)
+
+
+def _mark_done(*written: np.ndarray, done: Any, block_info: Any = None) -> np.ndarray:
+    # runs only after every variable's block (and the step coordinate) is on disk
+    index = tuple(loc[0] for loc in block_info[None]["array-location"])
+    done[index] = 1
+    return np.ones((1, 1, 1), dtype=np.uint8)
+
+
+def _finish(flags: list, store: StorePath, lock: str) -> int:
+    if not (read_root(store) or {}).get("consolidated_metadata"):
+        consolidate(store)  # a store finished by an older version lacks it
+    # the completion record is the last write, one atomic replace of the root zarr.json that
+    # also holds the consolidated metadata: a reader sees both or neither
+    write_root_attrs(store, **{COMPLETE_ATTR: True, STOPPED_ATTR: None})
+    release_lock(store, lock)
+    return len(flags)
+
+
+def _write_graph(ds: xr.Dataset, path: StorePath, todo: np.ndarray, lock: str) -> Delayed:
+    token = dask.base.tokenize(str(path), *(v.data.name for v in ds.data_vars.values()))
+    written = []
+    # write every chunk, even one equal to the fill value (an all-NaN block under
+    # nonfinite="propagate"): skipping it would make it look missing to verify, and the
+    # comparison costs ~25% of the write time (measured)
+    # (open_array(config=...) is silently ignored in zarr 3.1; with_config is honoured)
+    config = {"write_empty_chunks": True}
+    for name, var in ds.data_vars.items():
+        arr = zarr_array(path / name, "r+").with_config(config)
+        written.append(
+            var.data.map_blocks(_write_block, array=arr, dtype=np.uint8, chunks=(1, 1, 1), name=f"write-{name}-{token}")
+        )
+    for name, coord in ds.coords.items():
+        if isinstance(coord.data, da.Array):  # lazy per-step coordinates (embedding_rms, input checksums)
+            where = path / BOOKKEEPING / name if name == INPUT_CHECKSUM else path / name
+            if not (where / "zarr.json").exists():
+                continue  # an old store without input checksums
+            arr = zarr_array(where, "r+").with_config(config)
+            flags = coord.data.map_blocks(
+                _write_coord, array=arr, dtype=np.uint8, chunks=(1,), name=f"write-{name}-{token}"
+            )
+            written.append(flags[:, None, None])
+    done = da.map_blocks(
+        _mark_done,
+        *written,
+        done=zarr_array(done_path(path), "r+").with_config(config),
+        dtype=np.uint8,
+        chunks=(1, 1, 1),
+        name=f"mark-done-{token}",
+    )
+    blocks = done.to_delayed(optimize_graph=False)
+    tasks = [blocks[tuple(idx)] for idx in np.argwhere(todo)]  # resume: only blocks not done
+    return dask.delayed(_finish, pure=False)(tasks, path, lock)
+
+
+def _resume_todo(ds: xr.Dataset, path: StorePath) -> np.ndarray:
+    # the blocks not marked done, and those marked done whose chunk file of some variable is
+    # gone (deleted since, even from a complete store): their flags are cleared first, then
+    # the completion record, so a kill in between still finds them next time
+    flags, complete = store_progress(path)
+    lost = np.zeros(flags.shape, bool)
+    for name in ds.data_vars:
+        present = present_chunks(path, str(name))
+        for idx in zip(*np.nonzero(flags), strict=True):
+            if tuple(int(i) for i in idx) not in present:
+                lost[idx] = True
+    if lost.any():
+        done = zarr_array(done_path(path), "r+")
+        for idx in np.argwhere(lost):
+            done[tuple(idx)] = 0
+    todo = (flags == 0) | lost
+    if complete and todo.any():  # also a done flag lost from a complete store
+        write_root_attrs(path, **{COMPLETE_ATTR: False})
+    return todo
+
+
+def to_zarr(
+    ds: xr.Dataset,
+    path: str | os.PathLike[str],
+    *,
+    compressor: Compressor = DEFAULT_COMPRESSOR,
+    overwrite: bool = False,
+    resume: bool = False,
+    compute: bool = True,
+    progress: bool | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> Any:
+    """Write a distance Dataset to a zarr (format 3) store, every metric from one graph.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        From :func:`pairwise_distances`.
+    path : path-like or URL
+        Store directory to create, or a URL that fsspec understands (``s3://bucket/d.zarr``,
+        ``gs://...``, ``memory://...``): the store is written through zarr's fsspec store,
+        one object per chunk (a PUT is whole or absent, so a killed job leaves only whole
+        chunks there too).
+    compressor : {"auto", "none", "lz4", "zstd"}
+        ``"auto"``: per variable, as measured (:data:`AUTO_CODECS`: Euclidean uncompressed,
+        Chebyshev Blosc lz4 with bit shuffle); ``"lz4"``/``"zstd"``: Blosc with byte shuffle for
+        every variable; ``"none"``: no compression (see the README for the measurements).
+        The choice and the codecs it meant are recorded in the store (``--resume`` checks
+        them). Every chunk also carries a crc32c checksum.
+    overwrite : bool
+        Replace an existing dask_pdist store at ``path``. Anything else at ``path`` is
+        never written into or deleted.
+    resume : bool
+        Finish an interrupted store: compute only the blocks not marked done, and those whose
+        chunk file of some variable is gone (deleted since, also from a complete store; a
+        chunk that is present but corrupt is found by :func:`verify_store`). Refused if the
+        input or parameters differ from those recorded in the store.
+    compute : bool
+        If False, create the store (metadata and coordinates) now and return a
+        ``dask.delayed`` object that writes the distances when computed (run it under a
+        progress bar or a distributed client as you like). The job holds the store's
+        writer lock (``.NAME.lock`` next to it) until it finishes; a lock left by a process
+        that has exited is taken over by the next writer.
+    progress : bool, optional
+        Show a progress bar (tqdm, on stderr) while computing. Default: on in a terminal or
+        a Jupyter notebook, off otherwise. Under a dask.distributed ``Client`` use
+        ``compute=False`` and ``distributed.progress`` instead.
+    storage_options : dict, optional
+        For a URL: options of its fsspec backend (credentials and the endpoint otherwise come
+        from the backend's usual configuration, for S3 the ``AWS_*`` variables).
+
+    Returns
+    -------
+    xarray.Dataset
+        The written store, opened lazily (as :func:`open_distances` opens it); or a
+        ``dask.delayed.Delayed`` if ``compute=False``.
+
+    Raises
+    ------
+    StoreError
+        ``path`` exists and neither ``overwrite`` nor ``resume`` is given, is not (only) a
+        dask_pdist store, is a symbolic link or holds the input, is being written by another
+        live process, or (resume) was made from other input or parameters, or the input
+        values of its finished blocks changed (naming the first changed step).
+
+    Examples
+    --------
+    >>> ds = to_zarr(pairwise_distances(open_history("h.safetensors")), "d.zarr")  # doctest: +SKIP
+    >>> ds.euclidean.sel(step=1234)  # doctest: +SKIP
+    """
+    path = store_path(path, storage_options)
+    if compressor not in COMPRESSORS:
+        raise ValueError(f"compressor={compressor!r}: choose one of {list(COMPRESSORS)}")
+    check_input_outside(ds, path)
+    try:
+        lock = acquire_lock(path)  # first: a running writer is the most useful thing to report
+    except StoreError:
+        raise
+    except OSError:
+        check_output(path, overwrite, resume)  # no parent folder, not writable: say so
+        raise
+    try:
+        resuming = check_output(path, overwrite, resume)
+        ds = _regular_chunks(ds)
+        fingerprint = _fingerprint(ds, compressor)
+        if resuming:
+            old = json.loads(read_attrs(path).get(FINGERPRINT_ATTR, "{}"))
+            diff = [f"{k}: store has {old.get(k)!r}, now {v!r}" for k, v in fingerprint.items() if old.get(k) != v]
+            if diff:
+                raise StoreError(
+                    f"{path}: cannot resume, the job differs from the one that made the store: " + "; ".join(diff)
+                )
+            _clean_partials(path)
+            check_resumed_input(ds, path)
+        else:
+            _create(ds, path, compressor, fingerprint)
+        todo = (
+            _resume_todo(ds, path) if resuming else np.ones(tuple(len(ds.chunksizes[d]) for d in DISTANCE_DIMS), bool)
+        )
+        job = _write_graph(ds, path, todo, lock)
+    except BaseException:
+        release_lock(path, lock)
+        raise
+    if not compute:
+        return job
+    try:
+        if _interactive() if progress is None else progress:
+            from tqdm.dask import TqdmCallback
+
+            with TqdmCallback(desc="writing", unit="task", file=sys.stderr):
+                job.compute(**_local_scheduler())
+        else:
+            job.compute(**_local_scheduler())
+    except (InputError, OverflowError) as exc:
+        raise type(exc)(f"{exc}; {stop_job(path, exc)}") from exc
+    except BaseException as exc:
+        stop_job(path, exc)
+        raise
+    return open_distances(path)
+
+
+def _local_scheduler() -> dict[str, Any]:
+    # with no scheduler configured and dask.distributed not even imported (so no client can
+    # exist), pass the threaded scheduler itself: dask's look-up otherwise imports
+    # dask.distributed whenever it is installed (~0.2-0.5 s) just to find no client
+    if dask.config.get("scheduler", None) is None and "distributed" not in sys.modules:
+        from dask.threaded import get
+
+        return {"scheduler": get}
+    return {}
+
+
+def _interactive() -> bool:
+    # a person is watching: a terminal, or a Jupyter kernel (whose stderr is not a tty)
+    if sys.stderr is not None and sys.stderr.isatty():
+        return True
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
+    return type(shell).__name__ == "ZMQInteractiveShell"
