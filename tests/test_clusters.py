@@ -21,13 +21,14 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial.distance import cdist
 
 import dask_pdist as dp
-from dask_pdist.analyses import clusters as clustering
 from dask_pdist.analyses import events
 from dask_pdist.analyses.events import step_events
 from dask_pdist.cli.main import main
+from dask_pdist.graphs import clusters as cluster_graph
 from dask_pdist.io import synthetic
 from dask_pdist.kernels import cluster_rows as cluster_blocks
 from dask_pdist.kernels import cluster_tiles
+from dask_pdist.kernels.spacing import bf16_spacing
 
 
 def _history(x: np.ndarray, chunks: int, steps=None) -> xr.DataArray:
@@ -90,7 +91,7 @@ def _oracle_events(prev: np.ndarray, cur: np.ndarray) -> list[tuple[str, list[in
 # ---------------------------------------------------------------- doctests and block functions
 
 
-@pytest.mark.parametrize("module", [cluster_blocks, cluster_tiles, clustering, events, synthetic])
+@pytest.mark.parametrize("module", [cluster_blocks, cluster_tiles, cluster_graph, events, synthetic])
 def test_doctests(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE, extraglobs={"np": np, "xr": xr})
     assert result.failed == 0 and result.attempted > 0
@@ -134,7 +135,7 @@ def test_bf16_threshold_ignores_nonfinite_coordinates(bad, tmp_path):
     rms = np.sqrt((np.where(finite, x.astype(np.float64), 0) ** 2).sum(axis=(1, 2)) / finite.sum(axis=(1, 2)))
     want = [0, 1, 1, 3, 4, 5]
     from_history = dp.clusters(history, "bf16").compute()
-    np.testing.assert_allclose(from_history["threshold"].values, dp.report.bf16_spacing(rms))
+    np.testing.assert_allclose(from_history["threshold"].values, bf16_spacing(rms))
     np.testing.assert_array_equal(from_history["cluster"].values, [want, want])
     store = tmp_path / "d.zarr"
     dp.to_zarr(dp.pairwise_distances(history), store, progress=False)
@@ -486,7 +487,7 @@ def test_interrupted_write_leaves_nothing_at_the_target(tmp_path, monkeypatch):
         return real(block)
 
     monkeypatch.setattr(cluster_blocks, "equal_row_labels", stop_late)
-    monkeypatch.setattr(clustering, "equal_row_labels", stop_late)
+    monkeypatch.setattr(cluster_graph, "equal_row_labels", stop_late)
     with dask.config.set(scheduler="synchronous"), pytest.raises(KeyboardInterrupt):
         dp.write_clusters(dp.clusters(_history(x, 1)), out)
     assert not out.exists() and list(tmp_path.iterdir()) == []

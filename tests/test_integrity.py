@@ -228,7 +228,7 @@ def _to_old_layout(store: Path) -> None:
 
     os.rename(store / "_dask_pdist" / "chunk_done", store / "chunk_done")
     shutil.rmtree(store / "_dask_pdist")
-    zarr.open_group(str(store), mode="r+", useconsolidated=False)  # still a valid group
+    zarr.open_group(str(store), mode="r+", use_consolidated=False)  # still a valid group
     consolidate(store)
 
 

@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 from scipy.spatial.distance import cdist
 
 import dask_pdist as dp
-import dask_pdist.analyses.neighbours
+import dask_pdist.graphs.knn
 import dask_pdist.io.token_ids
-import dask_pdist.kernels.distances
+import dask_pdist.kernels.knn
 from dask_pdist.cli.main import main
 from dask_pdist.errors import StoreError
 from dask_pdist.kernels.knn import churn_block, knn_block
@@ -237,6 +237,6 @@ def test_cli_neighbours_and_summary(tmp_path, capsys):
 
 
 def test_doctests():
-    for module in (dask_pdist.analyses.neighbours, dask_pdist.kernels.distances, dask_pdist.io.history, dask_pdist.io.token_ids):
+    for module in (dask_pdist.kernels.knn, dask_pdist.graphs.knn, dask_pdist.io.history, dask_pdist.io.token_ids):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.failed == 0 and result.attempted > 0, module.__name__

@@ -216,13 +216,13 @@ def test_stores_finishing_at_once_do_not_leak_the_consolidation_warning(tmp_path
 
     from dask_pdist.store.layout import consolidate
 
-    def slowconsolidate(path):
+    def slow_consolidate(path):
         time.sleep(0.1)
         warnings.warn(
             "Consolidated metadata is currently not part in the Zarr format 3 specification.", UserWarning, stacklevel=2
         )
 
-    monkeypatch.setattr(zarr, "consolidate_metadata", slowconsolidate)
+    monkeypatch.setattr(zarr, "consolidate_metadata", slow_consolidate)
     with ThreadPoolExecutor(2) as pool:
         first = pool.submit(consolidate, tmp_path / "a.zarr")
         time.sleep(0.03)

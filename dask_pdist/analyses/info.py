@@ -47,8 +47,8 @@ def describe(
     from dask_pdist.errors import InputError
     from dask_pdist.io.checkpoints import directory_hint
     from dask_pdist.io.history import _is_checkpoint_spec
-    from dask_pdist.io.sources import _read_npy_header
     from dask_pdist.io.safetensors_format import read_header
+    from dask_pdist.io.sources import _read_npy_header
     from dask_pdist.store.layout import has_bookkeeping, is_store, store_progress
 
     if _is_checkpoint_spec(path):
@@ -153,8 +153,8 @@ def _describe_url(loc: Location) -> str:
     # an input on object storage: its tensors or arrays
     import zarr
 
-    from dask_pdist.io.sources import _read_npy_header
     from dask_pdist.io.safetensors_format import read_header
+    from dask_pdist.io.sources import _read_npy_header
 
     lines = [str(loc)]
     if loc.is_dir():

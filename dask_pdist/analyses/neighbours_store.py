@@ -17,13 +17,12 @@ from typing import Any
 import dask
 import xarray as xr
 
-from dask_pdist.analyses.neighbours import NEIGHBOURS_KIND
+from dask_pdist.conventions import KIND_ATTR, NEIGHBOURS_KIND
 from dask_pdist.errors import StoreError
 from dask_pdist.io.paths import local_path
 
 __all__ = ["neighbours_to_zarr", "open_neighbours", "is_neighbours_store"]
 
-_KIND_ATTR = "dask_pdist_kind"
 
 
 def _attrs(path: Path) -> dict[str, Any] | None:
@@ -36,7 +35,7 @@ def _attrs(path: Path) -> dict[str, Any] | None:
 def is_neighbours_store(path: str | os.PathLike[str]) -> bool:
     """True if ``path`` holds a neighbours store written by dask_pdist."""
     attrs = _attrs(Path(path))
-    return attrs is not None and attrs.get(_KIND_ATTR) == NEIGHBOURS_KIND
+    return attrs is not None and attrs.get(KIND_ATTR) == NEIGHBOURS_KIND
 
 
 def _check_target(path: Path, overwrite: bool) -> None:
@@ -88,7 +87,7 @@ def neighbours_to_zarr(
     --------
     >>> neighbours_to_zarr(neighbours(open_history("h.safetensors")), "nbrs.zarr")  # doctest: +SKIP
     """
-    if ds.attrs.get(_KIND_ATTR) != NEIGHBOURS_KIND:
+    if ds.attrs.get(KIND_ATTR) != NEIGHBOURS_KIND:
         raise ValueError("ds is not a neighbours Dataset (see neighbours())")
     path = local_path(path, "neighbours store")
     _check_target(path, overwrite)
@@ -121,5 +120,5 @@ def open_neighbours(path: str | os.PathLike[str]) -> xr.Dataset:
     if not path.exists():
         raise FileNotFoundError(f"{path}: store not found")
     if not is_neighbours_store(path):
-        raise StoreError(f"{path}: not a neighbours store (no zarr.json with {_KIND_ATTR}={NEIGHBOURS_KIND!r})")
+        raise StoreError(f"{path}: not a neighbours store (no zarr.json with {KIND_ATTR}={NEIGHBOURS_KIND!r})")
     return xr.open_zarr(path, zarr_format=3, consolidated=True, chunks={})

@@ -336,4 +336,3 @@ def _main(args: argparse.Namespace) -> int:
             )
             else 1
         )
-    return 0

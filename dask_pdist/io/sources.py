@@ -384,11 +384,11 @@ def _open_zarr(
     if kind == "F16":
         x = x.astype(np.float32)
     if nonfinite == "raise":
-        x = x.map_blocks(_finite_block, str(path), x.chunks[0], dtype=x.dtype, meta=np.empty((0, 0, 0), x.dtype))
+        x = x.map_blocks(_finite_block, str(path), dtype=x.dtype, meta=np.empty((0, 0, 0), x.dtype))
     return x, key, kind, steps
 
 
-def _finite_block(block: np.ndarray, path: str, step_chunks: tuple[int, ...], block_info=None) -> np.ndarray:
+def _finite_block(block: np.ndarray, path: str, block_info=None) -> np.ndarray:
     start = block_info[0]["array-location"][0][0] if block_info else 0
     _check_finite(block, path, start)
     return block

@@ -32,7 +32,7 @@ def _row(at, i, bt, j0, n, sq, mx, e_low):
     # Row i of ``at`` against columns j0..j0+n of ``bt`` (both (D, V), one snapshot).
     # Returns whether some pair of the row needs _rescale_row (rarely).
     # Slices start at 0 so numba drops negative-index wraparound and LLVM vectorises over j
-    # (indexing bt[d, j] directly is ~3x slower, see MEASUREMENTS.md).
+    # (indexing bt[d, j] directly is ~3x slower, docs/measurements.md).
     ndim = at.shape[0]
     for j in range(n):
         sq[j] = 0

@@ -6,18 +6,17 @@ neighbours both use it, on a history or on a store.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
-
-if TYPE_CHECKING:
-    import xarray as xr
 
 __all__ = ["bf16_spacing"]
 
 
-def bf16_spacing(magnitude: xr.DataArray | np.ndarray | float) -> xr.DataArray | np.ndarray:
+def bf16_spacing(magnitude: Any) -> Any:
     """Distance between adjacent bfloat16 values at ``magnitude`` (8 significant bits).
+
+    Elementwise numpy: a float, an ndarray, or an xarray/dask array (same type back).
 
     Examples
     --------
