@@ -46,12 +46,12 @@ def describe(
     from dask_pdist.analyses.neighbours_store import is_neighbours_store
     from dask_pdist.errors import InputError
     from dask_pdist.io.checkpoints import directory_hint
-    from dask_pdist.io.history import _is_checkpoint_spec
+    from dask_pdist.io.history import is_checkpoint_spec
     from dask_pdist.io.safetensors_format import read_header
-    from dask_pdist.io.sources import _read_npy_header
+    from dask_pdist.io.sources import read_npy_header
     from dask_pdist.store.layout import has_bookkeeping, is_store, store_progress
 
-    if _is_checkpoint_spec(path):
+    if is_checkpoint_spec(path):
         if any_url(path):  # type: ignore[arg-type]
             raise InputError(f"{path}: info takes one file on object storage; name one checkpoint")
         return _describe_checkpoints(path, key)  # type: ignore[arg-type]
@@ -114,7 +114,7 @@ def describe(
         for name, arr in sorted(arrays.items()):
             lines.append(f"  {name}: shape {list(arr.shape)} {arr.dtype}")
     elif path.suffix == ".npy":
-        shape, _, dtype, _ = _read_npy_header(path)
+        shape, _, dtype, _ = read_npy_header(path)
         lines.append(f"  .npy: shape {list(shape)} {dtype}")
     else:
         tensors, metadata = read_header(path)
@@ -154,7 +154,7 @@ def _describe_url(loc: Location) -> str:
     import zarr
 
     from dask_pdist.io.safetensors_format import read_header
-    from dask_pdist.io.sources import _read_npy_header
+    from dask_pdist.io.sources import read_npy_header
 
     lines = [str(loc)]
     if loc.is_dir():
@@ -164,7 +164,7 @@ def _describe_url(loc: Location) -> str:
         lines += [f"  {name}: shape {list(arr.shape)} {arr.dtype}" for name, arr in sorted(arrays.items())]
         return "\n".join(lines)
     if loc.suffix == ".npy":
-        shape, _, dtype, _ = _read_npy_header(loc)
+        shape, _, dtype, _ = read_npy_header(loc)
         lines.append(f"  .npy: shape {list(shape)} {dtype}")
     else:
         tensors, metadata = read_header(loc)

@@ -31,11 +31,10 @@ from dask_pdist.io.sources import (
     _open_zarr,
     _RawSource,
     _step_path,
-    auto_step_chunk,
 )
 from dask_pdist.io.token_ids import parse_token_ids, token_runs
 
-__all__ = ["open_history", "auto_step_chunk", "step_rms", "NONFINITE_CHOICES", "parse_token_ids", "token_runs"]
+__all__ = ["open_history", "is_checkpoint_spec", "step_rms", "provenance", "NONFINITE_CHOICES"]
 
 NonFinite = Literal["raise", "propagate"]
 #: What to do with NaN/Inf in the history.
@@ -120,7 +119,8 @@ def _read_tokens(tokens: str | os.PathLike[str] | Sequence[str], n_tokens: int, 
     return np.array(labels, dtype=object)
 
 
-def _is_checkpoint_spec(path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> bool:
+def is_checkpoint_spec(path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> bool:
+    """True if ``path`` names per-checkpoint inputs (a glob, a list, a sharded index), not one file."""
     if isinstance(path, (str, os.PathLike)) and os.fspath(path).endswith(INDEX_SUFFIX):
         return True  # one sharded checkpoint
     if isinstance(path, str) and any_url(path):
@@ -214,7 +214,7 @@ def open_history(
     """
     if nonfinite not in NONFINITE_CHOICES:
         raise ValueError(f"nonfinite={nonfinite!r}; choose one of {NONFINITE_CHOICES}")
-    if _is_checkpoint_spec(path):
+    if is_checkpoint_spec(path):
         stack, key, kind, checkpoints, source = _open_checkpoints(path, key, nonfinite, storage_options)  # type: ignore[arg-type]
         # steps given: the paths need not hold distinct numbers
         labels = (

@@ -294,7 +294,7 @@ def _open_checkpoints(
 _NPY_KINDS = {"<f2": "F16", "<f4": "F32", "<f8": "F64"}
 
 
-def _read_npy_header(path: str | os.PathLike[str] | Location) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+def read_npy_header(path: str | os.PathLike[str] | Location) -> tuple[tuple[int, ...], bool, np.dtype, int]:
     """Read and check a ``.npy`` header without reading the data (numpy's own header parser).
 
     Returns
@@ -334,7 +334,7 @@ def _read_npy_header(path: str | os.PathLike[str] | Location) -> tuple[tuple[int
 def _open_npy(path: Path | Location, key: str | None, nonfinite: str) -> tuple[_FileSource, str, str, None]:
     if key is not None:
         raise InputError(f"{path}: a .npy file holds one array; drop key= / --key")
-    shape, fortran, dtype, start = _read_npy_header(path)
+    shape, fortran, dtype, start = read_npy_header(path)
     kind = _NPY_KINDS.get(dtype.str)
     if kind is None:
         raise InputError(f"{path}: array has dtype {dtype}; supported: float16, float32, float64 (little-endian)")
