@@ -108,7 +108,7 @@ def test_zero_size_history_is_refused_before_any_store_exists(tmp_path, capsys, 
     np.save(npy, np.zeros(shape, np.float32))
     for src in (path, npy):
         _one_error_line(capsys, ["compute", str(src), "-o", str(tmp_path / "o.zarr")], src.name)
-    assert not list(tmp_path.glob("o.zarr*"))  # no store, no .creating folder left
+    assert not list(tmp_path.glob("o.zarr*")) and not list(tmp_path.glob(".o.zarr*"))  # no store, no hidden build
     # in memory, through the Python API
     h = xr.DataArray(np.zeros(shape, np.float32), dims=("step", "token", "dim"))
     with pytest.raises(ValueError, match=r"every axis \(step, token, dim\) must be non-empty"):

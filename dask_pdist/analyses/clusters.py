@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
-import uuid
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -293,27 +291,26 @@ def write_clusters(
     compute : bool
         If False, return a ``dask.delayed`` that writes the data when computed.
 
-    The store is written under a hidden temporary name in the same folder and renamed to
-    ``path`` when complete, so an interrupted write leaves nothing at ``path`` (only the
-    hidden ``.NAME.*.partial`` folder if the process was killed).
+    The store is written under a hidden name in the same folder and published when complete
+    (:mod:`dask_pdist.io.publish`): an existing store stays readable until the new one is
+    whole, and an interrupted write leaves the old store (or nothing) at ``path``.
 
     Examples
     --------
     >>> write_clusters(clusters(open_history("h.safetensors")), "clusters.zarr")  # doctest: +SKIP
     """
-    from dask_pdist.errors import StoreError
     from dask_pdist.io.paths import local_path
+    from dask_pdist.io.publish import check_parent, clean_stale, discard, hidden_name
 
     path = local_path(path, "clusters store")
+    clean_stale(path)
     _check_clusters_target(path, overwrite)
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise StoreError(f"{path}: parent directory {parent} does not exist")
+    check_parent(path)
     ds = ds.copy()
     ds["token"] = ds["token"].astype(object) if ds["token"].dtype.kind in "OUS" else ds["token"]
     # written under a hidden name and renamed when complete: an interrupted write must not
     # leave a store whose unwritten chunks read as cluster 0 (every token in one group)
-    tmp = parent / f".{path.name}.{uuid.uuid4().hex[:8]}.partial"
+    tmp = hidden_name(path)
     try:
         with warnings.catch_warnings():
             # consolidated metadata is a zarr-python extension to format 3; written so that plain
@@ -325,7 +322,7 @@ def write_clusters(
             return finish
         finish.compute()
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        discard(tmp)
         raise
     return None
 
@@ -341,11 +338,11 @@ def _check_clusters_target(path: Path, overwrite: bool) -> None:
 
 
 def _finish_clusters(_stored: Any, tmp: str, path: str, overwrite: bool) -> None:
+    from dask_pdist.io.publish import discard, publish
+
     try:
         _check_clusters_target(Path(path), overwrite)  # again: it may have appeared meanwhile
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        discard(tmp)
         raise
-    if os.path.lexists(path):
-        shutil.rmtree(path)
-    os.rename(tmp, path)
+    publish(tmp, path, replace=overwrite)  # the old store stays until the new one is whole

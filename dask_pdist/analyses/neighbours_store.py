@@ -1,15 +1,15 @@
 """Writer and reader of neighbours stores (zarr format 3).
 
 A neighbours store is small next to a distance store (S x V x k x 8 bytes), so it is written
-whole into ``PATH.creating`` and renamed into place when every chunk is on disk: it exists
-complete or not at all (an interrupted job is rerun, there is nothing to resume).
+whole under a hidden name and published when every chunk is on disk
+(:mod:`dask_pdist.io.publish`): it exists complete or not at all, and an older store stays
+readable until then (an interrupted job is rerun, there is nothing to resume).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -20,9 +20,9 @@ import xarray as xr
 from dask_pdist.conventions import KIND_ATTR, NEIGHBOURS_KIND
 from dask_pdist.errors import StoreError
 from dask_pdist.io.paths import local_path
+from dask_pdist.io.publish import check_parent, clean_stale, discard, hidden_name, publish
 
 __all__ = ["neighbours_to_zarr", "open_neighbours", "is_neighbours_store"]
-
 
 
 def _attrs(path: Path) -> dict[str, Any] | None:
@@ -46,18 +46,12 @@ def _check_target(path: Path, overwrite: bool) -> None:
             raise StoreError(f"{path}: exists and is not a dask_pdist store; refusing to write into or delete it")
         if not overwrite:
             raise StoreError(f"{path}: already exists; pass overwrite=True (--overwrite) to replace it")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise StoreError(f"{path}: parent directory {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise StoreError(f"{path}: parent directory {parent} is not writable")
+    check_parent(path)
 
 
-def _rename(_written: Any, tmp: str, path: str) -> str:
-    # the old store (overwrite) goes only once the new one is whole
-    if os.path.exists(path):
-        shutil.rmtree(path)
-    os.rename(tmp, path)
+def _publish(_written: Any, tmp: str, path: str, overwrite: bool) -> str:
+    # the old store (overwrite) stays readable until the new one is whole
+    publish(tmp, path, replace=overwrite)
     return path
 
 
@@ -90,10 +84,9 @@ def neighbours_to_zarr(
     if ds.attrs.get(KIND_ATTR) != NEIGHBOURS_KIND:
         raise ValueError("ds is not a neighbours Dataset (see neighbours())")
     path = local_path(path, "neighbours store")
+    clean_stale(path)
     _check_target(path, overwrite)
-    tmp = path.with_name(path.name + ".creating")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    tmp = hidden_name(path)
     # store chunks = dask chunks: each task writes whole chunks of its own
     encoding = {
         name: {"chunks": tuple(c[0] for c in var.chunks) if var.chunks else var.shape}
@@ -104,8 +97,14 @@ def neighbours_to_zarr(
         # xarray.open_zarr(path) then opens the store without a fallback warning
         warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
         written = ds.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=True, encoding=encoding, compute=False)
-    job = dask.delayed(_rename, pure=False)(written, str(tmp), str(path))
-    return job.compute() if compute else job
+    job = dask.delayed(_publish, pure=False)(written, str(tmp), str(path), overwrite)
+    if not compute:
+        return job
+    try:
+        return job.compute()
+    except BaseException:
+        discard(tmp)
+        raise
 
 
 def open_neighbours(path: str | os.PathLike[str]) -> xr.Dataset:

@@ -13,6 +13,7 @@ from dask_pdist.kernels.stats import FIELDS, combine_stats, tile_stats
 
 __all__ = ["step_stats"]
 
+
 def _tile(tile: np.ndarray, threshold: np.ndarray | None = None, block_info: dict | None = None) -> np.ndarray:
     (_, _), (i0, _), (j0, _) = block_info[0]["array-location"]
     thr = None if threshold is None else threshold.reshape(-1)

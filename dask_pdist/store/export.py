@@ -17,10 +17,7 @@ import itertools
 import json
 import math
 import os
-import re
-import socket
 import sys
-import uuid
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,9 +30,9 @@ from dask_pdist._version import __version__
 from dask_pdist.conventions import DISTANCE_DIMS, METRICS
 from dask_pdist.errors import StoreError
 from dask_pdist.io.paths import BUCKET_SCHEMES, Location, locate
+from dask_pdist.io.publish import check_parent, clean_stale, discard, hidden_name, publish
 from dask_pdist.io.safetensors_format import header_bytes, pwrite_all, pwrite_segments, write_header
 from dask_pdist.io.upload import file_order_pieces, stream_to_location
-from dask_pdist.store.layout import pid_alive
 
 __all__ = ["EXPORT_DTYPES", "to_safetensors", "tensor_key", "check_target"]
 
@@ -160,9 +157,7 @@ def check_target(
         raise StoreError(f"{path}: is a directory; give a file name such as pairwise_distances.safetensors")
     if os.path.lexists(path) and not overwrite:
         raise StoreError(f"{path}: already exists; pass overwrite=True (--overwrite) to replace it")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise StoreError(f"{path}: parent directory {parent} does not exist")
+    check_parent(path)
     return path
 
 
@@ -199,40 +194,13 @@ def _check_location(loc: Location, overwrite: bool) -> Location:
         )
     if info is not None and not overwrite:
         raise StoreError(f"{loc}: already exists; pass overwrite=True (--overwrite) to replace it")
-    if info is None and not loc.bucket_exists():  # no folders to create or check: the bucket must exist
-        bucket = loc.url.split("://", 1)[1].split("/", 1)[0]
-        raise StoreError(f"{loc}: bucket {bucket} does not exist (or is not visible with these credentials)")
+    if info is None:
+        check_parent(loc)
     return loc
 
 
-def _partial_name(path: Path) -> Path:
-    # the writer's host and pid in the name: a later export can tell a killed one's file
-    # from a live concurrent export's
-    parent = path.parent if str(path.parent) else Path(".")
-    return parent / f".{path.name}.{socket.gethostname()}-{os.getpid()}.{uuid.uuid4().hex[:8]}.partial"
-
-
-def _clean_stale_partials(path: Path) -> list[Path]:
-    """Remove temporary files of killed exports to ``path``: those whose writer is dead on
-    this host, and those of versions that did not name their writer."""
-    parent = path.parent if str(path.parent) else Path(".")
-    pattern = re.compile(rf"\.{re.escape(path.name)}\.(?:(?P<host>.+)-(?P<pid>\d+)\.)?[0-9a-f]{{8}}\.partial")
-    removed = []
-    for p in parent.glob(".*.partial"):
-        m = pattern.fullmatch(p.name)
-        if m is None or not p.is_file() or p.is_symlink():
-            continue
-        if m["pid"] is None or (m["host"] == socket.gethostname() and not pid_alive(int(m["pid"]))):
-            p.unlink(missing_ok=True)
-            removed.append(p)
-    return removed
-
-
 def _finish(_stored: Any, tmp: str, path: str, overwrite: bool) -> None:
-    if not overwrite and os.path.lexists(path):
-        os.unlink(tmp)
-        raise StoreError(f"{path}: appeared while exporting; pass overwrite=True (--overwrite) to replace it")
-    os.replace(tmp, path)  # atomic: the final name only ever holds a complete file
+    publish(tmp, path, replace=overwrite)  # atomic: the final name only ever holds a complete file
 
 
 def _source(data: Any, shape: tuple[int, ...]) -> da.Array:
@@ -378,8 +346,8 @@ def to_safetensors(
         return None
 
     path = target
-    _clean_stale_partials(path)
-    tmp = _partial_name(path)
+    clean_stale(path)
+    tmp = hidden_name(path)
     try:
         offsets = write_header(tmp, tensors, _metadata(ds, metrics, name))
         sources = [_source(ds[m].data, shape) for m in metrics]
@@ -399,8 +367,7 @@ def to_safetensors(
         else:
             finish.compute()
     except BaseException as exc:
-        if tmp.exists():
-            tmp.unlink()
+        discard(tmp)
         if isinstance(exc, OSError) and exc.errno is not None and str(path) not in str(exc):
             # disk full, file too large: say which file
             raise type(exc)(exc.errno, f"{path}: export failed: {exc.strerror}; nothing was kept") from exc

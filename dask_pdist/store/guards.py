@@ -19,6 +19,7 @@ import xarray as xr
 from dask_pdist.conventions import BOOKKEEPING, INPUT_CHECKSUM, STOPPED_ATTR
 from dask_pdist.errors import InputError, StoreError
 from dask_pdist.io.paths import Location, zarr_array
+from dask_pdist.io.publish import check_parent
 from dask_pdist.store.layout import (
     StorePath,
     foreign_entries,
@@ -60,16 +61,7 @@ def check_output(path: StorePath, overwrite: bool, resume: bool) -> bool:
                 f"{path}: already exists; pass overwrite=True (--overwrite) to replace it,"
                 " or resume=True (--resume) to finish an interrupted job"
             )
-    if isinstance(path, Location):  # no folders to create or check: the bucket must exist
-        if not path.bucket_exists():
-            bucket = path.url.split("://", 1)[1].split("/", 1)[0]
-            raise StoreError(f"{path}: bucket {bucket} does not exist (or is not visible with these credentials)")
-        return False
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise StoreError(f"{path}: parent directory {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise StoreError(f"{path}: parent directory {parent} is not writable")
+    check_parent(path)
     return False
 
 

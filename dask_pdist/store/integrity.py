@@ -21,13 +21,13 @@ import numpy as np
 from dask_pdist.conventions import FINGERPRINT_ATTR, MARKER_ATTR
 from dask_pdist.errors import StoreError
 from dask_pdist.io.paths import Location, zarr_array
+from dask_pdist.io.publish import pid_alive
 from dask_pdist.store.layout import (
     StorePath,
     done_path,
     is_complete,
     lock_path,
     not_a_store,
-    pid_alive,
     read_root,
     store_path,
 )

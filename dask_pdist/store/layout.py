@@ -32,6 +32,7 @@ from dask_pdist.conventions import (
 )
 from dask_pdist.errors import StoreError
 from dask_pdist.io.paths import BUCKET_SCHEMES, Location, locate, zarr_array, zarr_store
+from dask_pdist.io.publish import pid_alive
 
 #: A store's location: a local folder, or a key prefix on an object store (``s3://b/d.zarr``).
 StorePath = Path | Location
@@ -130,17 +131,6 @@ def write_root_attrs(path: StorePath, **attrs: Any) -> None:
 
 def lock_path(path: StorePath) -> StorePath:
     return path.parent / f".{path.name}.lock"
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` runs on this host."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _create_exclusive(lock: StorePath, record: dict[str, Any]) -> bool:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ from dask_pdist.conventions import (
 )
 from dask_pdist.errors import InputError, StoreError
 from dask_pdist.io.paths import Location, zarr_array
+from dask_pdist.io.publish import building
 from dask_pdist.store.codecs import COMPRESSORS, DEFAULT_COMPRESSOR, Compressor, codec_choice, codec_name, codecs
 from dask_pdist.store.guards import check_input_outside, check_output, check_resumed_input, stop_job
 from dask_pdist.store.integrity import present_chunks
@@ -102,37 +102,10 @@ def _token_labels(ds: xr.Dataset) -> str:
 
 
 def _create(ds: xr.Dataset, path: StorePath, compressor: str, fingerprint: dict[str, Any]) -> None:
-    if not isinstance(path, Location):
-        tmp = path.with_name(path.name + ".creating")
-        if tmp.exists():
-            shutil.rmtree(tmp)  # left by a killed run (we hold the lock)
+    # the store's metadata and coordinates appear whole at `path`, or not at all; with
+    # --overwrite the old store stays until then (io/publish.py: the one publishing primitive)
+    with building(path) as tmp:
         _build(ds, tmp, compressor, fingerprint)
-        if path.exists():  # --overwrite: move the old store aside first, then delete it
-            trash = path.with_name(f".{path.name}.deleting")
-            if trash.exists():
-                shutil.rmtree(trash)
-            os.rename(path, trash)
-            os.rename(tmp, path)
-            shutil.rmtree(trash)
-        else:
-            os.rename(tmp, path)  # the store appears whole, with its metadata, or not at all
-        return
-    # an object store has no rename: build the metadata and coordinates (small) in a local
-    # temporary folder, upload every object, and the root zarr.json (what makes it a store)
-    # last; --overwrite first deletes the old root zarr.json (the store stops being one), then
-    # the rest, so a kill in between leaves a prefix that --overwrite replaces again
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="dask_pdist-") as scratch:
-        tmp = Path(scratch) / "store"
-        _build(ds, tmp, compressor, fingerprint)
-        if path.exists():
-            (path / "zarr.json").unlink(missing_ok=True)
-            path.remove_tree()
-        files = sorted(p for p in tmp.rglob("*") if p.is_file() and p.relative_to(tmp).as_posix() != "zarr.json")
-        for file in files:
-            (path / file.relative_to(tmp).as_posix()).upload(file)
-        (path / "zarr.json").upload(tmp / "zarr.json")
 
 
 def _build(ds: xr.Dataset, tmp: Path, compressor: str, fingerprint: dict[str, Any]) -> None:

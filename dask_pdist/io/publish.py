@@ -1,0 +1,239 @@
+"""Publishing an output: write it under a hidden name next to the target, then make it visible.
+
+Every output of dask_pdist (a distance store's creation, a safetensors export, a clusters store,
+a neighbours store, one store per run) goes through this module, with one guarantee:
+
+    **the previous output stays readable until the new one is complete, then the new one
+    replaces it; a kill at any moment leaves the old one or the new one, whole.**
+
+How, per kind of target (docs/publishing.md says the same for users):
+
+- **Local file** (an export): written as a hidden file, then ``os.replace`` (atomic).
+- **Local folder** (a zarr store): built as a hidden folder, then swapped in. Where the
+  platform has it (Linux >= 3.15 with ext4, xfs, btrfs, tmpfs, ...), the swap is one atomic
+  ``renameat2(RENAME_EXCHANGE)``: the new folder takes the name and the hidden name holds the
+  old one, which is then deleted. Elsewhere it is two renames (old aside to a hidden
+  ``.replaced`` name, new into place); a kill between them leaves the old output under the
+  hidden name, and the next :func:`clean_stale` for that target (every writer calls it before
+  it starts) puts it back.
+- **Object storage**: a file is one PUT or a multipart upload that the store publishes only
+  when it completes (:mod:`dask_pdist.io.upload`); a zarr store is a key prefix that has no
+  rename: its objects are uploaded first and the root ``zarr.json``, which makes the prefix a
+  store, last. Replacing a store there first deletes the old root ``zarr.json``, so between
+  that moment and the new root's upload the target is *not a store* (readers say so); it is
+  never a mix of old and new.
+
+Hidden names carry the writer's host and pid (``.NAME.HOST-PID.UUID.partial``), so a later
+writer removes a killed writer's leftovers and never a live concurrent writer's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import re
+import shutil
+import socket
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from dask_pdist.errors import StoreError
+from dask_pdist.io.paths import Location
+
+__all__ = ["building", "check_parent", "hidden_name", "clean_stale", "publish", "discard", "pid_alive"]
+
+_KINDS = ("partial", "replaced")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def check_parent(target: Path | Location) -> None:
+    """Refuse a target whose folder does not exist or is not writable (on object storage:
+    whose bucket does not exist). The one place these messages are written."""
+    if isinstance(target, Location):  # no folders to create or check: the bucket must exist
+        if not target.bucket_exists():
+            bucket = target.url.split("://", 1)[1].split("/", 1)[0]
+            raise StoreError(f"{target}: bucket {bucket} does not exist (or is not visible with these credentials)")
+        return
+    parent = target.parent if str(target.parent) else Path(".")
+    if not parent.is_dir():
+        raise StoreError(f"{target}: parent directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise StoreError(f"{target}: parent directory {parent} is not writable")
+
+
+def hidden_name(target: Path, kind: str = "partial") -> Path:
+    """A fresh hidden name next to ``target`` that names this writer (host, pid).
+
+    >>> hidden_name(Path("out/d.zarr")).name.startswith(".d.zarr.")
+    True
+    """
+    parent = target.parent if str(target.parent) else Path(".")
+    return parent / f".{target.name}.{socket.gethostname()}-{os.getpid()}.{uuid.uuid4().hex[:8]}.{kind}"
+
+
+def _leftovers(target: Path) -> list[tuple[Path, str, bool]]:
+    # (path, kind, owner dead): hidden names of target; names without host-pid (older
+    # versions) count as dead
+    parent = target.parent if str(target.parent) else Path(".")
+    pattern = re.compile(
+        rf"\.{re.escape(target.name)}\.(?:(?P<host>.+)-(?P<pid>\d+)\.)?[0-9a-f]{{8}}\.(?P<kind>{'|'.join(_KINDS)})"
+    )
+    found = []
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return []
+    for p in entries:
+        m = pattern.fullmatch(p.name)
+        if m is None or p.is_symlink():
+            continue
+        dead = m["pid"] is None or (m["host"] == socket.gethostname() and not pid_alive(int(m["pid"])))
+        found.append((p, m["kind"], dead))
+    return found
+
+
+def clean_stale(target: Path | Location) -> list[Path]:
+    """Tidy what killed writers left next to ``target``: restore an old output that was moved
+    aside (``.replaced``) when the target itself is gone, delete every other leftover whose
+    writer is dead on this host. Live writers' hidden outputs are never touched. Returns the
+    paths deleted."""
+    if isinstance(target, Location):
+        return []
+    removed = []
+    for path, kind, dead in sorted(_leftovers(target), key=lambda e: e[1] != "replaced"):
+        if not dead:
+            continue
+        if kind == "replaced" and not os.path.lexists(target):
+            os.rename(path, target)  # the old output goes back where it was
+            continue
+        discard(path)
+        removed.append(path)
+    return removed
+
+
+def discard(hidden: Path | str) -> None:
+    """Remove a hidden output (file or folder); nothing if it is gone."""
+    hidden = Path(hidden)
+    if hidden.is_dir() and not hidden.is_symlink():
+        shutil.rmtree(hidden, ignore_errors=True)
+    else:
+        hidden.unlink(missing_ok=True)
+
+
+def publish(hidden: Path | str, target: Path | str, *, replace: bool) -> None:
+    """Make the complete output at ``hidden`` visible as ``target``, with the module's guarantee.
+
+    ``replace=False`` refuses (StoreError, ``hidden`` discarded) a target that appeared
+    meanwhile; ``replace=True`` swaps it out and deletes it once the new one has the name.
+    """
+    hidden, target = Path(hidden), Path(target)
+    if not os.path.lexists(target):
+        if _rename2(hidden, target, _NOREPLACE) is False:
+            if os.path.lexists(target):
+                raise FileExistsError(target)
+            os.rename(hidden, target)
+        return
+    if not replace:
+        discard(hidden)
+        raise StoreError(f"{target}: appeared while writing; pass overwrite=True (--overwrite) to replace it")
+    if hidden.is_file():
+        os.replace(hidden, target)  # atomic for files
+        return
+    if _rename2(hidden, target, _EXCHANGE) is not False:
+        discard(hidden)  # now the old output
+        return
+    aside = hidden_name(target, "replaced")
+    os.rename(target, aside)  # a kill from here ...
+    os.rename(hidden, target)  # ... to here leaves the old one at `aside`: clean_stale restores it
+    discard(aside)
+
+
+@contextlib.contextmanager
+def building(target: Path | Location, *, replace: bool = True, last: str = "zarr.json") -> Iterator[Path]:
+    """Build a folder output in a hidden local folder, then publish it at ``target``.
+
+    On an exception inside the block the hidden folder is removed and ``target`` is left as it
+    was. A URL target is built in a local temporary folder and uploaded object by object,
+    ``last`` (the file that makes the prefix an output, a zarr store's root ``zarr.json``) last.
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     with building(Path(d) / "out") as tmp:
+    ...         tmp.mkdir(); _ = (tmp / "zarr.json").write_text("{}")
+    ...     sorted(p.name for p in Path(d).iterdir())
+    ['out']
+    """
+    if isinstance(target, Location):
+        with tempfile.TemporaryDirectory(prefix="dask_pdist-") as scratch:
+            tmp = Path(scratch) / "out"
+            yield tmp
+            _upload_tree(tmp, target, replace=replace, last=last)
+        return
+    clean_stale(target)
+    tmp = hidden_name(target)
+    try:
+        yield tmp
+    except BaseException:
+        discard(tmp)
+        raise
+    publish(tmp, target, replace=replace)
+
+
+def _upload_tree(local: Path, target: Location, *, replace: bool, last: str) -> None:
+    # an object store has no rename: every object goes up, `last` (what makes the prefix an
+    # output) at the end; replacing first deletes the old `last` (the old output stops being
+    # one: never a mix of old and new), then its other objects
+    if target.exists():
+        if not replace:
+            raise StoreError(f"{target}: appeared while writing; pass overwrite=True (--overwrite) to replace it")
+        (target / last).unlink(missing_ok=True)
+        target.remove_tree()
+    files = sorted(p for p in local.rglob("*") if p.is_file() and p.relative_to(local).as_posix() != last)
+    for file in files:
+        (target / file.relative_to(local).as_posix()).upload(file)
+    (target / last).upload(local / last)
+
+
+_NOREPLACE, _EXCHANGE = 1, 2
+_AT_FDCWD = -100
+
+
+def _rename2(src: Path, dst: Path, flags: int) -> bool | None:
+    """renameat2(2) with ``flags``; False where the platform or file system lacks it."""
+    fn = _renameat2()
+    if fn is None:
+        return False
+    if fn(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), flags) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (22, 38, 95):  # EINVAL, ENOSYS, EOPNOTSUPP: not supported here
+        return False
+    raise OSError(err, os.strerror(err), str(src), None, str(dst))
+
+
+_RENAMEAT2: list = []
+
+
+def _renameat2():  # type: ignore[no-untyped-def]
+    if not _RENAMEAT2:
+        try:
+            fn = ctypes.CDLL(None, use_errno=True).renameat2
+            fn.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
+            fn.restype = ctypes.c_int
+        except (AttributeError, OSError):  # not glibc >= 2.28 (macOS, Windows, musl < 1.2.?)
+            fn = None
+        _RENAMEAT2.append(fn)
+    return _RENAMEAT2[0]
