@@ -192,11 +192,6 @@ def _clusters(
     overwrite: bool = False,
     token_ids: str | None = None,
 ) -> tuple:
-    import contextlib
-
-    import dask
-    import dask.threaded
-
     import dask_pdist as dp
     from dask_pdist.analyses.events import format_clusters
     from dask_pdist.io.paths import is_url
@@ -226,21 +221,18 @@ def _clusters(
     ds = dp.clusters(source, threshold, metric=metric)
     target = f" -> {output}" if output else ""
     print(f"{what}: clusters at {metric} distance <= {threshold}{target}", file=sys.stderr)
-    with contextlib.ExitStack() as stack:
-        # the threaded scheduler itself: dask's lookup (even of scheduler="threads") imports
-        # distributed when installed, ~0.5 s, to look for a client this command never has
-        stack.enter_context(dask.config.set(scheduler=dask.threaded.get))
-        if not args.no_progress:
-            from tqdm.dask import TqdmCallback
+    if output:
+        import xarray as xr
 
-            stack.enter_context(TqdmCallback(desc="clustering", unit="task", file=sys.stderr))
-        if output:
-            import xarray as xr
-
-            dp.write_clusters(ds, output, overwrite=overwrite)
-            ds = xr.open_zarr(output)
-        else:
-            ds = ds.compute()
+        _run(
+            dp.write_clusters(ds, output, overwrite=overwrite, compute=False),
+            None,
+            not args.no_progress,
+            desc="clustering",
+        )
+        ds = xr.open_zarr(output)
+    else:
+        ds = _run(ds, None, not args.no_progress, desc="clustering")
     events = dp.cluster_events(ds)
     print(format_clusters(ds, events))
     return ds, events

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
@@ -124,51 +123,22 @@ def _add_store_overwrite(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _progress_bar(desc: str, **tqdm_kwargs):  # noqa: ANN003, ANN202
-    from tqdm.dask import TqdmCallback
+def _run(delayed, scheduler: str | None, progress: bool, on_stop=None, desc: str = "computing"):  # noqa: ANN001, ANN202
+    from dask_pdist.store.job import Job
 
-    class _Bar(TqdmCallback):
-        # a failed run clears its bar, so that the error is the one line left on stderr
-        def _finish(self, dsk, state, failed):
-            if failed:
-                self.pbar.leave = False
-            self.pbar.close()
-
-    return _Bar(desc=desc, unit="task", file=sys.stderr, **tqdm_kwargs)
-
-
-def _run(delayed, scheduler: str | None, progress: bool) -> None:
-    if scheduler:
-        from distributed import Client
-        from distributed import progress as dist_progress
-
-        with Client(scheduler) as client:
-            future = client.compute(delayed)
-            if progress:
-                dist_progress(future)
-                print(file=sys.stderr)
-            future.result()
-        return
-    import dask
-    from dask.threaded import get as threads
-
-    # the local scheduler passed as a function: a name ("threads") or none makes dask look
-    # for a distributed client, which imports dask.distributed (~0.2 s) whenever it is installed
-    if progress:
-        with _progress_bar("computing"):
-            dask.compute(delayed, scheduler=threads)
-    else:
-        dask.compute(delayed, scheduler=threads)
+    return Job(delayed, desc=desc, on_stop=on_stop).execute(scheduler=scheduler, progress=progress)
 
 
 def _progress(desc: str, args: argparse.Namespace):  # noqa: ANN202
-    """A dask progress bar on stderr that shows only after 1 s, and never off a terminal."""
+    """The dask progress bar on stderr for reports: shows only after 1 s, and never off a terminal."""
     import contextlib
 
     if getattr(args, "no_progress", False):
         return contextlib.nullcontext()
+    from dask_pdist.store.job import progress_bar
+
     # disable=None: tqdm turns itself off when stderr is not a terminal
-    return _progress_bar(desc, delay=1.0, disable=None)
+    return progress_bar(desc, delay=1.0, disable=None)
 
 
 def _resume_command(argv: Sequence[str]) -> str:

@@ -77,16 +77,15 @@ def _compute(
     from dask_pdist.store.guards import stop_job
 
     try:
-        _run(delayed, getattr(args, "scheduler", None), not args.no_progress)
-    except (dp.InputError, OverflowError) as exc:  # stopped by its input: no resume can finish it
+        _run(delayed, getattr(args, "scheduler", None), not args.no_progress, lambda exc: stop_job(store, exc))
+    except (dp.InputError, OverflowError) as exc:  # stopped by its input (the message says what is kept)
         if args.debug:
             raise
-        print(f"dask-pdist: error: {exc}; {stop_job(store, exc)}", file=sys.stderr)
+        print(f"dask-pdist: error: {exc}", file=sys.stderr)
         raise _Exit(EXIT_BAD_INPUT) from None
-    except KeyboardInterrupt as exc:
+    except KeyboardInterrupt:
         from dask_pdist.store.layout import store_progress
 
-        stop_job(store, exc)
         done, _ = store_progress(store)
         print(
             f"dask-pdist: interrupted; {int(done.sum())} of {done.size} blocks are written and kept."
@@ -95,7 +94,6 @@ def _compute(
         )
         raise _Exit(130) from None
     except OSError as exc:  # disk full, file too large, lost mount: the written blocks stay valid
-        stop_job(store, exc)
         print(
             f"dask-pdist: error: writing {output} failed: {exc}. The blocks written so far are kept;"
             f" fix the cause, then resume with: {_resume_command(args.argv)}",
@@ -179,7 +177,7 @@ def _compute_runs(args: argparse.Namespace, runs: dict) -> None:
             print(f"{run.name}: {run.source} -> {run.store} ({what}{blocks})", flush=True)
     if batch.delayed is not None:
         try:
-            _run(batch.delayed, args.scheduler, not args.no_progress)
+            batch.compute(scheduler=args.scheduler, progress=not args.no_progress)
         except KeyboardInterrupt:
             print(f"dask-pdist: interrupted. Resume with:\n  {_resume_command(args.argv)}", file=sys.stderr)
             raise _Exit(130) from None

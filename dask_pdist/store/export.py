@@ -17,7 +17,6 @@ import itertools
 import json
 import math
 import os
-import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,6 +32,7 @@ from dask_pdist.io.paths import BUCKET_SCHEMES, Location, locate
 from dask_pdist.io.publish import check_parent, clean_stale, discard, hidden_name, publish
 from dask_pdist.io.safetensors_format import header_bytes, pwrite_all, pwrite_segments, write_header
 from dask_pdist.io.upload import file_order_pieces, stream_to_location
+from dask_pdist.store.job import Job, interactive
 
 __all__ = ["EXPORT_DTYPES", "to_safetensors", "tensor_key", "check_target"]
 
@@ -210,12 +210,6 @@ def _source(data: Any, shape: tuple[int, ...]) -> da.Array:
     return da.from_array(data, chunks=(max(1, 2**23 // max(1, shape[1] * shape[2])), -1, -1))
 
 
-def _interactive() -> bool:
-    from dask_pdist.store.writer import _interactive as interactive
-
-    return interactive()
-
-
 def to_safetensors(
     ds: xr.Dataset,
     path: str | os.PathLike[str],
@@ -327,7 +321,7 @@ def to_safetensors(
 
     shape = tuple(ds[metrics[0]].shape)
     tensors = [(tensor_key(m), _SAFETENSORS_DTYPE[name], shape) for m in metrics]
-    show = compute and (_interactive() if progress is None else progress)
+    show = compute and (interactive() if progress is None else progress)
     if isinstance(target, Location):
         head, _ = header_bytes(tensors, _metadata(ds, metrics, name))
         pieces = [
@@ -359,13 +353,7 @@ def to_safetensors(
         finish = dask.delayed(_finish)(stored, str(tmp), str(path), overwrite)
         if not compute:
             return finish
-        if show:
-            from tqdm.dask import TqdmCallback
-
-            with TqdmCallback(desc="exporting", unit="task", file=sys.stderr):
-                finish.compute()
-        else:
-            finish.compute()
+        Job(finish, desc="exporting").execute(progress=show)
     except BaseException as exc:
         discard(tmp)
         if isinstance(exc, OSError) and exc.errno is not None and str(path) not in str(exc):

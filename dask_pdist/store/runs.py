@@ -149,14 +149,22 @@ class RunBatch:
     runs: list[Run]
     delayed: Any = field(default=None, repr=False)  # dask.delayed, None when nothing to do
 
-    def compute(self, **kwargs: Any) -> RunBatch:
-        """Run the graph (``kwargs`` go to ``dask.compute``); returns self."""
+    def compute(self, *, scheduler: str | None = None, progress: bool | None = False) -> RunBatch:
+        """Run the graph (:class:`~dask_pdist.store.job.Job`: ``scheduler`` is a
+        dask.distributed address, default this process); returns self. A failure releases
+        every run's writer lock and records a stop caused by the input in its store."""
         if self.delayed is not None:
-            import dask
+            from dask_pdist.store.job import Job
 
-            dask.compute(self.delayed, **kwargs)
+            Job(self.delayed, desc="computing runs", on_stop=self._stop).execute(scheduler=scheduler, progress=progress)
             self.delayed = None
         return self
+
+    def _stop(self, exc: BaseException) -> str:
+        from dask_pdist.store.guards import stop_job
+
+        notes = [stop_job(run.store, exc) for run in self.runs if run.state != "complete"]
+        return "; ".join(note for note in notes if note)
 
 
 def compute_runs(

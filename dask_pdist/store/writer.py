@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +36,13 @@ from dask_pdist.conventions import (
     INPUT_CHECKSUM,
     STOPPED_ATTR,
 )
-from dask_pdist.errors import InputError, StoreError
+from dask_pdist.errors import StoreError
 from dask_pdist.io.paths import Location, zarr_array
 from dask_pdist.io.publish import building
 from dask_pdist.store.codecs import COMPRESSORS, DEFAULT_COMPRESSOR, Compressor, codec_choice, codec_name, codecs
 from dask_pdist.store.guards import check_input_outside, check_output, check_resumed_input, stop_job
 from dask_pdist.store.integrity import present_chunks
+from dask_pdist.store.job import Job
 from dask_pdist.store.layout import (
     StorePath,
     acquire_lock,
@@ -361,37 +361,5 @@ def to_zarr(
         raise
     if not compute:
         return job
-    try:
-        if _interactive() if progress is None else progress:
-            from tqdm.dask import TqdmCallback
-
-            with TqdmCallback(desc="writing", unit="task", file=sys.stderr):
-                job.compute(**_local_scheduler())
-        else:
-            job.compute(**_local_scheduler())
-    except (InputError, OverflowError) as exc:
-        raise type(exc)(f"{exc}; {stop_job(path, exc)}") from exc
-    except BaseException as exc:
-        stop_job(path, exc)
-        raise
+    Job(job, desc="writing", on_stop=lambda exc: stop_job(path, exc)).execute(progress=progress)
     return open_distances(path)
-
-
-def _local_scheduler() -> dict[str, Any]:
-    # with no scheduler configured and dask.distributed not even imported (so no client can
-    # exist), pass the threaded scheduler itself: dask's look-up otherwise imports
-    # dask.distributed whenever it is installed (~0.2-0.5 s) just to find no client
-    if dask.config.get("scheduler", None) is None and "distributed" not in sys.modules:
-        from dask.threaded import get
-
-        return {"scheduler": get}
-    return {}
-
-
-def _interactive() -> bool:
-    # a person is watching: a terminal, or a Jupyter kernel (whose stderr is not a tty)
-    if sys.stderr is not None and sys.stderr.isatty():
-        return True
-    ipython = sys.modules.get("IPython")
-    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
-    return type(shell).__name__ == "ZMQInteractiveShell"
