@@ -1,4 +1,4 @@
-"""Benchmark rows for ``dask-pdist neighbours`` (issue 12), called by ``run.py``.
+"""Benchmark rows for ``dask-pdist neighbours``, called by ``run.py``.
 
 (a) V = 16,384, D = 64, S = 4, k = 10: ``dask-pdist neighbours`` against
     ``torch.topk(torch.cdist(x, x), k + 1)`` per step (``methods.py torch-knn``), whole
@@ -76,7 +76,7 @@ def run_rows(work: Path, env: dict[str, str], quick: bool, repeats: int) -> list
     import os
     import time
 
-    from run import METHODS_PY, _dask_pdist_cmd, _log, _remove, _run_child
+    from harness import METHODS_PY, _dask_pdist_cmd, _log, _remove, _run_child
 
     from dask_pdist.io.synthetic import write_synthetic_history
 
@@ -127,7 +127,7 @@ def run_rows(work: Path, env: dict[str, str], quick: bool, repeats: int) -> list
     ratio = med["dask-pdist neighbours"] / med["torch.topk(torch.cdist)"]
     lines = [
         SECTION_BEGIN,
-        "## Neighbours (issue 12)",
+        "## Neighbours",
         "",
         f"k = {K} nearest tokens per token and step, Euclidean. Whole processes, bf16 safetensors in"
         f" (as by `dask-pdist synth`), results written to disk; dask-pdist runs as `{dask_name} neighbours IN -k {K}"

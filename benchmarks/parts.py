@@ -1,4 +1,4 @@
-"""Each part of ``dask-pdist compute`` and of the read paths against its own floor (issue 14).
+"""Each part of ``dask-pdist compute`` and of the read paths against its own floor.
 
 Called by ``benchmarks/run.py`` (sections ``startup``, ``reads``; the I/O floor runs inside the
 ``e2e`` rounds). Every probe is a child process (``benchmarks/probes.py``); parts measured

@@ -14,6 +14,7 @@ import dask
 import ml_dtypes
 import numpy as np
 import pytest
+import xarray as xr
 from safetensors.numpy import save_file
 from scipy.spatial.distance import cdist
 
@@ -82,7 +83,7 @@ def no_compute():
     return raise_if_dask_computes
 
 
-# --- object storage: a real S3 HTTP API served by moto on 127.0.0.1 (issue 13) ---------------
+# --- object storage: a real S3 HTTP API served by moto on 127.0.0.1 ---------------
 
 _BUCKETS = itertools.count(1)
 #: Credentials the local S3 server accepts (it checks none unless a test turns auth on).
@@ -122,3 +123,38 @@ def s3_bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch, request: pytest
     fs.mkdir(bucket)
     fsspec.filesystem("s3").invalidate_cache()  # listings cached by an earlier test's instance
     return f"s3://{bucket}"
+
+
+def history_array(x: np.ndarray, chunks, *, steps=None, labelled: bool = True) -> xr.DataArray:
+    """A (step, token, dim) DataArray over a dask array of ``x``, as open_history returns one,
+    without a file. ``chunks``: steps per chunk (int) or dask's chunks; ``labelled``: step
+    coordinates (``steps``, default 0, 10, 20, ...) and token coordinates."""
+    import dask.array as da
+
+    data = da.from_array(x, chunks=(chunks, -1, -1) if isinstance(chunks, int) else chunks)
+    if not labelled:
+        return xr.DataArray(data, dims=("step", "token", "dim"))
+    step = np.arange(x.shape[0]) * 10 if steps is None else steps
+    return xr.DataArray(data, dims=("step", "token", "dim"), coords={"step": step, "token": np.arange(x.shape[1])})
+
+
+def s3_upload(local: Path, url: str) -> None:
+    """Copy a local file to the test's S3 server (the AWS_* variables of ``s3_bucket``)."""
+    import fsspec
+
+    fsspec.filesystem("s3").put_file(str(local), url)
+
+
+@pytest.fixture
+def s3_history(s3_bucket, write_safetensors):
+    """A factory: ``s3_history(key, seed=, steps=)`` writes a bf16 history (29 x 11 x 6) with a
+    steps tensor locally, uploads it to ``{bucket}/{key}`` and returns (local path, URL)."""
+
+    def make(key: str, *, seed: int, steps: np.ndarray) -> tuple[Path, str]:
+        x = random_history((29, 11, 6), seed=seed)
+        path = write_safetensors("h.safetensors", {"embedding_history": x, "steps": steps}, "BF16")
+        url = f"{s3_bucket}/{key}"
+        s3_upload(path, url)
+        return path, url
+
+    return make

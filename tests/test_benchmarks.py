@@ -36,10 +36,10 @@ def test_quick_run_writes_table_and_plot(tmp_path: Path) -> None:
     ):
         assert heading in report
     targets = [line for line in report.splitlines() if line.startswith(("PASS  ", "MISS  "))]
-    # 9 of issue 5, 3 of issue 11 (clusters), 2 of issue 12 (neighbours),
-    # 4 of issue 14 (parts, first kernel call, 2 read paths)
+    # 9 end to end, 3 clusters, 2 neighbours, 4 parts (compute vs parts, first kernel call, 2 read paths)
     assert len(targets) == 18, targets
-    assert "### Clusters (issue 11)" in report
+    assert "### Clusters: " in report
+    assert sum(" clusters " in line for line in targets) == 3, targets
     assert "Notebook loop mode per run:" in report
     png = (out / "wall_time_vs_steps.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n")

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import oracle, random_history
 
+from conftest import oracle, random_history
 from dask_pdist import open_distances, open_history
 from dask_pdist.cli.main import main
 
@@ -189,9 +189,7 @@ def test_compute_from_per_checkpoint_files(tmp_path, write_safetensors):
 
 def test_help_imports_no_heavy_library():
     # dask-pdist --help and `import dask_pdist` must not pay for dask, xarray, numba (~1 s)
-    code = (
-        "import sys, dask_pdist, dask_pdist.cli.main; print(sorted({'dask', 'xarray', 'numba', 'zarr'} & set(sys.modules)))"
-    )
+    code = "import sys, dask_pdist, dask_pdist.cli.main; print(sorted({'dask', 'xarray', 'numba', 'zarr'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
     import dask_pdist

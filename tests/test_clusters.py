@@ -5,8 +5,6 @@ components (for the groups), and a set-based transcription of the issue's event 
 
 from __future__ import annotations
 
-import doctest
-
 import dask
 import dask.array as da
 import ml_dtypes
@@ -14,30 +12,20 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
-from conftest import raise_if_dask_computes, random_history
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial.distance import cdist
 
 import dask_pdist as dp
+from conftest import history_array, raise_if_dask_computes, random_history
 from dask_pdist.analyses import events
 from dask_pdist.analyses.events import step_events
 from dask_pdist.cli.main import main
 from dask_pdist.graphs import clusters as cluster_graph
-from dask_pdist.io import synthetic
 from dask_pdist.kernels import cluster_rows as cluster_blocks
 from dask_pdist.kernels import cluster_tiles
 from dask_pdist.kernels.spacing import bf16_spacing
-
-
-def _history(x: np.ndarray, chunks: int, steps=None) -> xr.DataArray:
-    s = x.shape[0]
-    return xr.DataArray(
-        da.from_array(x, chunks=(chunks, -1, -1)),
-        dims=("step", "token", "dim"),
-        coords={"step": np.arange(s) * 10 if steps is None else steps, "token": np.arange(x.shape[1])},
-    )
 
 
 def _oracle_labels(x: np.ndarray, thr: np.ndarray, metric: str) -> np.ndarray:
@@ -88,13 +76,7 @@ def _oracle_events(prev: np.ndarray, cur: np.ndarray) -> list[tuple[str, list[in
     return sorted(rows, key=lambda r: (events.EVENT_KINDS.index(r[0]), r[1]))
 
 
-# ---------------------------------------------------------------- doctests and block functions
-
-
-@pytest.mark.parametrize("module", [cluster_blocks, cluster_tiles, cluster_graph, events, synthetic])
-def test_doctests(module):
-    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE, extraglobs={"np": np, "xr": xr})
-    assert result.failed == 0 and result.attempted > 0
+# ---------------------------------------------------------------- block functions
 
 
 def test_threshold_zero_imports_no_numba():
@@ -116,7 +98,7 @@ def test_equal_rows_signed_zero_nan_and_inf():
     for dtype in (np.float32, np.float64):
         np.testing.assert_array_equal(cluster_blocks.equal_row_labels(x.astype(dtype)), [[0, 0, 2, 3, 4, 5, 0]])
     # the distance path agrees: -0.0 is at distance 0 of +0.0, NaN and Inf rows join nothing
-    h = _history(x.astype(np.float32), 1)
+    h = history_array(x.astype(np.float32), 1)
     from_store = dp.clusters(dp.pairwise_distances(h)).cluster.values
     np.testing.assert_array_equal(from_store, [[0, 0, 2, 3, 4, 5, 0]])
     np.testing.assert_array_equal(dp.clusters(h, 1e30).cluster.values, [[0, 0, 2, 3, 4, 5, 0]])
@@ -226,7 +208,7 @@ def test_clusters_match_scipy_from_history_and_distances(case, kind, metric, pic
     threshold = {"zero": 0.0, "bf16": "bf16", "float": _midpoint_threshold(x, metric, pick)}[kind]
     thr = {"zero": np.zeros(len(x)), "bf16": _bf16_threshold(x), "float": np.full(len(x), threshold)}[kind]
     want = _oracle_labels(x, thr, metric)
-    h = _history(x, chunks)
+    h = history_array(x, chunks)
     results = [
         dp.clusters(h, threshold, metric=metric, token_chunk=token_chunk),
         dp.clusters(h, threshold, metric=metric),
@@ -346,7 +328,7 @@ def test_synthetic_events_small_shapes_have_no_planting():
 def test_building_reads_nothing_and_history_path_holds_no_vxv(monkeypatch):
     x = np.random.default_rng(0).standard_normal((9, 60, 5)).astype(np.float32)
     x[:, 7] = x[:, 3]
-    h = _history(x, 4)
+    h = history_array(x, 4)
     with raise_if_dask_computes():
         built = [dp.clusters(h, t) for t in (0.0, "bf16", 2.5)]
         built.append(dp.clusters(dp.pairwise_distances(h), "bf16"))
@@ -377,7 +359,7 @@ def _forbidden(*args, **kwargs):
 
 def test_bad_arguments_and_sources(tmp_path):
     x = np.zeros((3, 4, 2), np.float32)
-    h = _history(x, 2)
+    h = history_array(x, 2)
     for bad, err, match in [
         (-1.0, ValueError, "must be a finite distance >= 0"),
         (float("nan"), ValueError, "must be a finite distance >= 0"),
@@ -489,13 +471,13 @@ def test_interrupted_write_leaves_nothing_at_the_target(tmp_path, monkeypatch):
     monkeypatch.setattr(cluster_blocks, "equal_row_labels", stop_late)
     monkeypatch.setattr(cluster_graph, "equal_row_labels", stop_late)
     with dask.config.set(scheduler="synchronous"), pytest.raises(KeyboardInterrupt):
-        dp.write_clusters(dp.clusters(_history(x, 1)), out)
+        dp.write_clusters(dp.clusters(history_array(x, 1)), out)
     assert not out.exists() and list(tmp_path.iterdir()) == []
     monkeypatch.undo()
-    dp.write_clusters(dp.clusters(_history(x, 1)), out)
+    dp.write_clusters(dp.clusters(history_array(x, 1)), out)
     assert (xr.open_zarr(out).cluster.values == [0, 0, 0, 3]).all()
     # deferred: nothing at the target until the delayed has run
-    later = dp.write_clusters(dp.clusters(_history(x, 2), 0.5), out, overwrite=True, compute=False)
+    later = dp.write_clusters(dp.clusters(history_array(x, 2), 0.5), out, overwrite=True, compute=False)
     assert xr.open_zarr(out).attrs["threshold"] == "0.0"
     later.compute()
     assert xr.open_zarr(out).attrs["threshold"] == "0.5"

@@ -7,15 +7,11 @@ import dask.array as da
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import oracle, raise_if_dask_computes, random_history
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import history_array, oracle, raise_if_dask_computes, random_history
 from dask_pdist import open_history, pairwise_distances
-
-
-def _history(x: np.ndarray, chunks) -> xr.DataArray:
-    return xr.DataArray(da.from_array(x, chunks=chunks), dims=("step", "token", "dim"))
 
 
 def test_against_scipy_on_odd_shapes(write_safetensors):
@@ -56,7 +52,7 @@ def test_one_blockwise_layer_runs_once_per_block(monkeypatch):
     real = graph.pairwise_block
     monkeypatch.setattr(graph, "pairwise_block", lambda x, **kw: calls.append(x.shape) or real(x, **kw))
     x = random_history((12, 5, 3))
-    ds = pairwise_distances(_history(x, (4, 5, 3)))
+    ds = pairwise_distances(history_array(x, (4, 5, 3), labelled=False))
     e, c = dask.compute(ds.euclidean.data, ds.chebyshev.data, scheduler="sync")
     assert calls == [(4, 5, 3)] * 3  # one kernel call per step chunk, shared by both metrics
     assert e.shape == c.shape == (12, 5, 5)
@@ -73,15 +69,15 @@ def test_nothing_is_computed_until_asked(write_safetensors):
 
 def test_metric_subset_and_float16():
     x = random_history((6, 11, 5))
-    cheb = pairwise_distances(_history(x, (6, 11, 5)), metrics=["chebyshev"], dtype="float16")
+    cheb = pairwise_distances(history_array(x, (6, 11, 5), labelled=False), metrics=["chebyshev"], dtype="float16")
     assert list(cheb.data_vars) == ["chebyshev"] and cheb.chebyshev.dtype == np.float16
-    full = pairwise_distances(_history(x, (6, 11, 5)))
+    full = pairwise_distances(history_array(x, (6, 11, 5), labelled=False))
     np.testing.assert_array_equal(cheb.chebyshev.values, full.chebyshev.values.astype(np.float16))
 
 
 def test_float16_overflow_is_an_error_not_inf():
     x = random_history((2, 5, 3)) * 1e5
-    ds = pairwise_distances(_history(x, (2, 5, 3)), dtype="float16")
+    ds = pairwise_distances(history_array(x, (2, 5, 3), labelled=False), dtype="float16")
     with pytest.raises(OverflowError, match=r"exceeds float16's largest finite value 65504.*float32"):
         _ = ds.euclidean.values
 
@@ -96,7 +92,7 @@ def test_float16_overflow_is_an_error_not_inf():
 )
 def test_bad_options(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        pairwise_distances(_history(random_history((2, 3, 2)), (2, 3, 2)), **kwargs)
+        pairwise_distances(history_array(random_history((2, 3, 2)), (2, 3, 2), labelled=False), **kwargs)
 
 
 def test_wrong_dims_rejected():
@@ -125,8 +121,8 @@ def test_large_vocab_is_tiled_with_bounded_tasks():
 )
 def test_bit_identical_for_any_chunking(s, v, d, step_chunk, token_chunk, seed):
     x = random_history((s, v, d), seed=seed)
-    ref = pairwise_distances(_history(x, (s, v, d)))
-    got = pairwise_distances(_history(x, (step_chunk, max(1, v // 2), d)), token_chunk=token_chunk)
+    ref = pairwise_distances(history_array(x, (s, v, d), labelled=False))
+    got = pairwise_distances(history_array(x, (step_chunk, max(1, v // 2), d), labelled=False), token_chunk=token_chunk)
     np.testing.assert_array_equal(got.euclidean.values, ref.euclidean.values)
     np.testing.assert_array_equal(got.chebyshev.values, ref.chebyshev.values)
     e, _ = oracle(x)

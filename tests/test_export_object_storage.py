@@ -15,11 +15,11 @@ import fsspec
 import ml_dtypes
 import numpy as np
 import pytest
-from conftest import oracle, random_history
 from safetensors.numpy import load as load_bytes
 from tqdm import tqdm
 
 import dask_pdist as dp
+from conftest import oracle, random_history
 from dask_pdist.cli.main import main
 from dask_pdist.errors import InputError, StoreError
 from dask_pdist.io import upload
@@ -269,12 +269,3 @@ def test_storage_options_for_a_local_target_are_refused(small, tmp_path):
     _, store = small
     with pytest.raises(InputError, match=r"storage_options apply to URLs"):
         dp.to_safetensors(dp.open_distances(store), tmp_path / "d.safetensors", storage_options={"anon": True})
-
-
-def test_upload_doctests():
-    import doctest
-
-    import dask_pdist.io.safetensors_format
-
-    assert doctest.testmod(upload).failed == 0
-    assert doctest.testmod(dask_pdist.io.safetensors_format).failed == 0

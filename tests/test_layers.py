@@ -135,3 +135,24 @@ def test_reading_a_store_never_imports_numba(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_no_import_cycles_in_benchmarks():
+    # every import, also inside functions: the benchmark scripts import each other by name
+    folder = PACKAGE.parent / "benchmarks"
+    names = {p.stem for p in folder.glob("*.py")}
+    graph = {
+        p.stem: {m.split(".")[0] for _, m in _imports(p) if m.split(".")[0] in names and m.split(".")[0] != p.stem}
+        for p in folder.glob("*.py")
+    }
+    done: set[str] = set()
+
+    def visit(node: str, stack: tuple[str, ...]) -> None:
+        for nxt in sorted(graph[node]):
+            assert nxt not in stack, "import cycle: " + " -> ".join((*stack, nxt))
+            if nxt not in done:
+                visit(nxt, (*stack, nxt))
+        done.add(node)
+
+    for module in sorted(graph):
+        visit(module, (module,))

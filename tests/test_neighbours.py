@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import doctest
-
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import random_history
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.spatial.distance import cdist
@@ -16,19 +13,10 @@ import dask_pdist as dp
 import dask_pdist.graphs.knn
 import dask_pdist.io.token_ids
 import dask_pdist.kernels.knn
+from conftest import history_array, random_history
 from dask_pdist.cli.main import main
 from dask_pdist.errors import StoreError
 from dask_pdist.kernels.knn import churn_block, knn_block
-
-
-def _history(x: np.ndarray, chunks: int = 2) -> xr.DataArray:
-    import dask.array as da
-
-    return xr.DataArray(
-        da.from_array(x, chunks=(chunks, -1, -1)),
-        dims=("step", "token", "dim"),
-        coords={"step": np.arange(x.shape[0]) * 10, "token": np.arange(x.shape[1])},
-    )
 
 
 def _brute(dist: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -70,7 +58,7 @@ def test_exact_against_float64_brute_force_with_ties_and_duplicates(metric):
 @pytest.mark.parametrize("metric", ["euclidean", "chebyshev"])
 def test_bit_identical_to_the_pairwise_distances(metric):
     x = random_history((5, 53, 11), seed=4)  # duplicates and one-ulp neighbours
-    h = _history(x, chunks=3)
+    h = history_array(x, chunks=3)
     nb = dp.neighbours(h, k=7, metric=metric, token_chunk=10).compute()
     full = dp.pairwise_distances(h, token_chunk=17).compute()[metric].values
     want_idx, _ = _brute(full, 7)
@@ -102,7 +90,7 @@ def test_tiled_and_chunked_equal_untiled(v, d, k, tile, query, data):
     tiled = knn_block(x, k, "euclidean", tile=tile)
     np.testing.assert_array_equal(whole[0], tiled[0])
     np.testing.assert_array_equal(whole[1].view(np.int32), tiled[1].view(np.int32))
-    lazy = dp.neighbours(_history(x, 1), k=k, token_chunk=query).compute()
+    lazy = dp.neighbours(history_array(x, 1), k=k, token_chunk=query).compute()
     np.testing.assert_array_equal(lazy.neighbour.values, whole[0])
     np.testing.assert_array_equal(lazy.distance.values, whole[1])
 
@@ -112,7 +100,7 @@ def test_float_edges_take_the_pairwise_kernels_rescaled_values(scale):
     # sums of squares that overflow (3e19) or underflow (1e-25): the kernels rescale those
     # pairs; neighbours must get the same values, bit for bit
     x = random_history((2, 29, 6), seed=8, scale=scale)
-    h = _history(x)
+    h = history_array(x, 2)
     nb = dp.neighbours(h, k=4, token_chunk=9).compute()
     full = dp.pairwise_distances(h).euclidean.values
     want_idx, _ = _brute(full, 4)
@@ -125,7 +113,7 @@ def test_distance_beyond_float32_is_an_error_naming_step_and_pair():
     x = np.zeros((3, 4, 5), dtype=np.float32)
     x[2, 1, :2], x[2, 2, :2] = 1.5e38, -1.5e38  # tokens 1 and 2 are 4.2e38 apart
     with pytest.raises(OverflowError, match=r"between tokens 1 and 2 at step index 2 exceeds float32"):
-        dp.neighbours(_history(x, chunks=1), k=2, token_chunk=2).neighbour.load()
+        dp.neighbours(history_array(x, chunks=1), k=2, token_chunk=2).neighbour.load()
 
 
 def test_float64_history_and_nan_sort_last():
@@ -142,7 +130,7 @@ def test_float64_history_and_nan_sort_last():
 
 def test_lazy_labels_and_checks(no_compute):
     x = random_history((4, 12, 3))
-    h = _history(x)
+    h = history_array(x, 2)
     with no_compute():
         nb = dp.neighbours(h, k=3, metric="chebyshev")
         dp.neighbour_churn(nb, lag=2)
@@ -165,7 +153,7 @@ def test_lazy_labels_and_checks(no_compute):
 def test_churn_against_direct_set_computation():
     x = random_history((6, 23, 3), seed=7)
     x[2:] += np.random.default_rng(1).standard_normal((4, 23, 3)).astype(np.float32)  # neighbourhoods move
-    nb = dp.neighbours(_history(x), k=4)
+    nb = dp.neighbours(history_array(x, 2), k=4)
     lists = nb.neighbour.values
     for lag in (1, 2, 7):
         c = dp.neighbour_churn(nb, lag=lag).compute()
@@ -195,7 +183,7 @@ def test_neighbours_of_a_subset_hold_original_indices(write_safetensors, tmp_pat
 
 
 def test_store_roundtrip_overwrite_and_refusals(tmp_path):
-    nb = dp.neighbours(_history(random_history((3, 9, 4))), k=2)
+    nb = dp.neighbours(history_array(random_history((3, 9, 4)), 2), k=2)
     out = tmp_path / "n.zarr"
     dp.neighbours_to_zarr(nb, out)
     back = dp.open_neighbours(out)
@@ -234,9 +222,3 @@ def test_cli_neighbours_and_summary(tmp_path, capsys):
     assert "k=70: need an integer 1 <= k <= 69" in capsys.readouterr().err
     assert main(args + ["--overwrite", "--token-ids", "3,x"]) == 2
     assert "token_ids '3,x' item 2: 'x' is not an index" in capsys.readouterr().err
-
-
-def test_doctests():
-    for module in (dask_pdist.kernels.knn, dask_pdist.graphs.knn, dask_pdist.io.history, dask_pdist.io.token_ids):
-        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
-        assert result.failed == 0 and result.attempted > 0, module.__name__

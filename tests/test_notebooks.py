@@ -1,4 +1,5 @@
-"""The notebooks run, top to bottom, on a small synthetic history, so they cannot rot."""
+"""The notebooks: ours run top to bottom on a small synthetic history, so they cannot rot; the
+research notebook this tool replaces (its torch loop, as written) gives the same numbers."""
 
 from __future__ import annotations
 
@@ -6,8 +7,14 @@ import subprocess
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pytest
+import torch
 from nbclient import NotebookClient
+from safetensors.torch import load_file, save_file
+
+from conftest import oracle
+from dask_pdist import open_history, pairwise_distances
 
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 
@@ -46,3 +53,35 @@ def test_notebook_writes_where_git_ignores():
     assert 'os.environ.get("DASK_PDIST_NOTEBOOK_DIR", "notebook_output")' in source
     ignored = subprocess.run(["git", "check-ignore", "-q", str(default / "x.zarr")], cwd=default.parent.parent)
     assert ignored.returncode == 0, f"{default} is not ignored by git"
+
+
+def _notebook_loop(embedding_history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # the research notebook's distance loop (its cell 5), verbatim but for tqdm
+    n_snapshots, vocab_size, _ = embedding_history.shape
+    euclidean_distances = torch.zeros((n_snapshots, vocab_size, vocab_size), dtype=torch.float32)
+    chebyshev_distances = torch.zeros((n_snapshots, vocab_size, vocab_size), dtype=torch.float32)
+    for i in range(n_snapshots):
+        gamma = embedding_history[i].float()
+        diff = gamma.unsqueeze(0) - gamma.unsqueeze(1)
+        euclidean_distances[i] = torch.norm(diff, p=2, dim=2)
+        chebyshev_distances[i] = torch.abs(diff).max(dim=2)[0]
+    return euclidean_distances, chebyshev_distances
+
+
+def test_same_numbers_as_the_notebook(tmp_path):
+    gen = torch.Generator().manual_seed(42)
+    hist = (torch.randn((31, 27, 13), generator=gen) * 0.05).to(torch.bfloat16)
+    hist[:, 26] = hist[:, 3]
+    path = tmp_path / "embedding_evolution.safetensors"
+    save_file({"embedding_history": hist}, str(path))
+
+    nb_e, nb_c = _notebook_loop(load_file(str(path))["embedding_history"])
+    ds = pairwise_distances(open_history(path, chunks=8))
+    e, c = ds.euclidean.values, ds.chebyshev.values
+
+    np.testing.assert_array_equal(c, nb_c.numpy())  # both: max |float32 difference|
+    ref, _ = oracle(hist.float().numpy())
+    mask = ref > 0
+    for got in (e, nb_e.numpy()):
+        assert (np.abs(got - ref)[mask] / ref[mask]).max() <= 1e-6
+    assert (e[~mask] == 0).all()

@@ -10,27 +10,19 @@ import fsspec
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import random_history
 from safetensors.numpy import save_file
 
 import dask_pdist as dp
+from conftest import random_history, s3_upload
 from dask_pdist.cli.main import main
 from dask_pdist.errors import InputError
 from dask_pdist.io.paths import Location, locate
 
 
-def _upload(local, url: str) -> None:
-    fsspec.filesystem("s3").put_file(str(local), url)
-
-
 @pytest.fixture
-def history_s3(tmp_path, s3_bucket, write_safetensors):
+def history_s3(s3_history):
     """(local path, URL) of one bf16 history (29 x 11 x 6) with a steps tensor."""
-    x = random_history((29, 11, 6), seed=3)
-    path = write_safetensors("h.safetensors", {"embedding_history": x, "steps": np.arange(29) * 7 + 5}, "BF16")
-    url = f"{s3_bucket}/runs/h.safetensors"
-    _upload(path, url)
-    return path, url
+    return s3_history("runs/h.safetensors", seed=3, steps=np.arange(29) * 7 + 5)
 
 
 def test_history_from_s3_is_bit_identical_and_reads_once_per_task(history_s3, monkeypatch):
@@ -65,7 +57,7 @@ def test_checkpoint_glob_and_list_on_s3(tmp_path, s3_bucket):
     x = random_history((12, 7, 5), seed=4)
     for i in range(12):  # step_1 .. step_12: natural order puts step_10 after step_9
         save_file({"model.embed_tokens.weight": x[i]}, str(tmp_path / f"step_{i + 1}.safetensors"))
-        _upload(tmp_path / f"step_{i + 1}.safetensors", f"{s3_bucket}/ckpt/step_{i + 1}.safetensors")
+        s3_upload(tmp_path / f"step_{i + 1}.safetensors", f"{s3_bucket}/ckpt/step_{i + 1}.safetensors")
     remote = dp.open_history(f"{s3_bucket}/ckpt/step_*.safetensors", chunks=5)
     local = dp.open_history(str(tmp_path / "step_*.safetensors"), chunks=5)
     np.testing.assert_array_equal(remote.step.values, np.arange(1, 13))
@@ -78,7 +70,7 @@ def test_checkpoint_glob_and_list_on_s3(tmp_path, s3_bucket):
 def test_npy_and_zarr_histories_on_s3(tmp_path, s3_bucket):
     x = random_history((9, 6, 4), seed=5)
     np.save(tmp_path / "h.npy", x)
-    _upload(tmp_path / "h.npy", f"{s3_bucket}/h.npy")
+    s3_upload(tmp_path / "h.npy", f"{s3_bucket}/h.npy")
     np.testing.assert_array_equal(dp.open_history(f"{s3_bucket}/h.npy", chunks=4).values, x)
     xr.Dataset({"h": (("step", "token", "dim"), x)}).to_zarr(tmp_path / "h.zarr", zarr_format=3, consolidated=False)
     fsspec.filesystem("s3").put(str(tmp_path / "h.zarr"), f"{s3_bucket}/h.zarr", recursive=True)
@@ -145,14 +137,6 @@ def test_storage_options_errors(tmp_path, history_s3, capsys):
     assert "is not JSON" in capsys.readouterr().err
 
 
-def test_locations_doctests():
-    import doctest
-
-    import dask_pdist.io.paths
-
-    assert doctest.testmod(dask_pdist.io.paths).failed == 0
-
-
 def test_file_urls_are_local_paths(tmp_path):
     assert locate(f"file://{tmp_path}/h.safetensors") == tmp_path / "h.safetensors"
     assert locate(tmp_path) == tmp_path
@@ -192,6 +176,6 @@ def test_info_of_an_input_on_s3(history_s3, capsys):
 
 def test_sharded_checkpoint_on_s3_is_refused_clearly(tmp_path, s3_bucket):
     (tmp_path / "model.safetensors.index.json").write_text('{"weight_map": {"w": "model-1.safetensors"}}')
-    _upload(tmp_path / "model.safetensors.index.json", f"{s3_bucket}/ckpt/model.safetensors.index.json")
+    s3_upload(tmp_path / "model.safetensors.index.json", f"{s3_bucket}/ckpt/model.safetensors.index.json")
     with pytest.raises(InputError, match=r"model.safetensors.index.json: sharded checkpoints on object storage"):
         dp.open_history(f"{s3_bucket}/ckpt/model.safetensors.index.json", key="w")

@@ -14,9 +14,9 @@ import fsspec
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import oracle, random_history
 
 import dask_pdist as dp
+from conftest import oracle, random_history, s3_upload
 from dask_pdist.cli.main import main
 from dask_pdist.errors import StoreError
 from dask_pdist.io.paths import locate
@@ -33,10 +33,6 @@ def _fs():
     return fs
 
 
-def _upload(local, url: str) -> None:
-    _fs().put_file(str(local), url)
-
-
 def _assert_same_store(a, b) -> None:
     """Every array of two stores equal, bit for bit (NaN where both are NaN), and their coordinates."""
     x, y = dp.open_distances(a), dp.open_distances(b)
@@ -48,13 +44,9 @@ def _assert_same_store(a, b) -> None:
 
 
 @pytest.fixture
-def history_s3(tmp_path, s3_bucket, write_safetensors):
+def history_s3(s3_history):
     """(local path, URL) of one bf16 history (29 x 11 x 6) with a steps tensor."""
-    x = random_history((29, 11, 6), seed=5)
-    path = write_safetensors("h.safetensors", {"embedding_history": x, "steps": np.arange(29) * 3 + 1}, "BF16")
-    url = f"{s3_bucket}/in/h.safetensors"
-    _upload(path, url)
-    return path, url
+    return s3_history("in/h.safetensors", seed=5, steps=np.arange(29) * 3 + 1)
 
 
 def test_s3_round_trip_history_in_store_out_bit_identical(tmp_path, history_s3, s3_bucket, capsys):
@@ -112,7 +104,7 @@ def _assert_same_export(a, b, source_a: str, source_b: str) -> None:
 def test_three_run_batch_on_s3_matches_local(tmp_path, s3_bucket, write_safetensors, capsys):
     for i, steps in enumerate((13, 17, 13)):
         path = write_safetensors(f"run_{i:03d}.safetensors", {"emb": random_history((steps, 9, 5), seed=i)}, "BF16")
-        _upload(path, f"{s3_bucket}/in/run_{i:03d}/h.safetensors")
+        s3_upload(path, f"{s3_bucket}/in/run_{i:03d}/h.safetensors")
         (tmp_path / "in" / f"run_{i:03d}").mkdir(parents=True)
         path.rename(tmp_path / "in" / f"run_{i:03d}" / "h.safetensors")
     args = ["--chunk-steps", "5", "--no-progress"]
@@ -143,7 +135,7 @@ def test_kill_then_resume_on_s3_is_bit_identical(tmp_path, s3_bucket):
     src = tmp_path / "h.safetensors"
     assert main(["synth", str(src), "--steps", "300", "--vocab", "96", "--dim", "16"]) == 0
     url, store, ref = f"{s3_bucket}/h.safetensors", f"{s3_bucket}/d.zarr", tmp_path / "ref.zarr"
-    _upload(src, url)
+    s3_upload(src, url)
     assert main(["compute", str(src), "-o", str(ref), "--chunk-steps", "3", "--no-progress"]) == 0
     cmd = CLI + ["compute", url, "-o", store, "--chunk-steps", "3", "--no-progress"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -4,18 +4,16 @@ back with a leading run dimension, steps aligned."""
 
 from __future__ import annotations
 
-import doctest
-
 import fsspec
 import ml_dtypes
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import random_history
 from safetensors.numpy import save_file
 
 import dask_pdist as dp
 import dask_pdist.store.runs
+from conftest import random_history
 from dask_pdist.cli.main import main
 from dask_pdist.errors import InputError, StoreError
 from dask_pdist.store.runs import compute_runs, find_runs, run_names
@@ -45,10 +43,6 @@ def _alone(tmp_path, name: str) -> xr.Dataset:
     src = tmp_path / "data" / name / "embedding_evolution.safetensors"
     assert main(["compute", str(src), "-o", str(out), "--chunk-steps", "4", "--no-progress"]) == 0
     return dp.open_distances(out)
-
-
-def test_doctests():
-    assert doctest.testmod(dask_pdist.store.runs).failed == 0
 
 
 def test_run_names():
