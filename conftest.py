@@ -11,3 +11,22 @@ collect_ignore = ["dask_pdist/__main__.py"]  # runs the CLI when imported
 @pytest.fixture(autouse=True)
 def _doctest_names(doctest_namespace):
     doctest_namespace.update(np=np, xr=xr, da=da)
+
+
+def pytest_collection_modifyitems(items):
+    # a docstring whose every example is marked +SKIP (it needs a real history or store) is
+    # documentation, not a test: drop it instead of reporting it as a skipped test
+    import doctest
+
+    from _pytest.doctest import DoctestItem
+
+    items[:] = [
+        item
+        for item in items
+        if not (
+            isinstance(item, DoctestItem)
+            and item.dtest is not None
+            and item.dtest.examples
+            and all(ex.options.get(doctest.SKIP) for ex in item.dtest.examples)
+        )
+    ]

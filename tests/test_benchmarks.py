@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 RUN_PY = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
 
 
+@pytest.mark.slow
 def test_quick_run_writes_table_and_plot(tmp_path: Path) -> None:
     out = tmp_path / "out"
     work = tmp_path / "work"
@@ -58,6 +61,7 @@ def test_neighbours_section_is_replaced_in_place() -> None:
     assert replace_section("# results\n", [SECTION_BEGIN, "rows", SECTION_END, ""]).endswith(f"rows\n{SECTION_END}\n")
 
 
+@pytest.mark.slow
 def test_sections_subset_and_bad_section(tmp_path: Path) -> None:
     out = tmp_path / "out"
     proc = subprocess.run(

@@ -149,6 +149,7 @@ def test_usage_errors_are_one_line_and_exit_2(capsys, argv, message):
     assert err.startswith("dask-pdist ") and "--help" in err
 
 
+@pytest.mark.slow
 def test_console_script_and_module_and_demo(tmp_path):
     help_ = subprocess.run([sys.executable, "-m", "dask_pdist", "--help"], capture_output=True, text=True, check=True)
     assert "compute" in help_.stdout and "demo" in help_.stdout

@@ -5,10 +5,12 @@ from __future__ import annotations
 import distributed
 import numpy as np
 import pytest
-from conftest import random_history
 
+from conftest import random_history
 from dask_pdist import open_distances, open_history, pairwise_distances, to_zarr
 from dask_pdist.cli.main import main
+
+pytestmark = pytest.mark.slow  # starts dask.distributed clusters of processes
 
 
 @pytest.fixture(scope="module")

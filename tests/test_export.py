@@ -13,13 +13,13 @@ import ml_dtypes  # noqa: F401  (safetensors' numpy loader needs it registered f
 import numpy as np
 import pytest
 import torch
-from conftest import random_history
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.torch import load_file
 
 import dask_pdist.graphs.distances
+from conftest import random_history
 from dask_pdist import (
     StoreError,
     __version__,
@@ -258,6 +258,7 @@ _CHILD = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="VmHWM is read from Linux's /proc")
 def test_export_memory_is_bounded_by_chunks_not_the_result(tmp_path):
     src = tmp_path / "h.safetensors"

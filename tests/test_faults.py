@@ -19,8 +19,8 @@ import distributed
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import random_history
 
+from conftest import random_history
 from dask_pdist import StoreError, open_distances, open_history, pairwise_distances, to_zarr
 from dask_pdist.cli.main import main
 from dask_pdist.store.integrity import verify_store
@@ -66,6 +66,7 @@ def _assert_same(a: Path, b: Path) -> None:
     np.testing.assert_array_equal(x.embedding_rms.values, y.embedding_rms.values)
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_is_bit_identical(big, tmp_path):
     src, ref = big
     out = tmp_path / "d.zarr"
@@ -88,6 +89,7 @@ def test_sigkill_then_resume_is_bit_identical(big, tmp_path):
     _assert_same(out, ref)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_ctrl_c_stops_promptly_and_says_how_to_resume(big, tmp_path, signum):
     """Ctrl-C, and SIGTERM (how SLURM and Kubernetes stop a job): the same clean stop."""
@@ -108,6 +110,7 @@ def _limit_file_size():
     resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
 
 
+@pytest.mark.slow
 def test_disk_full_is_a_clean_error_and_resumable(big, tmp_path):
     src, ref = big
     out = tmp_path / "d.zarr"
@@ -126,6 +129,7 @@ def test_disk_full_is_a_clean_error_and_resumable(big, tmp_path):
     _assert_same(out, ref)
 
 
+@pytest.mark.slow
 def test_reader_never_sees_a_done_block_with_wrong_data(big, tmp_path):
     src, ref = big
     expected = open_distances(ref)
@@ -154,6 +158,7 @@ def test_reader_never_sees_a_done_block_with_wrong_data(big, tmp_path):
     _assert_same(out, ref)
 
 
+@pytest.mark.slow
 def test_killed_distributed_worker_does_not_lose_work(big, tmp_path):
     src, ref = big
     out = tmp_path / "d.zarr"
@@ -293,6 +298,7 @@ def test_all_nan_block_is_written_not_missing(tmp_path):
     assert np.isnan(back[4:8]).all() and not np.isnan(back[:4]).any()
 
 
+@pytest.mark.slow
 def test_a_second_compute_on_a_running_output_is_refused(big, tmp_path, capsys):
     src, ref = big
     out = tmp_path / "d.zarr"

@@ -23,6 +23,7 @@ def test_there_are_notebooks():
     assert [p.name for p in NOTEBOOKS] == ["pairwise_distances.ipynb"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_is_stored_without_outputs_and_executes(path, tmp_path, monkeypatch):
     nb = nbformat.read(path, as_version=4)

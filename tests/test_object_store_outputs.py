@@ -49,6 +49,7 @@ def history_s3(s3_history):
     return s3_history("in/h.safetensors", seed=5, steps=np.arange(29) * 3 + 1)
 
 
+@pytest.mark.slow
 def test_s3_round_trip_history_in_store_out_bit_identical(tmp_path, history_s3, s3_bucket, capsys):
     """The must-show round trip: history on S3 -> store on S3 (CLI) -> verify, info, summary,
     export to S3; the same as the local job, and the distances right against scipy."""
@@ -101,6 +102,7 @@ def _assert_same_export(a, b, source_a: str, source_b: str) -> None:
     assert raw_a[8 + na :] == raw_b[8 + nb :]
 
 
+@pytest.mark.slow
 def test_three_run_batch_on_s3_matches_local(tmp_path, s3_bucket, write_safetensors, capsys):
     for i, steps in enumerate((13, 17, 13)):
         path = write_safetensors(f"run_{i:03d}.safetensors", {"emb": random_history((steps, 9, 5), seed=i)}, "BF16")
@@ -131,6 +133,7 @@ def _n_done(store: str) -> int:
     return len(_fs().find(f"{store}/_dask_pdist/chunk_done/c"))
 
 
+@pytest.mark.slow
 def test_kill_then_resume_on_s3_is_bit_identical(tmp_path, s3_bucket):
     src = tmp_path / "h.safetensors"
     assert main(["synth", str(src), "--steps", "300", "--vocab", "96", "--dim", "16"]) == 0
@@ -185,6 +188,7 @@ def test_damaged_store_on_s3_is_named_by_verify_and_reads(history_s3, s3_bucket,
     np.testing.assert_array_equal(ds.euclidean[:8].values, fresh)  # the intact chunks still read
 
 
+@pytest.mark.slow
 def test_outputs_on_s3_are_checked_before_any_work(history_s3, s3_bucket, capsys):
     _, url = history_s3
     fs = _fs()
@@ -252,6 +256,7 @@ def test_stores_on_s3_through_storage_options_only(tmp_path, history_s3, s3_buck
     assert locate(store, options).exists()
 
 
+@pytest.mark.slow
 def test_local_cluster_with_only_an_object_store(tmp_path, history_s3, s3_bucket):
     """Worker processes see neither the history nor the store on disk: both are URLs in the
     pickled graph, reached through the AWS_* variables the workers inherit."""
@@ -310,6 +315,7 @@ def test_neighbours_and_clusters_stores_at_urls_are_refused_clearly(history_s3, 
     assert not _fs().find(s3_bucket + "/n.zarr") and not _fs().find(s3_bucket + "/c.zarr")
 
 
+@pytest.mark.slow
 def test_store_names_with_pattern_characters_are_exact_names(history_s3, s3_bucket, capsys):
     """fsspec's rm expands [ ] * ? as a pattern: --overwrite of lr=[ab]/d.zarr once deleted the
     objects of lr=a/d.zarr next to it (found by an attack review)."""

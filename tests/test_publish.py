@@ -205,6 +205,7 @@ def test_a_kill_between_the_two_renames_leaves_the_old_store_for_the_next_writer
     assert np.array_equal(xr.open_zarr(out, zarr_format=3, consolidated=True).cluster.values, old)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["clusters", "neighbours"])
 def test_a_kill_right_after_a_folder_is_deleted_never_loses_both(two_histories, tmp_path, kind):
     # the moment the old code lost both stores: it deleted the old one, then renamed the new one
