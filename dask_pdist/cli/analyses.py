@@ -177,12 +177,12 @@ def _cmd_info(args: argparse.Namespace) -> None:
 
 def _is_store(path: str, storage_options: dict | None = None) -> bool:
     from dask_pdist.io.paths import locate
-    from dask_pdist.store.layout import is_store  # imports the kernels (numba): only for folders
+    from dask_pdist.store.layout import is_store
 
     return is_store(locate(path, storage_options))
 
 
-def _clusters(
+def clusters_report(
     args: argparse.Namespace,
     input_path: str | list[str],
     threshold: float | str,
@@ -192,6 +192,8 @@ def _clusters(
     overwrite: bool = False,
     token_ids: str | None = None,
 ) -> tuple:
+    """Clusters of a history or a distance store, optionally written, printed with their events;
+    shared by ``clusters`` and ``demo``. Returns (clusters Dataset, events DataFrame)."""
     import dask_pdist as dp
     from dask_pdist.analyses.events import format_clusters
     from dask_pdist.io.paths import is_url
@@ -259,7 +261,7 @@ def _cmd_clusters(args: argparse.Namespace) -> None:
 
         require_matplotlib()
     source = args.input[0] if len(args.input) == 1 else args.input
-    ds, events = _clusters(
+    ds, events = clusters_report(
         args, source, args.threshold, args.metric, args.key, args.output, args.overwrite, args.token_ids
     )
     if args.output:

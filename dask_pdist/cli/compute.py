@@ -280,6 +280,6 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     )
     _compute(args, str(history), str(store), overwrite=True)
     print()
-    from dask_pdist.cli.analyses import _clusters  # the planted events of the synthetic history
+    from dask_pdist.cli.analyses import clusters_report  # the planted events of the synthetic history
 
-    _clusters(args, str(history), threshold=0.0, metric="chebyshev")
+    clusters_report(args, str(history), threshold=0.0, metric="chebyshev")
