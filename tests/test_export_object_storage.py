@@ -269,3 +269,27 @@ def test_storage_options_for_a_local_target_are_refused(small, tmp_path):
     _, store = small
     with pytest.raises(InputError, match=r"storage_options apply to URLs"):
         dp.to_safetensors(dp.open_distances(store), tmp_path / "d.safetensors", storage_options={"anon": True})
+
+
+@pytest.mark.parametrize("multipart", [False, True], ids=["one-put", "multipart"])
+def test_an_object_that_appears_during_the_export_is_never_replaced(
+    multipart, small, big, tmp_path, s3_bucket, monkeypatch
+):
+    # without overwrite the publication itself is conditional (If-None-Match): no window
+    # between a check and the upload's completion
+    ds = dp.open_distances(big if multipart else small[1])
+    url = f"{s3_bucket}/raced.safetensors"
+    import s3fs
+
+    original = s3fs.core.S3File.commit
+
+    def commit(self):
+        _s3().pipe_file(url, b"someone else's")  # another writer finished first, after any check
+        return original(self)
+
+    monkeypatch.setattr(s3fs.core.S3File, "commit", commit)
+    with pytest.raises(dp.StoreError, match="appeared while exporting; pass overwrite=True"):
+        dp.to_safetensors(ds, url, storage_options={"default_block_size": PART}, progress=False)
+    assert _s3().cat_file(url) == b"someone else's"
+    bucket = s3_bucket.split("://")[1]
+    assert not _s3().call_s3("list_multipart_uploads", Bucket=bucket).get("Uploads")  # aborted

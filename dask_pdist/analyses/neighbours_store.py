@@ -93,7 +93,7 @@ def neighbours_to_zarr(
         for name, var in ds.data_vars.items()
     }
     with warnings.catch_warnings():
-        # consolidated metadata is a zarr-python extension to format 3 (as in store.py): plain
+        # consolidated metadata is a zarr-python extension to format 3 (as in store/layout.py): plain
         # xarray.open_zarr(path) then opens the store without a fallback warning
         warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
         written = ds.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=True, encoding=encoding, compute=False)

@@ -43,7 +43,7 @@ from pathlib import Path
 from dask_pdist.errors import StoreError
 from dask_pdist.io.paths import Location
 
-__all__ = ["building", "check_parent", "hidden_name", "clean_stale", "publish", "discard", "pid_alive"]
+__all__ = ["building", "check_parent", "hidden_name", "hidden_key", "clean_stale", "publish", "discard", "pid_alive"]
 
 _KINDS = ("partial", "replaced")
 
@@ -82,6 +82,17 @@ def hidden_name(target: Path, kind: str = "partial") -> Path:
     """
     parent = target.parent if str(target.parent) else Path(".")
     return parent / f".{target.name}.{socket.gethostname()}-{os.getpid()}.{uuid.uuid4().hex[:8]}.{kind}"
+
+
+def hidden_key(key: str) -> str:
+    """:func:`hidden_name` for an object key or URL path (``bucket/out/x.safetensors``).
+
+    >>> hidden_key("bucket/out/x.safetensors").startswith("bucket/out/.x.safetensors.")
+    True
+    """
+    folder, _, name = key.rpartition("/")
+    hidden = hidden_name(Path(name)).name
+    return f"{folder}/{hidden}" if folder else hidden
 
 
 def _leftovers(target: Path) -> list[tuple[Path, str, bool]]:
@@ -219,7 +230,7 @@ def _rename2(src: Path, dst: Path, flags: int) -> bool | None:
     if fn(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), flags) == 0:
         return True
     err = ctypes.get_errno()
-    if err in (22, 38, 95):  # EINVAL, ENOSYS, EOPNOTSUPP: not supported here
+    if err in (18, 22, 38, 95):  # EXDEV, EINVAL, ENOSYS, EOPNOTSUPP: not supported here
         return False
     raise OSError(err, os.strerror(err), str(src), None, str(dst))
 

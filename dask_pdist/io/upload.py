@@ -10,7 +10,9 @@ window computes: memory holds about two windows, whatever the size of the file.
 
 On any failure (an exception, Ctrl-C) the upload is aborted (``discard()``: on S3 the
 multipart upload is aborted) and the file object is never closed, because closing is what
-publishes it: the name keeps its old object, or none. A backend whose file is visible from
+publishes it: the name keeps its old object, or none. Without ``overwrite``, S3 publishes
+only if no object has the name by then (``If-None-Match``: s3fs's mode ``"xb"``), so an
+object that appears during the export is never replaced. A backend whose file is visible from
 the moment it is opened (``memory://`` and most non-object stores) gets a hidden temporary
 name beside the target instead, moved into place when complete.
 """
@@ -20,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -31,6 +32,7 @@ import numpy as np
 
 from dask_pdist.errors import StoreError
 from dask_pdist.io.paths import Location
+from dask_pdist.io.publish import hidden_key
 
 __all__ = ["WINDOW_BYTES", "COMMIT_AT_CLOSE", "file_order_pieces", "stream_to_location"]
 
@@ -40,6 +42,8 @@ WINDOW_BYTES = 2**28
 #: Schemes whose written files publish the object only at close (S3 multipart upload, GCS
 #: resumable upload, Azure block list): written under the final name, aborted by ``discard()``.
 COMMIT_AT_CLOSE = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"})
+#: Backends whose upload can be published only if no object has the name yet (s3fs mode "xb").
+CONDITIONAL_CREATE = frozenset({"s3", "s3a"})
 
 
 def file_order_pieces(data: da.Array) -> list[tuple[int, da.Array]]:
@@ -89,11 +93,6 @@ def _write_blocks(f: Any, blocks: Sequence[np.ndarray], bar: Any) -> None:
         for i in range(0, len(view), step):
             f.write(view[i : i + step])
             bar.update(min(step, len(view) - i))
-
-
-def _hidden_name(path: str) -> str:
-    folder, _, name = path.rpartition("/")
-    return f"{folder}/.{name}.{uuid.uuid4().hex[:8]}.partial" if folder else f".{name}.{uuid.uuid4().hex[:8]}.partial"
 
 
 def _abort(f: Any, fs: Any, written: str, direct: bool) -> None:
@@ -162,10 +161,13 @@ def stream_to_location(
 
     fs = location.fs
     direct = location.protocol in COMMIT_AT_CLOSE
-    written = location.path if direct else _hidden_name(location.path)
+    written = location.path if direct else hidden_key(location.path)
+    # S3 publishes the object only if none has the name by then (If-None-Match on the final
+    # PUT / CompleteMultipartUpload): no window between a check and the publication
+    exclusive = not overwrite and location.protocol in CONDITIONAL_CREATE
     if total is None:
         total = len(head) + sum(int(p.nbytes) for _, p in pieces)
-    f = location._call("bucket or folder", fs.open, written, "wb")
+    f = location._call("bucket or folder", fs.open, written, "xb" if exclusive else "wb")
     bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True, file=sys.stderr, disable=not progress)
     published = False
     try:
@@ -182,13 +184,15 @@ def stream_to_location(
             finally:
                 if pending is not None:
                     pending.exception()  # an abort must not race a write still in flight
-        if not overwrite:
+        appeared = StoreError(f"{location}: appeared while exporting; pass overwrite=True (--overwrite) to replace it")
+        if not overwrite and not exclusive:  # a backend without conditional writes: check, then publish
             fs.invalidate_cache(location.path)
             if location.exists():
-                raise StoreError(
-                    f"{location}: appeared while exporting; pass overwrite=True (--overwrite) to replace it"
-                )
-        location._call("bucket or folder", f.close)  # S3: CompleteMultipartUpload, the object appears
+                raise appeared
+        try:
+            location._call("bucket or folder", f.close)  # S3: CompleteMultipartUpload, the object appears
+        except FileExistsError:  # the conditional publication found an object under the name
+            raise appeared from None
         if not direct:
             location._call("folder", fs.mv, written, location.path)
         published = True

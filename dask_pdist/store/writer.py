@@ -4,7 +4,7 @@ The store tells the truth about what it holds. Each dask task writes one block o
 variable, then sets its own element of the ``chunk_done`` array (one zarr chunk per block,
 so concurrent writers never share a file; zarr attributes are not safe for concurrent
 updates), next to the crc32c of the input values it read (``input_checksum``). Both live in
-the ``_dask_pdist`` sub-group (see :mod:`.bookkeeping`). The ``complete`` record is the last
+the ``_dask_pdist`` sub-group (see :mod:`.layout`). The ``complete`` record is the last
 write, by one task that depends on all others. Chunk writes are atomic on local disk
 (zarr >= 3.1.3: temp file + rename) and every chunk of every array carries a crc32c
 checksum, so a killed job leaves only whole chunks, which ``--resume`` completes. One
