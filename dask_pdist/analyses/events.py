@@ -184,8 +184,11 @@ def write_events_csv(events: pd.DataFrame, path: str | os.PathLike[str], *, over
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path}: already exists; pass overwrite=True (--overwrite) to replace it")
+    from dask_pdist.io.publish import building
+
     table = events.assign(tokens=[" ".join(str(t) for t in tokens) for tokens in events["tokens"]])
-    table.to_csv(path, index=False, columns=list(EVENT_COLUMNS))
+    with building(path, replace=overwrite) as tmp:  # whole or absent, as every output
+        table.to_csv(tmp, index=False, columns=list(EVENT_COLUMNS))
     return path
 
 

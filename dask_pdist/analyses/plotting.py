@@ -67,7 +67,7 @@ def plot_summary(
     axes[-1].set_ylabel("token_i")
     fig.colorbar(im, ax=axes[-1])
     fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
+    _save(fig, path, dpi)
 
 
 def plot_clusters(clusters: xr.Dataset, events: Any, path: str | os.PathLike[str], *, dpi: int = 100) -> None:
@@ -119,4 +119,15 @@ def plot_clusters(clusters: xr.Dataset, events: Any, path: str | os.PathLike[str
     bx.set_xlabel("step")
     bx.set_title("events", fontsize=10)
     bx.grid(True, axis="x", alpha=0.3)
-    fig.savefig(path, dpi=dpi)
+    _save(fig, path, dpi)
+
+
+def _save(fig: Any, path: str | os.PathLike[str], dpi: int) -> None:
+    # whole or absent, as every output; the format from the target's name, not the hidden one's
+    from pathlib import Path
+
+    from dask_pdist.io.publish import building
+
+    path = Path(path)
+    with building(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".").lower() or "png")
