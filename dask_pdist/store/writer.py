@@ -1,4 +1,4 @@
-"""Writers and readers of the zarr store (zarr format 3, NaN fill, chunks aligned with dask).
+"""The writer of distance stores: :func:`to_zarr` (zarr format 3, NaN fill, chunks aligned with dask).
 
 The store tells the truth about what it holds. Each dask task writes one block of every
 variable, then sets its own element of the ``chunk_done`` array (one zarr chunk per block,
