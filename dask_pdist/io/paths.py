@@ -454,3 +454,136 @@ def zarr_store(where: Path | Location, read_only: bool = True) -> Any:
 
         return FsspecStore.from_url(where.url, storage_options=dict(where.storage_options), read_only=read_only)
     return str(where)
+
+
+# -- the few real differences between a local path and a URL, one function each -------------
+# Everything else is the pathlib API, which Location implements for URLs: callers take either
+# and call ``exists()``, ``is_dir()``, ``/``, ``read_bytes()``, ``unlink()`` ... without asking
+# which it is. What an object store genuinely lacks (folders, an atomic rename, positioned
+# reads, O_EXCL) is decided here, once.
+
+
+def is_remote(path: object) -> bool:
+    """True for a location on an object store (``s3://``...): key prefixes instead of folders,
+    no rename, a PUT replaces an object whole. False for a local path (or ``file://``)."""
+    return isinstance(path, Location) or (is_url(path) and not str(path).lower().startswith("file://"))
+
+
+def storage_options_of(path: Path | Location) -> dict[str, Any]:
+    """The ``storage_options`` a location carries ({} for a local path)."""
+    return dict(path.storage_options) if isinstance(path, Location) else {}
+
+
+def key_path(path: str | os.PathLike[str] | Location) -> PurePosixPath:
+    """The path without its scheme (``bucket/runs/h.safetensors``), or a local path made
+    absolute: what step numbers and run names are read from."""
+    if isinstance(path, Location):
+        return PurePosixPath(path.url.split("://", 1)[1])
+    return PurePosixPath(os.path.abspath(path))
+
+
+def files_under(path: Path | Location) -> list[str]:
+    """Every file (object) below a folder (key prefix), as ``/``-separated relative paths."""
+    if isinstance(path, Location):
+        return path.files()
+    return sorted(
+        os.path.relpath(os.path.join(root, f), path).replace(os.sep, "/")
+        for root, _, names in os.walk(path)
+        for f in names
+    )
+
+
+def remove_tree(path: Path | Location) -> None:
+    """Delete a folder (every object under a key prefix), exactly it: see Location.remove_tree."""
+    if isinstance(path, Location):
+        path.remove_tree()
+    else:
+        import shutil
+
+        shutil.rmtree(path)
+
+
+def replace_bytes(path: Path | Location, data: bytes) -> None:
+    """Replace a file so that no reader ever sees it half-written: a local temporary file and
+    an atomic rename; on an object store one PUT (whole or not at all)."""
+    if isinstance(path, Location):
+        path.write_bytes(data)
+        return
+    import uuid
+
+    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}.partial")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def create_exclusive(path: Path | Location, data: bytes) -> bool:
+    """Create a file only if none has this name (False otherwise): ``O_EXCL`` locally, a
+    conditional PUT (``If-None-Match: *``) on an object store, which S3 and most S3-compatible
+    stores honour."""
+    if isinstance(path, Location):
+        try:
+            path.write_bytes(data, exclusive=True)
+        except FileExistsError:
+            return False
+        return True
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return True
+
+
+def missing_bucket(path: Path | Location) -> str | None:
+    """The bucket (container) of a URL if it does not exist or is not visible; None if it does,
+    and for a local path (which has no bucket)."""
+    if isinstance(path, Location) and not path.bucket_exists():
+        return path.url.split("://", 1)[1].split("/", 1)[0]
+    return None
+
+
+def disk_usage(path: Path | Location) -> int:
+    """Bytes in a file, or in every file below a folder (key prefix)."""
+    if isinstance(path, Location):
+        return int(path._call("location", path.fs.du, path.path))
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def read_range(path: str | os.PathLike[str] | Location, offset: int, nbytes: int) -> bytearray:
+    """Exactly ``nbytes`` from ``offset``: positioned reads of a local file (``os.preadv``; no
+    mmap, so no SIGBUS), one ranged GET of an object. Writable, as numpy views want it.
+
+    Raises
+    ------
+    InputError
+        The file is now shorter than expected (truncated or replaced after it was opened).
+    """
+    if isinstance(path, Location):
+        return path.read(offset, nbytes)
+    buf = bytearray(nbytes)
+    view = memoryview(buf)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        got = 0
+        while got < nbytes:
+            k = os.preadv(fd, [view[got:]], offset + got)
+            if k == 0:
+                raise InputError(
+                    f"{path}: file ended at byte {offset + got} while reading bytes"
+                    f" {offset}..{offset + nbytes}; it was truncated or replaced after it was opened"
+                )
+            got += k
+    finally:
+        os.close(fd)
+    return buf
+
+
+def open_reader(path: str | os.PathLike[str] | Location, size: int | None = None) -> Any:
+    """A sequential binary reader (``read(n)``, ``tell()``, a context manager) for headers: a
+    local file, or ranged requests of ``size`` bytes at most (the first 64 KiB in one)."""
+    if isinstance(path, Location):
+        return path.open(size)
+    return open(path, "rb")
