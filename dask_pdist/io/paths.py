@@ -1,13 +1,38 @@
-"""Locations: where an input lives, a local path or a URL that fsspec understands.
+"""Locations: where an input or output lives, a local path or a URL that fsspec understands.
 
-One function, :func:`locate`, opens a location whatever its scheme. A local path (or a
-``file://`` URL) stays a :class:`pathlib.Path` and keeps the positioned-read fast path; any
-other URL (``s3://``, ``gs://``, ``az://``, ``memory://``, ...) becomes a :class:`Location`:
-the URL and its ``storage_options``, nothing else, so it pickles into a dask graph and every
-task opens its own connection (fsspec caches one filesystem per process). Reads are ranged
-(``cat_file(start=, end=)``): one request per task. Credentials and the endpoint come from
-the backend's usual configuration (for S3 the ``AWS_*`` environment variables, including
-``AWS_ENDPOINT_URL``) plus ``storage_options``.
+One path type, :data:`Where`, is what every reader and writer takes: the :mod:`pathlib` API.
+A local path (or a ``file://`` URL) is a :class:`pathlib.Path`; any other URL (``s3://``,
+``gs://``, ``az://``, ``memory://``, ...) is a :class:`Location`, which implements the pieces of
+that API the store and reader code use (``/``, ``name``, ``parent``, ``exists``, ``is_file``,
+``is_dir``, ``read_bytes``, ``write_bytes``, ``unlink`` ...) with the same semantics. A new
+place to read or write is a scheme fsspec serves plus ``storage_options``, not a new branch.
+:func:`locate` makes one from a string, path or URL.
+
+What an object store genuinely lacks (folders, an atomic rename, positioned reads, O_EXCL) is
+decided once, by the functions at the end of this module that take either kind:
+:func:`replace_bytes`, :func:`create_exclusive`, :func:`files_under`, :func:`remove_tree`,
+:func:`read_range`, :func:`open_reader`, :func:`missing_bucket`, :func:`disk_usage`,
+:func:`key_path`, :func:`storage_options_of`, :func:`is_remote` (callers ask "is there a
+folder to make" by this, never by the class), and :func:`zarr_array` / :func:`zarr_group` /
+:func:`zarr_store`.
+
+A Location holds only the URL and its ``storage_options``, nothing else, so it pickles into a
+dask graph and every task opens its own connection (fsspec caches one filesystem per
+process). Reads are ranged (``cat_file(start=, end=)``): one request per task. Listings and
+existence checks are never answered from fsspec's directory cache: other processes, and
+zarr's own filesystem instance, write under the same prefix. Every I/O error names the URL in
+one line (not found; access denied, with a credentials hint; an unreachable endpoint;
+rejected storage options). Credentials and the endpoint come from the backend's usual
+configuration (for S3 the ``AWS_*`` environment variables, including ``AWS_ENDPOINT_URL``)
+plus ``storage_options``.
+
+Why not universal-pathlib's ``UPath`` (0.3.10, tried against moto's S3 server): it refuses
+``S3://`` and keeps ``//`` in keys; ``file://`` becomes an fsspec path, not a pathlib one; its
+``glob`` and recursive ``rm`` expand ``[ ] * ?`` in the path itself (removing
+``s3://b/lr=[ab]/d.zarr`` deleted ``lr=a/d.zarr``'s objects); ``iterdir`` answered from a
+stale listing after another writer added a prefix; errors arrive raw (botocore's
+``EndpointConnectionError``); and local ``UPath`` operations import fsspec. Each would need
+the wrapper this module already is.
 
 fsspec is imported only when a URL is used.
 """
@@ -27,6 +52,18 @@ from dask_pdist.errors import InputError
 
 __all__ = [
     "Location",
+    "Where",
+    "is_remote",
+    "storage_options_of",
+    "key_path",
+    "files_under",
+    "remove_tree",
+    "replace_bytes",
+    "create_exclusive",
+    "missing_bucket",
+    "disk_usage",
+    "read_range",
+    "open_reader",
     "is_url",
     "any_url",
     "locate",
@@ -241,6 +278,9 @@ class Location:
         self.write_bytes(text.encode())
 
     def unlink(self, missing_ok: bool = False) -> None:
+        # an S3 DELETE of a missing key succeeds: ask first, as pathlib would raise
+        if not missing_ok and not self.exists():
+            raise FileNotFoundError(f"{self.url}: object not found")
         try:
             self._call("object", self.fs.rm_file, self.path)
         except FileNotFoundError:
@@ -306,6 +346,9 @@ class _RangedReader:
     def __exit__(self, *exc: object) -> None:
         self.buf = bytearray()
 
+
+#: The one path type readers and writers take: the pathlib API, local or at a URL.
+Where = Path | Location
 
 #: Schemes whose first path component is a bucket (container): never a store or file itself.
 BUCKET_SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl")
