@@ -229,11 +229,11 @@ def check_small_arrays(path: StorePath, names: list[str], group: Any = None) -> 
     for name in names:
         try:
             arr = group[name] if group is not None else zarr_array(path / name)
-            # on an object store one listing per array, not a HEAD request per chunk
-            listed = set(files_under(path / name)) if is_remote(path) else None
+            # one listing per array, not a stat (a HEAD request) per chunk
+            listed = set(files_under(path / name))
             for idx in itertools.product(*(range(n) for n in arr.cdata_shape)):
                 key = _chunk_key(name, idx)
-                if not (key.split("/", 1)[1] in listed if listed is not None else os.path.isfile(path / key)):
+                if key.split("/", 1)[1] not in listed:
                     raise StoreError(f"{path}: {name} chunk {idx}: missing ({_absent(path)}); {_hint(str(path))}")
             arr[...]
         except (StoreError, PermissionError):
@@ -327,8 +327,8 @@ def verify_store(
     except Exception:  # no step labels to trust: problems are named by chunk index instead
         steps = None
     done_name = _relative(path, done_path(path))
-    # an object store: one listing instead of a HEAD request per chunk
-    listed = set(files_under(path)) if is_remote(path) else None
+    # one listing instead of a stat (a HEAD request) per chunk
+    listed = set(files_under(path))
     try:
         done = np.asarray(arrays[done_name][...]) if done_name in arrays else None
     except Exception:
@@ -346,7 +346,7 @@ def verify_store(
                 rows = (idx[0] * step_chunk, min((idx[0] + 1) * step_chunk, len(steps)))
             problem = None
             key = _chunk_key(name, idx)
-            if not (key in listed if listed is not None else os.path.isfile(path / key)):
+            if key not in listed:
                 problem = f"missing ({_absent(path)})"
             elif is_distance and done is not None and not done[idx]:
                 problem = "missing (block not marked done)"
