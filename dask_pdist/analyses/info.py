@@ -10,17 +10,13 @@ from pathlib import Path
 
 import numpy as np
 
-from dask_pdist.io.paths import Location, any_url, locate, zarr_group
+from dask_pdist.io.paths import Location, any_url, disk_usage, is_remote, locate, zarr_group
 
 __all__ = ["describe"]
 
 
 def _disk_size(path: Path | Location) -> int:
-    if isinstance(path, Location):
-        return int(path._call("location", path.fs.du, path.path))
-    if path.is_file():
-        return path.stat().st_size
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return disk_usage(path)
 
 
 def describe(
@@ -56,7 +52,7 @@ def describe(
             raise InputError(f"{path}: info takes one file on object storage; name one checkpoint")
         return _describe_checkpoints(path, key)  # type: ignore[arg-type]
     located = locate(path, storage_options)  # type: ignore[arg-type]
-    if isinstance(located, Location) and not (
+    if is_remote(located) and not (
         located.is_dir() and (is_store(located) or has_bookkeeping(located))
     ):  # an input on object storage: stores there are described below, as on disk
         return _describe_url(located)
@@ -64,7 +60,7 @@ def describe(
     if not path.exists():
         raise FileNotFoundError(f"{path}: not found")
     lines = [f"{path}"]
-    if path.is_dir() and not isinstance(path, Location) and is_neighbours_store(path):
+    if path.is_dir() and not is_remote(path) and is_neighbours_store(path):
         group = zarr.open_group(str(path), mode="r")
         steps, nbr = np.asarray(group["step"][:]), group["neighbour"]
         lines.append(f"  dask_pdist neighbours store, version {group.attrs.get('dask_pdist_version', '?')}")

@@ -207,7 +207,7 @@ def _export(args: argparse.Namespace, store: str, output: str, dtype: str | None
     import dask_pdist as dp
 
     t0 = time.perf_counter()
-    from dask_pdist.io.paths import Location, locate
+    from dask_pdist.io.paths import is_remote, locate
 
     ds = dp.open_distances(
         store, allow_incomplete=getattr(args, "allow_incomplete", False), storage_options=_opts(args, store)
@@ -221,7 +221,7 @@ def _export(args: argparse.Namespace, store: str, output: str, dtype: str | None
     _check_export_target(output, overwrite, options)
     print(f"{store} -> {output}", file=sys.stderr)
     scheduler = getattr(args, "scheduler", None)
-    remote = isinstance(locate(output, options), Location)
+    remote = is_remote(locate(output, options))
     # to_safetensors computes itself (compute=True) so that it removes its temporary file
     # (aborts its upload) if the run fails; the progress bar and the client apply to that
     # compute. To a URL it computes window after window: its own bar counts the bytes sent.

@@ -20,7 +20,7 @@ import xarray as xr
 from dask_pdist.conventions import HISTORY_DIMS
 from dask_pdist.errors import InputError
 from dask_pdist.io.checkpoints import INDEX_SUFFIX, checkpoint_steps, directory_hint, parse_steps
-from dask_pdist.io.paths import Location, any_url, identity, locate
+from dask_pdist.io.paths import Location, any_url, identity, is_remote, locate
 from dask_pdist.io.safetensors_format import pread_exact, require_regular_file
 from dask_pdist.io.sources import (
     Chunks,
@@ -239,7 +239,7 @@ def open_history(
         return _label(x, labels, tokens, source, key, kind, f"{len(stack.paths)} files:{fingerprint}", spec[1])
     path = locate(path, storage_options)  # type: ignore[arg-type]
     if not path.exists():
-        if isinstance(path, Location):
+        if is_remote(path):
             path.info("history file")  # raises with the backend's reason: no such bucket, no such key
         raise FileNotFoundError(f"{path}: history file not found")
     if path.is_dir():

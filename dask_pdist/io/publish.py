@@ -41,7 +41,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from dask_pdist.errors import StoreError
-from dask_pdist.io.paths import Location
+from dask_pdist.io.paths import Location, is_remote, missing_bucket, remove_tree
 
 __all__ = ["building", "check_parent", "hidden_name", "hidden_key", "clean_stale", "publish", "discard", "pid_alive"]
 
@@ -62,9 +62,9 @@ def pid_alive(pid: int) -> bool:
 def check_parent(target: Path | Location) -> None:
     """Refuse a target whose folder does not exist or is not writable (on object storage:
     whose bucket does not exist). The one place these messages are written."""
-    if isinstance(target, Location):  # no folders to create or check: the bucket must exist
-        if not target.bucket_exists():
-            bucket = target.url.split("://", 1)[1].split("/", 1)[0]
+    if is_remote(target):  # no folders to create or check: the bucket must exist
+        bucket = missing_bucket(target)
+        if bucket is not None:
             raise StoreError(f"{target}: bucket {bucket} does not exist (or is not visible with these credentials)")
         return
     parent = target.parent if str(target.parent) else Path(".")
@@ -121,7 +121,7 @@ def clean_stale(target: Path | Location) -> list[Path]:
     aside (``.replaced``) when the target itself is gone, delete every other leftover whose
     writer is dead on this host. Live writers' hidden outputs are never touched. Returns the
     paths deleted."""
-    if isinstance(target, Location):
+    if is_remote(target):
         return []
     removed = []
     for path, kind, dead in sorted(_leftovers(target), key=lambda e: e[1] != "replaced"):
@@ -187,7 +187,7 @@ def building(target: Path | Location, *, replace: bool = True, last: str = "zarr
     ...     sorted(p.name for p in Path(d).iterdir())
     ['out']
     """
-    if isinstance(target, Location):
+    if is_remote(target):
         with tempfile.TemporaryDirectory(prefix="dask_pdist-") as scratch:
             tmp = Path(scratch) / "out"
             yield tmp
@@ -211,7 +211,7 @@ def _upload_tree(local: Path, target: Location, *, replace: bool, last: str) -> 
         if not replace:
             raise StoreError(f"{target}: appeared while writing; pass overwrite=True (--overwrite) to replace it")
         (target / last).unlink(missing_ok=True)
-        target.remove_tree()
+        remove_tree(target)
     files = sorted(p for p in local.rglob("*") if p.is_file() and p.relative_to(local).as_posix() != last)
     for file in files:
         (target / file.relative_to(local).as_posix()).upload(file)

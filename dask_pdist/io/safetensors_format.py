@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from dask_pdist.errors import InputError
-from dask_pdist.io.paths import Location
+from dask_pdist.io.paths import Location, is_remote, locate, open_reader, read_range
 
 __all__ = [
     "SUPPORTED_DTYPES",
@@ -123,7 +123,7 @@ def require_regular_file(path: str | os.PathLike[str] | Location, role: str = "i
     Traceback (most recent call last):
     dask_pdist.errors.InputError: /dev/null: input file is a character device, not a regular file; give a file
     """
-    if isinstance(path, Location):
+    if is_remote(path):
         return path.size(role)
     try:
         st = os.stat(path)
@@ -161,10 +161,10 @@ def read_header(path: str | os.PathLike[str] | Location) -> tuple[dict[str, Tens
     >>> tensors["embedding_history"].shape  # doctest: +SKIP
     (5001, 128, 64)
     """
-    path = path if isinstance(path, Location) else Path(path)
-    remote_size = require_regular_file(path) if isinstance(path, Location) else None
-    with path.open(remote_size) if isinstance(remote_size, int) else _open_regular(path) as f:
-        size = remote_size if isinstance(remote_size, int) else os.fstat(f.fileno()).st_size
+    path = locate(path)
+    found = require_regular_file(path)  # a pipe or a device would block or never end
+    size = found if isinstance(found, int) else found.st_size
+    with open_reader(path, size) as f:
         if size < 8:
             raise InputError(f"{path}: not a safetensors file: {size} bytes, shorter than the 8-byte header length")
         head = f.read(8)
@@ -234,11 +234,6 @@ def read_header(path: str | os.PathLike[str] | Location) -> tuple[dict[str, Tens
     return tensors, dict(metadata)
 
 
-def _open_regular(path: Path):
-    require_regular_file(path)
-    return open(path, "rb")
-
-
 def _tensor_info(path: Path | Location, name: str, entry: Any, data_start: int) -> TensorInfo:
     if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
         raise InputError(
@@ -278,24 +273,7 @@ def pread_exact(path: str | os.PathLike[str] | Location, offset: int, nbytes: in
     InputError
         The file is now shorter than expected (truncated or replaced after it was opened).
     """
-    if isinstance(path, Location):
-        return path.read(offset, nbytes)
-    buf = bytearray(nbytes)
-    view = memoryview(buf)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        got = 0
-        while got < nbytes:
-            k = os.preadv(fd, [view[got:]], offset + got)
-            if k == 0:
-                raise InputError(
-                    f"{path}: file ended at byte {offset + got} while reading bytes"
-                    f" {offset}..{offset + nbytes}; it was truncated or replaced after it was opened"
-                )
-            got += k
-    finally:
-        os.close(fd)
-    return buf
+    return read_range(path, offset, nbytes)
 
 
 def header_bytes(

@@ -19,7 +19,7 @@ import numpy as np
 from dask_pdist.conventions import HISTORY_DIMS
 from dask_pdist.errors import InputError
 from dask_pdist.io.checkpoints import INDEX_SUFFIX, _natural_key, checkpoint_paths, tensor_file
-from dask_pdist.io.paths import Location, any_url, glob_locations, locate
+from dask_pdist.io.paths import Location, any_url, glob_locations, is_remote, locate, open_reader, zarr_store
 from dask_pdist.io.safetensors_format import (
     SUPPORTED_DTYPES,
     TensorInfo,
@@ -34,7 +34,7 @@ Chunks = Literal["auto"] | int | tuple | dict
 
 def _picklable(path: Path | Location) -> str | Location:
     # what a task holds: a local path as a string, a URL with its storage options
-    return path if isinstance(path, Location) else str(path)
+    return path if is_remote(path) else str(path)
 
 
 class _RawSource:
@@ -231,7 +231,7 @@ class _StackSource(_RawSource):
 
 def _step_path(p: Path | Location) -> Path:
     # checkpoint_steps reads numbers from path components: a URL's part after the scheme
-    return Path(p.url.split("://", 1)[1]) if isinstance(p, Location) else p
+    return Path(str(p).split("://", 1)[-1])
 
 
 def _url_checkpoints(
@@ -259,7 +259,7 @@ def _open_checkpoints(
     first: tuple[Path | Location, TensorInfo] | None = None
     for checkpoint in checkpoints:
         # the shard holding key, for a sharded checkpoint
-        path = checkpoint if isinstance(checkpoint, Location) else tensor_file(checkpoint, key)
+        path = checkpoint if is_remote(checkpoint) else tensor_file(checkpoint, key)
         paths.append(path)
         tensors, _ = read_header(path)
         ndims = {n: len(t.shape) for n, t in tensors.items()}
@@ -309,11 +309,11 @@ def read_npy_header(path: str | os.PathLike[str] | Location) -> tuple[tuple[int,
     """
     import tokenize
 
-    path = path if isinstance(path, Location) else Path(path)
+    path = locate(path)
     found = require_regular_file(path)
     size = found if isinstance(found, int) else found.st_size
     try:
-        with path.open(size) if isinstance(path, Location) else open(path, "rb") as f:
+        with open_reader(path, size) as f:
             version = np.lib.format.read_magic(f)
             read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
             if version not in read:
@@ -351,8 +351,7 @@ def _open_zarr(
     import zarr
 
     try:
-        options = {"storage_options": dict(path.storage_options)} if isinstance(path, Location) else {}
-        node = zarr.open(str(path), mode="r", **options)
+        node = zarr.open(zarr_store(path), mode="r")
     except Exception as exc:  # zarr raises several types for "not a store"
         raise InputError(f"{path}: cannot open as zarr ({exc})") from None
     steps = None

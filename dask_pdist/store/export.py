@@ -28,7 +28,7 @@ import xarray as xr
 from dask_pdist._version import __version__
 from dask_pdist.conventions import DISTANCE_DIMS, METRICS
 from dask_pdist.errors import StoreError
-from dask_pdist.io.paths import BUCKET_SCHEMES, Location, locate
+from dask_pdist.io.paths import BUCKET_SCHEMES, Location, is_remote, locate
 from dask_pdist.io.publish import check_parent, clean_stale, discard, hidden_name, publish
 from dask_pdist.io.safetensors_format import header_bytes, pwrite_all, pwrite_segments, write_header
 from dask_pdist.io.upload import file_order_pieces, stream_to_location
@@ -150,7 +150,7 @@ def check_target(
     Location(url='memory://check-doc/d.safetensors', storage_options={})
     """
     found = locate(path, storage_options)
-    if isinstance(found, Location):
+    if is_remote(found):
         return _check_location(found, overwrite)
     path = found
     if path.is_dir():
@@ -322,7 +322,7 @@ def to_safetensors(
     shape = tuple(ds[metrics[0]].shape)
     tensors = [(tensor_key(m), _SAFETENSORS_DTYPE[name], shape) for m in metrics]
     show = compute and (interactive() if progress is None else progress)
-    if isinstance(target, Location):
+    if is_remote(target):
         head, _ = header_bytes(tensors, _metadata(ds, metrics, name))
         pieces = [
             ((tensor_key(m), step0), piece)

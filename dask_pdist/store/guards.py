@@ -9,7 +9,6 @@ a job stopped by its input says so, in the store and to the user.
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import dask
@@ -18,7 +17,7 @@ import xarray as xr
 
 from dask_pdist.conventions import BOOKKEEPING, INPUT_CHECKSUM, STOPPED_ATTR
 from dask_pdist.errors import InputError, StoreError
-from dask_pdist.io.paths import Location, zarr_array
+from dask_pdist.io.paths import Location, is_remote, remove_tree, zarr_array
 from dask_pdist.io.publish import check_parent
 from dask_pdist.store.layout import (
     StorePath,
@@ -99,8 +98,8 @@ def check_input_outside(ds: xr.Dataset, path: StorePath) -> None:
     head = source.split(" .. ")[0]
     for wild in "*?[":
         head = head.split(wild)[0]
-    if isinstance(path, Location) or "://" in head:
-        inside = isinstance(path, Location) and (head + "/").startswith(path.url.rstrip("/") + "/")
+    if is_remote(path) or "://" in head:
+        inside = is_remote(path) and (head + "/").startswith(str(path).rstrip("/") + "/")
     else:
         inside = False
         try:
@@ -169,13 +168,13 @@ def stop_job(path: str | os.PathLike[str] | Location, exc: BaseException) -> str
     ... except InputError as exc:
     ...     print(exc, stop_job("d.zarr", exc))
     """
-    path = path if isinstance(path, Location) else store_path(path)
+    path = store_path(path)
     try:
         if not isinstance(exc, (InputError, OverflowError)) or not is_store(path):
             return ""
         done, _ = store_progress(path)
         if not done.any():
-            path.remove_tree() if isinstance(path, Location) else shutil.rmtree(path)
+            remove_tree(path)
             return f"nothing was written, so {path} was removed"
         way = (
             "recompute with --dtype float32 --overwrite"

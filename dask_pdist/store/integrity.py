@@ -20,7 +20,7 @@ import numpy as np
 
 from dask_pdist.conventions import FINGERPRINT_ATTR, MARKER_ATTR
 from dask_pdist.errors import StoreError
-from dask_pdist.io.paths import Location, zarr_array
+from dask_pdist.io.paths import Location, files_under, is_remote, zarr_array
 from dask_pdist.io.publish import pid_alive
 from dask_pdist.store.layout import (
     StorePath,
@@ -47,20 +47,13 @@ def _chunk_key(name: str, idx: tuple[int, ...]) -> str:
 def _chunk_present(store: StorePath, name: str, idx: tuple[int, ...]) -> bool:
     """Whether the chunk's file (object) exists: one ``stat`` (one HEAD request)."""
     where = store / _chunk_key(name, idx)
-    return where.is_file() if isinstance(where, Location) else os.path.isfile(where)
+    return where.is_file()
 
 
 def present_chunks(path: StorePath, name: str) -> set[tuple[int, ...]]:
     """Indices of the chunks of array ``name`` whose files (objects) exist: one listing."""
     base = path / name
-    if isinstance(base, Location):
-        keys = base.files() if base.is_dir() else []
-    else:
-        keys = [
-            os.path.relpath(os.path.join(root, f), base).replace(os.sep, "/")
-            for root, _, files in os.walk(base / "c")
-            for f in files
-        ]
+    keys = files_under(base) if base.is_dir() else []
     found = set()
     for key in keys:
         parts = key.split("/")
@@ -70,7 +63,7 @@ def present_chunks(path: StorePath, name: str) -> set[tuple[int, ...]]:
 
 
 def _absent(store: StorePath) -> str:
-    return "chunk object absent" if isinstance(store, Location) else "chunk file absent"
+    return "chunk object absent" if is_remote(store) else "chunk file absent"
 
 
 def _live_lock(path: StorePath) -> bool:
@@ -236,11 +229,11 @@ def check_small_arrays(path: StorePath, names: list[str], group: Any = None) -> 
     for name in names:
         try:
             arr = group[name] if group is not None else zarr_array(path / name)
-            # on an object store one listing per array, not a HEAD request per chunk
-            listed = set((path / name).files()) if isinstance(path, Location) else None
+            # one listing per array, not a stat (a HEAD request) per chunk
+            listed = set(files_under(path / name))
             for idx in itertools.product(*(range(n) for n in arr.cdata_shape)):
                 key = _chunk_key(name, idx)
-                if not (key.split("/", 1)[1] in listed if listed is not None else os.path.isfile(path / key)):
+                if key.split("/", 1)[1] not in listed:
                     raise StoreError(f"{path}: {name} chunk {idx}: missing ({_absent(path)}); {_hint(str(path))}")
             arr[...]
         except (StoreError, PermissionError):
@@ -334,8 +327,8 @@ def verify_store(
     except Exception:  # no step labels to trust: problems are named by chunk index instead
         steps = None
     done_name = _relative(path, done_path(path))
-    # an object store: one listing instead of a HEAD request per chunk
-    listed = set(path.files()) if isinstance(path, Location) else None
+    # one listing instead of a stat (a HEAD request) per chunk
+    listed = set(files_under(path))
     try:
         done = np.asarray(arrays[done_name][...]) if done_name in arrays else None
     except Exception:
@@ -353,7 +346,7 @@ def verify_store(
                 rows = (idx[0] * step_chunk, min((idx[0] + 1) * step_chunk, len(steps)))
             problem = None
             key = _chunk_key(name, idx)
-            if not (key in listed if listed is not None else os.path.isfile(path / key)):
+            if key not in listed:
                 problem = f"missing ({_absent(path)})"
             elif is_distance and done is not None and not done[idx]:
                 problem = "missing (block not marked done)"

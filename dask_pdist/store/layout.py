@@ -31,7 +31,17 @@ from dask_pdist.conventions import (
     MARKER_ATTR,
 )
 from dask_pdist.errors import StoreError
-from dask_pdist.io.paths import BUCKET_SCHEMES, Location, locate, zarr_array, zarr_store
+from dask_pdist.io.paths import (
+    BUCKET_SCHEMES,
+    Location,
+    create_exclusive,
+    files_under,
+    is_remote,
+    locate,
+    replace_bytes,
+    zarr_array,
+    zarr_store,
+)
 from dask_pdist.io.publish import pid_alive
 
 #: A store's location: a local folder, or a key prefix on an object store (``s3://b/d.zarr``).
@@ -53,7 +63,7 @@ def store_path(path: str | os.PathLike[str] | Location, storage_options: dict | 
     A URL must name a prefix below the bucket (``s3://bucket/d.zarr``): the writer lock lives
     next to the store, never inside it."""
     found = locate(path, storage_options)
-    if not isinstance(found, Location):
+    if not is_remote(found):
         return found
     rest = found.url.split("://", 1)[1].strip("/")
     if found.protocol in BUCKET_SCHEMES and "/" not in rest:
@@ -77,7 +87,7 @@ def read_root(path: StorePath) -> dict[str, Any] | None:
     try:
         meta = json.loads((path / "zarr.json").read_text())
     except PermissionError:
-        if isinstance(path, Location):
+        if is_remote(path):
             raise  # wrong credentials: say so, not "not a store"
         return None
     except (OSError, ValueError):
@@ -118,12 +128,7 @@ def write_root_attrs(path: StorePath, **attrs: Any) -> None:
             target.pop(key, None)
         else:
             target[key] = value
-    if isinstance(path, Location):  # a PUT replaces the object whole
-        (path / "zarr.json").write_text(json.dumps(meta, indent=2))
-        return
-    tmp = path / f"zarr.json.{uuid.uuid4().hex[:8]}.partial"
-    tmp.write_text(json.dumps(meta, indent=2))
-    os.replace(tmp, path / "zarr.json")
+    replace_bytes(path / "zarr.json", json.dumps(meta, indent=2).encode())
 
 
 # -- the writer lock ------------------------------------------------------------------------
@@ -134,22 +139,8 @@ def lock_path(path: StorePath) -> StorePath:
 
 
 def _create_exclusive(lock: StorePath, record: dict[str, Any]) -> bool:
-    # False if the lock exists; an object store creates it with a conditional PUT
-    # (If-None-Match: *), which S3 and most S3-compatible stores honour
-    text = json.dumps(record)
-    if isinstance(lock, Location):
-        try:
-            lock.write_bytes(text.encode(), exclusive=True)
-        except FileExistsError:
-            return False
-        return True
-    try:
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-        return False
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    return True
+    # False if the lock exists (O_EXCL locally, a conditional PUT on an object store)
+    return create_exclusive(lock, json.dumps(record).encode())
 
 
 def acquire_lock(path: StorePath) -> str:
@@ -213,8 +204,8 @@ def release_lock(path: StorePath, token: str | None = None) -> None:
 def foreign_entries(path: StorePath, limit: int = 5) -> list[str]:
     """Entries under ``path`` that dask_pdist never writes (relative paths, at most ``limit``)."""
     found: list[str] = []
-    if isinstance(path, Location):  # objects only: a "folder" is a key prefix
-        return [rel for rel in path.files() if not _known(rel, False)][:limit]
+    if is_remote(path):  # objects only: a "folder" is a key prefix, symlinks do not exist
+        return [rel for rel in files_under(path) if not _known(rel, False)][:limit]
     for root, dirs, files in os.walk(path):
         rel_root = Path(root).relative_to(path)
         for name in sorted(dirs) + sorted(files):
@@ -274,7 +265,7 @@ def store_progress(path: str | os.PathLike[str] | Location) -> tuple[np.ndarray,
     metadata it vouches for (the last write of a job)."""
     import numpy as np
 
-    path = path if isinstance(path, Location) else store_path(path)
+    path = store_path(path)
     where = done_path(path)
     try:
         done = np.asarray(zarr_array(where)[...])

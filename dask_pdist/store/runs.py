@@ -13,14 +13,24 @@ import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
 from dask_pdist.errors import InputError, StoreError
-from dask_pdist.io.paths import Location, any_url, glob_locations, is_url, locate, options_for
+from dask_pdist.io.paths import (
+    Location,
+    any_url,
+    glob_locations,
+    is_remote,
+    is_url,
+    key_path,
+    locate,
+    missing_bucket,
+    options_for,
+)
 from dask_pdist.io.safetensors_format import read_header
 
 __all__ = ["Run", "RunBatch", "find_runs", "run_names", "compute_runs", "open_distances"]
@@ -33,8 +43,7 @@ def _natural_key(text: str) -> list:
 
 
 def _parts(path: Path | Location) -> list[str]:
-    text = str(path).split("://", 1)[1] if isinstance(path, Location) else os.path.abspath(path)
-    return [p for p in PurePosixPath(text).parts if p != "/"]
+    return [p for p in key_path(path).parts if p != "/"]
 
 
 def run_names(paths: Sequence[str | os.PathLike[str] | Location]) -> list[str]:
@@ -234,8 +243,8 @@ def compute_runs(
     out = locate(output_dir, options_for(output_dir, storage_options))
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: --output must be a folder for several runs (one store per run), but it is a file")
-    if isinstance(out, Location):  # a key prefix: nothing to create; the bucket must exist
-        if not out.bucket_exists():
+    if is_remote(out):  # a key prefix: nothing to create; the bucket must exist
+        if missing_bucket(out) is not None:
             raise FileNotFoundError(f"{out}: bucket not found (or not visible with these credentials)")
     elif not out.parent.is_dir():
         raise FileNotFoundError(f"{out.parent}: folder not found; create it first (the stores go to {out}/<run>.zarr)")
@@ -259,7 +268,7 @@ def compute_runs(
             tokens=tokens,
             nonfinite=nonfinite,  # type: ignore[arg-type]
             token_ids=token_ids,
-            storage_options=storage_options if isinstance(source, Location) else None,
+            storage_options=options_for(source, storage_options),
         )
         ds = pairwise_distances(history, metrics=metrics, dtype=dtype, token_chunk=token_chunk)  # type: ignore[arg-type]
         graphs.append(
@@ -338,10 +347,8 @@ def open_distances(
     """
     from dask_pdist.store.reader import open_distances as open_one
 
-    if (
-        isinstance(path, Location)
-        or isinstance(path, (str, os.PathLike))
-        and not (isinstance(path, str) and any(c in path for c in _GLOB_CHARS) and not _exists(path, storage_options))
+    if isinstance(path, (str, os.PathLike, Location)) and not (
+        isinstance(path, str) and any(c in path for c in _GLOB_CHARS) and not _exists(path, storage_options)
     ):
         return open_one(
             path, allow_incomplete=allow_incomplete, chunks=chunks, storage_options=options_for(path, storage_options)

@@ -37,7 +37,7 @@ from dask_pdist.conventions import (
     STOPPED_ATTR,
 )
 from dask_pdist.errors import StoreError
-from dask_pdist.io.paths import Location, zarr_array
+from dask_pdist.io.paths import is_remote, zarr_array
 from dask_pdist.io.publish import building
 from dask_pdist.store.codecs import COMPRESSORS, DEFAULT_COMPRESSOR, Compressor, codec_choice, codec_name, codecs
 from dask_pdist.store.guards import check_input_outside, check_output, check_resumed_input, stop_job
@@ -163,7 +163,7 @@ def _clean_partials(path: StorePath) -> int:
     # temp files of chunk writes killed mid-way (zarr's LocalStore names them *.partial);
     # an object store has none: a PUT is whole or absent
     n = 0
-    if isinstance(path, Location):
+    if is_remote(path):
         return n
     for p in path.rglob("*.partial"):
         p.unlink(missing_ok=True)
