@@ -90,6 +90,18 @@ def test_verify_reports_a_chunk_replaced_by_a_directory(store):
         _ = open_distances(store).chebyshev.values
 
 
+def test_a_chunk_replaced_by_a_broken_symlink_is_missing_not_nan(store, tmp_path):
+    # zarr reads a chunk it cannot open as the fill value (NaN): the presence check must not
+    # count a symlink that points nowhere as a chunk
+    chunk = store / "chebyshev" / "c" / "1" / "0" / "0"
+    chunk.unlink()
+    chunk.symlink_to(tmp_path / "nowhere")
+    problems = [str(p) for p in verify_store(store)]
+    assert problems == ["chebyshev steps 80..150: missing (chunk file absent)"]
+    with pytest.raises(StoreError, match=r"chebyshev chunk \(1, 0, 0\), steps 80..150: missing"):
+        _ = open_distances(store).chebyshev.values
+
+
 # -- 2. a complete store's reads raise on an absent chunk ----------------------------------
 
 

@@ -242,11 +242,22 @@ def files_under(path: Path | Location) -> list[str]:
     """Every file (object) below a folder (key prefix), as ``/``-separated relative paths."""
     if isinstance(path, Location):
         return path.files()
-    return sorted(
-        os.path.relpath(os.path.join(root, f), path).replace(os.sep, "/")
-        for root, _, names in os.walk(path)
-        for f in names
-    )
+    found: list[str] = []
+    stack = [(os.fspath(path), "")]
+    while stack:
+        folder, prefix = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for entry in entries:
+            # is_file() follows a symlink: a broken one is not a file (reading it would give
+            # zarr's fill value, not an error); the file type comes from the listing otherwise
+            if entry.is_dir(follow_symlinks=False):
+                stack.append((entry.path, f"{prefix}{entry.name}/"))
+            elif entry.is_file():
+                found.append(prefix + entry.name)
+    return sorted(found)
 
 
 def remove_tree(path: Path | Location) -> None:
