@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import random_history
 
+from conftest import random_history
 from dask_pdist import StoreError, open_distances, open_history, pairwise_distances, to_safetensors, to_zarr
 from dask_pdist.analyses.info import describe
 from dask_pdist.cli.main import main
