@@ -1,5 +1,5 @@
-"""Inputs and the places outputs go: where an input or output lives (:mod:`.paths`: a local path, or
-a URL with its storage options), the lazy, validated
+"""Inputs and the places outputs go: the one path type (:mod:`.paths`: the pathlib API; a URL is a
+:class:`~dask_pdist.io.location.Location`), the lazy, validated
 readers of embedding histories (:mod:`.history`, :mod:`.sources`, :mod:`.checkpoints`,
 :mod:`.token_ids`, :mod:`.safetensors_format`), the synthetic example (:mod:`.synthetic`),
 and publishing an output: the one primitive that writes it hidden, then makes it visible
