@@ -32,7 +32,7 @@ from dask_pdist._version import __version__
 from dask_pdist.conventions import CLUSTER_DIMS, CLUSTERS_MARKER_ATTR, METRICS, check_metric
 from dask_pdist.graphs.clusters import cluster_arrays
 
-__all__ = ["THRESHOLD_NAMES", "clusters", "write_clusters"]
+__all__ = ["THRESHOLD_NAMES", "clusters", "write_clusters", "open_clusters"]
 
 #: Named thresholds: "bf16" is one bf16 spacing at the step's RMS embedding coordinate.
 THRESHOLD_NAMES: tuple[str, ...] = ("bf16",)
@@ -301,6 +301,7 @@ def write_clusters(
     """
     from dask_pdist.io.paths import local_path
     from dask_pdist.io.publish import check_parent, clean_stale, discard, hidden_name
+    from dask_pdist.store.codecs import checked_codecs
 
     path = local_path(path, "clusters store")
     clean_stale(path)
@@ -316,7 +317,8 @@ def write_clusters(
             # consolidated metadata is a zarr-python extension to format 3; written so that plain
             # xarray.open_zarr(path) opens the store without a fallback warning
             warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
-            stored = ds.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=True, compute=False)
+            encoding = {name: {"compressors": checked_codecs()} for name in [*ds.data_vars, *ds.coords]}
+            stored = ds.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=True, encoding=encoding, compute=False)
         finish = dask.delayed(_finish_clusters)(stored, str(tmp), str(path), overwrite)
         if not compute:
             return finish
@@ -339,10 +341,37 @@ def _check_clusters_target(path: Path, overwrite: bool) -> None:
 
 def _finish_clusters(_stored: Any, tmp: str, path: str, overwrite: bool) -> None:
     from dask_pdist.io.publish import discard, publish
+    from dask_pdist.store.digests import file_digests, manifest_with
 
     try:
         _check_clusters_target(Path(path), overwrite)  # again: it may have appeared meanwhile
     except BaseException:
         discard(tmp)
         raise
-    publish(tmp, path, replace=overwrite)  # the old store stays until the new one is whole
+    # every chunk's checksum recorded by position (store/digests.py), then published: the old
+    # store stays until the new one is whole
+    manifest_with(Path(tmp), file_digests(Path(tmp)))
+    publish(tmp, path, replace=overwrite)
+
+
+def open_clusters(path: str | os.PathLike[str]) -> xr.Dataset:
+    """Open a clusters store (from :func:`write_clusters`) lazily; every chunk read is checked
+    against the checksum recorded for its position.
+
+    Examples
+    --------
+    >>> cl = open_clusters("clusters.zarr")  # doctest: +SKIP
+    >>> cluster_events(cl)  # doctest: +SKIP
+    """
+    from dask_pdist.errors import StoreError
+    from dask_pdist.io.paths import local_path
+    from dask_pdist.store.digests import checked_store, read_manifest
+
+    path = local_path(path, "clusters store")
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: store not found")
+    if not _is_clusters_store(path):
+        raise StoreError(f"{path}: not a dask_pdist clusters store (no zarr.json with {CLUSTERS_MARKER_ATTR!r})")
+    ds = xr.open_zarr(checked_store(path, read_manifest(path)), zarr_format=3, consolidated=True, chunks={})
+    ds.encoding["source"] = str(path)
+    return ds

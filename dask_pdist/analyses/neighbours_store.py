@@ -21,6 +21,8 @@ from dask_pdist.conventions import KIND_ATTR, NEIGHBOURS_KIND
 from dask_pdist.errors import StoreError
 from dask_pdist.io.paths import local_path
 from dask_pdist.io.publish import check_parent, clean_stale, discard, hidden_name, publish
+from dask_pdist.store.codecs import checked_codecs
+from dask_pdist.store.digests import checked_store, file_digests, manifest_with, read_manifest
 
 __all__ = ["neighbours_to_zarr", "open_neighbours", "is_neighbours_store"]
 
@@ -50,7 +52,9 @@ def _check_target(path: Path, overwrite: bool) -> None:
 
 
 def _publish(_written: Any, tmp: str, path: str, overwrite: bool) -> str:
-    # the old store (overwrite) stays readable until the new one is whole
+    # every chunk's checksum recorded by position (store/digests.py), then published: the old
+    # store (overwrite) stays readable until the new one is whole
+    manifest_with(Path(tmp), file_digests(Path(tmp)))
     publish(tmp, path, replace=overwrite)
     return path
 
@@ -89,9 +93,11 @@ def neighbours_to_zarr(
     tmp = hidden_name(path)
     # store chunks = dask chunks: each task writes whole chunks of its own
     encoding = {
-        name: {"chunks": tuple(c[0] for c in var.chunks) if var.chunks else var.shape}
+        name: {"chunks": tuple(c[0] for c in var.chunks) if var.chunks else var.shape, "compressors": checked_codecs()}
         for name, var in ds.data_vars.items()
     }
+    for name in ds.coords:
+        encoding[name] = {"compressors": checked_codecs()}
     with warnings.catch_warnings():
         # consolidated metadata is a zarr-python extension to format 3 (as in store/layout.py): plain
         # xarray.open_zarr(path) then opens the store without a fallback warning
@@ -120,4 +126,7 @@ def open_neighbours(path: str | os.PathLike[str]) -> xr.Dataset:
         raise FileNotFoundError(f"{path}: store not found")
     if not is_neighbours_store(path):
         raise StoreError(f"{path}: not a neighbours store (no zarr.json with {KIND_ATTR}={NEIGHBOURS_KIND!r})")
-    return xr.open_zarr(path, zarr_format=3, consolidated=True, chunks={})
+    # every chunk is read through the check of its recorded digest (store/digests.py)
+    ds = xr.open_zarr(checked_store(path, read_manifest(path)), zarr_format=3, consolidated=True, chunks={})
+    ds.encoding["source"] = str(path)
+    return ds

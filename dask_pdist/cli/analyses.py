@@ -224,15 +224,13 @@ def clusters_report(
     target = f" -> {output}" if output else ""
     print(f"{what}: clusters at {metric} distance <= {threshold}{target}", file=sys.stderr)
     if output:
-        import xarray as xr
-
         _run(
             dp.write_clusters(ds, output, overwrite=overwrite, compute=False),
             None,
             not args.no_progress,
             desc="clustering",
         )
-        ds = xr.open_zarr(output)
+        ds = dp.open_clusters(output)
     else:
         ds = _run(ds, None, not args.no_progress, desc="clustering")
     events = dp.cluster_events(ds)

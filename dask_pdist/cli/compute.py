@@ -7,6 +7,7 @@ import argparse
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from dask_pdist.cli.common import EXIT_BAD_INPUT, _Exit, _opts, _progress, _resume_command, _run
@@ -43,14 +44,21 @@ def _compute(
     store = store_path(output, _opts(args, output))
     existed = resume and store.is_dir()
     try:
-        delayed = dp.to_zarr(
-            ds,
-            store,
-            compressor=getattr(args, "compressor", None) or DEFAULT_COMPRESSOR,
-            overwrite=overwrite,
-            resume=resume,
-            compute=False,
-        )
+        with warnings.catch_warnings(record=True) as repairs:
+            warnings.simplefilter("always", dp.RepairWarning)
+            delayed = dp.to_zarr(
+                ds,
+                store,
+                compressor=getattr(args, "compressor", None) or DEFAULT_COMPRESSOR,
+                overwrite=overwrite,
+                resume=resume,
+                compute=False,
+            )
+        for w in repairs:  # --resume found damaged chunks: say which it recomputes
+            if issubclass(w.category, dp.RepairWarning):
+                print(f"dask-pdist: {w.message}", file=sys.stderr)
+            else:
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     except KeyboardInterrupt:  # while --resume re-reads the finished blocks' input
         print(
             f"dask-pdist: interrupted; nothing was written. Resume with:\n  {_resume_command(args.argv)}",
@@ -65,7 +73,7 @@ def _compute(
         state = (
             f"{todo} of {done.size} blocks to compute"
             if todo
-            else "complete: nothing to compute (`dask-pdist verify` also checks every chunk's checksum)"
+            else "complete: nothing to compute (every written chunk is present and passes its checks)"
         )
         print(f"{output}: resuming, {state}", file=sys.stderr)
     print(

@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 
 #: Root arrays a store of ours may hold (``chunk_done`` only in the old layout).
 ROOT_ARRAYS = ("euclidean", "chebyshev", "step", "token_i", "token_j", "embedding_rms", DONE)
-BOOKKEEPING_ARRAYS = (DONE, INPUT_CHECKSUM)
+BOOKKEEPING_ARRAYS = (DONE, INPUT_CHECKSUM, "chunk_digest")
 # files inside one zarr array: its metadata, chunk files c/0/1/2, and temp files of killed writes
 _ARRAY_ENTRY = re.compile(r"zarr\.json|c(/\d+)+(\.[^/]+\.partial)?|c(/\d+)*/\d+\.[^/]+\.partial")
 
