@@ -299,14 +299,21 @@ def write_clusters(
     --------
     >>> write_clusters(clusters(open_history("h.safetensors")), "clusters.zarr")  # doctest: +SKIP
     """
+    from dask_pdist.io.locks import acquire_lock, release_lock
     from dask_pdist.io.paths import local_path
     from dask_pdist.io.publish import check_parent, clean_stale, discard, hidden_name
     from dask_pdist.store.codecs import checked_codecs
 
     path = local_path(path, "clusters store")
-    clean_stale(path)
     _check_clusters_target(path, overwrite)
     check_parent(path)
+    lock = acquire_lock(path, "clusters store")  # held until published (or failed)
+    try:
+        clean_stale(path)
+        _check_clusters_target(path, overwrite)
+    except BaseException:
+        release_lock(path, lock)
+        raise
     ds = ds.copy()
     ds["token"] = ds["token"].astype(object) if ds["token"].dtype.kind in "OUS" else ds["token"]
     # written under a hidden name and renamed when complete: an interrupted write must not
@@ -319,12 +326,13 @@ def write_clusters(
             warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
             encoding = {name: {"compressors": checked_codecs()} for name in [*ds.data_vars, *ds.coords]}
             stored = ds.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=True, encoding=encoding, compute=False)
-        finish = dask.delayed(_finish_clusters)(stored, str(tmp), str(path), overwrite)
+        finish = dask.delayed(_finish_clusters, pure=False)(stored, str(tmp), str(path), overwrite, lock)
         if not compute:
             return finish
         finish.compute()
     except BaseException:
         discard(tmp)
+        release_lock(path, lock)
         raise
     return None
 
@@ -339,19 +347,22 @@ def _check_clusters_target(path: Path, overwrite: bool) -> None:
             raise StoreError(f"{path}: already exists; pass overwrite=True (--overwrite) to replace it")
 
 
-def _finish_clusters(_stored: Any, tmp: str, path: str, overwrite: bool) -> None:
+def _finish_clusters(_stored: Any, tmp: str, path: str, overwrite: bool, lock: str) -> None:
+    from dask_pdist.io.locks import release_lock
     from dask_pdist.io.publish import discard, publish
     from dask_pdist.store.digests import file_digests, manifest_with
 
     try:
         _check_clusters_target(Path(path), overwrite)  # again: it may have appeared meanwhile
+        # every chunk's checksum recorded by position (store/digests.py), then published: the old
+        # store stays until the new one is whole
+        manifest_with(Path(tmp), file_digests(Path(tmp)))
+        publish(tmp, path, replace=overwrite)
     except BaseException:
         discard(tmp)
         raise
-    # every chunk's checksum recorded by position (store/digests.py), then published: the old
-    # store stays until the new one is whole
-    manifest_with(Path(tmp), file_digests(Path(tmp)))
-    publish(tmp, path, replace=overwrite)
+    finally:
+        release_lock(Path(path), lock)
 
 
 def open_clusters(path: str | os.PathLike[str]) -> xr.Dataset:

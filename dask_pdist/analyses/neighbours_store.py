@@ -19,6 +19,7 @@ import xarray as xr
 
 from dask_pdist.conventions import KIND_ATTR, NEIGHBOURS_KIND
 from dask_pdist.errors import StoreError
+from dask_pdist.io.locks import acquire_lock, release_lock
 from dask_pdist.io.paths import local_path
 from dask_pdist.io.publish import check_parent, clean_stale, discard, hidden_name, publish
 from dask_pdist.store.codecs import checked_codecs
@@ -51,11 +52,17 @@ def _check_target(path: Path, overwrite: bool) -> None:
     check_parent(path)
 
 
-def _publish(_written: Any, tmp: str, path: str, overwrite: bool) -> str:
+def _publish(_written: Any, tmp: str, path: str, overwrite: bool, lock: str) -> str:
     # every chunk's checksum recorded by position (store/digests.py), then published: the old
     # store (overwrite) stays readable until the new one is whole
-    manifest_with(Path(tmp), file_digests(Path(tmp)))
-    publish(tmp, path, replace=overwrite)
+    try:
+        manifest_with(Path(tmp), file_digests(Path(tmp)))
+        publish(tmp, path, replace=overwrite)
+    except BaseException:
+        discard(tmp)
+        raise
+    finally:
+        release_lock(Path(path), lock)
     return path
 
 
@@ -88,8 +95,14 @@ def neighbours_to_zarr(
     if ds.attrs.get(KIND_ATTR) != NEIGHBOURS_KIND:
         raise ValueError("ds is not a neighbours Dataset (see neighbours())")
     path = local_path(path, "neighbours store")
-    clean_stale(path)
     _check_target(path, overwrite)
+    lock = acquire_lock(path, "neighbours store")  # held until published (or failed)
+    try:
+        clean_stale(path)
+        _check_target(path, overwrite)
+    except BaseException:
+        release_lock(path, lock)
+        raise
     tmp = hidden_name(path)
     # store chunks = dask chunks: each task writes whole chunks of its own
     encoding = {
@@ -98,18 +111,19 @@ def neighbours_to_zarr(
     }
     for name in ds.coords:
         encoding[name] = {"compressors": checked_codecs()}
-    with warnings.catch_warnings():
-        # consolidated metadata is a zarr-python extension to format 3 (as in store/layout.py): plain
-        # xarray.open_zarr(path) then opens the store without a fallback warning
-        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
-        written = ds.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=True, encoding=encoding, compute=False)
-    job = dask.delayed(_publish, pure=False)(written, str(tmp), str(path), overwrite)
-    if not compute:
-        return job
     try:
+        with warnings.catch_warnings():
+            # consolidated metadata is a zarr-python extension to format 3 (as in store/layout.py): plain
+            # xarray.open_zarr(path) then opens the store without a fallback warning
+            warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+            written = ds.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=True, encoding=encoding, compute=False)
+        job = dask.delayed(_publish, pure=False)(written, str(tmp), str(path), overwrite, lock)
+        if not compute:
+            return job
         return job.compute()
     except BaseException:
         discard(tmp)
+        release_lock(path, lock)
         raise
 
 

@@ -174,7 +174,8 @@ def publish(hidden: Path | str, target: Path | str, *, replace: bool) -> None:
 
 @contextlib.contextmanager
 def building(target: Path | Location, *, replace: bool = True, last: str = "zarr.json") -> Iterator[Path]:
-    """Build a folder output in a hidden local folder, then publish it at ``target``.
+    """Build a folder output in a hidden local folder, then publish it at ``target``, holding
+    the output's writer lock (:mod:`dask_pdist.io.locks`) throughout.
 
     On an exception inside the block the hidden folder is removed and ``target`` is left as it
     was. A URL target is built in a local temporary folder and uploaded object by object,
@@ -187,20 +188,23 @@ def building(target: Path | Location, *, replace: bool = True, last: str = "zarr
     ...     sorted(p.name for p in Path(d).iterdir())
     ['out']
     """
-    if is_remote(target):
-        with tempfile.TemporaryDirectory(prefix="dask_pdist-") as scratch:
-            tmp = Path(scratch) / "out"
+    from dask_pdist.io.locks import holding_lock  # (it imports pid_alive from here)
+
+    with holding_lock(target):  # one writer per output, the same lock for every kind
+        if is_remote(target):
+            with tempfile.TemporaryDirectory(prefix="dask_pdist-") as scratch:
+                tmp = Path(scratch) / "out"
+                yield tmp
+                _upload_tree(tmp, target, replace=replace, last=last)
+            return
+        clean_stale(target)
+        tmp = hidden_name(target)
+        try:
             yield tmp
-            _upload_tree(tmp, target, replace=replace, last=last)
-        return
-    clean_stale(target)
-    tmp = hidden_name(target)
-    try:
-        yield tmp
-    except BaseException:
-        discard(tmp)
-        raise
-    publish(tmp, target, replace=replace)
+        except BaseException:
+            discard(tmp)
+            raise
+        publish(tmp, target, replace=replace)
 
 
 def _upload_tree(local: Path, target: Location, *, replace: bool, last: str) -> None:

@@ -15,10 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import threading
-import time
-import uuid
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,10 +28,10 @@ from dask_pdist.conventions import (
     MARKER_ATTR,
 )
 from dask_pdist.errors import StoreError
+from dask_pdist.io.locks import acquire_lock, holding_lock, lock_path, release_lock
 from dask_pdist.io.paths import (
     BUCKET_SCHEMES,
     Location,
-    create_exclusive,
     files_under,
     is_remote,
     locate,
@@ -42,7 +39,8 @@ from dask_pdist.io.paths import (
     zarr_array,
     zarr_store,
 )
-from dask_pdist.io.publish import pid_alive
+
+__all__ = ["acquire_lock", "holding_lock", "lock_path", "release_lock"]  # re-exported: the lock is io/locks.py's
 
 #: A store's location: a local folder, or a key prefix on an object store (``s3://b/d.zarr``).
 StorePath = Path | Location
@@ -129,73 +127,6 @@ def write_root_attrs(path: StorePath, **attrs: Any) -> None:
         else:
             target[key] = value
     replace_bytes(path / "zarr.json", json.dumps(meta, indent=2).encode())
-
-
-# -- the writer lock ------------------------------------------------------------------------
-
-
-def lock_path(path: StorePath) -> StorePath:
-    return path.parent / f".{path.name}.lock"
-
-
-def _create_exclusive(lock: StorePath, record: dict[str, Any]) -> bool:
-    # False if the lock exists (O_EXCL locally, a conditional PUT on an object store)
-    return create_exclusive(lock, json.dumps(record).encode())
-
-
-def acquire_lock(path: StorePath) -> str:
-    """Take the one-writer lock of ``path``; returns its token.
-
-    A lock whose process is dead on this host is stale and taken over; so is one of this
-    process (a Python caller running one job after another). Anything else is refused.
-    On an object store the lock is an object created by a conditional PUT."""
-    lock = lock_path(path)
-    token = uuid.uuid4().hex
-    record = {
-        "pid": os.getpid(),
-        "host": socket.gethostname(),
-        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "token": token,
-    }
-    for _ in range(3):
-        if not _create_exclusive(lock, record):
-            try:
-                holder = json.loads(lock.read_text())
-                pid, host = int(holder["pid"]), str(holder["host"])
-            except FileNotFoundError:
-                continue  # released meanwhile
-            except (OSError, ValueError, KeyError, TypeError):
-                raise StoreError(
-                    f"{path}: lock file {lock} is unreadable; if no dask-pdist job is writing {path}, delete"
-                    f" the lock file {lock} (not the store) and retry"
-                ) from None
-            if host == record["host"] and (pid == os.getpid() or not pid_alive(pid)):
-                lock.unlink(missing_ok=True)  # stale: its writer is gone
-                continue
-            raise StoreError(
-                f"{path}: being written by pid {pid} on {host} since {holder.get('started', '?')}"
-                f" (lock {lock}); wait for that job to finish, or, if it is no longer running,"
-                f" delete {lock} and retry"
-            ) from None
-        return token
-    raise StoreError(f"{path}: could not take the lock {lock}; retry")
-
-
-def release_lock(path: StorePath, token: str | None = None) -> None:
-    """Remove the lock of ``path`` if ``token`` holds it (or, without a token, if this
-    process holds it on this host)."""
-    lock = lock_path(path)
-    try:
-        holder = json.loads(lock.read_text())
-    except (OSError, ValueError):
-        return
-    mine = (
-        holder.get("token") == token
-        if token
-        else (holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname())
-    )
-    if mine:
-        lock.unlink(missing_ok=True)
 
 
 # -- what a store of ours holds -------------------------------------------------------------
