@@ -24,6 +24,7 @@ def _cmd_neighbours(args: argparse.Namespace) -> None:
         nonfinite=args.nonfinite,
         token_ids=args.token_ids,
         storage_options=_opts(args, source),
+        follow_symlinks=getattr(args, "follow_symlinks", False),
     )
     nbrs = dp.neighbours(history, k=args.k, metric=args.metric)
     delayed = dp.neighbours_to_zarr(nbrs, args.output, overwrite=args.overwrite, compute=False)
@@ -214,7 +215,13 @@ def clusters_report(
         source = dp.open_distances(input_path, storage_options=options)
         what = f"{input_path} (distance store)"
     else:
-        source = dp.open_history(input_path, key=key, token_ids=token_ids, storage_options=options)
+        source = dp.open_history(
+            input_path,
+            key=key,
+            token_ids=token_ids,
+            storage_options=options,
+            follow_symlinks=getattr(args, "follow_symlinks", False),
+        )
         what = f"{source.attrs['source']} [{source.name}]"
     if output:  # before any output: a clusters store is local (one error line)
         from dask_pdist.io.paths import local_path

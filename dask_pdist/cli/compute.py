@@ -32,6 +32,7 @@ def _compute(
         token_ids=getattr(args, "token_ids", None),
         steps=getattr(args, "steps", None),
         storage_options=_opts(args, input_path),
+        follow_symlinks=getattr(args, "follow_symlinks", False),
     )
     ds = dp.pairwise_distances(
         history,

@@ -50,6 +50,11 @@ def _parser() -> argparse.ArgumentParser:
         " as a quoted glob ('ckpt/step_*.safetensors') or a list",
     )
     c.add_argument("--key", help=_KEY_HELP)
+    c.add_argument(
+        "--follow-symlinks",
+        action="store_true",
+        help="read shards and checkpoint files that are symbolic links leaving their folder (default: refused)",
+    )
     c.add_argument("--output", "-o", required=True, help="zarr store to create, e.g. distances.zarr")
     c.add_argument(
         "--metrics",
@@ -185,6 +190,11 @@ def _parser() -> argparse.ArgumentParser:
         " as a quoted glob ('ckpt/step_*.safetensors') or a list, as compute takes them",
     )
     i.add_argument("--key", help=_KEY_HELP)
+    i.add_argument(
+        "--follow-symlinks",
+        action="store_true",
+        help="read shards and checkpoint files that are symbolic links leaving their folder (default: refused)",
+    )
     _add_storage_options(i)
     i.set_defaults(func=_cmd_info)
 
@@ -199,6 +209,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     k.add_argument("--metric", choices=METRICS, default="chebyshev", help="distance (default: chebyshev)")
     k.add_argument("--key", help=_KEY_HELP)
+    k.add_argument(
+        "--follow-symlinks",
+        action="store_true",
+        help="read shards and checkpoint files that are symbolic links leaving their folder (default: refused)",
+    )
     k.add_argument(
         "--token-ids",
         metavar="SPEC",
@@ -225,6 +240,11 @@ def _parser() -> argparse.ArgumentParser:
     n.add_argument("--output", "-o", required=True, help="zarr store to create, e.g. neighbours.zarr")
     n.add_argument("--token-ids", metavar="SPEC", help=_TOKEN_IDS_HELP)
     n.add_argument("--key", help=_KEY_HELP)
+    n.add_argument(
+        "--follow-symlinks",
+        action="store_true",
+        help="read shards and checkpoint files that are symbolic links leaving their folder (default: refused)",
+    )
     n.add_argument("--tokens", help="text file with one token label per line (default: token ids 0..V-1)")
     n.add_argument("--chunk-steps", type=_positive, help="snapshots per read of the history (default: auto)")
     n.add_argument(
