@@ -301,7 +301,7 @@ def write_clusters(
     """
     from dask_pdist.io.locks import acquire_lock, release_lock
     from dask_pdist.io.paths import local_path
-    from dask_pdist.io.publish import check_parent, clean_stale, discard, hidden_name
+    from dask_pdist.io.publish import check_parent, clean_stale, discard, hidden_name, named
     from dask_pdist.store.codecs import checked_codecs
 
     path = local_path(path, "clusters store")
@@ -330,10 +330,10 @@ def write_clusters(
         if not compute:
             return finish
         finish.compute()
-    except BaseException:
+    except BaseException as exc:
         discard(tmp)
         release_lock(path, lock)
-        raise
+        raise named(exc, path) from exc
     return None
 
 

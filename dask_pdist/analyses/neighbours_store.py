@@ -21,7 +21,7 @@ from dask_pdist.conventions import KIND_ATTR, NEIGHBOURS_KIND
 from dask_pdist.errors import StoreError
 from dask_pdist.io.locks import acquire_lock, release_lock
 from dask_pdist.io.paths import local_path
-from dask_pdist.io.publish import check_parent, clean_stale, discard, hidden_name, publish
+from dask_pdist.io.publish import check_parent, clean_stale, discard, hidden_name, named, publish
 from dask_pdist.store.codecs import checked_codecs
 from dask_pdist.store.digests import checked_store, file_digests, manifest_with, read_manifest
 
@@ -121,10 +121,10 @@ def neighbours_to_zarr(
         if not compute:
             return job
         return job.compute()
-    except BaseException:
+    except BaseException as exc:
         discard(tmp)
         release_lock(path, lock)
-        raise
+        raise named(exc, path) from exc
 
 
 def open_neighbours(path: str | os.PathLike[str]) -> xr.Dataset:

@@ -8,7 +8,7 @@ import os
 import sys
 import time
 
-from dask_pdist.cli.common import _opts, _progress, _run
+from dask_pdist.cli.common import _opts, _progress, _run, _write_output
 
 
 def _cmd_neighbours(args: argparse.Namespace) -> None:
@@ -34,7 +34,7 @@ def _cmd_neighbours(args: argparse.Namespace) -> None:
         f" -> {args.k} nearest ({args.metric}) -> {args.output}",
         file=sys.stderr,
     )
-    _run(delayed, args.scheduler, not args.no_progress)
+    _write_output(delayed, args.output, args)
     print(f"\nWrote {args.output} in {time.perf_counter() - t0:.1f} s")
 
 
@@ -231,12 +231,7 @@ def clusters_report(
     target = f" -> {output}" if output else ""
     print(f"{what}: clusters at {metric} distance <= {threshold}{target}", file=sys.stderr)
     if output:
-        _run(
-            dp.write_clusters(ds, output, overwrite=overwrite, compute=False),
-            None,
-            not args.no_progress,
-            desc="clustering",
-        )
+        _write_output(dp.write_clusters(ds, output, overwrite=overwrite, compute=False), output, args, "clustering")
         ds = dp.open_clusters(output)
     else:
         ds = _run(ds, None, not args.no_progress, desc="clustering")

@@ -10,7 +10,16 @@ import time
 import warnings
 from pathlib import Path
 
-from dask_pdist.cli.common import EXIT_BAD_INPUT, _Exit, _opts, _progress, _resume_command, _run
+from dask_pdist.cli.common import (
+    EXIT_BAD_INPUT,
+    _debug_traceback,
+    _Exit,
+    _opts,
+    _progress,
+    _resume_command,
+    _run,
+    failure_cause,
+)
 from dask_pdist.conventions import METRICS
 from dask_pdist.errors import InputError, StoreError
 
@@ -88,8 +97,7 @@ def _compute(
     try:
         _run(delayed, getattr(args, "scheduler", None), not args.no_progress, lambda exc: stop_job(store, exc))
     except (dp.InputError, OverflowError) as exc:  # stopped by its input (the message says what is kept)
-        if args.debug:
-            raise
+        _debug_traceback(args)
         print(f"dask-pdist: error: {exc}", file=sys.stderr)
         raise _Exit(EXIT_BAD_INPUT) from None
     except KeyboardInterrupt:
@@ -102,9 +110,13 @@ def _compute(
             file=sys.stderr,
         )
         raise _Exit(130) from None
-    except OSError as exc:  # disk full, file too large, lost mount: the written blocks stay valid
+    except Exception as exc:  # disk full, lost mount, object store gone, no memory: written blocks stay valid
+        cause = failure_cause(exc, output)
+        if cause is None and not isinstance(exc, OSError):
+            raise
+        _debug_traceback(args)
         print(
-            f"dask-pdist: error: writing {output} failed: {exc}. The blocks written so far are kept;"
+            f"dask-pdist: error: writing {output} failed: {cause or exc}. The blocks written so far are kept;"
             f" fix the cause, then resume with: {_resume_command(args.argv)}",
             file=sys.stderr,
         )

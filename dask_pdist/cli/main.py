@@ -21,11 +21,13 @@ from dask_pdist.cli.common import (
     _add_scheduler,
     _add_storage_options,
     _add_store_overwrite,
+    _debug_traceback,
     _Exit,
     _metrics_arg,
     _Parser,
     _positive,
     _threshold_arg,
+    failure_cause,
 )
 from dask_pdist.cli.compute import _cmd_compute, _cmd_demo, _cmd_export, _cmd_synth
 from dask_pdist.conventions import METRICS
@@ -337,10 +339,8 @@ def _main(args: argparse.Namespace) -> int:
         print("dask-pdist: interrupted", file=sys.stderr)
         return 130
     except (ValueError, OSError, OverflowError, TypeError, ImportError) as exc:
-        if args.debug:
-            raise
-        print(f"dask-pdist: error: {exc}", file=sys.stderr)
-        return (
+        cause = failure_cause(exc)
+        code = (
             EXIT_BAD_INPUT
             if isinstance(
                 exc,
@@ -356,3 +356,16 @@ def _main(args: argparse.Namespace) -> int:
             )
             else 1
         )
+        return _fail(args, cause or str(exc), code)
+    except Exception as exc:  # no memory, no threads, an object store gone: one line too
+        cause = failure_cause(exc)
+        if cause is None:
+            raise
+        return _fail(args, cause, 1)
+
+
+def _fail(args: argparse.Namespace, line: str, code: int) -> int:
+    # one line on stderr; --debug adds the traceback above it, and keeps the exit code
+    _debug_traceback(args)
+    print(f"dask-pdist: error: {line}", file=sys.stderr)
+    return code

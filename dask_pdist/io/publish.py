@@ -43,7 +43,18 @@ from pathlib import Path
 from dask_pdist.errors import StoreError
 from dask_pdist.io.paths import Location, is_remote, missing_bucket, remove_tree
 
-__all__ = ["building", "check_parent", "hidden_name", "hidden_key", "clean_stale", "publish", "discard", "pid_alive"]
+__all__ = [
+    "building",
+    "check_parent",
+    "hidden_name",
+    "hidden_key",
+    "clean_stale",
+    "publish",
+    "discard",
+    "abandon",
+    "named",
+    "pid_alive",
+]
 
 _KINDS = ("partial", "replaced")
 
@@ -133,6 +144,32 @@ def clean_stale(target: Path | Location) -> list[Path]:
         discard(path)
         removed.append(path)
     return removed
+
+
+def abandon(target: Path | Location, exc: BaseException | None = None) -> str:
+    """After a failed job of this process that was building ``target`` (compute=False work
+    run by the caller): remove this process's hidden output and release its lock on
+    ``target``. Returns what to tell the user (for :class:`~dask_pdist.store.job.Job`'s
+    ``on_stop``)."""
+    from dask_pdist.io.locks import release_lock
+
+    try:
+        if not is_remote(target):
+            me = f"{socket.gethostname()}-{os.getpid()}"
+            for path, _kind, _dead in _leftovers(Path(target)):
+                if f".{me}." in path.name:
+                    discard(path)
+    finally:
+        release_lock(target)
+    return "nothing was kept"
+
+
+def named(exc: BaseException, target: object) -> BaseException:
+    """An OSError (disk full, quota, lost mount) that names ``target`` and says nothing was
+    kept; other exceptions unchanged. For ``raise named(exc, path) from exc``."""
+    if isinstance(exc, OSError) and exc.errno is not None and str(target) not in str(exc):
+        return type(exc)(exc.errno, f"{target}: writing failed: {exc.strerror}; nothing was kept")
+    return exc
 
 
 def discard(hidden: Path | str) -> None:

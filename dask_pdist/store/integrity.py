@@ -25,6 +25,7 @@ from dask_pdist.io.publish import pid_alive
 from dask_pdist.store.digests import Misplaced, checked_store, expected_digests
 from dask_pdist.store.layout import (
     StorePath,
+    check_metadata,
     done_path,
     is_complete,
     lock_path,
@@ -355,6 +356,10 @@ def verify_store(
     if meta is None or MARKER_ATTR not in meta.get("attributes", {}):
         raise not_a_store(path)
     problems: list[ChunkProblem] = []
+    try:
+        check_metadata(path)
+    except StoreError as exc:
+        problems.append(ChunkProblem("metadata", None, None, None, str(exc).split(": ", 1)[1]))
     names = _expected_arrays(path, meta)
     try:
         expected = expected_digests(path)

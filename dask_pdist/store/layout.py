@@ -93,6 +93,25 @@ def read_root(path: StorePath) -> dict[str, Any] | None:
     return meta if isinstance(meta, dict) else None
 
 
+def check_metadata(path: StorePath) -> None:
+    """Refuse a store one of whose ``zarr.json`` files (root, arrays, sub-group) is not valid
+    JSON, naming the file: zarr would report only "Unterminated string starting at ..."."""
+    for rel in files_under(path):
+        if rel != "zarr.json" and not rel.endswith("/zarr.json"):
+            continue
+        try:
+            meta = json.loads((path / rel).read_text())
+            if not isinstance(meta, dict) or "node_type" not in meta:
+                raise ValueError("not a zarr metadata document")
+        except PermissionError:
+            raise
+        except (OSError, ValueError) as exc:
+            raise StoreError(
+                f"{path}: {rel} is damaged ({type(exc).__name__}: {exc}); the store cannot be read: recompute it"
+                " (`dask-pdist compute ... --overwrite`)"
+            ) from None
+
+
 def read_attrs(path: StorePath) -> dict[str, Any] | None:
     """The root attributes of a store, or None if its zarr.json is missing or unreadable."""
     meta = read_root(path)

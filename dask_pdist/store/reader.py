@@ -19,7 +19,7 @@ from dask_pdist.errors import StoreError
 from dask_pdist.io.paths import Location, zarr_group
 from dask_pdist.store.digests import checked_store, expected_digests
 from dask_pdist.store.integrity import CheckedChunks, check_small_arrays, lazy_checked
-from dask_pdist.store.layout import is_store, not_a_store, read_attrs, store_path, store_progress
+from dask_pdist.store.layout import check_metadata, is_store, not_a_store, read_attrs, store_path, store_progress
 
 __all__ = ["open_distances"]
 
@@ -79,6 +79,7 @@ def open_distances(
         raise FileNotFoundError(f"{path}: store not found")
     if not is_store(path):
         raise not_a_store(path)
+    check_metadata(path)
     done, complete = store_progress(path)
     if not complete and not allow_incomplete:
         missing = int((done == 0).sum())
