@@ -121,7 +121,7 @@ def small_store(tmp_path, capsys):
 
 def test_refuses_existing_store_unless_overwrite(small_store, capsys):
     src, out = small_store
-    assert "already exists; pass overwrite=True (--overwrite)" in _error(capsys, ["compute", str(src), "-o", out])
+    assert "already exists; pass --overwrite to replace it" in _error(capsys, ["compute", str(src), "-o", out])
     assert main(["compute", str(src), "-o", out, "--overwrite", "--no-progress"]) == 0
 
 

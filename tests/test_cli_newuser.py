@@ -19,7 +19,7 @@ def _error(capsys, argv: list[str]) -> str:
 def test_synth_refuses_to_overwrite_without_flag(tmp_path, capsys):
     real = tmp_path / "real.safetensors"
     real.write_bytes(b"precious")
-    assert "real.safetensors: already exists; pass overwrite=True (--overwrite)" in _error(
+    assert "real.safetensors: already exists; pass --overwrite" in _error(
         capsys, ["synth", str(real), "--steps", "3", "--vocab", "4", "--dim", "2"]
     )
     assert real.read_bytes() == b"precious"
@@ -66,7 +66,7 @@ def incomplete_store(tmp_path, write_safetensors):
 def test_allow_incomplete_is_reachable_where_the_message_suggests_it(incomplete_store, tmp_path, capsys):
     store = str(incomplete_store)
     for argv in (["summary", store], ["export", store, str(tmp_path / "x.safetensors")]):
-        assert "(--allow-incomplete) to read missing blocks as NaN" in _error(capsys, argv)
+        assert "open with --allow-incomplete to read missing blocks as NaN" in _error(capsys, argv)
     assert main(["summary", store, "--allow-incomplete"]) == 0
     assert "Over training" in capsys.readouterr().out
     out = tmp_path / "x.safetensors"

@@ -223,3 +223,25 @@ def test_the_lock_of_a_finished_run_is_gone_and_no_scratch_left(history, tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["h.safetensors", "n.zarr"]
     assert json.loads((out / "zarr.json").read_text())["node_type"] == "group"
     assert np.isfinite(dp.open_neighbours(out).distance.values).all()
+
+
+def test_cli_leftovers(history, tmp_path, capsys):
+    # '-' is not an output; an unknown option points to the subcommand's help; sizes in kB
+    with pytest.raises(SystemExit, match="2"):  # argparse: one error line
+        main(["compute", str(history), "-o", "-"])
+    assert "'-' (standard output) is not supported" in capsys.readouterr().err
+    out = tmp_path / "d.zarr"
+    assert main(["compute", str(history), "-o", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit, match="2"):
+        main(["export", str(out), "-"])
+    assert not (Path("-").exists()) and "standard output" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="2"):
+        main(["compute", str(history), "-o", str(out), "--bogus"])
+    assert "(see dask-pdist compute --help)" in capsys.readouterr().err
+    assert main(["export", str(out), str(tmp_path / "d.safetensors")]) == 0
+    assert " kB) in " in capsys.readouterr().out  # not "(0.0 MB)"
+    # library wording becomes CLI wording
+    assert main(["compute", str(history), "-o", str(out), "--no-progress"]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "pass --overwrite" in line and "overwrite=True" not in line

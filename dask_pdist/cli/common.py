@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -33,6 +34,17 @@ def _metrics_arg(text: str) -> tuple[str, ...]:
     if bad or not metrics:
         raise argparse.ArgumentTypeError(f"unknown metric(s) {bad or text!r}; choose from {','.join(METRICS)}")
     return metrics
+
+
+def _output(text: str) -> str:
+    """An output path: '-' (standard output) is not one, every output here is a file or store
+    written whole under a hidden name first, then renamed."""
+    if text.strip() == "-":
+        raise argparse.ArgumentTypeError(
+            "'-' (standard output) is not supported: outputs are written whole, then published under"
+            " their name; give a file name"
+        )
+    return text
 
 
 def _positive(text: str) -> int:
@@ -144,7 +156,7 @@ def _write_output(delayed, output: str, args: argparse.Namespace, desc: str = "c
             raise
         _debug_traceback(args)
         why = failure_cause(exc) or (f"{exc.strerror}" if isinstance(exc, OSError) and exc.strerror else str(exc))
-        print(f"dask-pdist: error: writing {output} failed: {why}; nothing was kept", file=sys.stderr)
+        error_line(f"writing {output} failed: {why}; nothing was kept")
         raise _Exit(1) from None
 
 
@@ -227,3 +239,25 @@ def _debug_traceback(args: argparse.Namespace) -> None:
         import traceback
 
         traceback.print_exc()
+
+
+_API_FLAG = re.compile(r"\b[a-z_]+=(?:True|False|[A-Za-z_\"']*) ?(?:\(|/ )(--[a-z][a-z-]*)\)?")
+
+
+def cli_words(text: str) -> str:
+    """A library message as CLI users read it: ``pass overwrite=True (--overwrite)`` becomes
+    ``pass --overwrite``, ``give key= / --key`` becomes ``give --key``.
+
+    >>> cli_words("already exists; pass overwrite=True (--overwrite) to replace it")
+    'already exists; pass --overwrite to replace it'
+    >>> cli_words("name its embedding matrix; give key= / --key")
+    'name its embedding matrix; give --key'
+    >>> cli_words("(pass follow_symlinks=True / --follow-symlinks if that is intended)")
+    '(pass --follow-symlinks if that is intended)'
+    """
+    return _API_FLAG.sub(r"\1", text)
+
+
+def error_line(text: object) -> None:
+    """Print the one error line of the CLI, in CLI words."""
+    print(f"dask-pdist: error: {cli_words(str(text))}", file=sys.stderr)

@@ -18,6 +18,7 @@ from dask_pdist.cli.common import (
     _progress,
     _resume_command,
     _run,
+    error_line,
     failure_cause,
 )
 from dask_pdist.conventions import METRICS
@@ -98,7 +99,7 @@ def _compute(
         _run(delayed, getattr(args, "scheduler", None), not args.no_progress, lambda exc: stop_job(store, exc))
     except (dp.InputError, OverflowError) as exc:  # stopped by its input (the message says what is kept)
         _debug_traceback(args)
-        print(f"dask-pdist: error: {exc}", file=sys.stderr)
+        error_line(exc)
         raise _Exit(EXIT_BAD_INPUT) from None
     except KeyboardInterrupt:
         from dask_pdist.store.layout import store_progress
@@ -115,10 +116,9 @@ def _compute(
         if cause is None and not isinstance(exc, OSError):
             raise
         _debug_traceback(args)
-        print(
-            f"dask-pdist: error: writing {output} failed: {cause or exc}. The blocks written so far are kept;"
-            f" fix the cause, then resume with: {_resume_command(args.argv)}",
-            file=sys.stderr,
+        error_line(
+            f"writing {output} failed: {cause or exc}. The blocks written so far are kept;"
+            f" fix the cause, then resume with: {_resume_command(args.argv)}"
         )
         raise _Exit(1) from None
     elapsed = time.perf_counter() - t0
@@ -258,7 +258,7 @@ def _export(args: argparse.Namespace, store: str, output: str, dtype: str | None
             ds, output, dtype=dtype, overwrite=overwrite, storage_options=options, progress=None if show else False
         )
     size = locate(output, options).size("export") if remote else os.path.getsize(output)
-    print(f"Wrote {output} ({size / 1e6:,.1f} MB) in {time.perf_counter() - t0:.1f} s")
+    print(f"Wrote {output} ({_size(size)}) in {time.perf_counter() - t0:.1f} s")
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
@@ -304,3 +304,15 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     from dask_pdist.cli.analyses import clusters_report  # the planted events of the synthetic history
 
     clusters_report(args, str(history), threshold=0.0, metric="chebyshev")
+
+
+def _size(nbytes: int) -> str:
+    """A byte count as people read it.
+
+    >>> _size(3_900_000), _size(4_321), _size(12)
+    ('3.9 MB', '4.3 kB', '12 bytes')
+    """
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:,.1f} {unit}"
+    return f"{nbytes} bytes"

@@ -24,9 +24,11 @@ from dask_pdist.cli.common import (
     _debug_traceback,
     _Exit,
     _metrics_arg,
+    _output,
     _Parser,
     _positive,
     _threshold_arg,
+    error_line,
     failure_cause,
 )
 from dask_pdist.cli.compute import _cmd_compute, _cmd_demo, _cmd_export, _cmd_synth
@@ -57,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="read shards and checkpoint files that are symbolic links leaving their folder (default: refused)",
     )
-    c.add_argument("--output", "-o", required=True, help="zarr store to create, e.g. distances.zarr")
+    c.add_argument("--output", "-o", required=True, type=_output, help="zarr store to create, e.g. distances.zarr")
     c.add_argument(
         "--metrics",
         type=_metrics_arg,
@@ -107,6 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--safetensors",
         metavar="OUT.safetensors",
+        type=_output,
         help="also export the store to this safetensors file (or URL: s3://..., with --storage-options), as the"
         " notebook saves it (default: no export)",
     )
@@ -116,6 +119,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("store", help="zarr store written by 'dask-pdist compute'")
     e.add_argument(
         "output",
+        type=_output,
         help="safetensors file to create, e.g. pairwise_distances.safetensors, or a URL (s3://bucket/d.safetensors)",
     )
     e.add_argument("--dtype", choices=("float32", "float16"), default=None, help="stored dtype (default: the store's)")
@@ -127,7 +131,7 @@ def _parser() -> argparse.ArgumentParser:
     e.set_defaults(func=_cmd_export)
 
     s = sub.add_parser("synth", help="write a synthetic bf16 history (safetensors)")
-    s.add_argument("output", help="file to write, e.g. history.safetensors")
+    s.add_argument("output", type=_output, help="file to write, e.g. history.safetensors")
     s.add_argument("--steps", type=_positive, default=5001, help="snapshots (default: 5001)")
     s.add_argument("--vocab", type=_positive, default=128, help="tokens per snapshot (default: 128)")
     s.add_argument("--dim", type=_positive, default=64, help="embedding dims (default: 64)")
@@ -156,6 +160,7 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument(
         "--plot",
         metavar="FILE.png",
+        type=_output,
         help="draw min/mean/max over steps and a heatmap, needs matplotlib (default: no plot)",
     )
     m.add_argument(
@@ -222,11 +227,23 @@ def _parser() -> argparse.ArgumentParser:
         help=_TOKEN_IDS_HELP + " (history inputs only; cluster ids are then positions within the subset)",
     )
     k.add_argument(
-        "--output", "-o", metavar="OUT.zarr", help="write the clusters Dataset as a zarr store (default: none)"
+        "--output",
+        "-o",
+        metavar="OUT.zarr",
+        type=_output,
+        help="write the clusters Dataset as a zarr store (default: none)",
     )
-    k.add_argument("--events", metavar="EVENTS.csv", help="write the events as CSV (step,kind,tokens) (default: none)")
     k.add_argument(
-        "--plot", metavar="FILE.png", help="draw groups over steps with the events, needs matplotlib (default: no plot)"
+        "--events",
+        metavar="EVENTS.csv",
+        type=_output,
+        help="write the events as CSV (step,kind,tokens) (default: none)",
+    )
+    k.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        type=_output,
+        help="draw groups over steps with the events, needs matplotlib (default: no plot)",
     )
     k.add_argument(
         "--overwrite", action="store_true", help="replace existing --output / --events files (default: refuse)"
@@ -239,7 +256,7 @@ def _parser() -> argparse.ArgumentParser:
     n.add_argument("input", nargs="+", help="history, as for compute")
     n.add_argument("-k", type=_positive, required=True, help="neighbours per token (at most tokens - 1)")
     n.add_argument("--metric", choices=METRICS, default="euclidean", help="distance (default: euclidean)")
-    n.add_argument("--output", "-o", required=True, help="zarr store to create, e.g. neighbours.zarr")
+    n.add_argument("--output", "-o", required=True, type=_output, help="zarr store to create, e.g. neighbours.zarr")
     n.add_argument("--token-ids", metavar="SPEC", help=_TOKEN_IDS_HELP)
     n.add_argument("--key", help=_KEY_HELP)
     n.add_argument(
@@ -264,6 +281,7 @@ def _parser() -> argparse.ArgumentParser:
     # --debug also after the subcommand; SUPPRESS keeps the main parser's value when absent
     for command in sub.choices.values():
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
+    p.commands = sub.choices  # type: ignore[attr-defined]
     return p
 
 
@@ -312,7 +330,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run_cli(argv: Sequence[str] | None) -> int:
     as_program = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # point to the subcommand's --help, not the main one's
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     args.argv = argv
     previous = _catch_interrupts()
     if as_program and previous is not None and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
@@ -367,5 +388,5 @@ def _main(args: argparse.Namespace) -> int:
 def _fail(args: argparse.Namespace, line: str, code: int) -> int:
     # one line on stderr; --debug adds the traceback above it, and keeps the exit code
     _debug_traceback(args)
-    print(f"dask-pdist: error: {line}", file=sys.stderr)
+    error_line(line)
     return code
