@@ -166,3 +166,23 @@ def test_chunks_of_neighbours_and_clusters_stores_from_elsewhere_are_refused(his
         shutil.copy(theirs, chunk)
         with pytest.raises(ValueError, match="misplaced"):
             _ = opener(tmp_path / f"mine-{kind}.zarr")[var].values
+
+
+def test_verify_checks_neighbours_and_clusters_stores_and_compute_will_not_take_them(history, tmp_path, capsys):
+    import dask_pdist as dp
+
+    hist = open_history(history[0], chunks=7)
+    nb, cl = tmp_path / "n.zarr", tmp_path / "c.zarr"
+    dp.neighbours_to_zarr(dp.neighbours(hist, k=3), nb)
+    dp.write_clusters(dp.clusters(hist, threshold=1.0), cl)
+    for store in (nb, cl):
+        assert verify_store(store) == []
+        chunk = next(p for p in sorted((store / "step" / "c").rglob("*")) if p.is_file())
+        raw = bytearray(chunk.read_bytes())
+        raw[0] ^= 0x01
+        chunk.write_bytes(bytes(raw))
+        assert [p.variable for p in verify_store(store)] == ["step"]
+        assert main(["verify", str(store)]) == 1
+        # not a distance store: compute --overwrite refuses to replace it
+        assert main(["compute", str(history[0]), "-o", str(store), "--overwrite", "--no-progress"]) == 2
+        assert "not a dask_pdist store" in capsys.readouterr().err

@@ -18,16 +18,17 @@ from typing import Any
 
 import numpy as np
 
-from dask_pdist.conventions import FINGERPRINT_ATTR, MARKER_ATTR
+from dask_pdist.conventions import CLUSTERS_MARKER_ATTR, FINGERPRINT_ATTR, MARKER_ATTR
 from dask_pdist.errors import StoreError
 from dask_pdist.io.paths import Location, files_under, is_remote
 from dask_pdist.io.publish import pid_alive
-from dask_pdist.store.digests import Misplaced, checked_store, expected_digests
+from dask_pdist.store.digests import Misplaced, checked_store, expected_digests, read_manifest
 from dask_pdist.store.layout import (
     StorePath,
     check_metadata,
     done_path,
     is_complete,
+    is_store,
     lock_path,
     not_a_store,
     read_root,
@@ -329,6 +330,33 @@ def _expected_arrays(path: StorePath, meta: dict[str, Any]) -> list[str]:
     return sorted(names, key=lambda n: (first.index(n) if n in first else len(first), n))
 
 
+def _verify_output(path: StorePath, progress: Callable[[int, int], None] | None) -> list[ChunkProblem]:
+    import zarr
+
+    problems: list[ChunkProblem] = []
+    try:
+        check_metadata(path)
+    except StoreError as exc:
+        return [ChunkProblem("metadata", None, None, None, str(exc).split(": ", 1)[1])]
+    group = zarr.open_group(store=checked_store(path, read_manifest(path)), mode="r")
+    listed = set(files_under(path))
+    arrays = [(name, arr) for name, arr in group.arrays()]
+    checked, total = 0, sum(int(np.prod(a.cdata_shape)) for _, a in arrays)
+    for name, arr in arrays:
+        for idx in itertools.product(*(range(n) for n in arr.cdata_shape)):
+            if _chunk_key(name, idx) not in listed:
+                problems.append(ChunkProblem(name, None, None, None, f"missing ({_absent(path)})", idx))
+            else:
+                try:
+                    arr.get_block_selection(idx)
+                except Exception as exc:
+                    problems.append(ChunkProblem(name, None, None, None, _problem(exc), idx))
+            checked += 1
+            if progress is not None:
+                progress(checked, total)
+    return problems
+
+
 def verify_store(
     path: str | os.PathLike[str] | Location,
     *,
@@ -353,8 +381,11 @@ def verify_store(
     if not path.exists():
         raise FileNotFoundError(f"{path}: store not found")
     meta = read_root(path)
-    if meta is None or MARKER_ATTR not in meta.get("attributes", {}):
+    attrs = meta.get("attributes", {}) if meta is not None else {}
+    if MARKER_ATTR not in attrs and CLUSTERS_MARKER_ATTR not in attrs:
         raise not_a_store(path)
+    if not is_store(path):  # a neighbours or clusters store: every chunk against its digest
+        return _verify_output(path, progress)
     problems: list[ChunkProblem] = []
     try:
         check_metadata(path)

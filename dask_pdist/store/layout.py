@@ -22,9 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 from dask_pdist.conventions import (
     BOOKKEEPING,
+    CLUSTERS_MARKER_ATTR,
     COMPLETE_ATTR,
     DONE,
     INPUT_CHECKSUM,
+    KIND_ATTR,
     MARKER_ATTR,
 )
 from dask_pdist.errors import StoreError
@@ -119,9 +121,11 @@ def read_attrs(path: StorePath) -> dict[str, Any] | None:
 
 
 def is_store(path: str | os.PathLike[str] | Location) -> bool:
-    """True if ``path`` holds a zarr group written by dask_pdist."""
+    """True if ``path`` holds a distance store written by dask_pdist (not one of its other
+    outputs, whose provenance carries the same version attribute)."""
     meta = read_root(locate(path))
-    return meta is not None and MARKER_ATTR in meta.get("attributes", {})
+    attrs = meta.get("attributes", {}) if meta is not None else {}
+    return MARKER_ATTR in attrs and KIND_ATTR not in attrs and CLUSTERS_MARKER_ATTR not in attrs
 
 
 def is_complete(meta: dict[str, Any] | None) -> bool:
