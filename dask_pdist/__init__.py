@@ -25,6 +25,8 @@ from dask_pdist._version import __version__
 if TYPE_CHECKING:
     from dask_pdist.analyses.clusters import clusters, write_clusters
     from dask_pdist.analyses.events import cluster_events
+    from dask_pdist.analyses.movement import movement
+    from dask_pdist.analyses.movement_store import open_comparison, write_comparison
     from dask_pdist.analyses.neighbours import neighbour_churn, neighbours
     from dask_pdist.analyses.neighbours_store import neighbours_to_zarr, open_neighbours
     from dask_pdist.analyses.summary import summarize
@@ -64,6 +66,9 @@ _WHERE = {
     "neighbour_churn": "analyses.neighbours",
     "neighbours_to_zarr": "analyses.neighbours_store",
     "open_neighbours": "analyses.neighbours_store",
+    "movement": "analyses.movement",
+    "write_comparison": "analyses.movement_store",
+    "open_comparison": "analyses.movement_store",
 }
 
 __all__ = [
@@ -92,6 +97,9 @@ __all__ = [
     "open_neighbours",
     "compute_runs",
     "find_runs",
+    "movement",
+    "write_comparison",
+    "open_comparison",
 ]
 
 
