@@ -24,6 +24,7 @@ from dask_pdist._version import __version__
 
 if TYPE_CHECKING:
     from dask_pdist.analyses.clusters import clusters, write_clusters
+    from dask_pdist.analyses.divergence import divergence
     from dask_pdist.analyses.events import cluster_events
     from dask_pdist.analyses.movement import movement
     from dask_pdist.analyses.movement_store import open_comparison, write_comparison
@@ -67,6 +68,7 @@ _WHERE = {
     "neighbours_to_zarr": "analyses.neighbours_store",
     "open_neighbours": "analyses.neighbours_store",
     "movement": "analyses.movement",
+    "divergence": "analyses.divergence",
     "write_comparison": "analyses.movement_store",
     "open_comparison": "analyses.movement_store",
 }
@@ -98,6 +100,7 @@ __all__ = [
     "compute_runs",
     "find_runs",
     "movement",
+    "divergence",
     "write_comparison",
     "open_comparison",
 ]

@@ -65,6 +65,23 @@ def add_parsers(sub: Any) -> None:
     _common(m)
     m.set_defaults(func=_cmd_movement)
 
+    d = sub.add_parser("divergence", help="per step and token, how far apart runs' embeddings of each token are")
+    d.add_argument(
+        "runs",
+        nargs="+",
+        metavar="RUN",
+        help="two or more histories of one shape (any input compute takes; a quoted glob of one run's checkpoints"
+        " is one run); named by the path parts that differ",
+    )
+    group = d.add_mutually_exclusive_group()
+    group.add_argument("--reference", metavar="NAME", help="the run the others are compared with (default: the first)")
+    group.add_argument(
+        "--all-pairs", action="store_true", help="compare every pair of runs (default: each vs reference)"
+    )
+    d.add_argument("--chunk-steps", type=_positive, help="steps per task and store chunk (default: auto)")
+    _common(d)
+    d.set_defaults(func=_cmd_divergence)
+
 
 def _open(args: argparse.Namespace, source: str | list[str], chunks: int | str = "auto"):  # noqa: ANN202
     import dask_pdist as dp
@@ -129,4 +146,48 @@ def _cmd_movement(args: argparse.Namespace) -> None:
     _print_rows(
         out, ("chebyshev_max", "chebyshev_mean", "euclidean_mean", "chebyshev_ulp_max", "moved_tokens"), args.rows
     )
+    print(f"\nWrote {args.output} in {time.perf_counter() - t0:.1f} s")
+
+
+def _cmd_divergence(args: argparse.Namespace) -> None:
+    import warnings
+
+    import dask_pdist as dp
+    from dask_pdist.graphs.movement import movement_step_chunk
+    from dask_pdist.store.runs import run_names
+
+    t0 = time.perf_counter()
+    if len(args.runs) < 2:
+        raise ValueError(f"divergence needs two or more runs, got {len(args.runs)}: {args.runs[0]}")
+    names = run_names(args.runs)
+    histories = {name: _open(args, run) for name, run in zip(names, args.runs, strict=True)}
+    first = next(iter(histories.values()))
+    chunk = args.chunk_steps or movement_step_chunk(first.sizes["token"], first.sizes["dim"])
+    histories = {name: _open(args, run, chunk) for name, run in zip(names, args.runs, strict=True)}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        ds = dp.divergence(
+            histories,
+            reference=args.reference,
+            pairs="all" if args.all_pairs else "reference",
+            number_format=args.number_format,
+            dtype=args.dtype,
+            step_chunk=chunk,
+        )
+    for w in caught:
+        print(f"dask-pdist: warning: {w.message}", file=sys.stderr)
+    print(
+        f"{len(names)} runs ({', '.join(names)}): {ds.sizes['step']:,} common steps x {ds.sizes['token']:,} tokens"
+        f" -> divergence, {ds.attrs['reference'] if args.all_pairs else 'vs ' + ds.attrs['reference']}"
+        f" -> {args.output}",
+        file=sys.stderr,
+    )
+    out = _write(args, ds, "divergence")
+    for pair in out["pair"].values:
+        print(f"\n{pair}:")
+        _print_rows(
+            out.sel(pair=pair),
+            ("chebyshev_max", "chebyshev_mean", "euclidean_mean", "chebyshev_ulp_max", "differing_tokens"),
+            args.rows,
+        )
     print(f"\nWrote {args.output} in {time.perf_counter() - t0:.1f} s")
