@@ -24,6 +24,7 @@ from dask_pdist._version import __version__
 
 if TYPE_CHECKING:
     from dask_pdist.analyses.clusters import clusters, write_clusters
+    from dask_pdist.analyses.distinct import distinct_count
     from dask_pdist.analyses.divergence import divergence
     from dask_pdist.analyses.events import cluster_events
     from dask_pdist.analyses.movement import movement
@@ -69,6 +70,7 @@ _WHERE = {
     "open_neighbours": "analyses.neighbours_store",
     "movement": "analyses.movement",
     "divergence": "analyses.divergence",
+    "distinct_count": "analyses.distinct",
     "write_comparison": "analyses.movement_store",
     "open_comparison": "analyses.movement_store",
 }
@@ -101,6 +103,7 @@ __all__ = [
     "find_runs",
     "movement",
     "divergence",
+    "distinct_count",
     "write_comparison",
     "open_comparison",
 ]
