@@ -39,15 +39,16 @@ MOVEMENT_RECORD = np.dtype(
 
 
 def ordered_bits(x: np.ndarray, number_format: str) -> np.ndarray:
-    """Each value's position on the ordered integer line of ``number_format`` (int64).
+    """Each value's position on the ordered integer line of ``number_format``.
 
     ``x`` holds values of that format (widened to float32/float64 is fine: the widening is
-    exact); a value that is not one is a ValueError. NaN gets an arbitrary position.
+    exact); a value that is not one is a ValueError. NaN gets an arbitrary position. int32 for
+    bf16/f16, int64 for f32 (so that differences of positions never overflow).
 
     Examples
     --------
     >>> ordered_bits(np.array([0.0, -0.0, 1.0, 1.0078125, -1.0], dtype=np.float32), "bf16")
-    array([     0,      0,  16256,  16257, -16256])
+    array([     0,      0,  16256,  16257, -16256], dtype=int32)
     """
     x = np.asarray(x)
     bits, bad = _bits(x, number_format)
@@ -57,9 +58,15 @@ def ordered_bits(x: np.ndarray, number_format: str) -> np.ndarray:
             f"value {x[where]!r} at position {where} is not a {_NAMES[number_format]} value;"
             " give the history's own number format (or None)"
         )
-    top = 0x80000000 if number_format == "f32" else 0x8000
-    sign, mag = bits & top, bits & (top - 1)
-    return np.where(sign != 0, -mag, mag)
+    # sign-magnitude to two's complement without branches: s is 0 or -1, (m ^ s) - s is m or -m
+    if number_format == "f32":
+        sign = (bits >> 31).astype(np.int64)
+        mag = (bits & 0x7FFFFFFF).astype(np.int64)
+    elif number_format == "bf16":
+        sign, mag = bits >> 31, (bits & 0x7FFFFFFF) >> 16
+    else:  # f16 bits in the low half of an int32
+        sign, mag = -((bits >> 15) & 1), bits & 0x7FFF
+    return (mag ^ sign) - sign
 
 
 def first_foreign(x: np.ndarray, number_format: str) -> tuple[int, ...] | None:
@@ -73,18 +80,19 @@ def first_foreign(x: np.ndarray, number_format: str) -> tuple[int, ...] | None:
 
 
 def _bits(x: np.ndarray, number_format: str) -> tuple[np.ndarray, np.ndarray]:
-    # (the format's bit patterns as int64, values that are not of the format; NaN never is)
-    if number_format == "bf16":
-        raw = x.astype(np.float32).view(np.uint32)
-        bad, bits = (raw & 0xFFFF) != 0, (raw >> 16).astype(np.int64)
+    # (bit patterns as int32: bf16 and f32 as their float32 patterns, f16 in the low half;
+    # values that are not of the format, NaN never)
+    if number_format in ("bf16", "f32"):
+        f32 = np.ascontiguousarray(x, dtype=np.float32)
+        bits = f32.view(np.int32)
+        bad = (bits & 0xFFFF) != 0 if number_format == "bf16" else f32 != x if x.dtype != np.float32 else None
     elif number_format == "f16":
         half = x.astype(np.float16)
-        bad, bits = half.astype(x.dtype) != x, half.view(np.uint16).astype(np.int64)
-    elif number_format == "f32":
-        f32 = x.astype(np.float32)
-        bad, bits = f32.astype(x.dtype) != x, f32.view(np.uint32).astype(np.int64)
+        bad, bits = half != x, half.view(np.int16).astype(np.int32) & 0xFFFF
     else:
         raise ValueError(f"number_format={number_format!r}: choose one of {list(NUMBER_FORMATS)}")
+    if bad is None:
+        return bits, np.zeros(x.shape, dtype=bool)
     return bits, bad & ~np.isnan(x)
 
 
