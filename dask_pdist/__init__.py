@@ -24,7 +24,11 @@ from dask_pdist._version import __version__
 
 if TYPE_CHECKING:
     from dask_pdist.analyses.clusters import clusters, open_clusters, write_clusters
+    from dask_pdist.analyses.distinct import distinct_count
+    from dask_pdist.analyses.divergence import divergence
     from dask_pdist.analyses.events import cluster_events
+    from dask_pdist.analyses.movement import movement
+    from dask_pdist.analyses.movement_store import open_comparison, write_comparison
     from dask_pdist.analyses.neighbours import neighbour_churn, neighbours
     from dask_pdist.analyses.neighbours_store import neighbours_to_zarr, open_neighbours
     from dask_pdist.analyses.summary import summarize
@@ -66,6 +70,11 @@ _WHERE = {
     "neighbours_to_zarr": "analyses.neighbours_store",
     "open_neighbours": "analyses.neighbours_store",
     "open_clusters": "analyses.clusters",
+    "movement": "analyses.movement",
+    "divergence": "analyses.divergence",
+    "distinct_count": "analyses.distinct",
+    "write_comparison": "analyses.movement_store",
+    "open_comparison": "analyses.movement_store",
 }
 
 __all__ = [
@@ -96,6 +105,11 @@ __all__ = [
     "open_clusters",
     "compute_runs",
     "find_runs",
+    "movement",
+    "divergence",
+    "distinct_count",
+    "write_comparison",
+    "open_comparison",
 ]
 
 

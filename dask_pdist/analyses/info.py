@@ -70,6 +70,11 @@ def describe(
         lines.append(f"  neighbour: shape {list(nbr.shape)} {nbr.dtype}, chunks {list(nbr.chunks)}")
         lines.append(f"  size on disk: {_disk_size(path) / 1e6:.1f} MB")
         return "\n".join(lines)
+    if path.is_dir() and not is_remote(path):
+        from dask_pdist.analyses.movement_store import comparison_kind, describe_comparison
+
+        if comparison_kind(path) is not None:  # before is_store: its provenance carries the version marker
+            return describe_comparison(path)
     if path.is_dir() and not (path / "zarr.json").exists() and has_bookkeeping(path):
         lines.append(
             "  DAMAGED dask_pdist store: its root zarr.json is missing (a write was interrupted);"

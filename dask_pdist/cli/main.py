@@ -32,6 +32,7 @@ from dask_pdist.cli.common import (
     failure_cause,
 )
 from dask_pdist.cli.compute import _cmd_compute, _cmd_demo, _cmd_export, _cmd_synth
+from dask_pdist.cli.movement import add_parsers as _add_movement_parsers
 from dask_pdist.conventions import METRICS
 
 __all__ = ["main"]
@@ -277,6 +278,8 @@ def _parser() -> argparse.ArgumentParser:
     n.add_argument("--no-progress", action="store_true", help=_NO_PROGRESS_HELP)
     _add_storage_options(n)
     n.set_defaults(func=_cmd_neighbours)
+
+    _add_movement_parsers(sub)
 
     # --debug also after the subcommand; SUPPRESS keeps the main parser's value when absent
     for command in sub.choices.values():

@@ -1,0 +1,178 @@
+"""Writer and reader of movement and divergence stores (zarr format 3).
+
+Such a store is small next to a distance store (a few values per step and token), so it is
+written whole under a hidden name and published when every chunk is on disk
+(:mod:`dask_pdist.io.publish`): it exists complete or not at all, and an older store stays
+readable until then; an interrupted job is rerun, there is nothing to resume. The writer holds
+the store's writer lock (:func:`~dask_pdist.store.layout.acquire_lock`) from planning to
+publishing, so two jobs never build the same output at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import dask
+import xarray as xr
+
+from dask_pdist.conventions import KIND_ATTR
+from dask_pdist.errors import StoreError
+from dask_pdist.io.paths import local_path
+from dask_pdist.io.publish import check_parent, clean_stale, discard, hidden_name, publish
+from dask_pdist.store.layout import acquire_lock, release_lock
+
+__all__ = ["COMPARISON_KINDS", "write_comparison", "open_comparison", "comparison_kind", "describe_comparison"]
+
+#: Kinds this module writes: movement (:func:`movement`) and divergence (:func:`divergence`).
+COMPARISON_KINDS = ("movement", "divergence")
+
+
+def comparison_kind(path: str | os.PathLike[str]) -> str | None:
+    """``"movement"`` or ``"divergence"`` if ``path`` holds such a store, else None."""
+    try:
+        kind = json.loads((Path(path) / "zarr.json").read_text()).get("attributes", {}).get(KIND_ATTR)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return kind if kind in COMPARISON_KINDS else None
+
+
+def _check_target(path: Path, kind: str, overwrite: bool) -> None:
+    if os.path.lexists(path):
+        found = comparison_kind(path)
+        if found != kind:
+            what = f"a {found} store" if found else "not a dask_pdist store of this kind"
+            raise StoreError(f"{path}: exists and is {what}; refusing to write a {kind} store into or over it")
+        if not overwrite:
+            raise StoreError(f"{path}: already exists; pass overwrite=True (--overwrite) to replace it")
+
+
+def _publish(_written: Any, tmp: str, path: str, kind: str, overwrite: bool) -> str:
+    try:
+        _check_target(Path(path), kind, overwrite)  # again: something may have appeared meanwhile
+        publish(tmp, path, replace=overwrite)  # the old store stays readable until the new one is whole
+    except BaseException:
+        discard(tmp)
+        raise
+    finally:
+        release_lock(Path(path))
+    return path
+
+
+def write_comparison(
+    ds: xr.Dataset, path: str | os.PathLike[str], *, overwrite: bool = False, compute: bool = True
+) -> Any:
+    """Write a movement or divergence Dataset to a zarr (format 3) store, complete or not at all.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        From :func:`movement` or :func:`divergence`.
+    path : path-like
+        Local store directory to create; ``xarray.open_zarr(path)`` opens it.
+    overwrite : bool
+        Replace an existing store of the same kind at ``path`` (only once the new one is
+        whole). Anything else at ``path`` is never written into or deleted.
+    compute : bool
+        If False, return a ``dask.delayed`` that writes when computed (run it with
+        :class:`~dask_pdist.store.job.Job`; if it is never run, the writer lock stays
+        until this process ends or writes again).
+
+    Returns
+    -------
+    str (the path), or dask.delayed.Delayed if ``compute=False``.
+
+    Examples
+    --------
+    >>> write_comparison(movement(open_history("h.safetensors")), "movement.zarr")  # doctest: +SKIP
+    """
+    kind = ds.attrs.get(KIND_ATTR)
+    if kind not in COMPARISON_KINDS:
+        raise ValueError(f"ds is not a movement or divergence Dataset (its {KIND_ATTR} is {kind!r})")
+    path = local_path(path, f"{kind} store")
+    clean_stale(path)
+    _check_target(path, kind, overwrite)
+    check_parent(path)
+    acquire_lock(path)
+    tmp = hidden_name(path)
+    try:
+        ds = ds.copy()
+        for name in ds.coords:  # zarr 3 stores strings as variable-length UTF-8 (object)
+            if ds[name].dtype.kind in "US":
+                ds[name] = ds[name].astype(object)
+        # store chunks = dask chunks: each task writes whole chunks of its own
+        encoding = {
+            name: {"chunks": tuple(c[0] for c in var.chunks) if var.chunks else var.shape}
+            for name, var in ds.data_vars.items()
+        }
+        with warnings.catch_warnings():
+            # consolidated metadata is a zarr-python extension to format 3 (as in store/layout.py)
+            warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+            written = ds.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=True, encoding=encoding, compute=False)
+    except BaseException:
+        discard(tmp)
+        release_lock(path)
+        raise
+    job = dask.delayed(_publish, pure=False)(written, str(tmp), str(path), kind, overwrite)
+    if not compute:
+        return job
+    try:
+        return job.compute()
+    except BaseException:
+        discard(tmp)
+        release_lock(path)
+        raise
+
+
+def open_comparison(path: str | os.PathLike[str]) -> xr.Dataset:
+    """Open a movement or divergence store lazily (plain ``xarray.open_zarr`` works too).
+
+    Examples
+    --------
+    >>> mv = open_comparison("movement.zarr")  # doctest: +SKIP
+    >>> mv.chebyshev_max.sel(step=slice(100, 200)).values  # doctest: +SKIP
+    """
+    path = local_path(path, "movement or divergence store")
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: store not found")
+    if comparison_kind(path) is None:
+        raise StoreError(
+            f"{path}: not a movement or divergence store (no zarr.json with {KIND_ATTR} in {COMPARISON_KINDS})"
+        )
+    return xr.open_zarr(path, zarr_format=3, consolidated=True, chunks={})
+
+
+def describe_comparison(path: str | os.PathLike[str]) -> str:
+    """What ``dask-pdist info`` prints for a movement or divergence store (metadata only).
+
+    >>> print(describe_comparison("movement.zarr"))  # doctest: +SKIP
+    """
+    import zarr
+
+    from dask_pdist.io.paths import disk_usage
+
+    path = local_path(path, "movement or divergence store")
+    group = zarr.open_group(str(path), mode="r")
+    attrs = group.attrs
+    steps = group["step"][:]
+    lines = [
+        f"{path}",
+        f"  dask_pdist {attrs.get(KIND_ATTR)} store, version {attrs.get('dask_pdist_version', '?')}",
+        f"  source: {attrs.get('source', '?')} [{attrs.get('source_key', '?')}], {attrs.get('input_dtype', '?')}",
+    ]
+    if attrs.get(KIND_ATTR) == "movement":
+        lines.append(f"  lag: {attrs.get('lag')} steps (the first {attrs.get('lag')} steps dropped)")
+    else:
+        lines.append(f"  runs: {attrs.get('runs', '?')}; reference: {attrs.get('reference', '?')}")
+        if attrs.get("dropped_steps"):
+            lines.append(f"  steps not common to every run, dropped: {attrs.get('dropped_steps')}")
+    lines.append(f"  number format of chebyshev_ulp: {attrs.get('number_format', '?')}")
+    lines.append(f"  steps: {len(steps)} ({steps[0]}..{steps[-1]})" if len(steps) else "  steps: 0")
+    for name, arr in sorted(group.arrays()):
+        if arr.ndim >= 2:
+            lines.append(f"  {name}: shape {list(arr.shape)} {arr.dtype}, chunks {list(arr.chunks)}")
+    lines.append(f"  size on disk: {disk_usage(path) / 1e6:.1f} MB")
+    return "\n".join(lines)

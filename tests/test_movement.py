@@ -1,0 +1,304 @@
+"""Movement (``dp.movement``, ``dask-pdist movement``) against a float64 numpy loop, on shapes that
+are not powers of two, with lags that cross chunk boundaries; bf16/f16/f32 inputs for the
+distance in representable steps; the store, the CLI and the failure modes."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import ml_dtypes
+import numpy as np
+import pytest
+import xarray as xr
+
+import dask_pdist as dp
+from conftest import history_array
+from dask_pdist.cli.main import main
+from dask_pdist.errors import InputError, StoreError
+
+S, V, D = 7, 13, 5
+
+
+def format_line(fmt: str) -> np.ndarray:
+    """Every non-NaN value of the format, sorted, +0 and -0 as one: a value's index here is its
+    place on the line of representable values (an oracle independent of bit tricks)."""
+    if fmt == "f32":
+        raise ValueError("too many values; f32 places come from _f32_place")
+    bits = np.arange(2**16, dtype=np.uint16).view(ml_dtypes.bfloat16 if fmt == "bf16" else np.float16)
+    with np.errstate(invalid="ignore"):  # the NaN patterns
+        values = bits.astype(np.float64)
+    return np.unique(values[~np.isnan(values)])  # -0.0 == 0.0: np.unique keeps one
+
+
+def _f32_place(v: float) -> int:
+    # signed count of float32 values strictly between 0 and |v| plus one, by binade arithmetic in
+    # float64 (exact): 2**23 values per binade, subnormals spaced 2**-149
+    m = abs(v)
+    if m < 2.0**-126:
+        n = int(m / 2.0**-149)
+    else:
+        e = int(np.floor(np.log2(m)))
+        n = 2**23 * (e + 127) + int((m - 2.0**e) / 2.0 ** (e - 23))
+    return -n if v < 0 else n
+
+
+def ulp_oracle(a: float, b: float, fmt: str, line: np.ndarray | None) -> int:
+    if fmt == "f32":
+        return abs(_f32_place(a) - _f32_place(b))
+    return abs(int(np.searchsorted(line, a)) - int(np.searchsorted(line, b)))
+
+
+def pair_oracle(cur: np.ndarray, prev: np.ndarray, fmt: str | None) -> dict[str, np.ndarray]:
+    """float64 loop over steps, tokens and dims: cur[s, t] against prev[s, t]."""
+    cur, prev = np.asarray(cur, dtype=np.float64), np.asarray(prev, dtype=np.float64)
+    line = format_line(fmt) if fmt in ("bf16", "f16") else None
+    out = {k: np.zeros(cur.shape[:2]) for k in ("euclidean", "chebyshev", "manhattan", "ulp", "changed")}
+    for s in range(cur.shape[0]):
+        for t in range(cur.shape[1]):
+            e = c = m = 0.0
+            u = changed = 0
+            for d in range(cur.shape[2]):
+                a, b = cur[s, t, d], prev[s, t, d]
+                diff = abs(a - b)
+                e += diff * diff
+                c = max(c, diff)
+                m += diff
+                changed += a != b
+                if fmt is not None:
+                    u = max(u, ulp_oracle(a, b, fmt, line))
+            out["euclidean"][s, t] = np.sqrt(e)
+            out["chebyshev"][s, t], out["manhattan"][s, t] = c, m
+            out["ulp"][s, t], out["changed"][s, t] = u, changed
+    return out
+
+
+def movement_oracle(x: np.ndarray, lag: int, fmt: str | None) -> dict[str, np.ndarray]:
+    return pair_oracle(x[lag:], x[: len(x) - lag], fmt)
+
+
+def small_moves(shape, fmt: str, seed: int = 0) -> np.ndarray:
+    """A history whose values move by a few representable steps, some not at all, some through
+    zero (+0 -> -0 included), in the given format (as float64 values)."""
+    rng = np.random.default_rng(seed)
+    dtype = {"bf16": ml_dtypes.bfloat16, "f16": np.float16, "f32": np.float32}[fmt]
+    x = np.empty(shape, dtype=dtype)
+    x[0] = rng.standard_normal(shape[1:]).astype(dtype)
+    for s in range(1, shape[0]):
+        x[s] = x[s - 1]
+        hops = rng.integers(-3, 4, size=shape[1:])
+        for _ in range(3):  # a few hops of one representable value, per coordinate
+            up = np.nextafter(x[s].astype(np.float32), np.float32(np.inf)).astype(dtype)
+            down = np.nextafter(x[s].astype(np.float32), -np.float32(np.inf)).astype(dtype)
+            if fmt != "f32":  # nextafter in float32 does not step a bf16/f16 value: go by the bits
+                raw = x[s].view(np.uint16).astype(np.int32)
+                sign = raw & 0x8000
+                mag = raw & 0x7FFF
+                up_raw = np.where(sign == 0, mag + 1, np.where(mag == 0, 1, raw - 1))
+                down_raw = np.where(sign == 0, np.where(mag == 0, 0x8001, raw - 1), raw + 1)
+                up = up_raw.astype(np.uint16).view(dtype)
+                down = down_raw.astype(np.uint16).view(dtype)
+            x[s] = np.where(hops > 0, up, np.where(hops < 0, down, x[s]))
+            hops = hops - np.sign(hops)
+        x[s, 0] = x[s - 1, 0]  # token 0 never moves
+    x[2:, 1, 0] = 0.0
+    x[3, 1, 0] = -0.0  # +0 -> -0 -> +0: not a move
+    x[4, 2, :] = -x[3, 2, :]  # through zero: many representable values apart
+    return x.astype(np.float64)
+
+
+def check_against_oracle(ds: xr.Dataset, x: np.ndarray, lag: int, fmt: str | None) -> None:
+    got = ds.compute()
+    assert got.sizes == {"step": x.shape[0] - lag, "token": x.shape[1]}
+    check_values(got, movement_oracle(x, lag, fmt), fmt, "changed_dims", "moved_tokens")
+
+
+def check_values(got: xr.Dataset, ref: dict[str, np.ndarray], fmt: str | None, changed: str, tokens: str) -> None:
+    """Every variable of a movement or divergence Dataset (one pair) against the loop's values."""
+    for name in ("euclidean", "chebyshev", "manhattan"):
+        expect = ref[name].astype(got[name].dtype)
+        # one rounding from float64: within one unit of the stored dtype; Chebyshev exactly
+        if name == "chebyshev":
+            np.testing.assert_array_equal(got[name].values, expect)
+        else:
+            np.testing.assert_allclose(got[name].values, ref[name], rtol=float(np.finfo(got[name].dtype).eps), atol=0)
+        np.testing.assert_array_equal(got[f"{name}_max"].values, got[name].values.max(axis=1))
+        np.testing.assert_allclose(
+            got[f"{name}_max"].values, expect.max(axis=1), rtol=float(np.finfo(expect.dtype).eps)
+        )
+        np.testing.assert_allclose(got[f"{name}_mean"].values, ref[name].mean(axis=1), rtol=1e-12)
+    np.testing.assert_array_equal(got[changed].values, ref["changed"])
+    np.testing.assert_array_equal(got[tokens].values, (ref["changed"] > 0).sum(axis=1))
+    if fmt is None:
+        assert "chebyshev_ulp" not in got
+    else:
+        np.testing.assert_array_equal(got["chebyshev_ulp"].values, ref["ulp"])
+        np.testing.assert_array_equal(got["chebyshev_ulp_max"].values, ref["ulp"].max(axis=1))
+
+
+@pytest.mark.parametrize("kind", ["BF16", "F16", "F32"])
+@pytest.mark.parametrize("lag", [1, 2])
+def test_movement_matches_a_float64_loop_across_chunk_boundaries(write_safetensors, kind, lag):
+    fmt = {"BF16": "bf16", "F16": "f16", "F32": "f32"}[kind]
+    x = small_moves((S, V, D), fmt, seed=lag)
+    steps = np.arange(S, dtype=np.int64) * 100 + 5
+    path = write_safetensors("h.safetensors", {"embedding_history": x, "steps": steps}, kind)
+    history = dp.open_history(path, chunks=3)
+    ds = dp.movement(history, lag=lag, step_chunk=3)
+    assert ds.euclidean.chunks[0][0] == 3  # a lag-crossing chunk boundary at every third step
+    np.testing.assert_array_equal(ds["step"].values, steps[lag:])
+    np.testing.assert_array_equal(ds["previous_step"].values, steps[:-lag])
+    assert ds.attrs["number_format"] == fmt and ds.attrs["input_dtype"] == kind
+    check_against_oracle(ds, x, lag, fmt)
+    assert ds["chebyshev_ulp"].dtype == (np.uint32 if fmt == "f32" else np.uint16)
+    assert int(ds.chebyshev_ulp.isel(token=0).max()) == 0  # token 0 never moves
+    assert int(ds.chebyshev_ulp.values.max()) > 100  # the move through zero
+
+
+@pytest.mark.parametrize("step_chunk", [1, 2, 4, "auto"])
+def test_chunking_does_not_change_the_result(step_chunk):
+    x = small_moves((S, V, D), "f32", seed=3).astype(np.float32)
+    ref = dp.movement(history_array(x, S), lag=2).compute()
+    got = dp.movement(history_array(x, 2), lag=2, step_chunk=step_chunk).compute()
+    xr.testing.assert_identical(got.drop_attrs(), ref.drop_attrs())
+
+
+def test_float64_output_and_float64_input(write_safetensors):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((S, V, D))
+    path = write_safetensors("h.safetensors", {"embedding_history": x}, "F64")
+    ds = dp.movement(dp.open_history(path, chunks=3), lag=2, dtype="float64")
+    assert ds.attrs["number_format"] == "none"
+    ref = movement_oracle(x, 2, None)
+    got = ds.compute()
+    assert "chebyshev_ulp" not in got and "chebyshev_ulp_max" not in got
+    for name in ("euclidean", "chebyshev", "manhattan"):
+        np.testing.assert_allclose(got[name].values, ref[name], rtol=1e-15)
+
+
+def test_movement_is_lazy(no_compute):
+    x = small_moves((S, V, D), "bf16").astype(np.float32)
+    with no_compute():
+        ds = dp.movement(history_array(x, 3), lag=1)
+    assert ds.euclidean.chunks is not None
+
+
+def test_value_not_of_the_format_names_its_step():
+    x = np.full((S, V, D), 1.0, dtype=np.float32)
+    x[5, 3, 1] = 1.1  # not a bfloat16 value
+    ds = dp.movement(history_array(x, 3), lag=1, number_format="bf16")
+    with pytest.raises(InputError, match=r"step 50, token position 3, dim 1: .*not a bfloat16 value"):
+        ds.compute()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"lag": 0}, ValueError, "lag=0: give a positive number"),
+        ({"lag": S}, InputError, f"lag={S}, but the history has {S} steps"),
+        ({"number_format": "bf8"}, ValueError, r"number_format='bf8': choose one of"),
+        ({"dtype": "int8"}, ValueError, "dtype='int8': choose one of"),
+        ({"step_chunk": 0}, ValueError, "step_chunk=0"),
+    ],
+)
+def test_bad_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        dp.movement(history_array(np.zeros((S, V, D), np.float32), 3), **kwargs)
+
+
+def test_not_a_history():
+    with pytest.raises(TypeError, match="history must be an xarray.DataArray"):
+        dp.movement(np.zeros((S, V, D)))
+    with pytest.raises(ValueError, match=r"dims \('a', 'b', 'c'\)"):
+        dp.movement(xr.DataArray(np.zeros((S, V, D)), dims=("a", "b", "c")))
+
+
+def test_store_opens_with_xarray_and_slices_by_step(tmp_path, write_safetensors):
+    x = small_moves((S, V, D), "bf16")
+    path = write_safetensors("h.safetensors", {"embedding_history": x}, "BF16")
+    ds = dp.movement(dp.open_history(path, chunks=3), lag=2, step_chunk=3)
+    out = tmp_path / "m.zarr"
+    assert dp.write_comparison(ds, out) == str(out)
+    back = xr.open_zarr(out)
+    ref = movement_oracle(x, 2, "bf16")
+    np.testing.assert_array_equal(back.chebyshev_ulp.sel(step=4).values, ref["ulp"][2])
+    np.testing.assert_array_equal(back.chebyshev.sel(step=slice(3, 5)).values, ref["chebyshev"][1:4].astype(np.float32))
+    assert back.attrs["dask_pdist_kind"] == "movement" and back.attrs["lag"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["h.safetensors", "m.zarr"]  # no lock, no hidden build
+    xr.testing.assert_identical(dp.open_comparison(out).load(), back.load())
+    with pytest.raises(StoreError, match="already exists; pass overwrite=True"):
+        dp.write_comparison(ds, out)
+    dp.write_comparison(ds, out, overwrite=True)
+
+
+def test_writer_refuses_a_foreign_target_and_a_held_lock(tmp_path):
+    ds = dp.movement(history_array(np.zeros((S, V, D), np.float32), 3))
+    (tmp_path / "other").mkdir()
+    with pytest.raises(StoreError, match="other: exists and is not a dask_pdist store of this kind"):
+        dp.write_comparison(ds, tmp_path / "other")
+    # a live writer elsewhere on this host (pid 1 always runs)
+    lock = tmp_path / ".m.zarr.lock"
+    lock.write_text(json.dumps({"pid": 1, "host": socket.gethostname(), "started": "now", "token": "x"}))
+    with pytest.raises(StoreError, match="being written by pid 1"):
+        dp.write_comparison(ds, tmp_path / "m.zarr")
+    assert not (tmp_path / "m.zarr").exists()
+
+
+def test_failed_write_leaves_nothing(tmp_path, write_safetensors):
+    x = small_moves((S, V, D), "f32")
+    x[4, 2, 1] = np.nan
+    path = write_safetensors("h.safetensors", {"embedding_history": x}, "F32")
+    ds = dp.movement(dp.open_history(path, chunks=3))
+    with pytest.raises(InputError, match="nan at step index 4, token 2"):
+        dp.write_comparison(ds, tmp_path / "m.zarr")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["h.safetensors"]
+
+
+def test_nan_propagates_when_asked(write_safetensors):
+    x = small_moves((S, V, D), "f32")
+    x[4, 2, 1] = np.nan
+    path = write_safetensors("h.safetensors", {"embedding_history": x}, "F32")
+    got = dp.movement(dp.open_history(path, chunks=3, nonfinite="propagate")).compute()
+    assert np.isnan(got.euclidean.sel(step=4, token=2)) and np.isnan(got.chebyshev.sel(step=5, token=2))
+    assert int(got.chebyshev_ulp.sel(step=4, token=2)) == np.iinfo(np.uint32).max
+    assert np.isnan(got.chebyshev_max.sel(step=4)) and not np.isnan(got.chebyshev_max.sel(step=3))
+
+
+def test_cli_movement_writes_prints_and_info_describes(tmp_path, write_safetensors, capsys):
+    x = small_moves((S, V, D), "bf16")
+    path = write_safetensors("h.safetensors", {"embedding_history": x}, "BF16")
+    out = tmp_path / "m.zarr"
+    assert main(["movement", str(path), "-o", str(out), "--lag", "2", "--chunk-steps", "2", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "Movement between steps 2 apart (5 steps; the first 2 dropped)" in printed
+    back = xr.open_zarr(out)
+    np.testing.assert_array_equal(back.chebyshev_ulp.values, movement_oracle(x, 2, "bf16")["ulp"])
+    assert back.euclidean.encoding["chunks"] == (2, V)
+    assert main(["info", str(out)]) == 0
+    info = capsys.readouterr().out
+    assert "dask_pdist movement store" in info and "lag: 2" in info and "steps: 5 (2..6)" in info
+    assert main(["movement", str(path), "-o", str(out), "--no-progress"]) == 2
+    assert "dask-pdist: error:" in capsys.readouterr().err
+    assert main(["movement", str(path), "-o", str(out), "--overwrite", "--no-progress", "--dtype", "float64"]) == 0
+    assert xr.open_zarr(out).euclidean.dtype == np.float64
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (["--lag", "9"], "lag=9, but the history has 7 steps"),
+        (["--lag", "0"], "0 must be at least 1"),
+        (["--number-format", "int8"], "'int8': choose auto, bf16, f16, f32 or none"),
+    ],
+)
+def test_cli_bad_input_is_one_line(tmp_path, write_safetensors, capsys, args, match):
+    path = write_safetensors("h.safetensors", {"embedding_history": np.zeros((S, V, D))}, "BF16")
+    try:
+        code = main(["movement", str(path), "-o", str(tmp_path / "m.zarr"), "--no-progress", *args])
+    except SystemExit as stop:  # argparse's own check of an option
+        code = stop.code
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("dask-pdist") and " error: " in err[0] and match in err[0], err
+    assert not os.path.exists(tmp_path / "m.zarr")
