@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from pathlib import Path
 from typing import Any, Literal
 
-import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
@@ -266,12 +264,9 @@ def clusters(
 
 
 def _is_clusters_store(path: Path) -> bool:
-    import json
+    from dask_pdist.store.outputs import root_attrs
 
-    try:
-        return CLUSTERS_MARKER_ATTR in json.loads((path / "zarr.json").read_text()).get("attributes", {})
-    except (OSError, ValueError):
-        return False
+    return CLUSTERS_MARKER_ATTR in (root_attrs(path) or {})
 
 
 def write_clusters(
@@ -299,42 +294,14 @@ def write_clusters(
     --------
     >>> write_clusters(clusters(open_history("h.safetensors")), "clusters.zarr")  # doctest: +SKIP
     """
-    from dask_pdist.io.locks import acquire_lock, release_lock
-    from dask_pdist.io.paths import local_path
-    from dask_pdist.io.publish import check_parent, clean_stale, discard, hidden_name, named
-    from dask_pdist.store.codecs import checked_codecs
+    from dask_pdist.store.outputs import write_whole
 
-    path = local_path(path, "clusters store")
-    _check_clusters_target(path, overwrite)
-    check_parent(path)
-    lock = acquire_lock(path, "clusters store")  # held until published (or failed)
-    try:
-        clean_stale(path)
-        _check_clusters_target(path, overwrite)
-    except BaseException:
-        release_lock(path, lock)
-        raise
-    ds = ds.copy()
-    ds["token"] = ds["token"].astype(object) if ds["token"].dtype.kind in "OUS" else ds["token"]
-    # written under a hidden name and renamed when complete: an interrupted write must not
-    # leave a store whose unwritten chunks read as cluster 0 (every token in one group)
-    tmp = hidden_name(path)
-    try:
-        with warnings.catch_warnings():
-            # consolidated metadata is a zarr-python extension to format 3; written so that plain
-            # xarray.open_zarr(path) opens the store without a fallback warning
-            warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
-            encoding = {name: {"compressors": checked_codecs()} for name in [*ds.data_vars, *ds.coords]}
-            stored = ds.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=True, encoding=encoding, compute=False)
-        finish = dask.delayed(_finish_clusters, pure=False)(stored, str(tmp), str(path), overwrite, lock)
-        if not compute:
-            return finish
-        finish.compute()
-    except BaseException as exc:
-        discard(tmp)
-        release_lock(path, lock)
-        raise named(exc, path) from exc
-    return None
+    # written whole, then published: an interrupted write must not leave a store whose
+    # unwritten chunks read as cluster 0 (every token in one group)
+    job = write_whole(
+        ds, path, role="clusters store", check=_check_clusters_target, overwrite=overwrite, compute=compute
+    )
+    return None if compute else job
 
 
 def _check_clusters_target(path: Path, overwrite: bool) -> None:
@@ -347,24 +314,6 @@ def _check_clusters_target(path: Path, overwrite: bool) -> None:
             raise StoreError(f"{path}: already exists; pass overwrite=True (--overwrite) to replace it")
 
 
-def _finish_clusters(_stored: Any, tmp: str, path: str, overwrite: bool, lock: str) -> None:
-    from dask_pdist.io.locks import release_lock
-    from dask_pdist.io.publish import discard, publish
-    from dask_pdist.store.digests import file_digests, manifest_with
-
-    try:
-        _check_clusters_target(Path(path), overwrite)  # again: it may have appeared meanwhile
-        # every chunk's checksum recorded by position (store/digests.py), then published: the old
-        # store stays until the new one is whole
-        manifest_with(Path(tmp), file_digests(Path(tmp)))
-        publish(tmp, path, replace=overwrite)
-    except BaseException:
-        discard(tmp)
-        raise
-    finally:
-        release_lock(Path(path), lock)
-
-
 def open_clusters(path: str | os.PathLike[str]) -> xr.Dataset:
     """Open a clusters store (from :func:`write_clusters`) lazily; every chunk read is checked
     against the checksum recorded for its position.
@@ -374,15 +323,6 @@ def open_clusters(path: str | os.PathLike[str]) -> xr.Dataset:
     >>> cl = open_clusters("clusters.zarr")  # doctest: +SKIP
     >>> cluster_events(cl)  # doctest: +SKIP
     """
-    from dask_pdist.errors import StoreError
-    from dask_pdist.io.paths import local_path
-    from dask_pdist.store.digests import checked_store, read_manifest
+    from dask_pdist.store.outputs import open_whole
 
-    path = local_path(path, "clusters store")
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: store not found")
-    if not _is_clusters_store(path):
-        raise StoreError(f"{path}: not a dask_pdist clusters store (no zarr.json with {CLUSTERS_MARKER_ATTR!r})")
-    ds = xr.open_zarr(checked_store(path, read_manifest(path)), zarr_format=3, consolidated=True, chunks={})
-    ds.encoding["source"] = str(path)
-    return ds
+    return open_whole(path, role="clusters store", is_kind=_is_clusters_store, marker=repr(CLUSTERS_MARKER_ATTR))

@@ -10,20 +10,16 @@ publishing, so two jobs never build the same output at once.
 
 from __future__ import annotations
 
-import json
+import functools
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
-import dask
 import xarray as xr
 
 from dask_pdist.conventions import KIND_ATTR
 from dask_pdist.errors import StoreError
-from dask_pdist.io.paths import local_path
-from dask_pdist.io.publish import check_parent, clean_stale, discard, hidden_name, publish
-from dask_pdist.store.layout import acquire_lock, release_lock
+from dask_pdist.store.outputs import open_whole, root_attrs, write_whole
 
 __all__ = ["COMPARISON_KINDS", "write_comparison", "open_comparison", "comparison_kind", "describe_comparison"]
 
@@ -33,11 +29,12 @@ COMPARISON_KINDS = ("movement", "divergence")
 
 def comparison_kind(path: str | os.PathLike[str]) -> str | None:
     """``"movement"`` or ``"divergence"`` if ``path`` holds such a store, else None."""
-    try:
-        kind = json.loads((Path(path) / "zarr.json").read_text()).get("attributes", {}).get(KIND_ATTR)
-    except (OSError, ValueError, AttributeError):
-        return None
+    kind = (root_attrs(path) or {}).get(KIND_ATTR)
     return kind if kind in COMPARISON_KINDS else None
+
+
+def _check_kind(kind: str, path: Path, overwrite: bool) -> None:
+    _check_target(path, kind, overwrite)
 
 
 def _check_target(path: Path, kind: str, overwrite: bool) -> None:
@@ -48,18 +45,6 @@ def _check_target(path: Path, kind: str, overwrite: bool) -> None:
             raise StoreError(f"{path}: exists and is {what}; refusing to write a {kind} store into or over it")
         if not overwrite:
             raise StoreError(f"{path}: already exists; pass overwrite=True (--overwrite) to replace it")
-
-
-def _publish(_written: Any, tmp: str, path: str, kind: str, overwrite: bool) -> str:
-    try:
-        _check_target(Path(path), kind, overwrite)  # again: something may have appeared meanwhile
-        publish(tmp, path, replace=overwrite)  # the old store stays readable until the new one is whole
-    except BaseException:
-        discard(tmp)
-        raise
-    finally:
-        release_lock(Path(path))
-    return path
 
 
 def write_comparison(
@@ -92,39 +77,14 @@ def write_comparison(
     kind = ds.attrs.get(KIND_ATTR)
     if kind not in COMPARISON_KINDS:
         raise ValueError(f"ds is not a movement or divergence Dataset (its {KIND_ATTR} is {kind!r})")
-    path = local_path(path, f"{kind} store")
-    clean_stale(path)
-    _check_target(path, kind, overwrite)
-    check_parent(path)
-    acquire_lock(path)
-    tmp = hidden_name(path)
-    try:
-        ds = ds.copy()
-        for name in ds.coords:  # zarr 3 stores strings as variable-length UTF-8 (object)
-            if ds[name].dtype.kind in "US":
-                ds[name] = ds[name].astype(object)
-        # store chunks = dask chunks: each task writes whole chunks of its own
-        encoding = {
-            name: {"chunks": tuple(c[0] for c in var.chunks) if var.chunks else var.shape}
-            for name, var in ds.data_vars.items()
-        }
-        with warnings.catch_warnings():
-            # consolidated metadata is a zarr-python extension to format 3 (as in store/layout.py)
-            warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
-            written = ds.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=True, encoding=encoding, compute=False)
-    except BaseException:
-        discard(tmp)
-        release_lock(path)
-        raise
-    job = dask.delayed(_publish, pure=False)(written, str(tmp), str(path), kind, overwrite)
-    if not compute:
-        return job
-    try:
-        return job.compute()
-    except BaseException:
-        discard(tmp)
-        release_lock(path)
-        raise
+    return write_whole(
+        ds,
+        path,
+        role=f"{kind} store",
+        check=functools.partial(_check_kind, kind),
+        overwrite=overwrite,
+        compute=compute,
+    )
 
 
 def open_comparison(path: str | os.PathLike[str]) -> xr.Dataset:
@@ -135,14 +95,12 @@ def open_comparison(path: str | os.PathLike[str]) -> xr.Dataset:
     >>> mv = open_comparison("movement.zarr")  # doctest: +SKIP
     >>> mv.chebyshev_max.sel(step=slice(100, 200)).values  # doctest: +SKIP
     """
-    path = local_path(path, "movement or divergence store")
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: store not found")
-    if comparison_kind(path) is None:
-        raise StoreError(
-            f"{path}: not a movement or divergence store (no zarr.json with {KIND_ATTR} in {COMPARISON_KINDS})"
-        )
-    return xr.open_zarr(path, zarr_format=3, consolidated=True, chunks={})
+    return open_whole(
+        path,
+        role="movement or divergence store",
+        is_kind=lambda p: comparison_kind(p) is not None,
+        marker=f"{KIND_ATTR} in {COMPARISON_KINDS}",
+    )
 
 
 def describe_comparison(path: str | os.PathLike[str]) -> str:
@@ -152,7 +110,7 @@ def describe_comparison(path: str | os.PathLike[str]) -> str:
     """
     import zarr
 
-    from dask_pdist.io.paths import disk_usage
+    from dask_pdist.io.paths import disk_usage, local_path
 
     path = local_path(path, "movement or divergence store")
     group = zarr.open_group(str(path), mode="r")

@@ -16,8 +16,9 @@ from dask_pdist.cli.common import (
     _add_scheduler,
     _add_store_overwrite,
     _opts,
+    _output,
     _positive,
-    _run,
+    _write_output,
 )
 
 _FORMAT_HELP = (
@@ -35,7 +36,7 @@ def _format_arg(text: str) -> str | None:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--output", "-o", required=True, metavar="OUT.zarr", help="zarr store to create")
+    p.add_argument("--output", "-o", required=True, metavar="OUT.zarr", type=_output, help="zarr store to create")
     p.add_argument("--key", help=_KEY_HELP)
     p.add_argument("--token-ids", metavar="SPEC", help=_TOKEN_IDS_HELP)
     p.add_argument("--number-format", type=_format_arg, default="auto", help=_FORMAT_HELP)
@@ -97,16 +98,13 @@ def _open(args: argparse.Namespace, source: str | list[str], chunks: int | str =
 
 
 def _write(args: argparse.Namespace, ds: Any, desc: str) -> Any:
-    import xarray as xr
-
     import dask_pdist as dp
     from dask_pdist.io.paths import local_path
-    from dask_pdist.store.layout import release_lock
 
     target = local_path(args.output, f"{desc} store")
     delayed = dp.write_comparison(ds, target, overwrite=args.overwrite, compute=False)
-    _run(delayed, args.scheduler, not args.no_progress, on_stop=lambda exc: release_lock(target) or "", desc=desc)
-    return xr.open_zarr(target)
+    _write_output(delayed, str(target), args, desc)  # a failure: one line, nothing kept, lock released
+    return dp.open_comparison(target)
 
 
 def _print_rows(ds: Any, columns: tuple[str, ...], rows: int, lead: str = "step") -> None:
