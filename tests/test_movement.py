@@ -278,6 +278,10 @@ def test_cli_movement_writes_prints_and_info_describes(tmp_path, write_safetenso
     assert main(["info", str(out)]) == 0
     info = capsys.readouterr().out
     assert "dask_pdist movement store" in info and "lag: 2" in info and "steps: 5 (2..6)" in info
+    assert main(["summary", str(out)]) == 0  # the same per-step table as the run printed
+    assert "Movement between steps 2 apart (5 steps; the first 2 dropped)" in capsys.readouterr().out
+    assert main(["verify", str(out)]) == 0
+    capsys.readouterr()
     assert main(["movement", str(path), "-o", str(out), "--no-progress"]) == 2
     assert "dask-pdist: error:" in capsys.readouterr().err
     assert main(["movement", str(path), "-o", str(out), "--overwrite", "--no-progress", "--dtype", "float64"]) == 0

@@ -67,9 +67,20 @@ def _cmd_summary(args: argparse.Namespace) -> None:
     import numpy as np
 
     import dask_pdist as dp
+    from dask_pdist.analyses.movement_store import comparison_kind
     from dask_pdist.analyses.neighbours_store import is_neighbours_store
     from dask_pdist.analyses.summary import format_summary, summarize
 
+    if len(args.store) == 1 and comparison_kind(args.store[0]):
+        if args.plot or args.threshold is not None or args.step is not None:
+            raise ValueError(
+                f"{args.store[0]}: a {comparison_kind(args.store[0])} store; --plot, --threshold and --step apply"
+                " to distance stores"
+            )
+        from dask_pdist.cli.movement import print_comparison
+
+        print_comparison(dp.open_comparison(args.store[0]), args.rows)
+        return None
     if len(args.store) == 1 and is_neighbours_store(args.store[0]):
         args.store = args.store[0]
         if args.plot or args.threshold is not None or args.step is not None:

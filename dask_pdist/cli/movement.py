@@ -120,6 +120,26 @@ def _print_rows(ds: Any, columns: tuple[str, ...], rows: int, lead: str = "step"
         print(f"{ds['step'].values[r]:>8} " + " ".join(cells))
 
 
+def print_comparison(ds: Any, rows: int) -> None:
+    """The per-step summary table of a movement or divergence Dataset (``summary`` of its store)."""
+    from dask_pdist.conventions import KIND_ATTR
+
+    if ds.attrs.get(KIND_ATTR) == "movement":
+        lag = ds.attrs.get("lag", "?")
+        print(f"Movement between steps {lag} apart ({ds.sizes['step']:,} steps; the first {lag} dropped):")
+        _print_rows(
+            ds, ("chebyshev_max", "chebyshev_mean", "euclidean_mean", "chebyshev_ulp_max", "moved_tokens"), rows
+        )
+        return
+    for pair in ds["pair"].values:
+        print(f"\n{pair}:")
+        _print_rows(
+            ds.sel(pair=pair),
+            ("chebyshev_max", "chebyshev_mean", "euclidean_mean", "chebyshev_ulp_max", "differing_tokens"),
+            rows,
+        )
+
+
 def _cmd_movement(args: argparse.Namespace) -> None:
     import dask_pdist as dp
 
@@ -140,10 +160,7 @@ def _cmd_movement(args: argparse.Namespace) -> None:
         file=sys.stderr,
     )
     out = _write(args, ds, "movement")
-    print(f"Movement between steps {args.lag} apart ({out.sizes['step']:,} steps; the first {args.lag} dropped):")
-    _print_rows(
-        out, ("chebyshev_max", "chebyshev_mean", "euclidean_mean", "chebyshev_ulp_max", "moved_tokens"), args.rows
-    )
+    print_comparison(out, args.rows)
     print(f"\nWrote {args.output} in {time.perf_counter() - t0:.1f} s")
 
 
@@ -181,11 +198,5 @@ def _cmd_divergence(args: argparse.Namespace) -> None:
         file=sys.stderr,
     )
     out = _write(args, ds, "divergence")
-    for pair in out["pair"].values:
-        print(f"\n{pair}:")
-        _print_rows(
-            out.sel(pair=pair),
-            ("chebyshev_max", "chebyshev_mean", "euclidean_mean", "chebyshev_ulp_max", "differing_tokens"),
-            args.rows,
-        )
+    print_comparison(out, args.rows)
     print(f"\nWrote {args.output} in {time.perf_counter() - t0:.1f} s")
