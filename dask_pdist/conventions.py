@@ -12,6 +12,7 @@ from typing import Literal
 
 __all__ = [
     "METRICS",
+    "ALL_METRICS",
     "Metric",
     "check_metrics",
     "OUTPUT_DTYPES",
@@ -25,9 +26,13 @@ __all__ = [
 ]
 
 # -- metrics ---------------------------------------------------------------------------------
-#: Metrics every distance kernel computes, in the order of the kernels' output axis.
+#: The default metrics (the notebook's), in the order of the kernels' output axis.
 METRICS: tuple[str, ...] = ("euclidean", "chebyshev")
-Metric = Literal["euclidean", "chebyshev"]
+#: Every metric: the defaults, Manhattan (L1, from the same pass, kernel output 2) and
+#: Chebyshev in units of the number format (``chebyshev_ulp``: representable values between,
+#: for bf16/f16/f32 inputs, stored as the smallest unsigned integer dtype that holds it).
+ALL_METRICS: tuple[str, ...] = ("euclidean", "chebyshev", "manhattan", "chebyshev_ulp")
+Metric = Literal["euclidean", "chebyshev", "manhattan", "chebyshev_ulp"]
 
 # -- dtypes ----------------------------------------------------------------------------------
 #: Stored dtypes of distances. Arithmetic is float32 (float64 for float64 input) whatever is chosen.
@@ -95,32 +100,33 @@ def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
 
 
 def check_metrics(metrics: Sequence[str] | str) -> tuple[str, ...]:
-    """Validate a metric list against :data:`METRICS`; returns it as a tuple.
+    """Validate a metric list against :data:`ALL_METRICS`; returns it as a tuple.
 
     Examples
     --------
     >>> check_metrics("chebyshev")
     ('chebyshev',)
-    >>> check_metrics(["l1"])
+    >>> check_metrics(["l1"])  # doctest: +ELLIPSIS
     Traceback (most recent call last):
-    ValueError: metrics=['l1']: choose one or more of ['euclidean', 'chebyshev'], each once
+    ValueError: metrics=['l1']: choose one or more of ['euclidean', 'chebyshev', 'manhattan', ...], each once
     """
     metrics = (metrics,) if isinstance(metrics, str) else tuple(metrics)
-    bad = [m for m in metrics if m not in METRICS]
+    bad = [m for m in metrics if m not in ALL_METRICS]
     if bad or not metrics or len(set(metrics)) != len(metrics):
-        raise ValueError(f"metrics={list(metrics)}: choose one or more of {list(METRICS)}, each once")
+        raise ValueError(f"metrics={list(metrics)}: choose one or more of {list(ALL_METRICS)}, each once")
     return metrics
 
 
-def check_metric(metric: str) -> int:
-    """One metric's position in the kernels' output (:data:`METRICS`), or a ValueError.
+def check_metric(metric: str, allowed: Sequence[str] = METRICS) -> int:
+    """One metric's position in the kernels' output (euclidean 0, chebyshev 1, manhattan 2;
+    ``chebyshev_ulp`` is Chebyshev on bit positions: 1), or a ValueError if not ``allowed``.
 
     >>> check_metric("chebyshev")
     1
     """
-    if metric not in METRICS:
-        raise ValueError(f"metric={metric!r}: choose one of {list(METRICS)}")
-    return METRICS.index(metric)
+    if metric not in allowed:
+        raise ValueError(f"metric={metric!r}: choose one of {list(allowed)}")
+    return {"euclidean": 0, "chebyshev": 1, "manhattan": 2, "chebyshev_ulp": 1}[metric]
 
 
 def check_dtype(dtype: object) -> str:

@@ -85,7 +85,7 @@ def test_float16_overflow_is_an_error_not_inf():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"metrics": ["euclid"]}, r"choose one or more of \['euclidean', 'chebyshev'\]"),
+        ({"metrics": ["euclid"]}, r"choose one or more of \['euclidean', 'chebyshev', 'manhattan', 'chebyshev_ulp'\]"),
         ({"dtype": "int8"}, r"choose one of \['float32', 'float16', 'float64'\]"),
         ({"token_chunk": 0}, r"positive int or 'auto'"),
     ],

@@ -40,10 +40,20 @@ Threshold = float | Literal["bf16"]
 # ---------------------------------------------------------------- the xarray layer
 
 
+def _ulps(threshold: Any) -> int | None:
+    # "2ulp" -> 2: a threshold in representable values of the history's number format
+    import re
+
+    found = re.fullmatch(r"\s*(\d+)\s*ulps?\s*", threshold) if isinstance(threshold, str) else None
+    return int(found.group(1)) if found else None
+
+
 def _check_threshold(threshold: Any) -> float | str:
     if isinstance(threshold, str):
         if threshold in THRESHOLD_NAMES:
             return threshold
+        if _ulps(threshold) is not None:
+            return f"{_ulps(threshold)}ulp"
         try:
             threshold = float(threshold)
         except ValueError:
@@ -77,6 +87,13 @@ def _from_history(
         data = da.from_array(data, chunks=(auto_step_chunk(data.shape[1], data.shape[0]), -1, -1))
     if data.dtype not in (np.float32, np.float64):
         raise TypeError(f"history must be float32 or float64 (open it with open_history), got {data.dtype}")
+    if _ulps(threshold) is not None:  # Chebyshev between the values' places on the format's line
+        from dask_pdist.graphs.dataset import number_format
+        from dask_pdist.kernels.movement import ordered_bits
+
+        fmt = number_format(history)
+        data = data.map_blocks(lambda b: ordered_bits(b, fmt).astype(np.float64), dtype=np.float64)
+        threshold, metric = float(_ulps(threshold)), "chebyshev"
     if threshold == "bf16":
         # exactly as pairwise_distances records embedding_rms, so history and store agree
         rms = step_rms(data)
@@ -102,6 +119,8 @@ def _from_distances(ds: xr.Dataset, threshold: float | str, metric: str) -> tupl
 
     # a store (open_distances) by its own path, a lazy Dataset by the history it comes from
     where = str(ds.encoding.get("source") or "") or _source_name(ds)
+    if _ulps(threshold) is not None:
+        metric, threshold = "chebyshev_ulp", float(_ulps(threshold))
     if metric not in ds.data_vars:
         raise ValueError(
             f"{where}: the distance Dataset has no {metric!r} variable (it holds {sorted(ds.data_vars)});"
@@ -111,6 +130,8 @@ def _from_distances(ds: xr.Dataset, threshold: float | str, metric: str) -> tupl
     if var.dims != DISTANCE_DIMS:
         raise ValueError(f"{where}: {metric} has dims {var.dims}; expected {DISTANCE_DIMS}")
     computed = str(ds.attrs.get("compute_dtype", "float32" if var.dtype == np.float16 else var.dtype))
+    if var.dtype.kind == "u":  # counts of representable values: exact, compared in float64
+        var, computed = var.astype(np.float64), "float64"
     if str(var.dtype) != computed:
         raise ValueError(
             f"{where}: {metric} is stored as {var.dtype} but was computed in {computed}; rounding the"
@@ -179,13 +200,16 @@ def clusters(
         the threshold. Runs (``open_distances`` of several stores, a leading ``run`` dim)
         are clustered each on its own steps; the result keeps ``run``, with ``-1`` in the
         integer variables (NaN ``threshold``) at steps a run does not have.
-    threshold : float >= 0 or "bf16"
+    threshold : float >= 0, "bf16" or "Nulp"
         A pair joins when its distance is ``<=`` this. ``0`` (the default): equal
         embeddings (with Chebyshev, bit-identical rows, ``-0.0 == +0.0``); from a history
         no distance is computed at all. ``"bf16"``: one bf16 spacing at the step's RMS
         embedding coordinate, ``2**(floor(log2 rms) - 7)``, as :func:`summarize` defines
         it; note that ``summarize`` counts quantization neighbours with ``<`` (strictly
-        closer), clusters use ``<=``. Rows holding NaN or Inf are always singletons.
+        closer), clusters use ``<=``. ``"2ulp"``: within two representable values of the
+        history's number format (bf16, f16, f32) in every dim: the Chebyshev distance between
+        the values' places on the format's ordered line (``chebyshev_ulp``), whatever
+        ``metric`` says. Rows holding NaN or Inf are always singletons.
     metric : {"chebyshev", "euclidean"}
         At threshold 0 both mean "equal rows".
     token_chunk : int or "auto"
@@ -212,7 +236,7 @@ def clusters(
     >>> c.n_clusters.sel(step=5000).item()  # doctest: +SKIP
     4
     """
-    check_metric(metric)
+    check_metric(metric, METRICS)
     threshold = _check_threshold(threshold)
     if isinstance(source, xr.Dataset) and "run" in source.dims:
         return _clusters_per_run(source, threshold, metric, token_chunk)

@@ -40,6 +40,7 @@ def describe(
     import zarr
 
     from dask_pdist.analyses.neighbours_store import is_neighbours_store
+    from dask_pdist.conventions import ALL_METRICS
     from dask_pdist.errors import InputError, StoreError
     from dask_pdist.io.checkpoints import directory_hint
     from dask_pdist.io.history import is_checkpoint_spec
@@ -95,7 +96,7 @@ def describe(
             f" {group.attrs.get('input_dtype', '?')}"
         )
         lines.append(f"  steps: {len(steps)} ({steps[0]}..{steps[-1]})" if len(steps) else "  steps: 0")
-        for name in ("euclidean", "chebyshev"):
+        for name in ALL_METRICS:
             if name in group:
                 arr = group[name]
                 lines.append(f"  {name}: shape {list(arr.shape)} {arr.dtype}, chunks {list(arr.chunks)}")

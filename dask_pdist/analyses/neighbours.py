@@ -15,7 +15,15 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from dask_pdist.conventions import HISTORY_DIMS, KIND_ATTR, NEIGHBOUR_DIMS, NEIGHBOURS_KIND, Metric, check_metric
+from dask_pdist.conventions import (
+    ALL_METRICS,
+    HISTORY_DIMS,
+    KIND_ATTR,
+    NEIGHBOUR_DIMS,
+    NEIGHBOURS_KIND,
+    Metric,
+    check_metric,
+)
 from dask_pdist.graphs.knn import neighbour_array
 from dask_pdist.io.history import provenance
 from dask_pdist.kernels.knn import churn_block
@@ -49,7 +57,7 @@ def neighbours(
         included), float32 or float64.
     k : int
         Neighbours per token, ``1 <= k <= tokens - 1``; a larger k is an error.
-    metric : {"euclidean", "chebyshev"}
+    metric : {"euclidean", "chebyshev", "manhattan", "chebyshev_ulp"}
     token_chunk : int or "auto"
         Tokens per block (``"auto"``: ~2e9 pair-dims of work per block-pair task).
 
@@ -74,11 +82,14 @@ def neighbours(
         raise TypeError(f"history must be an xarray.DataArray (see open_history), got {type(history).__name__}")
     if history.dims != HISTORY_DIMS:
         raise ValueError(f"history has dims {history.dims}; expected {HISTORY_DIMS}")
-    check_metric(metric)
+    check_metric(metric, ALL_METRICS)
     data = history.data
     if not isinstance(data, da.Array):
         data = da.from_array(data, chunks=(1, -1, -1))
-    rec = neighbour_array(data, k, metric, token_ids=_token_ids(history), token_chunk=token_chunk)
+    kernel_metric = metric
+    if metric == "chebyshev_ulp":  # Chebyshev between the values' places on the format's line
+        data, kernel_metric = _positions(history, data), "chebyshev"
+    rec = neighbour_array(data, k, kernel_metric, token_ids=_token_ids(history), token_chunk=token_chunk)
     coords = {
         "step": history["step"].values if "step" in history.coords else np.arange(history.sizes["step"]),
         "token": history["token"].values if "token" in history.coords else np.arange(history.sizes["token"]),
@@ -100,6 +111,19 @@ def neighbours(
         **provenance(history, data.dtype),
     }
     return xr.Dataset(variables, coords=coords, attrs=attrs)
+
+
+def _positions(history: xr.DataArray, data: da.Array) -> da.Array:
+    from dask_pdist.graphs.dataset import number_format
+    from dask_pdist.kernels.movement import ordered_bits
+
+    fmt = number_format(history)
+    if fmt not in ("bf16", "f16"):
+        raise ValueError(
+            f"metric='chebyshev_ulp' for neighbours counts representable values of bf16 or f16 (exact in the"
+            f" float32 distances neighbours stores); this history's number format is {fmt or history.dtype}"
+        )
+    return data.map_blocks(lambda b: ordered_bits(b, fmt).astype(np.float32), dtype=np.float32)
 
 
 def neighbour_churn(nbrs: xr.Dataset, lag: int = 1) -> xr.Dataset:

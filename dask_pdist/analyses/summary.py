@@ -51,8 +51,14 @@ def format_summary(ds: xr.Dataset) -> str:
     for label, index in (("Initial", 0), ("Final", n_steps - 1)):
         lines.append(f"{label} distances (step {steps[index]}):")
         for name, (lo, hi, mean) in step_summary(ds, index).items():
-            lines.append(f"  {name.capitalize()}: min={lo:.6f}, max={hi:.6f}, mean={mean:.6f}")
+            lines.append(_stat_line(name, lo, hi, mean))
     return "\n".join(lines)
+
+
+def _stat_line(name: str, lo: float, hi: float, mean: float) -> str:
+    if name == "chebyshev_ulp":  # counts of representable values
+        return f"  Chebyshev (ulp): min={lo:.0f}, max={hi:.0f}, mean={mean:.2f}"
+    return f"  {name.capitalize()}: min={lo:.6f}, max={hi:.6f}, mean={mean:.6f}"
 
 
 def format_step(ds: xr.Dataset, step: int, summary: xr.Dataset | None = None) -> str:
@@ -72,7 +78,7 @@ def format_step(ds: xr.Dataset, step: int, summary: xr.Dataset | None = None) ->
         raise ValueError(f"no step {step}; steps run {steps[0]}..{steps[-1]} ({len(steps)} steps)")
     lines = [f"Step {step}:"]
     for name, (lo, hi, mean) in step_summary(ds, int(where[0])).items():
-        lines.append(f"  {name.capitalize()}: min={lo:.6f}, max={hi:.6f}, mean={mean:.6f}")
+        lines.append(_stat_line(name, lo, hi, mean))
     if summary is not None and "quantization_neighbours" in summary:
         count = int(summary["quantization_neighbours"].values[where[0]])
         lines.append(f"  Quantization neighbours: {count:,} pairs")

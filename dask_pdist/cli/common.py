@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from dask_pdist.conventions import METRICS
+from dask_pdist.conventions import ALL_METRICS
 
 EXIT_BAD_INPUT = 2
 
@@ -30,9 +30,9 @@ class _Exit(Exception):
 
 def _metrics_arg(text: str) -> tuple[str, ...]:
     metrics = tuple(m.strip() for m in text.split(",") if m.strip())
-    bad = [m for m in metrics if m not in METRICS]
+    bad = [m for m in metrics if m not in ALL_METRICS]
     if bad or not metrics:
-        raise argparse.ArgumentTypeError(f"unknown metric(s) {bad or text!r}; choose from {','.join(METRICS)}")
+        raise argparse.ArgumentTypeError(f"unknown metric(s) {bad or text!r}; choose from {','.join(ALL_METRICS)}")
     return metrics
 
 
@@ -58,12 +58,14 @@ def _positive(text: str) -> int:
 
 
 def _threshold_arg(text: str) -> float | str:
-    if text == "bf16":
-        return text
+    if text == "bf16" or re.fullmatch(r"\d+ulps?", text.strip()):
+        return text.strip()
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give 0, bf16 or a distance >= 0") from None
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give 0, bf16, a count of representable values such as 2ulp, or a distance >= 0"
+        ) from None
     if not value >= 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"{text!r}: give 0, bf16 or a finite distance >= 0")
     return value

@@ -33,7 +33,7 @@ from dask_pdist.cli.common import (
 )
 from dask_pdist.cli.compute import _cmd_compute, _cmd_demo, _cmd_export, _cmd_synth
 from dask_pdist.cli.movement import add_parsers as _add_movement_parsers
-from dask_pdist.conventions import METRICS
+from dask_pdist.conventions import ALL_METRICS, METRICS
 
 __all__ = ["main"]
 
@@ -65,7 +65,8 @@ def _parser() -> argparse.ArgumentParser:
         "--metrics",
         type=_metrics_arg,
         default=METRICS,
-        help="comma-separated, from euclidean,chebyshev (default: euclidean,chebyshev)",
+        help="comma-separated, from euclidean,chebyshev,manhattan,chebyshev_ulp (the last: in representable"
+        " values of a bf16/f16/f32 history) (default: euclidean,chebyshev)",
     )
     c.add_argument(
         "--dtype", choices=("float32", "float16", "float64"), default="float32", help="stored dtype (default: float32)"
@@ -256,7 +257,7 @@ def _parser() -> argparse.ArgumentParser:
     n = sub.add_parser("neighbours", help="exact k nearest tokens of every token at every step, into a zarr store")
     n.add_argument("input", nargs="+", help="history, as for compute")
     n.add_argument("-k", type=_positive, required=True, help="neighbours per token (at most tokens - 1)")
-    n.add_argument("--metric", choices=METRICS, default="euclidean", help="distance (default: euclidean)")
+    n.add_argument("--metric", choices=ALL_METRICS, default="euclidean", help="distance (default: euclidean)")
     n.add_argument("--output", "-o", required=True, type=_output, help="zarr store to create, e.g. neighbours.zarr")
     n.add_argument("--token-ids", metavar="SPEC", help=_TOKEN_IDS_HELP)
     n.add_argument("--key", help=_KEY_HELP)

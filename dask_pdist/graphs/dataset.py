@@ -19,7 +19,13 @@ __all__ = ["pairwise_distances"]
 _DESCRIPTIONS = {
     "euclidean": ("Euclidean (L2) distance", "sqrt(sum_d (x[step, i, d] - x[step, j, d])**2)"),
     "chebyshev": ("Chebyshev (L-infinity) distance", "max_d |x[step, i, d] - x[step, j, d]|"),
+    "manhattan": ("Manhattan (L1) distance", "sum_d |x[step, i, d] - x[step, j, d]|"),
+    "chebyshev_ulp": (
+        "Chebyshev distance in representable values of the history's number format",
+        "max_d |pos(x[step, i, d]) - pos(x[step, j, d])|, pos: the value's place on the format's ordered line",
+    ),
 }
+_FORMATS = {"BF16": "bf16", "F16": "f16", "F32": "f32", "bfloat16": "bf16", "float16": "f16", "float32": "f32"}
 
 
 def _step_checksums(block: np.ndarray) -> np.ndarray:
@@ -31,6 +37,19 @@ def _step_checksums(block: np.ndarray) -> np.ndarray:
     import google_crc32c
 
     return np.array([google_crc32c.value(np.ascontiguousarray(s).tobytes()) for s in block], dtype=np.uint32)
+
+
+def number_format(history: xr.DataArray) -> str | None:
+    """The number format a history's values come from (bf16, f16, f32), from its
+    ``input_dtype`` (:func:`open_history` records it); a plain float32 array is f32.
+
+    >>> number_format(xr.DataArray(np.zeros((1, 1, 1), np.float32), attrs={"input_dtype": "BF16"}))
+    'bf16'
+    """
+    fmt = _FORMATS.get(str(history.attrs.get("input_dtype", "")))
+    if fmt is None and history.dtype == np.float32 and "input_dtype" not in history.attrs:
+        fmt = "f32"  # a plain float32 array: its own format
+    return fmt
 
 
 def pairwise_distances(
@@ -47,8 +66,12 @@ def pairwise_distances(
     history : xarray.DataArray
         Dims ``("step", "token", "dim")``, as returned by :func:`open_history`; float32 or
         float64 (numpy-backed input is chunked along step as ``open_history(chunks="auto")``).
-    metrics : sequence of {"euclidean", "chebyshev"}
-        Variables to produce; every one comes from the same differences of the same pass.
+    metrics : sequence of {"euclidean", "chebyshev", "manhattan", "chebyshev_ulp"}
+        Variables to produce (default: the first two, the notebook's); the first three come
+        from the same differences of the same pass. ``chebyshev_ulp``: the largest number of
+        representable values between two tokens' coordinates (1 = adjacent values), for bf16,
+        f16 and f32 histories, stored as uint16 (bf16, f16) or uint32 (f32): exact by
+        construction, an error naming the dtype for other inputs.
     dtype : {"float32", "float16", "float64"}
         Stored dtype. Arithmetic is float32 (float64 for float64 input) either way. A
         distance beyond the stored dtype's range raises :class:`OverflowError` naming the
@@ -75,7 +98,10 @@ def pairwise_distances(
     if not isinstance(data, da.Array):
         data = da.from_array(data, chunks=(auto_step_chunk(data.shape[1], data.shape[0]), -1, -1))
     step_labels = history["step"].values if "step" in history.coords else None
-    arrays = pairwise_arrays(data, metrics, dtype, token_chunk=token_chunk, steps=step_labels)
+    fmt = _FORMATS.get(str(history.attrs.get("input_dtype", "")))
+    if fmt is None and data.dtype == np.float32 and "input_dtype" not in history.attrs:
+        fmt = "f32"  # a plain float32 array: its own format
+    arrays = pairwise_arrays(data, metrics, dtype, token_chunk=token_chunk, steps=step_labels, number_format=fmt)
     token = history["token"].values if "token" in history.coords else range(history.sizes["token"])
     coords = {
         "step": history["step"].values if "step" in history.coords else range(history.sizes["step"]),

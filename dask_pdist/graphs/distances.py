@@ -20,6 +20,30 @@ from dask_pdist.planning import plan_token_chunk
 __all__ = ["pairwise_arrays"]
 
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
+#: The kernels' output axis (:func:`~dask_pdist.kernels.distances.pairwise_block`).
+_KERNEL_OUTPUT = ("euclidean", "chebyshev", "manhattan")
+ULP = "chebyshev_ulp"
+
+
+def _ulp_block(
+    xa: np.ndarray, xb: np.ndarray, steps: np.ndarray, ia: np.ndarray, jb: np.ndarray, *, number_format: str
+) -> np.ndarray:
+    # Chebyshev distance between the values' positions on the number format's ordered integer
+    # line: the largest number of representable values between the two, over dims. Positions
+    # are integers below 2^32, exact in float64, and max |a - b| of exact integers is exact.
+    from dask_pdist.kernels.movement import ULP_DTYPES, ordered_bits
+
+    step0 = int(steps[0]) if steps.size else 0
+    try:
+        pa = ordered_bits(xa, number_format).astype(np.float64)
+        pb = pa if ia[0] == jb[0] else ordered_bits(xb, number_format).astype(np.float64)
+    except ValueError as exc:
+        raise ValueError(f"chebyshev_ulp at step index >= {step0}: {exc}") from None
+    if ia[0] == jb[0]:
+        out = pairwise_block(pa)[1]
+    else:
+        out = cross_block(pa, pb)[1]
+    return out.astype(ULP_DTYPES[number_format])[None]
 
 
 def _distance_block(
@@ -34,18 +58,19 @@ def _distance_block(
     out_dtype: str,
 ) -> np.ndarray:
     step0 = int(steps[0]) if steps.size else 0
+    l1 = 2 in which  # Manhattan: summed in the same pass
     if ia[0] == jb[0]:  # a diagonal tile: xa and xb hold the same tokens
-        out = pairwise_block(xa, step0=step0, token0=int(ia[0]))
+        out = pairwise_block(xa, step0=step0, token0=int(ia[0]), manhattan=l1)
     else:
-        out = cross_block(xa, xb, step0=step0, token0_a=int(ia[0]), token0_b=int(jb[0]))
-    if which != tuple(range(len(METRICS))):
+        out = cross_block(xa, xb, step0=step0, token0_a=int(ia[0]), token0_b=int(jb[0]), manhattan=l1)
+    if which != tuple(range(len(out))):
         out = out[list(which)]
     if out_dtype == "float16":
         top = np.nanmax(out) if out.size else 0.0
         if top > _FLOAT16_MAX:
             m, s, i, j = np.argwhere(out == top)[0]
             raise OverflowError(
-                f"{METRICS[which[m]]} distance {float(top):.6g} at step {labels[s]} between tokens"
+                f"{_KERNEL_OUTPUT[which[m]]} distance {float(top):.6g} at step {labels[s]} between tokens"
                 f" {ia[i]} and {jb[j]} exceeds float16's largest finite value {_FLOAT16_MAX:g};"
                 " use dtype='float32' (--dtype float32)"
             )
@@ -76,6 +101,7 @@ def pairwise_arrays(
     dtype: str = "float32",
     token_chunk: int | Literal["auto"] = "auto",
     steps: np.ndarray | None = None,
+    number_format: str | None = None,
 ) -> dict[str, da.Array]:
     """Lazy distance arrays of every metric from one ``dask.array.blockwise`` graph.
 
@@ -91,6 +117,9 @@ def pairwise_arrays(
         matrices exceed 16 MiB (then steps go one per task).
     steps : numpy.ndarray, optional
         Step labels (length step), named by errors; default 0..step-1.
+    number_format : {"bf16", "f16", "f32"}, optional
+        The history's own number format, for ``chebyshev_ulp`` (stored as uint16 for
+        bf16/f16, uint32 for f32).
 
     Returns
     -------
@@ -129,12 +158,35 @@ def pairwise_arrays(
     if labels.shape != (x.shape[0],):
         raise ValueError(f"steps has shape {labels.shape}; expected one label per step, ({x.shape[0]},)")
     step_labels = da.from_array(labels, chunks=(x.chunks[0],))
-    which = tuple(METRICS.index(m) for m in metrics)
+    floats = [m for m in metrics if m != ULP]
+    which = tuple(_KERNEL_OUTPUT.index(m) for m in floats)
+    if ULP in metrics and number_format not in ("bf16", "f16", "f32"):
+        raise ValueError(
+            f"chebyshev_ulp counts representable values of bf16, f16 or f32; this history's number format is"
+            f" {number_format or x.dtype.name}: choose other metrics"
+        )
+    found = {}
     with warnings.catch_warnings():
         # tiling token_i x token_j multiplies the chunk count on purpose
         warnings.simplefilter("ignore", PerformanceWarning)
-        out = _blockwise(x, step_ids, ids, step_labels, len(metrics), which, dtype)
-    return {m: out[k] for k, m in enumerate(metrics)}
+        if floats:
+            out = _blockwise(x, step_ids, ids, step_labels, len(floats), which, dtype)
+            found = {m: out[k] for k, m in enumerate(floats)}
+        if ULP in metrics:
+            from dask_pdist.kernels.movement import ULP_DTYPES
+
+            ulp_dtype = ULP_DTYPES[number_format]
+            found[ULP] = da.blockwise(
+                _ulp_block,
+                "msij",
+                *(x, "sid", x, "sjd", step_ids, "s", ids, "i", ids, "j"),
+                new_axes={"m": 1},
+                concatenate=True,
+                dtype=ulp_dtype,
+                meta=np.empty((0, 0, 0, 0), dtype=ulp_dtype),
+                number_format=number_format,
+            )[0]
+    return {m: found[m] for m in metrics}
 
 
 def _blockwise(

@@ -82,7 +82,7 @@ def neighbour_array(
     array([[1, 0, 1],
            [1, 0, 1]], dtype=int32)
     """
-    m = check_metric(metric)
+    m = check_metric(metric, ("euclidean", "chebyshev", "manhattan"))
     if x.ndim != 3:
         raise ValueError(f"history must be 3-D (step, token, dim), got shape {x.shape}")
     if x.dtype not in (np.float32, np.float64):

@@ -28,7 +28,7 @@ __all__ = ["METRICS", "pairwise_block", "cross_block"]
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
-def _row(at, i, bt, j0, n, sq, mx, e_low):
+def _row(at, i, bt, j0, n, sq, mx, ab, e_low):
     # Row i of ``at`` against columns j0..j0+n of ``bt`` (both (D, V), one snapshot).
     # Returns whether some pair of the row needs _rescale_row (rarely).
     # Slices start at 0 so numba drops negative-index wraparound and LLVM vectorises over j
@@ -37,6 +37,7 @@ def _row(at, i, bt, j0, n, sq, mx, e_low):
     for j in range(n):
         sq[j] = 0
         mx[j] = 0
+        ab[j] = 0
     d = 0
     while d + 4 <= ndim:
         a0 = at[d, i]
@@ -53,11 +54,16 @@ def _row(at, i, bt, j0, n, sq, mx, e_low):
             t2 = a2 - b2[j]
             t3 = a3 - b3[j]
             sq[j] = sq[j] + t0 * t0 + t1 * t1 + t2 * t2 + t3 * t3
+            u0 = abs(t0)
+            u1 = abs(t1)
+            u2 = abs(t2)
+            u3 = abs(t3)
+            ab[j] = ab[j] + u0 + u1 + u2 + u3
             m = mx[j]
-            m = max(m, abs(t0))
-            m = max(m, abs(t1))
-            m = max(m, abs(t2))
-            m = max(m, abs(t3))
+            m = max(m, u0)
+            m = max(m, u1)
+            m = max(m, u2)
+            m = max(m, u3)
             mx[j] = m
         d += 4
     while d < ndim:
@@ -66,6 +72,7 @@ def _row(at, i, bt, j0, n, sq, mx, e_low):
         for j in range(n):
             t0 = a0 - b0[j]
             sq[j] = sq[j] + t0 * t0
+            ab[j] = ab[j] + abs(t0)
             mx[j] = max(mx[j], abs(t0))
         d += 1
     rare = False
@@ -146,12 +153,16 @@ def _transpose(x, s, xt):
 
 @numba.njit(nogil=True, cache=True)
 def _self_block(x, out, e_low):
+    # out: (2, ...) Euclidean and Chebyshev, or (3, ...) with Manhattan; without it the L1
+    # sums go to a scratch row (their adds cost ~nothing next to the loads they share)
     nstep, ntok, ndim = x.shape
     xt = np.empty((ndim, ntok), dtype=x.dtype)
+    scratch = np.empty(ntok, dtype=out.dtype)
     for s in range(nstep):
         _transpose(x, s, xt)
         for i in range(ntok):
-            if _row(xt, i, xt, 0, ntok, out[0, s, i], out[1, s, i], e_low):
+            ab = out[2, s, i] if out.shape[0] > 2 else scratch
+            if _row(xt, i, xt, 0, ntok, out[0, s, i], out[1, s, i], ab, e_low):
                 j = _rescale_row(xt, i, xt, 0, ntok, out[0, s, i], out[1, s, i], e_low)
                 if j >= 0:
                     return s, i, j
@@ -164,11 +175,13 @@ def _cross_block(xa, xb, out, e_low):
     nb = xb.shape[1]
     at = np.empty((ndim, na), dtype=xa.dtype)
     bt = np.empty((ndim, nb), dtype=xa.dtype)
+    scratch = np.empty(nb, dtype=out.dtype)
     for s in range(nstep):
         _transpose(xa, s, at)
         _transpose(xb, s, bt)
         for i in range(na):
-            if _row(at, i, bt, 0, nb, out[0, s, i], out[1, s, i], e_low):
+            ab = out[2, s, i] if out.shape[0] > 2 else scratch
+            if _row(at, i, bt, 0, nb, out[0, s, i], out[1, s, i], ab, e_low):
                 j = _rescale_row(at, i, bt, 0, nb, out[0, s, i], out[1, s, i], e_low)
                 if j >= 0:
                     return s, i, j
@@ -206,8 +219,8 @@ def _check(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
-def pairwise_block(x: np.ndarray, *, step0: int = 0, token0: int = 0) -> np.ndarray:
-    """Euclidean and Chebyshev distances between all tokens of each snapshot.
+def pairwise_block(x: np.ndarray, *, step0: int = 0, token0: int = 0, manhattan: bool = False) -> np.ndarray:
+    """Euclidean and Chebyshev (and Manhattan) distances between all tokens of each snapshot.
 
     Parameters
     ----------
@@ -216,12 +229,15 @@ def pairwise_block(x: np.ndarray, *, step0: int = 0, token0: int = 0) -> np.ndar
     step0, token0 : int
         Position of the block's first step and token in the whole history; used only to
         name the pair in an error.
+    manhattan : bool
+        Also return the Manhattan (L1) distance, summed in the same pass, in the same fixed
+        order over dims as the Euclidean sum of squares.
 
     Returns
     -------
-    ndarray, shape (2, step, token, token), same dtype
-        ``[0]`` Euclidean, ``[1]`` Chebyshev (order of :data:`METRICS`); exactly symmetric,
-        diagonal exactly 0.
+    ndarray, shape (2 or 3, step, token, token), same dtype
+        ``[0]`` Euclidean, ``[1]`` Chebyshev (order of :data:`METRICS`), ``[2]`` Manhattan if
+        asked; exactly symmetric, diagonal exactly 0.
 
     Raises
     ------
@@ -236,13 +252,15 @@ def pairwise_block(x: np.ndarray, *, step0: int = 0, token0: int = 0) -> np.ndar
     array([5., 4.])
     """
     x = _check(x)
-    out = np.empty((len(METRICS),) + x.shape[:2] + x.shape[1:2], dtype=x.dtype)
+    out = np.empty((len(METRICS) + manhattan,) + x.shape[:2] + x.shape[1:2], dtype=x.dtype)
     where = _self_block(x, out, _scaling_bound(x.dtype, x.shape[2]))
     _raise_overflow(where, x.dtype, step0, token0, token0)
     return out
 
 
-def cross_block(xa: np.ndarray, xb: np.ndarray, *, step0: int = 0, token0_a: int = 0, token0_b: int = 0) -> np.ndarray:
+def cross_block(
+    xa: np.ndarray, xb: np.ndarray, *, step0: int = 0, token0_a: int = 0, token0_b: int = 0, manhattan: bool = False
+) -> np.ndarray:
     """Distances between the tokens of ``xa`` (rows) and of ``xb`` (columns).
 
     Used for off-diagonal token tiles; each pair is reduced exactly as in
@@ -253,10 +271,12 @@ def cross_block(xa: np.ndarray, xb: np.ndarray, *, step0: int = 0, token0_a: int
     xa, xb : ndarray, shapes (step, token_a, dim) and (step, token_b, dim), one dtype
     step0, token0_a, token0_b : int
         Position of the blocks in the whole history, to name a pair in an error.
+    manhattan : bool
+        As :func:`pairwise_block`.
 
     Returns
     -------
-    ndarray, shape (2, step, token_a, token_b)
+    ndarray, shape (2 or 3, step, token_a, token_b)
 
     Raises
     ------
@@ -273,7 +293,7 @@ def cross_block(xa: np.ndarray, xb: np.ndarray, *, step0: int = 0, token0_a: int
     xb = _check(xb)
     if xa.dtype != xb.dtype or xa.shape[0] != xb.shape[0] or xa.shape[2] != xb.shape[2]:
         raise ValueError(f"mismatched blocks: {xa.shape} {xa.dtype} vs {xb.shape} {xb.dtype}")
-    out = np.empty((len(METRICS), xa.shape[0], xa.shape[1], xb.shape[1]), dtype=xa.dtype)
+    out = np.empty((len(METRICS) + manhattan, xa.shape[0], xa.shape[1], xb.shape[1]), dtype=xa.dtype)
     where = _cross_block(xa, xb, out, _scaling_bound(xa.dtype, xa.shape[2]))
     _raise_overflow(where, xa.dtype, step0, token0_a, token0_b)
     return out

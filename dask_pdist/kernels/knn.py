@@ -84,6 +84,7 @@ def _knn_pairs(xt, b0, c0, nc, metric, rows, tile, rn, rd, cn, cd, e_low):
     last = rn.shape[2] - 1
     sq = np.empty(tile, dtype=xt.dtype)
     mx = np.empty(tile, dtype=xt.dtype)
+    ab = np.empty(tile, dtype=xt.dtype)  # the L1 sums the shared row routine also takes
     # contiguous copies of each list's last distance, so the common rejection stays in L1
     rbar = np.empty(nb, dtype=xt.dtype)
     cbar = rbar if diag else np.empty(nc, dtype=xt.dtype)
@@ -101,11 +102,11 @@ def _knn_pairs(xt, b0, c0, nc, metric, rows, tile, rn, rd, cn, cd, e_low):
                     if start >= j1:
                         continue
                     # the pairwise kernels' exact sequence: the fast row, then its rare rescaling
-                    if _row(at, i, at, c0 + start, j1 - start, sq, mx, e_low):
+                    if _row(at, i, at, c0 + start, j1 - start, sq, mx, ab, e_low):
                         over = _rescale_row(at, i, at, c0 + start, j1 - start, sq, mx, e_low)
                         if over >= 0:
                             return s, i, c0 + start + over
-                    vals = sq if metric == 0 else mx
+                    vals = sq if metric == 0 else mx if metric == 1 else ab
                     rnr = rn[s, r]
                     rdr = rd[s, r]
                     for q in range(j1 - start):

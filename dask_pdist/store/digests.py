@@ -42,6 +42,7 @@ from dask_pdist.io.paths import Location, files_under, is_remote
 __all__ = [
     "DIGEST",
     "Misplaced",
+    "Absent",
     "CheckingStore",
     "checked_store",
     "recording_array",
@@ -75,6 +76,15 @@ class Misplaced(ValueError):
         self.key = key
 
 
+class Absent(ValueError):
+    """A chunk the store recorded as written, whose file (object) is gone."""
+
+    def __init__(self, where: str, key: str) -> None:
+        self.detail = "missing (chunk absent although its digest is recorded)"
+        super().__init__(f"{where}: chunk {key}: {self.detail}")
+        self.key = key
+
+
 class CheckingStore(WrapperStore):
     """A zarr store that compares every chunk it reads with the digest recorded for its key
     (``expected``: chunk key -> crc32c trailer; keys absent are not checked), and remembers
@@ -94,6 +104,8 @@ class CheckingStore(WrapperStore):
     async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
         buf = await self._store.get(key, prototype, byte_range)
         want = self.expected.get(key)
+        if buf is None and want is not None:  # zarr would read the fill value: never silently
+            raise Absent(self.where, key)
         if buf is not None and want is not None and byte_range is None:
             got = _trailer(buf.as_numpy_array())
             if got != want:

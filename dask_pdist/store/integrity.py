@@ -22,7 +22,7 @@ from dask_pdist.conventions import CLUSTERS_MARKER_ATTR, FINGERPRINT_ATTR, MARKE
 from dask_pdist.errors import StoreError
 from dask_pdist.io.paths import Location, files_under, is_remote
 from dask_pdist.io.publish import pid_alive
-from dask_pdist.store.digests import Misplaced, checked_store, expected_digests, read_manifest
+from dask_pdist.store.digests import Absent, Misplaced, checked_store, expected_digests, read_manifest
 from dask_pdist.store.layout import (
     StorePath,
     check_metadata,
@@ -180,9 +180,16 @@ class CheckedChunks:
             )
             if not is_done:
                 data[sub] = np.nan
-            elif data.size and np.isnan(data[sub].flat[0]) and not _chunk_present(self.store, self.name, idx):
+            elif data.size and _fill(data[sub].flat[0]) and not _chunk_present(self.store, self.name, idx):
                 raise self._fail(idx, f"missing ({_absent(self.store)})")
         return data[rel]
+
+
+def _fill(value: Any) -> bool:
+    # what an absent chunk reads as: NaN, or for integer counts their largest value
+    if isinstance(value, np.integer):
+        return bool(value == np.iinfo(value.dtype).max)
+    return bool(np.isnan(value))
 
 
 def _checked_array(store: StorePath, name: str, expected: dict[str, int]) -> Any:
@@ -192,7 +199,7 @@ def _checked_array(store: StorePath, name: str, expected: dict[str, int]) -> Any
 
 
 def _problem(exc: Exception) -> str:
-    if isinstance(exc, Misplaced):
+    if isinstance(exc, (Misplaced, Absent)):
         return exc.detail
     return f"corrupt ({type(exc).__name__}: {exc})"
 

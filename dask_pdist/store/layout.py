@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dask_pdist.conventions import (
+    ALL_METRICS,
     BOOKKEEPING,
     CLUSTERS_MARKER_ATTR,
     COMPLETE_ATTR,
@@ -51,7 +52,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 #: Root arrays a store of ours may hold (``chunk_done`` only in the old layout).
-ROOT_ARRAYS = ("euclidean", "chebyshev", "step", "token_i", "token_j", "embedding_rms", DONE)
+ROOT_ARRAYS = (*ALL_METRICS, "step", "token_i", "token_j", "embedding_rms", DONE)
 BOOKKEEPING_ARRAYS = (DONE, INPUT_CHECKSUM, "chunk_digest")
 # files inside one zarr array: its metadata, chunk files c/0/1/2, and temp files of killed writes
 _ARRAY_ENTRY = re.compile(r"zarr\.json|c(/\d+)+(\.[^/]+\.partial)?|c(/\d+)*/\d+\.[^/]+\.partial")

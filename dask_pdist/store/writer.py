@@ -120,7 +120,9 @@ def _build(ds: xr.Dataset, tmp: Path, compressor: str, fingerprint: dict[str, An
         name: {
             "chunks": tuple(c[0] for c in var.chunks),
             "compressors": codecs(compressor, var.dtype.itemsize, str(name)),
-            "_FillValue": np.nan,  # an unwritten chunk reads as NaN, never as distance 0
+            # an unwritten chunk reads as NaN, never as distance 0; an integer count has no NaN:
+            # an absent chunk of it is refused by its recorded digest (store/digests.py)
+            **({"_FillValue": np.nan} if var.dtype.kind == "f" else {}),
         }
         for name, var in ds.data_vars.items()
     }
