@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from dask_pdist.analyses.neighbours_store import neighbours_to_zarr, open_neighbours
     from dask_pdist.analyses.summary import summarize
     from dask_pdist.conventions import METRICS, OUTPUT_DTYPES
-    from dask_pdist.errors import InputError, StoreError
+    from dask_pdist.errors import EngineError, InputError, StoreError
     from dask_pdist.graphs.dataset import pairwise_distances
     from dask_pdist.io.history import open_history, parse_token_ids
     from dask_pdist.io.synthetic import synthetic_events, write_synthetic_history
@@ -44,6 +44,7 @@ _WHERE = {
     "OUTPUT_DTYPES": "conventions",
     "InputError": "errors",
     "StoreError": "errors",
+    "EngineError": "errors",
     "open_history": "io.history",
     "pairwise_distances": "graphs.dataset",
     "to_zarr": "store.writer",
@@ -72,6 +73,7 @@ __all__ = [
     "OUTPUT_DTYPES",
     "InputError",
     "StoreError",
+    "EngineError",
     "open_history",
     "pairwise_distances",
     "to_zarr",

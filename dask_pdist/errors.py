@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["InputError", "StoreError"]
+__all__ = ["InputError", "StoreError", "EngineError"]
 
 
 class InputError(ValueError):
@@ -11,3 +11,7 @@ class InputError(ValueError):
 
 class StoreError(ValueError):
     """An output store is missing, incomplete, or must not be written over."""
+
+
+class EngineError(ValueError):
+    """The requested compute engine cannot run here (no GPU, or its optional extra is missing)."""

@@ -66,7 +66,7 @@ def test_imports_point_down(path):
     assert not wrong, "\n".join(wrong)
 
 
-@pytest.mark.parametrize("path", sorted(PACKAGE.glob("kernels/*.py")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(PACKAGE.glob("kernels/**/*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_kernels_are_numpy_in_numpy_out(path):
     heavy = [m for _, m in _imports(path) if m.split(".")[0] in ("dask", "xarray", "zarr", "pandas", "fsspec")]
     assert not heavy, f"{path.name} imports {heavy}"
