@@ -152,6 +152,28 @@ def clusters_equal_cpu():
         _equal(got, want, f"{metric} labels, {max_edges} pair slots")
 
 
+@check
+def engines_give_identical_datasets():
+    import dask
+    import xarray as xr
+
+    import dask_pdist as dp
+    from dask_pdist.kernels.engine import resolve_engine
+
+    assert resolve_engine("auto") == "cuda", "auto should pick the (simulated) GPU"
+    x = random_history((3, 11, 5), seed=8)
+    h = xr.DataArray(x, dims=("step", "token", "dim")).chunk({"step": 2})
+    with dask.config.set(scheduler="threads"):
+        got = dp.pairwise_distances(h, engine="cuda", token_chunk=4).compute()  # 3 x 3 tiles
+        xr.testing.assert_identical(got, dp.pairwise_distances(h, token_chunk=4).compute())
+        got = dp.neighbours(h, k=3, engine="cuda", token_chunk=4).compute()
+        xr.testing.assert_identical(got, dp.neighbours(h, k=3, token_chunk=4).compute())
+        got = dp.clusters(h, 0.7, engine="cuda").compute()
+        want = dp.clusters(h, 0.7).compute()
+        assert (want.n_clusters > 0).any(), "the threshold joins nothing: the check would be empty"
+        xr.testing.assert_identical(got, want)
+
+
 def main() -> None:
     assert os.environ.get("NUMBA_ENABLE_CUDASIM") == "1", "run with NUMBA_ENABLE_CUDASIM=1 (see tests/test_cuda.py)"
     _small_geometry()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from dask_pdist.cli.main import main
 from dask_pdist.errors import EngineError
 from dask_pdist.kernels import engine as engine_module
 from dask_pdist.kernels.engine import resolve_engine
@@ -24,7 +25,7 @@ SCRIPT = HERE / "cuda_simulated.py"
 sys.path.insert(0, str(HERE))
 from cuda_simulated import CHECKS  # noqa: E402  (numpy only: the checks import the kernels when run)
 
-KERNEL_CHECKS = list(CHECKS)
+KERNEL_CHECKS = [name for name in CHECKS if name != "engines_give_identical_datasets"]
 
 
 def _simulate(names: list[str]) -> subprocess.Popen:
@@ -54,6 +55,13 @@ def simulated() -> dict[str, str]:
 @pytest.mark.parametrize("name", KERNEL_CHECKS)
 def test_cuda_kernel_under_the_simulator(simulated, name):
     assert simulated[name] == "ok", simulated[name]
+
+
+@pytest.mark.slow
+def test_cuda_engine_through_the_graphs_under_the_simulator():
+    # pairwise_distances, neighbours and clusters with engine="cuda" equal engine="cpu"
+    results = _results(_simulate(["engines_give_identical_datasets"]))
+    assert results == {"engines_give_identical_datasets": "ok"}, results["engines_give_identical_datasets"]
 
 
 def test_the_test_process_never_imports_numba_cuda():
@@ -101,3 +109,35 @@ def test_missing_extra_is_named_with_the_install_command():
         " pip install \"dask_pdist[cuda]\"; use engine='cpu' or 'auto' (--engine cpu)",
         "[]",  # nothing of CUDA was imported
     ]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["compute", "{h}", "-o", "{tmp}/d.zarr"],
+        ["neighbours", "{h}", "-k", "2", "-o", "{tmp}/n.zarr"],
+        ["clusters", "{h}", "--threshold", "0.5"],
+    ],
+)
+def test_cli_engine_cuda_without_a_gpu_is_one_line_exit_2(command, no_gpu, tmp_path, capsys):
+    import dask_pdist as dp
+
+    h = tmp_path / "h.safetensors"
+    dp.write_synthetic_history(h, steps=3, vocab=6, dim=4)
+    argv = [a.format(h=h, tmp=tmp_path) for a in command] + ["--engine", "cuda", "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("dask-pdist: error: engine='cuda' cannot run here: no CUDA GPU"), err
+    assert not any(p.name.endswith(".zarr") for p in tmp_path.iterdir()), "an output was created before the error"
+
+
+def test_cli_engine_cpu_and_auto_compute(tmp_path, capsys):
+    import dask_pdist as dp
+
+    h = tmp_path / "h.safetensors"
+    dp.write_synthetic_history(h, steps=3, vocab=6, dim=4)
+    assert main(["compute", str(h), "-o", str(tmp_path / "cpu.zarr"), "--engine", "cpu", "--no-progress"]) == 0
+    assert main(["compute", str(h), "-o", str(tmp_path / "auto.zarr"), "--engine", "auto", "--no-progress"]) == 0
+    a = dp.open_distances(tmp_path / "cpu.zarr").load()
+    b = dp.open_distances(tmp_path / "auto.zarr").load()
+    assert (a.euclidean == b.euclidean).all() and (a.chebyshev == b.chebyshev).all()

@@ -15,7 +15,15 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from dask_pdist.conventions import HISTORY_DIMS, KIND_ATTR, NEIGHBOUR_DIMS, NEIGHBOURS_KIND, Metric, check_metric
+from dask_pdist.conventions import (
+    HISTORY_DIMS,
+    KIND_ATTR,
+    NEIGHBOUR_DIMS,
+    NEIGHBOURS_KIND,
+    Engine,
+    Metric,
+    check_metric,
+)
 from dask_pdist.graphs.knn import neighbour_array
 from dask_pdist.io.history import provenance
 from dask_pdist.kernels.knn import churn_block
@@ -39,6 +47,7 @@ def neighbours(
     metric: Metric = "euclidean",
     *,
     token_chunk: int | Literal["auto"] = "auto",
+    engine: Engine = "cpu",
 ) -> xr.Dataset:
     """The k nearest tokens of every token at every step, exactly, lazily.
 
@@ -52,6 +61,9 @@ def neighbours(
     metric : {"euclidean", "chebyshev"}
     token_chunk : int or "auto"
         Tokens per block (``"auto"``: ~2e9 pair-dims of work per block-pair task).
+    engine : {"cpu", "cuda", "auto"}
+        Where the kernels run: ``"cuda"`` on a GPU (the ``dask_pdist[cuda]`` extra, k <=
+        2048), ``"auto"`` there when it can, else on the CPU. The lists are the same.
 
     Returns
     -------
@@ -78,7 +90,7 @@ def neighbours(
     data = history.data
     if not isinstance(data, da.Array):
         data = da.from_array(data, chunks=(1, -1, -1))
-    rec = neighbour_array(data, k, metric, token_ids=_token_ids(history), token_chunk=token_chunk)
+    rec = neighbour_array(data, k, metric, token_ids=_token_ids(history), token_chunk=token_chunk, engine=engine)
     coords = {
         "step": history["step"].values if "step" in history.coords else np.arange(history.sizes["step"]),
         "token": history["token"].values if "token" in history.coords else np.arange(history.sizes["token"]),

@@ -25,7 +25,7 @@ def _cmd_neighbours(args: argparse.Namespace) -> None:
         token_ids=args.token_ids,
         storage_options=_opts(args, source),
     )
-    nbrs = dp.neighbours(history, k=args.k, metric=args.metric)
+    nbrs = dp.neighbours(history, k=args.k, metric=args.metric, engine=args.engine)
     delayed = dp.neighbours_to_zarr(nbrs, args.output, overwrite=args.overwrite, compute=False)
     print(
         f"{history.attrs['source']} [{history.name}]: {history.sizes['step']:,} steps"
@@ -220,7 +220,7 @@ def clusters_report(
         from dask_pdist.io.paths import local_path
 
         local_path(output, "clusters store")
-    ds = dp.clusters(source, threshold, metric=metric)
+    ds = dp.clusters(source, threshold, metric=metric, engine=getattr(args, "engine", "cpu"))
     target = f" -> {output}" if output else ""
     print(f"{what}: clusters at {metric} distance <= {threshold}{target}", file=sys.stderr)
     if output:

@@ -160,3 +160,15 @@ def _resume_command(argv: Sequence[str]) -> str:
             kept.append(shlex.quote(a))
     note = "  (with the same --storage-options)" if hidden else ""
     return "dask-pdist " + " ".join(kept) + " --resume" + note
+
+
+def _add_engine(p: argparse.ArgumentParser) -> None:
+    from dask_pdist.conventions import ENGINES
+
+    p.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="cpu",
+        help='where the kernels run: cpu, cuda (a GPU; pip install "dask_pdist[cuda]"), or auto (cuda when a GPU'
+        " and the extra are present); the results are identical (default: cpu)",
+    )

@@ -15,6 +15,7 @@ from dask.array.core import PerformanceWarning
 
 from dask_pdist.conventions import METRICS, Metric, check_dtype, check_metrics
 from dask_pdist.kernels.distances import cross_block, pairwise_block
+from dask_pdist.kernels.engine import resolve_engine
 from dask_pdist.planning import plan_token_chunk
 
 __all__ = ["pairwise_arrays"]
@@ -32,12 +33,17 @@ def _distance_block(
     *,
     which: tuple[int, ...],
     out_dtype: str,
+    engine: str = "cpu",
 ) -> np.ndarray:
     step0 = int(steps[0]) if steps.size else 0
+    pairwise, cross = pairwise_block, cross_block
+    if engine == "cuda":  # imported in the task: the CPU path never loads the CUDA modules
+        from dask_pdist.kernels.cuda.distances import cross_block_cuda as cross
+        from dask_pdist.kernels.cuda.distances import pairwise_block_cuda as pairwise
     if ia[0] == jb[0]:  # a diagonal tile: xa and xb hold the same tokens
-        out = pairwise_block(xa, step0=step0, token0=int(ia[0]))
+        out = pairwise(xa, step0=step0, token0=int(ia[0]))
     else:
-        out = cross_block(xa, xb, step0=step0, token0_a=int(ia[0]), token0_b=int(jb[0]))
+        out = cross(xa, xb, step0=step0, token0_a=int(ia[0]), token0_b=int(jb[0]))
     if which != tuple(range(len(METRICS))):
         out = out[list(which)]
     if out_dtype == "float16":
@@ -76,6 +82,7 @@ def pairwise_arrays(
     dtype: str = "float32",
     token_chunk: int | Literal["auto"] = "auto",
     steps: np.ndarray | None = None,
+    engine: str = "cpu",
 ) -> dict[str, da.Array]:
     """Lazy distance arrays of every metric from one ``dask.array.blockwise`` graph.
 
@@ -91,6 +98,9 @@ def pairwise_arrays(
         matrices exceed 16 MiB (then steps go one per task).
     steps : numpy.ndarray, optional
         Step labels (length step), named by errors; default 0..step-1.
+    engine : {"cpu", "cuda", "auto"}
+        Where the kernel runs (:func:`dask_pdist.kernels.engine.resolve_engine`); the
+        results are the same bit for bit.
 
     Returns
     -------
@@ -107,6 +117,7 @@ def pairwise_arrays(
     """
     metrics = check_metrics(metrics)
     dtype = check_dtype(dtype)
+    engine = resolve_engine(engine)
     if x.ndim != 3:
         raise ValueError(f"history must be 3-D (step, token, dim), got shape {x.shape}")
     if 0 in x.shape:  # no block to compute: refuse before a store is created for it
@@ -133,7 +144,7 @@ def pairwise_arrays(
     with warnings.catch_warnings():
         # tiling token_i x token_j multiplies the chunk count on purpose
         warnings.simplefilter("ignore", PerformanceWarning)
-        out = _blockwise(x, step_ids, ids, step_labels, len(metrics), which, dtype)
+        out = _blockwise(x, step_ids, ids, step_labels, len(metrics), which, dtype, engine)
     return {m: out[k] for k, m in enumerate(metrics)}
 
 
@@ -145,6 +156,7 @@ def _blockwise(
     n_metrics: int,
     which: tuple[int, ...],
     dtype: str,
+    engine: str,
 ) -> da.Array:
     return da.blockwise(
         _distance_block,
@@ -167,4 +179,5 @@ def _blockwise(
         meta=np.empty((0, 0, 0, 0), dtype=dtype),
         which=which,
         out_dtype=dtype,
+        engine=engine,
     )
