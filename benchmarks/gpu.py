@@ -181,6 +181,17 @@ def _row(case: str, ours: float, theirs: float | None, note: str = "") -> str:
     return f"| {case} | {ours:.3f} | {torch_s} | {ratio} | {note} |"
 
 
+def ptx_check() -> str:
+    """One line: whether any kernel, compiled for this GPU, fuses a multiply-add (it must not)."""
+    from numba import cuda
+
+    from dask_pdist.kernels.cuda.ptx import float_ops
+
+    cc = cuda.get_current_device().compute_capability
+    fused = sorted({op for ops in float_ops(cc).values() for op in ops if op.startswith(("fma", "mad"))})
+    return f"PTX for sm_{cc[0]}{cc[1]}: " + (f"FUSED {fused}: not bit-identical" if fused else "no fma in any kernel")
+
+
 def warm_up(engine: str, work: Path) -> None:
     """Compile the engine's kernels and load torch's and zarr's libraries on tiny inputs (untimed)."""
     import dask_pdist as dp
@@ -220,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\nNo CUDA GPU (or no numba-cuda): both sides ran on the CPU. These are not GPU results.")
     if args.quick:
         print("\n--quick: tiny sizes, one run each; a smoke test, not a result.")
+    if engine == "cuda":
+        print("\n" + ptx_check())
     print("\n| case | dask_pdist s | torch s | torch / ours | note |\n|---|---|---|---|---|")
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:

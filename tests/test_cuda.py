@@ -141,3 +141,27 @@ def test_cli_engine_cpu_and_auto_compute(tmp_path, capsys):
     a = dp.open_distances(tmp_path / "cpu.zarr").load()
     b = dp.open_distances(tmp_path / "auto.zarr").load()
     assert (a.euclidean == b.euclidean).all() and (a.chebyshev == b.chebyshev).all()
+
+
+def test_no_kernel_fuses_a_multiply_add():
+    # the bit-for-bit promise on a real GPU rests on the .rn intrinsics: compile every kernel
+    # to PTX (no GPU needed, but the CUDA compiler of dask_pdist[cuda]) and look for fma
+    code = (
+        "import json\n"
+        "from dask_pdist.kernels.cuda.ptx import float_ops\n"
+        "try:\n    ops = float_ops((9, 0))\n"
+        "except Exception as exc:\n"
+        "    if type(exc).__name__ != 'DynamicLibNotFoundError':\n        raise\n"
+        "    ops = {'missing': str(exc)}\n"
+        "print(json.dumps(ops))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ops = json.loads(proc.stdout.strip().splitlines()[-1])
+    if "missing" in ops:  # the test extra has numba-cuda's simulator, not the CUDA compiler
+        pytest.skip(f'needs the CUDA compiler libraries (pip install "dask_pdist[cuda]"): {ops["missing"]}')
+    fused = {name: op for name, o in ops.items() for op in o if op.startswith(("fma", "mad"))}
+    assert not fused, fused
+    # and the reduction is there, as correctly rounded separate operations
+    assert ops["pairs float32"].get("mul.rn.f32") and ops["pairs float32"].get("add.rn.f32"), ops["pairs float32"]
+    assert ops["pairs float64"].get("mul.rn.f64") and ops["pairs float64"].get("add.rn.f64"), ops["pairs float64"]

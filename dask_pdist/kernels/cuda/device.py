@@ -18,6 +18,7 @@ worker resources, see docs/gpu.md.
 from __future__ import annotations
 
 import threading
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -46,8 +47,14 @@ _LOCK = threading.Lock()
 
 @contextmanager
 def gpu_lock() -> Iterator[None]:
-    """Hold the process's GPU: one task at a time runs CUDA work (and holds device memory)."""
-    with _LOCK:
+    """Hold the process's GPU: one task at a time runs CUDA work (and holds device memory).
+
+    numba-cuda's performance warnings (a small grid "will likely result in GPU
+    under-utilization") are silenced inside: small blocks are the caller's data, not a fault.
+    """
+    with _LOCK, warnings.catch_warnings():
+        # by message: numba-cuda and numba's built-in CUDA target have different warning classes
+        warnings.filterwarnings("ignore", message=r"Grid size \d+ will likely result in GPU under-utilization")
         yield
 
 
@@ -89,7 +96,8 @@ else:  # pragma: no cover - needs a GPU
 
     @cuda.jit(device=True, inline=True)
     def _bf16_bits_to_float(bits):
-        return libdevice.int_as_float(np.int32(bits) << 16)
+        # numba widens the shift to int64; the cast back keeps its low 32 bits (the float's)
+        return libdevice.int_as_float(np.int32(np.int64(bits) << 16))
 
 
 def arith(dtype: np.dtype) -> tuple:
