@@ -84,12 +84,14 @@ def _torch_rows(v: int, d: int) -> int:
 
 
 def e2e_ours(history: Path, out: Path, engine: str) -> None:
+    """History file to a distance store with dask_pdist."""
     import dask_pdist as dp
 
     dp.to_zarr(dp.pairwise_distances(dp.open_history(history), engine=engine), out, progress=False)
 
 
 def e2e_torch(history: Path, out: Path) -> None:
+    """History file to both matrices in a safetensors file with torch.cdist on the device."""
     import torch
     from safetensors.torch import load_file, save_file
 
@@ -109,6 +111,7 @@ def e2e_torch(history: Path, out: Path) -> None:
 
 
 def knn_ours(x: np.ndarray, metric: str, engine: str) -> np.ndarray:
+    """(V, k) exact neighbours of one snapshot with dask_pdist's kernel."""
     if engine == "cuda":
         from dask_pdist.kernels.cuda.knn import knn_block_cuda
 
@@ -119,6 +122,7 @@ def knn_ours(x: np.ndarray, metric: str, engine: str) -> np.ndarray:
 
 
 def knn_torch(x: np.ndarray, metric: str) -> np.ndarray:
+    """(V, k + 1) neighbours (the token itself included) with torch.cdist + topk in row batches."""
     import torch
 
     v, d = x.shape
@@ -136,6 +140,7 @@ def knn_torch(x: np.ndarray, metric: str) -> np.ndarray:
 
 
 def clusters_ours(x: np.ndarray, threshold: float, engine: str) -> np.ndarray:
+    """(V,) canonical cluster labels of one snapshot with dask_pdist."""
     if threshold == 0:
         from dask_pdist.kernels.cluster_rows import equal_row_labels
 
@@ -151,6 +156,7 @@ def clusters_ours(x: np.ndarray, threshold: float, engine: str) -> np.ndarray:
 
 
 def clusters_torch(x: np.ndarray, threshold: float) -> np.ndarray:
+    """(V,) cluster labels with torch (unique rows, or cdist + nonzero + connected components)."""
     import torch
 
     t = torch.from_numpy(x).to(_device())

@@ -20,7 +20,7 @@ from dask_pdist.kernels.cuda.device import DEVICE_BYTES, cuda, gpu_lock, rows_pe
 from dask_pdist.kernels.cuda.distances import _NO_PAIR, launch_pairs
 from dask_pdist.kernels.distances import _raise_overflow
 
-__all__ = ["EDGES", "cluster_labels_cuda"]
+__all__ = ["EDGES", "EDGE_THREADS", "cluster_labels_cuda"]
 
 #: Pairs one batch may list on the device (int32 pairs: 32 MiB); a batch with more is joined on the host.
 EDGES = 2**22

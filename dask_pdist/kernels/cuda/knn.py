@@ -24,7 +24,7 @@ from dask_pdist.kernels.cuda.distances import _NO_PAIR, launch_pairs
 from dask_pdist.kernels.distances import _raise_overflow
 from dask_pdist.kernels.knn import check_k
 
-__all__ = ["MAX_K", "knn_block_cuda"]
+__all__ = ["MAX_K", "LANES", "lanes_for", "select_kernel", "knn_block_cuda"]
 
 #: The largest k of the CUDA engine: the lanes' lists of one row share 2048 entries of shared memory.
 MAX_K = 2048
