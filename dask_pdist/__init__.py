@@ -23,13 +23,13 @@ from typing import TYPE_CHECKING, Any
 from dask_pdist._version import __version__
 
 if TYPE_CHECKING:
-    from dask_pdist.analyses.clusters import clusters, write_clusters
+    from dask_pdist.analyses.clusters import clusters, open_clusters, write_clusters
     from dask_pdist.analyses.events import cluster_events
     from dask_pdist.analyses.neighbours import neighbour_churn, neighbours
     from dask_pdist.analyses.neighbours_store import neighbours_to_zarr, open_neighbours
     from dask_pdist.analyses.summary import summarize
     from dask_pdist.conventions import METRICS, OUTPUT_DTYPES
-    from dask_pdist.errors import EngineError, InputError, StoreError
+    from dask_pdist.errors import EngineError, InputError, RepairWarning, StoreError
     from dask_pdist.graphs.dataset import pairwise_distances
     from dask_pdist.io.history import open_history, parse_token_ids
     from dask_pdist.io.synthetic import synthetic_events, write_synthetic_history
@@ -44,6 +44,7 @@ _WHERE = {
     "OUTPUT_DTYPES": "conventions",
     "InputError": "errors",
     "StoreError": "errors",
+    "RepairWarning": "errors",
     "EngineError": "errors",
     "open_history": "io.history",
     "pairwise_distances": "graphs.dataset",
@@ -65,6 +66,7 @@ _WHERE = {
     "neighbour_churn": "analyses.neighbours",
     "neighbours_to_zarr": "analyses.neighbours_store",
     "open_neighbours": "analyses.neighbours_store",
+    "open_clusters": "analyses.clusters",
 }
 
 __all__ = [
@@ -73,6 +75,7 @@ __all__ = [
     "OUTPUT_DTYPES",
     "InputError",
     "StoreError",
+    "RepairWarning",
     "EngineError",
     "open_history",
     "pairwise_distances",
@@ -92,6 +95,7 @@ __all__ = [
     "neighbour_churn",
     "neighbours_to_zarr",
     "open_neighbours",
+    "open_clusters",
     "compute_runs",
     "find_runs",
 ]

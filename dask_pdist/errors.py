@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["InputError", "StoreError", "EngineError"]
+__all__ = ["InputError", "StoreError", "RepairWarning", "EngineError"]
 
 
 class InputError(ValueError):
@@ -11,6 +11,10 @@ class InputError(ValueError):
 
 class StoreError(ValueError):
     """An output store is missing, incomplete, or must not be written over."""
+
+
+class RepairWarning(UserWarning):
+    """``--resume`` found written chunks that fail their checks and recomputes them."""
 
 
 class EngineError(ValueError):

@@ -121,13 +121,15 @@ def small_store(tmp_path, capsys):
 
 def test_refuses_existing_store_unless_overwrite(small_store, capsys):
     src, out = small_store
-    assert "already exists; pass overwrite=True (--overwrite)" in _error(capsys, ["compute", str(src), "-o", out])
+    assert "already exists; pass --overwrite to replace it" in _error(capsys, ["compute", str(src), "-o", out])
     assert main(["compute", str(src), "-o", out, "--overwrite", "--no-progress"]) == 0
 
 
-def test_debug_shows_traceback(tmp_path):
-    with pytest.raises(FileNotFoundError):
-        main(["--debug", "compute", str(tmp_path / "nope"), "-o", str(tmp_path / "o.zarr")])
+def test_debug_shows_traceback_and_keeps_the_exit_code(tmp_path, capsys):
+    assert main(["--debug", "compute", str(tmp_path / "nope"), "-o", str(tmp_path / "o.zarr")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback") and "FileNotFoundError" in err
+    assert err.strip().splitlines()[-1].startswith("dask-pdist: error: ")
 
 
 @pytest.mark.parametrize(

@@ -208,7 +208,7 @@ def test_outputs_on_s3_are_checked_before_any_work(history_s3, s3_bucket, capsys
     store = f"{s3_bucket}/d.zarr"
     assert main(["compute", url, "-o", store, "--no-progress", "--chunk-steps", "10"]) == 0
     assert main(["compute", url, "-o", store, "--no-progress"]) == 2
-    assert "already exists; pass overwrite=True (--overwrite)" in capsys.readouterr().err
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
     fs.pipe(f"{store}/euclidean/c/0/0/0.bak", b"x")  # something we never write
     assert main(["compute", url, "-o", store, "--no-progress", "--overwrite"]) == 2
     assert "holds files dask_pdist did not write (euclidean/c/0/0/0.bak)" in capsys.readouterr().err

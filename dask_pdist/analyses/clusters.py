@@ -33,7 +33,7 @@ from dask_pdist.conventions import CLUSTER_DIMS, CLUSTERS_MARKER_ATTR, METRICS, 
 from dask_pdist.graphs.clusters import cluster_arrays
 from dask_pdist.kernels.engine import resolve_engine
 
-__all__ = ["THRESHOLD_NAMES", "clusters", "write_clusters"]
+__all__ = ["THRESHOLD_NAMES", "clusters", "write_clusters", "open_clusters"]
 
 #: Named thresholds: "bf16" is one bf16 spacing at the step's RMS embedding coordinate.
 THRESHOLD_NAMES: tuple[str, ...] = ("bf16",)
@@ -308,13 +308,21 @@ def write_clusters(
     --------
     >>> write_clusters(clusters(open_history("h.safetensors")), "clusters.zarr")  # doctest: +SKIP
     """
+    from dask_pdist.io.locks import acquire_lock, release_lock
     from dask_pdist.io.paths import local_path
-    from dask_pdist.io.publish import check_parent, clean_stale, discard, hidden_name
+    from dask_pdist.io.publish import check_parent, clean_stale, discard, hidden_name, named
+    from dask_pdist.store.codecs import checked_codecs
 
     path = local_path(path, "clusters store")
-    clean_stale(path)
     _check_clusters_target(path, overwrite)
     check_parent(path)
+    lock = acquire_lock(path, "clusters store")  # held until published (or failed)
+    try:
+        clean_stale(path)
+        _check_clusters_target(path, overwrite)
+    except BaseException:
+        release_lock(path, lock)
+        raise
     ds = ds.copy()
     ds["token"] = ds["token"].astype(object) if ds["token"].dtype.kind in "OUS" else ds["token"]
     # written under a hidden name and renamed when complete: an interrupted write must not
@@ -325,14 +333,16 @@ def write_clusters(
             # consolidated metadata is a zarr-python extension to format 3; written so that plain
             # xarray.open_zarr(path) opens the store without a fallback warning
             warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
-            stored = ds.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=True, compute=False)
-        finish = dask.delayed(_finish_clusters)(stored, str(tmp), str(path), overwrite)
+            encoding = {name: {"compressors": checked_codecs()} for name in [*ds.data_vars, *ds.coords]}
+            stored = ds.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=True, encoding=encoding, compute=False)
+        finish = dask.delayed(_finish_clusters, pure=False)(stored, str(tmp), str(path), overwrite, lock)
         if not compute:
             return finish
         finish.compute()
-    except BaseException:
+    except BaseException as exc:
         discard(tmp)
-        raise
+        release_lock(path, lock)
+        raise named(exc, path) from exc
     return None
 
 
@@ -346,12 +356,42 @@ def _check_clusters_target(path: Path, overwrite: bool) -> None:
             raise StoreError(f"{path}: already exists; pass overwrite=True (--overwrite) to replace it")
 
 
-def _finish_clusters(_stored: Any, tmp: str, path: str, overwrite: bool) -> None:
+def _finish_clusters(_stored: Any, tmp: str, path: str, overwrite: bool, lock: str) -> None:
+    from dask_pdist.io.locks import release_lock
     from dask_pdist.io.publish import discard, publish
+    from dask_pdist.store.digests import file_digests, manifest_with
 
     try:
         _check_clusters_target(Path(path), overwrite)  # again: it may have appeared meanwhile
+        # every chunk's checksum recorded by position (store/digests.py), then published: the old
+        # store stays until the new one is whole
+        manifest_with(Path(tmp), file_digests(Path(tmp)))
+        publish(tmp, path, replace=overwrite)
     except BaseException:
         discard(tmp)
         raise
-    publish(tmp, path, replace=overwrite)  # the old store stays until the new one is whole
+    finally:
+        release_lock(Path(path), lock)
+
+
+def open_clusters(path: str | os.PathLike[str]) -> xr.Dataset:
+    """Open a clusters store (from :func:`write_clusters`) lazily; every chunk read is checked
+    against the checksum recorded for its position.
+
+    Examples
+    --------
+    >>> cl = open_clusters("clusters.zarr")  # doctest: +SKIP
+    >>> cluster_events(cl)  # doctest: +SKIP
+    """
+    from dask_pdist.errors import StoreError
+    from dask_pdist.io.paths import local_path
+    from dask_pdist.store.digests import checked_store, read_manifest
+
+    path = local_path(path, "clusters store")
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: store not found")
+    if not _is_clusters_store(path):
+        raise StoreError(f"{path}: not a dask_pdist clusters store (no zarr.json with {CLUSTERS_MARKER_ATTR!r})")
+    ds = xr.open_zarr(checked_store(path, read_manifest(path)), zarr_format=3, consolidated=True, chunks={})
+    ds.encoding["source"] = str(path)
+    return ds

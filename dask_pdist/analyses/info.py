@@ -40,12 +40,12 @@ def describe(
     import zarr
 
     from dask_pdist.analyses.neighbours_store import is_neighbours_store
-    from dask_pdist.errors import InputError
+    from dask_pdist.errors import InputError, StoreError
     from dask_pdist.io.checkpoints import directory_hint
     from dask_pdist.io.history import is_checkpoint_spec
     from dask_pdist.io.safetensors_format import read_header
     from dask_pdist.io.sources import read_npy_header
-    from dask_pdist.store.layout import has_bookkeeping, is_store, store_progress
+    from dask_pdist.store.layout import check_metadata, has_bookkeeping, is_store, store_progress
 
     if is_checkpoint_spec(path):
         if any_url(path):  # type: ignore[arg-type]
@@ -77,6 +77,11 @@ def describe(
         )
         return "\n".join(lines)
     if path.is_dir() and is_store(path):
+        try:
+            check_metadata(path)
+        except StoreError as exc:
+            lines.append(f"  DAMAGED dask_pdist store: {str(exc).split(': ', 1)[1]}")
+            return "\n".join(lines)
         group = zarr_group(path, "r", use_consolidated=False)
         steps = np.asarray(group["step"][:])
         lines.append(f"  dask_pdist store, version {group.attrs.get('dask_pdist_version', '?')}")

@@ -19,8 +19,11 @@ import xarray as xr
 
 from dask_pdist.conventions import KIND_ATTR, NEIGHBOURS_KIND
 from dask_pdist.errors import StoreError
+from dask_pdist.io.locks import acquire_lock, release_lock
 from dask_pdist.io.paths import local_path
-from dask_pdist.io.publish import check_parent, clean_stale, discard, hidden_name, publish
+from dask_pdist.io.publish import check_parent, clean_stale, discard, hidden_name, named, publish
+from dask_pdist.store.codecs import checked_codecs
+from dask_pdist.store.digests import checked_store, file_digests, manifest_with, read_manifest
 
 __all__ = ["neighbours_to_zarr", "open_neighbours", "is_neighbours_store"]
 
@@ -49,9 +52,17 @@ def _check_target(path: Path, overwrite: bool) -> None:
     check_parent(path)
 
 
-def _publish(_written: Any, tmp: str, path: str, overwrite: bool) -> str:
-    # the old store (overwrite) stays readable until the new one is whole
-    publish(tmp, path, replace=overwrite)
+def _publish(_written: Any, tmp: str, path: str, overwrite: bool, lock: str) -> str:
+    # every chunk's checksum recorded by position (store/digests.py), then published: the old
+    # store (overwrite) stays readable until the new one is whole
+    try:
+        manifest_with(Path(tmp), file_digests(Path(tmp)))
+        publish(tmp, path, replace=overwrite)
+    except BaseException:
+        discard(tmp)
+        raise
+    finally:
+        release_lock(Path(path), lock)
     return path
 
 
@@ -84,27 +95,36 @@ def neighbours_to_zarr(
     if ds.attrs.get(KIND_ATTR) != NEIGHBOURS_KIND:
         raise ValueError("ds is not a neighbours Dataset (see neighbours())")
     path = local_path(path, "neighbours store")
-    clean_stale(path)
     _check_target(path, overwrite)
+    lock = acquire_lock(path, "neighbours store")  # held until published (or failed)
+    try:
+        clean_stale(path)
+        _check_target(path, overwrite)
+    except BaseException:
+        release_lock(path, lock)
+        raise
     tmp = hidden_name(path)
     # store chunks = dask chunks: each task writes whole chunks of its own
     encoding = {
-        name: {"chunks": tuple(c[0] for c in var.chunks) if var.chunks else var.shape}
+        name: {"chunks": tuple(c[0] for c in var.chunks) if var.chunks else var.shape, "compressors": checked_codecs()}
         for name, var in ds.data_vars.items()
     }
-    with warnings.catch_warnings():
-        # consolidated metadata is a zarr-python extension to format 3 (as in store/layout.py): plain
-        # xarray.open_zarr(path) then opens the store without a fallback warning
-        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
-        written = ds.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=True, encoding=encoding, compute=False)
-    job = dask.delayed(_publish, pure=False)(written, str(tmp), str(path), overwrite)
-    if not compute:
-        return job
+    for name in ds.coords:
+        encoding[name] = {"compressors": checked_codecs()}
     try:
+        with warnings.catch_warnings():
+            # consolidated metadata is a zarr-python extension to format 3 (as in store/layout.py): plain
+            # xarray.open_zarr(path) then opens the store without a fallback warning
+            warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+            written = ds.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=True, encoding=encoding, compute=False)
+        job = dask.delayed(_publish, pure=False)(written, str(tmp), str(path), overwrite, lock)
+        if not compute:
+            return job
         return job.compute()
-    except BaseException:
+    except BaseException as exc:
         discard(tmp)
-        raise
+        release_lock(path, lock)
+        raise named(exc, path) from exc
 
 
 def open_neighbours(path: str | os.PathLike[str]) -> xr.Dataset:
@@ -120,4 +140,7 @@ def open_neighbours(path: str | os.PathLike[str]) -> xr.Dataset:
         raise FileNotFoundError(f"{path}: store not found")
     if not is_neighbours_store(path):
         raise StoreError(f"{path}: not a neighbours store (no zarr.json with {KIND_ATTR}={NEIGHBOURS_KIND!r})")
-    return xr.open_zarr(path, zarr_format=3, consolidated=True, chunks={})
+    # every chunk is read through the check of its recorded digest (store/digests.py)
+    ds = xr.open_zarr(checked_store(path, read_manifest(path)), zarr_format=3, consolidated=True, chunks={})
+    ds.encoding["source"] = str(path)
+    return ds

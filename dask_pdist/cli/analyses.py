@@ -8,7 +8,7 @@ import os
 import sys
 import time
 
-from dask_pdist.cli.common import _opts, _progress, _run
+from dask_pdist.cli.common import _opts, _progress, _run, _write_output
 
 
 def _cmd_neighbours(args: argparse.Namespace) -> None:
@@ -24,6 +24,7 @@ def _cmd_neighbours(args: argparse.Namespace) -> None:
         nonfinite=args.nonfinite,
         token_ids=args.token_ids,
         storage_options=_opts(args, source),
+        follow_symlinks=getattr(args, "follow_symlinks", False),
     )
     nbrs = dp.neighbours(history, k=args.k, metric=args.metric, engine=args.engine)
     delayed = dp.neighbours_to_zarr(nbrs, args.output, overwrite=args.overwrite, compute=False)
@@ -33,7 +34,7 @@ def _cmd_neighbours(args: argparse.Namespace) -> None:
         f" -> {args.k} nearest ({args.metric}) -> {args.output}",
         file=sys.stderr,
     )
-    _run(delayed, args.scheduler, not args.no_progress)
+    _write_output(delayed, args.output, args)
     print(f"\nWrote {args.output} in {time.perf_counter() - t0:.1f} s")
 
 
@@ -214,7 +215,13 @@ def clusters_report(
         source = dp.open_distances(input_path, storage_options=options)
         what = f"{input_path} (distance store)"
     else:
-        source = dp.open_history(input_path, key=key, token_ids=token_ids, storage_options=options)
+        source = dp.open_history(
+            input_path,
+            key=key,
+            token_ids=token_ids,
+            storage_options=options,
+            follow_symlinks=getattr(args, "follow_symlinks", False),
+        )
         what = f"{source.attrs['source']} [{source.name}]"
     if output:  # before any output: a clusters store is local (one error line)
         from dask_pdist.io.paths import local_path
@@ -224,15 +231,8 @@ def clusters_report(
     target = f" -> {output}" if output else ""
     print(f"{what}: clusters at {metric} distance <= {threshold}{target}", file=sys.stderr)
     if output:
-        import xarray as xr
-
-        _run(
-            dp.write_clusters(ds, output, overwrite=overwrite, compute=False),
-            None,
-            not args.no_progress,
-            desc="clustering",
-        )
-        ds = xr.open_zarr(output)
+        _write_output(dp.write_clusters(ds, output, overwrite=overwrite, compute=False), output, args, "clustering")
+        ds = dp.open_clusters(output)
     else:
         ds = _run(ds, None, not args.no_progress, desc="clustering")
     events = dp.cluster_events(ds)

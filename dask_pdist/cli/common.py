@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
@@ -32,6 +34,17 @@ def _metrics_arg(text: str) -> tuple[str, ...]:
     if bad or not metrics:
         raise argparse.ArgumentTypeError(f"unknown metric(s) {bad or text!r}; choose from {','.join(METRICS)}")
     return metrics
+
+
+def _output(text: str) -> str:
+    """An output path: '-' (standard output) is not one, every output here is a file or store
+    written whole under a hidden name first, then renamed."""
+    if text.strip() == "-":
+        raise argparse.ArgumentTypeError(
+            "'-' (standard output) is not supported: outputs are written whole, then published under"
+            " their name; give a file name"
+        )
+    return text
 
 
 def _positive(text: str) -> int:
@@ -129,6 +142,24 @@ def _run(delayed, scheduler: str | None, progress: bool, on_stop=None, desc: str
     return Job(delayed, desc=desc, on_stop=on_stop).execute(scheduler=scheduler, progress=progress)
 
 
+def _write_output(delayed, output: str, args: argparse.Namespace, desc: str = "computing") -> None:  # noqa: ANN001
+    """Run the job that builds a (non-resumable) output: a failure removes the partial output,
+    releases the lock and says so in one line naming the output (exit 1)."""
+    from pathlib import Path
+
+    from dask_pdist.io.publish import abandon
+
+    try:
+        _run(delayed, getattr(args, "scheduler", None), not args.no_progress, lambda exc: abandon(Path(output)), desc)
+    except Exception as exc:
+        if not isinstance(exc, OSError) and failure_cause(exc) is None:
+            raise
+        _debug_traceback(args)
+        why = failure_cause(exc) or (f"{exc.strerror}" if isinstance(exc, OSError) and exc.strerror else str(exc))
+        error_line(f"writing {output} failed: {why}; nothing was kept")
+        raise _Exit(1) from None
+
+
 def _progress(desc: str, args: argparse.Namespace):  # noqa: ANN202
     """The dask progress bar on stderr for reports: shows only after 1 s, and never off a terminal."""
     import contextlib
@@ -160,6 +191,76 @@ def _resume_command(argv: Sequence[str]) -> str:
             kept.append(shlex.quote(a))
     note = "  (with the same --storage-options)" if hidden else ""
     return "dask-pdist " + " ".join(kept) + " --resume" + note
+
+
+def failure_cause(exc: BaseException, output: object = None) -> str | None:
+    """One line saying what stopped a job that is not the user's input: an object store that
+    stopped answering (naming its endpoint), no memory, no threads. None for anything else
+    (its own message is already the line)."""
+    import re
+
+    from dask_pdist.io.location import _reason, _unreachable
+
+    where = f"{output}: " if output else ""
+    if _unreachable(exc) or any(_unreachable(e) for e in _chain(exc)):
+        reason = next((_reason(e) for e in (exc, *_chain(exc)) if _unreachable(e)), _reason(exc))
+        found = re.search(r"(https?://[^/\"' ]+)", reason)
+        endpoint = found.group(1) if found else os.environ.get("AWS_ENDPOINT_URL", "its endpoint")
+        return (
+            f"{where}the object store at {endpoint} stopped answering ({reason}); check the endpoint"
+            " (AWS_ENDPOINT_URL or --storage-options endpoint_url) and the network"
+        )
+    if isinstance(exc, MemoryError):
+        return (
+            f"{where}out of memory ({_reason(exc)}); use smaller chunks (--chunk-steps), fewer workers,"
+            " or raise the memory limit (ulimit -v, the job's --mem)"
+        )
+    if isinstance(exc, RuntimeError) and "can't start new thread" in str(exc):
+        return (
+            f"{where}cannot start threads ({exc}); raise the process or memory limits (ulimit -u, ulimit -v),"
+            " or use --scheduler with fewer threads"
+        )
+    return None
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    out, seen = [], {id(exc)}
+    while True:
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+        if exc is None or id(exc) in seen:
+            return out
+        seen.add(id(exc))
+        out.append(exc)
+
+
+def _debug_traceback(args: argparse.Namespace) -> None:
+    """With --debug, the traceback of the exception being handled (before its one line)."""
+    if getattr(args, "debug", False):
+        import traceback
+
+        traceback.print_exc()
+
+
+_API_FLAG = re.compile(r"\b[a-z_]+=(?:True|False|[A-Za-z_\"']*) ?(?:\(|/ )(--[a-z][a-z-]*)\)?")
+
+
+def cli_words(text: str) -> str:
+    """A library message as CLI users read it: ``pass overwrite=True (--overwrite)`` becomes
+    ``pass --overwrite``, ``give key= / --key`` becomes ``give --key``.
+
+    >>> cli_words("already exists; pass overwrite=True (--overwrite) to replace it")
+    'already exists; pass --overwrite to replace it'
+    >>> cli_words("name its embedding matrix; give key= / --key")
+    'name its embedding matrix; give --key'
+    >>> cli_words("(pass follow_symlinks=True / --follow-symlinks if that is intended)")
+    '(pass --follow-symlinks if that is intended)'
+    """
+    return _API_FLAG.sub(r"\1", text)
+
+
+def error_line(text: object) -> None:
+    """Print the one error line of the CLI, in CLI words."""
+    print(f"dask-pdist: error: {cli_words(str(text))}", file=sys.stderr)
 
 
 def _add_engine(p: argparse.ArgumentParser) -> None:

@@ -7,9 +7,20 @@ import argparse
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
-from dask_pdist.cli.common import EXIT_BAD_INPUT, _Exit, _opts, _progress, _resume_command, _run
+from dask_pdist.cli.common import (
+    EXIT_BAD_INPUT,
+    _debug_traceback,
+    _Exit,
+    _opts,
+    _progress,
+    _resume_command,
+    _run,
+    error_line,
+    failure_cause,
+)
 from dask_pdist.conventions import METRICS
 from dask_pdist.errors import InputError, StoreError
 
@@ -31,6 +42,7 @@ def _compute(
         token_ids=getattr(args, "token_ids", None),
         steps=getattr(args, "steps", None),
         storage_options=_opts(args, input_path),
+        follow_symlinks=getattr(args, "follow_symlinks", False),
     )
     ds = dp.pairwise_distances(
         history,
@@ -44,14 +56,21 @@ def _compute(
     store = store_path(output, _opts(args, output))
     existed = resume and store.is_dir()
     try:
-        delayed = dp.to_zarr(
-            ds,
-            store,
-            compressor=getattr(args, "compressor", None) or DEFAULT_COMPRESSOR,
-            overwrite=overwrite,
-            resume=resume,
-            compute=False,
-        )
+        with warnings.catch_warnings(record=True) as repairs:
+            warnings.simplefilter("always", dp.RepairWarning)
+            delayed = dp.to_zarr(
+                ds,
+                store,
+                compressor=getattr(args, "compressor", None) or DEFAULT_COMPRESSOR,
+                overwrite=overwrite,
+                resume=resume,
+                compute=False,
+            )
+        for w in repairs:  # --resume found damaged chunks: say which it recomputes
+            if issubclass(w.category, dp.RepairWarning):
+                print(f"dask-pdist: {w.message}", file=sys.stderr)
+            else:
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     except KeyboardInterrupt:  # while --resume re-reads the finished blocks' input
         print(
             f"dask-pdist: interrupted; nothing was written. Resume with:\n  {_resume_command(args.argv)}",
@@ -66,7 +85,7 @@ def _compute(
         state = (
             f"{todo} of {done.size} blocks to compute"
             if todo
-            else "complete: nothing to compute (`dask-pdist verify` also checks every chunk's checksum)"
+            else "complete: nothing to compute (every written chunk is present and passes its checks)"
         )
         print(f"{output}: resuming, {state}", file=sys.stderr)
     print(
@@ -80,9 +99,8 @@ def _compute(
     try:
         _run(delayed, getattr(args, "scheduler", None), not args.no_progress, lambda exc: stop_job(store, exc))
     except (dp.InputError, OverflowError) as exc:  # stopped by its input (the message says what is kept)
-        if args.debug:
-            raise
-        print(f"dask-pdist: error: {exc}", file=sys.stderr)
+        _debug_traceback(args)
+        error_line(exc)
         raise _Exit(EXIT_BAD_INPUT) from None
     except KeyboardInterrupt:
         from dask_pdist.store.layout import store_progress
@@ -94,11 +112,14 @@ def _compute(
             file=sys.stderr,
         )
         raise _Exit(130) from None
-    except OSError as exc:  # disk full, file too large, lost mount: the written blocks stay valid
-        print(
-            f"dask-pdist: error: writing {output} failed: {exc}. The blocks written so far are kept;"
-            f" fix the cause, then resume with: {_resume_command(args.argv)}",
-            file=sys.stderr,
+    except Exception as exc:  # disk full, lost mount, object store gone, no memory: written blocks stay valid
+        cause = failure_cause(exc, output)
+        if cause is None and not isinstance(exc, OSError):
+            raise
+        _debug_traceback(args)
+        error_line(
+            f"writing {output} failed: {cause or exc}. The blocks written so far are kept;"
+            f" fix the cause, then resume with: {_resume_command(args.argv)}"
         )
         raise _Exit(1) from None
     elapsed = time.perf_counter() - t0
@@ -238,7 +259,7 @@ def _export(args: argparse.Namespace, store: str, output: str, dtype: str | None
             ds, output, dtype=dtype, overwrite=overwrite, storage_options=options, progress=None if show else False
         )
     size = locate(output, options).size("export") if remote else os.path.getsize(output)
-    print(f"Wrote {output} ({size / 1e6:,.1f} MB) in {time.perf_counter() - t0:.1f} s")
+    print(f"Wrote {output} ({_size(size)}) in {time.perf_counter() - t0:.1f} s")
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
@@ -284,3 +305,15 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     from dask_pdist.cli.analyses import clusters_report  # the planted events of the synthetic history
 
     clusters_report(args, str(history), threshold=0.0, metric="chebyshev")
+
+
+def _size(nbytes: int) -> str:
+    """A byte count as people read it.
+
+    >>> _size(3_900_000), _size(4_321), _size(12)
+    ('3.9 MB', '4.3 kB', '12 bytes')
+    """
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:,.1f} {unit}"
+    return f"{nbytes} bytes"

@@ -22,11 +22,15 @@ from dask_pdist.cli.common import (
     _add_scheduler,
     _add_storage_options,
     _add_store_overwrite,
+    _debug_traceback,
     _Exit,
     _metrics_arg,
+    _output,
     _Parser,
     _positive,
     _threshold_arg,
+    error_line,
+    failure_cause,
 )
 from dask_pdist.cli.compute import _cmd_compute, _cmd_demo, _cmd_export, _cmd_synth
 from dask_pdist.conventions import METRICS
@@ -51,7 +55,12 @@ def _parser() -> argparse.ArgumentParser:
         " as a quoted glob ('ckpt/step_*.safetensors') or a list",
     )
     c.add_argument("--key", help=_KEY_HELP)
-    c.add_argument("--output", "-o", required=True, help="zarr store to create, e.g. distances.zarr")
+    c.add_argument(
+        "--follow-symlinks",
+        action="store_true",
+        help="read shards and checkpoint files that are symbolic links leaving their folder (default: refused)",
+    )
+    c.add_argument("--output", "-o", required=True, type=_output, help="zarr store to create, e.g. distances.zarr")
     c.add_argument(
         "--metrics",
         type=_metrics_arg,
@@ -102,6 +111,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--safetensors",
         metavar="OUT.safetensors",
+        type=_output,
         help="also export the store to this safetensors file (or URL: s3://..., with --storage-options), as the"
         " notebook saves it (default: no export)",
     )
@@ -111,6 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("store", help="zarr store written by 'dask-pdist compute'")
     e.add_argument(
         "output",
+        type=_output,
         help="safetensors file to create, e.g. pairwise_distances.safetensors, or a URL (s3://bucket/d.safetensors)",
     )
     e.add_argument("--dtype", choices=("float32", "float16"), default=None, help="stored dtype (default: the store's)")
@@ -122,7 +133,7 @@ def _parser() -> argparse.ArgumentParser:
     e.set_defaults(func=_cmd_export)
 
     s = sub.add_parser("synth", help="write a synthetic bf16 history (safetensors)")
-    s.add_argument("output", help="file to write, e.g. history.safetensors")
+    s.add_argument("output", type=_output, help="file to write, e.g. history.safetensors")
     s.add_argument("--steps", type=_positive, default=5001, help="snapshots (default: 5001)")
     s.add_argument("--vocab", type=_positive, default=128, help="tokens per snapshot (default: 128)")
     s.add_argument("--dim", type=_positive, default=64, help="embedding dims (default: 64)")
@@ -151,6 +162,7 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument(
         "--plot",
         metavar="FILE.png",
+        type=_output,
         help="draw min/mean/max over steps and a heatmap, needs matplotlib (default: no plot)",
     )
     m.add_argument(
@@ -187,6 +199,11 @@ def _parser() -> argparse.ArgumentParser:
         " as a quoted glob ('ckpt/step_*.safetensors') or a list, as compute takes them",
     )
     i.add_argument("--key", help=_KEY_HELP)
+    i.add_argument(
+        "--follow-symlinks",
+        action="store_true",
+        help="read shards and checkpoint files that are symbolic links leaving their folder (default: refused)",
+    )
     _add_storage_options(i)
     i.set_defaults(func=_cmd_info)
 
@@ -202,16 +219,33 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--metric", choices=METRICS, default="chebyshev", help="distance (default: chebyshev)")
     k.add_argument("--key", help=_KEY_HELP)
     k.add_argument(
+        "--follow-symlinks",
+        action="store_true",
+        help="read shards and checkpoint files that are symbolic links leaving their folder (default: refused)",
+    )
+    k.add_argument(
         "--token-ids",
         metavar="SPEC",
         help=_TOKEN_IDS_HELP + " (history inputs only; cluster ids are then positions within the subset)",
     )
     k.add_argument(
-        "--output", "-o", metavar="OUT.zarr", help="write the clusters Dataset as a zarr store (default: none)"
+        "--output",
+        "-o",
+        metavar="OUT.zarr",
+        type=_output,
+        help="write the clusters Dataset as a zarr store (default: none)",
     )
-    k.add_argument("--events", metavar="EVENTS.csv", help="write the events as CSV (step,kind,tokens) (default: none)")
     k.add_argument(
-        "--plot", metavar="FILE.png", help="draw groups over steps with the events, needs matplotlib (default: no plot)"
+        "--events",
+        metavar="EVENTS.csv",
+        type=_output,
+        help="write the events as CSV (step,kind,tokens) (default: none)",
+    )
+    k.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        type=_output,
+        help="draw groups over steps with the events, needs matplotlib (default: no plot)",
     )
     k.add_argument(
         "--overwrite", action="store_true", help="replace existing --output / --events files (default: refuse)"
@@ -225,9 +259,14 @@ def _parser() -> argparse.ArgumentParser:
     n.add_argument("input", nargs="+", help="history, as for compute")
     n.add_argument("-k", type=_positive, required=True, help="neighbours per token (at most tokens - 1)")
     n.add_argument("--metric", choices=METRICS, default="euclidean", help="distance (default: euclidean)")
-    n.add_argument("--output", "-o", required=True, help="zarr store to create, e.g. neighbours.zarr")
+    n.add_argument("--output", "-o", required=True, type=_output, help="zarr store to create, e.g. neighbours.zarr")
     n.add_argument("--token-ids", metavar="SPEC", help=_TOKEN_IDS_HELP)
     n.add_argument("--key", help=_KEY_HELP)
+    n.add_argument(
+        "--follow-symlinks",
+        action="store_true",
+        help="read shards and checkpoint files that are symbolic links leaving their folder (default: refused)",
+    )
     n.add_argument("--tokens", help="text file with one token label per line (default: token ids 0..V-1)")
     n.add_argument("--chunk-steps", type=_positive, help="snapshots per read of the history (default: auto)")
     n.add_argument(
@@ -246,6 +285,7 @@ def _parser() -> argparse.ArgumentParser:
     # --debug also after the subcommand; SUPPRESS keeps the main parser's value when absent
     for command in sub.choices.values():
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
+    p.commands = sub.choices  # type: ignore[attr-defined]
     return p
 
 
@@ -294,7 +334,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run_cli(argv: Sequence[str] | None) -> int:
     as_program = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # point to the subcommand's --help, not the main one's
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     args.argv = argv
     previous = _catch_interrupts()
     if as_program and previous is not None and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
@@ -321,10 +364,8 @@ def _main(args: argparse.Namespace) -> int:
         print("dask-pdist: interrupted", file=sys.stderr)
         return 130
     except (ValueError, OSError, OverflowError, TypeError, ImportError) as exc:
-        if args.debug:
-            raise
-        print(f"dask-pdist: error: {exc}", file=sys.stderr)
-        return (
+        cause = failure_cause(exc)
+        code = (
             EXIT_BAD_INPUT
             if isinstance(
                 exc,
@@ -340,3 +381,16 @@ def _main(args: argparse.Namespace) -> int:
             )
             else 1
         )
+        return _fail(args, cause or str(exc), code)
+    except Exception as exc:  # no memory, no threads, an object store gone: one line too
+        cause = failure_cause(exc)
+        if cause is None:
+            raise
+        return _fail(args, cause, 1)
+
+
+def _fail(args: argparse.Namespace, line: str, code: int) -> int:
+    # one line on stderr; --debug adds the traceback above it, and keeps the exit code
+    _debug_traceback(args)
+    error_line(line)
+    return code

@@ -21,7 +21,15 @@ import numpy as np
 from dask_pdist.errors import InputError
 from dask_pdist.io.safetensors_format import require_regular_file
 
-__all__ = ["INDEX_SUFFIX", "checkpoint_paths", "checkpoint_steps", "parse_steps", "tensor_file", "directory_hint"]
+__all__ = [
+    "INDEX_SUFFIX",
+    "checkpoint_paths",
+    "checkpoint_steps",
+    "parse_steps",
+    "tensor_file",
+    "confined",
+    "directory_hint",
+]
 
 #: Name ending of a sharded checkpoint's index (``model.safetensors.index.json``).
 INDEX_SUFFIX = ".safetensors.index.json"
@@ -33,21 +41,46 @@ def _natural_key(path: str) -> list:
     return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", path)]
 
 
-def _checkpoint_in(folder: Path) -> Path | None:
+def confined(path: Path, folder: Path, what: str, follow_symlinks: bool = False) -> Path:
+    """``path``, named from inside an input (a shard in an index, a file in a checkpoint
+    folder), if it stays inside ``folder``; a symbolic link that leaves it is refused unless
+    ``follow_symlinks``. The Hugging Face cache layout (``snapshots/REV/FILE`` linking to the
+    repository's ``blobs/``) stays inside its repository folder and is followed.
+
+    >>> confined(Path("ckpt/model-00001.safetensors"), Path("ckpt"), "shard")
+    PosixPath('ckpt/model-00001.safetensors')
+    """
+    if follow_symlinks or not os.path.lexists(path):
+        return path
+    real, base = path.resolve(), folder.resolve()
+    allowed = [base]
+    for parent in [folder.absolute(), *folder.absolute().parents]:
+        if parent.name == "snapshots":  # huggingface_hub: models--ORG--NAME/{snapshots,blobs}
+            allowed.append((parent.parent / "blobs").resolve())
+            break
+    if any(real == a or a in real.parents for a in allowed):
+        return path
+    raise InputError(
+        f"{path}: {what} is a symbolic link to {real}, outside {folder}; refusing to read it"
+        " (pass follow_symlinks=True / --follow-symlinks if that is intended)"
+    )
+
+
+def _checkpoint_in(folder: Path, follow_symlinks: bool = False) -> Path | None:
     """The checkpoint a folder holds: its index json, else its only safetensors file."""
     index = sorted(folder.glob("*" + INDEX_SUFFIX))
     if len(index) == 1:
-        return index[0]
+        return confined(index[0], folder, "the checkpoint's index", follow_symlinks)
     files = sorted(folder.glob("*.safetensors"))
     if len(files) == 1 and not index:
-        return files[0]
+        return confined(files[0], folder, "the checkpoint file", follow_symlinks)
     if index or files:
         found = ", ".join(p.name for p in (index or files))
         raise InputError(f"{folder}: holds several checkpoints ({found}); name the files instead of the folder")
     return None
 
 
-def checkpoint_paths(spec: str | Sequence[str | os.PathLike[str]]) -> list[Path]:
+def checkpoint_paths(spec: str | Sequence[str | os.PathLike[str]], follow_symlinks: bool = False) -> list[Path]:
     """The checkpoints of a glob string or a list, in natural order (``step_10`` after ``step_9``).
 
     Each is a safetensors file or a sharded checkpoint's index json; a folder stands for the
@@ -65,7 +98,7 @@ def checkpoint_paths(spec: str | Sequence[str | os.PathLike[str]]) -> list[Path]
             raise FileNotFoundError(f"{spec}: no file matches this pattern")
         paths = []
         for p in found:
-            inner = _checkpoint_in(Path(p)) if os.path.isdir(p) else Path(p)
+            inner = _checkpoint_in(Path(p), follow_symlinks) if os.path.isdir(p) else Path(p)
             if inner is not None:
                 paths.append(inner)
         if not paths:
@@ -78,7 +111,7 @@ def checkpoint_paths(spec: str | Sequence[str | os.PathLike[str]]) -> list[Path]
         paths = []
         for p in spec:
             path = Path(p)
-            inner = _checkpoint_in(path) if path.is_dir() else None
+            inner = _checkpoint_in(path, follow_symlinks) if path.is_dir() else None
             if inner is None:  # not a folder holding a checkpoint: must be a regular file
                 require_regular_file(path, "checkpoint file")
             paths.append(inner or path)
@@ -188,9 +221,11 @@ def parse_steps(steps: str | os.PathLike[str] | Sequence[int], n_steps: int, sou
     return np.array(values, dtype=np.int64)
 
 
-def tensor_file(path: Path, key: str | None) -> Path:
+def tensor_file(path: Path, key: str | None, follow_symlinks: bool = False) -> Path:
     """The safetensors file holding ``key``: ``path`` itself, or for a sharded checkpoint's
-    index json, the shard its ``weight_map`` names.
+    index json, the shard its ``weight_map`` names: a plain file name in the index's folder
+    (anything else, an absolute path or ``..``, is an error naming the index and the entry),
+    not a symbolic link leaving that folder (see :func:`confined`).
 
     Examples
     --------
@@ -215,7 +250,21 @@ def tensor_file(path: Path, key: str | None) -> Path:
             f"{path}: {problem} ({len(weight_map)} tensors in its weight_map, e.g. {', '.join(embed)});"
             " give key= / --key"
         )
-    shard = path.parent / str(weight_map[key])
+    name = weight_map[key]
+    if (
+        not isinstance(name, str)
+        or not name
+        or name in (".", "..")
+        or "/" in name
+        or "\\" in name
+        or "\0" in name
+        or os.path.isabs(name)
+    ):
+        raise InputError(
+            f"{path}: weight_map entry {key!r} -> {name!r}: a shard must be a plain file name in the index's"
+            f" folder {path.parent}"
+        )
+    shard = confined(path.parent / name, path.parent, f"the shard holding {key!r} (says {path.name})", follow_symlinks)
     if not shard.is_file():
         raise FileNotFoundError(f"{shard}: the shard holding {key!r} (says {path}) not found")
     return shard

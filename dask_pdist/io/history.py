@@ -140,6 +140,7 @@ def open_history(
     token_ids: str | Sequence[int] | np.ndarray | None = None,
     steps: str | os.PathLike[str] | Sequence[int] | None = None,
     storage_options: dict | None = None,
+    follow_symlinks: bool = False,
 ) -> xr.DataArray:
     """Open an embedding history lazily as a ``(step, token, dim)`` DataArray.
 
@@ -193,6 +194,10 @@ def open_history(
         For URLs: options of the fsspec backend (``{"anon": True}``,
         ``{"endpoint_url": ...}``), on top of its usual configuration (for S3 the
         ``AWS_*`` environment variables, ``AWS_ENDPOINT_URL`` included).
+    follow_symlinks : bool
+        Read a file named from inside an input (a shard of a sharded checkpoint, the file in
+        a checkpoint folder) even when it is a symbolic link leaving that folder. Default:
+        refused, naming the link (the Hugging Face cache's links to its ``blobs/`` are read).
 
     Returns
     -------
@@ -215,7 +220,13 @@ def open_history(
     if nonfinite not in NONFINITE_CHOICES:
         raise ValueError(f"nonfinite={nonfinite!r}; choose one of {NONFINITE_CHOICES}")
     if is_checkpoint_spec(path):
-        stack, key, kind, checkpoints, source = _open_checkpoints(path, key, nonfinite, storage_options)  # type: ignore[arg-type]
+        stack, key, kind, checkpoints, source = _open_checkpoints(
+            path,  # type: ignore[arg-type]
+            key,
+            nonfinite,
+            storage_options,
+            follow_symlinks,
+        )
         # steps given: the paths need not hold distinct numbers
         labels = (
             parse_steps(steps, len(checkpoints), source)

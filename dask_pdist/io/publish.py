@@ -43,7 +43,18 @@ from pathlib import Path
 from dask_pdist.errors import StoreError
 from dask_pdist.io.paths import Location, is_remote, missing_bucket, remove_tree
 
-__all__ = ["building", "check_parent", "hidden_name", "hidden_key", "clean_stale", "publish", "discard", "pid_alive"]
+__all__ = [
+    "building",
+    "check_parent",
+    "hidden_name",
+    "hidden_key",
+    "clean_stale",
+    "publish",
+    "discard",
+    "abandon",
+    "named",
+    "pid_alive",
+]
 
 _KINDS = ("partial", "replaced")
 
@@ -135,6 +146,32 @@ def clean_stale(target: Path | Location) -> list[Path]:
     return removed
 
 
+def abandon(target: Path | Location, exc: BaseException | None = None) -> str:
+    """After a failed job of this process that was building ``target`` (compute=False work
+    run by the caller): remove this process's hidden output and release its lock on
+    ``target``. Returns what to tell the user (for :class:`~dask_pdist.store.job.Job`'s
+    ``on_stop``)."""
+    from dask_pdist.io.locks import release_lock
+
+    try:
+        if not is_remote(target):
+            me = f"{socket.gethostname()}-{os.getpid()}"
+            for path, _kind, _dead in _leftovers(Path(target)):
+                if f".{me}." in path.name:
+                    discard(path)
+    finally:
+        release_lock(target)
+    return "nothing was kept"
+
+
+def named(exc: BaseException, target: object) -> BaseException:
+    """An OSError (disk full, quota, lost mount) that names ``target`` and says nothing was
+    kept; other exceptions unchanged. For ``raise named(exc, path) from exc``."""
+    if isinstance(exc, OSError) and exc.errno is not None and str(target) not in str(exc):
+        return type(exc)(exc.errno, f"{target}: writing failed: {exc.strerror}; nothing was kept")
+    return exc
+
+
 def discard(hidden: Path | str) -> None:
     """Remove a hidden output (file or folder); nothing if it is gone."""
     hidden = Path(hidden)
@@ -174,7 +211,8 @@ def publish(hidden: Path | str, target: Path | str, *, replace: bool) -> None:
 
 @contextlib.contextmanager
 def building(target: Path | Location, *, replace: bool = True, last: str = "zarr.json") -> Iterator[Path]:
-    """Build a folder output in a hidden local folder, then publish it at ``target``.
+    """Build a folder output in a hidden local folder, then publish it at ``target``, holding
+    the output's writer lock (:mod:`dask_pdist.io.locks`) throughout.
 
     On an exception inside the block the hidden folder is removed and ``target`` is left as it
     was. A URL target is built in a local temporary folder and uploaded object by object,
@@ -187,20 +225,23 @@ def building(target: Path | Location, *, replace: bool = True, last: str = "zarr
     ...     sorted(p.name for p in Path(d).iterdir())
     ['out']
     """
-    if is_remote(target):
-        with tempfile.TemporaryDirectory(prefix="dask_pdist-") as scratch:
-            tmp = Path(scratch) / "out"
+    from dask_pdist.io.locks import holding_lock  # (it imports pid_alive from here)
+
+    with holding_lock(target):  # one writer per output, the same lock for every kind
+        if is_remote(target):
+            with tempfile.TemporaryDirectory(prefix="dask_pdist-") as scratch:
+                tmp = Path(scratch) / "out"
+                yield tmp
+                _upload_tree(tmp, target, replace=replace, last=last)
+            return
+        clean_stale(target)
+        tmp = hidden_name(target)
+        try:
             yield tmp
-            _upload_tree(tmp, target, replace=replace, last=last)
-        return
-    clean_stale(target)
-    tmp = hidden_name(target)
-    try:
-        yield tmp
-    except BaseException:
-        discard(tmp)
-        raise
-    publish(tmp, target, replace=replace)
+        except BaseException:
+            discard(tmp)
+            raise
+        publish(tmp, target, replace=replace)
 
 
 def _upload_tree(local: Path, target: Location, *, replace: bool, last: str) -> None:

@@ -251,15 +251,19 @@ def _url_checkpoints(
 
 
 def _open_checkpoints(
-    spec: str | Sequence[str | os.PathLike[str]], key: str | None, nonfinite: str, storage_options: dict | None = None
+    spec: str | Sequence[str | os.PathLike[str]],
+    key: str | None,
+    nonfinite: str,
+    storage_options: dict | None = None,
+    follow_symlinks: bool = False,
 ) -> tuple[_StackSource, str, str, list[Path | Location], str]:
-    checkpoints = _url_checkpoints(spec, storage_options) if any_url(spec) else checkpoint_paths(spec)
+    checkpoints = _url_checkpoints(spec, storage_options) if any_url(spec) else checkpoint_paths(spec, follow_symlinks)
     starts = []
     paths = []
     first: tuple[Path | Location, TensorInfo] | None = None
     for checkpoint in checkpoints:
         # the shard holding key, for a sharded checkpoint
-        path = checkpoint if is_remote(checkpoint) else tensor_file(checkpoint, key)
+        path = checkpoint if is_remote(checkpoint) else tensor_file(checkpoint, key, follow_symlinks)
         paths.append(path)
         tensors, _ = read_header(path)
         ndims = {n: len(t.shape) for n, t in tensors.items()}

@@ -9,7 +9,16 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-__all__ = ["Compressor", "COMPRESSORS", "DEFAULT_COMPRESSOR", "AUTO_CODECS", "codec_choice", "codec_name", "codecs"]
+__all__ = [
+    "Compressor",
+    "COMPRESSORS",
+    "DEFAULT_COMPRESSOR",
+    "AUTO_CODECS",
+    "codec_choice",
+    "codec_name",
+    "codecs",
+    "checked_codecs",
+]
 
 Compressor = Literal["auto", "none", "lz4", "zstd"]
 #: Compressor choices: "auto" picks per variable (:data:`AUTO_CODECS`); the others apply to
@@ -66,3 +75,12 @@ def codecs(compressor: str, itemsize: int, variable: str = "") -> list[Any]:
         codecs.append(BloscCodec(cname=cname, clevel=clevel, shuffle=shuffle, typesize=itemsize))
     codecs.append(Crc32cCodec())  # every chunk carries a checksum: verify finds flipped bytes
     return codecs
+
+
+def checked_codecs() -> list[Any]:
+    """zarr's default compression (zstd) followed by a crc32c checksum: the codecs of the
+    arrays of neighbours and clusters stores, whose chunks are bound to their position by
+    that checksum (:mod:`dask_pdist.store.digests`)."""
+    from zarr.codecs import Crc32cCodec, ZstdCodec
+
+    return [ZstdCodec(level=0), Crc32cCodec()]

@@ -28,6 +28,7 @@ import xarray as xr
 from dask_pdist._version import __version__
 from dask_pdist.conventions import DISTANCE_DIMS, METRICS
 from dask_pdist.errors import StoreError
+from dask_pdist.io.locks import acquire_lock, release_lock
 from dask_pdist.io.paths import BUCKET_SCHEMES, Location, is_remote, locate
 from dask_pdist.io.publish import check_parent, clean_stale, discard, hidden_name, publish
 from dask_pdist.io.safetensors_format import header_bytes, pwrite_all, pwrite_segments, write_header
@@ -199,8 +200,18 @@ def _check_location(loc: Location, overwrite: bool) -> Location:
     return loc
 
 
-def _finish(_stored: Any, tmp: str, path: str, overwrite: bool) -> None:
-    publish(tmp, path, replace=overwrite)  # atomic: the final name only ever holds a complete file
+def _finish(_stored: Any, tmp: str, path: str, overwrite: bool, lock: str) -> None:
+    try:
+        publish(tmp, path, replace=overwrite)  # atomic: the final name only ever holds a complete file
+    finally:
+        release_lock(Path(path), lock)
+
+
+def _locked(run: Any, target: Location, lock: str) -> None:
+    try:
+        run()
+    finally:
+        release_lock(target, lock)
 
 
 def _source(data: Any, shape: tuple[int, ...]) -> da.Array:
@@ -334,12 +345,14 @@ def to_safetensors(
         run = functools.partial(
             stream_to_location, target, head, pieces, convert, overwrite=overwrite, progress=show, total=size
         )
+        lock = acquire_lock(target, "export")  # held until the upload is published (or aborted)
         if not compute:
-            return dask.delayed(run, pure=False)()
-        run()
+            return dask.delayed(_locked, pure=False)(run, target, lock)
+        _locked(run, target, lock)
         return None
 
     path = target
+    lock = acquire_lock(path, "export")  # held until the file is published (or discarded)
     clean_stale(path)
     tmp = hidden_name(path)
     try:
@@ -350,12 +363,13 @@ def to_safetensors(
         ]
         # one store call: the metrics share one graph, so the kernel runs once per block
         stored = da.store(sources, targets, lock=False, compute=False)
-        finish = dask.delayed(_finish)(stored, str(tmp), str(path), overwrite)
+        finish = dask.delayed(_finish, pure=False)(stored, str(tmp), str(path), overwrite, lock)
         if not compute:
             return finish
         Job(finish, desc="exporting").execute(progress=show)
     except BaseException as exc:
         discard(tmp)
+        release_lock(path, lock)
         if isinstance(exc, OSError) and exc.errno is not None and str(path) not in str(exc):
             # disk full, file too large: say which file
             raise type(exc)(exc.errno, f"{path}: export failed: {exc.strerror}; nothing was kept") from exc

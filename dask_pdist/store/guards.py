@@ -21,6 +21,7 @@ from dask_pdist.io.paths import Location, is_remote, remove_tree, zarr_array
 from dask_pdist.io.publish import check_parent
 from dask_pdist.store.layout import (
     StorePath,
+    check_metadata,
     foreign_entries,
     has_bookkeeping,
     is_store,
@@ -48,6 +49,7 @@ def check_output(path: StorePath, overwrite: bool, resume: bool) -> bool:
     if path.exists():
         check_ours(path, overwrite, resume)
         if resume:
+            check_metadata(path)
             return True
         if not overwrite:
             stopped = _stopped(path)

@@ -18,14 +18,17 @@ from typing import Any
 
 import numpy as np
 
-from dask_pdist.conventions import FINGERPRINT_ATTR, MARKER_ATTR
+from dask_pdist.conventions import CLUSTERS_MARKER_ATTR, FINGERPRINT_ATTR, MARKER_ATTR
 from dask_pdist.errors import StoreError
-from dask_pdist.io.paths import Location, files_under, is_remote, zarr_array
+from dask_pdist.io.paths import Location, files_under, is_remote
 from dask_pdist.io.publish import pid_alive
+from dask_pdist.store.digests import Misplaced, checked_store, expected_digests, read_manifest
 from dask_pdist.store.layout import (
     StorePath,
+    check_metadata,
     done_path,
     is_complete,
+    is_store,
     lock_path,
     not_a_store,
     read_root,
@@ -36,7 +39,10 @@ __all__ = ["ChunkProblem", "CheckedChunks", "lazy_checked", "verify_store", "che
 
 
 def _hint(store: str) -> str:
-    return f"run `dask-pdist verify {store}` to list every damaged chunk, then recompute the store (--overwrite)"
+    return (
+        f"run `dask-pdist verify {store}` to list every damaged chunk; the same `dask-pdist compute ... --resume`"
+        " that made the store recomputes exactly those"
+    )
 
 
 def _chunk_key(name: str, idx: tuple[int, ...]) -> str:
@@ -111,6 +117,7 @@ class CheckedChunks:
         dtype: np.dtype,
         steps: np.ndarray,
         done: np.ndarray | None,
+        expected: dict[str, int] | None = None,
     ) -> None:
         self.store = store
         self.name = name
@@ -120,6 +127,8 @@ class CheckedChunks:
         self.ndim = len(shape)
         self.steps = steps
         self.done = done
+        # the digests recorded for this array's chunks, by key (store/digests.py)
+        self.expected = {k: v for k, v in (expected or {}).items() if k.startswith(f"{name}/c/")}
         self._array: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -127,7 +136,7 @@ class CheckedChunks:
 
     def _zarr(self) -> Any:
         if self._array is None:
-            self._array = zarr_array(self.store / self.name)
+            self._array = _checked_array(self.store, self.name, self.expected)
         return self._array
 
     def _is_done(self, idx: tuple[int, ...]) -> bool:
@@ -163,7 +172,7 @@ class CheckedChunks:
                 except Exception:
                     bad = idx
                     break
-            raise self._fail(bad, f"corrupt ({type(exc).__name__}: {exc})") from exc
+            raise self._fail(bad, _problem(exc)) from exc
         for idx, is_done in done.items():
             sub = tuple(
                 slice(max(lo, i * c) - lo, min(hi, (i + 1) * c) - lo)
@@ -174,6 +183,45 @@ class CheckedChunks:
             elif data.size and np.isnan(data[sub].flat[0]) and not _chunk_present(self.store, self.name, idx):
                 raise self._fail(idx, f"missing ({_absent(self.store)})")
         return data[rel]
+
+
+def _checked_array(store: StorePath, name: str, expected: dict[str, int]) -> Any:
+    import zarr
+
+    return zarr.open_array(store=checked_store(store, expected), path=name, mode="r")
+
+
+def _problem(exc: Exception) -> str:
+    if isinstance(exc, Misplaced):
+        return exc.detail
+    return f"corrupt ({type(exc).__name__}: {exc})"
+
+
+def damaged_blocks(path: StorePath, names: list[str], flags: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Blocks marked done in ``flags`` with a chunk of ``names`` (distances, or per-step arrays
+    indexed by step block) that fails its checks (checksum, decoding, recorded digest), and
+    one line per failing chunk. Reads every chunk of those blocks once (``--resume``)."""
+    expected = expected_digests(path, flags)
+    bad = np.zeros(flags.shape, bool)
+    notes: list[str] = []
+    for name in names:
+        try:
+            arr = _checked_array(path, name, expected)
+        except Exception:
+            continue  # the array itself is gone: the presence check reports it
+        seen: dict[tuple[int, ...], bool] = {}
+        for idx in map(tuple, np.argwhere(flags)):
+            key = idx if arr.ndim == 3 else idx[:1]
+            if key not in seen:
+                try:
+                    arr.get_block_selection(key)
+                    seen[key] = True
+                except Exception as exc:
+                    seen[key] = False
+                    notes.append(f"{name} chunk {key}: {_problem(exc)}")
+            if not seen[key]:
+                bad[idx] = True
+    return bad, notes
 
 
 def lazy_checked(source: CheckedChunks) -> Any:
@@ -222,13 +270,13 @@ def _box(key: Any, shape: tuple[int, ...]) -> tuple[list[tuple[int, int]], tuple
     return box, tuple(rel)
 
 
-def check_small_arrays(path: StorePath, names: list[str], group: Any = None) -> None:
+def check_small_arrays(path: StorePath, names: list[str], expected: dict[str, int] | None = None) -> None:
     """Read the small arrays (coordinates, flags) whole: raise naming the one that is
-    absent or corrupt. Their chunks are few; reads of distances check their own. ``group``:
-    the store's open zarr group, to take the arrays from (no metadata request per array)."""
+    absent, corrupt or misplaced. Their chunks are few; reads of distances check their own.
+    ``expected``: the store's recorded digests (store/digests.py)."""
     for name in names:
         try:
-            arr = group[name] if group is not None else zarr_array(path / name)
+            arr = _checked_array(path, name, expected or {})
             # one listing per array, not a stat (a HEAD request) per chunk
             listed = set(files_under(path / name))
             for idx in itertools.product(*(range(n) for n in arr.cdata_shape)):
@@ -239,7 +287,7 @@ def check_small_arrays(path: StorePath, names: list[str], group: Any = None) -> 
         except (StoreError, PermissionError):
             raise
         except Exception as exc:
-            raise StoreError(f"{path}: {name}: corrupt ({type(exc).__name__}: {exc}); {_hint(str(path))}") from exc
+            raise StoreError(f"{path}: {name}: {_problem(exc)}; {_hint(str(path))}") from exc
 
 
 @dataclass(frozen=True)
@@ -282,6 +330,33 @@ def _expected_arrays(path: StorePath, meta: dict[str, Any]) -> list[str]:
     return sorted(names, key=lambda n: (first.index(n) if n in first else len(first), n))
 
 
+def _verify_output(path: StorePath, progress: Callable[[int, int], None] | None) -> list[ChunkProblem]:
+    import zarr
+
+    problems: list[ChunkProblem] = []
+    try:
+        check_metadata(path)
+    except StoreError as exc:
+        return [ChunkProblem("metadata", None, None, None, str(exc).split(": ", 1)[1])]
+    group = zarr.open_group(store=checked_store(path, read_manifest(path)), mode="r")
+    listed = set(files_under(path))
+    arrays = [(name, arr) for name, arr in group.arrays()]
+    checked, total = 0, sum(int(np.prod(a.cdata_shape)) for _, a in arrays)
+    for name, arr in arrays:
+        for idx in itertools.product(*(range(n) for n in arr.cdata_shape)):
+            if _chunk_key(name, idx) not in listed:
+                problems.append(ChunkProblem(name, None, None, None, f"missing ({_absent(path)})", idx))
+            else:
+                try:
+                    arr.get_block_selection(idx)
+                except Exception as exc:
+                    problems.append(ChunkProblem(name, None, None, None, _problem(exc), idx))
+            checked += 1
+            if progress is not None:
+                progress(checked, total)
+    return problems
+
+
 def verify_store(
     path: str | os.PathLike[str] | Location,
     *,
@@ -306,14 +381,25 @@ def verify_store(
     if not path.exists():
         raise FileNotFoundError(f"{path}: store not found")
     meta = read_root(path)
-    if meta is None or MARKER_ATTR not in meta.get("attributes", {}):
+    attrs = meta.get("attributes", {}) if meta is not None else {}
+    if MARKER_ATTR not in attrs and CLUSTERS_MARKER_ATTR not in attrs:
         raise not_a_store(path)
+    if not is_store(path):  # a neighbours or clusters store: every chunk against its digest
+        return _verify_output(path, progress)
     problems: list[ChunkProblem] = []
+    try:
+        check_metadata(path)
+    except StoreError as exc:
+        problems.append(ChunkProblem("metadata", None, None, None, str(exc).split(": ", 1)[1]))
     names = _expected_arrays(path, meta)
+    try:
+        expected = expected_digests(path)
+    except Exception:
+        expected = {}
     arrays = {}
     for name in names:
         try:
-            arrays[name] = zarr_array(path / name)
+            arrays[name] = _checked_array(path, name, expected)
         except PermissionError:
             raise
         except Exception as exc:
@@ -354,7 +440,7 @@ def verify_store(
                 try:
                     arr.get_block_selection(idx)
                 except Exception as exc:  # zarr raises ValueError for checksums, others for decoding
-                    problem = f"corrupt ({exc})"
+                    problem = _problem(exc)
             if problem:
                 label = (int(steps[rows[0]]), int(steps[rows[1] - 1])) if rows and steps is not None else None
                 ti = tj = None

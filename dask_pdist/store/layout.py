@@ -15,26 +15,25 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import threading
-import time
-import uuid
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dask_pdist.conventions import (
     BOOKKEEPING,
+    CLUSTERS_MARKER_ATTR,
     COMPLETE_ATTR,
     DONE,
     INPUT_CHECKSUM,
+    KIND_ATTR,
     MARKER_ATTR,
 )
 from dask_pdist.errors import StoreError
+from dask_pdist.io.locks import acquire_lock, holding_lock, lock_path, release_lock
 from dask_pdist.io.paths import (
     BUCKET_SCHEMES,
     Location,
-    create_exclusive,
     files_under,
     is_remote,
     locate,
@@ -42,7 +41,8 @@ from dask_pdist.io.paths import (
     zarr_array,
     zarr_store,
 )
-from dask_pdist.io.publish import pid_alive
+
+__all__ = ["acquire_lock", "holding_lock", "lock_path", "release_lock"]  # re-exported: the lock is io/locks.py's
 
 #: A store's location: a local folder, or a key prefix on an object store (``s3://b/d.zarr``).
 StorePath = Path | Location
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 
 #: Root arrays a store of ours may hold (``chunk_done`` only in the old layout).
 ROOT_ARRAYS = ("euclidean", "chebyshev", "step", "token_i", "token_j", "embedding_rms", DONE)
-BOOKKEEPING_ARRAYS = (DONE, INPUT_CHECKSUM)
+BOOKKEEPING_ARRAYS = (DONE, INPUT_CHECKSUM, "chunk_digest")
 # files inside one zarr array: its metadata, chunk files c/0/1/2, and temp files of killed writes
 _ARRAY_ENTRY = re.compile(r"zarr\.json|c(/\d+)+(\.[^/]+\.partial)?|c(/\d+)*/\d+\.[^/]+\.partial")
 
@@ -95,6 +95,25 @@ def read_root(path: StorePath) -> dict[str, Any] | None:
     return meta if isinstance(meta, dict) else None
 
 
+def check_metadata(path: StorePath) -> None:
+    """Refuse a store one of whose ``zarr.json`` files (root, arrays, sub-group) is not valid
+    JSON, naming the file: zarr would report only "Unterminated string starting at ..."."""
+    for rel in files_under(path):
+        if rel != "zarr.json" and not rel.endswith("/zarr.json"):
+            continue
+        try:
+            meta = json.loads((path / rel).read_text())
+            if not isinstance(meta, dict) or "node_type" not in meta:
+                raise ValueError("not a zarr metadata document")
+        except PermissionError:
+            raise
+        except (OSError, ValueError) as exc:
+            raise StoreError(
+                f"{path}: {rel} is damaged ({type(exc).__name__}: {exc}); the store cannot be read: recompute it"
+                " (`dask-pdist compute ... --overwrite`)"
+            ) from None
+
+
 def read_attrs(path: StorePath) -> dict[str, Any] | None:
     """The root attributes of a store, or None if its zarr.json is missing or unreadable."""
     meta = read_root(path)
@@ -102,9 +121,11 @@ def read_attrs(path: StorePath) -> dict[str, Any] | None:
 
 
 def is_store(path: str | os.PathLike[str] | Location) -> bool:
-    """True if ``path`` holds a zarr group written by dask_pdist."""
+    """True if ``path`` holds a distance store written by dask_pdist (not one of its other
+    outputs, whose provenance carries the same version attribute)."""
     meta = read_root(locate(path))
-    return meta is not None and MARKER_ATTR in meta.get("attributes", {})
+    attrs = meta.get("attributes", {}) if meta is not None else {}
+    return MARKER_ATTR in attrs and KIND_ATTR not in attrs and CLUSTERS_MARKER_ATTR not in attrs
 
 
 def is_complete(meta: dict[str, Any] | None) -> bool:
@@ -129,73 +150,6 @@ def write_root_attrs(path: StorePath, **attrs: Any) -> None:
         else:
             target[key] = value
     replace_bytes(path / "zarr.json", json.dumps(meta, indent=2).encode())
-
-
-# -- the writer lock ------------------------------------------------------------------------
-
-
-def lock_path(path: StorePath) -> StorePath:
-    return path.parent / f".{path.name}.lock"
-
-
-def _create_exclusive(lock: StorePath, record: dict[str, Any]) -> bool:
-    # False if the lock exists (O_EXCL locally, a conditional PUT on an object store)
-    return create_exclusive(lock, json.dumps(record).encode())
-
-
-def acquire_lock(path: StorePath) -> str:
-    """Take the one-writer lock of ``path``; returns its token.
-
-    A lock whose process is dead on this host is stale and taken over; so is one of this
-    process (a Python caller running one job after another). Anything else is refused.
-    On an object store the lock is an object created by a conditional PUT."""
-    lock = lock_path(path)
-    token = uuid.uuid4().hex
-    record = {
-        "pid": os.getpid(),
-        "host": socket.gethostname(),
-        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "token": token,
-    }
-    for _ in range(3):
-        if not _create_exclusive(lock, record):
-            try:
-                holder = json.loads(lock.read_text())
-                pid, host = int(holder["pid"]), str(holder["host"])
-            except FileNotFoundError:
-                continue  # released meanwhile
-            except (OSError, ValueError, KeyError, TypeError):
-                raise StoreError(
-                    f"{path}: lock file {lock} is unreadable; if no dask-pdist job is writing {path}, delete"
-                    f" the lock file {lock} (not the store) and retry"
-                ) from None
-            if host == record["host"] and (pid == os.getpid() or not pid_alive(pid)):
-                lock.unlink(missing_ok=True)  # stale: its writer is gone
-                continue
-            raise StoreError(
-                f"{path}: being written by pid {pid} on {host} since {holder.get('started', '?')}"
-                f" (lock {lock}); wait for that job to finish, or, if it is no longer running,"
-                f" delete {lock} and retry"
-            ) from None
-        return token
-    raise StoreError(f"{path}: could not take the lock {lock}; retry")
-
-
-def release_lock(path: StorePath, token: str | None = None) -> None:
-    """Remove the lock of ``path`` if ``token`` holds it (or, without a token, if this
-    process holds it on this host)."""
-    lock = lock_path(path)
-    try:
-        holder = json.loads(lock.read_text())
-    except (OSError, ValueError):
-        return
-    mine = (
-        holder.get("token") == token
-        if token
-        else (holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname())
-    )
-    if mine:
-        lock.unlink(missing_ok=True)
 
 
 # -- what a store of ours holds -------------------------------------------------------------

@@ -16,9 +16,10 @@ import xarray as xr
 
 from dask_pdist.conventions import DONE, STOPPED_ATTR
 from dask_pdist.errors import StoreError
-from dask_pdist.io.paths import Location, zarr_group, zarr_store
+from dask_pdist.io.paths import Location, zarr_group
+from dask_pdist.store.digests import checked_store, expected_digests
 from dask_pdist.store.integrity import CheckedChunks, check_small_arrays, lazy_checked
-from dask_pdist.store.layout import is_store, not_a_store, read_attrs, store_path, store_progress
+from dask_pdist.store.layout import check_metadata, is_store, not_a_store, read_attrs, store_path, store_progress
 
 __all__ = ["open_distances"]
 
@@ -78,6 +79,7 @@ def open_distances(
         raise FileNotFoundError(f"{path}: store not found")
     if not is_store(path):
         raise not_a_store(path)
+    check_metadata(path)
     done, complete = store_progress(path)
     if not complete and not allow_incomplete:
         missing = int((done == 0).sum())
@@ -92,8 +94,11 @@ def open_distances(
             " or open with allow_incomplete=True (--allow-incomplete) to read missing blocks as NaN"
         )
     group = zarr_group(path, "r", use_consolidated=False)
-    check_small_arrays(path, [n for n in _COORDS if n in group], group)
-    ds = xr.open_zarr(zarr_store(path), zarr_format=3, consolidated=True, chunks=None, drop_variables=[DONE])
+    expected = expected_digests(path, None if complete else done)
+    check_small_arrays(path, [n for n in _COORDS if n in group], expected)
+    store = checked_store(path, expected)  # coordinates too are read through the digest check
+    ds = xr.open_zarr(store, zarr_format=3, consolidated=True, chunks=None, drop_variables=[DONE])
+    ds.encoding["source"] = str(path)  # what xarray records when given a path (errors name the store)
     steps = ds["step"].values
     token = dask.base.tokenize(str(path.resolve()), complete, done)
     for name in [*ds.data_vars, *(["embedding_rms"] if "embedding_rms" in ds.coords else [])]:
@@ -102,7 +107,9 @@ def open_distances(
                 f"{path}: {name}: missing (array absent although the metadata lists it); run `dask-pdist verify {path}`"
             )
         arr = group[name]
-        source = CheckedChunks(path, name, arr.shape, arr.chunks, arr.dtype, steps, None if complete else done)
+        source = CheckedChunks(
+            path, name, arr.shape, arr.chunks, arr.dtype, steps, None if complete else done, expected
+        )
         if chunks is None:  # no dask: numpy reads through the same checks, chunk by chunk
             data = lazy_checked(source)
         else:

@@ -36,12 +36,13 @@ from dask_pdist.conventions import (
     INPUT_CHECKSUM,
     STOPPED_ATTR,
 )
-from dask_pdist.errors import StoreError
+from dask_pdist.errors import RepairWarning, StoreError
 from dask_pdist.io.paths import is_remote, zarr_array
 from dask_pdist.io.publish import building
 from dask_pdist.store.codecs import COMPRESSORS, DEFAULT_COMPRESSOR, Compressor, codec_choice, codec_name, codecs
+from dask_pdist.store.digests import DIGEST, MANIFEST_ATTR, file_digests, recording_array
 from dask_pdist.store.guards import check_input_outside, check_output, check_resumed_input, stop_job
-from dask_pdist.store.integrity import present_chunks
+from dask_pdist.store.integrity import damaged_blocks, present_chunks
 from dask_pdist.store.job import Job
 from dask_pdist.store.layout import (
     StorePath,
@@ -113,6 +114,7 @@ def _build(ds: xr.Dataset, tmp: Path, compressor: str, fingerprint: dict[str, An
     from zarr.codecs import Crc32cCodec
 
     checksums = ds.coords.get(INPUT_CHECKSUM)
+    written = _task_variables(ds)
     ds = ds.drop_vars(INPUT_CHECKSUM, errors="ignore")  # bookkeeping: kept in the sub-group
     encoding = {
         name: {
@@ -154,6 +156,19 @@ def _build(ds: xr.Dataset, tmp: Path, compressor: str, fingerprint: dict[str, An
             compressors=[Crc32cCodec()],
         )
         crc.attrs["long_name"] = checksums.attrs.get("long_name", "")
+    digest = books.create_array(
+        DIGEST,
+        shape=(*nblocks, len(written)),
+        chunks=(1, 1, 1, len(written)),
+        dtype="uint32",
+        fill_value=0,
+        dimension_names=(*_DONE_DIMS, "variable"),
+        compressors=[Crc32cCodec()],
+    )
+    digest.attrs["long_name"] = "crc32c trailer of each chunk the block's task wrote, by position (store/digests.py)"
+    digest.attrs["variables"] = written
+    # the arrays written now, once (coordinates): their chunks' digests, by key
+    books.attrs[MANIFEST_ATTR] = file_digests(tmp, [str(n) for n in ds.coords if not isinstance(ds[n].data, da.Array)])
     group.attrs[FINGERPRINT_ATTR] = json.dumps(fingerprint, sort_keys=True)
     group.attrs[COMPLETE_ATTR] = False
     consolidate(tmp)
@@ -171,21 +186,35 @@ def _clean_partials(path: StorePath) -> int:
     return n
 
 
-def _write_block(block: np.ndarray, *, array: Any, block_info: Any = None) -> np.ndarray:
+def _task_variables(ds: xr.Dataset, with_checksums: bool = True) -> list[str]:
+    # what each block's task writes, in the order of the chunk_digest array's last axis
+    names = [str(n) for n in ds.data_vars]
+    for name, coord in ds.coords.items():
+        if isinstance(coord.data, da.Array):
+            if name == INPUT_CHECKSUM:
+                if with_checksums:
+                    names.append(f"{BOOKKEEPING}/{INPUT_CHECKSUM}")
+            else:
+                names.append(str(name))
+    return names
+
+
+def _write_chunk(block: np.ndarray, *, store: StorePath, variable: str, block_info: Any = None) -> np.ndarray:
+    # one task writes one whole chunk (chunks aligned with dask) and returns its digest: the
+    # crc32c trailer of the bytes written, recorded by position (store/digests.py)
+    array, written = recording_array(store, variable)
     region = tuple(slice(a, b) for a, b in block_info[0]["array-location"])
     array[region] = block
-    return np.ones((1,) * block.ndim, dtype=np.uint8)
+    key = "/".join([variable, "c", *map(str, block_info[0]["chunk-location"])])
+    return np.full((1,) * block.ndim, written[key], dtype=np.uint32)
 
 
-def _write_coord(block: np.ndarray, *, array: Any, block_info: Any = None) -> np.ndarray:
-    ((start, stop),) = block_info[0]["array-location"]
-    array[start:stop] = block
-    return np.ones((1,), dtype=np.uint8)
-
-
-def _mark_done(*written: np.ndarray, done: Any, block_info: Any = None) -> np.ndarray:
-    # runs only after every variable's block (and the step coordinate) is on disk
+def _mark_done(*written: np.ndarray, done: Any, digest: Any, block_info: Any = None) -> np.ndarray:
+    # runs only after every variable's block (and the per-step coordinates) is on disk: their
+    # digests first, then the done flag, so a block marked done always has its digests
     index = tuple(loc[0] for loc in block_info[None]["array-location"])
+    if digest is not None:
+        digest[index] = np.array([int(w.ravel()[0]) for w in written], dtype=np.uint32)
     done[index] = 1
     return np.ones((1, 1, 1), dtype=np.uint8)
 
@@ -208,25 +237,30 @@ def _write_graph(ds: xr.Dataset, path: StorePath, todo: np.ndarray, lock: str) -
     # comparison costs ~25% of the write time (measured)
     # (open_array(config=...) is silently ignored in zarr 3.1; with_config is honoured)
     config = {"write_empty_chunks": True}
-    for name, var in ds.data_vars.items():
-        arr = zarr_array(path / name, "r+").with_config(config)
-        written.append(
-            var.data.map_blocks(_write_block, array=arr, dtype=np.uint8, chunks=(1, 1, 1), name=f"write-{name}-{token}")
-        )
-    for name, coord in ds.coords.items():
-        if isinstance(coord.data, da.Array):  # lazy per-step coordinates (embedding_rms, input checksums)
-            where = path / BOOKKEEPING / name if name == INPUT_CHECKSUM else path / name
-            if not (where / "zarr.json").exists():
-                continue  # an old store without input checksums
-            arr = zarr_array(where, "r+").with_config(config)
-            flags = coord.data.map_blocks(
-                _write_coord, array=arr, dtype=np.uint8, chunks=(1,), name=f"write-{name}-{token}"
+    names = _task_variables(ds, (path / BOOKKEEPING / INPUT_CHECKSUM / "zarr.json").exists())
+    digest = None  # a store made before chunk digests (resumed): written without them
+    if (path / BOOKKEEPING / DIGEST / "zarr.json").exists():
+        digest = zarr_array(path / BOOKKEEPING / DIGEST, "r+").with_config(config)
+        if digest.attrs.get("variables") != names:
+            raise StoreError(
+                f"{path}: the store records digests of {digest.attrs.get('variables')}, this job writes {names}"
             )
-            written.append(flags[:, None, None])
+    for name in names:
+        data = ds[name.split("/")[-1]].data
+        digests = data.map_blocks(
+            _write_chunk,
+            store=path,
+            variable=name,
+            dtype=np.uint32,
+            chunks=(1,) * data.ndim,
+            name=f"write-{name}-{token}",
+        )
+        written.append(digests if data.ndim == 3 else digests[:, None, None])
     done = da.map_blocks(
         _mark_done,
         *written,
         done=zarr_array(done_path(path), "r+").with_config(config),
+        digest=digest,
         dtype=np.uint8,
         chunks=(1, 1, 1),
         name=f"mark-done-{token}",
@@ -247,6 +281,17 @@ def _resume_todo(ds: xr.Dataset, path: StorePath) -> np.ndarray:
         for idx in zip(*np.nonzero(flags), strict=True):
             if tuple(int(i) for i in idx) not in present:
                 lost[idx] = True
+    damaged, notes = damaged_blocks(path, _task_variables(ds), flags.astype(bool) & ~lost)
+    if notes:
+        import warnings
+
+        shown = "; ".join(notes[:3]) + (f"; and {len(notes) - 3} more" if len(notes) > 3 else "")
+        warnings.warn(
+            f"{path}: {int(damaged.sum())} written block(s) fail their check and are recomputed: {shown}",
+            RepairWarning,
+            stacklevel=3,
+        )
+    lost |= damaged
     if lost.any():
         done = zarr_array(done_path(path), "r+")
         for idx in np.argwhere(lost):

@@ -1,0 +1,166 @@
+"""The one-writer lock of every output: ``.NAME.lock`` next to it.
+
+Every writer (compute, export, clusters, neighbours, runs, events, plots) takes it before it
+touches anything, and holds it until its output is published: a second writer of the same
+output is refused with a message naming the holder (pid, host, since when). A lock is taken
+over only when its owner is provably gone (its process is dead on this host); two processes
+finding the same stale lock take it over one at a time (see :func:`_take_over`). On an
+object store the lock is an object created by a conditional PUT (``If-None-Match: *``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from dask_pdist.errors import StoreError
+from dask_pdist.io.paths import Location, create_exclusive
+from dask_pdist.io.publish import pid_alive
+
+__all__ = ["lock_path", "acquire_lock", "release_lock", "holding_lock"]
+
+Out = Path | Location
+#: Locks this process holds, by lock path: a nested writer of the same output keeps it.
+_HELD: dict[str, str] = {}
+
+
+def lock_path(path: Out) -> Out:
+    return path.parent / f".{path.name}.lock"
+
+
+def _create_exclusive(lock: Out, record: dict[str, Any]) -> bool:
+    # False if the lock exists (O_EXCL locally, a conditional PUT on an object store)
+    return create_exclusive(lock, json.dumps(record).encode())
+
+
+def _holder(lock: Out) -> dict[str, Any] | None:
+    """The lock's record; None if the lock is gone. Raises ValueError if it is unreadable."""
+    try:
+        holder = json.loads(lock.read_text())
+        int(holder["pid"]), str(holder["host"])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(str(exc)) from None
+    return holder
+
+
+def _stale(holder: dict[str, Any]) -> bool:
+    # provably gone: its process is dead on this host (or it is this process, which runs one
+    # job after another); a lock of another host is never taken over
+    pid = int(holder["pid"])
+    return holder["host"] == socket.gethostname() and (pid == os.getpid() or not pid_alive(pid))
+
+
+def _take_over(lock: Out, stale: dict[str, Any]) -> bool:
+    """Remove ``lock`` if it still holds the ``stale`` record. Two processes finding the same
+    stale lock must not both remove it (the second would delete the first one's new lock):
+    the removal happens under a second, short-lived lock ``LOCK.takeover``, created
+    exclusively, and only after re-reading the lock inside it. False if another process is
+    taking it over (the caller retries and then finds that process's lock)."""
+    guard = lock.parent / f"{lock.name}.takeover"
+    mine = {"pid": os.getpid(), "host": socket.gethostname(), "token": uuid.uuid4().hex}
+    if not create_exclusive(guard, json.dumps(mine).encode()):
+        try:  # a takeover guard whose process died within those few milliseconds
+            other = json.loads(guard.read_text())
+            if other["host"] == mine["host"] and not pid_alive(int(other["pid"])):
+                guard.unlink(missing_ok=True)
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        return False
+    try:
+        current = _holder(lock)
+        if current is not None and current.get("token") == stale.get("token") and current["pid"] == stale["pid"]:
+            lock.unlink(missing_ok=True)
+        return True
+    finally:
+        guard.unlink(missing_ok=True)
+
+
+def acquire_lock(path: Out, role: str = "store") -> str:
+    """Take the one-writer lock of ``path`` (``.NAME.lock`` next to it); returns its token.
+
+    Every writer of an output (compute, export, clusters, neighbours, runs, events, plots)
+    takes it. A lock whose process is provably gone (dead on this host) is taken over; so is
+    one of this process (a Python caller running one job after another). Anything else is
+    refused, naming the holder. On an object store the lock is an object created by a
+    conditional PUT."""
+    lock = lock_path(path)
+    token = uuid.uuid4().hex
+    record = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "token": token,
+        "writes": role,
+    }
+    for attempt in range(50):
+        if _create_exclusive(lock, record):
+            _HELD[str(lock)] = token
+            return token
+        try:
+            holder = _holder(lock)
+        except ValueError:
+            raise StoreError(
+                f"{path}: lock file {lock} is unreadable; if no dask-pdist job is writing {path}, delete"
+                f" the lock file {lock} (not the output) and retry"
+            ) from None
+        if holder is None:
+            continue  # released meanwhile
+        if _stale(holder):
+            if not _take_over(lock, holder):
+                time.sleep(0.01 * (1 + attempt % 5))
+            continue
+        raise StoreError(
+            f"{path}: being written by pid {holder['pid']} on {holder['host']} since {holder.get('started', '?')}"
+            f" (lock {lock}); wait for that job to finish, or, if it is no longer running,"
+            f" delete {lock} and retry"
+        )
+    raise StoreError(f"{path}: could not take the lock {lock}; retry")
+
+
+@contextlib.contextmanager
+def holding_lock(path: Out, role: str = "output") -> Iterator[str]:
+    """Hold the writer lock of ``path`` for the duration of the block; a writer that already
+    holds it (a store's creation inside its job) keeps it."""
+    held = _HELD.get(str(lock_path(path)))
+    if held is not None and _token_of(lock_path(path)) == held:
+        yield held
+        return
+    token = acquire_lock(path, role)
+    try:
+        yield token
+    finally:
+        release_lock(path, token)
+
+
+def _token_of(lock: Out) -> str | None:
+    try:
+        return (_holder(lock) or {}).get("token")
+    except ValueError:
+        return None
+
+
+def release_lock(path: Out, token: str | None = None) -> None:
+    """Remove the lock of ``path`` if ``token`` holds it (or, without a token, if this
+    process holds it on this host)."""
+    lock = lock_path(path)
+    try:
+        holder = json.loads(lock.read_text())
+    except (OSError, ValueError):
+        return
+    mine = (
+        holder.get("token") == token
+        if token
+        else (holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname())
+    )
+    if mine:
+        lock.unlink(missing_ok=True)
+        _HELD.pop(str(lock), None)

@@ -1,0 +1,166 @@
+"""Every writer takes the same one-writer lock (issue 20.2): a second writer of an output is
+refused, naming the holder; a stale lock is taken over by exactly one of the processes that
+find it; concurrent runs to one output never both report success."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import dask_pdist as dp
+from conftest import random_history
+from dask_pdist.cli.main import main
+from dask_pdist.io.locks import acquire_lock, holding_lock, lock_path, release_lock
+
+
+@pytest.fixture
+def history(write_safetensors):
+    return write_safetensors("h.safetensors", {"embedding_history": random_history((23, 9, 5), seed=2)}, "F32")
+
+
+@pytest.fixture
+def holder(tmp_path):
+    """Start a live process that holds the lock of an output; yields (start(path), its pid)."""
+    procs = []
+
+    def start(target: Path) -> int:
+        code = textwrap.dedent(
+            f"""
+            import sys, time
+            from pathlib import Path
+            from dask_pdist.io.locks import acquire_lock
+            acquire_lock(Path({str(target)!r}), "test")
+            print("held", flush=True)
+            time.sleep(60)
+            """
+        )
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "held"
+        procs.append(proc)
+        return proc.pid
+
+    yield start
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
+def test_every_writer_is_refused_while_another_holds_the_output(history, tmp_path, holder, capsys):
+    hist = dp.open_history(history, chunks=7)
+    writers = {
+        "d.zarr": lambda p: dp.to_zarr(dp.pairwise_distances(hist), p, progress=False),
+        "n.zarr": lambda p: dp.neighbours_to_zarr(dp.neighbours(hist, k=2), p),
+        "c.zarr": lambda p: dp.write_clusters(dp.clusters(hist, threshold=0.5), p),
+        "d.safetensors": lambda p: dp.to_safetensors(dp.pairwise_distances(hist), p, progress=False),
+        "e.csv": lambda p: __import__("dask_pdist.analyses.events", fromlist=["x"]).write_events_csv(
+            dp.cluster_events(dp.clusters(hist).compute()), p
+        ),
+    }
+    for name, write in writers.items():
+        target = tmp_path / name
+        pid = holder(target)
+        with pytest.raises(dp.StoreError, match=rf"being written by pid {pid} on {socket.gethostname()}"):
+            write(target)
+        assert not os.path.lexists(target), name
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith(f".{name}.") and "lock" not in p.name]
+        assert json.loads(lock_path(target).read_text())["pid"] == pid  # the holder's lock is kept
+    # the CLI says it in one line, exit 2
+    target = tmp_path / "cli-n.zarr"
+    pid = holder(target)
+    assert main(["neighbours", str(history), "-k", "2", "-o", str(target), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"being written by pid {pid}" in err[0], err
+
+
+def test_a_finished_writer_releases_its_lock(history, tmp_path):
+    hist = dp.open_history(history, chunks=7)
+    dp.neighbours_to_zarr(dp.neighbours(hist, k=2), tmp_path / "n.zarr")
+    dp.write_clusters(dp.clusters(hist), tmp_path / "c.zarr")
+    dp.to_safetensors(dp.pairwise_distances(hist), tmp_path / "d.safetensors", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.zarr", "d.safetensors", "h.safetensors", "n.zarr"]
+
+
+def test_a_failed_writer_releases_its_lock(history, tmp_path):
+    hist = dp.open_history(history, chunks=7)
+    bad = dp.neighbours(hist, k=2).copy()
+    bad["distance"] = bad["distance"].copy(data=bad["distance"].data.map_blocks(_boom, dtype=bad["distance"].dtype))
+    with pytest.raises(RuntimeError, match="boom"):
+        dp.neighbours_to_zarr(bad, tmp_path / "n.zarr")
+    assert list(tmp_path.iterdir()) == [history]
+
+
+def _boom(block: np.ndarray) -> np.ndarray:
+    raise RuntimeError("boom")
+
+
+def _grab(target: str, barrier, results) -> None:  # a child of the race below
+    barrier.wait()
+    try:
+        token = acquire_lock(Path(target))
+        results.put(("won", token))
+        time.sleep(1.0)  # hold it while the others try
+    except dp.StoreError as exc:
+        results.put(("refused", str(exc)))
+
+
+def test_a_stale_lock_is_taken_over_by_exactly_one_process(tmp_path):
+    target = tmp_path / "d.zarr"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = {"pid": int(dead.stdout), "host": socket.gethostname(), "started": "long ago", "token": "stale"}
+    ctx = multiprocessing.get_context("fork")
+    for _ in range(5):
+        lock_path(target).write_text(json.dumps(stale))
+        n = 8
+        barrier, results = ctx.Barrier(n), ctx.Queue()
+        procs = [ctx.Process(target=_grab, args=(str(target), barrier, results)) for _ in range(n)]
+        for p in procs:
+            p.start()
+        outcomes = [results.get(timeout=30) for _ in range(n)]
+        for p in procs:
+            p.join()
+        won = [o for o in outcomes if o[0] == "won"]
+        assert len(won) == 1, outcomes
+        assert all("being written by pid" in o[1] for o in outcomes if o[0] == "refused")
+        assert not (tmp_path / ".d.zarr.lock.takeover").exists()
+        lock_path(target).unlink(missing_ok=True)
+
+
+def test_a_nested_writer_keeps_the_lock_it_holds(tmp_path):
+    target = tmp_path / "x"
+    with holding_lock(target) as outer:
+        with holding_lock(target) as inner:
+            assert inner == outer
+        assert json.loads(lock_path(target).read_text())["token"] == outer  # still held
+    assert not lock_path(target).exists()
+    token = acquire_lock(target)
+    release_lock(target, "someone else")
+    assert lock_path(target).exists()  # only the holder's token releases it
+    release_lock(target, token)
+
+
+def test_concurrent_neighbours_runs_to_one_output_never_both_succeed(history, tmp_path):
+    out = tmp_path / "n.zarr"
+    cmd = [sys.executable, "-m", "dask_pdist", "neighbours", str(history), "-k", "3", "-o", str(out), "--no-progress"]
+    for _ in range(3):
+        procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
+        codes = sorted(r[0] for r in results)
+        assert codes == [0, 2], results
+        refused = next(err for code, err in results if code == 2)
+        assert "being written by pid" in refused or "already exists" in refused, refused
+        nb = dp.open_neighbours(out)
+        assert nb.sizes["step"] == 23 and "token" in nb.coords
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["h.safetensors", "n.zarr"]
+        import shutil
+
+        shutil.rmtree(out)
