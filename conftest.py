@@ -6,6 +6,9 @@ import pytest
 import xarray as xr
 
 collect_ignore = ["dask_pdist/__main__.py"]  # runs the CLI when imported
+# the CUDA engine's modules import numba.cuda: they are tested under numba's CUDA simulator in
+# subprocesses (tests/test_cuda.py), never imported by this process
+collect_ignore_glob = ["dask_pdist/kernels/cuda/*"]
 
 
 @pytest.fixture(autouse=True)

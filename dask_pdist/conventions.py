@@ -23,6 +23,9 @@ __all__ = [
     "CLUSTER_DIMS",
     "NEIGHBOUR_DIMS",
     "check_choice",
+    "ENGINES",
+    "Engine",
+    "check_engine",
 ]
 
 # -- metrics ---------------------------------------------------------------------------------
@@ -144,3 +147,21 @@ def check_dtype(dtype: object) -> str:
     if name not in OUTPUT_DTYPES:
         raise ValueError(f"dtype={dtype!r}: choose one of {list(OUTPUT_DTYPES)}")
     return name
+
+
+# -- engines ---------------------------------------------------------------------------------
+#: Where the kernels run: "cpu" (numba on the host), "cuda" (numba-cuda on a GPU, the
+#: ``dask_pdist[cuda]`` extra), "auto" (CUDA where a GPU and the extra are present, else CPU).
+ENGINES: tuple[str, ...] = ("cpu", "cuda", "auto")
+Engine = Literal["cpu", "cuda", "auto"]
+
+
+def check_engine(engine: object) -> str:
+    """Validate an engine name against :data:`ENGINES` (which one is available is decided later).
+
+    >>> check_engine("auto")
+    'auto'
+    """
+    if not isinstance(engine, str) or engine not in ENGINES:
+        raise ValueError(f"engine={engine!r}: choose one of {list(ENGINES)}")
+    return engine

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["InputError", "StoreError", "RepairWarning"]
+__all__ = ["InputError", "StoreError", "RepairWarning", "EngineError"]
 
 
 class InputError(ValueError):
@@ -15,3 +15,7 @@ class StoreError(ValueError):
 
 class RepairWarning(UserWarning):
     """``--resume`` found written chunks that fail their checks and recomputes them."""
+
+
+class EngineError(ValueError):
+    """The requested compute engine cannot run here (no GPU, or its optional extra is missing)."""

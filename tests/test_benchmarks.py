@@ -75,3 +75,28 @@ def test_sections_subset_and_bad_section(tmp_path: Path) -> None:
     assert "### Read paths" in report and "## End to end" not in report and "--sections reads" in report
     bad = subprocess.run([sys.executable, str(RUN_PY), "--sections", "nope"], capture_output=True, text=True)
     assert bad.returncode == 2 and "choose from startup,kernel,e2e,reads" in bad.stderr
+
+
+GPU_PY = RUN_PY.parent / "gpu.py"
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_quick_runs_its_cpu_fallback(tmp_path: Path) -> None:
+    # no GPU needed: without one both sides run on the CPU, and the report says so
+    proc = subprocess.run(
+        [sys.executable, str(GPU_PY), "--quick", "--workdir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and not line.startswith("| case")]
+    assert len(rows) == 6, proc.stdout  # end to end, 3 neighbours, 2 clusters
+    assert all("PARTITIONS DIFFER" not in row for row in rows), proc.stdout
+    assert ("These are not GPU results" in proc.stdout) == ("engine=cuda" not in proc.stdout.splitlines()[0])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_gpu_benchmark_refuses_an_unknown_section() -> None:
+    proc = subprocess.run([sys.executable, str(GPU_PY), "--sections", "e2e,kernels"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "--sections e2e,kernels: choose from e2e,knn,clusters" in proc.stderr

@@ -66,7 +66,7 @@ def test_imports_point_down(path):
     assert not wrong, "\n".join(wrong)
 
 
-@pytest.mark.parametrize("path", sorted(PACKAGE.glob("kernels/*.py")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(PACKAGE.glob("kernels/**/*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_kernels_are_numpy_in_numpy_out(path):
     heavy = [m for _, m in _imports(path) if m.split(".")[0] in ("dask", "xarray", "zarr", "pandas", "fsspec")]
     assert not heavy, f"{path.name} imports {heavy}"
@@ -135,6 +135,27 @@ def test_reading_a_store_never_imports_numba(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+@pytest.mark.parametrize("engine", ["cpu", "auto without the extra"])
+def test_the_cpu_engine_never_imports_the_cuda_modules(tmp_path, engine):
+    # every computation on the CPU: distances, neighbours, clusters at a positive threshold
+    path = tmp_path / "h.safetensors"
+    code = (
+        "import sys\n"
+        + ("sys.modules['numba_cuda'] = None\n" if engine != "cpu" else "")  # as if not installed
+        + "import dask_pdist as dp\n"
+        f"path = {str(path)!r}\n"
+        "dp.write_synthetic_history(path, steps=5, vocab=7, dim=3)\n"
+        "h = dp.open_history(path, chunks=2)\n"
+        f"engine = {engine.split()[0]!r}\n"
+        "dp.pairwise_distances(h, engine=engine).compute()\n"
+        "dp.neighbours(h, k=2, engine=engine).compute()\n"
+        "dp.clusters(h, 0.5, engine=engine).compute()\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('numba.cuda', 'numba_cuda.', 'dask_pdist.kernels.cuda'))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_no_import_cycles_in_benchmarks():

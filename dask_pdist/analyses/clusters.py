@@ -29,6 +29,7 @@ import xarray as xr
 from dask_pdist._version import __version__
 from dask_pdist.conventions import CLUSTER_DIMS, CLUSTERS_MARKER_ATTR, METRICS, check_metric
 from dask_pdist.graphs.clusters import cluster_arrays
+from dask_pdist.kernels.engine import resolve_engine
 
 __all__ = ["THRESHOLD_NAMES", "clusters", "write_clusters", "open_clusters"]
 
@@ -73,7 +74,7 @@ def _source_name(obj: xr.DataArray | xr.Dataset) -> str:
 
 
 def _from_history(
-    history: xr.DataArray, threshold: float | str, metric: str, token_chunk: int | str
+    history: xr.DataArray, threshold: float | str, metric: str, token_chunk: int | str, engine: str = "cpu"
 ) -> tuple[dict, da.Array, Any]:
     from dask_pdist.conventions import HISTORY_DIMS
     from dask_pdist.io.history import step_rms
@@ -108,6 +109,7 @@ def _from_history(
         kind="history",
         metric_index=METRICS.index(metric),
         token_chunk=token_chunk,  # type: ignore[arg-type]
+        engine=engine,
     )
     token = history["token"].values if "token" in history.coords else np.arange(history.sizes["token"])
     return arrays, thr, token
@@ -182,6 +184,7 @@ def clusters(
     *,
     metric: Literal["euclidean", "chebyshev"] = "chebyshev",
     token_chunk: int | Literal["auto"] = "auto",
+    engine: Literal["cpu", "cuda", "auto"] = "cpu",
 ) -> xr.Dataset:
     """Groups of tokens within ``threshold`` of each other, at every step, lazily.
 
@@ -216,6 +219,11 @@ def clusters(
         History at a positive threshold: edge of the token x token distance tiles (one task
         computes one tile); ``"auto"`` tiles only large vocabularies, as
         :func:`pairwise_distances` does. Does not change the result.
+    engine : {"cpu", "cuda", "auto"}
+        History at a positive threshold: where the distances are computed (``"cuda"``: a
+        GPU, the ``dask_pdist[cuda]`` extra; ``"auto"``: there when it can). Threshold 0
+        compares rows on the CPU with any engine, and a distance store is read on the CPU.
+        Does not change the result.
 
     Returns
     -------
@@ -237,11 +245,12 @@ def clusters(
     4
     """
     check_metric(metric, METRICS)
+    engine = resolve_engine(engine)  # "cuda" where it cannot run is an error whatever the path
     threshold = _check_threshold(threshold)
     if isinstance(source, xr.Dataset) and "run" in source.dims:
         return _clusters_per_run(source, threshold, metric, token_chunk)
     if isinstance(source, xr.DataArray):
-        arrays, thr, token = _from_history(source, threshold, metric, token_chunk)
+        arrays, thr, token = _from_history(source, threshold, metric, token_chunk, engine)
     elif isinstance(source, xr.Dataset):
         if source.attrs.get("complete") is False:  # open_distances(..., allow_incomplete=True)
             import warnings

@@ -21,6 +21,7 @@ from dask_pdist.conventions import (
     KIND_ATTR,
     NEIGHBOUR_DIMS,
     NEIGHBOURS_KIND,
+    Engine,
     Metric,
     check_metric,
 )
@@ -47,6 +48,7 @@ def neighbours(
     metric: Metric = "euclidean",
     *,
     token_chunk: int | Literal["auto"] = "auto",
+    engine: Engine = "cpu",
 ) -> xr.Dataset:
     """The k nearest tokens of every token at every step, exactly, lazily.
 
@@ -60,6 +62,9 @@ def neighbours(
     metric : {"euclidean", "chebyshev", "manhattan", "chebyshev_ulp"}
     token_chunk : int or "auto"
         Tokens per block (``"auto"``: ~2e9 pair-dims of work per block-pair task).
+    engine : {"cpu", "cuda", "auto"}
+        Where the kernels run: ``"cuda"`` on a GPU (the ``dask_pdist[cuda]`` extra, k <=
+        2048), ``"auto"`` there when it can, else on the CPU. The lists are the same.
 
     Returns
     -------
@@ -89,7 +94,7 @@ def neighbours(
     kernel_metric = metric
     if metric == "chebyshev_ulp":  # Chebyshev between the values' places on the format's line
         data, kernel_metric = _positions(history, data), "chebyshev"
-    rec = neighbour_array(data, k, kernel_metric, token_ids=_token_ids(history), token_chunk=token_chunk)
+    rec = neighbour_array(data, k, kernel_metric, token_ids=_token_ids(history), token_chunk=token_chunk, engine=engine)
     coords = {
         "step": history["step"].values if "step" in history.coords else np.arange(history.sizes["step"]),
         "token": history["token"].values if "token" in history.coords else np.arange(history.sizes["token"]),

@@ -26,7 +26,7 @@ def _cmd_neighbours(args: argparse.Namespace) -> None:
         storage_options=_opts(args, source),
         follow_symlinks=getattr(args, "follow_symlinks", False),
     )
-    nbrs = dp.neighbours(history, k=args.k, metric=args.metric)
+    nbrs = dp.neighbours(history, k=args.k, metric=args.metric, engine=args.engine)
     delayed = dp.neighbours_to_zarr(nbrs, args.output, overwrite=args.overwrite, compute=False)
     print(
         f"{history.attrs['source']} [{history.name}]: {history.sizes['step']:,} steps"
@@ -238,7 +238,7 @@ def clusters_report(
         from dask_pdist.io.paths import local_path
 
         local_path(output, "clusters store")
-    ds = dp.clusters(source, threshold, metric=metric)
+    ds = dp.clusters(source, threshold, metric=metric, engine=getattr(args, "engine", "cpu"))
     target = f" -> {output}" if output else ""
     print(f"{what}: clusters at {metric} distance <= {threshold}{target}", file=sys.stderr)
     if output:

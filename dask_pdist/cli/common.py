@@ -263,3 +263,15 @@ def cli_words(text: str) -> str:
 def error_line(text: object) -> None:
     """Print the one error line of the CLI, in CLI words."""
     print(f"dask-pdist: error: {cli_words(str(text))}", file=sys.stderr)
+
+
+def _add_engine(p: argparse.ArgumentParser) -> None:
+    from dask_pdist.conventions import ENGINES
+
+    p.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="cpu",
+        help='where the kernels run: cpu, cuda (a GPU; pip install "dask_pdist[cuda]"), or auto (cuda when a GPU'
+        " and the extra are present); the results are identical (default: cpu)",
+    )

@@ -49,6 +49,7 @@ def _compute(
         metrics=getattr(args, "metrics", METRICS),
         dtype=getattr(args, "dtype", "float32"),
         token_chunk=getattr(args, "token_chunk", None) or "auto",
+        engine=getattr(args, "engine", "cpu"),
     )
     from dask_pdist.store.layout import store_path
 

@@ -18,6 +18,7 @@ from dask_pdist.cli.common import (
     _NO_PROGRESS_HELP,
     _TOKEN_IDS_HELP,
     EXIT_BAD_INPUT,
+    _add_engine,
     _add_scheduler,
     _add_storage_options,
     _add_store_overwrite,
@@ -100,6 +101,7 @@ def _parser() -> argparse.ArgumentParser:
         help="NaN/Inf in the history: stop with an error, or give NaN distances (default: raise)",
     )
     _add_scheduler(c)
+    _add_engine(c)
     _add_store_overwrite(c)
     c.add_argument(
         "--resume",
@@ -252,6 +254,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     k.add_argument("--no-progress", action="store_true", help=_NO_PROGRESS_HELP)
     _add_storage_options(k)
+    _add_engine(k)
     k.set_defaults(func=_cmd_clusters)
 
     n = sub.add_parser("neighbours", help="exact k nearest tokens of every token at every step, into a zarr store")
@@ -275,6 +278,7 @@ def _parser() -> argparse.ArgumentParser:
         help="NaN/Inf in the history: stop with an error, or give NaN distances, ranked last (default: raise)",
     )
     _add_scheduler(n)
+    _add_engine(n)
     _add_store_overwrite(n)
     n.add_argument("--no-progress", action="store_true", help=_NO_PROGRESS_HELP)
     _add_storage_options(n)

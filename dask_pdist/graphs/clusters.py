@@ -16,6 +16,7 @@ from dask.array.core import PerformanceWarning
 
 from dask_pdist.conventions import METRICS
 from dask_pdist.kernels.cluster_rows import _keep, _stat_task, equal_row_labels
+from dask_pdist.kernels.engine import resolve_engine
 from dask_pdist.planning import plan_token_chunk
 
 __all__ = ["cluster_arrays"]
@@ -38,6 +39,12 @@ def _reduce_tiles(per_tile: da.Array) -> da.Array:
     )
 
 
+def _cuda_labels_task(x: np.ndarray, thr: np.ndarray, steps: np.ndarray, *, metric: str) -> np.ndarray:
+    from dask_pdist.kernels.cuda.clusters import cluster_labels_cuda  # only a graph on the GPU imports it
+
+    return cluster_labels_cuda(x, thr, metric, step0=int(steps[0]) if steps.size else 0)
+
+
 def cluster_arrays(
     data: da.Array,
     thr: da.Array | None,
@@ -45,6 +52,7 @@ def cluster_arrays(
     kind: Literal["history", "distances"],
     metric_index: int = 1,
     token_chunk: int | Literal["auto"] = "auto",
+    engine: str = "cpu",
 ) -> dict[str, da.Array]:
     """Lazy cluster arrays from a history or from one metric's distances (array layer).
 
@@ -61,6 +69,11 @@ def cluster_arrays(
     token_chunk : int or "auto"
         History at a positive threshold: edge of the distance tiles; ``"auto"`` tiles only
         when one snapshot's matrices exceed the tile budget (as :func:`pairwise_arrays`).
+    engine : {"cpu", "cuda", "auto"}
+        History at a positive threshold: where the distances are computed (on the GPU one
+        task takes a step chunk's whole snapshots). Threshold 0 compares rows by their bytes
+        on the CPU with either engine (no distance is computed), and a distance store is read
+        on the CPU. The labels are the same either way.
 
     Returns
     -------
@@ -76,9 +89,26 @@ def cluster_arrays(
     """
     n_tokens = data.shape[1]
     meta2 = np.empty((0, 0), dtype=np.int32)
+    engine = resolve_engine(engine)
     if kind == "history" and thr is None:
         x = data.rechunk({1: -1, 2: -1})
         labels = x.map_blocks(equal_row_labels, drop_axis=2, dtype=np.int32, meta=meta2, name="cluster-equal-rows")
+    elif kind == "history" and engine == "cuda":
+        x = data.rechunk({1: -1, 2: -1})
+        labels = da.blockwise(
+            _cuda_labels_task,
+            "st",
+            x,
+            "std",
+            thr.rechunk((x.chunks[0],)),
+            "s",
+            da.arange(x.shape[0], chunks=(x.chunks[0],)),
+            "s",
+            concatenate=True,
+            dtype=np.int32,
+            meta=meta2,
+            metric=METRICS[metric_index],
+        )
     elif kind == "history":
         from dask_pdist.kernels.cluster_tiles import _history_tile_task  # numba: only here
 

@@ -9,7 +9,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from dask_pdist.conventions import DISTANCE_DIMS, HISTORY_DIMS, METRICS, Metric
+from dask_pdist.conventions import DISTANCE_DIMS, HISTORY_DIMS, METRICS, Engine, Metric
 from dask_pdist.graphs.distances import pairwise_arrays
 from dask_pdist.io.history import provenance, step_rms
 from dask_pdist.planning import auto_step_chunk
@@ -58,6 +58,7 @@ def pairwise_distances(
     dtype: Literal["float32", "float16", "float64"] = "float32",
     *,
     token_chunk: int | Literal["auto"] = "auto",
+    engine: Engine = "cpu",
 ) -> xr.Dataset:
     """Pairwise distances between all tokens at every step, lazily, all metrics in one pass.
 
@@ -78,6 +79,10 @@ def pairwise_distances(
         step index and the token pair when it is computed, never a silent inf.
     token_chunk : int or "auto"
         Tile edge along token_i and token_j; ``"auto"`` tiles only large vocabularies.
+    engine : {"cpu", "cuda", "auto"}
+        Where the kernels run: ``"cuda"`` on a GPU (the ``dask_pdist[cuda]`` extra; an
+        :class:`~dask_pdist.errors.EngineError` saying what is missing where it cannot run),
+        ``"auto"`` there when it can, else on the CPU. The distances are the same bit for bit.
 
     Returns
     -------
@@ -98,10 +103,15 @@ def pairwise_distances(
     if not isinstance(data, da.Array):
         data = da.from_array(data, chunks=(auto_step_chunk(data.shape[1], data.shape[0]), -1, -1))
     step_labels = history["step"].values if "step" in history.coords else None
-    fmt = _FORMATS.get(str(history.attrs.get("input_dtype", "")))
-    if fmt is None and data.dtype == np.float32 and "input_dtype" not in history.attrs:
-        fmt = "f32"  # a plain float32 array: its own format
-    arrays = pairwise_arrays(data, metrics, dtype, token_chunk=token_chunk, steps=step_labels, number_format=fmt)
+    arrays = pairwise_arrays(
+        data,
+        metrics,
+        dtype,
+        token_chunk=token_chunk,
+        steps=step_labels,
+        number_format=number_format(history),
+        engine=engine,
+    )
     token = history["token"].values if "token" in history.coords else range(history.sizes["token"])
     coords = {
         "step": history["step"].values if "step" in history.coords else range(history.sizes["step"]),

@@ -15,6 +15,7 @@ from dask.array.core import PerformanceWarning
 
 from dask_pdist.conventions import METRICS, Metric, check_dtype, check_metrics
 from dask_pdist.kernels.distances import cross_block, pairwise_block
+from dask_pdist.kernels.engine import resolve_engine
 from dask_pdist.planning import plan_token_chunk
 
 __all__ = ["pairwise_arrays"]
@@ -56,13 +57,18 @@ def _distance_block(
     *,
     which: tuple[int, ...],
     out_dtype: str,
+    engine: str = "cpu",
 ) -> np.ndarray:
     step0 = int(steps[0]) if steps.size else 0
-    l1 = 2 in which  # Manhattan: summed in the same pass
+    extra: dict = {"manhattan": True} if 2 in which else {}  # Manhattan: summed in the same pass
+    pairwise, cross = pairwise_block, cross_block
+    if engine == "cuda":  # imported in the task: the CPU path never loads the CUDA modules
+        from dask_pdist.kernels.cuda.distances import cross_block_cuda as cross
+        from dask_pdist.kernels.cuda.distances import pairwise_block_cuda as pairwise
     if ia[0] == jb[0]:  # a diagonal tile: xa and xb hold the same tokens
-        out = pairwise_block(xa, step0=step0, token0=int(ia[0]), manhattan=l1)
+        out = pairwise(xa, step0=step0, token0=int(ia[0]), **extra)
     else:
-        out = cross_block(xa, xb, step0=step0, token0_a=int(ia[0]), token0_b=int(jb[0]), manhattan=l1)
+        out = cross(xa, xb, step0=step0, token0_a=int(ia[0]), token0_b=int(jb[0]), **extra)
     if which != tuple(range(len(out))):
         out = out[list(which)]
     if out_dtype == "float16":
@@ -102,6 +108,7 @@ def pairwise_arrays(
     token_chunk: int | Literal["auto"] = "auto",
     steps: np.ndarray | None = None,
     number_format: str | None = None,
+    engine: str = "cpu",
 ) -> dict[str, da.Array]:
     """Lazy distance arrays of every metric from one ``dask.array.blockwise`` graph.
 
@@ -120,6 +127,9 @@ def pairwise_arrays(
     number_format : {"bf16", "f16", "f32"}, optional
         The history's own number format, for ``chebyshev_ulp`` (stored as uint16 for
         bf16/f16, uint32 for f32).
+    engine : {"cpu", "cuda", "auto"}
+        Where the kernel runs (:func:`dask_pdist.kernels.engine.resolve_engine`); the
+        results are the same bit for bit. Manhattan and ``chebyshev_ulp`` run on the CPU.
 
     Returns
     -------
@@ -136,6 +146,9 @@ def pairwise_arrays(
     """
     metrics = check_metrics(metrics)
     dtype = check_dtype(dtype)
+    engine = resolve_engine(engine)
+    if engine == "cuda" and "manhattan" in metrics:
+        raise ValueError("metrics with 'manhattan' run on the CPU engine only (engine='cpu')")
     if x.ndim != 3:
         raise ValueError(f"history must be 3-D (step, token, dim), got shape {x.shape}")
     if 0 in x.shape:  # no block to compute: refuse before a store is created for it
@@ -170,7 +183,7 @@ def pairwise_arrays(
         # tiling token_i x token_j multiplies the chunk count on purpose
         warnings.simplefilter("ignore", PerformanceWarning)
         if floats:
-            out = _blockwise(x, step_ids, ids, step_labels, len(floats), which, dtype)
+            out = _blockwise(x, step_ids, ids, step_labels, len(floats), which, dtype, engine)
             found = {m: out[k] for k, m in enumerate(floats)}
         if ULP in metrics:
             from dask_pdist.kernels.movement import ULP_DTYPES
@@ -197,6 +210,7 @@ def _blockwise(
     n_metrics: int,
     which: tuple[int, ...],
     dtype: str,
+    engine: str,
 ) -> da.Array:
     return da.blockwise(
         _distance_block,
@@ -219,4 +233,5 @@ def _blockwise(
         meta=np.empty((0, 0, 0, 0), dtype=dtype),
         which=which,
         out_dtype=dtype,
+        engine=engine,
     )

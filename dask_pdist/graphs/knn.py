@@ -15,6 +15,7 @@ import dask.array as da
 import numpy as np
 
 from dask_pdist.conventions import Metric, check_metric
+from dask_pdist.kernels.engine import resolve_engine
 from dask_pdist.kernels.knn import QUERY_ROWS, check_k, knn_merge, knn_pairs, knn_tile
 from dask_pdist.planning import plan_neighbour_chunks
 
@@ -45,6 +46,39 @@ def _merge_task(as_rows: list[tuple], as_cols: list[tuple], ids: np.ndarray, *, 
     return out
 
 
+def _cuda_task(x: np.ndarray, ids: np.ndarray, steps: np.ndarray, *, k: int, metric: str) -> np.ndarray:
+    from dask_pdist.kernels.cuda.knn import knn_block_cuda  # only a graph on the GPU imports it
+
+    nbr, dist = knn_block_cuda(x, k, metric, step0=int(steps[0]) if steps.size else 0)
+    out = np.empty(nbr.shape, dtype=_RECORD)
+    out["neighbour"] = ids[nbr]
+    out["distance"] = dist
+    return out
+
+
+def _cuda_graph(x: da.Array, k: int, metric: str, ids: np.ndarray, steps: int, block: int) -> da.Array:
+    # a GPU task takes whole snapshots (rows in batches, see kernels/cuda/knn.py); the output
+    # is cut into the CPU engine's token blocks so that both engines store the same chunks
+    x = x.rechunk({0: steps, 1: -1, 2: -1})
+    rec = da.blockwise(
+        _cuda_task,
+        "stk",
+        x,
+        "std",
+        da.from_array(ids, chunks=-1),
+        "t",
+        da.arange(x.shape[0], chunks=(x.chunks[0],)),
+        "s",
+        new_axes={"k": k},
+        concatenate=True,
+        dtype=_RECORD,
+        meta=np.empty((0, 0, 0), dtype=_RECORD),
+        k=k,
+        metric=metric,
+    )
+    return rec.rechunk({1: block})
+
+
 def neighbour_array(
     x: da.Array,
     k: int,
@@ -52,6 +86,7 @@ def neighbour_array(
     *,
     token_ids: np.ndarray | None = None,
     token_chunk: int | Literal["auto"] = "auto",
+    engine: str = "cpu",
 ) -> da.Array:
     """Lazy (step, token, k) record array of neighbours: block-pair tasks, then one merge per block.
 
@@ -66,6 +101,9 @@ def neighbour_array(
     token_chunk : int or "auto"
         Tokens per block (the output's token chunks); ``"auto"``: see
         :func:`plan_neighbour_chunks` (the step chunking is replanned too).
+    engine : {"cpu", "cuda", "auto"}
+        Where the kernels run (:func:`dask_pdist.kernels.engine.resolve_engine`); the lists
+        are the same either way. On the GPU one task takes a step chunk's whole snapshots.
 
     Returns
     -------
@@ -83,6 +121,9 @@ def neighbour_array(
            [1, 0, 1]], dtype=int32)
     """
     m = check_metric(metric, ("euclidean", "chebyshev", "manhattan"))
+    engine = resolve_engine(engine)
+    if engine == "cuda" and m == 2:
+        raise ValueError("metric='manhattan' runs on the CPU engine only (engine='cpu')")
     if x.ndim != 3:
         raise ValueError(f"history must be 3-D (step, token, dim), got shape {x.shape}")
     if x.dtype not in (np.float32, np.float64):
@@ -99,6 +140,8 @@ def neighbour_array(
         if isinstance(token_chunk, bool) or not isinstance(token_chunk, (int, np.integer)) or token_chunk < 1:
             raise ValueError(f"token_chunk={token_chunk!r}: give a positive int or 'auto'")
         block = int(min(token_chunk, n_tokens))
+    if engine == "cuda":
+        return _cuda_graph(x, k, metric, ids, steps, block)
     x = x.rechunk({0: steps, 1: -1, 2: -1})
     xt = x.map_blocks(_transpose_block, chunks=(x.chunks[0], x.chunks[2], x.chunks[1]), dtype=x.dtype)
     ranges = [(a, min(a + block, n_tokens)) for a in range(0, n_tokens, block)]
