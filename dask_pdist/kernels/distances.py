@@ -28,7 +28,7 @@ __all__ = ["METRICS", "pairwise_block", "cross_block"]
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
-def _row(at, i, bt, j0, n, sq, mx, ab, e_low):
+def _row(at, i, bt, j0, n, sq, mx, ab, e_low, l1=True):
     # Row i of ``at`` against columns j0..j0+n of ``bt`` (both (D, V), one snapshot).
     # Returns whether some pair of the row needs _rescale_row (rarely).
     # Slices start at 0 so numba drops negative-index wraparound and LLVM vectorises over j
@@ -58,7 +58,8 @@ def _row(at, i, bt, j0, n, sq, mx, ab, e_low):
             u1 = abs(t1)
             u2 = abs(t2)
             u3 = abs(t3)
-            ab[j] = ab[j] + u0 + u1 + u2 + u3
+            if l1:
+                ab[j] = ab[j] + u0 + u1 + u2 + u3
             m = mx[j]
             m = max(m, u0)
             m = max(m, u1)
@@ -72,7 +73,8 @@ def _row(at, i, bt, j0, n, sq, mx, ab, e_low):
         for j in range(n):
             t0 = a0 - b0[j]
             sq[j] = sq[j] + t0 * t0
-            ab[j] = ab[j] + abs(t0)
+            if l1:
+                ab[j] = ab[j] + abs(t0)
             mx[j] = max(mx[j], abs(t0))
         d += 1
     rare = False
@@ -161,8 +163,9 @@ def _self_block(x, out, e_low):
     for s in range(nstep):
         _transpose(x, s, xt)
         for i in range(ntok):
-            ab = out[2, s, i] if out.shape[0] > 2 else scratch
-            if _row(xt, i, xt, 0, ntok, out[0, s, i], out[1, s, i], ab, e_low):
+            l1 = out.shape[0] > 2
+            ab = out[2, s, i] if l1 else scratch
+            if _row(xt, i, xt, 0, ntok, out[0, s, i], out[1, s, i], ab, e_low, l1):
                 j = _rescale_row(xt, i, xt, 0, ntok, out[0, s, i], out[1, s, i], e_low)
                 if j >= 0:
                     return s, i, j
@@ -180,8 +183,9 @@ def _cross_block(xa, xb, out, e_low):
         _transpose(xa, s, at)
         _transpose(xb, s, bt)
         for i in range(na):
-            ab = out[2, s, i] if out.shape[0] > 2 else scratch
-            if _row(at, i, bt, 0, nb, out[0, s, i], out[1, s, i], ab, e_low):
+            l1 = out.shape[0] > 2
+            ab = out[2, s, i] if l1 else scratch
+            if _row(at, i, bt, 0, nb, out[0, s, i], out[1, s, i], ab, e_low, l1):
                 j = _rescale_row(at, i, bt, 0, nb, out[0, s, i], out[1, s, i], e_low)
                 if j >= 0:
                     return s, i, j
