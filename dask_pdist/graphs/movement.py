@@ -24,6 +24,7 @@ from dask_pdist.kernels.movement import (
     movement_block,
     movement_summary,
 )
+from dask_pdist.kernels.movement_rows import FORMAT_CODES, movement_rows
 
 __all__ = ["movement_step_chunk", "compare_arrays", "movement_arrays"]
 
@@ -31,18 +32,23 @@ _NAMES = {"bf16": "bfloat16", "f16": "float16", "f32": "float32"}
 
 
 def movement_step_chunk(n_tokens: int, n_dims: int) -> int:
-    """Steps per task: about a quarter of the task target of float32 input per operand (the
-    kernel holds float64 copies and int64 bit patterns of both, ~10x that at its peak).
+    """Steps per task: the task target of float32 input per operand. The one-pass kernel
+    (kernels/movement_rows.py) holds nothing but its input and a few values per row; smaller
+    tasks were measured slower (4-step tasks at V=4096: dask's per-task cost exceeded the kernel's).
 
     >>> movement_step_chunk(128, 64)
-    128
+    512
     """
-    return max(1, (TASK_OUTPUT_BYTES // 4) // max(1, n_tokens * n_dims * 4))
+    return max(1, TASK_OUTPUT_BYTES // max(1, n_tokens * n_dims * 4))
 
 
 def _block(
     cur: np.ndarray, prev: np.ndarray, cur_steps: np.ndarray, prev_steps: np.ndarray, *, number_format: str | None
 ) -> np.ndarray:
+    if cur.dtype == prev.dtype == np.float32 and number_format in FORMAT_CODES:  # one pass, numba
+        out, bad = movement_rows(cur, prev, number_format, MOVEMENT_RECORD)
+        if bad is None:
+            return out
     if number_format is not None:
         for x, steps in ((cur, cur_steps), (prev, prev_steps)):
             at = first_foreign(x, number_format)
