@@ -5,6 +5,7 @@ blocks whose chunks fail their checks."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import warnings
 from pathlib import Path
@@ -186,3 +187,55 @@ def test_verify_checks_neighbours_and_clusters_stores_and_compute_will_not_take_
         # not a distance store: compute --overwrite refuses to replace it
         assert main(["compute", str(history[0]), "-o", str(store), "--overwrite", "--no-progress"]) == 2
         assert "not a dask_pdist store" in capsys.readouterr().err
+
+
+_BLOCK_FILES = (
+    "euclidean/c/{b}/0/0",
+    "chebyshev/c/{b}/0/0",
+    "embedding_rms/c/{b}",
+    "_dask_pdist/input_checksum/c/{b}",
+    "_dask_pdist/chunk_digest/c/{b}/0/0/0",
+)
+
+
+def test_a_whole_block_moved_with_its_digest_record_is_refused(store, history, tmp_path, write_safetensors):
+    # the record travels with the block: digests are keyed with their position and their store
+    other = tmp_path / "other.zarr"
+    src = write_safetensors("o.safetensors", {"embedding_history": random_history((33, 11, 6), seed=9)}, "F32")
+    to_zarr(pairwise_distances(open_history(src, chunks=7)), other, progress=False)
+    for pattern in _BLOCK_FILES:
+        shutil.copy(other / pattern.format(b=3), store / pattern.format(b=3))
+    with pytest.raises(StoreError, match="misplaced"):
+        _ = open_distances(store).euclidean.values
+    assert {p.variable for p in verify_store(store)} >= {"euclidean", "chebyshev"}
+    # two blocks of one store swapped, every file of each
+    fresh = tmp_path / "fresh.zarr"
+    to_zarr(pairwise_distances(open_history(history[0], chunks=7)), fresh, progress=False)
+    for pattern in _BLOCK_FILES:
+        _swap(fresh / pattern.format(b=1), fresh / pattern.format(b=2))
+    with pytest.raises(StoreError, match="misplaced"):
+        _ = open_distances(fresh).euclidean.values
+    assert verify_store(fresh) != []
+
+
+@pytest.mark.parametrize("lose", ["chunk_digest", "manifest"])
+def test_a_store_that_lost_its_digest_record_is_refused_not_trusted(store, lose, capsys):
+    if lose == "chunk_digest":
+        shutil.rmtree(store / "_dask_pdist" / "chunk_digest")
+    else:
+        meta = json.loads((store / "_dask_pdist" / "zarr.json").read_text())
+        del meta["attributes"]["digests"]
+        (store / "_dask_pdist" / "zarr.json").write_text(json.dumps(meta))
+    _swap(_chunk(store, "euclidean", 1, 0, 0), _chunk(store, "euclidean", 2, 0, 0))
+    with pytest.raises(StoreError, match="record of chunk digests .* is missing"):
+        open_distances(store)
+    assert any("record of chunk digests" in str(p) for p in verify_store(store))
+    assert main(["summary", str(store)]) == 2
+    assert "record of chunk digests" in capsys.readouterr().err
+
+
+def test_a_truncated_chunk_is_called_corrupt_not_misplaced(store):
+    chunk = _chunk(store, "euclidean", 2, 0, 0)
+    chunk.write_bytes(chunk.read_bytes()[:1000])
+    with pytest.raises(StoreError, match=r"euclidean chunk \(2, 0, 0\).*corrupt"):
+        _ = open_distances(store).euclidean.values

@@ -236,10 +236,12 @@ def _to_old_layout(store: Path) -> None:
     """The layout of stores written before the bookkeeping sub-group: chunk_done at the root."""
     import zarr
 
-    from dask_pdist.store.layout import consolidate
+    from dask_pdist.store.digests import STORE_ID_ATTR
+    from dask_pdist.store.layout import consolidate, write_root_attrs
 
     os.rename(store / "_dask_pdist" / "chunk_done", store / "chunk_done")
     shutil.rmtree(store / "_dask_pdist")
+    write_root_attrs(store, **{STORE_ID_ATTR: None})  # nor chunk digests
     zarr.open_group(str(store), mode="r+", use_consolidated=False)  # still a valid group
     consolidate(store)
 

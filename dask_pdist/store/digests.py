@@ -36,11 +36,15 @@ from typing import Any
 import numpy as np
 from zarr.storage import WrapperStore
 
-from dask_pdist.conventions import BOOKKEEPING
+from dask_pdist.conventions import BOOKKEEPING, FINGERPRINT_ATTR
 from dask_pdist.io.paths import Location, files_under, is_remote
 
 __all__ = [
     "DIGEST",
+    "Digests",
+    "keyed",
+    "new_store_id",
+    "record_whole",
     "Misplaced",
     "Absent",
     "CheckingStore",
@@ -48,7 +52,6 @@ __all__ = [
     "recording_array",
     "file_digests",
     "read_manifest",
-    "manifest_with",
     "expected_digests",
 ]
 
@@ -56,6 +59,9 @@ __all__ = [
 DIGEST = "chunk_digest"
 #: The attribute of the bookkeeping sub-group with the digests of arrays written once.
 MANIFEST_ATTR = "digests"
+#: The root attribute with the store's id (what its digests are keyed with); its presence
+#: says the store records digests, so a record gone missing is an error, never "no check".
+STORE_ID_ATTR = "dask_pdist_store_id"
 _CHUNK_KEY = re.compile(r"(?P<array>.+)/c(?P<index>(/\d+)+)")
 
 
@@ -64,14 +70,39 @@ def _trailer(data: Any) -> int:
     return int.from_bytes(bytes(data[-4:]), "little")
 
 
+class Digests(dict):
+    """``{chunk key: recorded digest}`` of one store, and the store's id, which every recorded
+    digest is keyed with (:func:`keyed`). Plain data: it pickles into dask tasks."""
+
+    def __init__(self, values: Mapping[str, int] | Iterable = (), store_id: int = 0) -> None:
+        super().__init__(values)
+        self.store_id = int(store_id)
+
+    def only(self, prefix: str) -> Digests:
+        """The digests of the keys starting with ``prefix`` (one array's chunks)."""
+        return Digests({k: v for k, v in self.items() if k.startswith(prefix)}, self.store_id)
+
+
+def keyed(store_id: int, key: str, trailer: int) -> int:
+    """The digest recorded for a chunk: its crc32c trailer bound to its key and to its store
+    (a random id made when the store is), so that a chunk, or a whole block with its record,
+    copied to another position or from another store does not match. Never 0 (0 means "not
+    recorded").
+
+    >>> keyed(7, "euclidean/c/1/0/0", 0x1234) != keyed(7, "euclidean/c/2/0/0", 0x1234)
+    True
+    """
+    import google_crc32c
+
+    value = google_crc32c.extend(store_id & 0xFFFFFFFF, f"{key}:{trailer:08x}".encode())
+    return value or 1
+
+
 class Misplaced(ValueError):
     """A chunk whose checksum is not the one recorded for its position."""
 
-    def __init__(self, where: str, key: str, want: int, got: int) -> None:
-        self.detail = (
-            f"misplaced: its checksum {got:08x} is not the one recorded for this position"
-            f" ({want:08x}): a chunk swapped, copied from elsewhere or restored from an older store"
-        )
+    def __init__(self, where: str, key: str, detail: str) -> None:
+        self.detail = detail
         super().__init__(f"{where}: chunk {key}: {self.detail}")
         self.key = key
 
@@ -87,12 +118,12 @@ class Absent(ValueError):
 
 class CheckingStore(WrapperStore):
     """A zarr store that compares every chunk it reads with the digest recorded for its key
-    (``expected``: chunk key -> crc32c trailer; keys absent are not checked), and remembers
-    the trailer of every chunk it writes in ``written``."""
+    (``expected``; keys absent are not checked), and remembers the keyed digest of every
+    chunk it writes in ``written``."""
 
     def __init__(self, store: Any, expected: Mapping[str, int] | None = None, where: str = "") -> None:
         super().__init__(store)
-        self.expected = dict(expected or {})
+        self.expected = expected if isinstance(expected, Digests) else Digests(expected or {})
         self.written: dict[str, int] = {}
         self.where = where or str(store)
 
@@ -107,15 +138,29 @@ class CheckingStore(WrapperStore):
         if buf is None and want is not None:  # zarr would read the fill value: never silently
             raise Absent(self.where, key)
         if buf is not None and want is not None and byte_range is None:
-            got = _trailer(buf.as_numpy_array())
-            if got != want:
-                raise Misplaced(self.where, key, want, got)
+            data = buf.as_numpy_array()
+            got = _trailer(data)
+            if keyed(self.expected.store_id, key, got) != want:
+                raise Misplaced(self.where, key, _mismatch(data, got))
         return buf
 
     async def set(self, key: str, value: Any) -> None:
         await self._store.set(key, value)
         if _CHUNK_KEY.fullmatch(key):
-            self.written[key] = _trailer(value.as_numpy_array())
+            self.written[key] = keyed(self.expected.store_id, key, _trailer(value.as_numpy_array()))
+
+
+def _mismatch(data: Any, trailer: int) -> str:
+    # only on the error path: tell a damaged chunk (its bytes do not match its own checksum)
+    # from a whole chunk in the wrong place
+    import google_crc32c
+
+    if len(data) < 4 or google_crc32c.value(bytes(data[:-4])) != trailer:
+        return "corrupt (its bytes do not match its own crc32c: truncated or damaged)"
+    return (
+        "misplaced: a whole chunk, but not the one recorded for this position of this store"
+        " (swapped, copied from elsewhere, or restored from an older store)"
+    )
 
 
 def _base_store(path: Path | Location, read_only: bool) -> Any:
@@ -136,20 +181,20 @@ def checked_store(
     return CheckingStore(_base_store(path, read_only), expected, str(path))
 
 
-def recording_array(path: Path | Location, name: str) -> tuple[Any, dict[str, int]]:
+def recording_array(path: Path | Location, name: str, store_id: int) -> tuple[Any, dict[str, int]]:
     """Array ``name`` of the store at ``path`` opened for writing (every chunk written, even
-    one equal to the fill value), and the dict that receives ``{chunk key: trailer}`` of
-    every chunk written through it."""
+    one equal to the fill value), and the dict that receives ``{chunk key: keyed digest}``
+    of every chunk written through it."""
     import zarr
 
-    store = checked_store(path, read_only=False)
+    store = CheckingStore(_base_store(path, False), Digests({}, store_id), str(path))
     array = zarr.open_array(store=store, path=name, mode="r+").with_config({"write_empty_chunks": True})
     return array, store.written
 
 
-def file_digests(path: Path | Location, names: Iterable[str] | None = None) -> dict[str, int]:
-    """``{chunk key: trailer}`` of every chunk file of arrays ``names`` (default: every
-    array) below ``path``, read from the files (the last 4 bytes of each)."""
+def file_digests(path: Path | Location, store_id: int, names: Iterable[str] | None = None) -> dict[str, int]:
+    """``{chunk key: keyed digest}`` of every chunk file of arrays ``names`` (default: every
+    array) below ``path``, from the files (the last 4 bytes of each)."""
     out = {}
     prefixes = [f"{n}/" for n in names] if names is not None else None
     for rel in files_under(path):
@@ -164,8 +209,15 @@ def file_digests(path: Path | Location, names: Iterable[str] | None = None) -> d
             with open(where, "rb") as f:
                 f.seek(max(0, os.fstat(f.fileno()).st_size - 4))
                 data = f.read()
-        out[rel] = _trailer(data)
+        out[rel] = keyed(store_id, rel, _trailer(data))
     return out
+
+
+def new_store_id() -> int:
+    """A random id for a new store (what its digests are keyed with)."""
+    import secrets
+
+    return secrets.randbits(32) or 1
 
 
 def read_manifest(path: Path | Location) -> dict[str, int]:
@@ -178,31 +230,57 @@ def read_manifest(path: Path | Location) -> dict[str, int]:
     return {str(k): int(v) for k, v in found.items()} if isinstance(found, dict) else {}
 
 
-def manifest_with(path: Path | Location, digests: Mapping[str, int]) -> None:
-    """Record ``digests`` in the store at ``path`` (creating its bookkeeping sub-group if
-    needed). Called on a store not yet published, so nothing reads it meanwhile."""
+def record_whole(path: Path | Location) -> None:
+    """Record the keyed digest of every chunk of a store written whole, not yet published
+    (nothing reads it meanwhile): the manifest in its bookkeeping sub-group, the store id in
+    its root attributes (without disturbing the consolidated metadata there)."""
     import zarr
 
-    group = zarr.open_group(store=_base_store(path, False), mode="r+")
+    from dask_pdist.store.layout import write_root_attrs
+
+    store_id = new_store_id()
+    digests = file_digests(path, store_id)
+    group = zarr.open_group(store=_base_store(path, False), mode="r+", use_consolidated=False)
     books = group[BOOKKEEPING] if BOOKKEEPING in group else group.create_group(BOOKKEEPING)
-    books.attrs[MANIFEST_ATTR] = {**read_manifest(path), **digests}
+    books.attrs[MANIFEST_ATTR] = digests
+    write_root_attrs(path, **{STORE_ID_ATTR: store_id})
 
 
-def expected_digests(path: Path | Location, done: np.ndarray | None = None) -> dict[str, int]:
+def expected_digests(path: Path | Location, done: np.ndarray | None = None) -> Digests:
     """Every digest recorded in a store: the manifest, and (distance stores) the per-block
-    ``chunk_digest`` array expanded to chunk keys, for blocks marked done in ``done``."""
-    from dask_pdist.io.paths import zarr_array
+    ``chunk_digest`` array expanded to chunk keys, for blocks marked done in ``done``.
 
-    out = read_manifest(path)
-    where = path / BOOKKEEPING / DIGEST
-    if not (where / "zarr.json").exists():
-        return out
+    Raises
+    ------
+    StoreError
+        The store says it records digests (its root carries a store id) but the record is
+        gone or unreadable: nothing in it could be checked.
+    """
+    from dask_pdist.errors import StoreError
+    from dask_pdist.io.paths import zarr_array
+    from dask_pdist.store.layout import read_attrs
+
+    attrs = read_attrs(path) or {}
+    if STORE_ID_ATTR not in attrs:
+        return Digests()  # made before chunk digests: read as before
+    out = Digests(read_manifest(path), attrs[STORE_ID_ATTR])
+
+    def lost(what: str) -> StoreError:
+        return StoreError(
+            f"{path}: its record of chunk digests ({what}) is missing or unreadable, so no chunk of it can be"
+            " checked; recompute the store (`dask-pdist compute ... --overwrite`)"
+        )
+
+    if not out:
+        raise lost(f"{BOOKKEEPING}/zarr.json attribute {MANIFEST_ATTR!r}")
+    if FINGERPRINT_ATTR not in attrs:
+        return out  # an output written whole: the manifest holds every chunk
     try:
-        arr = zarr_array(where)
+        arr = zarr_array(path / BOOKKEEPING / DIGEST)
         table = np.asarray(arr[...])
         names = list(arr.attrs["variables"])
-    except Exception:  # unreadable record: verify reports the array; reads check nothing
-        return out
+    except Exception:
+        raise lost(f"{BOOKKEEPING}/{DIGEST}") from None
     if done is None:
         done = np.ones(table.shape[:-1], bool)
     for s, i, j in zip(*np.nonzero(done), strict=True):

@@ -22,7 +22,7 @@ from dask_pdist.conventions import CLUSTERS_MARKER_ATTR, FINGERPRINT_ATTR, MARKE
 from dask_pdist.errors import StoreError
 from dask_pdist.io.paths import Location, files_under, is_remote
 from dask_pdist.io.publish import pid_alive
-from dask_pdist.store.digests import Absent, Misplaced, checked_store, expected_digests, read_manifest
+from dask_pdist.store.digests import Absent, Digests, Misplaced, checked_store, expected_digests
 from dask_pdist.store.layout import (
     StorePath,
     check_metadata,
@@ -128,7 +128,7 @@ class CheckedChunks:
         self.steps = steps
         self.done = done
         # the digests recorded for this array's chunks, by key (store/digests.py)
-        self.expected = {k: v for k, v in (expected or {}).items() if k.startswith(f"{name}/c/")}
+        self.expected = (expected if isinstance(expected, Digests) else Digests(expected or {})).only(f"{name}/c/")
         self._array: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -345,7 +345,11 @@ def _verify_output(path: StorePath, progress: Callable[[int, int], None] | None)
         check_metadata(path)
     except StoreError as exc:
         return [ChunkProblem("metadata", None, None, None, str(exc).split(": ", 1)[1])]
-    group = zarr.open_group(store=checked_store(path, read_manifest(path)), mode="r")
+    try:
+        expected = expected_digests(path)
+    except StoreError as exc:
+        return [ChunkProblem("digests", None, None, None, str(exc).split(": ", 1)[1])]
+    group = zarr.open_group(store=checked_store(path, expected), mode="r")
     listed = set(files_under(path))
     arrays = [(name, arr) for name, arr in group.arrays()]
     checked, total = 0, sum(int(np.prod(a.cdata_shape)) for _, a in arrays)
@@ -401,8 +405,9 @@ def verify_store(
     names = _expected_arrays(path, meta)
     try:
         expected = expected_digests(path)
-    except Exception:
-        expected = {}
+    except StoreError as exc:
+        problems.append(ChunkProblem("digests", None, None, None, str(exc).split(": ", 1)[1]))
+        expected = Digests()
     arrays = {}
     for name in names:
         try:

@@ -43,11 +43,11 @@ def root_attrs(path: str | os.PathLike[str]) -> dict[str, Any] | None:
 
 
 def _finish(_written: Any, tmp: str, path: str, check: TargetCheck, overwrite: bool, lock: str) -> str:
-    from dask_pdist.store.digests import file_digests, manifest_with
+    from dask_pdist.store.digests import record_whole
 
     try:
         check(Path(path), overwrite)  # again: something may have appeared meanwhile
-        manifest_with(Path(tmp), file_digests(Path(tmp)))  # each chunk's checksum, by position
+        record_whole(Path(tmp))  # each chunk's checksum, by position
         publish(tmp, path, replace=overwrite)  # the old store stays readable until the new one is whole
     except BaseException:
         discard(tmp)
@@ -113,13 +113,13 @@ def open_whole(path: str | os.PathLike[str], *, role: str, is_kind: Callable[[Pa
     """Open a store written by :func:`write_whole` lazily; every chunk read is checked against
     the checksum recorded for its position. ``is_kind(path)`` says whether it is a store of the
     expected kind (``marker`` names what it looks for, in the error)."""
-    from dask_pdist.store.digests import checked_store, read_manifest
+    from dask_pdist.store.digests import checked_store, expected_digests
 
     path = local_path(path, role)
     if not path.exists():
         raise FileNotFoundError(f"{path}: store not found")
     if not is_kind(path):
         raise StoreError(f"{path}: not a {role} (no zarr.json with {marker})")
-    ds = xr.open_zarr(checked_store(path, read_manifest(path)), zarr_format=3, consolidated=True, chunks={})
+    ds = xr.open_zarr(checked_store(path, expected_digests(path)), zarr_format=3, consolidated=True, chunks={})
     ds.encoding["source"] = str(path)  # what xarray records when given a path (errors name the store)
     return ds

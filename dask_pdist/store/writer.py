@@ -40,7 +40,14 @@ from dask_pdist.errors import RepairWarning, StoreError
 from dask_pdist.io.paths import is_remote, zarr_array
 from dask_pdist.io.publish import building
 from dask_pdist.store.codecs import COMPRESSORS, DEFAULT_COMPRESSOR, Compressor, codec_choice, codec_name, codecs
-from dask_pdist.store.digests import DIGEST, MANIFEST_ATTR, file_digests, recording_array
+from dask_pdist.store.digests import (
+    DIGEST,
+    MANIFEST_ATTR,
+    STORE_ID_ATTR,
+    file_digests,
+    new_store_id,
+    recording_array,
+)
 from dask_pdist.store.guards import check_input_outside, check_output, check_resumed_input, stop_job
 from dask_pdist.store.integrity import damaged_blocks, present_chunks
 from dask_pdist.store.job import Job
@@ -169,8 +176,12 @@ def _build(ds: xr.Dataset, tmp: Path, compressor: str, fingerprint: dict[str, An
     )
     digest.attrs["long_name"] = "crc32c trailer of each chunk the block's task wrote, by position (store/digests.py)"
     digest.attrs["variables"] = written
-    # the arrays written now, once (coordinates): their chunks' digests, by key
-    books.attrs[MANIFEST_ATTR] = file_digests(tmp, [str(n) for n in ds.coords if not isinstance(ds[n].data, da.Array)])
+    # the arrays written now, once (coordinates): their chunks' digests, by key, keyed with the
+    # store's own id (store/digests.py)
+    store_id = new_store_id()
+    group.attrs[STORE_ID_ATTR] = store_id
+    static = [str(n) for n in ds.coords if not isinstance(ds[n].data, da.Array)]
+    books.attrs[MANIFEST_ATTR] = file_digests(tmp, store_id, static)
     group.attrs[FINGERPRINT_ATTR] = json.dumps(fingerprint, sort_keys=True)
     group.attrs[COMPLETE_ATTR] = False
     consolidate(tmp)
@@ -201,10 +212,12 @@ def _task_variables(ds: xr.Dataset, with_checksums: bool = True) -> list[str]:
     return names
 
 
-def _write_chunk(block: np.ndarray, *, store: StorePath, variable: str, block_info: Any = None) -> np.ndarray:
+def _write_chunk(
+    block: np.ndarray, *, store: StorePath, variable: str, store_id: int, block_info: Any = None
+) -> np.ndarray:
     # one task writes one whole chunk (chunks aligned with dask) and returns its digest: the
-    # crc32c trailer of the bytes written, recorded by position (store/digests.py)
-    array, written = recording_array(store, variable)
+    # crc32c trailer of the bytes written, keyed with its position and store (store/digests.py)
+    array, written = recording_array(store, variable, store_id)
     region = tuple(slice(a, b) for a, b in block_info[0]["array-location"])
     array[region] = block
     key = "/".join([variable, "c", *map(str, block_info[0]["chunk-location"])])
@@ -241,7 +254,8 @@ def _write_graph(ds: xr.Dataset, path: StorePath, todo: np.ndarray, lock: str) -
     config = {"write_empty_chunks": True}
     names = _task_variables(ds, (path / BOOKKEEPING / INPUT_CHECKSUM / "zarr.json").exists())
     digest = None  # a store made before chunk digests (resumed): written without them
-    if (path / BOOKKEEPING / DIGEST / "zarr.json").exists():
+    store_id = int((read_attrs(path) or {}).get(STORE_ID_ATTR, 0))
+    if store_id and (path / BOOKKEEPING / DIGEST / "zarr.json").exists():
         digest = zarr_array(path / BOOKKEEPING / DIGEST, "r+").with_config(config)
         if digest.attrs.get("variables") != names:
             raise StoreError(
@@ -253,6 +267,7 @@ def _write_graph(ds: xr.Dataset, path: StorePath, todo: np.ndarray, lock: str) -
             _write_chunk,
             store=path,
             variable=name,
+            store_id=store_id,
             dtype=np.uint32,
             chunks=(1,) * data.ndim,
             name=f"write-{name}-{token}",
