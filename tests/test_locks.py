@@ -164,3 +164,43 @@ def test_concurrent_neighbours_runs_to_one_output_never_both_succeed(history, tm
         import shutil
 
         shutil.rmtree(out)
+
+
+def test_a_lock_is_never_seen_empty_and_a_full_disk_leaves_none(tmp_path, monkeypatch):
+    import errno as errno_
+
+    from dask_pdist.io import paths
+
+    target = tmp_path / "d.zarr"
+    real_open = open
+
+    def full(file, mode="r", *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        if "x" in mode and str(file).endswith(".partial") and ".lock." in str(file):
+            raise OSError(errno_.ENOSPC, "No space left on device")
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", full)
+    with pytest.raises(dp.StoreError, match=r"d\.zarr: cannot create its lock file .*No space left"):
+        acquire_lock(target)
+    monkeypatch.setattr("builtins.open", real_open)
+    assert list(tmp_path.iterdir()) == []  # no empty lock left to block the next run
+    token = acquire_lock(target)
+    assert json.loads(lock_path(target).read_text())["token"] == token
+    release_lock(target, token)
+    assert paths.create_exclusive(tmp_path / "x", b"content") and not paths.create_exclusive(tmp_path / "x", b"y")
+    assert (tmp_path / "x").read_bytes() == b"content" and sorted(p.name for p in tmp_path.iterdir()) == ["x"]
+
+
+@pytest.mark.parametrize("pid", [0, -1, 99999999999999999999])
+def test_a_lock_with_an_impossible_pid_is_unreadable_not_alive(tmp_path, pid):
+    target = tmp_path / "d.zarr"
+    lock_path(target).write_text(json.dumps({"pid": pid, "host": socket.gethostname(), "token": "x"}))
+    with pytest.raises(dp.StoreError, match="is unreadable"):
+        acquire_lock(target)
+
+
+def test_a_dangling_symlink_as_lock_is_named(tmp_path):
+    target = tmp_path / "d.zarr"
+    lock_path(target).symlink_to(tmp_path / "nowhere")
+    with pytest.raises(dp.StoreError, match="is unreadable"):
+        acquire_lock(target)

@@ -42,9 +42,11 @@ def _create_exclusive(lock: Out, record: dict[str, Any]) -> bool:
 
 def _holder(lock: Out) -> dict[str, Any] | None:
     """The lock's record; None if the lock is gone. Raises ValueError if it is unreadable."""
+    if lock.is_symlink():  # never ours: we create regular files
+        raise ValueError("it is a symbolic link")
     try:
         holder = json.loads(lock.read_text())
-        int(holder["pid"]), str(holder["host"])
+        _valid_pid(holder["pid"]), str(holder["host"])
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -57,6 +59,15 @@ def _stale(holder: dict[str, Any]) -> bool:
     # job after another); a lock of another host is never taken over
     pid = int(holder["pid"])
     return holder["host"] == socket.gethostname() and (pid == os.getpid() or not pid_alive(pid))
+
+
+def _valid_pid(value: object) -> int:
+    # a pid as the kernel gives them: 1 .. 2^22 (Linux's pid_max ceiling), not 0 or -1 (which
+    # kill() reads as process groups) nor a number too large for it
+    pid = int(value)  # type: ignore[call-overload]
+    if not 0 < pid <= 2**22:
+        raise ValueError(f"pid {value!r} is not a process id")
+    return pid
 
 
 def _take_over(lock: Out, stale: dict[str, Any]) -> bool:
@@ -102,7 +113,11 @@ def acquire_lock(path: Out, role: str = "store") -> str:
         "writes": role,
     }
     for attempt in range(50):
-        if _create_exclusive(lock, record):
+        try:
+            created = _create_exclusive(lock, record)
+        except OSError as exc:  # a full disk, a read-only folder: say which output, leave nothing
+            raise StoreError(f"{path}: cannot create its lock file {lock}: {exc.strerror or exc}") from None
+        if created:
             _HELD[str(lock)] = token
             return token
         try:

@@ -31,6 +31,7 @@ fsspec is imported only when a URL is used.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -293,6 +294,29 @@ def create_exclusive(path: Path | Location, data: bytes) -> bool:
         except FileExistsError:
             return False
         return True
+    # the content first, under a temporary name, then a hard link to the name (atomic, and it
+    # fails if the name exists): nobody ever sees the file empty or half-written, and a full
+    # disk leaves no file at all (O_EXCL then write would leave an empty one)
+    import uuid
+
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
+    try:
+        with open(tmp, "xb") as f:
+            f.write(data)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError as exc:  # a file system without hard links: O_EXCL, then the content
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+                raise
+            return _create_then_write(path, data)
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _create_then_write(path: Path, data: bytes) -> bool:
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
