@@ -194,7 +194,7 @@ def kernel(steps: int, vocab: int, dim: int, repeats: int, chunk: int | None) ->
         n = at.shape[1]
         for _r in range(reps):
             for i in range(n):
-                _row(at, i, at, 0, n, sq, mx, e_low)
+                _row(at, i, at, 0, n, sq, mx, sq, e_low, False)  # no L1 sums (as by default)
         return sq[0] + mx[0]
 
     peak_dim = max(4, dim - dim % 4)

@@ -6,6 +6,7 @@ blocks whose chunks fail their checks."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -227,11 +228,12 @@ def test_a_store_that_lost_its_digest_record_is_refused_not_trusted(store, lose,
         del meta["attributes"]["digests"]
         (store / "_dask_pdist" / "zarr.json").write_text(json.dumps(meta))
     _swap(_chunk(store, "euclidean", 1, 0, 0), _chunk(store, "euclidean", 2, 0, 0))
-    with pytest.raises(StoreError, match="record of chunk digests .* is missing"):
+    lost = "record of chunk digests .* is missing|chunk_digest/zarr.json is missing"
+    with pytest.raises(StoreError, match=lost):
         open_distances(store)
-    assert any("record of chunk digests" in str(p) for p in verify_store(store))
+    assert any(re.search(lost, str(p)) for p in verify_store(store))
     assert main(["summary", str(store)]) == 2
-    assert "record of chunk digests" in capsys.readouterr().err
+    assert re.search(lost, capsys.readouterr().err)
 
 
 def test_a_truncated_chunk_is_called_corrupt_not_misplaced(store):

@@ -243,7 +243,7 @@ def _debug_traceback(args: argparse.Namespace) -> None:
         traceback.print_exc()
 
 
-_API_FLAG = re.compile(r"\b[a-z_]+=(?:True|False|[A-Za-z_\"']*) ?(?:\(|/ )(--[a-z][a-z-]*)\)?")
+_API_FLAG = re.compile(r"\b[a-z_]+=(?:True|False|'[^']*'|[A-Za-z_\"]*) ?(?:\(|/ )(--[a-z][a-z-]*(?: [\w.]+)?)\)?")
 
 
 def cli_words(text: str) -> str:
@@ -256,6 +256,8 @@ def cli_words(text: str) -> str:
     'name its embedding matrix; give --key'
     >>> cli_words("(pass follow_symlinks=True / --follow-symlinks if that is intended)")
     '(pass --follow-symlinks if that is intended)'
+    >>> cli_words("use dtype='float32' (--dtype float32)")
+    'use --dtype float32'
     """
     return _API_FLAG.sub(r"\1", text)
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from dask_pdist.errors import StoreError
 from dask_pdist.io.paths import Location, create_exclusive
-from dask_pdist.io.publish import pid_alive
+from dask_pdist.io.publish import check_parent, pid_alive
 
 __all__ = ["lock_path", "acquire_lock", "release_lock", "holding_lock"]
 
@@ -116,6 +116,7 @@ def acquire_lock(path: Out, role: str = "store") -> str:
         try:
             created = _create_exclusive(lock, record)
         except OSError as exc:  # a full disk, a read-only folder: say which output, leave nothing
+            check_parent(path)  # no folder, not writable, no bucket: its own words
             raise StoreError(f"{path}: cannot create its lock file {lock}: {exc.strerror or exc}") from None
         if created:
             _HELD[str(lock)] = token

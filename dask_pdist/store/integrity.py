@@ -38,7 +38,9 @@ from dask_pdist.store.layout import (
 __all__ = ["ChunkProblem", "CheckedChunks", "lazy_checked", "verify_store", "check_small_arrays", "present_chunks"]
 
 
-def _hint(store: str) -> str:
+def _hint(store: str, name: str = "") -> str:
+    if name in ("step", "token_i", "token_j"):  # written once, at creation: no block recomputes them
+        return f"run `dask-pdist verify {store}` to list every damaged chunk; recompute the store (--overwrite)"
     return (
         f"run `dask-pdist verify {store}` to list every damaged chunk; the same `dask-pdist compute ... --resume`"
         " that made the store recomputes exactly those"
@@ -151,7 +153,7 @@ class CheckedChunks:
 
     def _fail(self, idx: tuple[int, ...], problem: str) -> StoreError:
         where = _where(self.name, idx, self.steps, self._rows(idx))
-        return StoreError(f"{self.store}: {where}: {problem}; {_hint(self.store)}")
+        return StoreError(f"{self.store}: {where}: {problem}; {_hint(str(self.store), self.name)}")
 
     def __getitem__(self, key: Any) -> np.ndarray:
         box, rel = _box(key, self.shape)
@@ -217,7 +219,7 @@ def damaged_blocks(path: StorePath, names: list[str], flags: np.ndarray) -> tupl
         except Exception:
             continue  # the array itself is gone: the presence check reports it
         seen: dict[tuple[int, ...], bool] = {}
-        for idx in map(tuple, np.argwhere(flags)):
+        for idx in (tuple(int(i) for i in found) for found in np.argwhere(flags)):
             key = idx if arr.ndim == 3 else idx[:1]
             if key not in seen:
                 try:
@@ -289,12 +291,12 @@ def check_small_arrays(path: StorePath, names: list[str], expected: dict[str, in
             for idx in itertools.product(*(range(n) for n in arr.cdata_shape)):
                 key = _chunk_key(name, idx)
                 if key.split("/", 1)[1] not in listed:
-                    raise StoreError(f"{path}: {name} chunk {idx}: missing ({_absent(path)}); {_hint(str(path))}")
+                    raise StoreError(f"{path}: {name} chunk {idx}: missing ({_absent(path)}); {_hint(str(path), name)}")
             arr[...]
         except (StoreError, PermissionError):
             raise
         except Exception as exc:
-            raise StoreError(f"{path}: {name}: {_problem(exc)}; {_hint(str(path))}") from exc
+            raise StoreError(f"{path}: {name}: {_problem(exc)}; {_hint(str(path), name)}") from exc
 
 
 @dataclass(frozen=True)

@@ -99,7 +99,17 @@ def read_root(path: StorePath) -> dict[str, Any] | None:
 def check_metadata(path: StorePath) -> None:
     """Refuse a store one of whose ``zarr.json`` files (root, arrays, sub-group) is not valid
     JSON, naming the file: zarr would report only "Unterminated string starting at ..."."""
-    for rel in files_under(path):
+    listed = files_under(path)
+    root = read_root(path) or {}
+    named = ((root.get("consolidated_metadata") or {}).get("metadata") or {}).keys()
+    present = set(listed)
+    for name in sorted(named):  # every array and group the store's own metadata names
+        if f"{name}/zarr.json" not in present:
+            raise StoreError(
+                f"{path}: {name}/zarr.json is missing (the store's metadata names {name}); the store cannot be"
+                " read: recompute it (`dask-pdist compute ... --overwrite`)"
+            )
+    for rel in listed:
         if rel != "zarr.json" and not rel.endswith("/zarr.json"):
             continue
         try:

@@ -38,7 +38,7 @@ from dask_pdist.conventions import (
 )
 from dask_pdist.errors import RepairWarning, StoreError
 from dask_pdist.io.paths import is_remote, zarr_array
-from dask_pdist.io.publish import building
+from dask_pdist.io.publish import building, clean_stale
 from dask_pdist.store.codecs import COMPRESSORS, DEFAULT_COMPRESSOR, Compressor, codec_choice, codec_name, codecs
 from dask_pdist.store.digests import (
     DIGEST,
@@ -411,6 +411,7 @@ def to_zarr(
                     f"{path}: cannot resume, the job differs from the one that made the store: " + "; ".join(diff)
                 )
             _clean_partials(path)
+            clean_stale(path)  # a killed --overwrite's hidden store next to it (its writer is gone)
             check_resumed_input(ds, path)
         else:
             _create(ds, path, compressor, fingerprint)
