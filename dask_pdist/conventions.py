@@ -165,3 +165,15 @@ def check_engine(engine: object) -> str:
     if not isinstance(engine, str) or engine not in ENGINES:
         raise ValueError(f"engine={engine!r}: choose one of {list(ENGINES)}")
     return engine
+
+
+def human_size(nbytes: float) -> str:
+    """A byte count as people read it (no "0.0 MB" for a small store).
+
+    >>> human_size(3_900_000), human_size(4_321), human_size(12)
+    ('3.9 MB', '4.3 kB', '12 bytes')
+    """
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:,.1f} {unit}"
+    return f"{int(nbytes)} bytes"

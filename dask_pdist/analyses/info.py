@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dask_pdist.conventions import human_size
 from dask_pdist.io.paths import Location, any_url, disk_usage, is_remote, locate, zarr_group
 
 __all__ = ["describe"]
@@ -69,7 +70,7 @@ def describe(
         lines.append(f"  {group.attrs.get('k', '?')} nearest per token ({group.attrs.get('metric', '?')})")
         lines.append(f"  steps: {len(steps)} ({steps[0]}..{steps[-1]})" if len(steps) else "  steps: 0")
         lines.append(f"  neighbour: shape {list(nbr.shape)} {nbr.dtype}, chunks {list(nbr.chunks)}")
-        lines.append(f"  size on disk: {_disk_size(path) / 1e6:.1f} MB")
+        lines.append(f"  size on disk: {human_size(_disk_size(path))}")
         return "\n".join(lines)
     if path.is_dir() and not is_remote(path):
         from dask_pdist.analyses.movement_store import comparison_kind, describe_comparison
@@ -110,7 +111,7 @@ def describe(
             else f"INCOMPLETE: {int((done == 0).sum())} blocks missing, resume with --resume"
         )
         lines.append(f"  blocks written: {int(done.sum())}/{done.size} ({state})")
-        lines.append(f"  size on disk: {_disk_size(path) / 1e6:.1f} MB")
+        lines.append(f"  size on disk: {human_size(_disk_size(path))}")
         return "\n".join(lines)
     if path.is_dir():
         if not any((path / marker).exists() for marker in ("zarr.json", ".zarray", ".zgroup")):
@@ -130,7 +131,7 @@ def describe(
             lines.append(f"  {name}: shape {list(info.shape)} {info.dtype}")
         for key, value in sorted(metadata.items()):
             lines.append(f"  metadata {key}: {value[:80]}")
-    lines.append(f"  size on disk: {_disk_size(path) / 1e6:.1f} MB")
+    lines.append(f"  size on disk: {human_size(_disk_size(path))}")
     return "\n".join(lines)
 
 
@@ -178,5 +179,5 @@ def _describe_url(loc: Location) -> str:
         lines.append(f"  safetensors, {len(tensors)} tensors")
         lines += [f"  {name}: shape {list(info.shape)} {info.dtype}" for name, info in sorted(tensors.items())]
         lines += [f"  metadata {key}: {value[:80]}" for key, value in sorted(metadata.items())]
-    lines.append(f"  size: {loc.size() / 1e6:.1f} MB")
+    lines.append(f"  size: {human_size(loc.size())}")
     return "\n".join(lines)

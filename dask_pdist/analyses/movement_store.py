@@ -17,7 +17,7 @@ from typing import Any
 
 import xarray as xr
 
-from dask_pdist.conventions import KIND_ATTR
+from dask_pdist.conventions import KIND_ATTR, human_size
 from dask_pdist.errors import StoreError
 from dask_pdist.store.outputs import open_whole, root_attrs, write_whole
 
@@ -132,5 +132,5 @@ def describe_comparison(path: str | os.PathLike[str]) -> str:
     for name, arr in sorted(group.arrays()):
         if arr.ndim >= 2:
             lines.append(f"  {name}: shape {list(arr.shape)} {arr.dtype}, chunks {list(arr.chunks)}")
-    lines.append(f"  size on disk: {disk_usage(path) / 1e6:.1f} MB")
+    lines.append(f"  size on disk: {human_size(disk_usage(path))}")
     return "\n".join(lines)

@@ -21,7 +21,7 @@ from dask_pdist.cli.common import (
     error_line,
     failure_cause,
 )
-from dask_pdist.conventions import METRICS
+from dask_pdist.conventions import METRICS, human_size
 from dask_pdist.errors import InputError, StoreError
 
 
@@ -259,7 +259,7 @@ def _export(args: argparse.Namespace, store: str, output: str, dtype: str | None
             ds, output, dtype=dtype, overwrite=overwrite, storage_options=options, progress=None if show else False
         )
     size = locate(output, options).size("export") if remote else os.path.getsize(output)
-    print(f"Wrote {output} ({_size(size)}) in {time.perf_counter() - t0:.1f} s")
+    print(f"Wrote {output} ({human_size(size)}) in {time.perf_counter() - t0:.1f} s")
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
@@ -305,15 +305,3 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     from dask_pdist.cli.analyses import clusters_report  # the planted events of the synthetic history
 
     clusters_report(args, str(history), threshold=0.0, metric="chebyshev")
-
-
-def _size(nbytes: int) -> str:
-    """A byte count as people read it.
-
-    >>> _size(3_900_000), _size(4_321), _size(12)
-    ('3.9 MB', '4.3 kB', '12 bytes')
-    """
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if nbytes >= scale:
-            return f"{nbytes / scale:,.1f} {unit}"
-    return f"{nbytes} bytes"

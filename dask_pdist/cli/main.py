@@ -59,7 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--follow-symlinks",
         action="store_true",
-        help="read shards and checkpoint files that are symbolic links leaving their folder (default: refused)",
+        help="read the shards of a sharded checkpoint, and the file of a checkpoint folder, when they are symbolic"
+        " links leaving their folder (default: refused; files you name or glob yourself are read)",
     )
     c.add_argument("--output", "-o", required=True, type=_output, help="zarr store to create, e.g. distances.zarr")
     c.add_argument(
@@ -204,7 +205,8 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument(
         "--follow-symlinks",
         action="store_true",
-        help="read shards and checkpoint files that are symbolic links leaving their folder (default: refused)",
+        help="read the shards of a sharded checkpoint, and the file of a checkpoint folder, when they are symbolic"
+        " links leaving their folder (default: refused; files you name or glob yourself are read)",
     )
     _add_storage_options(i)
     i.set_defaults(func=_cmd_info)
@@ -223,7 +225,8 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument(
         "--follow-symlinks",
         action="store_true",
-        help="read shards and checkpoint files that are symbolic links leaving their folder (default: refused)",
+        help="read the shards of a sharded checkpoint, and the file of a checkpoint folder, when they are symbolic"
+        " links leaving their folder (default: refused; files you name or glob yourself are read)",
     )
     k.add_argument(
         "--token-ids",
@@ -267,7 +270,8 @@ def _parser() -> argparse.ArgumentParser:
     n.add_argument(
         "--follow-symlinks",
         action="store_true",
-        help="read shards and checkpoint files that are symbolic links leaving their folder (default: refused)",
+        help="read the shards of a sharded checkpoint, and the file of a checkpoint folder, when they are symbolic"
+        " links leaving their folder (default: refused; files you name or glob yourself are read)",
     )
     n.add_argument("--tokens", help="text file with one token label per line (default: token ids 0..V-1)")
     n.add_argument("--chunk-steps", type=_positive, help="snapshots per read of the history (default: auto)")
