@@ -235,7 +235,7 @@ def test_store_opens_with_xarray_and_slices_by_step(tmp_path, write_safetensors)
 def test_writer_refuses_a_foreign_target_and_a_held_lock(tmp_path):
     ds = dp.movement(history_array(np.zeros((S, V, D), np.float32), 3))
     (tmp_path / "other").mkdir()
-    with pytest.raises(StoreError, match="other: exists and is not a dask_pdist store of this kind"):
+    with pytest.raises(StoreError, match="other: exists and is not a movement store"):
         dp.write_comparison(ds, tmp_path / "other")
     # a live writer elsewhere on this host (pid 1 always runs)
     lock = tmp_path / ".m.zarr.lock"

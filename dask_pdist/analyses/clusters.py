@@ -338,13 +338,9 @@ def write_clusters(
 
 
 def _check_clusters_target(path: Path, overwrite: bool) -> None:
-    from dask_pdist.errors import StoreError
+    from dask_pdist.store.outputs import check_target
 
-    if os.path.lexists(path):
-        if not _is_clusters_store(path):
-            raise StoreError(f"{path}: exists and is not a dask_pdist clusters store; refusing to write into it")
-        if not overwrite:
-            raise StoreError(f"{path}: already exists; pass overwrite=True (--overwrite) to replace it")
+    check_target(path, overwrite, ours=_is_clusters_store, what="a dask_pdist clusters store")
 
 
 def open_clusters(path: str | os.PathLike[str]) -> xr.Dataset:

@@ -18,8 +18,7 @@ from typing import Any
 import xarray as xr
 
 from dask_pdist.conventions import KIND_ATTR, human_size
-from dask_pdist.errors import StoreError
-from dask_pdist.store.outputs import open_whole, root_attrs, write_whole
+from dask_pdist.store.outputs import check_target, open_whole, root_attrs, write_whole
 
 __all__ = ["COMPARISON_KINDS", "write_comparison", "open_comparison", "comparison_kind", "describe_comparison"]
 
@@ -38,13 +37,7 @@ def _check_kind(kind: str, path: Path, overwrite: bool) -> None:
 
 
 def _check_target(path: Path, kind: str, overwrite: bool) -> None:
-    if os.path.lexists(path):
-        found = comparison_kind(path)
-        if found != kind:
-            what = f"a {found} store" if found else "not a dask_pdist store of this kind"
-            raise StoreError(f"{path}: exists and is {what}; refusing to write a {kind} store into or over it")
-        if not overwrite:
-            raise StoreError(f"{path}: already exists; pass overwrite=True (--overwrite) to replace it")
+    check_target(path, overwrite, ours=lambda p: comparison_kind(p) == kind, what=f"a {kind} store")
 
 
 def write_comparison(

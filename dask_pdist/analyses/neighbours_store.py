@@ -15,8 +15,7 @@ from typing import Any
 import xarray as xr
 
 from dask_pdist.conventions import KIND_ATTR, NEIGHBOURS_KIND
-from dask_pdist.errors import StoreError
-from dask_pdist.store.outputs import open_whole, root_attrs, write_whole
+from dask_pdist.store.outputs import check_target, open_whole, root_attrs, write_whole
 
 __all__ = ["neighbours_to_zarr", "open_neighbours", "is_neighbours_store"]
 
@@ -27,14 +26,14 @@ def is_neighbours_store(path: str | os.PathLike[str]) -> bool:
     return attrs is not None and attrs.get(KIND_ATTR) == NEIGHBOURS_KIND
 
 
-def _check_target(path: Path, overwrite: bool) -> None:
+def _ours(path: Path) -> bool:
     from dask_pdist.store.layout import is_store
 
-    if os.path.lexists(path):
-        if not (is_neighbours_store(path) or is_store(path)):
-            raise StoreError(f"{path}: exists and is not a dask_pdist store; refusing to write into or delete it")
-        if not overwrite:
-            raise StoreError(f"{path}: already exists; pass overwrite=True (--overwrite) to replace it")
+    return is_neighbours_store(path) or is_store(path)
+
+
+def _check_target(path: Path, overwrite: bool) -> None:
+    check_target(path, overwrite, ours=_ours, what="a dask_pdist store")
 
 
 def neighbours_to_zarr(

@@ -26,7 +26,7 @@ from dask_pdist.io.paths import local_path
 from dask_pdist.io.publish import check_parent, clean_stale, discard, hidden_name, named, publish
 from dask_pdist.store.codecs import checked_codecs
 
-__all__ = ["root_attrs", "write_whole", "open_whole"]
+__all__ = ["root_attrs", "check_target", "write_whole", "open_whole"]
 
 #: ``check(path, overwrite)``: raise if ``path`` may not be written (exists and is another
 #: kind of thing, or exists without ``overwrite``).
@@ -40,6 +40,16 @@ def root_attrs(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return meta.get("attributes", {}) if isinstance(meta, dict) else None
+
+
+def check_target(path: Path, overwrite: bool, *, ours: Callable[[Path], bool], what: str) -> None:
+    """Refuse ``path`` unless it is absent, or ``ours(path)`` and ``overwrite``: anything else
+    there is never written into or deleted. ``what`` names the kind (``"a neighbours store"``)."""
+    if os.path.lexists(path):
+        if not ours(path):
+            raise StoreError(f"{path}: exists and is not {what}; refusing to write into or delete it")
+        if not overwrite:
+            raise StoreError(f"{path}: already exists; pass overwrite=True (--overwrite) to replace it")
 
 
 def _finish(_written: Any, tmp: str, path: str, check: TargetCheck, overwrite: bool, lock: str) -> str:
