@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["InputError", "StoreError", "RepairWarning"]
+__all__ = ["InputError", "StoreError", "RepairWarning", "SkippedCheckpointWarning"]
 
 
 class InputError(ValueError):
@@ -15,3 +15,7 @@ class StoreError(ValueError):
 
 class RepairWarning(UserWarning):
     """``--resume`` found written chunks that fail their checks and recomputes them."""
+
+
+class SkippedCheckpointWarning(UserWarning):
+    """A checkpoint being saved (incomplete) was left out of a run folder's history."""
