@@ -5,6 +5,7 @@ that does not continue the store, leaving it untouched."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -242,3 +243,49 @@ def test_reader_opened_before_an_append(history, tmp_path):
         before.euclidean[8:].compute()
     np.testing.assert_array_equal(open_distances(store).euclidean[:10].values, expected)
 
+
+def _checkpoints(folder: Path, x: np.ndarray, steps: np.ndarray, write_safetensors) -> None:
+    # Trainer's layout: checkpoint-N/model.safetensors
+    for i in range(len(x)):
+        (folder / f"checkpoint-{steps[i]}").mkdir(parents=True, exist_ok=True)
+        write_safetensors(
+            str((folder / f"checkpoint-{steps[i]}" / "model.safetensors").relative_to(folder.parent)),
+            {"transformer.wte.weight": x[i], "transformer.wpe.weight": x[i, :3]},
+        )
+
+
+def test_cli_append_checkpoints(history, tmp_path, write_safetensors, capsys):
+    from dask_pdist.cli.main import main
+
+    x, steps, _ = history
+    run = tmp_path / "run"
+    _checkpoints(run, x[:7], steps[:7], write_safetensors)
+    glob = str(run / "checkpoint-*")
+    store = str(tmp_path / "d.zarr")
+    opts = ["--key", "transformer.wte.weight", "--no-progress"]
+    assert main(["compute", glob, "-o", store, "--chunk-steps", "3", *opts]) == 0
+    _checkpoints(run, x, steps, write_safetensors)  # the run saved more
+    capsys.readouterr()
+    assert main(["compute", glob, "-o", store, "--append", *opts]) == 0
+    assert "appending 7 steps to its 7" in capsys.readouterr().err
+    assert main(["compute", glob, "-o", str(tmp_path / "whole.zarr"), "--chunk-steps", "3", *opts]) == 0
+    _assert_same_arrays(tmp_path / "whole.zarr", Path(store))
+    assert verify_store(store) == []
+    capsys.readouterr()
+    assert main(["compute", glob, "-o", store, "--append", *opts]) == 0
+    assert "holds all 14 steps" in capsys.readouterr().out
+
+    before = _tree(Path(store))
+    (run / "checkpoint-20").mkdir()
+    write_safetensors("run/checkpoint-20/model.safetensors", {"transformer.wte.weight": x[0]})
+    assert main(["compute", glob, "-o", store, "--append", *opts]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dask-pdist: error: ") and err.count("\n") == 1
+    assert "has step 20, before the store's last step 135" in err
+    shutil.rmtree(run / "checkpoint-20")
+    write_safetensors("run/checkpoint-15/model.safetensors", {"transformer.wte.weight": x[0]})
+    assert main(["compute", glob, "-o", store, "--append", *opts]) == 2
+    assert "the input changed since the store was written: step 15 (index 1)" in capsys.readouterr().err
+    assert _tree(Path(store)) == before
+    assert main(["compute", glob, "-o", store, "--append", "--overwrite", *opts]) == 2
+    assert "overwrite and append exclude each other" in capsys.readouterr().err

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import random_history
+from conftest import oracle, random_history
 
-from dask_pdist import InputError, SkippedCheckpointWarning, open_history
+from dask_pdist import InputError, SkippedCheckpointWarning, open_distances, open_history
+from dask_pdist.cli.main import main
 
 GPT2 = {"model_type": "gpt2", "vocab_size": 12, "n_embd": 6}
 
@@ -123,6 +124,21 @@ def test_undecidable_key_lists_the_2d_tensors(tmp_path):
     assert "a.weight [12, 6], b.weight [12, 4], embed_x.weight [12, 6], embed_y.weight [12, 6]" in msg
     assert "e.g. --key embed_x.weight" in msg
     assert open_history(folder, key="embed_y.weight").name == "embed_y.weight"
+
+
+def test_cli_run_folder_with_new_output_folder(run, tmp_path, capsys):
+    folder, x = run
+    save_checkpoint(folder, 250, gpt2_tensors(x[4]), tmp=True)
+    out = tmp_path / "new" / "deeper" / "d.zarr"
+    assert main(["compute", str(folder), "-o", str(out), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "dask-pdist: note: " in err and "tmp-checkpoint-250: skipped, incomplete: being saved" in err
+    ds = open_distances(out)
+    assert ds.attrs["source_key"] == "transformer.wte.weight"
+    np.testing.assert_array_equal(ds["step"].values, [50, 100, 150, 200])
+    e, c = oracle(x[:4])
+    np.testing.assert_allclose(ds.euclidean.values, e, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(ds.chebyshev.values, c.astype(np.float32))
 
 
 def test_one_checkpoint_takes_its_folder_step(tmp_path):
