@@ -149,6 +149,15 @@ def test_refuses_step_before_the_last(history, tmp_path):
     _refused(store, ds, r"has step 47, before the store's last step 95.*grows only at its end")
 
 
+def test_refuses_a_shorter_input_after_an_interrupted_append(history, tmp_path):
+    _, _, write = history
+    store = tmp_path / "d.zarr"
+    to_zarr(_distances(write(10)), store)
+    to_zarr(_distances(write(14)), store, append=True, compute=False)  # grown, then killed
+    release_lock(store)
+    _refused(store, _distances(write(12)), r"the input has 12 steps, fewer than the store's 14")
+
+
 def test_refuses_lacking_step(history, tmp_path):
     x, steps, write = history
     store = tmp_path / "d.zarr"
@@ -205,8 +214,10 @@ def test_interrupted_append_is_finished_by_append_or_resume(history, tmp_path, m
         assert verify_store(store) == []
 
 
+@pytest.mark.parametrize("where", ["consolidate", "_write_steps"])
 @pytest.mark.parametrize("how", ["append", "resume"])
-def test_append_killed_while_growing_is_finished(history, tmp_path, monkeypatch, how):
+def test_append_killed_while_growing_is_finished(history, tmp_path, monkeypatch, how, where):
+    # killed after every array was resized, or between the resize of `step` and its new labels
     import dask_pdist.store.append as append
 
     _, _, write = history
@@ -215,10 +226,10 @@ def test_append_killed_while_growing_is_finished(history, tmp_path, monkeypatch,
     store = tmp_path / "d.zarr"
     to_zarr(_distances(write(10)), store)
 
-    def killed(path):
+    def killed(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(append, "consolidate", killed)
+    monkeypatch.setattr(append, where, killed)
     with pytest.raises(KeyboardInterrupt):
         to_zarr(_distances(write(14)), store, append=True)
     monkeypatch.undo()
@@ -239,7 +250,7 @@ def test_reader_opened_before_an_append(history, tmp_path):
     expected = before.euclidean.values
     to_zarr(_distances(write(14)), store, append=True)
     np.testing.assert_array_equal(before.euclidean[:8].values, expected[:8])
-    with pytest.raises(StoreError, match=r"euclidean.*misplaced"):
+    with pytest.raises(StoreError, match=r"(euclidean|chebyshev|embedding_rms) chunk .*steps 85..95: misplaced"):
         before.euclidean[8:].compute()
     np.testing.assert_array_equal(open_distances(store).euclidean[:10].values, expected)
 

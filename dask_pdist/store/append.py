@@ -65,8 +65,15 @@ def check_append(ds: xr.Dataset, path: StorePath, fingerprint: dict[str, Any]) -
         raise _refuse(path, "the input or parameters differ from the store's: " + "; ".join(diff))
     stored = np.asarray(zarr_array(path / "step")[...])
     steps = ds["step"].values
+    if len(steps) < len(stored):
+        raise _refuse(path, f"the input has {len(steps)} steps, fewer than the store's {len(stored)}")
+    done, complete = store_progress(path)
+    if not complete:  # an interrupted append may have left step labels past its done blocks unwritten
+        chunk = int(zarr_array(path / "euclidean" if (path / "euclidean").exists() else path / "chebyshev").chunks[0])
+        rows = done.all(axis=(1, 2))
+        stored = stored[: min(len(stored), (int(np.argmin(rows)) if not rows.all() else len(rows)) * chunk)]
     n = len(stored)
-    if not np.array_equal(steps[:n], stored):
+    if n and not np.array_equal(steps[:n], stored):
         have = set(stored.tolist())
         early = [s for s in steps.tolist() if s not in have and s < stored[-1]]
         if early:
@@ -132,13 +139,21 @@ def grow(ds: xr.Dataset, path: StorePath, fingerprint: dict[str, Any]) -> None:
             if arr.shape[0] < nblocks:
                 arr.resize((nblocks, *arr.shape[1:]))
     array, written = recording_array(path, "step")
-    old = int(array.shape[0])
-    if old < total:
+    if array.shape[0] < total:
         array.resize((total,))
-        start = (old // array.chunks[0]) * array.chunks[0]  # from the chunk holding the old end
-        array[start:] = ds["step"].values[start:]
+    _write_steps(array, ds["step"].values)
+    if written:
         manifest_with(path, written)  # the digests of the step chunks rewritten
     consolidate(path)  # the consolidated metadata holds every array's shape
+
+
+def _write_steps(array: Any, steps: np.ndarray) -> None:
+    # from the chunk of the first label that differs (the old end, or after a kill between
+    # the resize and this write, the first unwritten one): earlier chunks are never rewritten
+    differ = np.flatnonzero(np.asarray(array[...]) != steps)
+    if len(differ):
+        start = (int(differ[0]) // array.chunks[0]) * array.chunks[0]
+        array[start:] = steps[start:]
 
 
 def _resize(path: StorePath, name: str, total: int) -> None:
