@@ -158,6 +158,16 @@ def test_refuses_a_shorter_input_after_an_interrupted_append(history, tmp_path):
     _refused(store, _distances(write(12)), r"the input has 12 steps, fewer than the store's 14")
 
 
+@pytest.mark.parametrize("tail, match", [([93], "has step 93 after step 95"), ([140, 137], "has step 137 after step 140")])
+def test_refuses_new_steps_not_increasing(history, tmp_path, tail, match):
+    x, steps, write = history
+    store = tmp_path / "d.zarr"
+    to_zarr(_distances(write(10)), store)
+    labels = np.concatenate([steps[:10], tail])
+    ds = _distances(write(len(labels), "tail.safetensors", x[: len(labels)], labels))
+    _refused(store, ds, match + r": new steps must increase past the store's last step 95")
+
+
 def test_refuses_lacking_step(history, tmp_path):
     x, steps, write = history
     store = tmp_path / "d.zarr"
@@ -300,3 +310,22 @@ def test_cli_append_checkpoints(history, tmp_path, write_safetensors, capsys):
     assert _tree(Path(store)) == before
     assert main(["compute", glob, "-o", store, "--append", "--overwrite", *opts]) == 2
     assert "overwrite and append exclude each other" in capsys.readouterr().err
+
+
+def test_append_on_object_storage(history, tmp_path, s3_bucket):
+    # the store at an s3:// URL (moto's server): grown the same way, equal to a local one-shot store
+    _, steps, write = history
+    whole = tmp_path / "whole.zarr"
+    to_zarr(_distances(write(14)), whole)
+    url = f"{s3_bucket}/d.zarr"
+    to_zarr(_distances(write(10)), url)
+    to_zarr(_distances(write(14)), url, append=True)
+    assert verify_store(url) == []
+    remote, local = open_distances(url), open_distances(whole)
+    for name in ("euclidean", "chebyshev", "step", "embedding_rms"):
+        assert remote[name].values.tobytes() == local[name].values.tobytes(), name
+    before = open_distances(url)["step"].values.tolist()
+    with pytest.raises(StoreError, match="has step 47 after step 135: new steps must increase past the store's"):
+        x15 = np.concatenate([random_history(SHAPE, seed=3), random_history((1, 9, 5))])
+        to_zarr(_distances(write(15, "late.safetensors", x15, np.concatenate([steps, [47]]))), url, append=True)
+    assert open_distances(url)["step"].values.tolist() == before == steps.tolist()

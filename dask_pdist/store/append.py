@@ -86,6 +86,16 @@ def check_append(ds: xr.Dataset, path: StorePath, fingerprint: dict[str, Any]) -
         lacking = [s for s in stored.tolist() if s not in given]
         what = f"lacks step {lacking[0]}, which the store holds" if lacking else "orders the stored steps differently"
         raise _refuse(path, f"the input {what} (the input has {len(steps)} steps, the store {n})")
+    new = steps[n:]
+    if n and len(new):
+        last = stored[-1]
+        bad = [int(s) for s, prev in zip(new, [last, *new[:-1]], strict=True) if s <= prev]
+        if bad:
+            raise _refuse(
+                path,
+                f"the input has step {bad[0]} after step {int(steps[list(steps).index(bad[0]) - 1])}: new steps must"
+                f" increase past the store's last step {last}; a store grows only at its end",
+            )
     _check_stored_input(ds, path, n)
     return n
 
