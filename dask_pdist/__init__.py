@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from dask_pdist.analyses.neighbours_store import neighbours_to_zarr, open_neighbours
     from dask_pdist.analyses.summary import summarize
     from dask_pdist.conventions import METRICS, OUTPUT_DTYPES
-    from dask_pdist.errors import EngineError, InputError, RepairWarning, StoreError
+    from dask_pdist.errors import EngineError, InputError, RepairWarning, SkippedCheckpointWarning, StoreError
     from dask_pdist.graphs.dataset import pairwise_distances
     from dask_pdist.io.history import open_history, parse_token_ids
     from dask_pdist.io.synthetic import synthetic_events, write_synthetic_history
@@ -50,6 +50,7 @@ _WHERE = {
     "StoreError": "errors",
     "RepairWarning": "errors",
     "EngineError": "errors",
+    "SkippedCheckpointWarning": "errors",
     "open_history": "io.history",
     "pairwise_distances": "graphs.dataset",
     "to_zarr": "store.writer",
@@ -86,6 +87,7 @@ __all__ = [
     "StoreError",
     "RepairWarning",
     "EngineError",
+    "SkippedCheckpointWarning",
     "open_history",
     "pairwise_distances",
     "to_zarr",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["InputError", "StoreError", "RepairWarning", "EngineError"]
+__all__ = ["InputError", "StoreError", "RepairWarning", "EngineError", "SkippedCheckpointWarning"]
 
 
 class InputError(ValueError):
@@ -19,3 +19,7 @@ class RepairWarning(UserWarning):
 
 class EngineError(ValueError):
     """The requested compute engine cannot run here (no GPU, or its optional extra is missing)."""
+
+
+class SkippedCheckpointWarning(UserWarning):
+    """A checkpoint being saved (incomplete) was left out of a run folder's history."""

@@ -8,8 +8,8 @@ import struct
 import ml_dtypes
 import numpy as np
 import pytest
-from conftest import raise_if_dask_computes, random_history
 
+from conftest import raise_if_dask_computes, random_history
 from dask_pdist import open_distances, open_history, pairwise_distances, summarize, to_zarr
 from dask_pdist.cli.main import main
 from dask_pdist.kernels.spacing import bf16_spacing

@@ -8,8 +8,8 @@ import json
 import ml_dtypes
 import numpy as np
 import pytest
-from conftest import random_history
 
+from conftest import random_history
 from dask_pdist import InputError, open_history
 from dask_pdist.cli.main import main
 

@@ -13,10 +13,10 @@ import dask.array as da
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import oracle, random_history
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import oracle, random_history
 from dask_pdist import pairwise_distances
 from dask_pdist.kernels.distances import cross_block, pairwise_block
 

@@ -11,8 +11,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 import zarr
-from conftest import random_history
 
+from conftest import random_history
 from dask_pdist import InputError, open_history
 
 
@@ -266,7 +266,9 @@ def test_checkpoint_list_and_default_key(write_safetensors, tmp_path):
     # the key is chosen in the first file (natural order), then required in every file
     paths.append(write_safetensors("0.safetensors", {"emb": x4[0], "other": x4[1]}, "F32"))
     with pytest.raises(
-        InputError, match=r"0.safetensors: cannot choose the embedding matrix: 2 tensors are 2-D.*--key"
+        InputError,
+        match=r"0.safetensors: cannot choose the embedding matrix \(no config.json next to it\); its 2-D tensors:"
+        r" emb \[6, 4\], other \[6, 4\]; name one with key= / --key; e.g. --key emb",
     ):
         open_history(paths)
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 import pytest
-from conftest import oracle, random_history
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import oracle, random_history
 from dask_pdist.kernels.distances import cross_block, pairwise_block
 
 

@@ -25,6 +25,7 @@ LAYERS = {
     "store": 4,
     "analyses": 5,
     "cli": 6,
+    "training": 6,
     "__init__": 7,
     "__main__": 7,
 }

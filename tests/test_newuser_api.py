@@ -9,8 +9,8 @@ import dask.array as da
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import random_history
 
+from conftest import random_history
 from dask_pdist import open_distances, pairwise_distances, to_zarr
 
 

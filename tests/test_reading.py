@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
-from conftest import random_history
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dask_pdist as dp
+from conftest import random_history
 from dask_pdist.store.reading import step_blocks
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import zarr
-from conftest import random_history
 
 import dask_pdist as dp
 import dask_pdist.io.sources
+from conftest import random_history
 from dask_pdist import InputError, open_history, parse_token_ids
 from dask_pdist.cli.main import main
 from dask_pdist.errors import StoreError

@@ -176,9 +176,12 @@ def _progress(desc: str, args: argparse.Namespace):  # noqa: ANN202
 
 def _resume_command(argv: Sequence[str]) -> str:
     """The same command plus ``--resume``, for the user to copy; a ``--storage-options`` value
-    is shown as ``'...'`` (it may hold a secret, and this line lands in job logs)."""
+    is shown as ``'...'`` (it may hold a secret, and this line lands in job logs). A command
+    with ``--append`` (or ``--follow``) resumes as itself: it finishes an interrupted store."""
     import shlex
 
+    if "--append" in argv or "--follow" in argv:
+        argv = [a for a in argv if a != "--resume"]
     kept, hidden = [], False
     for i, a in enumerate(argv):
         if a in ("--overwrite", "--resume"):
@@ -192,7 +195,8 @@ def _resume_command(argv: Sequence[str]) -> str:
         else:
             kept.append(shlex.quote(a))
     note = "  (with the same --storage-options)" if hidden else ""
-    return "dask-pdist " + " ".join(kept) + " --resume" + note
+    again = "" if "--append" in argv or "--follow" in argv else " --resume"
+    return "dask-pdist " + " ".join(kept) + again + note
 
 
 def failure_cause(exc: BaseException, output: object = None) -> str | None:

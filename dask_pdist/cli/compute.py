@@ -25,18 +25,27 @@ from dask_pdist.conventions import METRICS, human_size
 from dask_pdist.errors import InputError, StoreError
 
 
-def _compute(
-    args: argparse.Namespace, input_path: str | list[str], output: str, overwrite: bool, resume: bool = False
-) -> None:
-    import dask_pdist as dp
-    from dask_pdist.analyses.summary import format_summary
-    from dask_pdist.store.codecs import DEFAULT_COMPRESSOR
+def _stored_chunks(args: argparse.Namespace, output: str) -> tuple[int | None, int | None, int]:
+    # an append writes in the store's chunks (unless told otherwise, then refused if they
+    # differ): (step chunk, token chunk, stored steps); (None, None, 0) without a store
+    from dask_pdist.io.paths import zarr_array
+    from dask_pdist.store.append import stored_fingerprint
+    from dask_pdist.store.layout import is_store, store_path
 
-    t0 = time.perf_counter()
-    history = dp.open_history(
+    store = store_path(output, _opts(args, output))
+    if not (store.is_dir() and is_store(store)):
+        return None, None, 0
+    chunks = stored_fingerprint(store).get("chunks") or [None, None]
+    return chunks[0], chunks[1], int(zarr_array(store / "step").shape[0])
+
+
+def _open(args: argparse.Namespace, input_path: str | list[str], step_chunk: int | None):  # noqa: ANN202
+    import dask_pdist as dp
+
+    return dp.open_history(
         input_path,
         key=getattr(args, "key", None),
-        chunks=getattr(args, "chunk_steps", None) or "auto",
+        chunks=getattr(args, "chunk_steps", None) or step_chunk or "auto",
         tokens=getattr(args, "tokens", None),
         nonfinite=getattr(args, "nonfinite", "raise"),
         token_ids=getattr(args, "token_ids", None),
@@ -44,11 +53,50 @@ def _compute(
         storage_options=_opts(args, input_path),
         follow_symlinks=getattr(args, "follow_symlinks", False),
     )
+
+
+def _make_parent(args: argparse.Namespace, output: str) -> None:
+    # -o run/out/d.zarr creates run/out (an object store has no folders to create)
+    from dask_pdist.io.paths import is_remote, locate
+
+    where = locate(output, _opts(args, output))
+    if not is_remote(where) and str(where.parent) and not where.parent.exists():
+        where.parent.mkdir(parents=True, exist_ok=True)
+
+
+def _compute(
+    args: argparse.Namespace,
+    input_path: str | list[str],
+    output: str,
+    overwrite: bool,
+    resume: bool = False,
+    append: bool = False,
+    brief: bool = False,
+) -> bool:
+    """Compute (or append to) the store; returns False when an append found nothing new.
+    ``brief`` (--follow): one line per append, no summary."""
+    import dask_pdist as dp
+    from dask_pdist.analyses.summary import format_summary
+    from dask_pdist.store.codecs import DEFAULT_COMPRESSOR
+
+    t0 = time.perf_counter()
+    step_chunk, token_chunk, stored = _stored_chunks(args, output) if append else (None, None, 0)
+    with warnings.catch_warnings(record=True) as notes:
+        warnings.simplefilter("always", dp.SkippedCheckpointWarning)
+        history = _open(args, input_path, step_chunk)
+    for w in notes:  # checkpoints being saved: left out, said (--follow: waited for in silence)
+        if issubclass(w.category, dp.SkippedCheckpointWarning):
+            if brief:
+                continue
+            print(f"dask-pdist: note: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    _make_parent(args, output)
     ds = dp.pairwise_distances(
         history,
         metrics=getattr(args, "metrics", METRICS),
         dtype=getattr(args, "dtype", "float32"),
-        token_chunk=getattr(args, "token_chunk", None) or "auto",
+        token_chunk=getattr(args, "token_chunk", None) or token_chunk or "auto",
         engine=getattr(args, "engine", "cpu"),
     )
     from dask_pdist.store.layout import store_path
@@ -61,9 +109,10 @@ def _compute(
             delayed = dp.to_zarr(
                 ds,
                 store,
-                compressor=getattr(args, "compressor", None) or DEFAULT_COMPRESSOR,
+                compressor=getattr(args, "compressor", None) or (None if append else DEFAULT_COMPRESSOR),
                 overwrite=overwrite,
                 resume=resume,
+                append=append,
                 compute=False,
             )
         for w in repairs:  # --resume found damaged chunks: say which it recomputes
@@ -88,12 +137,23 @@ def _compute(
             else "complete: nothing to compute (every written chunk is present and passes its checks)"
         )
         print(f"{output}: resuming, {state}", file=sys.stderr)
-    print(
-        f"{history.attrs['source']} [{history.name}]: {history.sizes['step']:,} steps"
-        f" x {history.sizes['token']:,} tokens"
-        f" x {history.sizes['dim']:,} dims ({history.attrs['input_dtype']}) -> {output}",
-        flush=True,  # stdout: an error found by the compute is then the one line on stderr
-    )
+    if append and stored:
+        from dask_pdist.store.layout import store_progress
+
+        new = history.sizes["step"] - stored
+        if new == 0 and store_progress(store)[1]:  # checked unchanged by to_zarr, nothing written
+            if not brief:
+                print(f"{output}: holds all {stored:,} steps of {history.attrs['source']}: nothing to append")
+            return False
+        if not brief:
+            print(f"{output}: appending {new:,} steps to its {stored:,}", file=sys.stderr)
+    if not (brief and stored):
+        print(
+            f"{history.attrs['source']} [{history.name}]: {history.sizes['step']:,} steps"
+            f" x {history.sizes['token']:,} tokens"
+            f" x {history.sizes['dim']:,} dims ({history.attrs['input_dtype']}) -> {output}",
+            flush=True,  # stdout: an error found by the compute is then the one line on stderr
+        )
     from dask_pdist.store.guards import stop_job
 
     try:
@@ -123,10 +183,15 @@ def _compute(
         )
         raise _Exit(1) from None
     elapsed = time.perf_counter() - t0
+    if brief:
+        last = int(history["step"].values[-1])
+        print(f"{output}: {history.sizes['step']:,} steps, up to step {last} ({elapsed:.1f} s)", flush=True)
+        return True
     print(f"\nWrote {output} in {elapsed:.1f} s\n")
     # chunks=None: two steps read straight through zarr, no dask graph (nor its look-up of a
     # distributed client, ~0.2 s of dask.distributed import when it is installed)
     print(format_summary(dp.open_distances(store, chunks=None)))
+    return True
 
 
 def _cmd_compute(args: argparse.Namespace) -> None:
@@ -136,6 +201,10 @@ def _cmd_compute(args: argparse.Namespace) -> None:
     source = args.input[0] if len(args.input) == 1 else args.input
     runs = find_runs(source, args.key, storage_options=args.storage_options)
     if runs is not None:
+        if args.append or args.follow:
+            raise InputError(
+                f"--append/--follow grow one store, but the input matches {len(runs)} runs; give one run at a time"
+            )
         _compute_runs(args, runs)
         return
     if args.safetensors:
@@ -149,7 +218,18 @@ def _cmd_compute(args: argparse.Namespace) -> None:
                 f" to replace only the file, export the store: dask-pdist export {args.output} {args.safetensors}"
                 " --overwrite"
             ) from None
-    _compute(args, source, args.output, args.overwrite, args.resume)
+    if (args.append or args.follow) and args.resume:
+        raise InputError("--append and --follow already finish an interrupted store: leave out --resume")
+    if args.idle_exit is not None and not args.follow:
+        raise InputError("--idle-exit applies to --follow: add --follow, or leave it out")
+    if args.follow:
+        if args.safetensors:
+            raise InputError("--safetensors exports a finished store: export it after following (dask-pdist export)")
+        from dask_pdist.cli.follow import follow
+
+        follow(args, source, args.output, _compute)
+        return
+    _compute(args, source, args.output, args.overwrite, args.resume, args.append)
     if args.safetensors:
         try:
             _export(args, args.output, args.safetensors, None, args.overwrite)

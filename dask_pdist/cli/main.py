@@ -39,6 +39,16 @@ from dask_pdist.conventions import ALL_METRICS, METRICS
 __all__ = ["main"]
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a positive number of seconds")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="dask-pdist",
@@ -108,6 +118,24 @@ def _parser() -> argparse.ArgumentParser:
         "--resume",
         action="store_true",
         help="finish an interrupted job: compute only the blocks missing from --output (default: start anew)",
+    )
+    c.add_argument(
+        "--append",
+        action="store_true",
+        help="grow --output with the input's steps past its last one (the stored steps' input must be unchanged);"
+        " creates --output if absent (default: refuse an existing store)",
+    )
+    c.add_argument(
+        "--follow",
+        action="store_true",
+        help="then watch the run folder (or glob) and append each new complete checkpoint, until Ctrl-C/SIGTERM"
+        " or --idle-exit (exit 0); a new store gets one step per chunk (default: compute once)",
+    )
+    c.add_argument(
+        "--idle-exit",
+        type=_positive_seconds,
+        metavar="SECONDS",
+        help="with --follow: end after this many seconds without a new checkpoint (default: follow until stopped)",
     )
     c.add_argument("--no-progress", action="store_true", help=_NO_PROGRESS_HELP)
     _add_storage_options(c)

@@ -18,12 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
-from dask_pdist.errors import InputError
+from dask_pdist.errors import InputError, SkippedCheckpointWarning
 from dask_pdist.io.safetensors_format import require_regular_file
 
 __all__ = [
     "INDEX_SUFFIX",
     "checkpoint_paths",
+    "is_run_folder",
+    "incomplete_reason",
+    "embedding_key",
     "checkpoint_steps",
     "parse_steps",
     "tensor_file",
@@ -34,6 +37,20 @@ __all__ = [
 #: Name ending of a sharded checkpoint's index (``model.safetensors.index.json``).
 INDEX_SUFFIX = ".safetensors.index.json"
 _RANGE = re.compile(r"^(-?\d+):(-?\d+)(?::(-?\d+))?$")
+#: A Hugging Face Trainer checkpoint folder (``tmp-checkpoint-N`` is one being saved).
+_TRAINER_FOLDER = re.compile(r"checkpoint-(\d+)")
+#: What Trainer writes into a checkpoint folder after the weights.
+TRAINER_STATE = "trainer_state.json"
+#: The embedding matrix of common architectures, by config.json ``model_type``.
+_EMBEDDING_KEYS = {
+    "gpt2": "transformer.wte.weight",
+    "gpt_neox": "gpt_neox.embed_in.weight",
+    "gptj": "transformer.wte.weight",
+    "bloom": "transformer.word_embeddings.weight",
+    "opt": "model.decoder.embed_tokens.weight",
+}
+#: Most decoder-only models (Llama, Qwen, Mistral, Gemma, Phi-3, ...).
+_DEFAULT_EMBEDDING_KEY = "model.embed_tokens.weight"
 
 
 def _natural_key(path: str) -> list:
@@ -80,6 +97,94 @@ def _checkpoint_in(folder: Path, follow_symlinks: bool = False) -> Path | None:
     return None
 
 
+def is_run_folder(path: str | os.PathLike[str]) -> bool:
+    """True for a local folder holding Hugging Face Trainer checkpoints (``checkpoint-N/``,
+    or only ``tmp-checkpoint-N/`` while the first is being saved).
+
+    >>> is_run_folder("no/such/folder")
+    False
+    """
+    folder = Path(path)
+    if not folder.is_dir() or (folder / "zarr.json").exists():
+        return False
+    return any(_TRAINER_FOLDER.fullmatch(p.name.removeprefix("tmp-")) and p.is_dir() for p in folder.iterdir())
+
+
+def incomplete_reason(path: Path) -> str | None:
+    """Why the safetensors file (or sharded index) ``path`` is not a whole checkpoint yet, or
+    None: shorter than its header says, or a header not yet whole (a file being written)."""
+    if path.name.endswith(INDEX_SUFFIX):
+        try:
+            shards = set(json.loads(path.read_text(encoding="utf-8"))["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return "its index is not whole yet"
+        for name in sorted(shards, key=str):
+            if not isinstance(name, str) or not name or name in (".", "..") or re.search(r"[/\\\0]", name):
+                return None  # not a plain file name: tensor_file refuses it, naming the entry (never read here)
+            try:
+                confined(path.parent / name, path.parent, "shard")
+            except InputError:
+                return None  # a link leaving the folder: refused by tensor_file, never read here
+            if not (path.parent / name).is_file():
+                return f"shard {name} not there yet"
+            reason = incomplete_reason(path.parent / name)
+            if reason:
+                return f"shard {name}: {reason}"
+        return None
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return f"{size} bytes, shorter than the header length"
+            n = int.from_bytes(head, "little")
+            header = json.loads(f.read(n)) if size >= 8 + n else None
+    except (OSError, ValueError):
+        return "its header is not whole yet"
+    if header is None or not isinstance(header, dict):
+        return f"{size} bytes, shorter than its header"
+    end = max(
+        (int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__" and isinstance(t, dict)),
+        default=0,
+    )
+    if size < 8 + n + end:
+        return f"{size:,} bytes, shorter than its header says ({8 + n + end:,})"
+    return None
+
+
+def _run_checkpoints(folders: list[Path], follow_symlinks: bool) -> list[Path]:
+    # Trainer's folders, the incomplete ones skipped with a note: a tmp-checkpoint-N folder
+    # (being saved), one without trainer_state.json while others have one, a file shorter
+    # than its header says; never read half-written
+    import warnings
+
+    stated = any((f / TRAINER_STATE).is_file() for f in folders)
+    out = []
+    for folder in folders:
+        if folder.name.startswith("tmp-"):
+            why = "being saved (a tmp- folder)"
+        elif stated and not (folder / TRAINER_STATE).is_file():
+            why = f"no {TRAINER_STATE} yet (being saved)"
+        else:
+            inner = _checkpoint_in(folder, follow_symlinks)
+            why = "no checkpoint file yet" if inner is None else incomplete_reason(inner)
+            if why is None and inner is not None:
+                out.append(inner)
+                continue
+        warnings.warn(f"{folder}: skipped, incomplete: {why}", SkippedCheckpointWarning, stacklevel=3)
+    if not out:
+        raise InputError(
+            f"{folders[0].parent}: holds no complete checkpoint yet ({len(folders)} being saved);"
+            " retry when one is saved (or follow the run with --follow)"
+        )
+    return out
+
+
+def run_folders(run: Path) -> list[Path]:
+    """The checkpoint folders of a Trainer output folder, ``tmp-checkpoint-N`` included."""
+    return [p for p in run.iterdir() if p.is_dir() and _TRAINER_FOLDER.fullmatch(p.name.removeprefix("tmp-"))]
+
+
 def checkpoint_paths(spec: str | Sequence[str | os.PathLike[str]], follow_symlinks: bool = False) -> list[Path]:
     """The checkpoints of a glob string or a list, in natural order (``step_10`` after ``step_9``).
 
@@ -92,12 +197,16 @@ def checkpoint_paths(spec: str | Sequence[str | os.PathLike[str]], follow_symlin
     >>> checkpoint_paths("ckpt/checkpoint-*")  # doctest: +SKIP
     [PosixPath('ckpt/checkpoint-500/model.safetensors'), PosixPath('ckpt/checkpoint-1000/model.safetensors')]
     """
-    if isinstance(spec, str):
+    if isinstance(spec, (str, os.PathLike)) and is_run_folder(spec):
+        paths = _run_checkpoints(run_folders(Path(spec)), follow_symlinks)
+    elif isinstance(spec, str):
         found = glob.glob(spec)
         if not found:
             raise FileNotFoundError(f"{spec}: no file matches this pattern")
         paths = []
-        for p in found:
+        if all(os.path.isdir(p) and _TRAINER_FOLDER.fullmatch(Path(p).name) for p in found):  # 'run/checkpoint-*'
+            paths = _run_checkpoints([Path(p) for p in found], follow_symlinks)
+        for p in found if not paths else []:
             inner = _checkpoint_in(Path(p), follow_symlinks) if os.path.isdir(p) else Path(p)
             if inner is not None:
                 paths.append(inner)
@@ -155,7 +264,12 @@ def checkpoint_steps(paths: list[Path]) -> np.ndarray | None:
     >>> checkpoint_steps([Path("c/checkpoint-500/model.safetensors"), Path("c/checkpoint-1000/model.safetensors")])
     array([ 500, 1000])
     """
-    numbers, origin = (_varying_numbers(paths) if len(paths) > 1 else None), "path"
+    numbers, origin = None, "Trainer folder"
+    folders = [_TRAINER_FOLDER.fullmatch(p.parent.name) for p in paths]
+    if all(folders):  # checkpoint-500/model.safetensors -> 500, even for one checkpoint
+        numbers = [int(m[1]) for m in folders if m]
+    if numbers is None:
+        numbers, origin = (_varying_numbers(paths) if len(paths) > 1 else None), "path"
     if numbers is None:
         numbers, origin = _name_numbers(paths), "file name"
     if numbers is None:
@@ -243,6 +357,12 @@ def tensor_file(path: Path, key: str | None, follow_symlinks: bool = False) -> P
             f"{path}: not a safetensors index ({type(exc).__name__}: {exc}); expected JSON with a"
             " 'weight_map' object of tensor name -> shard file"
         ) from None
+    if key is None:  # the architecture's key, when config.json names one the index holds
+        try:
+            key = embedding_key(path, {n: (0, 0) for n in weight_map})
+        except InputError:
+            key = None
+        key = key if key in weight_map and (path.parent / "config.json").is_file() else None
     if key is None or key not in weight_map:
         embed = [n for n in weight_map if "embed" in n][:3] or list(weight_map)[:3]
         problem = "a sharded checkpoint: name its embedding matrix" if key is None else f"no tensor {key!r} in it"
@@ -268,6 +388,46 @@ def tensor_file(path: Path, key: str | None, follow_symlinks: bool = False) -> P
     if not shard.is_file():
         raise FileNotFoundError(f"{shard}: the shard holding {key!r} (says {path}) not found")
     return shard
+
+
+def embedding_key(checkpoint: Path, shapes: dict[str, tuple[int, ...]]) -> str:
+    """The embedding matrix of a checkpoint whose key was not given, from the ``config.json``
+    next to it: the key of its architecture (GPT-2 ``transformer.wte.weight``, Llama, Qwen,
+    Mistral ``model.embed_tokens.weight``, GPT-NeoX ``gpt_neox.embed_in.weight``, ...), else
+    the one 2-D tensor with ``vocab_size`` rows whose name says embed or wte; without a
+    config, the only 2-D tensor. Otherwise an error listing the 2-D tensors and suggesting one.
+
+    >>> embedding_key(Path("ckpt/model.safetensors"), {"emb": (512, 64), "steps": (3,)})
+    'emb'
+    """
+    two_d = {n: s for n, s in shapes.items() if len(s) == 2}
+    config: dict = {}
+    try:
+        config = json.loads((checkpoint.parent / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        pass
+    config = config if isinstance(config, dict) else {}
+    model_type = str(config.get("model_type", ""))
+    known = _EMBEDDING_KEYS.get(model_type, _DEFAULT_EMBEDDING_KEY)
+    for name in (known, known.removeprefix("model."), known.split(".", 1)[-1]):
+        if name in two_d:
+            return name
+    vocab = config.get("vocab_size")
+    named = [n for n in two_d if re.search(r"embed|wte", n, re.IGNORECASE)]
+    fits = [n for n in named if vocab is not None and two_d[n][0] == vocab]
+    if len(fits) == 1:
+        return fits[0]
+    if not config and len(two_d) == 1:
+        return next(iter(two_d))
+    suggest = (fits or named or [n for n in two_d if vocab is not None and two_d[n][0] == vocab] or list(two_d))[:1]
+    listing = ", ".join(f"{n} {list(s)}" for n, s in sorted(two_d.items())[:12]) or "none"
+    more = f" and {len(two_d) - 12} more" if len(two_d) > 12 else ""
+    what = f"config.json says model_type {model_type!r}, vocab_size {vocab}" if config else "no config.json next to it"
+    hint = f"; e.g. --key {suggest[0]}" if suggest else ""
+    raise InputError(
+        f"{checkpoint}: cannot choose the embedding matrix ({what}); its 2-D tensors: {listing}{more};"
+        f" name one with key= / --key{hint}"
+    )
 
 
 def directory_hint(folder: Path) -> str:

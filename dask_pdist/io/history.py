@@ -19,7 +19,7 @@ import xarray as xr
 
 from dask_pdist.conventions import HISTORY_DIMS
 from dask_pdist.errors import InputError
-from dask_pdist.io.checkpoints import INDEX_SUFFIX, checkpoint_steps, directory_hint, parse_steps
+from dask_pdist.io.checkpoints import INDEX_SUFFIX, checkpoint_steps, directory_hint, is_run_folder, parse_steps
 from dask_pdist.io.paths import Location, any_url, identity, is_remote, locate
 from dask_pdist.io.safetensors_format import pread_exact, require_regular_file
 from dask_pdist.io.sources import (
@@ -125,6 +125,8 @@ def is_checkpoint_spec(path: str | os.PathLike[str] | Sequence[str | os.PathLike
         return True  # one sharded checkpoint
     if isinstance(path, str) and any_url(path):
         return any(c in path.split("://", 1)[1] for c in "*?[")
+    if isinstance(path, (str, os.PathLike)) and is_run_folder(path):
+        return True  # a Hugging Face Trainer output folder: its checkpoint-N/ folders
     if isinstance(path, str):
         return any(c in path for c in "*?[") and not os.path.exists(path)
     return not isinstance(path, os.PathLike)

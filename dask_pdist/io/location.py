@@ -261,7 +261,16 @@ class Location:
     def bucket_exists(self) -> bool:
         """Whether the bucket (container, or top folder) of this URL exists and is reachable."""
         top = self.path.split("/", 1)[0]
-        return bool(self._call("bucket", self._fresh().exists, top))
+        fs = self._fresh()
+        if self._call("bucket", fs.exists, top):
+            return True
+        # fsspec's exists() says False for a bucket these credentials may not see: ask once
+        # more in a way that raises, so that access denied is told apart from not found
+        try:
+            self._call("bucket", fs.info, top)
+        except FileNotFoundError:
+            return False
+        return True
 
 
 class _RangedReader:

@@ -18,7 +18,7 @@ import numpy as np
 
 from dask_pdist.conventions import HISTORY_DIMS
 from dask_pdist.errors import InputError
-from dask_pdist.io.checkpoints import INDEX_SUFFIX, _natural_key, checkpoint_paths, tensor_file
+from dask_pdist.io.checkpoints import INDEX_SUFFIX, _natural_key, checkpoint_paths, embedding_key, tensor_file
 from dask_pdist.io.paths import Location, any_url, glob_locations, is_remote, locate, open_reader, zarr_store
 from dask_pdist.io.safetensors_format import (
     SUPPORTED_DTYPES,
@@ -267,6 +267,8 @@ def _open_checkpoints(
         paths.append(path)
         tensors, _ = read_header(path)
         ndims = {n: len(t.shape) for n, t in tensors.items()}
+        if key is None and not is_remote(path):  # from config.json: GPT-2, Llama, Qwen, GPT-NeoX, ...
+            key = embedding_key(Path(path), {n: tuple(t.shape) for n, t in tensors.items()})
         hint = ", e.g. model.embed_tokens.weight"
         key = _choose_key(path, ndims, key, 2, "tensor", "embedding matrix", _tensor_list(tensors), hint)
         info = tensors[key]

@@ -52,6 +52,7 @@ __all__ = [
     "recording_array",
     "file_digests",
     "read_manifest",
+    "manifest_with",
     "expected_digests",
 ]
 
@@ -244,6 +245,17 @@ def record_whole(path: Path | Location) -> None:
     books = group[BOOKKEEPING] if BOOKKEEPING in group else group.create_group(BOOKKEEPING)
     books.attrs[MANIFEST_ATTR] = digests
     write_root_attrs(path, **{STORE_ID_ATTR: store_id})
+
+
+def manifest_with(path: Path | Location, digests: Mapping[str, int]) -> None:
+    """Add ``digests`` to the manifest of the store at ``path`` (creating its bookkeeping
+    sub-group if needed). Called while the store is marked incomplete (an append growing
+    it), so no reader trusts the manifest meanwhile."""
+    import zarr
+
+    group = zarr.open_group(store=_base_store(path, False), mode="r+", use_consolidated=False)
+    books = group[BOOKKEEPING] if BOOKKEEPING in group else group.create_group(BOOKKEEPING)
+    books.attrs[MANIFEST_ATTR] = {**read_manifest(path), **digests}
 
 
 def expected_digests(path: Path | Location, done: np.ndarray | None = None) -> Digests:

@@ -18,7 +18,7 @@ from dask_pdist.conventions import DONE, STOPPED_ATTR
 from dask_pdist.errors import StoreError
 from dask_pdist.io.paths import Location, zarr_group
 from dask_pdist.store.digests import checked_store, expected_digests
-from dask_pdist.store.integrity import CheckedChunks, check_small_arrays, lazy_checked
+from dask_pdist.store.integrity import CheckedChunks, _live_lock, check_small_arrays, lazy_checked
 from dask_pdist.store.layout import check_metadata, is_store, not_a_store, read_attrs, store_path, store_progress
 
 __all__ = ["open_distances"]
@@ -84,11 +84,12 @@ def open_distances(
     if not complete and not allow_incomplete:
         missing = int((done == 0).sum())
         stopped = (read_attrs(path) or {}).get(STOPPED_ATTR)
-        why = (
-            f"the job was {stopped}; recompute with --overwrite"
-            if stopped
-            else "the job was interrupted; finish it with the same `dask-pdist compute ... --resume` command"
-        )
+        if stopped:
+            why = f"the job was {stopped}; recompute with --overwrite"
+        elif _live_lock(path):  # a running compute or append (--follow): whole again when it ends
+            why = "a job is writing it now: open it again when it finishes (an append: in a moment)"
+        else:
+            why = "the job was interrupted; finish it with the same `dask-pdist compute ... --resume` command"
         raise StoreError(
             f"{path}: incomplete, {missing} of {done.size} blocks missing ({why}),"
             " or open with allow_incomplete=True (--allow-incomplete) to read missing blocks as NaN"

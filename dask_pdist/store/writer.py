@@ -39,6 +39,7 @@ from dask_pdist.conventions import (
 from dask_pdist.errors import RepairWarning, StoreError
 from dask_pdist.io.paths import is_remote, zarr_array
 from dask_pdist.io.publish import building, clean_stale
+from dask_pdist.store.append import check_append, grow, stored_fingerprint
 from dask_pdist.store.codecs import COMPRESSORS, DEFAULT_COMPRESSOR, Compressor, codec_choice, codec_name, codecs
 from dask_pdist.store.digests import (
     DIGEST,
@@ -56,6 +57,7 @@ from dask_pdist.store.layout import (
     acquire_lock,
     consolidate,
     done_path,
+    is_store,
     read_attrs,
     read_root,
     release_lock,
@@ -79,6 +81,15 @@ def _regular_chunks(ds: xr.Dataset) -> xr.Dataset:
         if sizes and (len(set(sizes[:-1])) > 1 or (len(sizes) > 1 and sizes[-1] > sizes[0])):
             chunks[dim] = max(sizes)
     return ds.chunk(chunks) if chunks else ds
+
+
+def _step_chunks(ds: xr.Dataset, path: StorePath) -> xr.Dataset:
+    # an append writes in the store's chunks along step (the token chunks are the job's own:
+    # a difference is refused with the other parameters)
+    chunk = (stored_fingerprint(path).get("chunks") or [None])[0]
+    if chunk and tuple(ds.chunksizes["step"]) != tuple(da.core.normalize_chunks(chunk, (ds.sizes["step"],))[0]):
+        ds = ds.chunk({"step": int(chunk)})
+    return ds
 
 
 def _fingerprint(ds: xr.Dataset, compressor: str) -> dict[str, Any]:
@@ -323,9 +334,10 @@ def to_zarr(
     ds: xr.Dataset,
     path: str | os.PathLike[str],
     *,
-    compressor: Compressor = DEFAULT_COMPRESSOR,
+    compressor: Compressor | None = None,
     overwrite: bool = False,
     resume: bool = False,
+    append: bool = False,
     compute: bool = True,
     progress: bool | None = None,
     storage_options: dict[str, Any] | None = None,
@@ -341,8 +353,9 @@ def to_zarr(
         ``gs://...``, ``memory://...``): the store is written through zarr's fsspec store,
         one object per chunk (a PUT is whole or absent, so a killed job leaves only whole
         chunks there too).
-    compressor : {"auto", "none", "lz4", "zstd"}
-        ``"auto"``: per variable, as measured (:data:`AUTO_CODECS`: Euclidean uncompressed,
+    compressor : {"auto", "none", "lz4", "zstd"}, optional
+        Default ``"auto"`` (with ``append``: the store's choice). ``"auto"``: per variable,
+        as measured (:data:`AUTO_CODECS`: Euclidean uncompressed,
         Chebyshev Blosc lz4 with bit shuffle); ``"lz4"``/``"zstd"``: Blosc with byte shuffle for
         every variable; ``"none"``: no compression (see the README for the measurements).
         The choice and the codecs it meant are recorded in the store (``--resume`` checks
@@ -355,6 +368,15 @@ def to_zarr(
         chunk file of some variable is gone (deleted since, also from a complete store; a
         chunk that is present but corrupt is found by :func:`verify_store`). Refused if the
         input or parameters differ from those recorded in the store.
+    append : bool
+        Grow the store at ``path`` to the steps of ``ds``, which must hold the store's steps
+        (first, input unchanged: checked against the recorded checksums) and more after them:
+        only the new steps are computed, in the store's chunks along ``step`` (a last chunk
+        the store holds only partly is recomputed whole). Refused, the store unchanged, for
+        other parameters (dtype, metrics, tokens, token chunks, codecs), a stored step lacking
+        or changed, or a new step before the last stored one. Finishes an interrupted store
+        as ``resume`` does; with nothing new, writes nothing. Without a store at ``path``,
+        creates it. While appending the store reads as incomplete.
     compute : bool
         If False, create the store (metadata and coordinates) now and return a
         ``dask.delayed`` object that writes the distances when computed (run it under a
@@ -389,6 +411,12 @@ def to_zarr(
     >>> ds.euclidean.sel(step=1234)  # doctest: +SKIP
     """
     path = store_path(path, storage_options)
+    if append and overwrite:
+        raise ValueError("overwrite and append exclude each other: append grows a store, overwrite replaces it")
+    appending = append and path.exists()
+    if appending and compressor is None and is_store(path):
+        compressor = stored_fingerprint(path).get("compressor")
+    compressor = compressor or DEFAULT_COMPRESSOR
     if compressor not in COMPRESSORS:
         raise ValueError(f"compressor={compressor!r}: choose one of {list(COMPRESSORS)}")
     check_input_outside(ds, path)
@@ -400,10 +428,18 @@ def to_zarr(
         check_output(path, overwrite, resume)  # no parent folder, not writable: say so
         raise
     try:
-        resuming = check_output(path, overwrite, resume)
+        resuming = check_output(path, overwrite, resume or appending)
+        if appending:
+            ds = _step_chunks(ds, path)
         ds = _regular_chunks(ds)
         fingerprint = _fingerprint(ds, compressor)
-        if resuming:
+        if appending:
+            if check_append(ds, path, fingerprint) == ds.sizes["step"] and store_progress(path)[1]:
+                release_lock(path, lock)  # nothing new: nothing written
+                return open_distances(path) if compute else dask.delayed(0)
+            _clean_partials(path)
+            grow(ds, path, fingerprint)
+        elif resuming:
             old = json.loads(read_attrs(path).get(FINGERPRINT_ATTR, "{}"))
             diff = [f"{k}: store has {old.get(k)!r}, now {v!r}" for k, v in fingerprint.items() if old.get(k) != v]
             if diff:
@@ -413,11 +449,16 @@ def to_zarr(
             _clean_partials(path)
             clean_stale(path)  # a killed --overwrite's hidden store next to it (its writer is gone)
             check_resumed_input(ds, path)
+            if not store_progress(path)[1]:
+                grow(ds, path, fingerprint)  # an append killed while growing the store: finish that first
         else:
             _create(ds, path, compressor, fingerprint)
-        todo = (
-            _resume_todo(ds, path) if resuming else np.ones(tuple(len(ds.chunksizes[d]) for d in DISTANCE_DIMS), bool)
-        )
+        if appending:  # the blocks not marked done: the new ones, and any an interrupted job left
+            todo = store_progress(path)[0] == 0
+        elif resuming:
+            todo = _resume_todo(ds, path)
+        else:
+            todo = np.ones(tuple(len(ds.chunksizes[d]) for d in DISTANCE_DIMS), bool)
         job = _write_graph(ds, path, todo, lock)
     except BaseException:
         release_lock(path, lock)

@@ -1,0 +1,152 @@
+"""``dask-pdist compute RUN_DIR -o STORE --follow``: compute what is there, then append each
+new complete checkpoint as it is saved.
+
+Waiting: file-system events through ``watchfiles`` when it is installed (woken at once), else a
+look every second. A checkpoint being saved (a ``tmp-checkpoint-N`` folder, no
+``trainer_state.json`` yet, a file shorter than its header says) is waited for, never read.
+Ctrl-C and SIGTERM end the command with exit 0: while waiting at once, during an append once
+the append is written (a second one stops the append, which ``--follow`` or ``--resume`` then
+finishes). The store is whole and the writer lock released at every exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from dask_pdist.errors import InputError
+
+__all__ = ["follow"]
+
+
+def _complete_checkpoints(source: str | list[str]) -> int | None:
+    # how many complete checkpoints the input has now (None: none yet); the incomplete ones
+    # are waited for in silence
+    from dask_pdist.io.checkpoints import checkpoint_paths
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return len(checkpoint_paths(source))
+        except (InputError, FileNotFoundError):
+            return None
+
+
+def _watch_root(source: str | list[str]) -> Path:
+    # the folder whose changes announce a new checkpoint: the run folder, or a glob's fixed part
+    head = source if isinstance(source, str) else os.path.commonpath([os.path.abspath(p) for p in source])
+    for wild in "*?[":
+        head = head.split(wild)[0]
+    path = Path(head)
+    while not path.is_dir() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _ticks(root: Path, stopping: Callable[[], bool]) -> Iterator[None]:
+    # one tick per change in root (at most a second apart): watchfiles when installed, else sleep
+    try:
+        import watchfiles
+    except ImportError:
+        watchfiles = None
+    if watchfiles is not None:
+        for _ in watchfiles.watch(root, rust_timeout=1000, yield_on_timeout=True, raise_interrupt=True):
+            if stopping():
+                return
+            yield
+        return
+    while not stopping():
+        time.sleep(1.0)
+        yield
+
+
+class _Stop:
+    """SIGINT/SIGTERM while following: at once when waiting; during an append, after it (the
+    second signal stops the append itself)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.appending = False
+        self.forced = False
+        self.previous: dict[int, object] = {}
+
+    def __enter__(self) -> _Stop:
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.appending and not self.requested:
+            self.requested = True
+            print("dask-pdist: stopping after this append (again to stop it now)", file=sys.stderr, flush=True)
+            return
+        self.forced = self.appending
+        self.requested = True
+        raise KeyboardInterrupt
+
+
+def follow(args: argparse.Namespace, source: str | list[str], output: str, compute: Callable[..., bool]) -> int:
+    """Compute ``source`` into ``output``, then append each new complete checkpoint until
+    ``args.idle_exit`` seconds pass without one (forever without it) or a stop signal.
+
+    ``compute(args, source, output, overwrite, resume, append, brief)`` is the CLI's compute
+    (returns False when there was nothing new). Returns the exit code (0)."""
+    from dask_pdist.io.history import is_checkpoint_spec
+    from dask_pdist.io.paths import any_url
+
+    if any_url(source):
+        raise InputError(f"{source}: --follow watches local checkpoints (object stores are not supported yet)")
+    if not is_checkpoint_spec(source):
+        raise InputError(
+            f"{source}: --follow watches a run folder (checkpoint-N/ folders) or a quoted glob of checkpoints,"
+            " not one history file; to grow a store from a longer history use --append"
+        )
+    if args.overwrite:
+        raise InputError("--follow grows --output; it does not take --overwrite (delete the store to start anew)")
+    if not args.chunk_steps:
+        args.chunk_steps = 1  # a new store: one step per chunk, so an append never rewrites a chunk
+    idle = getattr(args, "idle_exit", None)
+    seen, last_new = -1, time.monotonic()
+    root = _watch_root(source)
+    with _Stop() as stop:
+        try:
+            for _ in _ticks_after_first(root, lambda: stop.requested):
+                n = _complete_checkpoints(source)
+                if n is not None and n != seen:
+                    stop.appending = True
+                    try:
+                        compute(args, source, output, False, False, True, True)
+                    finally:
+                        stop.appending = False
+                    seen, last_new = n, time.monotonic()
+                if stop.requested:
+                    break
+                if idle is not None and time.monotonic() - last_new >= idle:
+                    print(f"dask-pdist: no new checkpoint for {idle:g} s: done", file=sys.stderr)
+                    break
+        except KeyboardInterrupt:
+            if stop.forced:
+                raise  # the second signal, mid-append: the CLI's interrupted-job path
+    if seen < 0:
+        print(f"dask-pdist: stopped; {source} had no complete checkpoint yet", file=sys.stderr)
+    else:
+        print(f"dask-pdist: stopped following; {output} is complete", file=sys.stderr)
+    return 0
+
+
+def _ticks_after_first(root: Path, stopping: Callable[[], bool]) -> Iterator[None]:
+    yield  # at once: compute what is there
+    yield from _ticks(root, stopping)

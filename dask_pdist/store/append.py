@@ -1,0 +1,173 @@
+"""Growing a distance store at its end: the checks before an append, and the growth itself.
+
+An append is a resume whose store first grows: every per-step array (the distances,
+``step``, ``embedding_rms``, and the bookkeeping ``chunk_done``, ``chunk_digest`` and
+``input_checksum``) is resized along ``step``, the new step labels are written, and the new
+blocks are then written by the ordinary write graph of :mod:`.writer`. Chunks along ``step``
+stay as they are; a last step-chunk the store holds only partly (10 steps in chunks of 4)
+is recomputed whole, the only earlier chunk rewritten (its old steps get the same bytes: a
+step's distances depend on that step's input only).
+
+Nothing is written before every check has passed (same parameters, the stored steps a prefix
+of the input's, their input unchanged), so a refused append leaves the store as it was. Then
+the store is marked incomplete first and complete last, as a first write is: a kill at any
+moment leaves a store that ``--append`` or ``--resume`` with the same input finishes.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import dask
+import numpy as np
+import xarray as xr
+
+from dask_pdist.conventions import BOOKKEEPING, COMPLETE_ATTR, FINGERPRINT_ATTR, INPUT_CHECKSUM
+from dask_pdist.errors import StoreError
+from dask_pdist.io.paths import zarr_array
+from dask_pdist.store.digests import DIGEST, STORE_ID_ATTR, manifest_with, recording_array
+from dask_pdist.store.layout import StorePath, consolidate, done_path, read_attrs, store_progress, write_root_attrs
+
+__all__ = ["stored_fingerprint", "check_append", "grow"]
+
+# fingerprint entries that an appended input may change: its step count, and the identity of
+# the file(s) it is read from (a longer history is another file)
+_MAY_CHANGE = ("source_fingerprint",)
+
+
+def stored_fingerprint(path: StorePath) -> dict[str, Any]:
+    """The parameters a store was made with (``{}`` for a store without the record)."""
+    return json.loads((read_attrs(path) or {}).get(FINGERPRINT_ATTR, "{}"))
+
+
+def _refuse(path: StorePath, why: str) -> StoreError:
+    return StoreError(f"{path}: cannot append: {why}; the store is unchanged")
+
+
+def check_append(ds: xr.Dataset, path: StorePath, fingerprint: dict[str, Any]) -> int:
+    """Check that ``ds`` continues the store at ``path``; return the number of stored steps.
+
+    Refused (``StoreError``, the store untouched) when the parameters differ (anything the
+    fingerprint records but the step count and the input's file identity), when the input
+    lacks a stored step or has a new step not after the last stored one, or when the input
+    of a stored step changed (crc32c of its values against ``input_checksum``)."""
+    old = stored_fingerprint(path)
+    diff = [
+        f"{k}: store has {old.get(k)!r}, now {v!r}"
+        for k, v in fingerprint.items()
+        if k not in _MAY_CHANGE and k != "shape" and old.get(k) != v
+    ]
+    shape, now = old.get("shape") or [0, 0, 0], fingerprint["shape"]
+    if list(shape[1:]) != list(now[1:]):
+        diff.append(f"tokens: store has {shape[1]}, now {now[1]}")
+    if diff:
+        raise _refuse(path, "the input or parameters differ from the store's: " + "; ".join(diff))
+    stored = np.asarray(zarr_array(path / "step")[...])
+    steps = ds["step"].values
+    if len(steps) < len(stored):
+        raise _refuse(path, f"the input has {len(steps)} steps, fewer than the store's {len(stored)}")
+    done, complete = store_progress(path)
+    if not complete:  # an interrupted append may have left step labels past its done blocks unwritten
+        chunk = int(zarr_array(path / "euclidean" if (path / "euclidean").exists() else path / "chebyshev").chunks[0])
+        rows = done.all(axis=(1, 2))
+        stored = stored[: min(len(stored), (int(np.argmin(rows)) if not rows.all() else len(rows)) * chunk)]
+    n = len(stored)
+    if n and not np.array_equal(steps[:n], stored):
+        have = set(stored.tolist())
+        early = [s for s in steps.tolist() if s not in have and s < stored[-1]]
+        if early:
+            raise _refuse(
+                path,
+                f"the input has step {early[0]}, before the store's last step {stored[-1]}: a store grows only"
+                " at its end; recompute with overwrite=True (--overwrite)",
+            )
+        given = set(steps.tolist())
+        lacking = [s for s in stored.tolist() if s not in given]
+        what = f"lacks step {lacking[0]}, which the store holds" if lacking else "orders the stored steps differently"
+        raise _refuse(path, f"the input {what} (the input has {len(steps)} steps, the store {n})")
+    new = steps[n:]
+    if n and len(new):
+        last = stored[-1]
+        bad = [int(s) for s, prev in zip(new, [last, *new[:-1]], strict=True) if s <= prev]
+        if bad:
+            raise _refuse(
+                path,
+                f"the input has step {bad[0]} after step {int(steps[list(steps).index(bad[0]) - 1])}: new steps must"
+                f" increase past the store's last step {last}; a store grows only at its end",
+            )
+    _check_stored_input(ds, path, n)
+    return n
+
+
+def _check_stored_input(ds: xr.Dataset, path: StorePath, n: int) -> None:
+    # the stored distances were computed from some input: re-read the stored steps' input
+    # (cheap next to their distances) and compare with the checksums recorded next to them
+    where = path / BOOKKEEPING / INPUT_CHECKSUM
+    if INPUT_CHECKSUM not in ds.coords or not (where / "zarr.json").exists() or n == 0:
+        return
+    done = store_progress(path)[0].any(axis=(1, 2))
+    chunk = int(zarr_array(where).chunks[0])
+    rows = np.flatnonzero(done[np.arange(n) // chunk]) if len(done) else np.array([], int)
+    if not len(rows):
+        return
+    (now,) = dask.compute(ds[INPUT_CHECKSUM].data[:n])
+    recorded = np.asarray(zarr_array(where)[:n])
+    changed = rows[now[rows] != recorded[rows]]
+    if len(changed):
+        first = int(changed[0])
+        raise _refuse(
+            path,
+            f"the input changed since the store was written: step {ds['step'].values[first]} (index {first}) of"
+            f" {ds.attrs.get('source', 'the input')} differs from the data its distances were computed from"
+            f" ({len(changed)} {'steps differ' if len(changed) != 1 else 'step differs'});"
+            " recompute with overwrite=True (--overwrite)",
+        )
+
+
+def grow(ds: xr.Dataset, path: StorePath, fingerprint: dict[str, Any]) -> None:
+    """Mark the store incomplete, resize its per-step arrays to ``ds``'s steps, write the new
+    step labels, and clear the done flags of a last step-block the store held only partly.
+
+    Idempotent: run again after a kill (by ``--append`` or ``--resume``) it finishes the
+    same growth. The write graph then computes every block not marked done."""
+    attrs = {k: v for k, v in ds.attrs.items() if isinstance(v, (str, int, float))}
+    write_root_attrs(path, **attrs, **{COMPLETE_ATTR: False, FINGERPRINT_ATTR: json.dumps(fingerprint, sort_keys=True)})
+    total = int(ds.sizes["step"])
+    chunk = int(ds.chunksizes["step"][0])
+    nblocks = -(-total // chunk)
+    done = zarr_array(done_path(path), "r+")
+    stored = int(zarr_array(path / "euclidean" if (path / "euclidean").exists() else path / "chebyshev").shape[0])
+    if stored % chunk and stored < total:  # the partly filled last block: recomputed whole
+        done[stored // chunk] = 0
+    for name in [str(v) for v in ds.data_vars] + ["embedding_rms", f"{BOOKKEEPING}/{INPUT_CHECKSUM}"]:
+        if (path / name / "zarr.json").exists():
+            _resize(path, name, total)
+    for where in (done_path(path), path / BOOKKEEPING / DIGEST):
+        if (where / "zarr.json").exists():
+            arr = zarr_array(where, "r+")
+            if arr.shape[0] < nblocks:
+                arr.resize((nblocks, *arr.shape[1:]))
+    store_id = int((read_attrs(path) or {}).get(STORE_ID_ATTR, 0))
+    array, written = recording_array(path, "step", store_id)
+    if array.shape[0] < total:
+        array.resize((total,))
+    _write_steps(array, ds["step"].values)
+    if written:
+        manifest_with(path, written)  # the digests of the step chunks rewritten
+    consolidate(path)  # the consolidated metadata holds every array's shape
+
+
+def _write_steps(array: Any, steps: np.ndarray) -> None:
+    # from the chunk of the first label that differs (the old end, or after a kill between
+    # the resize and this write, the first unwritten one): earlier chunks are never rewritten
+    differ = np.flatnonzero(np.asarray(array[...]) != steps)
+    if len(differ):
+        start = (int(differ[0]) // array.chunks[0]) * array.chunks[0]
+        array[start:] = steps[start:]
+
+
+def _resize(path: StorePath, name: str, total: int) -> None:
+    arr = zarr_array(path / name, "r+")
+    if arr.shape[0] < total:
+        arr.resize((total, *arr.shape[1:]))

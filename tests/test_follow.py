@@ -1,0 +1,140 @@
+"""`compute RUN_DIR --follow`: a running command appends each checkpoint the test saves (as
+Trainer saves them: tmp-checkpoint-N, then the weights, trainer_state.json last), waits for
+the ones being written, and ends cleanly on --idle-exit, SIGTERM or Ctrl-C; the store then
+equals a one-shot compute of the final run, bit for bit."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_append import _assert_same_arrays
+from test_run_folders import gpt2_tensors, save_checkpoint
+
+from conftest import random_history
+from dask_pdist import open_distances, verify_store
+from dask_pdist.cli.main import main
+
+WAIT = 60  # seconds a step of the run may take on a loaded machine before the test fails
+
+
+class Follower:
+    """The command running in a subprocess, its output read line by line as it comes."""
+
+    def __init__(self, *argv: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dask_pdist", *argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line)
+
+    def wait_for(self, text: str) -> None:
+        while not any(text in line for line in self.seen):
+            try:
+                self.seen.append(self.lines.get(timeout=WAIT))
+            except queue.Empty:
+                self.proc.kill()
+                raise AssertionError(
+                    f"no {text!r} within {WAIT} s; got {self.seen}: {self.proc.stderr.read()}"
+                ) from None
+
+    def finish(self) -> tuple[int, str]:
+        code = self.proc.wait(timeout=WAIT)
+        return code, self.proc.stderr.read()
+
+
+def _save_like_trainer(run: Path, step: int, wte: np.ndarray) -> None:
+    # Trainer: weights into tmp-checkpoint-N, renamed to checkpoint-N, trainer_state.json last;
+    # a half-written file sits there first, as a reader polling mid-save would find it
+    tmp = save_checkpoint(run, step, gpt2_tensors(wte), state=False, tmp=True)
+    data = (tmp / "model.safetensors").read_bytes()
+    (tmp / "model.safetensors").write_bytes(data[: len(data) // 2])
+    final = run / f"checkpoint-{step}"
+    tmp.rename(final)  # renamed with the weights still half-written, no trainer_state.json
+    (final / "model.safetensors").write_bytes(data)
+    save_checkpoint(run, step, gpt2_tensors(wte))  # rewrites the same weights, then the state
+
+
+@pytest.fixture
+def run(tmp_path):
+    x = random_history((6, 12, 6), seed=9)
+    folder = tmp_path / "run"
+    for i in range(2):
+        save_checkpoint(folder, 50 * (i + 1), gpt2_tensors(x[i]))
+    save_checkpoint(folder, 150, gpt2_tensors(x[2]), state=False, tmp=True)  # being saved when we start
+    return folder, x
+
+
+def _one_shot(run: Path, tmp_path: Path) -> Path:
+    whole = tmp_path / "whole.zarr"
+    assert main(["compute", str(run), "-o", str(whole), "--chunk-steps", "1", "--no-progress"]) == 0
+    return whole
+
+
+def test_follow_appends_each_checkpoint_then_idle_exit(run, tmp_path):
+    folder, x = run
+    store = tmp_path / "out" / "d.zarr"
+    f = Follower("compute", str(folder), "-o", str(store), "--follow", "--idle-exit", "4", "--no-progress")
+    f.wait_for("up to step 100")
+    (folder / "tmp-checkpoint-150").rename(tmp_path / "discarded")  # Trainer gave that save up
+    _save_like_trainer(folder, 150, x[2])
+    f.wait_for("up to step 150")
+    assert open_distances(store)["step"].values.tolist() == [50, 100, 150]  # readable between appends
+    for i in (3, 4, 5):
+        _save_like_trainer(folder, 50 * (i + 1), x[i])
+    f.wait_for("up to step 300")
+    code, err = f.finish()
+    assert code == 0, err
+    assert "no new checkpoint for 4 s: done" in err and "Traceback" not in err
+    assert not (store.parent / ".d.zarr.lock").exists()
+    _assert_same_arrays(_one_shot(folder, tmp_path), store)
+    assert verify_store(store) == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_follow_ends_cleanly_on_a_signal(run, tmp_path, sig):
+    folder, x = run
+    store = tmp_path / "d.zarr"
+    f = Follower("compute", str(folder), "-o", str(store), "--follow", "--no-progress")
+    f.wait_for("up to step 100")
+    _save_like_trainer(folder, 200, x[3])
+    f.wait_for("up to step 200")
+    f.proc.send_signal(sig)
+    code, err = f.finish()
+    assert code == 0, err
+    assert "stopped following" in err and "Traceback" not in err
+    assert not (tmp_path / ".d.zarr.lock").exists()
+    assert verify_store(store) == []
+    (folder / "tmp-checkpoint-150").rename(tmp_path / "discarded")
+    _assert_same_arrays(_one_shot(folder, tmp_path), store)
+    # following again continues the same store
+    _save_like_trainer(folder, 250, x[4])
+    f = Follower("compute", str(folder), "-o", str(store), "--follow", "--idle-exit", "1", "--no-progress")
+    f.wait_for("up to step 250")
+    assert f.finish()[0] == 0
+    assert open_distances(store)["step"].values.tolist() == [50, 100, 200, 250]
+
+
+def test_follow_refuses_a_single_history_file(tmp_path, write_safetensors, capsys):
+    path = write_safetensors("h.safetensors", {"embedding_history": random_history((3, 4, 2))})
+    assert main(["compute", str(path), "-o", str(tmp_path / "d.zarr"), "--follow"]) == 2
+    assert "--follow watches a run folder" in capsys.readouterr().err
+    assert main(["compute", str(path), "-o", str(tmp_path / "d.zarr"), "--idle-exit", "3"]) == 2
+    assert "--idle-exit applies to --follow" in capsys.readouterr().err
