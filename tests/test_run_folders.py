@@ -145,3 +145,32 @@ def test_one_checkpoint_takes_its_folder_step(tmp_path):
     x = random_history((1, 12, 6))
     save_checkpoint(tmp_path / "run", 500, gpt2_tensors(x[0]))
     assert open_history(tmp_path / "run")["step"].values.tolist() == [500]
+
+
+@pytest.mark.parametrize("pattern", ["runs/*", "runs/seed*/checkpoint-*"])
+def test_several_run_folders_are_several_runs(tmp_path, monkeypatch, pattern):
+    # two Trainer runs with the same step numbers: one store each, a `run` dimension together
+    monkeypatch.chdir(tmp_path)
+    xs = {name: random_history((3, 12, 6), seed=seed) for name, seed in (("seed1", 1), ("seed2", 2))}
+    for name, x in xs.items():
+        for i in range(3):
+            save_checkpoint(Path("runs") / name, 10 * (i + 1), gpt2_tensors(x[i]))
+    assert main(["compute", pattern, "-o", "out/", "--no-progress"]) == 0
+    ds = open_distances("out/*.zarr")
+    assert ds["run"].values.tolist() == ["seed1", "seed2"]
+    for k, x in enumerate(xs.values()):
+        e, c = oracle(x)
+        np.testing.assert_allclose(ds.euclidean.isel(run=k).values, e, rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(ds.chebyshev.isel(run=k).values, c.astype(np.float32))
+        np.testing.assert_array_equal(ds["step"].values, [10, 20, 30])
+
+
+def test_some_checkpoints_of_several_runs_are_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    for name in ("a", "b"):
+        for step in (10, 20):
+            save_checkpoint(Path("runs") / name, step, gpt2_tensors(random_history((1, 12, 6))[0]))
+    assert main(["compute", "runs/*/checkpoint-10", "-o", "out/", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "leaves out runs/a/checkpoint-20, runs/b/checkpoint-20" in err and "'runs/*'" in err
+    assert not Path("out").exists()

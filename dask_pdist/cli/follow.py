@@ -1,8 +1,8 @@
 """``dask-pdist compute RUN_DIR -o STORE --follow``: compute what is there, then append each
 new complete checkpoint as it is saved.
 
-Waiting: file-system events through ``watchfiles`` when it is installed (woken at once), else a
-look every second. A checkpoint being saved (a ``tmp-checkpoint-N`` folder, no
+Waiting: file-system events through ``watchfiles`` (a dependency; woken at once), else (it cannot
+be imported) a look every second. A checkpoint being saved (a ``tmp-checkpoint-N`` folder, no
 ``trainer_state.json`` yet, a file shorter than its header says) is waited for, never read.
 Ctrl-C and SIGTERM end the command with exit 0: while waiting at once, during an append once
 the append is written (a second one stops the append, which ``--follow`` or ``--resume`` then

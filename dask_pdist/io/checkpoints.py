@@ -25,6 +25,7 @@ __all__ = [
     "INDEX_SUFFIX",
     "checkpoint_paths",
     "is_run_folder",
+    "is_checkpoint_folder",
     "incomplete_reason",
     "embedding_key",
     "checkpoint_steps",
@@ -95,6 +96,17 @@ def _checkpoint_in(folder: Path, follow_symlinks: bool = False) -> Path | None:
         found = ", ".join(p.name for p in (index or files))
         raise InputError(f"{folder}: holds several checkpoints ({found}); name the files instead of the folder")
     return None
+
+
+def is_checkpoint_folder(path: str | os.PathLike[str]) -> bool:
+    """True for a local Trainer checkpoint folder (``checkpoint-N``, or ``tmp-checkpoint-N``
+    being saved).
+
+    >>> is_checkpoint_folder("run/checkpoint-500")
+    False
+    """
+    folder = Path(path)
+    return bool(_TRAINER_FOLDER.fullmatch(folder.name.removeprefix("tmp-"))) and folder.is_dir()
 
 
 def is_run_folder(path: str | os.PathLike[str]) -> bool:

@@ -20,6 +20,7 @@ import numpy as np
 import xarray as xr
 
 from dask_pdist.errors import InputError, StoreError
+from dask_pdist.io.checkpoints import is_checkpoint_folder, is_run_folder, run_folders
 from dask_pdist.io.paths import (
     Location,
     any_url,
@@ -101,8 +102,27 @@ def _expand(spec: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], sto
     return [locate(p, options_for(p, storage_options)) for p in spec]
 
 
+def _by_run_folder(paths: list) -> list:
+    # 'run*/checkpoint-*': checkpoint folders of two or more Trainer runs are those runs
+    if len(paths) < 2 or not all(isinstance(p, Path) and is_checkpoint_folder(p) for p in paths):
+        return paths
+    parents = list(dict.fromkeys(p.parent for p in paths))
+    if len(parents) < 2:
+        return paths
+    left_out = sorted(str(p) for run in parents for p in run_folders(run) if p not in set(paths))
+    if left_out:  # a run is its whole folder: a subset would be stored as if it were the run
+        raise InputError(
+            f"the pattern picks some checkpoints of {len(parents)} runs but leaves out {', '.join(left_out[:3])}"
+            f"{' ...' if len(left_out) > 3 else ''}; give the run folders (e.g. 'runs/*') for several runs,"
+            " or the checkpoints of one run"
+        )
+    return parents
+
+
 def _is_3d_history(path: Path | Location, key: str | None) -> bool:
     """True if the file holds a 3-D history (a run), False for a per-checkpoint 2-D matrix."""
+    if isinstance(path, Path) and is_run_folder(path):
+        return True  # a Hugging Face Trainer output folder: its checkpoints are one run
     if isinstance(path, Path) and path.is_dir():
         return any((path / marker).exists() for marker in ("zarr.json", ".zarray", ".zgroup"))  # a zarr history
     if path.suffix == ".npy":
@@ -125,7 +145,8 @@ def find_runs(
     """The runs among ``inputs``, by name, or None when ``inputs`` is one history.
 
     ``inputs`` (a glob, local or URL, or a list) names runs when it matches two or more
-    files (or zarr stores) that each hold a 3-D history; anything else (2-D matrices:
+    files (or zarr stores) that each hold a 3-D history, or two or more Hugging Face Trainer
+    output folders (``runs/*``, or their checkpoints: ``'run*/checkpoint-*'``); anything else (2-D matrices:
     per-checkpoint files of one history, see :func:`~dask_pdist.io.history.open_history`) is
     left to ``open_history``.
 
@@ -134,7 +155,7 @@ def find_runs(
     >>> find_runs("data/run_*/embedding_evolution.safetensors")  # doctest: +SKIP
     {'run_007': PosixPath('data/run_007/embedding_evolution.safetensors'), ...}
     """
-    paths = _expand(inputs, storage_options)
+    paths = _by_run_folder(_expand(inputs, storage_options))
     if len(paths) < 2 or not all(_is_3d_history(p, key) for p in paths):
         return None
     return dict(zip(run_names(paths), paths, strict=True))
