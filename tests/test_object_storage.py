@@ -169,7 +169,9 @@ def test_info_of_an_input_on_s3(history_s3, capsys):
     assert main(["info", str(path)]) == 0
     local = capsys.readouterr().out.splitlines()
     assert remote[0] == url and remote[1:-1] == local[1:-1]  # the tensors, shapes, dtypes
-    assert remote[-1] == f"  size: {path.stat().st_size / 1e6:.1f} MB"
+    from dask_pdist.conventions import human_size
+
+    assert remote[-1] == f"  size: {human_size(path.stat().st_size)}"
     assert main(["info", f"{url}.missing"]) == 2
     assert "not found" in capsys.readouterr().err
 
