@@ -303,7 +303,12 @@ def _is_clusters_store(path: Path) -> bool:
 
 
 def write_clusters(
-    ds: xr.Dataset, path: str | os.PathLike[str], *, overwrite: bool = False, compute: bool = True
+    ds: xr.Dataset,
+    path: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    compute: bool = True,
+    append: bool = False,
 ) -> Any:
     """Write a :func:`clusters` Dataset as a zarr (format 3) store that ``xarray.open_zarr`` opens.
 
@@ -318,6 +323,12 @@ def write_clusters(
         deleted.
     compute : bool
         If False, return a ``dask.delayed`` that writes the data when computed.
+    append : bool
+        Grow the clusters store at ``path`` (create it if absent) with the steps of ``ds``
+        after its last one: only those are computed. ``ds`` must hold the store's steps first
+        (the same history, grown) and the same metric, threshold and tokens; otherwise
+        ``StoreError`` and the store unchanged. Events across the old/new boundary are those
+        of a one-shot run (they are derived from the whole store when read).
 
     The store is written under a hidden name in the same folder and published when complete
     (:mod:`dask_pdist.io.publish`): an existing store stays readable until the new one is
@@ -327,12 +338,20 @@ def write_clusters(
     --------
     >>> write_clusters(clusters(open_history("h.safetensors")), "clusters.zarr")  # doctest: +SKIP
     """
-    from dask_pdist.store.outputs import write_whole
+    from functools import partial
+
+    from dask_pdist.store.outputs import appended, write_whole
 
     # written whole, then published: an interrupted write must not leave a store whose
     # unwritten chunks read as cluster 0 (every token in one group)
     job = write_whole(
-        ds, path, role="clusters store", check=_check_clusters_target, overwrite=overwrite, compute=compute
+        ds,
+        path,
+        role="clusters store",
+        check=_check_clusters_target,
+        overwrite=overwrite,
+        compute=compute,
+        append=partial(appended, opener=open_clusters, same=("metric", "threshold")) if append else None,
     )
     return None if compute else job
 

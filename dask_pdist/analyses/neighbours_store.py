@@ -9,13 +9,14 @@ readable until then (an interrupted job is rerun, there is nothing to resume).
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import xarray as xr
 
 from dask_pdist.conventions import KIND_ATTR, NEIGHBOURS_KIND
-from dask_pdist.store.outputs import check_target, open_whole, root_attrs, write_whole
+from dask_pdist.store.outputs import appended, check_target, open_whole, root_attrs, write_whole
 
 __all__ = ["neighbours_to_zarr", "open_neighbours", "is_neighbours_store"]
 
@@ -37,7 +38,12 @@ def _check_target(path: Path, overwrite: bool) -> None:
 
 
 def neighbours_to_zarr(
-    ds: xr.Dataset, path: str | os.PathLike[str], *, overwrite: bool = False, compute: bool = True
+    ds: xr.Dataset,
+    path: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    compute: bool = True,
+    append: bool = False,
 ) -> Any:
     """Write a neighbours Dataset to a zarr (format 3) store, complete or not at all.
 
@@ -53,6 +59,11 @@ def neighbours_to_zarr(
     compute : bool
         If False, return a ``dask.delayed`` that writes when computed (run it under a
         progress bar or a distributed client).
+    append : bool
+        Grow the neighbours store at ``path`` (create it if absent) with the steps of ``ds``
+        after its last one: only those are computed. ``ds`` must hold the store's steps first
+        and the same metric, k, input dtype and tokens; otherwise ``StoreError`` and the store
+        unchanged. Churn across the old/new boundary is that of a one-shot run.
 
     Returns
     -------
@@ -64,7 +75,10 @@ def neighbours_to_zarr(
     """
     if ds.attrs.get(KIND_ATTR) != NEIGHBOURS_KIND:
         raise ValueError("ds is not a neighbours Dataset (see neighbours())")
-    return write_whole(ds, path, role="neighbours store", check=_check_target, overwrite=overwrite, compute=compute)
+    grow = partial(appended, opener=open_neighbours, same=("metric", "k", "input_dtype")) if append else None
+    return write_whole(
+        ds, path, role="neighbours store", check=_check_target, overwrite=overwrite, compute=compute, append=grow
+    )
 
 
 def open_neighbours(path: str | os.PathLike[str]) -> xr.Dataset:

@@ -8,14 +8,45 @@ import os
 import sys
 import time
 
-from dask_pdist.cli.common import _opts, _progress, _run, _write_output
+from dask_pdist.cli.common import _opts, _progress, _run, _write_output, check_grow_flags
 
 
 def _cmd_neighbours(args: argparse.Namespace) -> None:
+    check_grow_flags(args)
+    source = args.input[0] if len(args.input) == 1 else args.input
+    if args.follow:
+        from dask_pdist.cli.follow import follow
+
+        follow(args, source, args.output, _neighbours_once)
+        return
+    _neighbours_once(args, source, args.output, args.overwrite, append=args.append)
+
+
+def _steps_in(output: str, opener) -> tuple[int, object]:  # noqa: ANN001
+    # steps an output written whole holds now and its last step (0, None: none yet); for the
+    # line an append prints
+    try:
+        steps = opener(output)["step"].values
+    except (OSError, ValueError):
+        return 0, None
+    return len(steps), (steps[-1] if len(steps) else None)
+
+
+def _neighbours_once(
+    args: argparse.Namespace,
+    source: str | list[str],
+    output: str,
+    overwrite: bool,
+    resume: bool = False,
+    append: bool = False,
+    brief: bool = False,
+) -> bool:
+    """Write (or grow) the neighbours store; returns whether it gained steps. ``brief``
+    (--follow): one line per append."""
     import dask_pdist as dp
+    from dask_pdist.cli.compute import _make_parent
 
     t0 = time.perf_counter()
-    source = args.input[0] if len(args.input) == 1 else args.input
     history = dp.open_history(
         source,
         key=args.key,
@@ -26,16 +57,36 @@ def _cmd_neighbours(args: argparse.Namespace) -> None:
         storage_options=_opts(args, source),
         follow_symlinks=getattr(args, "follow_symlinks", False),
     )
+    before = _steps_in(output, dp.open_neighbours)[0] if append else 0
     nbrs = dp.neighbours(history, k=args.k, metric=args.metric, engine=args.engine)
-    delayed = dp.neighbours_to_zarr(nbrs, args.output, overwrite=args.overwrite, compute=False)
-    print(
-        f"{history.attrs['source']} [{history.name}]: {history.sizes['step']:,} steps"
-        f" x {history.sizes['token']:,} tokens x {history.sizes['dim']:,} dims ({history.attrs['input_dtype']})"
-        f" -> {args.k} nearest ({args.metric}) -> {args.output}",
-        file=sys.stderr,
-    )
-    _write_output(delayed, args.output, args)
-    print(f"\nWrote {args.output} in {time.perf_counter() - t0:.1f} s")
+    _make_parent(args, output)
+    delayed = dp.neighbours_to_zarr(nbrs, output, overwrite=overwrite, compute=False, append=append)
+    if not brief:
+        print(
+            f"{history.attrs['source']} [{history.name}]: {history.sizes['step']:,} steps"
+            f" x {history.sizes['token']:,} tokens x {history.sizes['dim']:,} dims ({history.attrs['input_dtype']})"
+            f" -> {args.k} nearest ({args.metric}) -> {output}",
+            file=sys.stderr,
+        )
+    _write_output(delayed, output, args)
+    return _said_written(output, before, _steps_in(output, dp.open_neighbours), time.perf_counter() - t0, append, brief)
+
+
+def _said_written(output: str, before: int, now: tuple[int, object], seconds: float, append: bool, brief: bool) -> bool:
+    after, last = now
+    if append and after == before:
+        if not brief:
+            print(f"{output}: nothing new to append (it holds the input's {after:,} steps)")
+        return False
+    if brief:
+        print(
+            f"{output}: appended {after - before:,} steps, up to step {last} ({after:,} in all) in {seconds:.1f} s",
+            flush=True,
+        )
+    else:
+        grown = f" (appended {after - before:,} steps)" if append and before else ""
+        print(f"\nWrote {output}{grown} in {seconds:.1f} s")
+    return True
 
 
 def _neighbours_summary(args: argparse.Namespace) -> None:
@@ -203,9 +254,12 @@ def clusters_report(
     output: str | None = None,
     overwrite: bool = False,
     token_ids: str | None = None,
+    append: bool = False,
+    brief: bool = False,
 ) -> tuple:
-    """Clusters of a history or a distance store, optionally written, printed with their events;
-    shared by ``clusters`` and ``demo``. Returns (clusters Dataset, events DataFrame)."""
+    """Clusters of a history or a distance store, optionally written (or grown: ``append``),
+    printed with their events (``brief``: only one line per append, for --follow); shared by
+    ``clusters`` and ``demo``. Returns (clusters Dataset, events DataFrame)."""
     import dask_pdist as dp
     from dask_pdist.analyses.events import format_clusters
     from dask_pdist.io.paths import is_url
@@ -240,15 +294,25 @@ def clusters_report(
         local_path(output, "clusters store")
     ds = dp.clusters(source, threshold, metric=metric, engine=getattr(args, "engine", "cpu"))
     target = f" -> {output}" if output else ""
-    print(f"{what}: clusters at {metric} distance <= {threshold}{target}", file=sys.stderr)
+    if not brief:
+        print(f"{what}: clusters at {metric} distance <= {threshold}{target}", file=sys.stderr)
     if output:
-        _write_output(dp.write_clusters(ds, output, overwrite=overwrite, compute=False), output, args, "clustering")
+        from dask_pdist.cli.compute import _make_parent
+
+        t0 = time.perf_counter()
+        before = _steps_in(output, dp.open_clusters)[0] if append else 0
+        _make_parent(args, output)
+        job = dp.write_clusters(ds, output, overwrite=overwrite, compute=False, append=append)
+        _write_output(job, output, args, "clustering")
         ds = dp.open_clusters(output)
+        now = (ds.sizes["step"], ds["step"].values[-1])
+        grew = _said_written(output, before, now, time.perf_counter() - t0, append, True) if brief else True
     else:
         ds = _run(ds, None, not args.no_progress, desc="clustering")
     events = dp.cluster_events(ds)
-    print(format_clusters(ds, events))
-    return ds, events
+    if not brief:
+        print(format_clusters(ds, events))
+    return (ds, events, grew) if brief else (ds, events)
 
 
 def _cmd_clusters(args: argparse.Namespace) -> None:
@@ -271,9 +335,19 @@ def _cmd_clusters(args: argparse.Namespace) -> None:
         from dask_pdist.analyses.plotting import require_matplotlib
 
         require_matplotlib()
+    check_grow_flags(args)
+    if (args.append or args.follow) and not args.output:
+        raise InputError("--append/--follow grow a clusters store: give it with --output")
     source = args.input[0] if len(args.input) == 1 else args.input
+    if args.follow:
+        if args.events or args.plot:
+            raise InputError("--events and --plot describe a finished store: run clusters on it after following")
+        from dask_pdist.cli.follow import follow
+
+        follow(args, source, args.output, _clusters_once)
+        return
     ds, events = clusters_report(
-        args, source, args.threshold, args.metric, args.key, args.output, args.overwrite, args.token_ids
+        args, source, args.threshold, args.metric, args.key, args.output, args.overwrite, args.token_ids, args.append
     )
     if args.output:
         print(f"\nWrote {args.output}")
@@ -285,3 +359,18 @@ def _cmd_clusters(args: argparse.Namespace) -> None:
 
         plot_clusters(ds, events, args.plot)
         print(f"Wrote {args.plot}")
+
+
+def _clusters_once(
+    args: argparse.Namespace,
+    source: str | list[str],
+    output: str,
+    overwrite: bool,
+    resume: bool = False,
+    append: bool = False,
+    brief: bool = False,
+) -> bool:
+    # one append of --follow: returns whether the store gained steps
+    return clusters_report(
+        args, source, args.threshold, args.metric, args.key, output, overwrite, args.token_ids, append, brief
+    )[-1]

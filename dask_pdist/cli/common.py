@@ -47,6 +47,16 @@ def _output(text: str) -> str:
     return text
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a positive number of seconds")
+    return value
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -136,6 +146,40 @@ def _add_store_overwrite(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="replace an existing dask_pdist store at --output (default: refuse an existing path)",
     )
+
+
+def _add_grow(p: argparse.ArgumentParser, what: str) -> None:
+    """--append, --follow and --idle-exit of an output written whole (clusters, neighbours)."""
+    p.add_argument(
+        "--append",
+        action="store_true",
+        help=f"grow --output with the input's steps past its last one (only those are computed; {what} across the"
+        " boundary as a one-shot run gives them); creates --output if absent (default: refuse an existing store)",
+    )
+    p.add_argument(
+        "--follow",
+        action="store_true",
+        help="then watch the run folder (or glob) and append each new complete checkpoint, until Ctrl-C/SIGTERM"
+        " or --idle-exit (exit 0) (default: compute once)",
+    )
+    p.add_argument(
+        "--idle-exit",
+        type=_positive_seconds,
+        metavar="SECONDS",
+        help="with --follow: end after this many seconds without a new checkpoint (default: follow until stopped)",
+    )
+
+
+def check_grow_flags(args: argparse.Namespace) -> None:
+    """Refuse combinations of --append/--follow/--idle-exit that mean nothing."""
+    from dask_pdist.errors import InputError
+
+    if (args.append or args.follow) and args.overwrite:
+        raise InputError(
+            "--append/--follow grow --output; they do not take --overwrite (delete the store to start anew)"
+        )
+    if args.idle_exit is not None and not args.follow:
+        raise InputError("--idle-exit applies to --follow: add --follow, or leave it out")
 
 
 def _run(delayed, scheduler: str | None, progress: bool, on_stop=None, desc: str = "computing"):  # noqa: ANN001, ANN202

@@ -116,7 +116,7 @@ def follow(args: argparse.Namespace, source: str | list[str], output: str, compu
         )
     if args.overwrite:
         raise InputError("--follow grows --output; it does not take --overwrite (delete the store to start anew)")
-    if not args.chunk_steps:
+    if not getattr(args, "chunk_steps", 1):
         args.chunk_steps = 1  # a new store: one step per chunk, so an append never rewrites a chunk
     idle = getattr(args, "idle_exit", None)
     seen, last_new = -1, time.monotonic()

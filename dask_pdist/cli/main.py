@@ -19,6 +19,7 @@ from dask_pdist.cli.common import (
     _TOKEN_IDS_HELP,
     EXIT_BAD_INPUT,
     _add_engine,
+    _add_grow,
     _add_scheduler,
     _add_storage_options,
     _add_store_overwrite,
@@ -28,6 +29,7 @@ from dask_pdist.cli.common import (
     _output,
     _Parser,
     _positive,
+    _positive_seconds,
     _threshold_arg,
     error_line,
     failure_cause,
@@ -37,16 +39,6 @@ from dask_pdist.cli.movement import add_parsers as _add_movement_parsers
 from dask_pdist.conventions import ALL_METRICS, METRICS
 
 __all__ = ["main"]
-
-
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r}: give a positive number of seconds")
-    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -283,6 +275,7 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument(
         "--overwrite", action="store_true", help="replace existing --output / --events files (default: refuse)"
     )
+    _add_grow(k, "events")
     k.add_argument("--no-progress", action="store_true", help=_NO_PROGRESS_HELP)
     _add_storage_options(k)
     _add_engine(k)
@@ -312,6 +305,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_scheduler(n)
     _add_engine(n)
     _add_store_overwrite(n)
+    _add_grow(n, "churn")
     n.add_argument("--no-progress", action="store_true", help=_NO_PROGRESS_HELP)
     _add_storage_options(n)
     n.set_defaults(func=_cmd_neighbours)

@@ -27,7 +27,16 @@ from dask_pdist.conventions import BOOKKEEPING, COMPLETE_ATTR, FINGERPRINT_ATTR,
 from dask_pdist.errors import StoreError
 from dask_pdist.io.paths import zarr_array
 from dask_pdist.store.digests import DIGEST, STORE_ID_ATTR, manifest_with, recording_array
-from dask_pdist.store.layout import StorePath, consolidate, done_path, read_attrs, store_progress, write_root_attrs
+from dask_pdist.store.layout import (
+    StorePath,
+    consolidate,
+    done_path,
+    is_complete,
+    read_attrs,
+    read_root,
+    store_progress,
+    write_root_attrs,
+)
 
 __all__ = ["stored_fingerprint", "check_append", "grow"]
 
@@ -67,8 +76,9 @@ def check_append(ds: xr.Dataset, path: StorePath, fingerprint: dict[str, Any]) -
     steps = ds["step"].values
     if len(steps) < len(stored):
         raise _refuse(path, f"the input has {len(steps)} steps, fewer than the store's {len(stored)}")
-    done, complete = store_progress(path)
+    complete = is_complete(read_root(path))  # then every block is done: its flags are not read
     if not complete:  # an interrupted append may have left step labels past its done blocks unwritten
+        done = store_progress(path)[0]
         chunk = int(zarr_array(path / "euclidean" if (path / "euclidean").exists() else path / "chebyshev").chunks[0])
         rows = done.all(axis=(1, 2))
         stored = stored[: min(len(stored), (int(np.argmin(rows)) if not rows.all() else len(rows)) * chunk)]
@@ -106,9 +116,12 @@ def _check_stored_input(ds: xr.Dataset, path: StorePath, n: int) -> None:
     where = path / BOOKKEEPING / INPUT_CHECKSUM
     if INPUT_CHECKSUM not in ds.coords or not (where / "zarr.json").exists() or n == 0:
         return
-    done = store_progress(path)[0].any(axis=(1, 2))
     chunk = int(zarr_array(where).chunks[0])
-    rows = np.flatnonzero(done[np.arange(n) // chunk]) if len(done) else np.array([], int)
+    if is_complete(read_root(path)):
+        rows = np.arange(n)  # every block done (the flags, one file per block, are not read)
+    else:
+        done = store_progress(path)[0].any(axis=(1, 2))
+        rows = np.flatnonzero(done[np.arange(n) // chunk]) if len(done) else np.array([], int)
     if not len(rows):
         return
     (now,) = dask.compute(ds[INPUT_CHECKSUM].data[:n])

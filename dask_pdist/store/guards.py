@@ -40,14 +40,15 @@ def _stopped(path: StorePath) -> str | None:
     return ((read_root(path) or {}).get("attributes") or {}).get(STOPPED_ATTR)
 
 
-def check_output(path: StorePath, overwrite: bool, resume: bool) -> bool:
-    """Validate the output location before any work; returns True to resume into it."""
+def check_output(path: StorePath, overwrite: bool, resume: bool, shallow: bool = False) -> bool:
+    """Validate the output location before any work; returns True to resume into it.
+    ``shallow`` (an append): foreign files are looked for outside the chunk folders only."""
     if overwrite and resume:
         raise ValueError("overwrite and resume exclude each other: resume continues a store, overwrite replaces it")
     if path.is_symlink():
         raise StoreError(f"{path}: is a symbolic link to {os.path.realpath(path)}; give the real path as the output")
     if path.exists():
-        check_ours(path, overwrite, resume)
+        check_ours(path, overwrite, resume, shallow)
         if resume:
             check_metadata(path)
             return True
@@ -66,13 +67,13 @@ def check_output(path: StorePath, overwrite: bool, resume: bool) -> bool:
     return False
 
 
-def check_ours(path: StorePath, overwrite: bool, resume: bool) -> None:
+def check_ours(path: StorePath, overwrite: bool, resume: bool, shallow: bool = False) -> None:
     # only a directory holding nothing but this tool's own store layout is ever written into
     # or deleted; a user's zarr saved from open_distances() carries our attributes, not our
     # bookkeeping
     if not path.is_dir():
         raise StoreError(f"{path}: exists and is not a dask_pdist store; refusing to write into or delete it")
-    foreign = foreign_entries(path)
+    foreign = foreign_entries(path, shallow=shallow)
     if has_bookkeeping(path) and not is_store(path) and resume and not foreign:
         raise not_a_store(path)  # ours, its root zarr.json lost: nothing to resume, --overwrite
     if not has_bookkeeping(path) or (not is_store(path) and resume):

@@ -166,8 +166,11 @@ def write_root_attrs(path: StorePath, **attrs: Any) -> None:
 # -- what a store of ours holds -------------------------------------------------------------
 
 
-def foreign_entries(path: StorePath, limit: int = 5) -> list[str]:
-    """Entries under ``path`` that dask_pdist never writes (relative paths, at most ``limit``)."""
+def foreign_entries(path: StorePath, limit: int = 5, shallow: bool = False) -> list[str]:
+    """Entries under ``path`` that dask_pdist never writes (relative paths, at most ``limit``).
+
+    ``shallow``: not inside the arrays' chunk folders (``NAME/c/``), whose files grow with the
+    steps: for an append, which writes only new chunks at their own keys and deletes nothing."""
     found: list[str] = []
     if is_remote(path):  # objects only: a "folder" is a key prefix, symlinks do not exist
         return [rel for rel in files_under(path) if not _known(rel, False)][:limit]
@@ -180,6 +183,8 @@ def foreign_entries(path: StorePath, limit: int = 5) -> list[str]:
                 found.append(rel)
                 if name in dirs:
                     dirs.remove(name)
+            elif shallow and name == "c" and name in dirs:
+                dirs.remove(name)
         if len(found) >= limit:
             break
     return found[:limit]

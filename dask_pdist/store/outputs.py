@@ -26,7 +26,7 @@ from dask_pdist.io.paths import local_path
 from dask_pdist.io.publish import check_parent, clean_stale, discard, hidden_name, named, publish
 from dask_pdist.store.codecs import checked_codecs
 
-__all__ = ["root_attrs", "check_target", "write_whole", "open_whole"]
+__all__ = ["root_attrs", "check_target", "write_whole", "appended", "open_whole"]
 
 #: ``check(path, overwrite)``: raise if ``path`` may not be written (exists and is another
 #: kind of thing, or exists without ``overwrite``).
@@ -76,6 +76,7 @@ def write_whole(
     overwrite: bool = False,
     compute: bool = True,
     chunks: dict[str, tuple[int, ...]] | None = None,
+    append: Callable[[xr.Dataset, Path], xr.Dataset | None] | None = None,
 ) -> Any:
     """Write ``ds`` as a zarr (format 3) store at ``path``, complete or not at all.
 
@@ -85,8 +86,15 @@ def write_whole(
     publishes when computed (run it with :class:`~dask_pdist.store.job.Job` and
     :func:`~dask_pdist.io.publish.abandon` as its ``on_stop``; never run, its lock stays until
     this process writes again or ends).
+
+    ``append`` (see :func:`appended`): an existing store at ``path`` is grown: under the lock,
+    ``append(ds, path)`` gives the Dataset to write in its place (the stored steps read back,
+    then ``ds``'s new ones), or None when there is nothing new (nothing is written). The grown
+    store replaces the old one only when whole, as ``overwrite`` does.
     """
     path = local_path(path, role)
+    growing = append is not None and os.path.lexists(path)
+    overwrite = overwrite or growing
     check(path, overwrite)  # refuse before taking anything
     check_parent(path)
     lock = acquire_lock(path, role)
@@ -94,6 +102,13 @@ def write_whole(
     try:
         clean_stale(path)  # killed writers' leftovers, now that no live writer can own them
         check(path, overwrite)
+        if growing:
+            assert append is not None
+            grown = append(ds, path)  # read under the lock: no other writer grows it meanwhile
+            if grown is None:
+                release_lock(path, lock)
+                return str(path) if compute else dask.delayed(str)(str(path))
+            ds = grown
         ds = ds.copy()
         for name in ds.coords:  # zarr 3 stores strings as variable-length UTF-8 (object)
             if ds[name].dtype.kind in "US":
@@ -117,6 +132,63 @@ def write_whole(
         discard(tmp)
         release_lock(path, lock)
         raise named(exc, path) from exc
+
+
+def appended(
+    ds: xr.Dataset,
+    path: Path,
+    *,
+    opener: Callable[[Path], xr.Dataset],
+    same: tuple[str, ...],
+) -> xr.Dataset | None:
+    """What an append writes at ``path``: the store's steps, read back (checked), followed by
+    the steps of ``ds`` after them; None when ``ds`` has none. ``ds`` must start with the
+    store's steps and agree with it on the attributes ``same`` and every coordinate without
+    ``step`` (the tokens); otherwise ``StoreError``, before anything is written.
+
+    The stored steps are not recomputed: an output of these analyses at a step depends on that
+    step only (clusters, neighbours), and the events and churn over steps are derived from the
+    whole grown store when read, so an appended store equals a one-shot one.
+    """
+    old = opener(path)
+
+    def refuse(why: str) -> StoreError:
+        return StoreError(f"{path}: cannot append: {why}; the store is unchanged")
+
+    diff = [
+        f"{k}: store has {old.attrs.get(k)!r}, now {ds.attrs.get(k)!r}"
+        for k in same
+        if str(old.attrs.get(k)) != str(ds.attrs.get(k))
+    ]
+    for name, coord in ds.coords.items():
+        if "step" in coord.dims:
+            continue
+        if name not in old.coords or old[name].shape != coord.shape or not (old[name].values == coord.values).all():
+            diff.append(f"coordinate {name!r} differs")
+    if diff:
+        raise refuse("the input or parameters differ from the store's: " + "; ".join(diff))
+    stored, steps = old["step"].values, ds["step"].values
+    n = len(stored)
+    if len(steps) < n or not (steps[:n] == stored).all():
+        raise refuse(
+            f"the input's first {n} steps are not the store's ({stored[0]}..{stored[-1]});"
+            " append needs the input the store was made from, grown at its end"
+        )
+    if len(steps) == n:
+        return None
+    if steps[n] <= stored[-1]:
+        raise refuse(f"new step {steps[n]} does not come after the store's last step {stored[-1]}")
+    new = ds.isel(step=slice(n, None))  # only the new steps are computed
+    out = xr.concat([old, new], dim="step", data_vars="all", coords="minimal", compat="override", join="exact")
+    out.attrs = dict(ds.attrs)
+    chunk: dict[str, int] = {}  # the store's chunks (regular), per dimension
+    for var in old.data_vars.values():
+        for dim, sizes in zip(var.dims, var.chunks or (), strict=False):
+            chunk.setdefault(str(dim), sizes[0])
+    out = out.chunk(chunk)
+    for var in out.variables.values():
+        var.encoding = {}  # the read-back encoding (chunks, codecs) is the new store's to choose
+    return out
 
 
 def open_whole(path: str | os.PathLike[str], *, role: str, is_kind: Callable[[Path], bool], marker: str) -> xr.Dataset:

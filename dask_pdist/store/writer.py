@@ -57,6 +57,7 @@ from dask_pdist.store.layout import (
     acquire_lock,
     consolidate,
     done_path,
+    is_complete,
     is_store,
     read_attrs,
     read_root,
@@ -428,16 +429,22 @@ def to_zarr(
         check_output(path, overwrite, resume)  # no parent folder, not writable: say so
         raise
     try:
-        resuming = check_output(path, overwrite, resume or appending)
+        resuming = check_output(path, overwrite, resume or appending, shallow=appending)
         if appending:
             ds = _step_chunks(ds, path)
         ds = _regular_chunks(ds)
         fingerprint = _fingerprint(ds, compressor)
         if appending:
-            if check_append(ds, path, fingerprint) == ds.sizes["step"] and store_progress(path)[1]:
+            # a complete store (the usual append) has every block done and no killed writes'
+            # partial files: neither is looked for, so an append's cost does not grow with
+            # the steps stored (one file per block to read)
+            was_complete = is_complete(read_root(path))
+            stored = check_append(ds, path, fingerprint)
+            if stored == ds.sizes["step"] and was_complete:
                 release_lock(path, lock)  # nothing new: nothing written
                 return open_distances(path) if compute else dask.delayed(0)
-            _clean_partials(path)
+            if not was_complete:
+                _clean_partials(path)
             grow(ds, path, fingerprint)
         elif resuming:
             old = json.loads(read_attrs(path).get(FINGERPRINT_ATTR, "{}"))
@@ -453,7 +460,10 @@ def to_zarr(
                 grow(ds, path, fingerprint)  # an append killed while growing the store: finish that first
         else:
             _create(ds, path, compressor, fingerprint)
-        if appending:  # the blocks not marked done: the new ones, and any an interrupted job left
+        if appending and was_complete:  # the new blocks, and a last one the store held partly
+            todo = np.zeros(tuple(len(ds.chunksizes[d]) for d in DISTANCE_DIMS), bool)
+            todo[stored // ds.chunksizes["step"][0] :] = True
+        elif appending:  # the blocks not marked done: the new ones, and any an interrupted job left
             todo = store_progress(path)[0] == 0
         elif resuming:
             todo = _resume_todo(ds, path)

@@ -1,0 +1,98 @@
+"""What an append costs: bytes written and time per appended step, against that step's own
+bytes and its own kernel, in one process (issue 21.5).
+
+    python benchmarks/append_rows.py [--start 200 --appends 20 --vocab 128 --dim 64]
+
+A float32 history of ``start + appends`` steps is written once; ``start`` steps are computed
+into a store with one step per chunk (what ``compute --follow`` makes), then the store is
+grown one step at a time with ``to_zarr(..., append=True)`` from the history's first
+``start + i`` steps (as ``--append`` / ``--follow`` do). For every append:
+
+- **bytes**: the bytes of every file of the store that is new or changed (size and mtime),
+  against **own bytes**, the chunk files of the new step's distances alone;
+- **wall**: the append's wall time, against **kernel**: the same step's distances computed in
+  memory (``pairwise_distances(...).isel(step=-1).compute()``), timed right after it.
+
+Prints a markdown table (medians over the appends) to paste into results.md. Targets: bytes
+per append <= 2x the step's own bytes; wall - kernel < 50 ms at V=128.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+
+def _files(store: Path) -> dict[str, tuple[int, int]]:
+    out = {}
+    for dirpath, _, names in os.walk(store):
+        for name in names:
+            st = os.stat(os.path.join(dirpath, name))
+            out[os.path.relpath(os.path.join(dirpath, name), store)] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--start", type=int, default=200)
+    p.add_argument("--appends", type=int, default=20)
+    p.add_argument("--vocab", type=int, default=128)
+    p.add_argument("--dim", type=int, default=64)
+    a = p.parse_args()
+
+    import numpy as np
+    from safetensors.numpy import save_file  # the bench extra
+
+    import dask_pdist as dp
+
+    with tempfile.TemporaryDirectory(dir=".") as tmp:
+        work = Path(tmp)
+        total = a.start + a.appends
+        x = np.random.default_rng(0).standard_normal((total, a.vocab, a.dim)).astype(np.float32)
+        # one file per length: the input of each append (writing them is not timed)
+        files = {}
+        for n in [a.start, *range(a.start + 1, total + 1)]:
+            files[n] = work / f"h{n}.safetensors"
+            save_file({"embedding_history": x[:n], "steps": np.arange(n, dtype=np.int64)}, str(files[n]))
+        store = work / "d.zarr"
+        dp.to_zarr(dp.pairwise_distances(dp.open_history(files[a.start], chunks=1)), store, progress=False)
+        rows = []
+        for n in range(a.start + 1, total + 1):
+            before = _files(store)
+            t0 = time.perf_counter()
+            ds = dp.pairwise_distances(dp.open_history(files[n], chunks=1))
+            dp.to_zarr(ds, store, append=True, progress=False)
+            wall = time.perf_counter() - t0
+            after = _files(store)
+            last = sorted(((size, k) for k, (size, mt) in after.items() if before.get(k) != (size, mt)), reverse=True)
+            changed = sum(size for size, _ in last)
+            own = sum(after[k][0] for k in after if k.split("/")[0] in ds.data_vars and f"/c/{n - 1}/" in k)
+            t0 = time.perf_counter()
+            dp.pairwise_distances(dp.open_history(files[n], chunks=1)).isel(step=-1).compute()
+            kernel = time.perf_counter() - t0
+            rows.append((changed, own, wall, kernel))
+        med = [statistics.median(r[i] for r in rows) for i in range(4)]
+        print(
+            f"# append, {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+            f"{a.start}+{a.appends} steps x {a.vocab} x {a.dim} float32, one step per chunk\n"
+        )
+        print(f"| per appended step (median of {len(rows)}) | value |")
+        print("|---|---:|")
+        print(f"| bytes written | {med[0] / 1e3:,.1f} kB |")
+        print(f"| the step's own chunk bytes | {med[1] / 1e3:,.1f} kB |")
+        print(f"| ratio (target <= 2) | {med[0] / med[1]:.2f}x |")
+        print(f"| append wall | {med[2] * 1e3:.0f} ms |")
+        print(f"| the step's kernel, in memory | {med[3] * 1e3:.0f} ms |")
+        print(f"| overhead: wall - kernel (target < 50 ms) | {(med[2] - med[3]) * 1e3:.0f} ms |")
+        print(f"\nthe last append wrote {len(last)} files; the largest:")
+        for size, k in last[:8]:
+            print(f"  {size / 1e3:8.1f} kB  {k}")
+
+
+if __name__ == "__main__":
+    main()
