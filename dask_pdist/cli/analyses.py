@@ -145,6 +145,8 @@ def _cmd_summary(args: argparse.Namespace) -> None:
         _summary_runs(args, ds)
         return
     args.store = args.store[0]
+    if "being_written" in ds.attrs:  # a store a job is writing (--follow): what is whole so far
+        print(f"dask-pdist: note: {args.store}: {ds.attrs['being_written']}", file=sys.stderr)
     if args.step is not None and args.step not in ds["step"].values:
         steps = ds["step"].values
         raise ValueError(f"{args.store}: no step {args.step}; steps run {steps[0]}..{steps[-1]} ({len(steps)} steps)")

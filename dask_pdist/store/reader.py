@@ -81,20 +81,24 @@ def open_distances(
         raise not_a_store(path)
     check_metadata(path)
     done, complete = store_progress(path)
+    group = zarr_group(path, "r", use_consolidated=False)
+    written = None  # steps to show of a store being written: its leading whole steps
     if not complete and not allow_incomplete:
         missing = int((done == 0).sum())
         stopped = (read_attrs(path) or {}).get(STOPPED_ATTR)
-        if stopped:
-            why = f"the job was {stopped}; recompute with --overwrite"
-        elif _live_lock(path):  # a running compute or append (--follow): whole again when it ends
-            why = "a job is writing it now: open it again when it finishes (an append: in a moment)"
-        else:
-            why = "the job was interrupted; finish it with the same `dask-pdist compute ... --resume` command"
-        raise StoreError(
-            f"{path}: incomplete, {missing} of {done.size} blocks missing ({why}),"
-            " or open with allow_incomplete=True (--allow-incomplete) to read missing blocks as NaN"
-        )
-    group = zarr_group(path, "r", use_consolidated=False)
+        live = not stopped and _live_lock(path)
+        written = _whole_prefix(group, done) if live else 0
+        if not written:
+            if stopped:
+                why = f"the job was {stopped}; recompute with --overwrite"
+            elif live:  # a job that has not finished its first step-block yet
+                why = "a job is writing it now and no step is whole yet: open it again in a moment"
+            else:
+                why = "the job was interrupted; finish it with the same `dask-pdist compute ... --resume` command"
+            raise StoreError(
+                f"{path}: incomplete, {missing} of {done.size} blocks missing ({why}),"
+                " or open with allow_incomplete=True (--allow-incomplete) to read missing blocks as NaN"
+            )
     expected = expected_digests(path, None if complete else done)
     check_small_arrays(path, [n for n in _COORDS if n in group], expected)
     store = checked_store(path, expected)  # coordinates too are read through the digest check
@@ -123,4 +127,20 @@ def open_distances(
                 fancy=False,
             )
         ds[name] = ds[name].copy(data=data)
+    if written:
+        # a store a live job is writing (--follow appending, a compute running): its leading
+        # steps whose blocks are all done, which no job rewrites; the rest is not shown
+        total = ds.sizes["step"]
+        ds = ds.isel(step=slice(0, written))
+        ds.attrs["being_written"] = f"{written} of {total} steps whole so far; a job is writing the rest"
     return ds
+
+
+def _whole_prefix(group: Any, done: np.ndarray) -> int:
+    """Steps from the start whose every block is done (0: none)."""
+    first = next((group[n] for n in ("euclidean", "chebyshev", "manhattan", "chebyshev_ulp") if n in group), None)
+    if first is None or not done.size:
+        return 0
+    rows = done.reshape(done.shape[0], -1).all(axis=1)
+    blocks = int(np.argmin(rows)) if not rows.all() else len(rows)
+    return min(blocks * int(first.chunks[0]), int(first.shape[0]))
