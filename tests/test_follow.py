@@ -18,7 +18,7 @@ import pytest
 from test_append import _assert_same_arrays
 from test_run_folders import gpt2_tensors, save_checkpoint
 
-from conftest import random_history
+from conftest import oracle, random_history
 from dask_pdist import open_distances, verify_store
 from dask_pdist.cli.main import main
 
@@ -138,3 +138,41 @@ def test_follow_refuses_a_single_history_file(tmp_path, write_safetensors, capsy
     assert "--follow watches a run folder" in capsys.readouterr().err
     assert main(["compute", str(path), "-o", str(tmp_path / "d.zarr"), "--idle-exit", "3"]) == 2
     assert "--idle-exit applies to --follow" in capsys.readouterr().err
+
+
+def _upload_checkpoint(folder: Path, url: str) -> None:
+    # as a sync of a Trainer checkpoint would: weights and config first, trainer_state.json last
+    from conftest import s3_upload
+
+    for name in ("model.safetensors", "config.json", "trainer_state.json"):
+        s3_upload(folder / name, f"{url}/{folder.name}/{name}")
+
+
+def test_run_folder_on_object_storage_computed_and_followed(tmp_path, s3_bucket):
+    # a Trainer run folder at an s3:// URL (moto's server): an input as a local one is, and
+    # --follow polls it and appends each checkpoint uploaded while it runs, into an s3:// store
+    from conftest import s3_upload
+
+    x = random_history((4, 12, 6), seed=12)
+    local, run = tmp_path / "run", f"{s3_bucket}/runs/r1"
+    for i in range(4):
+        save_checkpoint(local, 10 * (i + 1), gpt2_tensors(x[i]))
+    for i in range(2):
+        _upload_checkpoint(local / f"checkpoint-{10 * (i + 1)}", run)
+    s3_upload(local / "checkpoint-30" / "model.safetensors", f"{run}/checkpoint-30/model.safetensors")  # being synced
+    assert main(["compute", run, "-o", f"{s3_bucket}/once.zarr", "--no-progress"]) == 0
+    assert open_distances(f"{s3_bucket}/once.zarr")["step"].values.tolist() == [10, 20]
+    store = f"{s3_bucket}/out/d.zarr"
+    f = Follower("compute", run, "-o", store, "--follow", "--idle-exit", "8", "--no-progress")
+    f.wait_for("up to step 20")
+    for i in (2, 3):
+        _upload_checkpoint(local / f"checkpoint-{10 * (i + 1)}", run)
+    f.wait_for("up to step 40")
+    code, err = f.finish()
+    assert code == 0, err
+    assert verify_store(store) == []
+    ds = open_distances(store)
+    assert ds["step"].values.tolist() == [10, 20, 30, 40]
+    e, c = oracle(x)
+    np.testing.assert_allclose(ds.euclidean.values, e, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(ds.chebyshev.values, c.astype(np.float32))

@@ -49,7 +49,7 @@ def describe(
     from dask_pdist.io.sources import read_npy_header
     from dask_pdist.store.layout import check_metadata, has_bookkeeping, is_store, store_progress
 
-    if is_checkpoint_spec(path):
+    if is_checkpoint_spec(path, storage_options):
         if any_url(path):  # type: ignore[arg-type]
             raise InputError(f"{path}: info takes one file on object storage; name one checkpoint")
         return _describe_checkpoints(path, key)  # type: ignore[arg-type]

@@ -2,7 +2,8 @@
 new complete checkpoint as it is saved.
 
 Waiting: file-system events through ``watchfiles`` (a dependency; woken at once), else (it cannot
-be imported) a look every second. A checkpoint being saved (a ``tmp-checkpoint-N`` folder, no
+be imported) a look every second; a run folder on object storage (``s3://bucket/run``, no events
+there) is listed every ``POLL`` seconds. A checkpoint being saved (a ``tmp-checkpoint-N`` folder, no
 ``trainer_state.json`` yet, a file shorter than its header says) is waited for, never read.
 Ctrl-C and SIGTERM end the command with exit 0: while waiting at once, during an append once
 the append is written (a second one stops the append, which ``--follow`` or ``--resume`` then
@@ -24,15 +25,22 @@ from dask_pdist.errors import InputError
 
 __all__ = ["follow"]
 
+#: Seconds between two listings of a run folder on object storage (no file-system events there).
+POLL = 2.0
 
-def _complete_checkpoints(source: str | list[str]) -> int | None:
+
+def _complete_checkpoints(source: str | list[str], storage_options: dict | None = None) -> int | None:
     # how many complete checkpoints the input has now (None: none yet); the incomplete ones
     # are waited for in silence
     from dask_pdist.io.checkpoints import checkpoint_paths
+    from dask_pdist.io.paths import any_url
+    from dask_pdist.io.sources import _url_checkpoints
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
+            if any_url(source):
+                return len(_url_checkpoints(source, storage_options))
             return len(checkpoint_paths(source))
         except (InputError, FileNotFoundError):
             return None
@@ -49,11 +57,14 @@ def _watch_root(source: str | list[str]) -> Path:
     return path
 
 
-def _ticks(root: Path, stopping: Callable[[], bool]) -> Iterator[None]:
-    # one tick per change in root (at most a second apart): watchfiles when installed, else sleep
+def _ticks(root: Path | None, stopping: Callable[[], bool]) -> Iterator[None]:
+    # one tick per change in root (at most a second apart): watchfiles when installed, else
+    # (and on object storage, root None: no events there) a look every POLL seconds
     try:
         import watchfiles
     except ImportError:
+        watchfiles = None
+    if root is None:
         watchfiles = None
     if watchfiles is not None:
         for _ in watchfiles.watch(root, rust_timeout=1000, yield_on_timeout=True, raise_interrupt=True):
@@ -62,7 +73,7 @@ def _ticks(root: Path, stopping: Callable[[], bool]) -> Iterator[None]:
             yield
         return
     while not stopping():
-        time.sleep(1.0)
+        time.sleep(POLL if root is None else 1.0)
         yield
 
 
@@ -107,9 +118,8 @@ def follow(args: argparse.Namespace, source: str | list[str], output: str, compu
     from dask_pdist.io.history import is_checkpoint_spec
     from dask_pdist.io.paths import any_url
 
-    if any_url(source):
-        raise InputError(f"{source}: --follow watches local checkpoints (object stores are not supported yet)")
-    if not is_checkpoint_spec(source):
+    options = getattr(args, "storage_options", None)
+    if not is_checkpoint_spec(source, options):
         raise InputError(
             f"{source}: --follow watches a run folder (checkpoint-N/ folders) or a quoted glob of checkpoints,"
             " not one history file; to grow a store from a longer history use --append"
@@ -120,11 +130,11 @@ def follow(args: argparse.Namespace, source: str | list[str], output: str, compu
         args.chunk_steps = 1  # a new store: one step per chunk, so an append never rewrites a chunk
     idle = getattr(args, "idle_exit", None)
     seen, last_new = -1, time.monotonic()
-    root = _watch_root(source)
+    root = None if any_url(source) else _watch_root(source)
     with _Stop() as stop:
         try:
             for _ in _ticks_after_first(root, lambda: stop.requested):
-                n = _complete_checkpoints(source)
+                n = _complete_checkpoints(source, options)
                 if n is not None and n != seen:
                     stop.appending = True
                     try:
@@ -147,6 +157,6 @@ def follow(args: argparse.Namespace, source: str | list[str], output: str, compu
     return 0
 
 
-def _ticks_after_first(root: Path, stopping: Callable[[], bool]) -> Iterator[None]:
+def _ticks_after_first(root: Path | None, stopping: Callable[[], bool]) -> Iterator[None]:
     yield  # at once: compute what is there
     yield from _ticks(root, stopping)

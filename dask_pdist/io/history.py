@@ -19,7 +19,14 @@ import xarray as xr
 
 from dask_pdist.conventions import HISTORY_DIMS
 from dask_pdist.errors import InputError
-from dask_pdist.io.checkpoints import INDEX_SUFFIX, checkpoint_steps, directory_hint, is_run_folder, parse_steps
+from dask_pdist.io.checkpoints import (
+    INDEX_SUFFIX,
+    checkpoint_steps,
+    directory_hint,
+    is_run_folder,
+    is_url_run_folder,
+    parse_steps,
+)
 from dask_pdist.io.paths import Location, any_url, identity, is_remote, locate
 from dask_pdist.io.safetensors_format import pread_exact, require_regular_file
 from dask_pdist.io.sources import (
@@ -119,12 +126,17 @@ def _read_tokens(tokens: str | os.PathLike[str] | Sequence[str], n_tokens: int, 
     return np.array(labels, dtype=object)
 
 
-def is_checkpoint_spec(path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> bool:
-    """True if ``path`` names per-checkpoint inputs (a glob, a list, a sharded index), not one file."""
+def is_checkpoint_spec(
+    path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], storage_options: dict | None = None
+) -> bool:
+    """True if ``path`` names per-checkpoint inputs (a glob, a list, a sharded index, a Trainer
+    run folder, local or on object storage), not one file."""
     if isinstance(path, (str, os.PathLike)) and os.fspath(path).endswith(INDEX_SUFFIX):
         return True  # one sharded checkpoint
     if isinstance(path, str) and any_url(path):
-        return any(c in path.split("://", 1)[1] for c in "*?[")
+        if any(c in path.split("://", 1)[1] for c in "*?["):
+            return True
+        return is_url_run_folder(path, storage_options)
     if isinstance(path, (str, os.PathLike)) and is_run_folder(path):
         return True  # a Hugging Face Trainer output folder: its checkpoint-N/ folders
     if isinstance(path, str):
@@ -221,7 +233,7 @@ def open_history(
     """
     if nonfinite not in NONFINITE_CHOICES:
         raise ValueError(f"nonfinite={nonfinite!r}; choose one of {NONFINITE_CHOICES}")
-    if is_checkpoint_spec(path):
+    if is_checkpoint_spec(path, storage_options):
         stack, key, kind, checkpoints, source = _open_checkpoints(
             path,  # type: ignore[arg-type]
             key,

@@ -207,8 +207,8 @@ class Location:
     def read_bytes(self) -> bytes:
         return bytes(self._call("object", self.fs.cat_file, self.path))
 
-    def read_text(self) -> str:
-        return self.read_bytes().decode()
+    def read_text(self, encoding: str = "utf-8") -> str:
+        return self.read_bytes().decode(encoding)
 
     def write_bytes(self, data: bytes, exclusive: bool = False) -> None:
         """One PUT: the object is replaced whole or not at all. ``exclusive``: only if no object

@@ -18,7 +18,14 @@ import numpy as np
 
 from dask_pdist.conventions import HISTORY_DIMS
 from dask_pdist.errors import InputError
-from dask_pdist.io.checkpoints import INDEX_SUFFIX, _natural_key, checkpoint_paths, embedding_key, tensor_file
+from dask_pdist.io.checkpoints import (
+    INDEX_SUFFIX,
+    _natural_key,
+    checkpoint_paths,
+    embedding_key,
+    tensor_file,
+    url_run_checkpoints,
+)
 from dask_pdist.io.paths import Location, any_url, glob_locations, is_remote, locate, open_reader, zarr_store
 from dask_pdist.io.safetensors_format import (
     SUPPORTED_DTYPES,
@@ -237,9 +244,13 @@ def _step_path(p: Path | Location) -> Path:
 def _url_checkpoints(
     spec: str | Sequence[str | os.PathLike[str]], storage_options: dict | None
 ) -> list[Path | Location]:
-    # per-checkpoint files on object storage: a URL glob (files only) or a list of locations
-    if isinstance(spec, str):
-        found: list[Path | Location] = list(glob_locations(spec, storage_options))
+    # per-checkpoint files on object storage: a Trainer run folder, a URL glob (files only) or
+    # a list of locations
+    run = url_run_checkpoints(spec, storage_options) if isinstance(spec, str) else None
+    if run is not None:
+        found: list[Path | Location] = list(run)
+    elif isinstance(spec, str):
+        found = list(glob_locations(spec, storage_options))
     else:
         found = [locate(p, storage_options) for p in spec]
         for p in found:
@@ -267,8 +278,8 @@ def _open_checkpoints(
         paths.append(path)
         tensors, _ = read_header(path)
         ndims = {n: len(t.shape) for n, t in tensors.items()}
-        if key is None and not is_remote(path):  # from config.json: GPT-2, Llama, Qwen, GPT-NeoX, ...
-            key = embedding_key(Path(path), {n: tuple(t.shape) for n, t in tensors.items()})
+        if key is None:  # from config.json: GPT-2, Llama, Qwen, GPT-NeoX, ...
+            key = embedding_key(path, {n: tuple(t.shape) for n, t in tensors.items()})  # type: ignore[arg-type]
         hint = ", e.g. model.embed_tokens.weight"
         key = _choose_key(path, ndims, key, 2, "tensor", "embedding matrix", _tensor_list(tensors), hint)
         info = tensors[key]
