@@ -204,6 +204,11 @@ def test_a_kill_while_finishing_never_leaves_a_complete_store_that_fails_to_open
     # this process still holds the writer lock (killed in-process): verify says so
     (problem,) = [str(p) for p in verify_store(out)]
     assert problem.startswith("store: not marked complete: a job holds its writer lock") and ".d.zarr.lock" in problem
+    # while the lock is live a reader sees the steps whose blocks are done (here all of them)
+    assert open_distances(out).attrs["being_written"].startswith(f"{ds.sizes['step']} of {ds.sizes['step']} steps")
+    from dask_pdist.store.layout import release_lock
+
+    release_lock(out)  # the job gone: the store is incomplete, not shown
     with pytest.raises(StoreError, match="incomplete"):
         open_distances(out)
     to_zarr(ds, out, resume=True)

@@ -24,7 +24,6 @@ from dask_pdist.io.checkpoints import (
     checkpoint_steps,
     directory_hint,
     is_run_folder,
-    is_url_run_folder,
     parse_steps,
 )
 from dask_pdist.io.paths import Location, any_url, identity, is_remote, locate
@@ -40,6 +39,7 @@ from dask_pdist.io.sources import (
     _step_path,
 )
 from dask_pdist.io.token_ids import parse_token_ids, token_runs
+from dask_pdist.io.trainer import is_url_run_folder
 
 __all__ = ["open_history", "is_checkpoint_spec", "step_rms", "provenance", "NONFINITE_CHOICES"]
 

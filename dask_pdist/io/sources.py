@@ -24,7 +24,6 @@ from dask_pdist.io.checkpoints import (
     checkpoint_paths,
     embedding_key,
     tensor_file,
-    url_run_checkpoints,
 )
 from dask_pdist.io.paths import Location, any_url, glob_locations, is_remote, locate, open_reader, zarr_store
 from dask_pdist.io.safetensors_format import (
@@ -34,6 +33,7 @@ from dask_pdist.io.safetensors_format import (
     read_header,
     require_regular_file,
 )
+from dask_pdist.io.trainer import url_run_checkpoints
 from dask_pdist.planning import auto_step_chunk
 
 Chunks = Literal["auto"] | int | tuple | dict
