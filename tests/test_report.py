@@ -164,7 +164,7 @@ def test_clusters_events_and_churn_are_those_of_their_stores(made):
             groups += len(members) >= 2
         assert c.n_clusters.values[s] == groups
     np.testing.assert_array_equal(_trace(fig, "groups (2+ tokens)")["y"], c.n_clusters.values)
-    np.testing.assert_array_equal(_trace(fig, "largest group")["y"], c.largest.values)
+    np.testing.assert_array_equal(_trace(fig, "largest group (right axis)")["y"], c.largest.values)
     events = dp.cluster_events(c)
     shown = [t for t in fig["data"] if t.get("mode") == "markers" and t.get("name") in set(events["kind"])]
     assert sum(int(text.split()[0]) for t in shown for text in t["text"]) == len(events)

@@ -89,7 +89,9 @@ def build_figure(
             "Clusters over steps, with their events" if name == "clusters" else "Mean neighbour churn over steps"
         )
         titles.extend([""] * (cols - 1))
-        specs.append([{"colspan": cols}] + [None] * (cols - 1))
+        # clusters: the largest population (up to V) on its own log axis, so that the group
+        # count (a few) stays readable beside it
+        specs.append([{"colspan": cols, "secondary_y": name == "clusters"}] + [None] * (cols - 1))
     fig = make_subplots(
         rows=rows,
         cols=cols,
@@ -224,14 +226,15 @@ def _clusters_row(fig: Any, go: Any, clusters: tuple[xr.Dataset, Any, dict], row
     per_step, events, attrs = clusters
     steps = per_step["step"].values
     n_clusters = np.asarray(per_step["n_clusters"].values)
-    for name, y, colour in (
-        ("groups (2+ tokens)", n_clusters, "#9467bd"),
-        ("largest group", per_step["largest"].values, "#8c564b"),
+    for name, y, colour, right in (
+        ("groups (2+ tokens)", n_clusters, "#9467bd", False),
+        ("largest group (right axis)", per_step["largest"].values, "#8c564b", True),
     ):
         fig.add_trace(
             go.Scatter(x=steps, y=np.asarray(y), mode="lines", line={"shape": "hv", "color": colour}, name=name),
             row=row,
             col=1,
+            secondary_y=right,
         )
     at = {s: i for i, s in enumerate(steps.tolist())}
     for kind, symbol in zip(EVENT_KINDS, _EVENT_SYMBOLS, strict=True):
@@ -257,8 +260,17 @@ def _clusters_row(fig: Any, go: Any, clusters: tuple[xr.Dataset, Any, dict], row
             ),
             row=row,
             col=1,
+            secondary_y=False,
         )
-    fig.update_yaxes(title_text=f"groups ({attrs.get('metric', '?')} <= {attrs.get('threshold', '?')})", row=row, col=1)
+    top = max(2, int(np.max(per_step["largest"].values, initial=1)))
+    ticks = [t * 10**e for e in range(len(str(top))) for t in (1, 2, 5) if t * 10**e <= top]
+    fig.update_yaxes(title_text="largest group", type="log", tickvals=ticks, secondary_y=True, row=row, col=1)
+    fig.update_yaxes(
+        title_text=f"groups ({attrs.get('metric', '?')} <= {attrs.get('threshold', '?')})",
+        row=row,
+        col=1,
+        secondary_y=False,
+    )
 
 
 def _ranges(steps: np.ndarray, mask: np.ndarray) -> str:
