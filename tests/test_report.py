@@ -193,6 +193,24 @@ def test_frames_of_a_long_history_are_chosen_evenly(write_safetensors, tmp_path)
     assert len(fig["frames"]) == 5
 
 
+def test_one_metric_a_float64_store_and_a_store_without_either_metric(made, tmp_path):
+    h = dp.open_history(made["history"], chunks=4)
+    euclid, cheb = oracle(made["x"])
+    dp.to_zarr(dp.pairwise_distances(h, metrics=("chebyshev",)), tmp_path / "c.zarr", progress=False)
+    fig = _figure(dp.report(tmp_path / "c.zarr", tmp_path / "c.html"))
+    heatmaps = [t for t in fig["data"] if t["type"] == "heatmap"]
+    assert len(heatmaps) == 1 and "euclidean mean" not in [t.get("name") for t in fig["data"]]
+    np.testing.assert_array_equal(fig["frames"][2]["data"][0]["z"], cheb[2].astype(np.float32))
+    assert "the stored float32 values, exactly" in (tmp_path / "c.html").read_text()
+    dp.to_zarr(dp.pairwise_distances(h, dtype="float64"), tmp_path / "d64.zarr", progress=False)
+    page = dp.report(tmp_path / "d64.zarr", tmp_path / "d64.html")
+    np.testing.assert_allclose(_figure(page)["frames"][4]["data"][0]["z"], euclid[4], rtol=1e-6, atol=0)
+    assert "the stored float64 values rounded to float32" in page.read_text()
+    dp.to_zarr(dp.pairwise_distances(h, metrics=("manhattan",)), tmp_path / "m.zarr", progress=False)
+    with pytest.raises(InputError, match=r"m.zarr: holds manhattan; the report shows euclidean and chebyshev"):
+        dp.report(tmp_path / "m.zarr", tmp_path / "m.html")
+
+
 @given(st.integers(1, 400), st.integers(1, 400))
 def test_even_positions_are_distinct_evenly_spaced_and_span_the_steps(n_steps, n):
     got = even_positions(np.arange(n_steps), n)

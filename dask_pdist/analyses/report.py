@@ -209,8 +209,10 @@ def report(
     ``n`` steps chosen evenly among the written ones, first and last included, with
     ``n = min(steps, max_frames, max_bytes // (metrics x V x V x 4))``. Frame values are the
     store's **float32 values, exactly** (base64 in the page, no quantization; hover shows 7
-    significant digits): a 5001-step x 128-token store gives 72 frames (every ~70th step) and
-    a page of about 17 MB. Fewer frames, not coarser values, is the trade made to stay small.
+    significant digits; a float16 store's values are exact in float32 too, a float64 store's
+    are rounded to float32 and the page says so): a 5001-step x 128-token store gives 72
+    frames (every ~70th step) and a page of 18.2 MB, 4.8 of them plotly.js. Fewer frames, not
+    coarser values, is the trade made to stay small.
     The heatmaps' colour scale follows each frame; the histograms share fixed bins per metric
     (50 bins from 0 to the largest distance of any step). A step with no off-diagonal pair
     (one token) has NaN statistics.
@@ -262,19 +264,27 @@ def report(
     ds = open_distances(store, allow_incomplete=allow_incomplete, storage_options=storage_options)
     if "run" in ds.dims:  # (the reader of one store never gives runs; a guard for the future)
         raise InputError(f"{store}: several runs; report one store at a time")
-    metrics = [m for m in _METRICS if m in ds.data_vars] or list(ds.data_vars)
+    metrics = [m for m in _METRICS if m in ds.data_vars]
+    if not metrics:
+        raise InputError(
+            f"{store}: holds {', '.join(map(str, ds.data_vars))}; the report shows {' and '.join(_METRICS)}:"
+            " compute them with --metrics euclidean,chebyshev"
+        )
     written = written_steps(ds, ds.encoding.get("source", store))
     if not written.any():
         raise InputError(f"{store}: no step is written yet; report it once its first block is done")
     n = frame_count(ds.sizes["step"], ds.sizes["token_i"], len(metrics), max_frames=max_frames, max_bytes=max_bytes)
     frames = even_positions(np.flatnonzero(written), n)
+    from dask_pdist.analyses.clusters import open_clusters
+    from dask_pdist.analyses.neighbours_store import open_neighbours
+
     others: dict[str, xr.Dataset] = {}
     for role, where, opener in (
-        ("clusters store", clusters, "open_clusters"),
-        ("neighbours store", neighbours, "open_neighbours"),
+        ("clusters store", clusters, open_clusters),
+        ("neighbours store", neighbours, open_neighbours),
     ):
         if where is not None:
-            other = _open_other(role, where, opener)
+            other = opener(where)  # their own messages: not found, not that kind of store, damaged
             check_same_history(ds, other, role, where)
             others[role] = other
     summary, values = dask.compute(summarize(ds[metrics]), ds[metrics].isel(step=frames))
@@ -300,19 +310,6 @@ def report(
     with building(target, replace=overwrite) as tmp:
         tmp.write_text(html, encoding="utf-8")
     return target
-
-
-def _open_other(role: str, where: Any, opener: str) -> xr.Dataset:
-    from dask_pdist.analyses import clusters as clusters_module
-    from dask_pdist.analyses import neighbours_store
-
-    module = clusters_module if opener == "open_clusters" else neighbours_store
-    try:
-        return getattr(module, opener)(where)
-    except FileNotFoundError:
-        raise
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{where}: not a {role} ({exc})") from None
 
 
 def _extras(others: dict[str, xr.Dataset]) -> dict[str, Any]:

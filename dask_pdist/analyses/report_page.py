@@ -273,6 +273,13 @@ def _clusters_row(fig: Any, go: Any, clusters: tuple[xr.Dataset, Any, dict], row
     )
 
 
+def _exactness(ds: xr.Dataset, metrics: list[str]) -> str:
+    # the page holds float32: exact for float32 and float16 stores, rounded for float64 ones
+    if any(ds[m].dtype == np.float64 for m in metrics):
+        return "the stored float64 values rounded to float32"
+    return f"the stored {ds[metrics[0]].dtype} values, exactly"
+
+
 def _ranges(steps: np.ndarray, mask: np.ndarray) -> str:
     # "0..99, 200..299": the runs of steps where mask holds
     parts, start = [], None
@@ -315,7 +322,7 @@ def page_html(
         f" store {state}.",
         f"Source: {ds.attrs.get('source', '?')} ({ds.attrs.get('input_dtype', '?')}, computed in"
         f" {ds.attrs.get('compute_dtype', '?')}).",
-        f"Slider: {every}; heatmap values are the stored float32 values, exactly. Lines: every step.",
+        f"Slider: {every}; heatmap values: {_exactness(ds, metrics)}. Lines: every step.",
     ]
     if clusters is not None:
         lines.append(f"Clusters: {clusters[2].get('metric', '?')} distance <= {clusters[2].get('threshold', '?')}.")
