@@ -104,7 +104,9 @@ def _preview(values: np.ndarray, limit: int = 4) -> str:
 def check_same_history(ds: xr.Dataset, other: xr.Dataset, role: str, path: object) -> None:
     """Refuse a clusters or neighbours store that was not computed from the distance store's
     history: other tokens, other steps (one may be a prefix of the other: a followed run
-    grows), another source file, or (same step count) another input fingerprint."""
+    grows), another file name (one-file sources; checkpoints may be named several ways), or
+    (same step count) another input fingerprint. Values are compared by
+    :func:`check_same_values`."""
     store = ds.encoding.get("source", "the distance store")
     fix = f"give the {role} computed from the history of {store}"
     tokens, mine = np.asarray(other["token"].values), np.asarray(ds["token_i"].values)
@@ -119,7 +121,7 @@ def check_same_history(ds: xr.Dataset, other: xr.Dataset, role: str, path: objec
             f"{path}: a {role} of another history: steps {_preview(steps)}, but {store} has {_preview(own)}; {fix}"
         )
     source, mine_source = str(other.attrs.get("source", "")), str(ds.attrs.get("source", ""))
-    if source and mine_source and os.path.basename(source.rstrip("/")) != os.path.basename(mine_source.rstrip("/")):
+    if None not in (_file_name(source), _file_name(mine_source)) and _file_name(source) != _file_name(mine_source):
         raise InputError(f"{path}: a {role} of {source}, but {store} was computed from {mine_source}; {fix}")
     theirs, ours = str(other.attrs.get("source_fingerprint", "")), str(ds.attrs.get("source_fingerprint", ""))
     if theirs and ours and theirs != ours and len(steps) == len(own):
@@ -127,6 +129,15 @@ def check_same_history(ds: xr.Dataset, other: xr.Dataset, role: str, path: objec
             f"{path}: a {role} of another input: its source fingerprint is {theirs}, {store}'s is {ours}"
             f" (file size and header hash); {fix}"
         )
+
+
+def _file_name(source: str) -> str | None:
+    """The file name of a one-file source (``runs/a/h.safetensors``: ``h.safetensors``); None for
+    checkpoints (a folder, a glob, a list), which may be named in several ways."""
+    name = os.path.basename(source.rstrip("/"))
+    if not name or any(c in source for c in "*?[],") or not os.path.splitext(name)[1]:
+        return None
+    return name
 
 
 def check_same_values(
