@@ -263,6 +263,8 @@ def report(
     """
     import dask
 
+    from dask_pdist.analyses.clusters import open_clusters
+    from dask_pdist.analyses.neighbours_store import open_neighbours
     from dask_pdist.analyses.report_page import page_html, require_plotly
     from dask_pdist.analyses.summary import summarize
     from dask_pdist.io.paths import local_path
@@ -273,8 +275,6 @@ def report(
     target = local_path(output, "report")
     _check_output(target, overwrite)
     ds = open_distances(store, allow_incomplete=allow_incomplete, storage_options=storage_options)
-    if "run" in ds.dims:  # (the reader of one store never gives runs; a guard for the future)
-        raise InputError(f"{store}: several runs; report one store at a time")
     metrics = [m for m in _METRICS if m in ds.data_vars]
     if not metrics:
         raise InputError(
@@ -286,9 +286,6 @@ def report(
         raise InputError(f"{store}: no step is written yet; report it once its first block is done")
     n = frame_count(ds.sizes["step"], ds.sizes["token_i"], len(metrics), max_frames=max_frames, max_bytes=max_bytes)
     frames = even_positions(np.flatnonzero(written), n)
-    from dask_pdist.analyses.clusters import open_clusters
-    from dask_pdist.analyses.neighbours_store import open_neighbours
-
     others: dict[str, xr.Dataset] = {}
     for role, where, opener in (
         ("clusters store", clusters, open_clusters),
