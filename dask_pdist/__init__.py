@@ -9,7 +9,8 @@ neighbours per token and step without V x V matrices (:func:`neighbours`,
 :func:`neighbour_churn`), and token subsets (``open_history(..., token_ids=...)``).
 Many runs in one graph (:func:`compute_runs`; :func:`open_distances` of several stores has a
 ``run`` dimension), and histories on object storage (``open_history("s3://...",
-storage_options=...)``).
+storage_options=...)``). One HTML page of a store that opens offline, its heatmaps on a
+step slider (:func:`report`).
 
 The public names are imported on first use (PEP 562): ``import dask_pdist`` and the
 ``dask-pdist`` command's start-up stay fast, since dask, xarray and numba take ~1 s to import.
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from dask_pdist.analyses.movement_store import open_comparison, write_comparison
     from dask_pdist.analyses.neighbours import neighbour_churn, neighbours
     from dask_pdist.analyses.neighbours_store import neighbours_to_zarr, open_neighbours
+    from dask_pdist.analyses.report import report
     from dask_pdist.analyses.summary import summarize
     from dask_pdist.conventions import METRICS, OUTPUT_DTYPES
     from dask_pdist.errors import EngineError, InputError, RepairWarning, SkippedCheckpointWarning, StoreError
@@ -77,6 +79,7 @@ _WHERE = {
     "distinct_count": "analyses.distinct",
     "write_comparison": "analyses.movement_store",
     "open_comparison": "analyses.movement_store",
+    "report": "analyses.report",
 }
 
 __all__ = [
@@ -114,6 +117,7 @@ __all__ = [
     "distinct_count",
     "write_comparison",
     "open_comparison",
+    "report",
 ]
 
 

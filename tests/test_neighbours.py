@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dask.array as da
 import numpy as np
 import pytest
 import xarray as xr
@@ -165,6 +166,23 @@ def test_churn_against_direct_set_computation():
         np.testing.assert_allclose(c.mean_churn.values, want.mean(axis=1), rtol=1e-6)
     assert 0 < np.nanmax(dp.neighbour_churn(nb).churn.values)
     np.testing.assert_array_equal(churn_block(lists[1:], lists[1:]), 0)
+
+
+def test_churn_of_a_store_of_several_step_chunks():
+    # the shifted lists have other step chunks than the unshifted ones: they are aligned
+    # first (this raised "Shapes do not align" / a concatenate error on a 5001-step store)
+    rng = np.random.default_rng(3)
+    lists = np.stack([np.stack([rng.permutation(13)[:3] for _ in range(5)]) for _ in range(7)]).astype(np.int32)
+    nb = xr.Dataset(
+        {"neighbour": (("step", "token", "rank"), da.from_array(lists, chunks=(3, 5, 3)))},
+        coords={"step": np.arange(7), "token": np.arange(5), "rank": [1, 2, 3]},
+    )
+    for lag in (1, 2, 4):
+        want = np.full((7, 5), np.nan)
+        for s in range(lag, 7):
+            for t in range(5):
+                want[s, t] = len(set(lists[s - lag, t]) - set(lists[s, t])) / 3
+        np.testing.assert_allclose(dp.neighbour_churn(nb, lag=lag).churn.values, want, rtol=1e-6)
 
 
 def test_neighbours_of_a_subset_hold_original_indices(write_safetensors, tmp_path):

@@ -165,7 +165,10 @@ def neighbour_churn(nbrs: xr.Dataset, lag: int = 1) -> xr.Dataset:
     head = min(lag, n_steps)
     parts = [da.full((head, n_tokens), np.nan, dtype=np.float32, chunks=(head, nb.chunks[1]))]
     if n_steps > lag:
-        parts.append(da.map_blocks(churn_block, nb[:-lag], nb[lag:], drop_axis=2, dtype=np.float32))
+        # the shifted view has other step chunks than the unshifted one (a store of several step
+        # chunks): map_blocks would pair blocks of different lengths, so give both the same
+        prev, cur = nb[:-lag], nb[lag:]
+        parts.append(da.map_blocks(churn_block, prev, cur.rechunk(prev.chunks), drop_axis=2, dtype=np.float32))
     churn = da.concatenate(parts, axis=0)
     out = xr.Dataset(
         {"churn": (("step", "token"), churn, {"long_name": f"fraction of the k neighbours at step - {lag} lost"})},

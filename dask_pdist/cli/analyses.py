@@ -1,4 +1,4 @@
-"""``dask-pdist summary``, ``verify``, ``info``, ``clusters`` and ``neighbours``: they call the
+"""``dask-pdist summary``, ``verify``, ``info``, ``clusters``, ``neighbours`` and ``report``: they call the
 public API on a store or a history and print. Heavy imports happen inside each command."""
 
 from __future__ import annotations
@@ -376,3 +376,22 @@ def _clusters_once(
     return clusters_report(
         args, source, args.threshold, args.metric, args.key, output, overwrite, args.token_ids, append, brief
     )[-1]
+
+
+def _cmd_report(args: argparse.Namespace) -> None:
+    import dask_pdist as dp
+
+    t0 = time.perf_counter()
+    with _progress("reading", args):
+        out = dp.report(
+            args.store,
+            args.output,
+            clusters=args.clusters,
+            neighbours=args.neighbours,
+            allow_incomplete=args.allow_incomplete,
+            max_frames=args.max_frames,
+            overwrite=args.overwrite,
+            storage_options=_opts(args, args.store),
+        )
+    size = os.path.getsize(out)
+    print(f"Wrote {out} ({size / 1e6:.1f} MB) in {time.perf_counter() - t0:.1f} s")

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from dask_pdist._version import __version__
-from dask_pdist.cli.analyses import _cmd_clusters, _cmd_info, _cmd_neighbours, _cmd_summary, _cmd_verify
+from dask_pdist.cli.analyses import _cmd_clusters, _cmd_info, _cmd_neighbours, _cmd_report, _cmd_summary, _cmd_verify
 from dask_pdist.cli.common import (
     _ALLOW_INCOMPLETE_HELP,
     _DEBUG_HELP,
@@ -309,6 +309,35 @@ def _parser() -> argparse.ArgumentParser:
     n.add_argument("--no-progress", action="store_true", help=_NO_PROGRESS_HELP)
     _add_storage_options(n)
     n.set_defaults(func=_cmd_neighbours)
+
+    r = sub.add_parser(
+        "report", help="one self-contained HTML page of a store: heatmaps with a step slider, statistics"
+    )
+    r.add_argument("store", help="zarr store written by compute")
+    r.add_argument("--output", "-o", required=True, type=_output, help="HTML file to write, e.g. report.html")
+    r.add_argument(
+        "--clusters", metavar="CLUSTERS.zarr", help="also show these clusters and their events (default: none)"
+    )
+    r.add_argument(
+        "--neighbours", metavar="NEIGHBOURS.zarr", help="also show this store's neighbour churn (default: none)"
+    )
+    r.add_argument(
+        "--max-frames",
+        type=_positive,
+        default=300,
+        help="at most this many steps on the slider, chosen evenly; fewer when their float32 V x V values"
+        " would pass 9 MiB (default: 300)",
+    )
+    r.add_argument("--overwrite", action="store_true", help="replace an existing file at --output (default: refuse)")
+    r.add_argument("--no-progress", action="store_true", help=_NO_PROGRESS_HELP)
+    r.add_argument(
+        "--allow-incomplete",
+        action="store_true",
+        help="report a store still being written or interrupted: its written steps, and which they are"
+        " (default: refuse an incomplete store)",
+    )
+    _add_storage_options(r)
+    r.set_defaults(func=_cmd_report)
 
     _add_movement_parsers(sub)
 
