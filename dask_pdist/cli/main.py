@@ -188,7 +188,7 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument(
         "store",
         nargs="+",
-        help="zarr store written by compute; several stores (or a quoted glob, 'out/*.zarr') are runs",
+        help="zarr store written by compute; several stores (or a quoted glob, 'out/run_*.zarr') are runs",
     )
     m.add_argument(
         "--plot",
