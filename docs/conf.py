@@ -28,7 +28,6 @@ extensions = [
 source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
 root_doc = "index"
 exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]
-templates_path = ["_templates"]
 
 # MyST: headings get anchors so pages can link to sections ("page.md#section").
 myst_enable_extensions = ["colon_fence", "deflist"]

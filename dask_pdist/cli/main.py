@@ -103,7 +103,7 @@ def _parser() -> argparse.ArgumentParser:
         "--compressor",
         choices=("auto", "none", "lz4", "zstd"),
         default=None,
-        help="store compression (default: auto, chosen per variable: see README)",
+        help="store compression (default: auto, chosen per variable: see docs/compute.md)",
     )
     c.add_argument(
         "--nonfinite",
