@@ -1,8 +1,9 @@
 """The documentation stays true to the code: every ``dask-pdist`` option the pages and the
 README show exists on that command, every relative link between them points at a file, the
-README keeps the two set-up commands CI runs verbatim, and the command-line reference page
-points at the parser the command uses. (The site itself is built with warnings as errors by
-.ci/run.)"""
+README keeps the two set-up commands CI runs verbatim, the command-line reference page
+points at the parser the command uses, and the tutorial's code is the example files it links,
+whose reading script runs on a store of the tutorial's shape. (The site itself is built with
+warnings as errors by .ci/run.)"""
 
 from __future__ import annotations
 
@@ -109,3 +110,34 @@ def test_cli_reference_is_generated_from_the_commands_parser():
     func = re.search(r":func: (\S+)", page).group(1)
     assert (module, func) == ("dask_pdist.cli.main", "_parser")
     assert _parser().prog == "dask-pdist"
+
+
+def _python_blocks(page: Path) -> list[str]:
+    return ["\n".join(b) for b in _blocks(page.read_text(), languages=("python",))]
+
+
+def test_the_tutorials_code_is_the_example_files_it_links():
+    blocks = [b.strip() for b in _python_blocks(ROOT / "docs" / "tutorial-trainer.md")]
+    for name in ("train_tiny_gpt2.py", "read_store.py"):
+        assert (ROOT / "docs" / "examples" / name).read_text().strip() in blocks, name
+
+
+def test_the_tutorials_reading_example_runs_and_finds_the_nearest_token(tmp_path, monkeypatch, capsys):
+    import runpy
+
+    import numpy as np
+
+    from conftest import history_array, oracle, random_history
+    from dask_pdist import pairwise_distances, to_zarr
+
+    x = random_history((4, 256, 32))
+    to_zarr(pairwise_distances(history_array(x, 1, steps=np.array([3, 6, 9, 12]))), tmp_path / "d.zarr", progress=False)
+    monkeypatch.chdir(tmp_path)
+    runpy.run_path(str(ROOT / "docs" / "examples" / "read_store.py"), run_name="__main__")
+    out = capsys.readouterr().out.splitlines()
+    euclidean = oracle(x[-1:])[0][0]
+    row = np.delete(euclidean[5], 5)
+    nearest = int(np.delete(np.arange(256), 5)[np.argmin(row)])
+    assert out[0].endswith("[ 3  6  9 12]")
+    assert out[2] == f"nearest token to 5 at step 12: {nearest}"
+    assert out[4] == "(4, 256, 256)"
