@@ -1,7 +1,8 @@
 """The documentation stays true to the code: every ``dask-pdist`` option the pages and the
 README show exists on that command, every relative link between them points at a file, the
 README keeps the two set-up commands CI runs verbatim, the command-line reference page
-points at the parser the command uses, and the tutorial's code is the example files it links,
+points at the parser the command uses, every ``dp.NAME(keyword=...)`` the pages call exists
+with that keyword, and the tutorial's code is the example files it links,
 whose reading script runs on a store of the tutorial's shape. (The site itself is built with
 warnings as errors by .ci/run.)"""
 
@@ -141,3 +142,32 @@ def test_the_tutorials_reading_example_runs_and_finds_the_nearest_token(tmp_path
     assert out[0].endswith("[ 3  6  9 12]")
     assert out[2] == f"nearest token to 5 at step 12: {nearest}"
     assert out[4] == "(4, 256, 256)"
+
+
+def _calls(code: str):
+    """(name, keyword names) of each ``dp.NAME(...)`` call in a code block."""
+    for found in re.finditer(r"\bdp\.([A-Za-z_]+)\(", code):
+        depth, end = 1, found.end()
+        while depth and end < len(code):
+            depth += {"(": 1, ")": -1}.get(code[end], 0)
+            end += 1
+        args = code[found.end() : end - 1]
+        top = re.sub(r"\([^()]*\)|\[[^\[\]]*\]|\{[^{}]*\}|\"[^\"]*\"", "", args)  # nested calls, literals
+        yield found.group(1), re.findall(r"(?<![=\w])([a-z_]+)=(?!=)", top)
+
+
+@pytest.mark.parametrize("page", [README, *PAGES], ids=lambda p: p.name)
+def test_every_function_and_keyword_shown_exists(page):
+    import inspect
+
+    import dask_pdist as dp
+
+    wrong = []
+    for code in _python_blocks(page):
+        for name, keywords in _calls(code):
+            if name not in dp.__all__:
+                wrong.append(name)
+                continue
+            parameters = inspect.signature(getattr(dp, name)).parameters
+            wrong += [f"{name}({k}=)" for k in keywords if k not in parameters]
+    assert not wrong, f"{page.name}: not in the API: {wrong}"
