@@ -95,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
         "--compressor",
         choices=("auto", "none", "lz4", "zstd"),
         default=None,
-        help="store compression (default: auto, chosen per variable: see README)",
+        help="store compression (default: auto, chosen per variable: see docs/compute.md)",
     )
     c.add_argument(
         "--nonfinite",
@@ -180,7 +180,7 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument(
         "store",
         nargs="+",
-        help="zarr store written by compute; several stores (or a quoted glob, 'out/*.zarr') are runs",
+        help="zarr store written by compute; several stores (or a quoted glob, 'out/run_*.zarr') are runs",
     )
     m.add_argument(
         "--plot",

@@ -1,6 +1,6 @@
 """Store codecs: what each ``compressor`` choice writes for each variable (Blosc + crc32c).
 
-The choices are measured (README, "Store compression"); ``"auto"`` picks per variable,
+The choices are measured (docs/compute.md, "Store compression"); ``"auto"`` picks per variable,
 because the two metrics compress differently. Pure configuration: the zarr codec objects
 are built only when a store is created.
 """
@@ -22,12 +22,12 @@ __all__ = [
 
 Compressor = Literal["auto", "none", "lz4", "zstd"]
 #: Compressor choices: "auto" picks per variable (:data:`AUTO_CODECS`); the others apply to
-#: every variable. See the README for the measurements behind them.
+#: every variable. See docs/compute.md for the measurements behind them.
 COMPRESSORS: tuple[str, ...] = ("auto", "none", "lz4", "zstd")
 DEFAULT_COMPRESSOR: Compressor = "auto"
 #: What ``compressor="auto"`` writes per variable: (Blosc cname, clevel, shuffle), or None for
 #: no compression. Measured on the synthetic history's store, 128-step chunks, one thread
-#: (README, "Store compression"): Euclidean keeps 0.69 of its bytes with lz4 + bit shuffle
+#: (docs/compute.md, "Store compression"): Euclidean keeps 0.69 of its bytes with lz4 + bit shuffle
 #: (0.79 with byte shuffle) for ~2.9x the CPU of writing it raw; Chebyshev keeps 0.38 for ~3x:
 #: per byte saved, compressing Chebyshev costs half as much, and Euclidean stays fast to read.
 AUTO_CODECS: dict[str, tuple[str, int, str] | None] = {

@@ -51,7 +51,7 @@ def open_distances(
         ``"store"``: dask-backed, one dask chunk per store chunk (parallel, for whole-store
         analyses). ``None``: no dask; indexing reads exactly the chunks it needs, straight
         through zarr, in the calling thread: the fastest way to read one step (about half the
-        time of the dask path, see the README's Performance section). Not with
+        time of the dask path, see docs/performance.md). Not with
         ``allow_incomplete``.
     storage_options : dict, optional
         For a URL: options of its fsspec backend.

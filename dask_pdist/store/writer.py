@@ -358,7 +358,7 @@ def to_zarr(
         Default ``"auto"`` (with ``append``: the store's choice). ``"auto"``: per variable,
         as measured (:data:`AUTO_CODECS`: Euclidean uncompressed,
         Chebyshev Blosc lz4 with bit shuffle); ``"lz4"``/``"zstd"``: Blosc with byte shuffle for
-        every variable; ``"none"``: no compression (see the README for the measurements).
+        every variable; ``"none"``: no compression (see docs/compute.md for the measurements).
         The choice and the codecs it meant are recorded in the store (``--resume`` checks
         them). Every chunk also carries a crc32c checksum.
     overwrite : bool
