@@ -17,9 +17,18 @@ import xarray as xr
 from dask_pdist.conventions import DONE, STOPPED_ATTR
 from dask_pdist.errors import StoreError
 from dask_pdist.io.paths import Location, zarr_group
-from dask_pdist.store.digests import checked_store, expected_digests
+from dask_pdist.store.digests import STORE_ID_ATTR, checked_store, expected_digests
 from dask_pdist.store.integrity import CheckedChunks, _live_lock, check_small_arrays, lazy_checked
-from dask_pdist.store.layout import check_metadata, is_store, not_a_store, read_attrs, store_path, store_progress
+from dask_pdist.store.layout import (
+    check_metadata,
+    is_complete,
+    is_store,
+    not_a_store,
+    read_attrs,
+    read_root,
+    store_path,
+    store_progress,
+)
 
 __all__ = ["open_distances"]
 
@@ -80,7 +89,10 @@ def open_distances(
     if not is_store(path):
         raise not_a_store(path)
     check_metadata(path)
-    done, complete = store_progress(path)
+    root = read_root(path)
+    complete = is_complete(root)
+    # a complete store has every block done: its flags (one file per block) are not read
+    done = np.ones(0, bool) if complete else store_progress(path)[0]
     group = zarr_group(path, "r", use_consolidated=False)
     written = None  # steps to show of a store being written: its leading whole steps
     if not complete and not allow_incomplete:
@@ -105,7 +117,9 @@ def open_distances(
     ds = xr.open_zarr(store, zarr_format=3, consolidated=True, chunks=None, drop_variables=[DONE])
     ds.encoding["source"] = str(path)  # what xarray records when given a path (errors name the store)
     steps = ds["step"].values
-    token = dask.base.tokenize(str(path.resolve()), complete, done)
+    # the store's random id too: a store written again in place gets new task names
+    store_id = ((root or {}).get("attributes") or {}).get(STORE_ID_ATTR)
+    token = dask.base.tokenize(str(path.resolve()), complete, done, store_id)
     for name in [*ds.data_vars, *(["embedding_rms"] if "embedding_rms" in ds.coords else [])]:
         if name not in group:
             raise StoreError(
