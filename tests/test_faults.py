@@ -89,13 +89,22 @@ def test_sigkill_then_resume_is_bit_identical(big, tmp_path):
     _assert_same(out, ref)
 
 
+def _ignore_ctrl_c():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as `nohup ... &` starts a job
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_ctrl_c_stops_promptly_and_says_how_to_resume(big, tmp_path, signum):
-    """Ctrl-C, and SIGTERM (how SLURM and Kubernetes stop a job): the same clean stop."""
+@pytest.mark.parametrize(
+    "signum, nohup",
+    [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGTERM, True)],
+    ids=["ctrl-c", "sigterm", "sigterm-under-nohup"],
+)
+def test_ctrl_c_stops_promptly_and_says_how_to_resume(big, tmp_path, signum, nohup):
+    """Ctrl-C, and SIGTERM (how SLURM and Kubernetes stop a job, also a job started with nohup,
+    which ignores Ctrl-C): the same clean stop."""
     src, ref = big
     out = tmp_path / "d.zarr"
-    proc = _start(src, out)
+    proc = _start(src, out, preexec_fn=_ignore_ctrl_c) if nohup else _start(src, out)
     _wait_for_blocks(proc, out, 10)
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=30)

@@ -7,6 +7,7 @@ import argparse
 import os
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from dask_pdist._version import __version__
@@ -399,7 +400,12 @@ def _run_cli(argv: Sequence[str] | None) -> int:
         parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     args.argv = argv
     previous = _catch_interrupts()
-    if as_program and previous is not None and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+    if (
+        as_program
+        and threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    ):
+        # also where Ctrl-C is ignored (nohup, a background job): SIGTERM is how those are stopped
         # a batch scheduler's (SLURM, Kubernetes) stop: as Ctrl-C, so the resume hint is printed
         # and an upload to an object store is aborted instead of left behind
         signal.signal(signal.SIGTERM, _interrupt_once)
