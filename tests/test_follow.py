@@ -176,3 +176,23 @@ def test_run_folder_on_object_storage_computed_and_followed(tmp_path, s3_bucket)
     e, c = oracle(x)
     np.testing.assert_allclose(ds.euclidean.values, e, rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(ds.chebyshev.values, c.astype(np.float32))
+
+
+@pytest.mark.parametrize("state", ["absent", "empty", "logs only"])
+def test_follow_waits_for_a_run_that_has_not_saved_yet(tmp_path, state):
+    # started with the training, before its first checkpoint: it waits, then follows
+    folder = tmp_path / "run"
+    if state != "absent":
+        folder.mkdir()
+    if state == "logs only":
+        (folder / "runs").mkdir()  # Trainer's TensorBoard logs come before any checkpoint
+    store = tmp_path / "d.zarr"
+    f = Follower("compute", str(folder), "-o", str(store), "--follow", "--idle-exit", "4", "--no-progress")
+    x = random_history((2, 12, 6), seed=3)
+    f.wait_for(f"waiting for the first complete checkpoint in {folder}")
+    for i in range(2):
+        _save_like_trainer(folder, 10 * (i + 1), x[i])
+    f.wait_for("up to step 20")
+    code, err = f.finish()
+    assert code == 0, err
+    assert open_distances(store)["step"].values.tolist() == [10, 20]

@@ -46,6 +46,23 @@ def _complete_checkpoints(source: str | list[str], storage_options: dict | None 
             return None
 
 
+def _run_to_be(source: str | list[str]) -> bool:
+    # a run folder whose first checkpoint is not saved yet: absent, empty, or holding only what
+    # Trainer writes before it (logs, runs/); not a file, nor a folder holding checkpoint files
+    if not isinstance(source, str) or source.endswith((".safetensors", ".npy", ".json", ".zarr")):
+        return False
+    from dask_pdist.io.paths import any_url
+
+    if any_url(source):
+        return True  # an empty prefix: listed until checkpoint-N/ objects appear
+    folder = Path(source)
+    if not folder.exists():
+        return True
+    if not folder.is_dir() or (folder / "zarr.json").exists():
+        return False
+    return not any(p.suffix in (".safetensors", ".npy") for p in folder.iterdir())
+
+
 def _watch_root(source: str | list[str]) -> Path:
     # the folder whose changes announce a new checkpoint: the run folder, or a glob's fixed part
     head = source if isinstance(source, str) else os.path.commonpath([os.path.abspath(p) for p in source])
@@ -119,7 +136,7 @@ def follow(args: argparse.Namespace, source: str | list[str], output: str, compu
     from dask_pdist.io.paths import any_url
 
     options = getattr(args, "storage_options", None)
-    if not is_checkpoint_spec(source, options):
+    if not is_checkpoint_spec(source, options) and not _run_to_be(source):
         raise InputError(
             f"{source}: --follow watches a run folder (checkpoint-N/ folders) or a quoted glob of checkpoints,"
             " not one history file; to grow a store from a longer history use --append"
@@ -131,6 +148,8 @@ def follow(args: argparse.Namespace, source: str | list[str], output: str, compu
     idle = getattr(args, "idle_exit", None)
     seen, last_new = -1, time.monotonic()
     root = None if any_url(source) else _watch_root(source)
+    if _complete_checkpoints(source, options) is None:
+        print(f"waiting for the first complete checkpoint in {source}", flush=True)  # the follower's log
     with _Stop() as stop:
         try:
             for _ in _ticks_after_first(root, lambda: stop.requested):
