@@ -447,3 +447,27 @@ def test_browser_slider_moves_the_heatmap_to_the_chosen_step(opened, made):
     assert "token_i 7" in text and "token_j 3" in text and "step 0" in text
     assert f"{euclid[0][7, 3]:.7g}"[:5] in text
     assert problems == []
+
+
+def test_a_store_being_written_is_reported_as_far_as_it_is_whole_and_not_exported(tmp_path):
+    # a live writer's lock (this process), two of three step-blocks written
+    import dask
+
+    from dask_pdist import StoreError, open_distances, open_history, pairwise_distances, report, to_safetensors, to_zarr
+    from dask_pdist.io.synthetic import write_synthetic_history
+
+    src = tmp_path / "h.safetensors"
+    write_synthetic_history(src, steps=9, vocab=11, dim=5, seed=2)
+    out = tmp_path / "d.zarr"
+    job = to_zarr(pairwise_distances(open_history(src, chunks=3)), out, compute=False)
+    graph = dict(job.__dask_graph__())
+    blocks = sorted(dask.core.get_dependencies(graph, job.key))
+    dask.get(graph, blocks[:2])
+    ds = open_distances(out)
+    assert ds.attrs["being_written"].startswith("6 of 9 steps whole so far")
+    with pytest.raises(StoreError, match="being written .*export it when the job ends"):
+        to_safetensors(ds, tmp_path / "x.safetensors")
+    report(out, tmp_path / "r.html")
+    page = (tmp_path / "r.html").read_text()
+    i = page.index("store being written")
+    assert page[i : i + 60].startswith("store being written: 6 of 9 steps whole so far"), page[i - 200 : i + 200]

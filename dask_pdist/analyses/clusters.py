@@ -252,7 +252,8 @@ def clusters(
     if isinstance(source, xr.DataArray):
         arrays, thr, token = _from_history(source, threshold, metric, token_chunk, engine)
     elif isinstance(source, xr.Dataset):
-        if source.attrs.get("complete") is False:  # open_distances(..., allow_incomplete=True)
+        if source.attrs.get("complete") is False and not source.attrs.get("being_written"):
+            # open_distances(..., allow_incomplete=True); a store being written shows only whole steps
             import warnings
 
             warnings.warn(

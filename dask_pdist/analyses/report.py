@@ -241,7 +241,9 @@ def report(
         source or input fingerprint differ, or when their values at a frame's step disagree
         with the distances there.
     allow_incomplete : bool
-        Report a store whose job was interrupted or is still writing: frames are chosen among
+        Without it, a store a live job is writing (``--follow``) is reported as far as its
+        steps are whole (the page says how many), and an interrupted one is refused. With it,
+        any incomplete store is reported whole: frames are chosen among
         the written steps, the page says which steps are written, and statistics of unwritten
         steps are NaN (gaps in the lines).
     max_frames, max_bytes : int

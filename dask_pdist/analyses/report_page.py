@@ -311,7 +311,9 @@ def page_html(
     steps = ds["step"].values
     n_steps, n_tokens = ds.sizes["step"], ds.sizes["token_i"]
     state = (
-        "complete"
+        f"being written: {ds.attrs['being_written']} (those are shown)"
+        if ds.attrs.get("being_written")
+        else "complete"
         if written.all() and ds.attrs.get("complete") is not False
         else f"INCOMPLETE: steps written {_ranges(steps, written)} ({int(written.sum()):,} of {n_steps:,});"
         " the others have no values (gaps in the lines)"

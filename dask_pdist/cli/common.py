@@ -88,7 +88,8 @@ _KEY_HELP = (
     " (token, dim) matrix in each, e.g. model.embed_tokens.weight (default: the only 2-D one)"
 )
 _ALLOW_INCOMPLETE_HELP = (
-    "read a store whose job was interrupted, its missing blocks as NaN (default: refuse an incomplete store)"
+    "read a store whose job was interrupted, its missing blocks as NaN (default: refuse an incomplete store;"
+    " one a live job is writing reads as its whole steps so far)"
 )
 
 

@@ -312,6 +312,11 @@ def to_safetensors(
     """
     if not isinstance(ds, xr.Dataset):
         raise TypeError(f"ds must be an xarray.Dataset (see pairwise_distances), got {type(ds).__name__}")
+    if ds.attrs.get("being_written"):  # open_distances of a store a live job writes: a prefix
+        raise StoreError(
+            f"{ds.encoding.get('source', 'the store')}: being written ({ds.attrs['being_written']}); an export"
+            " would look complete without the rest: export it when the job ends (after --follow stops)"
+        )
     metrics = [m for m in METRICS if m in ds.data_vars]
     if not metrics:
         raise ValueError(
