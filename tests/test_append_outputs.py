@@ -158,3 +158,25 @@ def test_follow_keeps_clusters_and_neighbours_current(tmp_path, command):
     else:
         got, whole = open_neighbours(out), neighbours(open_history(folder), k=3).compute()
     _same(got.compute(), whole)
+
+
+@pytest.mark.parametrize("kind", ["clusters", "neighbours"])
+def test_append_refuses_a_changed_stored_step(grown, tmp_path, write_safetensors, kind):
+    # the stored steps' input checksums are recorded: a rewritten earlier checkpoint is refused,
+    # as compute --append refuses it, instead of silently mixing old and new results
+    x, write = grown
+    store = tmp_path / f"{kind}.zarr"
+    y = x.copy()
+    y[2, 7] = y[2, 6]  # step 2 rewritten after the store was made
+    changed = write_safetensors("changed.safetensors", {"embedding_history": y, "steps": np.arange(SHAPE[0]) * 7 + 3})
+    if kind == "clusters":
+        write_clusters(clusters(open_history(write(4))), store)
+        before = {p.relative_to(store): p.read_bytes() for p in store.rglob("*") if p.is_file()}
+        with pytest.raises(StoreError, match=r"the input changed since the store was written: step 17 \(index 2\)"):
+            write_clusters(clusters(open_history(changed)), store, append=True)
+    else:
+        neighbours_to_zarr(neighbours(open_history(write(4)), k=3), store)
+        before = {p.relative_to(store): p.read_bytes() for p in store.rglob("*") if p.is_file()}
+        with pytest.raises(StoreError, match=r"the input changed since the store was written: step 17 \(index 2\)"):
+            neighbours_to_zarr(neighbours(open_history(changed), k=3), store, append=True)
+    assert {p.relative_to(store): p.read_bytes() for p in store.rglob("*") if p.is_file()} == before

@@ -27,9 +27,12 @@ import numpy as np
 import xarray as xr
 
 from dask_pdist._version import __version__
-from dask_pdist.conventions import CLUSTER_DIMS, CLUSTERS_MARKER_ATTR, METRICS, check_metric
+from dask_pdist.conventions import CLUSTER_DIMS, CLUSTERS_MARKER_ATTR, INPUT_CHECKSUM, METRICS, check_metric
 from dask_pdist.graphs.clusters import cluster_arrays
+from dask_pdist.io.history import step_checksums
 from dask_pdist.kernels.engine import resolve_engine
+
+_CHECKSUM_NAME = "crc32c of each step's input values (checked by an append)"
 
 __all__ = ["THRESHOLD_NAMES", "clusters", "write_clusters", "open_clusters"]
 
@@ -294,7 +297,11 @@ def clusters(
         "source": str(source.attrs.get("source", "")),
         CLUSTERS_MARKER_ATTR: __version__,
     }
-    return xr.Dataset(variables, coords={"step": steps, "token": token}, attrs=attrs)
+    coords: dict[str, Any] = {"step": steps, "token": token}
+    if isinstance(source, xr.DataArray):  # what an append checks: the stored steps' input unchanged
+        checksums = step_checksums(source.data if isinstance(source.data, da.Array) else da.asarray(source.data))
+        coords[INPUT_CHECKSUM] = ("step", checksums.rechunk((labels.chunks[0],)), {"long_name": _CHECKSUM_NAME})
+    return xr.Dataset(variables, coords=coords, attrs=attrs)
 
 
 def _is_clusters_store(path: Path) -> bool:

@@ -18,6 +18,7 @@ import xarray as xr
 from dask_pdist.conventions import (
     ALL_METRICS,
     HISTORY_DIMS,
+    INPUT_CHECKSUM,
     KIND_ATTR,
     NEIGHBOUR_DIMS,
     NEIGHBOURS_KIND,
@@ -26,8 +27,10 @@ from dask_pdist.conventions import (
     check_metric,
 )
 from dask_pdist.graphs.knn import neighbour_array
-from dask_pdist.io.history import provenance
+from dask_pdist.io.history import provenance, step_checksums
 from dask_pdist.kernels.knn import churn_block
+
+_CHECKSUM_NAME = "crc32c of each step's input values (checked by an append)"
 
 __all__ = ["neighbours", "neighbour_churn"]
 
@@ -102,6 +105,9 @@ def neighbours(
     }
     if "token_id" in history.coords:
         coords["token_id"] = ("token", history["token_id"].values)
+    # what an append checks: the stored steps' input unchanged
+    checksums = step_checksums(history.data if isinstance(history.data, da.Array) else da.asarray(history.data))
+    coords[INPUT_CHECKSUM] = ("step", checksums.rechunk((rec["neighbour"].chunks[0],)), {"long_name": _CHECKSUM_NAME})
     variables = {
         "neighbour": xr.Variable(
             NEIGHBOUR_DIMS, rec["neighbour"], {"long_name": "original token index of the rank-th nearest token"}

@@ -348,10 +348,15 @@ def _cmd_clusters(args: argparse.Namespace) -> None:
 
         follow(args, source, args.output, _clusters_once)
         return
+    import dask_pdist as dp
+
+    before = _steps_in(args.output, dp.open_clusters)[0] if args.append and args.output else 0
     ds, events = clusters_report(
         args, source, args.threshold, args.metric, args.key, args.output, args.overwrite, args.token_ids, args.append
     )
-    if args.output:
+    if args.output and args.append and before == ds.sizes["step"]:
+        print(f"\n{args.output}: nothing new to append (it holds the input's {before:,} steps)")
+    elif args.output:
         print(f"\nWrote {args.output}")
     if args.events:
         write_events_csv(events, args.events, overwrite=args.overwrite)

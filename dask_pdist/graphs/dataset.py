@@ -11,7 +11,7 @@ import xarray as xr
 
 from dask_pdist.conventions import DISTANCE_DIMS, HISTORY_DIMS, METRICS, Engine, Metric
 from dask_pdist.graphs.distances import pairwise_arrays
-from dask_pdist.io.history import provenance, step_rms
+from dask_pdist.io.history import provenance, step_checksums, step_rms
 from dask_pdist.planning import auto_step_chunk
 
 __all__ = ["pairwise_distances"]
@@ -26,17 +26,6 @@ _DESCRIPTIONS = {
     ),
 }
 _FORMATS = {"BF16": "bf16", "F16": "f16", "F32": "f32", "bfloat16": "bf16", "float16": "f16", "float32": "f32"}
-
-
-def _step_checksums(block: np.ndarray) -> np.ndarray:
-    """crc32c of each step's values (their bytes as computed on: float32 or float64).
-
-    >>> _step_checksums(np.zeros((2, 3, 4), dtype=np.float32)).tolist()
-    [680278713, 680278713]
-    """
-    import google_crc32c
-
-    return np.array([google_crc32c.value(np.ascontiguousarray(s).tobytes()) for s in block], dtype=np.uint32)
 
 
 def number_format(history: xr.DataArray) -> str | None:
@@ -129,9 +118,7 @@ def pairwise_distances(
         # input of the finished blocks changed (computed from the same history chunks)
         "input_checksum": (
             "step",
-            data.rechunk({1: -1, 2: -1})
-            .map_blocks(_step_checksums, drop_axis=(1, 2), dtype=np.uint32)
-            .rechunk(next(iter(arrays.values())).chunks[0]),
+            step_checksums(data).rechunk(next(iter(arrays.values())).chunks[0]),
             {"long_name": "crc32c of each step's input values (checked by --resume)"},
         ),
     }

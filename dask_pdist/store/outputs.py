@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import dask
+import numpy as np
 import xarray as xr
 
+from dask_pdist.conventions import INPUT_CHECKSUM
 from dask_pdist.errors import StoreError
 from dask_pdist.io.locks import acquire_lock, release_lock
 from dask_pdist.io.paths import local_path
@@ -161,7 +163,7 @@ def appended(
         if str(old.attrs.get(k)) != str(ds.attrs.get(k))
     ]
     for name, coord in ds.coords.items():
-        if "step" in coord.dims:
+        if "step" in coord.dims or name == INPUT_CHECKSUM:
             continue
         if name not in old.coords or old[name].shape != coord.shape or not (old[name].values == coord.values).all():
             diff.append(f"coordinate {name!r} differs")
@@ -169,11 +171,14 @@ def appended(
         raise refuse("the input or parameters differ from the store's: " + "; ".join(diff))
     stored, steps = old["step"].values, ds["step"].values
     n = len(stored)
-    if len(steps) < n or not (steps[:n] == stored).all():
+    if len(steps) < n:
+        raise refuse(f"the input has {len(steps)} steps, fewer than the store's {n}")
+    if not (steps[:n] == stored).all():
         raise refuse(
             f"the input's first {n} steps are not the store's ({stored[0]}..{stored[-1]});"
             " append needs the input the store was made from, grown at its end"
         )
+    _check_stored_input(old, ds, n, refuse)
     if len(steps) == n:
         return None
     if steps[n] <= stored[-1]:
@@ -189,6 +194,25 @@ def appended(
     for var in out.variables.values():
         var.encoding = {}  # the read-back encoding (chunks, codecs) is the new store's to choose
     return out
+
+
+def _check_stored_input(old: xr.Dataset, ds: xr.Dataset, n: int, refuse: Callable[[str], StoreError]) -> None:
+    # the stored steps were computed from some input: its checksums, recorded with them, must
+    # be those of the input's first n steps now (one small read per step, no analysis rerun)
+    if INPUT_CHECKSUM not in ds.coords:
+        return  # from a distance store: that store's own append checks its input
+    if INPUT_CHECKSUM not in old.coords:
+        raise refuse("the store records no input checksums (made before they were), so its steps cannot be checked")
+    (now,) = dask.compute(ds[INPUT_CHECKSUM].data[:n], scheduler="sync")
+    changed = np.flatnonzero(np.asarray(now) != old[INPUT_CHECKSUM].values)
+    if len(changed):
+        first = int(changed[0])
+        raise refuse(
+            f"the input changed since the store was written: step {ds['step'].values[first]} (index {first})"
+            f" differs from the data it was computed from ({len(changed)}"
+            f" {'steps differ' if len(changed) != 1 else 'step differs'}); recompute it with overwrite=True"
+            " (--overwrite)"
+        )
 
 
 def open_whole(path: str | os.PathLike[str], *, role: str, is_kind: Callable[[Path], bool], marker: str) -> xr.Dataset:
