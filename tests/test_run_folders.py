@@ -174,3 +174,28 @@ def test_some_checkpoints_of_several_runs_are_refused(tmp_path, monkeypatch, cap
     err = capsys.readouterr().err
     assert "leaves out runs/a/checkpoint-20, runs/b/checkpoint-20" in err and "'runs/*'" in err
     assert not Path("out").exists()
+
+
+def test_runs_whose_input_grew_are_refused_then_appended(tmp_path, monkeypatch, capsys):
+    # a complete store is skipped only while its run's input is what it was computed from
+    monkeypatch.chdir(tmp_path)
+    xs = {name: random_history((4, 12, 6), seed=seed) for name, seed in (("r1", 1), ("r2", 2))}
+    for name, x in xs.items():
+        for i in range(3):
+            save_checkpoint(Path("runs") / name, 10 * (i + 1), gpt2_tensors(x[i]))
+    assert main(["compute", "runs/*", "-o", "out/", "--no-progress"]) == 0
+    save_checkpoint(Path("runs") / "r1", 40, gpt2_tensors(xs["r1"][3]))  # r1 trained on
+    capsys.readouterr()
+    assert main(["compute", "runs/*", "-o", "out/", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "out/r1.zarr: complete, but run r1's input changed since it was computed (3 steps stored, 4 now)" in err
+    assert "--append" in err
+    assert main(["compute", "runs/*", "-o", "out/", "--no-progress", "--append"]) == 0
+    ds = open_distances("out/*.zarr")
+    assert ds["step"].values.tolist() == [10, 20, 30, 40]
+    e, c = oracle(xs["r1"])
+    np.testing.assert_allclose(ds.euclidean.sel(run="r1").values, e, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(ds.chebyshev.sel(run="r1").values, c.astype(np.float32))
+    assert np.isnan(ds.euclidean.sel(run="r2", step=40).values).all()  # r2 has no step 40
+    assert main(["compute", "runs/*", "-o", "out/", "--no-progress"]) == 0  # both current now: skipped
+    assert "is complete: skipped" in capsys.readouterr().err

@@ -201,9 +201,9 @@ def _cmd_compute(args: argparse.Namespace) -> None:
     source = args.input[0] if len(args.input) == 1 else args.input
     runs = find_runs(source, args.key, storage_options=args.storage_options)
     if runs is not None:
-        if args.append or args.follow:
+        if args.follow:
             raise InputError(
-                f"--append/--follow grow one store, but the input matches {len(runs)} runs; give one run at a time"
+                f"--follow follows one run, but the input matches {len(runs)} runs; follow one run per command"
             )
         _compute_runs(args, runs)
         return
@@ -267,6 +267,7 @@ def _compute_runs(args: argparse.Namespace, runs: dict) -> None:
         compressor=args.compressor,
         overwrite=args.overwrite,
         resume=args.resume,
+        append=args.append,
         storage_options=args.storage_options,
         compute=False,
     )
@@ -274,7 +275,7 @@ def _compute_runs(args: argparse.Namespace, runs: dict) -> None:
         if run.state == "complete":
             print(f"{run.name}: {run.store} is complete: skipped (--overwrite recomputes it)", file=sys.stderr)
         else:
-            what = "resuming, " if run.state == "resume" else ""
+            what = {"resume": "resuming, ", "append": "appending, "}.get(run.state, "")
             blocks = f"{run.blocks} block{'s' if run.blocks != 1 else ''}"
             print(f"{run.name}: {run.source} -> {run.store} ({what}{blocks})", flush=True)
     if batch.delayed is not None:

@@ -212,6 +212,7 @@ def compute_runs(
     compressor: str | None = None,
     overwrite: bool = False,
     resume: bool = False,
+    append: bool = False,
     storage_options: dict | None = None,
     compute: bool = True,
 ) -> RunBatch:
@@ -227,9 +228,12 @@ def compute_runs(
         As :func:`~dask_pdist.io.history.open_history`, for every run.
     metrics, dtype, token_chunk
         As :func:`~dask_pdist.graphs.dataset.pairwise_distances`.
-    compressor, overwrite, resume
+    compressor, overwrite, resume, append
         As :func:`~dask_pdist.store.writer.to_zarr`. A complete store is skipped unless
-        ``overwrite``; an incomplete one needs ``resume`` (or ``overwrite``).
+        ``overwrite``, or ``append`` (its run's new steps are appended); a complete store whose
+        run's input changed since (new checkpoints, a longer history) is refused without
+        ``append``, not skipped as if current. An incomplete one needs ``resume`` (or
+        ``overwrite``, or ``append``).
     compute : bool
         Run the graph now; with False, call ``.compute()`` on the result (or compute its
         ``delayed`` under your own scheduler).
@@ -275,12 +279,12 @@ def compute_runs(
     for name, source in found.items():
         store = out / f"{name}.zarr"
         state = "compute"
+        complete = False
         if store.exists() and is_store(store) and not overwrite:
             done, complete = store_progress(store)
-            if complete:
-                runs.append(Run(name, source, store, "complete"))
-                continue
-            if resume:
+            if append:
+                state = "append"
+            elif resume and not complete:
                 state = "resume"
         history = open_history(
             str(source),  # a URL string or a local path
@@ -292,6 +296,10 @@ def compute_runs(
             storage_options=options_for(source, storage_options),
         )
         ds = pairwise_distances(history, metrics=metrics, dtype=dtype, token_chunk=token_chunk)  # type: ignore[arg-type]
+        if complete and state != "append":
+            _check_current(store, name, ds)
+            runs.append(Run(name, source, store, "complete"))
+            continue
         graphs.append(
             to_zarr(
                 ds,
@@ -299,16 +307,32 @@ def compute_runs(
                 compressor=compressor or DEFAULT_COMPRESSOR,  # type: ignore[arg-type]
                 overwrite=overwrite,
                 resume=state == "resume",
+                append=state == "append",
                 compute=False,
             )
         )
         blocks = int(np.prod([len(c) for c in next(iter(ds.data_vars.values())).chunks]))
-        if state == "resume":
+        if state in ("resume", "append"):
             done, _ = store_progress(store)
             blocks = int((done == 0).sum())
         runs.append(Run(name, source, store, state, blocks))
     batch = RunBatch(runs, dask.delayed(graphs) if graphs else None)
     return batch.compute() if compute else batch
+
+
+def _check_current(store: Path | Location, name: str, ds: xr.Dataset) -> None:
+    # a complete store is skipped only if it was computed from the run's input as it is now
+    from dask_pdist.store.append import stored_fingerprint
+
+    old = stored_fingerprint(store)
+    stored, now = (old.get("shape") or [0])[0], ds.sizes["step"]
+    if old.get("source_fingerprint", ds.attrs.get("source_fingerprint")) != ds.attrs.get("source_fingerprint") or (
+        stored != now
+    ):
+        raise StoreError(
+            f"{store}: complete, but run {name}'s input changed since it was computed ({stored} steps stored,"
+            f" {now} now): grow it with append=True (--append), or recompute it with overwrite=True (--overwrite)"
+        )
 
 
 def _store_paths(
