@@ -338,9 +338,17 @@ def test_cli_refuses_companions_of_another_history(made, tmp_path, capsys):
     c_other, n_other = tmp_path / "c.zarr", tmp_path / "n.zarr"
     dp.write_clusters(dp.clusters(dp.open_history(other), 0.9, metric="euclidean"), c_other)
     dp.neighbours_to_zarr(dp.neighbours(dp.open_history(other), k=3), n_other)
-    err = _cli_error(capsys, ["report", store, "-o", out, "--clusters", str(c_other)])
+    for role, path in (("clusters", c_other), ("neighbours", n_other)):  # their recorded input checksums
+        err = _cli_error(capsys, ["report", store, "-o", out, f"--{role}", str(path)])
+        assert f"a {role} store of another history: its input at step 0 is not the one" in err
+    # without checksums (made from a distance store, or before they were recorded): the values
+    c_bare, n_bare = tmp_path / "c_bare.zarr", tmp_path / "n_bare.zarr"
+    bare = dp.clusters(dp.open_history(other), 0.9, metric="euclidean").drop_vars("input_checksum")
+    dp.write_clusters(bare, c_bare)
+    dp.neighbours_to_zarr(dp.neighbours(dp.open_history(other), k=3).drop_vars("input_checksum"), n_bare)
+    err = _cli_error(capsys, ["report", store, "-o", out, "--clusters", str(c_bare)])
     assert "another history: at step 6 its groups are not those" in err
-    err = _cli_error(capsys, ["report", store, "-o", out, "--neighbours", str(n_other)])
+    err = _cli_error(capsys, ["report", store, "-o", out, "--neighbours", str(n_bare)])
     assert "another history: at step 6 its euclidean distances are not those" in err
     # other tokens, other steps, another file
     fewer = _other_history(tmp_path / "fewer", seed=1, shape=(S, V - 2, D))

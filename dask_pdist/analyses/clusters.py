@@ -295,6 +295,8 @@ def clusters(
         "metric": metric,
         "threshold": str(threshold),
         "source": str(source.attrs.get("source", "")),
+        # which input (file identities and header): a report refuses clusters of another history
+        "source_fingerprint": str(source.attrs.get("source_fingerprint", "")),
         CLUSTERS_MARKER_ATTR: __version__,
     }
     coords: dict[str, Any] = {"step": steps, "token": token}

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from dask_pdist.conventions import INPUT_CHECKSUM
 from dask_pdist.errors import InputError
 
 __all__ = ["report", "frame_count", "even_positions", "written_steps", "MAX_FRAMES", "MAX_FRAME_BYTES"]
@@ -123,12 +124,35 @@ def check_same_history(ds: xr.Dataset, other: xr.Dataset, role: str, path: objec
     source, mine_source = str(other.attrs.get("source", "")), str(ds.attrs.get("source", ""))
     if None not in (_file_name(source), _file_name(mine_source)) and _file_name(source) != _file_name(mine_source):
         raise InputError(f"{path}: a {role} of {source}, but {store} was computed from {mine_source}; {fix}")
+    recorded = _input_checksums(ds, n)
+    if recorded is not None and INPUT_CHECKSUM in other.coords:
+        # both record each step's input checksum: equal for the same history, whatever its shape
+        differ = np.flatnonzero(np.asarray(other[INPUT_CHECKSUM].values[:n]) != recorded)
+        if len(differ):
+            raise InputError(
+                f"{path}: a {role} of another history: its input at step {steps[differ[0]]} is not the one"
+                f" {store} was computed from ({len(differ)} of {n} steps differ); {fix}"
+            )
     theirs, ours = str(other.attrs.get("source_fingerprint", "")), str(ds.attrs.get("source_fingerprint", ""))
     if theirs and ours and theirs != ours and len(steps) == len(own):
         raise InputError(
             f"{path}: a {role} of another input: its source fingerprint is {theirs}, {store}'s is {ours}"
             f" (file size and header hash); {fix}"
         )
+
+
+def _input_checksums(ds: xr.Dataset, n: int) -> np.ndarray | None:
+    """The first ``n`` input checksums the distance store records (None if it records none)."""
+    from dask_pdist.conventions import BOOKKEEPING
+    from dask_pdist.io.paths import locate, zarr_array
+
+    source = ds.encoding.get("source")
+    if not source:
+        return None
+    try:
+        return np.asarray(zarr_array(locate(source) / BOOKKEEPING / INPUT_CHECKSUM)[:n])
+    except Exception:  # a store made before the checksums, or unreadable: verify says which
+        return None
 
 
 def _file_name(source: str) -> str | None:
