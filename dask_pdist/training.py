@@ -24,7 +24,7 @@ except ImportError as exc:  # the optional extra
     ) from exc
 
 from dask_pdist.conventions import METRICS
-from dask_pdist.errors import SkippedCheckpointWarning
+from dask_pdist.errors import SkippedCheckpointWarning, StoreError
 from dask_pdist.graphs.dataset import pairwise_distances
 from dask_pdist.io.history import open_history
 from dask_pdist.store.writer import to_zarr
@@ -89,11 +89,18 @@ class DistancesCallback(TrainerCallback):
 
     def append(self, run_dir: str | os.PathLike[str]) -> None:
         """Append the complete checkpoints of ``run_dir`` not yet in the store, now."""
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", SkippedCheckpointWarning)  # being saved: the next save takes it
-            history = open_history(run_dir, key=self.key, chunks=1)
-        ds = pairwise_distances(history, metrics=self.metrics, dtype=self.dtype)  # type: ignore[arg-type]
-        to_zarr(ds, self.store, append=True, compressor=self.compressor, progress=False)  # type: ignore[arg-type]
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", SkippedCheckpointWarning)  # being saved: the next save takes it
+                history = open_history(run_dir, key=self.key, chunks=1)
+            ds = pairwise_distances(history, metrics=self.metrics, dtype=self.dtype)  # type: ignore[arg-type]
+            to_zarr(ds, self.store, append=True, compressor=self.compressor, progress=False)  # type: ignore[arg-type]
+        except FileNotFoundError as exc:  # Trainer deleted a checkpoint while it was read
+            raise StoreError(
+                f"{self.store}: a checkpoint of {run_dir} was deleted while its distances were appended ({exc});"
+                " with save_total_limit Trainer deletes old checkpoints: keep every checkpoint while following"
+                " (save_total_limit=None), or compute the store from the checkpoints kept afterwards"
+            ) from exc
         self.appends += 1
 
     def wait(self) -> None:
