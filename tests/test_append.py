@@ -342,3 +342,11 @@ def test_append_on_object_storage(history, tmp_path, s3_bucket):
         x15 = np.concatenate([random_history(SHAPE, seed=3), random_history((1, 9, 5))])
         to_zarr(_distances(write(15, "late.safetensors", x15, np.concatenate([steps, [47]]))), url, append=True)
     assert open_distances(url)["step"].values.tolist() == before == steps.tolist()
+
+
+def test_resume_of_a_grown_input_points_to_append(history, tmp_path):
+    _, _, write = history
+    store = tmp_path / "d.zarr"
+    to_zarr(_distances(write(10)), store)
+    with pytest.raises(StoreError, match=r"cannot resume, .*the input grew \(new steps\): finish it with append=True"):
+        to_zarr(_distances(write(12)), store, resume=True)

@@ -199,3 +199,12 @@ def test_runs_whose_input_grew_are_refused_then_appended(tmp_path, monkeypatch, 
     assert np.isnan(ds.euclidean.sel(run="r2", step=40).values).all()  # r2 has no step 40
     assert main(["compute", "runs/*", "-o", "out/", "--no-progress"]) == 0  # both current now: skipped
     assert "is complete: skipped" in capsys.readouterr().err
+
+
+def test_pytorch_bin_checkpoints_are_named_not_waited_for(tmp_path):
+    folder = tmp_path / "run" / "checkpoint-10"
+    folder.mkdir(parents=True)
+    (folder / "pytorch_model.bin").write_bytes(b"torch pickle")
+    (folder / "trainer_state.json").write_text("{}")
+    with pytest.raises(InputError, match=r"checkpoint-10: holds PyTorch \.bin weights only; .*save_safetensors=True"):
+        open_history(tmp_path / "run")

@@ -55,8 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument(
         "input",
         nargs="+",
-        help="history: .safetensors, .npy or zarr store; or per-checkpoint safetensors files,"
-        " as a quoted glob ('ckpt/step_*.safetensors') or a list",
+        help="history: .safetensors, .npy or zarr store; a Hugging Face Trainer output folder (checkpoint-N/,"
+        " local or s3://); or per-checkpoint safetensors files, as a quoted glob ('ckpt/step_*.safetensors')"
+        " or a list; several runs: 'runs/*' (one store each in --output)",
     )
     c.add_argument("--key", help=_KEY_HELP)
     c.add_argument(

@@ -179,6 +179,11 @@ def _run_checkpoints(folders: list[Path], follow_symlinks: bool) -> list[Path]:
             why = f"no {TRAINER_STATE} yet (being saved)"
         else:
             inner = _checkpoint_in(folder, follow_symlinks)
+            if inner is None and any(folder.glob("*.bin")):  # save_safetensors=False: never a safetensors file
+                raise InputError(
+                    f"{folder}: holds PyTorch .bin weights only; dask_pdist reads safetensors: train with"
+                    " save_safetensors=True (Trainer's default), or convert the checkpoints"
+                )
             why = "no checkpoint file yet" if inner is None else incomplete_reason(inner)
             if why is None and inner is not None:
                 out.append(inner)

@@ -331,6 +331,11 @@ def _resume_todo(ds: xr.Dataset, path: StorePath) -> np.ndarray:
     return todo
 
 
+def _grew(diff: list[str]) -> bool:
+    # only the step count and the input's file identity differ: more checkpoints, a longer file
+    return all(d.startswith(("shape:", "source_fingerprint:")) for d in diff)
+
+
 def to_zarr(
     ds: xr.Dataset,
     path: str | os.PathLike[str],
@@ -451,7 +456,9 @@ def to_zarr(
             diff = [f"{k}: store has {old.get(k)!r}, now {v!r}" for k, v in fingerprint.items() if old.get(k) != v]
             if diff:
                 raise StoreError(
-                    f"{path}: cannot resume, the job differs from the one that made the store: " + "; ".join(diff)
+                    f"{path}: cannot resume, the job differs from the one that made the store: "
+                    + "; ".join(diff)
+                    + ("; the input grew (new steps): finish it with append=True (--append)" if _grew(diff) else "")
                 )
             _clean_partials(path)
             clean_stale(path)  # a killed --overwrite's hidden store next to it (its writer is gone)
