@@ -47,6 +47,7 @@ def describe(
     from dask_pdist.io.history import is_checkpoint_spec
     from dask_pdist.io.safetensors_format import read_header
     from dask_pdist.io.sources import read_npy_header
+    from dask_pdist.store.integrity import _live_lock
     from dask_pdist.store.layout import check_metadata, has_bookkeeping, is_store, store_progress
 
     if is_checkpoint_spec(path, storage_options):
@@ -108,6 +109,8 @@ def describe(
             if complete
             else f"INCOMPLETE: {int((done == 0).sum())} blocks missing; the job was {stopped}"
             if stopped
+            else f"INCOMPLETE: {int((done == 0).sum())} blocks missing; a job is writing it now (its lock is live)"
+            if _live_lock(path)
             else f"INCOMPLETE: {int((done == 0).sum())} blocks missing, resume with --resume"
         )
         lines.append(f"  blocks written: {int(done.sum())}/{done.size} ({state})")
