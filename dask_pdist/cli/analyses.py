@@ -44,19 +44,10 @@ def _neighbours_once(
     """Write (or grow) the neighbours store; returns whether it gained steps. ``brief``
     (--follow): one line per append."""
     import dask_pdist as dp
-    from dask_pdist.cli.compute import _make_parent
+    from dask_pdist.cli.compute import _make_parent, _open
 
     t0 = time.perf_counter()
-    history = dp.open_history(
-        source,
-        key=args.key,
-        chunks=args.chunk_steps or "auto",
-        tokens=args.tokens,
-        nonfinite=args.nonfinite,
-        token_ids=args.token_ids,
-        storage_options=_opts(args, source),
-        follow_symlinks=getattr(args, "follow_symlinks", False),
-    )
+    history = _open(args, source, None)  # the options compute takes, read the same way
     before = _steps_in(output, dp.open_neighbours)[0] if append else 0
     nbrs = dp.neighbours(history, k=args.k, metric=args.metric, engine=args.engine)
     _make_parent(args, output)
