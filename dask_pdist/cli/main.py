@@ -378,10 +378,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             code = _run_cli(argv)
         finally:
             sys.stdout.flush()  # here, not at interpreter exit, so a closed pipe is caught below
-        if code == 130 and argv is None and "aiobotocore" in sys.modules:
-            # interrupted as the program with an S3 client alive: its event loop's pending
-            # tasks would print hundreds of "Task was destroyed" lines at interpreter exit,
-            # burying the resume hint. Every write is whole or absent: end here.
+        if code != 0 and argv is None and "aiobotocore" in sys.modules:
+            # interrupted or failed as the program with an S3 client alive: its event loop's
+            # pending tasks would print "Task was destroyed" lines and tracebacks (a dead
+            # endpoint's ContextVar reset) at interpreter exit, burying the one error line and
+            # its resume hint. Every write is whole or absent and the lock is released: end here.
             sys.stderr.flush()
             os._exit(code)
         return code
