@@ -57,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
         nargs="+",
         help="history: .safetensors, .npy or zarr store; a Hugging Face Trainer output folder (checkpoint-N/,"
         " local or s3://); or per-checkpoint safetensors files, as a quoted glob ('ckpt/step_*.safetensors')"
-        " or a list; several runs: 'runs/*' (one store each in --output)",
+        " or a list; several runs: a quoted glob of run folders (one store each in --output)",
     )
     c.add_argument("--key", help=_KEY_HELP)
     c.add_argument(
