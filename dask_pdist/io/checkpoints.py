@@ -180,21 +180,31 @@ def _run_checkpoints(folders: list[Path], follow_symlinks: bool) -> list[Path]:
         else:
             inner = _checkpoint_in(folder, follow_symlinks)
             if inner is None and any(folder.glob("*.bin")):  # save_safetensors=False: never a safetensors file
-                raise InputError(
-                    f"{folder}: holds PyTorch .bin weights only; dask_pdist reads safetensors: train with"
-                    " save_safetensors=True (Trainer's default), or convert the checkpoints"
-                )
+                raise bin_only(folder)
             why = "no checkpoint file yet" if inner is None else incomplete_reason(inner)
             if why is None and inner is not None:
                 out.append(inner)
                 continue
         warnings.warn(f"{folder}: skipped, incomplete: {why}", SkippedCheckpointWarning, stacklevel=3)
     if not out:
-        raise InputError(
-            f"{folders[0].parent}: holds no complete checkpoint yet ({len(folders)} being saved);"
-            " retry when one is saved (or follow the run with --follow)"
-        )
+        raise none_complete(folders[0].parent, len(folders))
     return out
+
+
+def bin_only(folder: object) -> InputError:
+    """The error for a checkpoint folder holding PyTorch ``.bin`` weights and no safetensors."""
+    return InputError(
+        f"{folder}: holds PyTorch .bin weights only; dask_pdist reads safetensors: train with"
+        " save_safetensors=True (Trainer's default), or convert the checkpoints"
+    )
+
+
+def none_complete(run: object, n: int) -> InputError:
+    """The error for a run folder (local or a URL) none of whose ``n`` checkpoints is whole yet."""
+    return InputError(
+        f"{run}: holds no complete checkpoint yet ({n} being saved); retry when one is saved"
+        " (or follow the run with --follow)"
+    )
 
 
 def run_folders(run: Path) -> list[Path]:

@@ -8,7 +8,14 @@ folder without ``trainer_state.json`` while others have one is being saved, and 
 from __future__ import annotations
 
 from dask_pdist.errors import InputError, SkippedCheckpointWarning
-from dask_pdist.io.checkpoints import _TRAINER_FOLDER, INDEX_SUFFIX, TRAINER_STATE, _natural_key
+from dask_pdist.io.checkpoints import (
+    _TRAINER_FOLDER,
+    INDEX_SUFFIX,
+    TRAINER_STATE,
+    _natural_key,
+    bin_only,
+    none_complete,
+)
 
 __all__ = ["is_url_run_folder", "url_run_checkpoints"]
 
@@ -69,6 +76,8 @@ def url_run_checkpoints(url: str, storage_options: dict | None = None) -> list |
             )
         if stated and TRAINER_STATE not in names:
             why = f"no {TRAINER_STATE} yet (being saved)"
+        elif not weights and any(n.endswith(".bin") for n in names):
+            raise bin_only(files[0].parent)
         elif not weights:
             why = "no checkpoint file yet"
         elif len(weights) > 1:
@@ -81,8 +90,5 @@ def url_run_checkpoints(url: str, storage_options: dict | None = None) -> list |
             continue
         warnings.warn(f"{files[0].parent}: skipped, incomplete: {why}", SkippedCheckpointWarning, stacklevel=2)
     if not out:
-        raise InputError(
-            f"{url}: holds no complete checkpoint yet ({len(folders)} being saved); retry when one is saved"
-            " (or follow the run with --follow)"
-        )
+        raise none_complete(url, len(folders))
     return out
