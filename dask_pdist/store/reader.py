@@ -14,7 +14,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from dask_pdist.conventions import DONE, STOPPED_ATTR
+from dask_pdist.conventions import ALL_METRICS, DONE, STOPPED_ATTR
 from dask_pdist.errors import StoreError
 from dask_pdist.io.paths import Location, zarr_group
 from dask_pdist.store.digests import STORE_ID_ATTR, checked_store, expected_digests
@@ -152,7 +152,7 @@ def open_distances(
 
 def _whole_prefix(group: Any, done: np.ndarray) -> int:
     """Steps from the start whose every block is done (0: none)."""
-    first = next((group[n] for n in ("euclidean", "chebyshev", "manhattan", "chebyshev_ulp") if n in group), None)
+    first = next((group[n] for n in ALL_METRICS if n in group), None)
     if first is None or not done.size:
         return 0
     rows = done.reshape(done.shape[0], -1).all(axis=1)
