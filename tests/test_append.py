@@ -54,11 +54,13 @@ def _assert_same_arrays(a: Path, b: Path) -> None:
     assert sorted(left) == sorted(right)
     for name in left:
         assert left[name].dtype == right[name].dtype and left[name].shape == right[name].shape, name
-        if name.endswith("chunk_digest"):  # keyed with each store's own random id: recorded for the same blocks
-            assert np.array_equal(left[name] != 0, right[name] != 0), name
+        if name.endswith(("chunk_digest", "chunk_digest_packed")):  # keyed with each store's own random id
+            assert np.array_equal(left[name] != 0, right[name] != 0), name  # recorded for the same blocks
             continue
         assert left[name].tobytes() == right[name].tobytes(), name  # bit for bit, NaN included
     assert verify_store(a) == [] and verify_store(b) == []  # and every chunk matches its own store's digest
+    for arrays in (left, right):  # the packed copy a complete store's readers use holds the same digests
+        assert np.array_equal(arrays["_dask_pdist/chunk_digest_packed"], arrays["_dask_pdist/chunk_digest"])
 
 
 def _tree(store: Path) -> dict[str, tuple[bytes, int, int]]:
@@ -104,8 +106,11 @@ def test_append_rewrites_only_the_partial_block(history, tmp_path):
     data = {k for k in changed if not k.endswith("zarr.json")}
     per_step = ["euclidean/c/{}/0/0", "chebyshev/c/{}/0/0", "embedding_rms/c/{}", "_dask_pdist/input_checksum/c/{}"]
     books = ["_dask_pdist/chunk_done/c/{}/0/0", "_dask_pdist/chunk_digest/c/{}/0/0/0"]
-    # the partly filled block 2 and the new block 3, and the chunk of step labels past the old end
-    assert data == {f.format(b) for f in per_step + books for b in (2, 3)} | {"step/c/1"}
+    # the partly filled block 2 and the new block 3, the chunk of step labels past the old end,
+    # and the (last) chunk of the packed digest table that holds blocks 2 and 3
+    packed = "_dask_pdist/chunk_digest_packed/c/0/0/0/0"
+    assert data == {f.format(b) for f in per_step + books for b in (2, 3)} | {"step/c/1", packed}
+    assert len(after[packed][0]) < 1_000  # compressed: the digests, not the chunk's unfilled end
     # metadata: a fixed amount per append (the arrays' shapes), whatever V and the step count
     assert sum(len(after[k][0]) for k in changed - data) < 25_000
 

@@ -26,7 +26,7 @@ import xarray as xr
 from dask_pdist.conventions import BOOKKEEPING, COMPLETE_ATTR, FINGERPRINT_ATTR, INPUT_CHECKSUM
 from dask_pdist.errors import StoreError
 from dask_pdist.io.paths import zarr_array
-from dask_pdist.store.digests import DIGEST, STORE_ID_ATTR, manifest_with, recording_array
+from dask_pdist.store.digests import DIGEST, PACKED, PACKED_ATTR, STORE_ID_ATTR, manifest_with, recording_array
 from dask_pdist.store.layout import (
     StorePath,
     consolidate,
@@ -79,7 +79,7 @@ def check_append(ds: xr.Dataset, path: StorePath, fingerprint: dict[str, Any]) -
     complete = is_complete(read_root(path))  # then every block is done: its flags are not read
     if not complete:  # an interrupted append may have left step labels past its done blocks unwritten
         done = store_progress(path)[0]
-        chunk = int(zarr_array(path / "euclidean" if (path / "euclidean").exists() else path / "chebyshev").chunks[0])
+        chunk = int(_distances(path).chunks[0])
         rows = done.all(axis=(1, 2))
         stored = stored[: min(len(stored), (int(np.argmin(rows)) if not rows.all() else len(rows)) * chunk)]
     n = len(stored)
@@ -146,18 +146,26 @@ def grow(ds: xr.Dataset, path: StorePath, fingerprint: dict[str, Any]) -> None:
     Idempotent: run again after a kill (by ``--append`` or ``--resume``) it finishes the
     same growth. The write graph then computes every block not marked done."""
     attrs = {k: v for k, v in ds.attrs.items() if isinstance(v, (str, int, float))}
-    write_root_attrs(path, **attrs, **{COMPLETE_ATTR: False, FINGERPRINT_ATTR: json.dumps(fingerprint, sort_keys=True)})
     total = int(ds.sizes["step"])
     chunk = int(ds.chunksizes["step"][0])
     nblocks = -(-total // chunk)
     done = zarr_array(done_path(path), "r+")
-    stored = int(zarr_array(path / "euclidean" if (path / "euclidean").exists() else path / "chebyshev").shape[0])
+    stored = int(_distances(path).shape[0])
+    root = read_attrs(path) or {}
+    # the packed digests hold no step-block from the one recomputed (a partly filled last one) on
+    held = {PACKED_ATTR: min(int(root[PACKED_ATTR]), stored // chunk)} if PACKED_ATTR in root else {}
+    write_root_attrs(
+        path,
+        **attrs,
+        **held,
+        **{COMPLETE_ATTR: False, FINGERPRINT_ATTR: json.dumps(fingerprint, sort_keys=True)},
+    )
     if stored % chunk and stored < total:  # the partly filled last block: recomputed whole
         done[stored // chunk] = 0
     for name in [str(v) for v in ds.data_vars] + ["embedding_rms", f"{BOOKKEEPING}/{INPUT_CHECKSUM}"]:
         if (path / name / "zarr.json").exists():
             _resize(path, name, total)
-    for where in (done_path(path), path / BOOKKEEPING / DIGEST):
+    for where in (done_path(path), path / BOOKKEEPING / DIGEST, path / BOOKKEEPING / PACKED):
         if (where / "zarr.json").exists():
             arr = zarr_array(where, "r+")
             if arr.shape[0] < nblocks:
@@ -170,6 +178,12 @@ def grow(ds: xr.Dataset, path: StorePath, fingerprint: dict[str, Any]) -> None:
     if written:
         manifest_with(path, written)  # the digests of the step chunks rewritten
     consolidate(path)  # the consolidated metadata holds every array's shape
+
+
+def _distances(path: StorePath) -> Any:
+    # one distance array of the store (every metric's has the same shape and chunks)
+    names = sorted(stored_fingerprint(path).get("variables") or {}) or ["euclidean"]
+    return zarr_array(path / names[0])
 
 
 def _write_steps(array: Any, steps: np.ndarray) -> None:

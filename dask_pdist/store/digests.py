@@ -13,7 +13,13 @@ Where the record lives (sub-group ``_dask_pdist`` of every store of ours):
 
 - arrays written by a distance job's tasks (distances, ``embedding_rms``,
   ``input_checksum``): the ``chunk_digest`` array, one element per block and variable,
-  written by the task that wrote the block, before the block's done flag;
+  written by the task that wrote the block, before the block's done flag (one small file per
+  block: tasks on different machines write their own, nothing is read-modified-written), and
+  ``chunk_digest_packed``, the same table in chunks of many blocks, written by the job that
+  completes the store from its tasks' results: what a complete store's reader reads, so that
+  opening a store of 10,001 step-blocks reads a few files, not 10,001 (root attribute
+  ``dask_pdist_digests_packed``: the leading step-blocks it holds, lowered before any of
+  them is rewritten and raised with the completion record);
 - arrays written once (coordinates, and every array of a neighbours or clusters store): the
   ``digests`` attribute of the sub-group (``{chunk key: crc}``), written before the store is
   published.
@@ -54,10 +60,21 @@ __all__ = [
     "read_manifest",
     "manifest_with",
     "expected_digests",
+    "PACKED",
+    "PACKED_ATTR",
+    "packed_steps",
+    "update_packed",
 ]
 
 #: The bookkeeping array of per-block chunk digests of a distance store.
 DIGEST = "chunk_digest"
+#: The same table, many step-blocks per chunk, written when a job completes the store.
+PACKED = "chunk_digest_packed"
+#: The root attribute with the number of leading step-blocks ``PACKED`` holds.
+PACKED_ATTR = "dask_pdist_digests_packed"
+#: Bytes per chunk of ``PACKED`` (an append rewrites its last chunk: keep it small; 10,001
+#: step-blocks of three variables are 8 files).
+_PACKED_BYTES = 1 << 14
 #: The attribute of the bookkeeping sub-group with the digests of arrays written once.
 MANIFEST_ATTR = "digests"
 #: The root attribute with the store's id (what its digests are keyed with); its presence
@@ -289,21 +306,62 @@ def expected_digests(path: Path | Location, done: np.ndarray | None = None) -> D
         return out  # an output written whole: the manifest holds every chunk
     try:
         arr = zarr_array(path / BOOKKEEPING / DIGEST)
-        table = np.asarray(arr[...])
         names = list(arr.attrs["variables"])
+        upto = int(attrs.get(PACKED_ATTR, 0)) if done is None and (path / BOOKKEEPING / PACKED).exists() else 0
+        upto = min(upto, arr.shape[0])
+        parts = [np.asarray(zarr_array(path / BOOKKEEPING / PACKED)[:upto])] if upto else []
+        if upto < arr.shape[0]:  # step-blocks the packed table does not hold: one file each
+            parts.append(np.asarray(arr[upto:]))
+        table = np.concatenate(parts) if len(parts) > 1 else parts[0]
     except Exception:
         raise lost(f"{BOOKKEEPING}/{DIGEST}") from None
     if done is None:
         done = np.ones(table.shape[:-1], bool)
+    kinds = [names_kind(name) for name in names]
     for s, i, j in zip(*np.nonzero(done), strict=True):
-        for k, name in enumerate(names):
-            value = int(table[s, i, j, k])
+        for k, value in enumerate(table[s, i, j].tolist()):
             if value == 0:
                 continue  # not recorded (the fill value)
-            kind = names_kind(name)
-            key = f"{name}/c/{s}/{i}/{j}" if kind == 3 else f"{name}/c/{s}"
+            name = names[k]
+            key = f"{name}/c/{s}/{i}/{j}" if kinds[k] == 3 else f"{name}/c/{s}"
             out.setdefault(key, value)
     return out
+
+
+def packed_steps(blocks: tuple[int, ...], variables: int) -> int:
+    """Step-blocks per chunk of the packed digest table (about 16 kB of digests per chunk)."""
+    per_step = int(np.prod(blocks[1:], dtype=np.int64)) * variables * 4
+    return max(1, _PACKED_BYTES // max(per_step, 1))
+
+
+def update_packed(path: Path | Location, indices: list[tuple[int, ...]], rows: list[np.ndarray]) -> int | None:
+    """Copy into the packed table the digests of the step-blocks from the first one it does
+    not hold (root attribute :data:`PACKED_ATTR`) or this job rewrote, to the end: ``rows``
+    are this job's (block index, digests of its variables); the other blocks' are read from
+    the per-block table. Returns the step-blocks the table now holds (the value to record
+    with the completion), or None for a store without it."""
+    from dask_pdist.io.paths import zarr_array
+    from dask_pdist.store.layout import read_attrs
+
+    where = path / BOOKKEEPING / PACKED
+    if not (where / "zarr.json").exists():
+        return None
+    packed = zarr_array(where, "r+")
+    total = int(packed.shape[0])
+    start = min([int((read_attrs(path) or {}).get(PACKED_ATTR, 0)), *(int(i[0]) for i in indices)])
+    if start >= total:
+        return total
+    table = np.zeros((total - start, *packed.shape[1:]), dtype=np.uint32)
+    have = np.zeros(table.shape[:-1], bool)
+    for index, row in zip(indices, rows, strict=True):
+        if index[0] >= start:
+            table[(index[0] - start, *index[1:])] = np.asarray(row).ravel()
+            have[(index[0] - start, *index[1:])] = True
+    if not have.all():  # blocks an earlier, interrupted job wrote: from their own files
+        old = np.asarray(zarr_array(path / BOOKKEEPING / DIGEST)[start:total])
+        table[~have] = old[~have]
+    packed[start:total] = table
+    return total
 
 
 def names_kind(name: str) -> int:

@@ -344,7 +344,7 @@ def _verify_output(path: StorePath, progress: Callable[[int, int], None] | None)
 
     problems: list[ChunkProblem] = []
     try:
-        check_metadata(path)
+        check_metadata(path, every_file=True)
     except StoreError as exc:
         return [ChunkProblem("metadata", None, None, None, str(exc).split(": ", 1)[1])]
     try:
@@ -401,7 +401,7 @@ def verify_store(
         return _verify_output(path, progress)
     problems: list[ChunkProblem] = []
     try:
-        check_metadata(path)
+        check_metadata(path, every_file=True)
     except StoreError as exc:
         problems.append(ChunkProblem("metadata", None, None, None, str(exc).split(": ", 1)[1]))
     names = _expected_arrays(path, meta)
@@ -443,7 +443,8 @@ def verify_store(
             if dims[:1] == ("step",):
                 rows = (idx[0] * arr.chunks[0], min((idx[0] + 1) * arr.chunks[0], arr.shape[0]))
             elif dims[:1] == ("step_block",) and step_chunk is not None and steps is not None:
-                rows = (idx[0] * step_chunk, min((idx[0] + 1) * step_chunk, len(steps)))
+                span = arr.chunks[0] * step_chunk  # the packed digests hold many step-blocks per chunk
+                rows = (idx[0] * span, min((idx[0] + 1) * span, len(steps)))
             problem = None
             key = _chunk_key(name, idx)
             if key not in listed:

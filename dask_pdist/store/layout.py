@@ -53,7 +53,7 @@ if TYPE_CHECKING:
 
 #: Root arrays a store of ours may hold (``chunk_done`` only in the old layout).
 ROOT_ARRAYS = (*ALL_METRICS, "step", "token_i", "token_j", "embedding_rms", DONE)
-BOOKKEEPING_ARRAYS = (DONE, INPUT_CHECKSUM, "chunk_digest")
+BOOKKEEPING_ARRAYS = (DONE, INPUT_CHECKSUM, "chunk_digest", "chunk_digest_packed")
 # files inside one zarr array: its metadata, chunk files c/0/1/2, and temp files of killed writes
 _ARRAY_ENTRY = re.compile(r"zarr\.json|c(/\d+)+(\.[^/]+\.partial)?|c(/\d+)*/\d+\.[^/]+\.partial")
 
@@ -96,33 +96,52 @@ def read_root(path: StorePath) -> dict[str, Any] | None:
     return meta if isinstance(meta, dict) else None
 
 
-def check_metadata(path: StorePath) -> None:
+def check_metadata(path: StorePath, *, every_file: bool = False) -> None:
     """Refuse a store one of whose ``zarr.json`` files (root, arrays, sub-group) is not valid
-    JSON, naming the file: zarr would report only "Unterminated string starting at ..."."""
-    listed = files_under(path)
+    JSON, naming the file: zarr would report only "Unterminated string starting at ...".
+
+    The files checked are those the root's consolidated metadata names (an open costs the
+    same at any step count); ``every_file`` (``verify``), or a store without consolidated
+    metadata, lists the whole store and checks every ``zarr.json`` found."""
     root = read_root(path) or {}
-    named = ((root.get("consolidated_metadata") or {}).get("metadata") or {}).keys()
+    named = sorted(((root.get("consolidated_metadata") or {}).get("metadata") or {}).keys())
+    if named and not every_file:
+        for name in named:
+            _parse_metadata(path, f"{name}/zarr.json", name)
+        return
+    listed = files_under(path)
     present = set(listed)
-    for name in sorted(named):  # every array and group the store's own metadata names
+    for name in named:  # every array and group the store's own metadata names
         if f"{name}/zarr.json" not in present:
-            raise StoreError(
-                f"{path}: {name}/zarr.json is missing (the store's metadata names {name}); the store cannot be"
-                " read: recompute it (`dask-pdist compute ... --overwrite`)"
-            )
+            raise _missing(path, name)
     for rel in listed:
-        if rel != "zarr.json" and not rel.endswith("/zarr.json"):
-            continue
-        try:
-            meta = json.loads((path / rel).read_text())
-            if not isinstance(meta, dict) or "node_type" not in meta:
-                raise ValueError("not a zarr metadata document")
-        except PermissionError:
+        if rel == "zarr.json" or rel.endswith("/zarr.json"):
+            _parse_metadata(path, rel)
+
+
+def _missing(path: StorePath, name: str) -> StoreError:
+    return StoreError(
+        f"{path}: {name}/zarr.json is missing (the store's metadata names {name}); the store cannot be"
+        " read: recompute it (`dask-pdist compute ... --overwrite`)"
+    )
+
+
+def _parse_metadata(path: StorePath, rel: str, name: str | None = None) -> None:
+    try:
+        meta = json.loads((path / rel).read_text())
+        if not isinstance(meta, dict) or "node_type" not in meta:
+            raise ValueError("not a zarr metadata document")
+    except PermissionError:
+        raise
+    except FileNotFoundError:
+        if name is None:
             raise
-        except (OSError, ValueError) as exc:
-            raise StoreError(
-                f"{path}: {rel} is damaged ({type(exc).__name__}: {exc}); the store cannot be read: recompute it"
-                " (`dask-pdist compute ... --overwrite`)"
-            ) from None
+        raise _missing(path, name) from None
+    except (OSError, ValueError) as exc:
+        raise StoreError(
+            f"{path}: {rel} is damaged ({type(exc).__name__}: {exc}); the store cannot be read: recompute it"
+            " (`dask-pdist compute ... --overwrite`)"
+        ) from None
 
 
 def read_attrs(path: StorePath) -> dict[str, Any] | None:

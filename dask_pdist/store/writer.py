@@ -44,10 +44,14 @@ from dask_pdist.store.codecs import COMPRESSORS, DEFAULT_COMPRESSOR, Compressor,
 from dask_pdist.store.digests import (
     DIGEST,
     MANIFEST_ATTR,
+    PACKED,
+    PACKED_ATTR,
     STORE_ID_ATTR,
     file_digests,
     new_store_id,
+    packed_steps,
     recording_array,
+    update_packed,
 )
 from dask_pdist.store.guards import check_input_outside, check_output, check_resumed_input, stop_job
 from dask_pdist.store.integrity import damaged_blocks, present_chunks
@@ -130,7 +134,7 @@ def _create(ds: xr.Dataset, path: StorePath, compressor: str, fingerprint: dict[
 
 def _build(ds: xr.Dataset, tmp: Path, compressor: str, fingerprint: dict[str, Any]) -> None:
     import zarr
-    from zarr.codecs import Crc32cCodec
+    from zarr.codecs import Crc32cCodec, ZstdCodec
 
     checksums = ds.coords.get(INPUT_CHECKSUM)
     written = _task_variables(ds)
@@ -188,6 +192,19 @@ def _build(ds: xr.Dataset, tmp: Path, compressor: str, fingerprint: dict[str, An
     )
     digest.attrs["long_name"] = "crc32c trailer of each chunk the block's task wrote, by position (store/digests.py)"
     digest.attrs["variables"] = written
+    packed = books.create_array(
+        PACKED,
+        shape=(*nblocks, len(written)),
+        chunks=(packed_steps(nblocks, len(written)), *nblocks[1:], len(written)),
+        dtype="uint32",
+        fill_value=0,
+        dimension_names=(*_DONE_DIMS, "variable"),
+        # zstd: the unfilled end of the last chunk (zeros) costs nothing to rewrite
+        compressors=[ZstdCodec(level=1), Crc32cCodec()],
+    )
+    packed.attrs["long_name"] = f"{DIGEST}, many step-blocks per chunk: written when a job completes the store"
+    packed.attrs["variables"] = written
+    group.attrs[PACKED_ATTR] = 0
     # the arrays written now, once (coordinates): their chunks' digests, by key, keyed with the
     # store's own id (store/digests.py)
     store_id = new_store_id()
@@ -240,20 +257,23 @@ def _mark_done(*written: np.ndarray, done: Any, digest: Any, block_info: Any = N
     # runs only after every variable's block (and the per-step coordinates) is on disk: their
     # digests first, then the done flag, so a block marked done always has its digests
     index = tuple(loc[0] for loc in block_info[None]["array-location"])
+    row = np.array([int(w.ravel()[0]) for w in written], dtype=np.uint32)
     if digest is not None:
-        digest[index] = np.array([int(w.ravel()[0]) for w in written], dtype=np.uint32)
+        digest[index] = row
     done[index] = 1
-    return np.ones((1, 1, 1), dtype=np.uint8)
+    return row  # to the job's last task, which copies it into the packed table
 
 
-def _finish(flags: list, store: StorePath, lock: str) -> int:
+def _finish(rows: list, store: StorePath, lock: str, indices: list[tuple[int, ...]]) -> int:
     if not (read_root(store) or {}).get("consolidated_metadata"):
         consolidate(store)  # a store finished by an older version lacks it
+    packed = update_packed(store, indices, rows) if int((read_attrs(store) or {}).get(STORE_ID_ATTR, 0)) else None
     # the completion record is the last write, one atomic replace of the root zarr.json that
     # also holds the consolidated metadata: a reader sees both or neither
-    write_root_attrs(store, **{COMPLETE_ATTR: True, STOPPED_ATTR: None})
+    extra = {PACKED_ATTR: packed} if packed is not None else {}
+    write_root_attrs(store, **{COMPLETE_ATTR: True, STOPPED_ATTR: None}, **extra)
     release_lock(store, lock)
-    return len(flags)
+    return len(rows)
 
 
 def _write_graph(ds: xr.Dataset, path: StorePath, todo: np.ndarray, lock: str) -> Delayed:
@@ -290,13 +310,13 @@ def _write_graph(ds: xr.Dataset, path: StorePath, todo: np.ndarray, lock: str) -
         *written,
         done=zarr_array(done_path(path), "r+").with_config(config),
         digest=digest,
-        dtype=np.uint8,
+        dtype=np.uint32,  # each block's digests (only its delayed value is used)
         chunks=(1, 1, 1),
         name=f"mark-done-{token}",
     )
     blocks = done.to_delayed(optimize_graph=False)
-    tasks = [blocks[tuple(idx)] for idx in np.argwhere(todo)]  # resume: only blocks not done
-    return dask.delayed(_finish, pure=False)(tasks, path, lock)
+    indices = [tuple(int(i) for i in idx) for idx in np.argwhere(todo)]  # resume: only blocks not done
+    return dask.delayed(_finish, pure=False)([blocks[idx] for idx in indices], path, lock, indices)
 
 
 def _resume_todo(ds: xr.Dataset, path: StorePath) -> np.ndarray:
@@ -326,8 +346,10 @@ def _resume_todo(ds: xr.Dataset, path: StorePath) -> np.ndarray:
         for idx in np.argwhere(lost):
             done[tuple(idx)] = 0
     todo = (flags == 0) | lost
-    if complete and todo.any():  # also a done flag lost from a complete store
-        write_root_attrs(path, **{COMPLETE_ATTR: False})
+    if todo.any():  # also a done flag lost from a complete store; the packed digests from there on are stale
+        first = int(np.argwhere(todo)[0][0])
+        held = int((read_attrs(path) or {}).get(PACKED_ATTR, 0))
+        write_root_attrs(path, **{COMPLETE_ATTR: False, PACKED_ATTR: min(held, first)})
     return todo
 
 
