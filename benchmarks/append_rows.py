@@ -2,11 +2,19 @@
 bytes and its own kernel, in one process (issue 21.5).
 
     python benchmarks/append_rows.py [--start 200 --appends 20 --vocab 128 --dim 64]
+                                     [--input checkpoints|history]
 
-A float32 history of ``start + appends`` steps is written once; ``start`` steps are computed
-into a store with one step per chunk (what ``compute --follow`` makes), then the store is
-grown one step at a time with ``to_zarr(..., append=True)`` from the history's first
-``start + i`` steps (as ``--append`` / ``--follow`` do). For every append:
+``start`` steps are computed into a store with one step per chunk (what ``compute --follow``
+makes), then the store is grown one step at a time with ``to_zarr(..., append=True)`` (as
+``--append`` / ``--follow`` do) from an input one step longer each time:
+
+- ``--input checkpoints`` (default; what ``--follow`` of a training run sees): one
+  safetensors file per step, saved well before the append (their identities vouch for the
+  stored steps' input, which is not re-read);
+- ``--input history``: one history file per length, a new file each time, so the stored
+  steps' input is re-read and checked against its recorded checksums (O(stored steps)).
+
+Each append's time counts opening the input and building the Dataset too. For every append:
 
 - **bytes**: the bytes of every file of the store that is new or changed (size and mtime),
   against **own bytes**, the chunk files of the new step's distances alone;
@@ -43,6 +51,7 @@ def main() -> None:
     p.add_argument("--appends", type=int, default=20)
     p.add_argument("--vocab", type=int, default=128)
     p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--input", choices=("checkpoints", "history"), default="checkpoints")
     a = p.parse_args()
 
     import numpy as np
@@ -54,18 +63,26 @@ def main() -> None:
         work = Path(tmp)
         total = a.start + a.appends
         x = np.random.default_rng(0).standard_normal((total, a.vocab, a.dim)).astype(np.float32)
-        # one file per length: the input of each append (writing them is not timed)
-        files = {}
-        for n in [a.start, *range(a.start + 1, total + 1)]:
-            files[n] = work / f"h{n}.safetensors"
-            save_file({"embedding_history": x[:n], "steps": np.arange(n, dtype=np.int64)}, str(files[n]))
+        # the inputs of every append (writing them is not timed), saved a minute "ago"
+        settled = time.time() - 60
+        if a.input == "checkpoints":
+            for i in range(total):
+                save_file({"embedding": x[i]}, str(work / f"step-{i:06d}.safetensors"))
+            inputs = {n: [str(work / f"step-{i:06d}.safetensors") for i in range(n)] for n in range(a.start, total + 1)}
+        else:
+            inputs = {}
+            for n in range(a.start, total + 1):
+                inputs[n] = str(work / f"h{n}.safetensors")
+                save_file({"embedding_history": x[:n], "steps": np.arange(n, dtype=np.int64)}, inputs[n])
+        for f in work.iterdir():
+            os.utime(f, (settled, settled))
         store = work / "d.zarr"
-        dp.to_zarr(dp.pairwise_distances(dp.open_history(files[a.start], chunks=1)), store, progress=False)
+        dp.to_zarr(dp.pairwise_distances(dp.open_history(inputs[a.start], chunks=1)), store, progress=False)
         rows = []
         for n in range(a.start + 1, total + 1):
             before = _files(store)
             t0 = time.perf_counter()
-            ds = dp.pairwise_distances(dp.open_history(files[n], chunks=1))
+            ds = dp.pairwise_distances(dp.open_history(inputs[n], chunks=1))
             dp.to_zarr(ds, store, append=True, progress=False)
             wall = time.perf_counter() - t0
             after = _files(store)
@@ -73,13 +90,13 @@ def main() -> None:
             changed = sum(size for size, _ in last)
             own = sum(after[k][0] for k in after if k.split("/")[0] in ds.data_vars and f"/c/{n - 1}/" in k)
             t0 = time.perf_counter()
-            dp.pairwise_distances(dp.open_history(files[n], chunks=1)).isel(step=-1).compute()
+            dp.pairwise_distances(dp.open_history(inputs[n], chunks=1)).isel(step=-1).compute()
             kernel = time.perf_counter() - t0
             rows.append((changed, own, wall, kernel))
         med = [statistics.median(r[i] for r in rows) for i in range(4)]
         print(
             f"# append, {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-            f"{a.start}+{a.appends} steps x {a.vocab} x {a.dim} float32, one step per chunk\n"
+            f"{a.start}+{a.appends} steps x {a.vocab} x {a.dim} float32, one step per chunk, input: {a.input}\n"
         )
         print(f"| per appended step (median of {len(rows)}) | value |")
         print("|---|---:|")

@@ -66,6 +66,9 @@ NEIGHBOURS_KIND = "neighbours"
 BOOKKEEPING = "_dask_pdist"
 DONE = "chunk_done"
 INPUT_CHECKSUM = "input_checksum"
+#: Per step: a 64-bit hash of the identity of the file the step was read from (0: none vouched
+#: for), so that an append re-reads only the stored steps whose file changed (store/append.py).
+INPUT_VERSION = "input_version"
 
 # -- chunk-size targets (bytes or counts one task may hold or produce) ------------------------
 #: Output of one distance task (every metric) before steps go one per task and token_i x

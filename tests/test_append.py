@@ -54,6 +54,8 @@ def _assert_same_arrays(a: Path, b: Path) -> None:
     assert sorted(left) == sorted(right)
     for name in left:
         assert left[name].dtype == right[name].dtype and left[name].shape == right[name].shape, name
+        if name.endswith("input_version"):  # the input files' identities when read (0 while just written)
+            continue
         if name.endswith(("chunk_digest", "chunk_digest_packed")):  # keyed with each store's own random id
             assert np.array_equal(left[name] != 0, right[name] != 0), name  # recorded for the same blocks
             continue

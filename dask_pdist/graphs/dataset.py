@@ -9,7 +9,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from dask_pdist.conventions import DISTANCE_DIMS, HISTORY_DIMS, METRICS, Engine, Metric
+from dask_pdist.conventions import DISTANCE_DIMS, HISTORY_DIMS, INPUT_VERSION, METRICS, Engine, Metric
 from dask_pdist.graphs.distances import pairwise_arrays
 from dask_pdist.io.history import provenance, step_checksums, step_rms
 from dask_pdist.planning import auto_step_chunk
@@ -122,6 +122,8 @@ def pairwise_distances(
             {"long_name": "crc32c of each step's input values (checked by --resume)"},
         ),
     }
+    if INPUT_VERSION in history.coords:  # what each step was read from: an append re-reads only changed files
+        coords[INPUT_VERSION] = ("step", history[INPUT_VERSION].values, history[INPUT_VERSION].attrs)
     common = provenance(history, data.dtype)
     variables = {}
     for metric, arr in arrays.items():

@@ -17,7 +17,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from dask_pdist.conventions import HISTORY_DIMS
+from dask_pdist.conventions import HISTORY_DIMS, INPUT_VERSION
 from dask_pdist.errors import InputError
 from dask_pdist.io.checkpoints import (
     INDEX_SUFFIX,
@@ -26,7 +26,7 @@ from dask_pdist.io.checkpoints import (
     is_run_folder,
     parse_steps,
 )
-from dask_pdist.io.paths import Location, any_url, identity, is_remote, locate
+from dask_pdist.io.paths import Location, any_url, identity, is_remote, locate, version_of
 from dask_pdist.io.safetensors_format import pread_exact, require_regular_file
 from dask_pdist.io.sources import (
     Chunks,
@@ -278,7 +278,10 @@ def open_history(
                 _fingerprint(locate(p), start) for p, start in zip(stack.paths, stack.starts, strict=True)
             ).encode()
         ).hexdigest()[:32]
-        return _label(x, labels, tokens, source, key, kind, f"{len(stack.paths)} files:{fingerprint}", spec[1])
+        versions = np.array([version_of(locate(p)) for p in stack.paths], dtype=np.uint64)
+        return _label(
+            x, labels, tokens, source, key, kind, f"{len(stack.paths)} files:{fingerprint}", spec[1], versions
+        )
     path = locate(path, storage_options)  # type: ignore[arg-type]
     if not path.exists():
         if is_remote(path):
@@ -311,7 +314,10 @@ def open_history(
         fingerprint = _fingerprint(path, src.start)
     if steps is not None:
         labels = parse_steps(steps, x.shape[0], str(path))
-    return _label(x, labels, tokens, str(path), key, kind, fingerprint, spec[1])
+    # a zarr input's chunks change without its zarr.json: no version vouches for its steps
+    version = 0 if path.is_dir() else version_of(path)
+    versions = np.full(x.shape[0], version, dtype=np.uint64)
+    return _label(x, labels, tokens, str(path), key, kind, fingerprint, spec[1], versions)
 
 
 def _label(
@@ -323,6 +329,7 @@ def _label(
     kind: str,
     fingerprint: str,
     ids: np.ndarray | None = None,
+    versions: np.ndarray | None = None,
 ) -> xr.DataArray:
     n_steps, n_tokens, _ = x.shape
     if 0 in x.shape:
@@ -337,6 +344,8 @@ def _label(
             _read_tokens(tokens, n_tokens, source) if tokens is not None else np.arange(n_tokens, dtype=np.int64),
         ),
     }
+    if versions is not None:  # what the step was read from (io/paths.py version_of)
+        coords[INPUT_VERSION] = ("step", versions, {"long_name": "hash of the identity of the step's input file"})
     if ids is not None:
         x = x[:, ids].rechunk({1: -1})  # chunks not holding a subset token are never read
         coords["token"] = ("token", coords["token"][1][ids])

@@ -173,6 +173,30 @@ def identity(path: str | os.PathLike[str] | Location) -> tuple[str, str | int]:
     return str(Path(path).resolve()), os.stat(path).st_mtime_ns
 
 
+#: A local file modified less than this long ago is not vouched for by its identity (its
+#: modification time may not yet tell a rewrite apart: the "racily clean" case of git's index).
+_SETTLED_NS = 2_000_000_000
+
+
+def version_of(path: str | os.PathLike[str] | Location) -> int:
+    """A 64-bit hash of a file's current version (local: path, size, mtime, inode and device;
+    URL: its ETag), never 0; 0 for a local file modified in the last two seconds, whose
+    identity cannot yet vouch for its content. Equal versions mean the file was not rewritten
+    (what git's index and rsync's quick check rely on); a store records them so that an append
+    re-reads only the stored steps whose file changed."""
+    import hashlib
+    import time
+
+    if isinstance(path, Location):
+        what = f"{path.url}\0{path.token()}"
+    else:
+        st = os.stat(path)
+        if time.time_ns() - st.st_mtime_ns < _SETTLED_NS:
+            return 0
+        what = f"{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\0{st.st_dev}"
+    return int.from_bytes(hashlib.blake2b(what.encode(), digest_size=8).digest(), "little") | 1
+
+
 def options_for(path: object, storage_options: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """``storage_options`` if ``path`` is a URL (they configure its backend), else None: one
     set of options given for a job applies to its URLs, not to its local paths."""

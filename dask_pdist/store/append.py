@@ -23,7 +23,7 @@ import dask
 import numpy as np
 import xarray as xr
 
-from dask_pdist.conventions import BOOKKEEPING, COMPLETE_ATTR, FINGERPRINT_ATTR, INPUT_CHECKSUM
+from dask_pdist.conventions import BOOKKEEPING, COMPLETE_ATTR, FINGERPRINT_ATTR, INPUT_CHECKSUM, INPUT_VERSION
 from dask_pdist.errors import StoreError
 from dask_pdist.io.paths import zarr_array
 from dask_pdist.store.digests import DIGEST, PACKED, PACKED_ATTR, STORE_ID_ATTR, manifest_with, recording_array
@@ -38,7 +38,10 @@ from dask_pdist.store.layout import (
     write_root_attrs,
 )
 
-__all__ = ["stored_fingerprint", "check_append", "grow"]
+__all__ = ["stored_fingerprint", "check_append", "grow", "VERSION_CHUNK"]
+
+#: Steps per chunk of the recorded input versions (8 kB): every append reads them all.
+VERSION_CHUNK = 1024
 
 # fingerprint entries that an appended input may change: its step count, and the identity of
 # the file(s) it is read from (a longer history is another file)
@@ -112,7 +115,10 @@ def check_append(ds: xr.Dataset, path: StorePath, fingerprint: dict[str, Any]) -
 
 def _check_stored_input(ds: xr.Dataset, path: StorePath, n: int) -> None:
     # the stored distances were computed from some input: re-read the stored steps' input
-    # (cheap next to their distances) and compare with the checksums recorded next to them
+    # (cheap next to their distances) and compare with the checksums recorded next to them;
+    # a step whose input file is the very version recorded (io/paths.py version_of: same path,
+    # size, mtime, inode; or ETag) was checked when it was recorded and is not re-read, so an
+    # append of one checkpoint reads that checkpoint, not the run's history
     where = path / BOOKKEEPING / INPUT_CHECKSUM
     if INPUT_CHECKSUM not in ds.coords or not (where / "zarr.json").exists() or n == 0:
         return
@@ -122,12 +128,16 @@ def _check_stored_input(ds: xr.Dataset, path: StorePath, n: int) -> None:
     else:
         done = store_progress(path)[0].any(axis=(1, 2))
         rows = np.flatnonzero(done[np.arange(n) // chunk]) if len(done) else np.array([], int)
+    versions = path / BOOKKEEPING / INPUT_VERSION
+    if len(rows) and INPUT_VERSION in ds.coords and (versions / "zarr.json").exists():
+        now, old = ds[INPUT_VERSION].values[:n], np.asarray(zarr_array(versions)[:n])
+        rows = rows[(now[rows] == 0) | (now[rows] != old[rows])]
     if not len(rows):
         return
-    # one small task per stored step: the synchronous scheduler spends less per task than threads
-    (now,) = dask.compute(ds[INPUT_CHECKSUM].data[:n], scheduler="sync")
-    recorded = np.asarray(zarr_array(where)[:n])
-    changed = rows[now[rows] != recorded[rows]]
+    # one small task per step to check: the synchronous scheduler spends less per task than threads
+    (now,) = dask.compute(ds[INPUT_CHECKSUM].data[rows], scheduler="sync")
+    recorded = np.asarray(zarr_array(where).get_orthogonal_selection((rows,)))
+    changed = rows[np.asarray(now) != recorded]
     if len(changed):
         first = int(changed[0])
         raise _refuse(
@@ -165,6 +175,11 @@ def grow(ds: xr.Dataset, path: StorePath, fingerprint: dict[str, Any]) -> None:
     for name in [str(v) for v in ds.data_vars] + ["embedding_rms", f"{BOOKKEEPING}/{INPUT_CHECKSUM}"]:
         if (path / name / "zarr.json").exists():
             _resize(path, name, total)
+    if INPUT_VERSION in ds.coords and (path / BOOKKEEPING / INPUT_VERSION / "zarr.json").exists():
+        # the versions now vouched for: the stored steps' (checked above) and the new ones'
+        _resize(path, f"{BOOKKEEPING}/{INPUT_VERSION}", total)
+        array = zarr_array(path / BOOKKEEPING / INPUT_VERSION, "r+").with_config({"write_empty_chunks": True})
+        _write_changed(array, ds[INPUT_VERSION].values)
     for where in (done_path(path), path / BOOKKEEPING / DIGEST, path / BOOKKEEPING / PACKED):
         if (where / "zarr.json").exists():
             arr = zarr_array(where, "r+")
@@ -193,6 +208,14 @@ def _write_steps(array: Any, steps: np.ndarray) -> None:
     if len(differ):
         start = (int(differ[0]) // array.chunks[0]) * array.chunks[0]
         array[start:] = steps[start:]
+
+
+def _write_changed(array: Any, values: np.ndarray) -> None:
+    # only the chunks holding a value that differs (an append: the last one, usually)
+    old = np.asarray(array[...])
+    size = array.chunks[0]
+    for c in np.unique(np.flatnonzero(old != values) // size):
+        array[c * size : (c + 1) * size] = values[c * size : (c + 1) * size]
 
 
 def _resize(path: StorePath, name: str, total: int) -> None:

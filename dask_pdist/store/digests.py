@@ -334,7 +334,7 @@ def packed_steps(blocks: tuple[int, ...], variables: int) -> int:
     return max(1, _PACKED_BYTES // max(per_step, 1))
 
 
-def update_packed(path: Path | Location, indices: list[tuple[int, ...]], rows: list[np.ndarray]) -> int | None:
+def update_packed(path: Path | Location, indices: Any, rows: list[np.ndarray]) -> int | None:
     """Copy into the packed table the digests of the step-blocks from the first one it does
     not hold (root attribute :data:`PACKED_ATTR`) or this job rewrote, to the end: ``rows``
     are this job's (block index, digests of its variables); the other blocks' are read from
@@ -355,8 +355,9 @@ def update_packed(path: Path | Location, indices: list[tuple[int, ...]], rows: l
     have = np.zeros(table.shape[:-1], bool)
     for index, row in zip(indices, rows, strict=True):
         if index[0] >= start:
-            table[(index[0] - start, *index[1:])] = np.asarray(row).ravel()
-            have[(index[0] - start, *index[1:])] = True
+            where = (int(index[0]) - start, *(int(i) for i in index[1:]))
+            table[where] = np.asarray(row).ravel()
+            have[where] = True
     if not have.all():  # blocks an earlier, interrupted job wrote: from their own files
         old = np.asarray(zarr_array(path / BOOKKEEPING / DIGEST)[start:total])
         table[~have] = old[~have]

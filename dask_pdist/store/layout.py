@@ -27,6 +27,7 @@ from dask_pdist.conventions import (
     COMPLETE_ATTR,
     DONE,
     INPUT_CHECKSUM,
+    INPUT_VERSION,
     KIND_ATTR,
     MARKER_ATTR,
 )
@@ -53,7 +54,7 @@ if TYPE_CHECKING:
 
 #: Root arrays a store of ours may hold (``chunk_done`` only in the old layout).
 ROOT_ARRAYS = (*ALL_METRICS, "step", "token_i", "token_j", "embedding_rms", DONE)
-BOOKKEEPING_ARRAYS = (DONE, INPUT_CHECKSUM, "chunk_digest", "chunk_digest_packed")
+BOOKKEEPING_ARRAYS = (DONE, INPUT_CHECKSUM, INPUT_VERSION, "chunk_digest", "chunk_digest_packed")
 # files inside one zarr array: its metadata, chunk files c/0/1/2, and temp files of killed writes
 _ARRAY_ENTRY = re.compile(r"zarr\.json|c(/\d+)+(\.[^/]+\.partial)?|c(/\d+)*/\d+\.[^/]+\.partial")
 

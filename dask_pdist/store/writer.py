@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 import dask
@@ -31,25 +30,20 @@ from dask_pdist.conventions import (
     BOOKKEEPING,
     COMPLETE_ATTR,
     DISTANCE_DIMS,
-    DONE,
     FINGERPRINT_ATTR,
     INPUT_CHECKSUM,
     STOPPED_ATTR,
 )
 from dask_pdist.errors import RepairWarning, StoreError
 from dask_pdist.io.paths import is_remote, zarr_array
-from dask_pdist.io.publish import building, clean_stale
+from dask_pdist.io.publish import clean_stale
 from dask_pdist.store.append import check_append, grow, stored_fingerprint
-from dask_pdist.store.codecs import COMPRESSORS, DEFAULT_COMPRESSOR, Compressor, codec_choice, codec_name, codecs
+from dask_pdist.store.codecs import COMPRESSORS, DEFAULT_COMPRESSOR, Compressor, codec_choice, codec_name
+from dask_pdist.store.creation import create, task_variables
 from dask_pdist.store.digests import (
     DIGEST,
-    MANIFEST_ATTR,
-    PACKED,
     PACKED_ATTR,
     STORE_ID_ATTR,
-    file_digests,
-    new_store_id,
-    packed_steps,
     recording_array,
     update_packed,
 )
@@ -73,8 +67,6 @@ from dask_pdist.store.layout import (
 from dask_pdist.store.reader import open_distances
 
 __all__ = ["to_zarr"]
-
-_DONE_DIMS = ("step_block", "token_i_block", "token_j_block")
 
 
 def _regular_chunks(ds: xr.Dataset) -> xr.Dataset:
@@ -125,97 +117,6 @@ def _token_labels(ds: xr.Dataset) -> str:
     return "labels sha256:" + hashlib.sha256("\n".join(map(str, tokens.tolist())).encode()).hexdigest()[:16]
 
 
-def _create(ds: xr.Dataset, path: StorePath, compressor: str, fingerprint: dict[str, Any]) -> None:
-    # the store's metadata and coordinates appear whole at `path`, or not at all; with
-    # --overwrite the old store stays until then (io/publish.py: the one publishing primitive)
-    with building(path) as tmp:
-        _build(ds, tmp, compressor, fingerprint)
-
-
-def _build(ds: xr.Dataset, tmp: Path, compressor: str, fingerprint: dict[str, Any]) -> None:
-    import zarr
-    from zarr.codecs import Crc32cCodec, ZstdCodec
-
-    checksums = ds.coords.get(INPUT_CHECKSUM)
-    written = _task_variables(ds)
-    ds = ds.drop_vars(INPUT_CHECKSUM, errors="ignore")  # bookkeeping: kept in the sub-group
-    encoding = {
-        name: {
-            "chunks": tuple(c[0] for c in var.chunks),
-            "compressors": codecs(compressor, var.dtype.itemsize, str(name)),
-            # an unwritten chunk reads as NaN, never as distance 0; an integer count has no NaN:
-            # an absent chunk of it is refused by its recorded digest (store/digests.py)
-            **({"_FillValue": np.nan} if var.dtype.kind == "f" else {}),
-        }
-        for name, var in ds.data_vars.items()
-    }
-    for name in ds.coords:  # every array carries a checksum, coordinates too
-        encoding[name] = {"compressors": [Crc32cCodec()]}
-    # metadata and the (small, eager) coordinates; the distances are written by our own tasks;
-    # every chunk is written, even one equal to the fill value, so that "absent" means missing
-    ds.to_zarr(
-        tmp, mode="w-", zarr_format=3, consolidated=False, encoding=encoding, compute=False, write_empty_chunks=True
-    )
-    group = zarr.open_group(str(tmp), mode="r+")
-    books = group.create_group(BOOKKEEPING)
-    books.attrs["long_name"] = "dask_pdist bookkeeping: which blocks are written, and from what input"
-    nblocks = tuple(len(ds.chunksizes[d]) for d in DISTANCE_DIMS)
-    done = books.create_array(
-        DONE,
-        shape=nblocks,
-        chunks=(1, 1, 1),
-        dtype="uint8",
-        fill_value=0,
-        dimension_names=_DONE_DIMS,
-        compressors=[Crc32cCodec()],
-    )
-    done.attrs["long_name"] = "1 where the block of every variable is written (one element per dask task)"
-    if checksums is not None:
-        crc = books.create_array(
-            INPUT_CHECKSUM,
-            shape=(ds.sizes["step"],),
-            chunks=(ds.chunksizes["step"][0],),
-            dtype="uint32",
-            fill_value=0,
-            dimension_names=("step",),
-            compressors=[Crc32cCodec()],
-        )
-        crc.attrs["long_name"] = checksums.attrs.get("long_name", "")
-    digest = books.create_array(
-        DIGEST,
-        shape=(*nblocks, len(written)),
-        chunks=(1, 1, 1, len(written)),
-        dtype="uint32",
-        fill_value=0,
-        dimension_names=(*_DONE_DIMS, "variable"),
-        compressors=[Crc32cCodec()],
-    )
-    digest.attrs["long_name"] = "crc32c trailer of each chunk the block's task wrote, by position (store/digests.py)"
-    digest.attrs["variables"] = written
-    packed = books.create_array(
-        PACKED,
-        shape=(*nblocks, len(written)),
-        chunks=(packed_steps(nblocks, len(written)), *nblocks[1:], len(written)),
-        dtype="uint32",
-        fill_value=0,
-        dimension_names=(*_DONE_DIMS, "variable"),
-        # zstd: the unfilled end of the last chunk (zeros) costs nothing to rewrite
-        compressors=[ZstdCodec(level=1), Crc32cCodec()],
-    )
-    packed.attrs["long_name"] = f"{DIGEST}, many step-blocks per chunk: written when a job completes the store"
-    packed.attrs["variables"] = written
-    group.attrs[PACKED_ATTR] = 0
-    # the arrays written now, once (coordinates): their chunks' digests, by key, keyed with the
-    # store's own id (store/digests.py)
-    store_id = new_store_id()
-    group.attrs[STORE_ID_ATTR] = store_id
-    static = [str(n) for n in ds.coords if not isinstance(ds[n].data, da.Array)]
-    books.attrs[MANIFEST_ATTR] = file_digests(tmp, store_id, static)
-    group.attrs[FINGERPRINT_ATTR] = json.dumps(fingerprint, sort_keys=True)
-    group.attrs[COMPLETE_ATTR] = False
-    consolidate(tmp)
-
-
 def _clean_partials(path: StorePath) -> int:
     # temp files of chunk writes killed mid-way (zarr's LocalStore names them *.partial);
     # an object store has none: a PUT is whole or absent
@@ -228,35 +129,25 @@ def _clean_partials(path: StorePath) -> int:
     return n
 
 
-def _task_variables(ds: xr.Dataset, with_checksums: bool = True) -> list[str]:
-    # what each block's task writes, in the order of the chunk_digest array's last axis
-    names = [str(n) for n in ds.data_vars]
-    for name, coord in ds.coords.items():
-        if isinstance(coord.data, da.Array):
-            if name == INPUT_CHECKSUM:
-                if with_checksums:
-                    names.append(f"{BOOKKEEPING}/{INPUT_CHECKSUM}")
-            else:
-                names.append(str(name))
-    return names
-
-
 def _write_chunk(
-    block: np.ndarray, *, store: StorePath, variable: str, store_id: int, block_info: Any = None
+    block: np.ndarray, *, store: StorePath, variable: str, store_id: int, at: tuple[int, int], block_info: Any = None
 ) -> np.ndarray:
     # one task writes one whole chunk (chunks aligned with dask) and returns its digest: the
-    # crc32c trailer of the bytes written, keyed with its position and store (store/digests.py)
+    # crc32c trailer of the bytes written, keyed with its position and store (store/digests.py);
+    # `at`: the (step, step-block) where the graph's first block lies in the store
     array, written = recording_array(store, variable, store_id)
-    region = tuple(slice(a, b) for a, b in block_info[0]["array-location"])
-    array[region] = block
-    key = "/".join([variable, "c", *map(str, block_info[0]["chunk-location"])])
+    (a, b), *rest = block_info[0]["array-location"]
+    array[(slice(a + at[0], b + at[0]), *(slice(*r) for r in rest))] = block
+    first, *others = block_info[0]["chunk-location"]
+    key = "/".join([variable, "c", str(first + at[1]), *map(str, others)])
     return np.full((1,) * block.ndim, written[key], dtype=np.uint32)
 
 
-def _mark_done(*written: np.ndarray, done: Any, digest: Any, block_info: Any = None) -> np.ndarray:
+def _mark_done(*written: np.ndarray, done: Any, digest: Any, block0: int, block_info: Any = None) -> np.ndarray:
     # runs only after every variable's block (and the per-step coordinates) is on disk: their
     # digests first, then the done flag, so a block marked done always has its digests
-    index = tuple(loc[0] for loc in block_info[None]["array-location"])
+    first, *others = (loc[0] for loc in block_info[None]["array-location"])
+    index = (first + block0, *others)
     row = np.array([int(w.ravel()[0]) for w in written], dtype=np.uint32)
     if digest is not None:
         digest[index] = row
@@ -264,7 +155,7 @@ def _mark_done(*written: np.ndarray, done: Any, digest: Any, block_info: Any = N
     return row  # to the job's last task, which copies it into the packed table
 
 
-def _finish(rows: list, store: StorePath, lock: str, indices: list[tuple[int, ...]]) -> int:
+def _finish(rows: list, store: StorePath, lock: str, indices: np.ndarray) -> int:
     if not (read_root(store) or {}).get("consolidated_metadata"):
         consolidate(store)  # a store finished by an older version lacks it
     packed = update_packed(store, indices, rows) if int((read_attrs(store) or {}).get(STORE_ID_ATTR, 0)) else None
@@ -284,7 +175,7 @@ def _write_graph(ds: xr.Dataset, path: StorePath, todo: np.ndarray, lock: str) -
     # comparison costs ~25% of the write time (measured)
     # (open_array(config=...) is silently ignored in zarr 3.1; with_config is honoured)
     config = {"write_empty_chunks": True}
-    names = _task_variables(ds, (path / BOOKKEEPING / INPUT_CHECKSUM / "zarr.json").exists())
+    names = task_variables(ds, (path / BOOKKEEPING / INPUT_CHECKSUM / "zarr.json").exists())
     digest = None  # a store made before chunk digests (resumed): written without them
     store_id = int((read_attrs(path) or {}).get(STORE_ID_ATTR, 0))
     if store_id and (path / BOOKKEEPING / DIGEST / "zarr.json").exists():
@@ -293,6 +184,11 @@ def _write_graph(ds: xr.Dataset, path: StorePath, todo: np.ndarray, lock: str) -
             raise StoreError(
                 f"{path}: the store records digests of {digest.attrs.get('variables')}, this job writes {names}"
             )
+    # the graph starts at the first step-block to write (an append: the new ones), so that
+    # building it costs what the job writes, not the steps the store holds
+    block0 = int(np.argwhere(todo)[:, 0].min()) if todo.any() else 0
+    step0 = int(sum(ds.chunksizes["step"][:block0]))
+    ds, todo = ds.isel(step=slice(step0, None)), todo[block0:]
     for name in names:
         data = ds[name.split("/")[-1]].data
         digests = data.map_blocks(
@@ -300,9 +196,10 @@ def _write_graph(ds: xr.Dataset, path: StorePath, todo: np.ndarray, lock: str) -
             store=path,
             variable=name,
             store_id=store_id,
+            at=(step0, block0),
             dtype=np.uint32,
             chunks=(1,) * data.ndim,
-            name=f"write-{name}-{token}",
+            name=f"write-{name}-{token}-{block0}",
         )
         written.append(digests if data.ndim == 3 else digests[:, None, None])
     done = da.map_blocks(
@@ -310,13 +207,16 @@ def _write_graph(ds: xr.Dataset, path: StorePath, todo: np.ndarray, lock: str) -
         *written,
         done=zarr_array(done_path(path), "r+").with_config(config),
         digest=digest,
+        block0=block0,
         dtype=np.uint32,  # each block's digests (only its delayed value is used)
         chunks=(1, 1, 1),
-        name=f"mark-done-{token}",
+        name=f"mark-done-{token}-{block0}",
     )
     blocks = done.to_delayed(optimize_graph=False)
-    indices = [tuple(int(i) for i in idx) for idx in np.argwhere(todo)]  # resume: only blocks not done
-    return dask.delayed(_finish, pure=False)([blocks[idx] for idx in indices], path, lock, indices)
+    local = np.argwhere(todo)  # resume: only blocks not done
+    # the indices as one array: dask.delayed walks lists and tuples looking for collections
+    indices = local + np.array([block0, 0, 0])
+    return dask.delayed(_finish, pure=False)([blocks[tuple(idx)] for idx in local], path, lock, indices)
 
 
 def _resume_todo(ds: xr.Dataset, path: StorePath) -> np.ndarray:
@@ -330,7 +230,7 @@ def _resume_todo(ds: xr.Dataset, path: StorePath) -> np.ndarray:
         for idx in zip(*np.nonzero(flags), strict=True):
             if tuple(int(i) for i in idx) not in present:
                 lost[idx] = True
-    damaged, notes = damaged_blocks(path, _task_variables(ds), flags.astype(bool) & ~lost)
+    damaged, notes = damaged_blocks(path, task_variables(ds), flags.astype(bool) & ~lost)
     if notes:
         import warnings
 
@@ -488,7 +388,7 @@ def to_zarr(
             if not store_progress(path)[1]:
                 grow(ds, path, fingerprint)  # an append killed while growing the store: finish that first
         else:
-            _create(ds, path, compressor, fingerprint)
+            create(ds, path, compressor, fingerprint)
         if appending and was_complete:  # the new blocks, and a last one the store held partly
             todo = np.zeros(tuple(len(ds.chunksizes[d]) for d in DISTANCE_DIMS), bool)
             todo[stored // ds.chunksizes["step"][0] :] = True

@@ -1,0 +1,125 @@
+"""An append re-reads only the stored steps whose input file changed: each step's file version
+(path, size, mtime, inode; io/paths.py version_of) is recorded next to its input checksum, and a
+stored step whose file is the very version recorded is not read again. A file rewritten since
+(new mtime) is re-read and checked; one modified in the last two seconds is never vouched for."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+import dask_pdist.io.history as history_module
+from conftest import random_history
+from dask_pdist import StoreError, open_distances, open_history, pairwise_distances, to_zarr
+from dask_pdist.io.paths import version_of
+
+SHAPE = (9, 7, 5)
+
+
+@pytest.fixture
+def checkpoints(write_safetensors, tmp_path):
+    """One safetensors file per step, saved a minute ago; files(n) lists the first n."""
+    x = random_history(SHAPE, seed=11)
+    settled = time.time() - 60
+    for i in range(SHAPE[0]):
+        path = write_safetensors(f"step-{i:04d}.safetensors", {"embedding": x[i]})
+        os.utime(path, (settled, settled))
+
+    def files(n: int) -> list[str]:
+        return [str(tmp_path / f"step-{i:04d}.safetensors") for i in range(n)]
+
+    return x, files
+
+
+@pytest.fixture
+def read_steps(monkeypatch):
+    """The number of steps whose input checksum is computed (what re-reading a step costs)."""
+    count = []
+    real = history_module._step_checksums
+
+    def counting(block: np.ndarray) -> np.ndarray:
+        count.append(len(block))
+        return real(block)
+
+    monkeypatch.setattr(history_module, "_step_checksums", counting)
+    return count
+
+
+def _distances(files: list[str]):
+    return pairwise_distances(open_history(files, chunks=1))
+
+
+def _versions(store: Path) -> np.ndarray:
+    return np.asarray(zarr.open_array(str(store / "_dask_pdist" / "input_version"), mode="r")[...])
+
+
+def test_version_of_vouches_only_for_a_settled_file(tmp_path):
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"x" * 10)
+    assert version_of(path) == 0  # just written: its mtime cannot yet tell a rewrite apart
+    os.utime(path, (time.time() - 60, time.time() - 60))
+    first = version_of(path)
+    assert first != 0 and version_of(path) == first
+    path.write_bytes(b"y" * 11)
+    os.utime(path, (time.time() - 30, time.time() - 30))
+    assert version_of(path) not in (0, first)
+
+
+def test_append_reads_only_the_new_step(checkpoints, tmp_path, read_steps):
+    x, files = checkpoints
+    store = tmp_path / "d.zarr"
+    to_zarr(_distances(files(6)), store)
+    assert (_versions(store) != 0).all()  # settled files: every step vouched for
+    read_steps.clear()
+    to_zarr(_distances(files(7)), store, append=True)
+    assert sum(read_steps) == 1  # the new step, by its write task; no stored step re-read
+    assert open_distances(store)["step"].values.tolist() == list(range(7))
+
+
+def test_a_rewritten_stored_file_is_read_again_and_refused(checkpoints, tmp_path, write_safetensors, read_steps):
+    x, files = checkpoints
+    store = tmp_path / "d.zarr"
+    to_zarr(_distances(files(6)), store)
+    changed = write_safetensors("step-0002.safetensors", {"embedding": x[2] + 1})
+    os.utime(changed, (time.time() - 30, time.time() - 30))  # settled, but another version
+    read_steps.clear()
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in store.rglob("*"))
+    with pytest.raises(StoreError, match=r"input changed since the store was written: step 2 \(index 2\)"):
+        to_zarr(_distances(files(7)), store, append=True)
+    assert sum(read_steps) == 1  # only the rewritten step was read to check it
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in store.rglob("*")) == before
+
+
+def test_a_file_rewritten_with_the_same_values_is_checked_then_vouched_for(
+    checkpoints, tmp_path, write_safetensors, read_steps
+):
+    x, files = checkpoints
+    store = tmp_path / "d.zarr"
+    to_zarr(_distances(files(6)), store)
+    again = write_safetensors("step-0003.safetensors", {"embedding": x[3]})  # copied back, say
+    os.utime(again, (time.time() - 30, time.time() - 30))
+    read_steps.clear()
+    to_zarr(_distances(files(7)), store, append=True)
+    assert sum(read_steps) == 2  # step 3 re-read and found unchanged, and the new step
+    assert _versions(store)[3] == version_of(again)  # recorded: not read again next time
+    read_steps.clear()
+    to_zarr(_distances(files(8)), store, append=True)
+    assert sum(read_steps) == 1
+
+
+def test_a_just_written_file_is_read_again_next_time(checkpoints, tmp_path, read_steps):
+    x, files = checkpoints
+    store = tmp_path / "d.zarr"
+    to_zarr(_distances(files(5)), store)
+    newest = Path(files(6)[-1])
+    os.utime(newest, None)  # saved a moment ago, as --follow usually meets a checkpoint
+    to_zarr(_distances(files(6)), store, append=True)
+    assert _versions(store)[5] == 0  # not vouched for: its mtime may not yet show a rewrite
+    read_steps.clear()
+    to_zarr(_distances(files(7)), store, append=True)
+    assert sum(read_steps) == 2  # step 5 checked again, and the new step
