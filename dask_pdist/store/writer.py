@@ -198,6 +198,7 @@ def _write_graph(ds: xr.Dataset, path: StorePath, todo: np.ndarray, lock: str) -
             store_id=store_id,
             at=(step0, block0),
             dtype=np.uint32,
+            meta=np.empty((0,) * data.ndim, np.uint32),  # else dask calls the task on an empty block to find it
             chunks=(1,) * data.ndim,
             name=f"write-{name}-{token}-{block0}",
         )
@@ -209,6 +210,7 @@ def _write_graph(ds: xr.Dataset, path: StorePath, todo: np.ndarray, lock: str) -
         digest=digest,
         block0=block0,
         dtype=np.uint32,  # each block's digests (only its delayed value is used)
+        meta=np.empty((0, 0, 0), np.uint32),
         chunks=(1, 1, 1),
         name=f"mark-done-{token}-{block0}",
     )
