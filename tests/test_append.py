@@ -236,6 +236,11 @@ def test_interrupted_append_is_finished_by_append_or_resume(history, tmp_path, m
         ref = open_distances(whole).isel(step=slice(0, 8))
         np.testing.assert_array_equal(seen["step"].values, ref["step"].values)
         np.testing.assert_array_equal(seen.euclidean.values, ref.euclidean.values)
+        # verify says a job is writing it in one line, not one per chunk it has not written yet
+        (problem,) = [str(p) for p in verify_store(store)]
+        assert (
+            "a job holds its writer lock" in problem and "chunks of blocks not written yet were not checked" in problem
+        )
         release_lock(store)
         with pytest.raises(StoreError, match="incomplete"):
             open_distances(store)
@@ -307,7 +312,11 @@ def test_cli_append_checkpoints(history, tmp_path, write_safetensors, capsys):
     assert main(["compute", glob, "-o", store, "--chunk-steps", "3", *opts]) == 0
     _checkpoints(run, x, steps, write_safetensors)  # the run saved more
     capsys.readouterr()
-    assert main(["compute", glob, "-o", store, "--append", *opts]) == 0
+    # other step chunks than the store's: said, not silently ignored
+    assert main(["compute", glob, "-o", store, "--append", "--chunk-steps", "2", *opts]) == 2
+    err = capsys.readouterr().err
+    assert "--chunk-steps 2: " in err and "holds chunks of 3 steps" in err, err
+    assert main(["compute", glob, "-o", store, "--append", "--chunk-steps", "3", *opts]) == 0  # the same: fine
     assert "appending 7 steps to its 7" in capsys.readouterr().err
     assert main(["compute", glob, "-o", str(tmp_path / "whole.zarr"), "--chunk-steps", "3", *opts]) == 0
     _assert_same_arrays(tmp_path / "whole.zarr", Path(store))

@@ -81,6 +81,13 @@ def _compute(
 
     t0 = time.perf_counter()
     step_chunk, token_chunk, stored = _stored_chunks(args, output) if append else (None, None, 0)
+    asked = getattr(args, "chunk_steps", None)
+    if step_chunk and asked and int(asked) != int(step_chunk):
+        raise InputError(
+            f"--chunk-steps {asked}: {output} holds chunks of {step_chunk} steps, and an append writes in the"
+            f" store's chunks: leave out --chunk-steps (to read it in other chunks, rechunk it afterwards:"
+            " see the follow page)"
+        )
     with warnings.catch_warnings(record=True) as notes:
         warnings.simplefilter("always", dp.SkippedCheckpointWarning)
         history = _open(args, input_path, step_chunk)

@@ -22,7 +22,7 @@ from dask_pdist.conventions import CLUSTERS_MARKER_ATTR, FINGERPRINT_ATTR, MARKE
 from dask_pdist.errors import StoreError
 from dask_pdist.io.paths import Location, files_under, is_remote
 from dask_pdist.io.publish import pid_alive
-from dask_pdist.store.digests import Absent, Digests, Misplaced, checked_store, expected_digests
+from dask_pdist.store.digests import PACKED, Absent, Digests, Misplaced, checked_store, expected_digests
 from dask_pdist.store.layout import (
     StorePath,
     check_metadata,
@@ -370,6 +370,17 @@ def _verify_output(path: StorePath, progress: Callable[[int, int], None] | None)
     return problems
 
 
+def _not_done(idx: tuple, dims: tuple, chunk: int, step_chunk: int | None, done: np.ndarray, distance: bool) -> bool:
+    # whether chunk `idx` belongs to blocks a running job has not marked done yet
+    if idx and idx[0] >= done.shape[0]:
+        return True  # past the done flags (a store being grown)
+    if distance or dims[:1] == ("step_block",):
+        return not done[tuple(idx[:3])]
+    if dims[:1] == ("step",) and step_chunk and chunk == step_chunk and len(dims) == 1:
+        return not done[idx[0]].any()  # embedding_rms, input_checksum: written with their step-block
+    return False
+
+
 def verify_store(
     path: str | os.PathLike[str] | Location,
     *,
@@ -435,10 +446,21 @@ def verify_store(
         done = None
     step_chunk = next((a.chunks[0] for n, a in arrays.items() if n in ("euclidean", "chebyshev")), None)
     checked, total = 0, sum(int(np.prod(a.cdata_shape)) for a in arrays.values())
+    # a store a live job is writing: the chunks of blocks not done yet are not checked (they
+    # are being written), and the packed digests are written only when a job completes it
+    live = not is_complete(meta) and done is not None and _live_lock(path)
+    unwritten = 0
     for name, arr in arrays.items():
         dims = tuple(getattr(arr.metadata, "dimension_names", None) or ())
         is_distance = dims == ("step", "token_i", "token_j")
+        if name.endswith(PACKED) and not is_complete(meta):
+            checked += int(np.prod(arr.cdata_shape))
+            continue
         for idx in itertools.product(*(range(n) for n in arr.cdata_shape)):
+            if live and _not_done(idx, dims, arr.chunks[0], step_chunk, done, is_distance):
+                unwritten += 1
+                checked += 1
+                continue
             rows = None
             if dims[:1] == ("step",):
                 rows = (idx[0] * arr.chunks[0], min((idx[0] + 1) * arr.chunks[0], arr.shape[0]))
@@ -478,6 +500,7 @@ def verify_store(
                     f"not marked complete: a job holds its writer lock {lock_path(path)} (it may still be"
                     " running; if it is not, `dask-pdist compute ... --resume` takes the lock over on"
                     " the same host and finishes the store)"
+                    + (f"; {unwritten} chunks of blocks not written yet were not checked" if unwritten else "")
                     if _live_lock(path)
                     else "not marked complete (the job was interrupted or stopped; `dask-pdist info` says which);"
                     " reads refuse it until `dask-pdist compute ... --resume` finishes it"
