@@ -40,9 +40,9 @@ if TYPE_CHECKING:
     from dask_pdist.io.history import open_history, parse_token_ids
     from dask_pdist.io.synthetic import synthetic_events, write_synthetic_history
     from dask_pdist.store.export import to_safetensors
-    from dask_pdist.store.integrity import verify_store
     from dask_pdist.store.reading import iter_steps
     from dask_pdist.store.runs import compute_runs, find_runs, open_distances
+    from dask_pdist.store.verification import verify_store
     from dask_pdist.store.writer import to_zarr
 
 _WHERE = {
@@ -59,7 +59,7 @@ _WHERE = {
     "open_distances": "store.runs",  # one store, or several as runs (wraps store.open_distances)
     "compute_runs": "store.runs",
     "find_runs": "store.runs",
-    "verify_store": "store.integrity",
+    "verify_store": "store.verification",
     "summarize": "analyses.summary",
     "iter_steps": "store.reading",
     "write_synthetic_history": "io.synthetic",

@@ -32,6 +32,10 @@ from dask_pdist.store.writer import to_zarr
 __all__ = ["DistancesCallback"]
 
 
+class _CheckpointDeleted(StoreError):
+    """A checkpoint deleted (by Trainer's rotation) while its distances were appended."""
+
+
 class DistancesCallback(TrainerCallback):
     """A ``TrainerCallback`` that appends each saved checkpoint's distances to ``store``.
 
@@ -96,10 +100,10 @@ class DistancesCallback(TrainerCallback):
             ds = pairwise_distances(history, metrics=self.metrics, dtype=self.dtype)  # type: ignore[arg-type]
             to_zarr(ds, self.store, append=True, compressor=self.compressor, progress=False)  # type: ignore[arg-type]
         except FileNotFoundError as exc:  # Trainer deleted a checkpoint while it was read
-            raise StoreError(
+            raise _CheckpointDeleted(
                 f"{self.store}: a checkpoint of {run_dir} was deleted while its distances were appended ({exc});"
-                " with save_total_limit Trainer deletes old checkpoints: keep every checkpoint while following"
-                " (save_total_limit=None), or compute the store from the checkpoints kept afterwards"
+                " with save_total_limit Trainer deletes old checkpoints: the next save's append continues"
+                " from the checkpoints kept (a stored step whose checkpoint is gone keeps its distances)"
             ) from exc
         self.appends += 1
 
@@ -123,6 +127,8 @@ class DistancesCallback(TrainerCallback):
             try:
                 assert self._run_dir is not None
                 self.append(self._run_dir)
+                if isinstance(self.error, _CheckpointDeleted):
+                    self.error = None  # this append caught up: the deletion cost nothing
             except Exception as exc:  # reported by wait(), never stops training
                 self.error = exc
             with self._lock:

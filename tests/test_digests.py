@@ -17,7 +17,7 @@ import pytest
 from conftest import oracle, random_history
 from dask_pdist import RepairWarning, StoreError, open_distances, open_history, pairwise_distances, to_zarr
 from dask_pdist.cli.main import main
-from dask_pdist.store.integrity import verify_store
+from dask_pdist.store.verification import verify_store
 
 STEPS = np.arange(33, dtype=np.int64) * 10  # blocks of 7 steps: 0..60, 70..130, ...
 

@@ -23,8 +23,8 @@ import xarray as xr
 from conftest import random_history
 from dask_pdist import StoreError, open_distances, open_history, pairwise_distances, to_zarr
 from dask_pdist.cli.main import main
-from dask_pdist.store.integrity import verify_store
 from dask_pdist.store.layout import store_progress
+from dask_pdist.store.verification import verify_store
 
 CLI = [sys.executable, "-m", "dask_pdist"]
 TIMEOUT = 120

@@ -196,3 +196,30 @@ def test_follow_waits_for_a_run_that_has_not_saved_yet(tmp_path, state):
     code, err = f.finish()
     assert code == 0, err
     assert open_distances(store)["step"].values.tolist() == [10, 20]
+
+
+def test_follow_a_run_that_deletes_old_checkpoints(run, tmp_path):
+    # save_total_limit=2: each save deletes the oldest but one, so the run never holds more
+    # than two checkpoints; the follower keeps the stored steps and appends each new one
+    import shutil
+
+    folder, x = run
+    shutil.rmtree(folder / "tmp-checkpoint-150")
+    store = tmp_path / "d.zarr"
+    f = Follower("compute", str(folder), "-o", str(store), "--follow", "--idle-exit", "4", "--no-progress")
+    f.wait_for("up to step 100")
+    for i in (2, 3, 4, 5):
+        _save_like_trainer(folder, 50 * (i + 1), x[i])
+        shutil.rmtree(folder / f"checkpoint-{50 * (i - 1)}")
+        f.wait_for(f"up to step {50 * (i + 1)}")
+    code, err = f.finish()
+    assert code == 0 and "Traceback" not in err, err
+    assert sorted(p.name for p in folder.iterdir() if p.name.startswith("checkpoint-")) == [
+        "checkpoint-250",
+        "checkpoint-300",
+    ]
+    assert open_distances(store)["step"].values.tolist() == [50, 100, 150, 200, 250, 300]
+    for i in range(4):  # every checkpoint ever saved, for the one-shot store
+        save_checkpoint(folder, 50 * (i + 1), gpt2_tensors(x[i]))
+    _assert_same_arrays(_one_shot(folder, tmp_path), store)
+    assert verify_store(store) == []

@@ -19,8 +19,8 @@ from conftest import random_history
 from dask_pdist import StoreError, open_distances, open_history, pairwise_distances, to_safetensors, to_zarr
 from dask_pdist.analyses.info import describe
 from dask_pdist.cli.main import main
-from dask_pdist.store.integrity import verify_store
 from dask_pdist.store.layout import store_progress
+from dask_pdist.store.verification import verify_store
 
 STEPS = np.arange(40, dtype=np.int64) * 10  # labels 0, 10, ..., 390: blocks of 8 steps
 

@@ -20,8 +20,8 @@ from conftest import oracle, random_history, s3_upload
 from dask_pdist.cli.main import main
 from dask_pdist.errors import StoreError
 from dask_pdist.io.paths import locate
-from dask_pdist.store.integrity import verify_store
 from dask_pdist.store.layout import store_progress
+from dask_pdist.store.verification import verify_store
 
 CLI = [sys.executable, "-m", "dask_pdist"]
 TIMEOUT = 120

@@ -195,7 +195,7 @@ def _summary_runs(args: argparse.Namespace, ds) -> None:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from dask_pdist.store.integrity import verify_store
+    from dask_pdist.store.verification import verify_store
 
     if args.no_progress:
         problems = verify_store(args.store, storage_options=_opts(args, args.store))

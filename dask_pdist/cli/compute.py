@@ -145,9 +145,18 @@ def _compute(
         )
         print(f"{output}: resuming, {state}", file=sys.stderr)
     if append and stored:
+        from dask_pdist.io.paths import zarr_array
         from dask_pdist.store.layout import store_progress
 
-        new = history.sizes["step"] - stored
+        labels = history["step"].values
+        new = int((labels > int(zarr_array(store / "step")[stored - 1])).sum())
+        gone = stored - (len(labels) - new)  # checkpoints deleted since (save_total_limit): their distances kept
+        if gone > 0 and not brief:
+            print(
+                f"{output}: {gone:,} of its {stored:,} steps are no longer in {history.attrs['source']}"
+                " (checkpoints deleted since): their distances are kept",
+                file=sys.stderr,
+            )
         if new == 0 and store_progress(store)[1]:  # checked unchanged by to_zarr, nothing written
             if not brief:
                 print(f"{output}: holds all {stored:,} steps of {history.attrs['source']}: nothing to append")

@@ -29,9 +29,10 @@ __all__ = ["follow"]
 POLL = 2.0
 
 
-def _complete_checkpoints(source: str | list[str], storage_options: dict | None = None) -> int | None:
-    # how many complete checkpoints the input has now (None: none yet); the incomplete ones
-    # are waited for in silence
+def _complete_checkpoints(source: str | list[str], storage_options: dict | None = None) -> tuple | None:
+    # the complete checkpoints the input has now (None: none yet), as a value that changes
+    # when one is added, also when Trainer deletes an old one at the same time (save_total_limit
+    # keeps their number constant); the incomplete ones are waited for in silence
     from dask_pdist.io.checkpoints import checkpoint_paths
     from dask_pdist.io.paths import any_url
     from dask_pdist.io.sources import _url_checkpoints
@@ -39,9 +40,8 @@ def _complete_checkpoints(source: str | list[str], storage_options: dict | None 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            if any_url(source):
-                return len(_url_checkpoints(source, storage_options))
-            return len(checkpoint_paths(source))
+            found = _url_checkpoints(source, storage_options) if any_url(source) else checkpoint_paths(source)
+            return tuple(str(p) for p in found) or None
         except (InputError, FileNotFoundError):
             return None
 
@@ -146,7 +146,7 @@ def follow(args: argparse.Namespace, source: str | list[str], output: str, compu
     if not getattr(args, "chunk_steps", 1):
         args.chunk_steps = 1  # a new store: one step per chunk, so an append never rewrites a chunk
     idle = getattr(args, "idle_exit", None)
-    seen, last_new = -1, time.monotonic()
+    seen, last_new = None, time.monotonic()
     root = None if any_url(source) else _watch_root(source)
     if _complete_checkpoints(source, options) is None:
         print(f"waiting for the first complete checkpoint in {source}", flush=True)  # the follower's log
@@ -154,7 +154,7 @@ def follow(args: argparse.Namespace, source: str | list[str], output: str, compu
         try:
             for _ in _ticks_after_first(root, lambda: stop.requested):
                 n = _complete_checkpoints(source, options)
-                if n is not None and n != seen:
+                if n is not None and (seen is None or set(n) - set(seen)):  # a checkpoint not seen before
                     stop.appending = True
                     try:
                         compute(args, source, output, False, False, True, True)
@@ -169,7 +169,7 @@ def follow(args: argparse.Namespace, source: str | list[str], output: str, compu
         except KeyboardInterrupt:
             if stop.forced:
                 raise  # the second signal, mid-append: the CLI's interrupted-job path
-    if seen < 0:
+    if seen is None:
         print(f"dask-pdist: stopped; {source} had no complete checkpoint yet", file=sys.stderr)
     else:
         print(f"dask-pdist: stopped following; {output} is complete", file=sys.stderr)

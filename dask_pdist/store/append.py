@@ -20,6 +20,7 @@ import json
 from typing import Any
 
 import dask
+import dask.array as da
 import numpy as np
 import xarray as xr
 
@@ -38,7 +39,7 @@ from dask_pdist.store.layout import (
     write_root_attrs,
 )
 
-__all__ = ["stored_fingerprint", "check_append", "grow", "VERSION_CHUNK"]
+__all__ = ["stored_fingerprint", "check_append", "grow", "keep_gone_steps", "VERSION_CHUNK"]
 
 #: Steps per chunk of the recorded input versions (8 kB): every append reads them all.
 VERSION_CHUNK = 1024
@@ -57,13 +58,100 @@ def _refuse(path: StorePath, why: str) -> StoreError:
     return StoreError(f"{path}: cannot append: {why}; the store is unchanged")
 
 
-def check_append(ds: xr.Dataset, path: StorePath, fingerprint: dict[str, Any]) -> int:
+def _per_checkpoint(ds: xr.Dataset) -> bool:
+    # a history read from one file per checkpoint (io/history.py records "N files:" in its fingerprint)
+    return " files:" in str(ds.attrs.get("source_fingerprint", ""))
+
+
+def _gone(block: np.ndarray, block_info: Any = None) -> np.ndarray:
+    raise StoreError(
+        "internal error: the distances of a stored step whose input is gone were to be computed again"
+    )  # never: their blocks are done, and the write graph starts after them
+
+
+def keep_gone_steps(ds: xr.Dataset, path: StorePath) -> tuple[xr.Dataset, np.ndarray | None]:
+    """A per-checkpoint input that lacks stored steps (their checkpoints deleted since, as
+    Trainer's ``save_total_limit`` does) continues the store: ``ds`` with the store's steps
+    put back in front of its new ones (their distances never computed again: reading one
+    raises), and the mask of the stored steps whose input is gone; ``(ds, None)`` when
+    nothing is gone or ``ds`` is not read from one file per checkpoint (a history file that
+    lacks a stored step is refused by :func:`check_append`, as is an input whose stored steps
+    are out of order or that has a step between stored ones)."""
+    if not _per_checkpoint(ds) or not (path / "step" / "zarr.json").exists():
+        return ds, None
+    stored = np.asarray(zarr_array(path / "step")[...])
+    steps = ds["step"].values
+    if not len(stored):
+        return ds, None
+    after = steps > stored[-1]
+    n_old = int(np.argmax(after)) if after.any() else len(steps)  # the input's stored steps come first
+    old, new = steps[:n_old], steps[n_old:]
+    pos = np.searchsorted(stored, old)
+    if (
+        len(old) == len(stored)
+        or np.any(new <= stored[-1])
+        or np.any(pos >= len(stored))
+        or not np.array_equal(stored[np.minimum(pos, len(stored) - 1)], old)
+        or np.any(np.diff(pos) <= 0)
+    ):
+        return ds, None  # nothing gone, or not a continuation: check_append says why
+    gone = np.ones(len(stored), bool)
+    gone[pos] = False
+    src = np.concatenate([np.full(len(stored), -1), len(old) + np.arange(len(new))])
+    src[pos] = np.arange(len(old))
+    return _expanded(ds, path, src), gone
+
+
+def _expanded(ds: xr.Dataset, path: StorePath, src: np.ndarray) -> xr.Dataset:
+    # every per-step array of ds at the store's positions: ds's row src[i], or a placeholder
+    # where src[i] is -1 (dask: raises if computed; numpy: the store's recorded value, or 0)
+    def rows(name: str, var: xr.Variable) -> Any:
+        data = var.data
+        if isinstance(data, da.Array):
+            pieces, i = [], 0
+            while i < len(src):
+                j = i
+                while j < len(src) and (src[j] < 0) == (src[i] < 0) and (src[i] < 0 or src[j] - src[i] == j - i):
+                    j += 1
+                if src[i] < 0:
+                    zeros = da.zeros((j - i, *data.shape[1:]), dtype=data.dtype, chunks=(1, *data.chunks[1:]))
+                    meta = np.empty((0,) * data.ndim, data.dtype)
+                    # checksums of gone steps read as 0: computed along with their chunk's other
+                    # steps when those are checked, never compared (check_append skips them)
+                    gone = zeros if name == INPUT_CHECKSUM else zeros.map_blocks(_gone, dtype=data.dtype, meta=meta)
+                    pieces.append(gone)
+                else:
+                    pieces.append(data[src[i] : src[i] + j - i])
+                i = j
+            return da.concatenate(pieces, axis=0)
+        values = np.asarray(data)
+        out = np.zeros((len(src), *values.shape[1:]), dtype=values.dtype)
+        known = src >= 0
+        out[known] = values[src[known]]
+        where = path / name if name == "step" else path / BOOKKEEPING / name
+        if (where / "zarr.json").exists() and (~known).any():
+            recorded = np.asarray(zarr_array(where)[...])
+            out[~known] = recorded[np.flatnonzero(~known)]
+        return out
+
+    def rebuilt(name: str, var: xr.Variable) -> xr.Variable:
+        if not var.dims or var.dims[0] != "step":
+            return var
+        return xr.Variable(var.dims, rows(name, var), attrs=var.attrs, encoding=var.encoding)
+
+    variables = {name: rebuilt(str(name), var.variable) for name, var in ds.data_vars.items()}
+    coords = {name: rebuilt(str(name), var.variable) for name, var in ds.coords.items()}
+    return xr.Dataset(variables, coords=coords, attrs=ds.attrs)
+
+
+def check_append(ds: xr.Dataset, path: StorePath, fingerprint: dict[str, Any], gone: np.ndarray | None = None) -> int:
     """Check that ``ds`` continues the store at ``path``; return the number of stored steps.
 
     Refused (``StoreError``, the store untouched) when the parameters differ (anything the
     fingerprint records but the step count and the input's file identity), when the input
     lacks a stored step or has a new step not after the last stored one, or when the input
-    of a stored step changed (crc32c of its values against ``input_checksum``)."""
+    of a stored step changed (crc32c of its values against ``input_checksum``); the stored
+    steps marked in ``gone`` (see :func:`keep_gone_steps`) are not checked."""
     old = stored_fingerprint(path)
     diff = [
         f"{k}: store has {old.get(k)!r}, now {v!r}"
@@ -109,11 +197,31 @@ def check_append(ds: xr.Dataset, path: StorePath, fingerprint: dict[str, Any]) -
                 f"the input has step {bad[0]} after step {int(steps[list(steps).index(bad[0]) - 1])}: new steps must"
                 f" increase past the store's last step {last}; a store grows only at its end",
             )
-    _check_stored_input(ds, path, n)
+    if gone is not None and not complete:
+        flags = store_progress(path)[0].all(axis=(1, 2))
+        chunk = int(_distances(path).chunks[0])
+        lost = [i for i in np.flatnonzero(gone) if i // chunk >= len(flags) or not flags[i // chunk]]
+        if lost:
+            raise _refuse(
+                path,
+                f"the input of step {ds['step'].values[lost[0]]} is gone and its distances were never written (the"
+                " job writing them was interrupted): recompute the store from the checkpoints kept"
+                " (overwrite=True, --overwrite)",
+            )
+    if gone is not None and n:
+        chunk = int(_distances(path).chunks[0])
+        partial = np.flatnonzero(gone[(n // chunk) * chunk :]) if n % chunk and len(steps) > n else []
+        if len(partial):
+            raise _refuse(
+                path,
+                f"the input of stored step {stored[(n // chunk) * chunk + partial[0]]} is gone, and the store's"
+                f" last chunk ({chunk} steps) holds it with steps to be added: it cannot be recomputed whole",
+            )
+    _check_stored_input(ds, path, n, gone)
     return n
 
 
-def _check_stored_input(ds: xr.Dataset, path: StorePath, n: int) -> None:
+def _check_stored_input(ds: xr.Dataset, path: StorePath, n: int, gone: np.ndarray | None = None) -> None:
     # the stored distances were computed from some input: re-read the stored steps' input
     # (cheap next to their distances) and compare with the checksums recorded next to them;
     # a step whose input file is the very version recorded (io/paths.py version_of: same path,
@@ -128,6 +236,8 @@ def _check_stored_input(ds: xr.Dataset, path: StorePath, n: int) -> None:
     else:
         done = store_progress(path)[0].any(axis=(1, 2))
         rows = np.flatnonzero(done[np.arange(n) // chunk]) if len(done) else np.array([], int)
+    if gone is not None:
+        rows = rows[~gone[rows]]  # their input is gone: nothing to re-read
     versions = path / BOOKKEEPING / INPUT_VERSION
     if len(rows) and INPUT_VERSION in ds.coords and (versions / "zarr.json").exists():
         now, old = ds[INPUT_VERSION].values[:n], np.asarray(zarr_array(versions)[:n])

@@ -37,7 +37,7 @@ from dask_pdist.conventions import (
 from dask_pdist.errors import RepairWarning, StoreError
 from dask_pdist.io.paths import is_remote, zarr_array
 from dask_pdist.io.publish import clean_stale
-from dask_pdist.store.append import check_append, grow, stored_fingerprint
+from dask_pdist.store.append import check_append, grow, keep_gone_steps, stored_fingerprint
 from dask_pdist.store.codecs import COMPRESSORS, DEFAULT_COMPRESSOR, Compressor, codec_choice, codec_name
 from dask_pdist.store.creation import create, task_variables
 from dask_pdist.store.digests import (
@@ -304,7 +304,11 @@ def to_zarr(
         only the new steps are computed, in the store's chunks along ``step`` (a last chunk
         the store holds only partly is recomputed whole). Refused, the store unchanged, for
         other parameters (dtype, metrics, tokens, token chunks, codecs), a stored step lacking
-        or changed, or a new step before the last stored one. Finishes an interrupted store
+        or changed, or a new step before the last stored one. An input read from one file
+        per checkpoint may lack stored steps whose checkpoints were deleted since (Trainer's
+        ``save_total_limit``): their distances are kept, the stored steps still there are
+        checked. A stored step whose file is the version recorded when it was read (path,
+        size, mtime, inode; or ETag) is not read again. Finishes an interrupted store
         as ``resume`` does; with nothing new, writes nothing. Without a store at ``path``,
         creates it. While appending the store reads as incomplete.
     compute : bool
@@ -359,7 +363,9 @@ def to_zarr(
         raise
     try:
         resuming = check_output(path, overwrite, resume or appending, shallow=appending)
+        gone = None
         if appending:
+            ds, gone = keep_gone_steps(ds, path)  # checkpoints deleted since (save_total_limit): kept
             ds = _step_chunks(ds, path)
         ds = _regular_chunks(ds)
         fingerprint = _fingerprint(ds, compressor)
@@ -368,7 +374,7 @@ def to_zarr(
             # partial files: neither is looked for, so an append's cost does not grow with
             # the steps stored (one file per block to read)
             was_complete = is_complete(read_root(path))
-            stored = check_append(ds, path, fingerprint)
+            stored = check_append(ds, path, fingerprint, gone)
             if stored == ds.sizes["step"] and was_complete:
                 release_lock(path, lock)  # nothing new: nothing written
                 return open_distances(path) if compute else dask.delayed(0)
