@@ -26,6 +26,7 @@ __all__ = [
     "ENGINES",
     "Engine",
     "check_engine",
+    "counted",
 ]
 
 # -- metrics ---------------------------------------------------------------------------------
@@ -180,3 +181,12 @@ def human_size(nbytes: float) -> str:
         if nbytes >= scale:
             return f"{nbytes / scale:,.1f} {unit}"
     return f"{int(nbytes)} bytes"
+
+
+def counted(n: int, noun: str) -> str:
+    """``n`` and ``noun``, plural unless n is 1 (regular English plurals only).
+
+    >>> counted(1, "step"), counted(1_200, "step")
+    ('1 step', '1,200 steps')
+    """
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")

@@ -135,7 +135,7 @@ def test_cli_says_which_steps_are_kept(run, tmp_path, capsys):
     assert main(["compute", str(folder), "-o", store, "--key", KEY, "--append", "--no-progress"]) == 0
     err = capsys.readouterr().err
     assert "2 of its 3 steps are no longer in" in err and "their distances are kept" in err, err
-    assert "appending 1 steps to its 3" in err, err
+    assert "appending 1 step to its 3" in err, err
 
 
 def test_a_gone_step_never_written_is_refused(run, tmp_path):

@@ -9,6 +9,7 @@ import sys
 import time
 
 from dask_pdist.cli.common import _opts, _progress, _run, _write_output, check_grow_flags
+from dask_pdist.conventions import counted
 
 
 def _cmd_neighbours(args: argparse.Namespace) -> None:
@@ -67,7 +68,7 @@ def _said_written(output: str, before: int, now: tuple[int, object], seconds: fl
     after, last = now
     if append and after == before:
         if not brief:
-            print(f"{output}: nothing new to append (it holds the input's {after:,} steps)")
+            print(f"{output}: nothing new to append (it holds the input's {counted(after, 'step')})")
         return False
     if brief:
         print(
@@ -346,7 +347,7 @@ def _cmd_clusters(args: argparse.Namespace) -> None:
         args, source, args.threshold, args.metric, args.key, args.output, args.overwrite, args.token_ids, args.append
     )
     if args.output and args.append and before == ds.sizes["step"]:
-        print(f"\n{args.output}: nothing new to append (it holds the input's {before:,} steps)")
+        print(f"\n{args.output}: nothing new to append (it holds the input's {counted(before, 'step')})")
     elif args.output:
         print(f"\nWrote {args.output}")
     if args.events:

@@ -21,7 +21,7 @@ from dask_pdist.cli.common import (
     error_line,
     failure_cause,
 )
-from dask_pdist.conventions import METRICS, human_size
+from dask_pdist.conventions import METRICS, counted, human_size
 from dask_pdist.errors import InputError, StoreError
 
 
@@ -153,16 +153,17 @@ def _compute(
         gone = stored - (len(labels) - new)  # checkpoints deleted since (save_total_limit): their distances kept
         if gone > 0 and not brief:
             print(
-                f"{output}: {gone:,} of its {stored:,} steps are no longer in {history.attrs['source']}"
+                f"{output}: {gone:,} of its {counted(stored, 'step')} {'is' if gone == 1 else 'are'} no longer in"
+                f" {history.attrs['source']}"
                 " (checkpoints deleted since): their distances are kept",
                 file=sys.stderr,
             )
         if new == 0 and store_progress(store)[1]:  # checked unchanged by to_zarr, nothing written
             if not brief:
-                print(f"{output}: holds all {stored:,} steps of {history.attrs['source']}: nothing to append")
+                print(f"{output}: holds all {counted(stored, 'step')} of {history.attrs['source']}: nothing to append")
             return False
         if not brief:
-            print(f"{output}: appending {new:,} steps to its {stored:,}", file=sys.stderr)
+            print(f"{output}: appending {counted(new, 'step')} to its {stored:,}", file=sys.stderr)
     if not (brief and stored):
         print(
             f"{history.attrs['source']} [{history.name}]: {history.sizes['step']:,} steps"
