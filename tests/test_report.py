@@ -191,6 +191,9 @@ def test_frames_of_a_long_history_are_chosen_evenly(write_safetensors, tmp_path)
     # a byte budget: as many frames as their float32 values fit in
     fig = _figure(dp.report(store, tmp_path / "r.html", max_bytes=2 * 36 * 4 * 5 + 7, overwrite=True))
     assert len(fig["frames"]) == 5
+    # a budget below one frame: the error names the store it is about
+    with pytest.raises(InputError, match=r"d.zarr: 6 tokens: one step's 2 V x V matrices"):
+        dp.report(store, tmp_path / "r.html", max_bytes=100, overwrite=True)
 
 
 def test_one_metric_a_float64_store_and_a_store_without_either_metric(made, tmp_path):

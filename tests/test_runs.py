@@ -147,6 +147,22 @@ def test_summary_cli_per_run(tmp_path, three_runs, capsys):
     assert main(["summary", str(out / "*.zarr"), "--plot", "x.png"]) == 2
 
 
+def test_a_folder_or_glob_of_run_stores_where_one_store_is_expected(tmp_path, three_runs, capsys):
+    out = tmp_path / "out"
+    compute_runs(three_runs, out, chunks=4)
+    hint = f"3 dask_pdist stores (run_003.zarr, run_007.zarr, run_012.zarr), one per run: give one of them, e.g. {out}"
+    for argv in (
+        ["summary", str(out)],
+        ["report", str(out / "*"), "-o", str(tmp_path / "r.html")],
+        ["clusters", str(out / "*"), "-o", str(tmp_path / "c.zarr")],
+        ["neighbours", str(out), "-k", "2", "-o", str(tmp_path / "n.zarr")],
+    ):
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert hint in err and "Traceback" not in err, (argv, err)
+
+
 def test_checkpoint_globs_are_not_runs(tmp_path):
     for i in range(3):
         save_file({"w": random_history((1, 6, 4))[0]}, str(tmp_path / f"step_{i}.safetensors"))

@@ -43,7 +43,7 @@ def describe(
     from dask_pdist.analyses.neighbours_store import is_neighbours_store
     from dask_pdist.conventions import ALL_METRICS
     from dask_pdist.errors import InputError, StoreError
-    from dask_pdist.io.checkpoints import directory_hint
+    from dask_pdist.io.folder_hints import directory_hint
     from dask_pdist.io.history import is_checkpoint_spec
     from dask_pdist.io.safetensors_format import read_header
     from dask_pdist.io.sources import read_npy_header

@@ -310,7 +310,10 @@ def report(
     written = written_steps(ds, ds.encoding.get("source", store))
     if not written.any():
         raise InputError(f"{store}: no step is written yet; report it once its first block is done")
-    n = frame_count(ds.sizes["step"], ds.sizes["token_i"], len(metrics), max_frames=max_frames, max_bytes=max_bytes)
+    try:
+        n = frame_count(ds.sizes["step"], ds.sizes["token_i"], len(metrics), max_frames=max_frames, max_bytes=max_bytes)
+    except InputError as exc:  # too many tokens for a page: name the store it is about
+        raise InputError(f"{store}: {exc}") from None
     frames = even_positions(np.flatnonzero(written), n)
     others: dict[str, xr.Dataset] = {}
     for role, where, opener in (

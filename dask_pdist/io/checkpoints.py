@@ -32,7 +32,6 @@ __all__ = [
     "parse_steps",
     "tensor_file",
     "confined",
-    "directory_hint",
 ]
 
 #: Name ending of a sharded checkpoint's index (``model.safetensors.index.json``).
@@ -238,8 +237,13 @@ def checkpoint_paths(spec: str | Sequence[str | os.PathLike[str]], follow_symlin
             if inner is not None:
                 paths.append(inner)
         if not paths:
+            from dask_pdist.io.folder_hints import stores_hint  # (it imports this module)
+
+            stores = stores_hint(spec)  # the stores compute 'runs/*' -o out/ wrote: say to give one
             raise InputError(
-                f"{spec}: the pattern matches only directories ({', '.join(sorted(found)[:3])}"
+                f"{spec}: {stores[2:]}"
+                if stores
+                else f"{spec}: the pattern matches only directories ({', '.join(sorted(found)[:3])}"
                 f"{', ...' if len(found) > 3 else ''}) that hold no safetensors checkpoint;"
                 " give a pattern that matches safetensors files"
             )
@@ -451,25 +455,14 @@ def embedding_key(checkpoint: Path, shapes: dict[str, tuple[int, ...]]) -> str:
     more = f" and {len(two_d) - 12} more" if len(two_d) > 12 else ""
     what = f"config.json says model_type {model_type!r}, vocab_size {vocab}" if config else "no config.json next to it"
     hint = f"; e.g. --key {suggest[0]}" if suggest else ""
+    three_d = [n for n, s in shapes.items() if len(s) == 3]
+    if not two_d and three_d:  # a whole history in a folder taken for a checkpoint
+        raise InputError(
+            f"{checkpoint}: read as one checkpoint (a 2-D embedding matrix), but it holds no 2-D tensor and"
+            f" the 3-D {three_d[0]} {list(shapes[three_d[0]])}: an embedding history; give the file itself"
+            " (or a quoted glob of history files) as the input, not the folder holding it"
+        )
     raise InputError(
         f"{checkpoint}: cannot choose the embedding matrix ({what}); its 2-D tensors: {listing}{more};"
         f" name one with key= / --key{hint}"
     )
-
-
-def directory_hint(folder: Path) -> str:
-    """The error for a folder given where a file or zarr store is expected: the glob it
-    probably meant.
-
-    Examples
-    --------
-    >>> directory_hint(Path("ckpt"))  # doctest: +SKIP
-    "ckpt: a directory, not a zarr store: did you mean 'ckpt/*.safetensors'? (quote the glob)"
-    """
-    if any(folder.glob("*.safetensors")):
-        pattern = str(folder / "*.safetensors")
-    elif any(folder.glob("*/*.safetensors")) or any(folder.glob("*/*" + INDEX_SUFFIX)):
-        pattern = str(folder / "*")  # Hugging Face style checkpoint folders
-    else:
-        return f"{folder}: a directory that is not a zarr store and holds no .safetensors checkpoints"
-    return f"{folder}: a directory, not a zarr store: did you mean '{pattern}'? (quote the glob)"

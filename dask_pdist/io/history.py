@@ -22,10 +22,10 @@ from dask_pdist.errors import InputError
 from dask_pdist.io.checkpoints import (
     INDEX_SUFFIX,
     checkpoint_steps,
-    directory_hint,
     is_run_folder,
     parse_steps,
 )
+from dask_pdist.io.folder_hints import directory_hint
 from dask_pdist.io.paths import Location, any_url, identity, is_remote, locate, version_of
 from dask_pdist.io.safetensors_format import pread_exact, require_regular_file
 from dask_pdist.io.sources import (

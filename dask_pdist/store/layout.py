@@ -32,6 +32,7 @@ from dask_pdist.conventions import (
     MARKER_ATTR,
 )
 from dask_pdist.errors import StoreError
+from dask_pdist.io.folder_hints import stores_hint
 from dask_pdist.io.locks import acquire_lock, holding_lock, lock_path, release_lock
 from dask_pdist.io.paths import (
     BUCKET_SCHEMES,
@@ -241,7 +242,8 @@ def not_a_store(path: StorePath) -> StoreError:
             f"{path}: a damaged dask_pdist store: its root zarr.json is missing or unreadable (a write was"
             " interrupted, or the file was deleted); recompute it with `dask-pdist compute ... --overwrite`"
         )
-    return StoreError(f"{path}: not a dask_pdist store (no zarr.json with {MARKER_ATTR!r})")
+    hint = "" if is_remote(path) else stores_hint(path)  # a folder of run stores (compute 'runs/*' -o out/)
+    return StoreError(f"{path}: not a dask_pdist store (no zarr.json with {MARKER_ATTR!r}){hint}")
 
 
 def has_bookkeeping(path: StorePath) -> bool:

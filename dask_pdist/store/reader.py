@@ -16,7 +16,8 @@ import xarray as xr
 
 from dask_pdist.conventions import ALL_METRICS, DONE, STOPPED_ATTR
 from dask_pdist.errors import StoreError
-from dask_pdist.io.paths import Location, zarr_group
+from dask_pdist.io.folder_hints import stores_hint
+from dask_pdist.io.paths import Location, is_remote, zarr_group
 from dask_pdist.store.digests import STORE_ID_ATTR, checked_store, expected_digests
 from dask_pdist.store.integrity import CheckedChunks, _live_lock, check_small_arrays, lazy_checked
 from dask_pdist.store.layout import (
@@ -85,7 +86,8 @@ def open_distances(
         )
     path = store_path(path, storage_options)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: store not found")
+        hint = "" if is_remote(path) else stores_hint(path)  # a glob of run stores: say to give one
+        raise FileNotFoundError(f"{path}: store not found{hint}")
     if not is_store(path):
         raise not_a_store(path)
     check_metadata(path)
