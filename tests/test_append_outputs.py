@@ -6,6 +6,8 @@ refused with the store unchanged."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -132,6 +134,18 @@ def test_cli_clusters_and_neighbours_append(grown, tmp_path, capsys):
     _same(open_neighbours(tmp_path / "n.zarr").compute(), neighbours(open_history(write(11)), k=2).compute())
     assert main(["clusters", str(write(11)), "-o", str(tmp_path / "c.zarr"), "--append", "--overwrite"]) == 2
     assert "--append" in capsys.readouterr().err
+
+
+def test_cli_clusters_append_rewrites_its_events(grown, tmp_path, capsys):
+    # --events with --append: the events of the grown store, replacing the file of the store it was
+    x, write = grown
+    store, events = str(tmp_path / "c.zarr"), str(tmp_path / "ev.csv")
+    for n in (4, 11):
+        assert main(["clusters", str(write(n)), "-o", store, "--events", events, "--append", "--no-progress"]) == 0
+    whole = str(tmp_path / "whole.csv")
+    assert main(["clusters", str(write(11)), "--events", whole, "--no-progress"]) == 0
+    text = Path(events).read_text()
+    assert text == Path(whole).read_text() and len(text.splitlines()) >= 4
 
 
 @pytest.mark.parametrize("command", [["clusters"], ["neighbours", "-k", "3"]])

@@ -323,7 +323,8 @@ def _cmd_clusters(args: argparse.Namespace) -> None:
         parent = os.path.dirname(target or "") or "."
         if target and not os.path.isdir(parent):
             raise FileNotFoundError(f"{target}: parent directory {parent} does not exist")
-    if args.events and os.path.exists(args.events) and not args.overwrite:
+    # with --append the events (and plot) of the grown store replace those of the store it was
+    if args.events and os.path.exists(args.events) and not (args.overwrite or args.append):
         raise FileExistsError(f"{args.events}: already exists; pass --overwrite to replace it")
     if args.plot:
         from dask_pdist.analyses.plotting import require_matplotlib
@@ -351,7 +352,7 @@ def _cmd_clusters(args: argparse.Namespace) -> None:
     elif args.output:
         print(f"\nWrote {args.output}")
     if args.events:
-        write_events_csv(events, args.events, overwrite=args.overwrite)
+        write_events_csv(events, args.events, overwrite=args.overwrite or args.append)
         print(f"Wrote {args.events} ({len(events):,} events)")
     if args.plot:
         from dask_pdist.analyses.plotting import plot_clusters

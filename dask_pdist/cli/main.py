@@ -266,7 +266,8 @@ def _parser() -> argparse.ArgumentParser:
         "--events",
         metavar="EVENTS.csv",
         type=_output,
-        help="write the events as CSV (step,kind,tokens) (default: none)",
+        help="write the events as CSV (step,kind,tokens); with --append, those of the grown store, replacing"
+        " the file (default: none)",
     )
     k.add_argument(
         "--plot",
