@@ -36,7 +36,11 @@ def test_history_from_s3_is_bit_identical_and_reads_once_per_task(history_s3, mo
     local = dp.open_history(path, chunks=8)
     assert remote.attrs["source"] == url
     assert remote.attrs["source_fingerprint"] == local.attrs["source_fingerprint"]
-    xr.testing.assert_identical(remote.drop_attrs(), local.drop_attrs())  # computes both
+    # computes both; the input_version coordinate is where each was read from (an ETag, a local file)
+    xr.testing.assert_identical(
+        remote.drop_attrs().drop_vars("input_version"), local.drop_attrs().drop_vars("input_version")
+    )
+    assert (remote["input_version"].values != 0).all()  # an object's ETag vouches for it at once
     assert len(reads) - header_reads == 4  # 29 steps in chunks of 8: one ranged read per task
     e_remote = dp.pairwise_distances(remote).compute()
     e_local = dp.pairwise_distances(local).compute()
@@ -61,7 +65,9 @@ def test_checkpoint_glob_and_list_on_s3(tmp_path, s3_bucket):
     remote = dp.open_history(f"{s3_bucket}/ckpt/step_*.safetensors", chunks=5)
     local = dp.open_history(str(tmp_path / "step_*.safetensors"), chunks=5)
     np.testing.assert_array_equal(remote.step.values, np.arange(1, 13))
-    xr.testing.assert_identical(remote.drop_attrs(), local.drop_attrs())
+    xr.testing.assert_identical(  # input_version: where each was read from (an ETag, a local file)
+        remote.drop_attrs().drop_vars("input_version"), local.drop_attrs().drop_vars("input_version")
+    )
     listed = dp.open_history([f"{s3_bucket}/ckpt/step_{i}.safetensors" for i in (3, 1, 2)])
     np.testing.assert_array_equal(listed.step.values, [1, 2, 3])
     np.testing.assert_array_equal(listed.values, x[:3])
@@ -146,7 +152,9 @@ def test_token_subset_from_s3_reads_ranges_and_matches_local(history_s3):
     path, url = history_s3
     remote = dp.open_history(url, chunks=8, token_ids="1:4,8")
     local = dp.open_history(path, chunks=8, token_ids="1:4,8")
-    xr.testing.assert_identical(remote.drop_attrs(), local.drop_attrs())
+    xr.testing.assert_identical(  # input_version: where each was read from (an ETag, a local file)
+        remote.drop_attrs().drop_vars("input_version"), local.drop_attrs().drop_vars("input_version")
+    )
 
 
 def test_clusters_and_neighbours_cli_take_storage_options(tmp_path, history_s3, s3_endpoint, monkeypatch, capsys):
