@@ -212,6 +212,7 @@ def test_follow_a_run_that_deletes_old_checkpoints(run, tmp_path):
         _save_like_trainer(folder, 50 * (i + 1), x[i])
         shutil.rmtree(folder / f"checkpoint-{50 * (i - 1)}")
         f.wait_for(f"up to step {50 * (i + 1)}")
+    assert "d.zarr: 6 steps, up to step 300" in f.seen[-1]  # the store's steps, not the run folder's two
     code, err = f.finish()
     assert code == 0 and "Traceback" not in err, err
     assert sorted(p.name for p in folder.iterdir() if p.name.startswith("checkpoint-")) == [
@@ -223,3 +224,19 @@ def test_follow_a_run_that_deletes_old_checkpoints(run, tmp_path):
         save_checkpoint(folder, 50 * (i + 1), gpt2_tensors(x[i]))
     _assert_same_arrays(_one_shot(folder, tmp_path), store)
     assert verify_store(store) == []
+
+
+def test_follow_grows_a_store_made_by_a_plain_compute(run, tmp_path):
+    # the follow page's first two commands: compute RUN_DIR, then --follow it (auto step chunks)
+    import shutil
+
+    folder, x = run
+    shutil.rmtree(folder / "tmp-checkpoint-150")
+    store = tmp_path / "d.zarr"
+    assert main(["compute", str(folder), "-o", str(store), "--no-progress"]) == 0
+    f = Follower("compute", str(folder), "-o", str(store), "--follow", "--idle-exit", "3", "--no-progress")
+    _save_like_trainer(folder, 150, x[2])
+    f.wait_for("up to step 150")
+    code, err = f.finish()
+    assert code == 0 and "Traceback" not in err, err
+    assert open_distances(store)["step"].values.tolist() == [50, 100, 150]

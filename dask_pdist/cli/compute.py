@@ -45,7 +45,10 @@ def _open(args: argparse.Namespace, input_path: str | list[str], step_chunk: int
     return dp.open_history(
         input_path,
         key=getattr(args, "key", None),
-        chunks=getattr(args, "chunk_steps", None) or step_chunk or "auto",
+        chunks=getattr(args, "chunk_steps", None)
+        or step_chunk
+        or getattr(args, "new_store_chunk_steps", None)
+        or "auto",
         tokens=getattr(args, "tokens", None),
         nonfinite=getattr(args, "nonfinite", "raise"),
         token_ids=getattr(args, "token_ids", None),
@@ -84,8 +87,8 @@ def _compute(
     asked = getattr(args, "chunk_steps", None)
     if step_chunk and asked and int(asked) != int(step_chunk):
         raise InputError(
-            f"--chunk-steps {asked}: {output} holds chunks of {step_chunk} steps, and an append writes in the"
-            f" store's chunks: leave out --chunk-steps (to read it in other chunks, rechunk it afterwards:"
+            f"--chunk-steps {asked}: {output} holds chunks of {counted(int(step_chunk), 'step')}, and an append"
+            " writes in the store's chunks: leave out --chunk-steps (to read it in other chunks, rechunk it afterwards:"
             " see the follow page)"
         )
     with warnings.catch_warnings(record=True) as notes:
@@ -160,7 +163,7 @@ def _compute(
             )
         if new == 0 and store_progress(store)[1]:  # checked unchanged by to_zarr, nothing written
             if not brief:
-                print(f"{output}: holds all {counted(stored, 'step')} of {history.attrs['source']}: nothing to append")
+                print(f"{output}: holds every step of {history.attrs['source']} ({stored:,} in all): nothing to append")
             return False
         if not brief:
             print(f"{output}: appending {counted(new, 'step')} to its {stored:,}", file=sys.stderr)
@@ -202,7 +205,8 @@ def _compute(
     elapsed = time.perf_counter() - t0
     if brief:
         last = int(history["step"].values[-1])
-        print(f"{output}: {history.sizes['step']:,} steps, up to step {last} ({elapsed:.1f} s)", flush=True)
+        held = stored + new if append and stored else history.sizes["step"]  # the store's, not the input's
+        print(f"{output}: {counted(held, 'step')}, up to step {last} ({elapsed:.1f} s)", flush=True)
         return True
     print(f"\nWrote {output} in {elapsed:.1f} s\n")
     # chunks=None: two steps read straight through zarr, no dask graph (nor its look-up of a
@@ -274,7 +278,7 @@ def _compute_runs(args: argparse.Namespace, runs: dict) -> None:
         runs,
         args.output,
         key=args.key,
-        chunks=args.chunk_steps or "auto",
+        chunks=args.chunk_steps or getattr(args, "new_store_chunk_steps", None) or "auto",
         tokens=args.tokens,
         nonfinite=args.nonfinite,
         token_ids=args.token_ids,

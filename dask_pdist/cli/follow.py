@@ -143,8 +143,9 @@ def follow(args: argparse.Namespace, source: str | list[str], output: str, compu
         )
     if args.overwrite:
         raise InputError("--follow grows --output; it does not take --overwrite (delete the store to start anew)")
-    if not getattr(args, "chunk_steps", 1):
-        args.chunk_steps = 1  # a new store: one step per chunk, so an append never rewrites a chunk
+    # a new store: one step per chunk, so an append never rewrites a chunk (an existing store
+    # keeps its own chunks; only a --chunk-steps the user gave is checked against them)
+    args.new_store_chunk_steps = 1
     idle = getattr(args, "idle_exit", None)
     seen, last_new = None, time.monotonic()
     root = None if any_url(source) else _watch_root(source)
