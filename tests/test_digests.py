@@ -241,3 +241,48 @@ def test_a_truncated_chunk_is_called_corrupt_not_misplaced(store):
     chunk.write_bytes(chunk.read_bytes()[:1000])
     with pytest.raises(StoreError, match=r"euclidean chunk \(2, 0, 0\).*corrupt"):
         _ = open_distances(store).euclidean.values
+
+
+def _packed_chunk(store: Path) -> Path:
+    return store / "_dask_pdist" / "chunk_digest_packed" / "c" / "0" / "0" / "0" / "0"
+
+
+@pytest.mark.parametrize("damage", ["deleted", "flipped"])
+def test_a_lost_or_damaged_packed_table_falls_back_to_the_blocks_records(store, history, damage):
+    # the packed table is a copy of the per-block records: reads take those, swaps stay refused
+    packed = _packed_chunk(store)
+    if damage == "deleted":
+        packed.unlink()
+    else:
+        data = bytearray(packed.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        packed.write_bytes(bytes(data))
+    np.testing.assert_allclose(open_distances(store).euclidean.values, oracle(history[1])[0], rtol=1e-6, atol=0)
+    _swap(_chunk(store, "euclidean", 1, 0, 0), _chunk(store, "euclidean", 2, 0, 0))
+    with pytest.raises(StoreError, match="misplaced"):
+        _ = open_distances(store).euclidean.values
+
+
+def test_an_append_after_the_packed_table_was_lost_keeps_every_chunk_checked(history, tmp_path, write_safetensors):
+    x = history[1]
+    short = write_safetensors("short.safetensors", {"embedding_history": x[:20], "steps": STEPS[:20]}, "F32")
+    store = tmp_path / "grown.zarr"
+    to_zarr(pairwise_distances(open_history(short, chunks=7)), store, progress=False)
+    _packed_chunk(store).unlink()
+    to_zarr(pairwise_distances(open_history(history[0], chunks=7)), store, append=True, progress=False)
+    _swap(_chunk(store, "euclidean", 0, 0, 0), _chunk(store, "euclidean", 1, 0, 0))
+    with pytest.raises(StoreError, match="misplaced"):
+        _ = open_distances(store).euclidean.values
+    assert any("misplaced" in str(p) for p in verify_store(store))
+
+
+def test_a_block_whose_digests_are_lost_is_refused(store):
+    # a done block without its record (its chunk_digest file deleted, the packed copy not used)
+    meta = json.loads((store / "zarr.json").read_text())
+    meta["attributes"]["dask_pdist_digests_packed"] = 0
+    (store / "zarr.json").write_text(json.dumps(meta))
+    (store / "_dask_pdist" / "chunk_digest" / "c" / "2" / "0" / "0" / "0").unlink()
+    _swap(_chunk(store, "euclidean", 2, 0, 0), _chunk(store, "euclidean", 3, 0, 0))
+    with pytest.raises(StoreError, match=r"record of chunk digests .*step-block 2 of the blocks marked written"):
+        open_distances(store)
+    assert any("step-block 2" in str(p) for p in verify_store(store))

@@ -308,24 +308,51 @@ def expected_digests(path: Path | Location, done: np.ndarray | None = None) -> D
         arr = zarr_array(path / BOOKKEEPING / DIGEST)
         names = list(arr.attrs["variables"])
         upto = int(attrs.get(PACKED_ATTR, 0)) if done is None and (path / BOOKKEEPING / PACKED).exists() else 0
-        upto = min(upto, arr.shape[0])
-        parts = [np.asarray(zarr_array(path / BOOKKEEPING / PACKED)[:upto])] if upto else []
-        if upto < arr.shape[0]:  # step-blocks the packed table does not hold: one file each
-            parts.append(np.asarray(arr[upto:]))
-        table = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        upto = max(0, min(upto, arr.shape[0]))
+        packed = _packed_rows(path, upto)  # None: unreadable; the per-block table holds the same
+        start = upto if packed is not None else 0
+        table = np.asarray(arr[start:]) if start < arr.shape[0] else np.zeros((0, *arr.shape[1:]), arr.dtype)
+        if packed is not None:
+            table = np.concatenate([packed, table])
     except Exception:
         raise lost(f"{BOOKKEEPING}/{DIGEST}") from None
     if done is None:
         done = np.ones(table.shape[:-1], bool)
+    elif done.shape != table.shape[:-1]:  # a growth interrupted between resizing the two: none done past either
+        both = np.zeros(table.shape[:-1], bool)
+        rows = min(len(done), len(both))
+        both[:rows] = done[:rows]
+        done = both
+    # every block marked done recorded a digest of each variable (never 0): a 0 there is a lost
+    # record (a packed chunk gone reads as the fill value: those rows are read from their own files)
+    unrecorded = done & (table == 0).any(axis=-1)
+    again = np.unique(np.nonzero(unrecorded)[0])
+    again = again[again < start]
+    if len(again):
+        table[again] = np.asarray(arr.get_orthogonal_selection((again,)))
+        unrecorded = done & (table == 0).any(axis=-1)
+    if unrecorded.any():
+        s0 = int(np.nonzero(unrecorded)[0][0])
+        raise lost(f"{BOOKKEEPING}/{DIGEST}, step-block {s0} of the blocks marked written")
     kinds = [names_kind(name) for name in names]
     for s, i, j in zip(*np.nonzero(done), strict=True):
         for k, value in enumerate(table[s, i, j].tolist()):
-            if value == 0:
-                continue  # not recorded (the fill value)
             name = names[k]
             key = f"{name}/c/{s}/{i}/{j}" if kinds[k] == 3 else f"{name}/c/{s}"
             out.setdefault(key, value)
     return out
+
+
+def _packed_rows(path: Path | Location, upto: int) -> np.ndarray | None:
+    # the packed table's first `upto` rows, or None if it cannot be read (it is a copy)
+    from dask_pdist.io.paths import zarr_array
+
+    if not upto:
+        return None
+    try:
+        return np.asarray(zarr_array(path / BOOKKEEPING / PACKED)[:upto])
+    except Exception:
+        return None
 
 
 def packed_steps(blocks: tuple[int, ...], variables: int) -> int:
