@@ -123,3 +123,20 @@ def test_a_just_written_file_is_read_again_next_time(checkpoints, tmp_path, read
     read_steps.clear()
     to_zarr(_distances(files(7)), store, append=True)
     assert sum(read_steps) == 2  # step 5 checked again, and the new step
+
+
+def test_a_damaged_version_record_only_costs_reading(checkpoints, tmp_path, read_steps):
+    x, files = checkpoints
+    store = tmp_path / "d.zarr"
+    to_zarr(_distances(files(6)), store)
+    chunk = store / "_dask_pdist" / "input_version" / "c" / "0"
+    data = bytearray(chunk.read_bytes())
+    data[3] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    read_steps.clear()
+    to_zarr(_distances(files(7)), store, append=True)
+    assert sum(read_steps) == 7  # every stored step checked by its checksum, and the new one
+    assert (_versions(store) != 0).all()  # the record written anew
+    read_steps.clear()
+    to_zarr(_distances(files(8)), store, append=True)
+    assert sum(read_steps) == 1

@@ -240,7 +240,7 @@ def _check_stored_input(ds: xr.Dataset, path: StorePath, n: int, gone: np.ndarra
         rows = rows[~gone[rows]]  # their input is gone: nothing to re-read
     versions = path / BOOKKEEPING / INPUT_VERSION
     if len(rows) and INPUT_VERSION in ds.coords and (versions / "zarr.json").exists():
-        now, old = ds[INPUT_VERSION].values[:n], np.asarray(zarr_array(versions)[:n])
+        now, old = ds[INPUT_VERSION].values[:n], _recorded_versions(versions, n)
         rows = rows[(now[rows] == 0) | (now[rows] != old[rows])]
     if not len(rows):
         return
@@ -320,9 +320,23 @@ def _write_steps(array: Any, steps: np.ndarray) -> None:
         array[start:] = steps[start:]
 
 
+def _recorded_versions(where: StorePath, n: int) -> np.ndarray:
+    # the recorded input versions of the first n steps; all 0 (none vouched for: every step is
+    # re-read) if the record cannot be read: it only saves reading, the checksums decide
+    try:
+        return np.asarray(zarr_array(where)[:n])
+    except Exception:
+        return np.zeros(n, dtype=np.uint64)
+
+
 def _write_changed(array: Any, values: np.ndarray) -> None:
-    # only the chunks holding a value that differs (an append: the last one, usually)
-    old = np.asarray(array[...])
+    # only the chunks holding a value that differs (an append: the last one, usually); a
+    # damaged record is written whole
+    try:
+        old = np.asarray(array[...])
+    except Exception:
+        array[...] = values
+        return
     size = array.chunks[0]
     for c in np.unique(np.flatnonzero(old != values) // size):
         array[c * size : (c + 1) * size] = values[c * size : (c + 1) * size]
