@@ -138,7 +138,9 @@ def test_cli_says_which_steps_are_kept(run, tmp_path, capsys):
     assert "appending 1 step to its 3" in err, err
 
 
-def test_a_gone_step_never_written_is_refused(run, tmp_path):
+def test_a_step_never_written_whose_checkpoint_is_gone_is_left_out(run, tmp_path):
+    # an append killed before writing step 30, whose checkpoint Trainer deleted since: the next
+    # append drops it (nothing of it was written) and continues with the checkpoints kept
     from dask_pdist.store.layout import release_lock
 
     folder, save, drop = run
@@ -148,9 +150,16 @@ def test_a_gone_step_never_written_is_refused(run, tmp_path):
     to_zarr(_distances(str(folder / "checkpoint-*")), store)
     save(3)
     job = to_zarr(_distances(str(folder / "checkpoint-*")), store, append=True, compute=False)
-    del job  # grown, killed before step 30 was written
+    del job  # grown to 4 steps, killed before step 30 was written
     release_lock(store)
-    drop(3)  # ... and its checkpoint deleted since
+    drop(3)
+    drop(0)
     save(4)
-    with pytest.raises(StoreError, match=r"the input of step 30 is gone and its distances were never written"):
-        to_zarr(_distances(str(folder / "checkpoint-*")), store, append=True)
+    to_zarr(_distances(str(folder / "checkpoint-*")), store, append=True)
+    assert open_distances(store)["step"].values.tolist() == [0, 10, 20, 40]
+    assert verify_store(store) == []
+    whole = tmp_path / "whole.zarr"
+    for i in (0, 1, 2, 4):
+        save(i)
+    to_zarr(_distances(str(folder / "checkpoint-*")), whole)
+    _assert_same_arrays(whole, store)

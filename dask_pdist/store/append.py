@@ -79,7 +79,10 @@ def keep_gone_steps(ds: xr.Dataset, path: StorePath) -> tuple[xr.Dataset, np.nda
     are out of order or that has a step between stored ones)."""
     if not _per_checkpoint(ds) or not (path / "step" / "zarr.json").exists():
         return ds, None
-    stored = np.asarray(zarr_array(path / "step")[...])
+    labels = np.asarray(zarr_array(path / "step")[...])
+    # an interrupted append's steps not written yet are not stored: if their checkpoints are
+    # gone too, they are left out (the store shrinks back to its written steps)
+    stored = labels if is_complete(read_root(path)) else labels[: _whole_steps(path, len(labels))]
     steps = ds["step"].values
     if not len(stored):
         return ds, None
@@ -87,8 +90,9 @@ def keep_gone_steps(ds: xr.Dataset, path: StorePath) -> tuple[xr.Dataset, np.nda
     n_old = int(np.argmax(after)) if after.any() else len(steps)  # the input's stored steps come first
     old, new = steps[:n_old], steps[n_old:]
     pos = np.searchsorted(stored, old)
+    dropped = len(stored) < len(labels) and not np.isin(labels[len(stored) :], steps).all()
     if (
-        len(old) == len(stored)
+        (len(old) == len(stored) and not dropped)
         or np.any(new <= stored[-1])
         or np.any(pos >= len(stored))
         or not np.array_equal(stored[np.minimum(pos, len(stored) - 1)], old)
@@ -165,14 +169,11 @@ def check_append(ds: xr.Dataset, path: StorePath, fingerprint: dict[str, Any], g
         raise _refuse(path, "the input or parameters differ from the store's: " + "; ".join(diff))
     stored = np.asarray(zarr_array(path / "step")[...])
     steps = ds["step"].values
-    if len(steps) < len(stored):
+    if len(steps) < len(stored) and gone is None:  # (gone: steps never written, whose checkpoints are gone)
         raise _refuse(path, f"the input has {len(steps)} steps, fewer than the store's {len(stored)}")
     complete = is_complete(read_root(path))  # then every block is done: its flags are not read
     if not complete:  # an interrupted append may have left step labels past its done blocks unwritten
-        done = store_progress(path)[0]
-        chunk = int(_distances(path).chunks[0])
-        rows = done.all(axis=(1, 2))
-        stored = stored[: min(len(stored), (int(np.argmin(rows)) if not rows.all() else len(rows)) * chunk)]
+        stored = stored[: _whole_steps(path, len(stored))]
     n = len(stored)
     if n and not np.array_equal(steps[:n], stored):
         have = set(stored.tolist())
@@ -219,6 +220,12 @@ def check_append(ds: xr.Dataset, path: StorePath, fingerprint: dict[str, Any], g
             )
     _check_stored_input(ds, path, n, gone)
     return n
+
+
+def _whole_steps(path: StorePath, n: int) -> int:
+    # how many leading steps of a store lie in step-blocks whose every block is done
+    rows = store_progress(path)[0].all(axis=(1, 2))
+    return min(n, (int(np.argmin(rows)) if not rows.all() else len(rows)) * int(_distances(path).chunks[0]))
 
 
 def _check_stored_input(ds: xr.Dataset, path: StorePath, n: int, gone: np.ndarray | None = None) -> None:
@@ -293,11 +300,11 @@ def grow(ds: xr.Dataset, path: StorePath, fingerprint: dict[str, Any]) -> None:
     for where in (done_path(path), path / BOOKKEEPING / DIGEST, path / BOOKKEEPING / PACKED):
         if (where / "zarr.json").exists():
             arr = zarr_array(where, "r+")
-            if arr.shape[0] < nblocks:
+            if arr.shape[0] != nblocks:
                 arr.resize((nblocks, *arr.shape[1:]))
     store_id = int((read_attrs(path) or {}).get(STORE_ID_ATTR, 0))
     array, written = recording_array(path, "step", store_id)
-    if array.shape[0] < total:
+    if array.shape[0] != total:
         array.resize((total,))
     _write_steps(array, ds["step"].values)
     if written:
@@ -343,6 +350,8 @@ def _write_changed(array: Any, values: np.ndarray) -> None:
 
 
 def _resize(path: StorePath, name: str, total: int) -> None:
+    # to the job's steps: more, or (an interrupted append whose unwritten steps' checkpoints
+    # are gone) fewer, dropping only steps never written
     arr = zarr_array(path / name, "r+")
-    if arr.shape[0] < total:
+    if arr.shape[0] != total:
         arr.resize((total, *arr.shape[1:]))
