@@ -240,3 +240,32 @@ def test_follow_grows_a_store_made_by_a_plain_compute(run, tmp_path):
     code, err = f.finish()
     assert code == 0 and "Traceback" not in err, err
     assert open_distances(store)["step"].values.tolist() == [50, 100, 150]
+
+
+def test_a_checkpoint_deleted_while_read_is_appended_again_at_once(run, tmp_path, capsys):
+    # Trainer deleted a checkpoint the append was reading: the follower says so and appends
+    # again with the checkpoints kept, instead of ending
+    import argparse
+
+    from dask_pdist.cli.common import deleted_while_read
+    from dask_pdist.cli.follow import follow
+
+    folder, _ = run
+    calls = []
+
+    def compute(*args):
+        calls.append(args)
+        if len(calls) == 1:
+            missing = folder / "checkpoint-50" / "gone.safetensors"
+            try:
+                raise FileNotFoundError(2, "No such file or directory", str(missing))
+            except FileNotFoundError as exc:
+                raise RuntimeError("reading failed") from exc
+        return True
+
+    args = argparse.Namespace(idle_exit=0.5, overwrite=False, chunk_steps=None)
+    assert follow(args, str(folder), str(tmp_path / "d.zarr"), compute) == 0
+    assert len(calls) == 2
+    assert "checkpoint-50/gone.safetensors was deleted while it was read; appending again" in capsys.readouterr().out
+    assert deleted_while_read(RuntimeError("x")) is None
+    assert deleted_while_read(FileNotFoundError(2, "gone", str(folder))) is None  # still there: not deleted

@@ -28,6 +28,23 @@ class _Exit(Exception):
         self.code = code
 
 
+class CheckpointGone(Exception):
+    """An append of ``--follow`` failed because a checkpoint it read was deleted meanwhile
+    (Trainer's ``save_total_limit``): the follower retries with the checkpoints kept."""
+
+
+def deleted_while_read(exc: BaseException) -> str | None:
+    """The file a failure could not find that is gone now (deleted while read), or None."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        name = getattr(exc, "filename", None)
+        if isinstance(exc, FileNotFoundError) and name and not os.path.exists(name):
+            return str(name)
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return None
+
+
 def _metrics_arg(text: str) -> tuple[str, ...]:
     metrics = tuple(m.strip() for m in text.split(",") if m.strip())
     bad = [m for m in metrics if m not in ALL_METRICS]

@@ -12,12 +12,14 @@ from pathlib import Path
 
 from dask_pdist.cli.common import (
     EXIT_BAD_INPUT,
+    CheckpointGone,
     _debug_traceback,
     _Exit,
     _opts,
     _progress,
     _resume_command,
     _run,
+    deleted_while_read,
     error_line,
     failure_cause,
 )
@@ -193,6 +195,9 @@ def _compute(
         )
         raise _Exit(130) from None
     except Exception as exc:  # disk full, lost mount, object store gone, no memory: written blocks stay valid
+        gone = deleted_while_read(exc) if brief else None
+        if gone:  # --follow: a checkpoint deleted while read (save_total_limit); retried with those kept
+            raise CheckpointGone(gone) from exc
         cause = failure_cause(exc, output)
         if cause is None and not isinstance(exc, OSError):
             raise

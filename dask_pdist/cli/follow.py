@@ -21,6 +21,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from dask_pdist.cli.common import CheckpointGone, deleted_while_read
 from dask_pdist.errors import InputError
 
 __all__ = ["follow"]
@@ -158,7 +159,16 @@ def follow(args: argparse.Namespace, source: str | list[str], output: str, compu
                 if n is not None and (seen is None or set(n) - set(seen)):  # a checkpoint not seen before
                     stop.appending = True
                     try:
-                        compute(args, source, output, False, False, True, True)
+                        try:
+                            compute(args, source, output, False, False, True, True)
+                        except Exception as exc:  # a checkpoint deleted while read: at once again, with those kept
+                            gone = str(exc) if isinstance(exc, CheckpointGone) else deleted_while_read(exc)
+                            if not gone:
+                                raise
+                            print(
+                                f"dask-pdist: note: {gone} was deleted while it was read; appending again", flush=True
+                            )
+                            compute(args, source, output, False, False, True, True)
                     finally:
                         stop.appending = False
                     seen, last_new = n, time.monotonic()
