@@ -13,7 +13,7 @@ import numpy as np
 from dask_pdist.conventions import KNN_TILE_BYTES, Metric, check_metric
 from dask_pdist.kernels._jit import numba
 from dask_pdist.kernels.distances import _raise_overflow, _rescale_row, _row, _scaling_bound
-from dask_pdist.kernels.knn_gemm import gemm_pairs, gemm_safe
+from dask_pdist.kernels.knn_gemm import gemm_pairs
 from dask_pdist.kernels.knn_lists import _empty_lists, _insert
 
 __all__ = ["knn_pairs", "knn_pairs_rows", "knn_merge", "knn_block", "churn_block", "check_k", "knn_tile", "QUERY_ROWS"]
@@ -211,8 +211,9 @@ def knn_pairs_rows(
         raise ValueError(f"token ranges {b} and {c} must be equal or disjoint, within 0..{ntok}")
     if k < 1:
         raise ValueError(f"need k >= 1, got {k}")
-    if gemm_safe(x, b, c):
-        return gemm_pairs(x, b, c, k, step0=step0)
+    out = gemm_pairs(x, b, c, k, step0=step0)
+    if out is not None:
+        return out
     nb = b[1] - b[0]
     parts = [x[:, b[0] : b[1]]] if b == c else [x[:, b[0] : b[1]], x[:, c[0] : c[1]]]
     xt = np.ascontiguousarray(np.concatenate(parts, axis=1).transpose(0, 2, 1))

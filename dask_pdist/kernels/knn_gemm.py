@@ -36,7 +36,7 @@ from dask_pdist.kernels.knn_lists import _empty_lists, _insert
 __all__ = ["GEMM_BLOCK_BYTES", "bound_constants", "gemm_pairs", "gemm_safe"]
 
 GEMM_BLOCK_BYTES = 64 * 2**20  # one (rows x candidates) block of the product
-_EXACT_COLS = 64  # candidates gathered per call of the exact row routine (a (D, 64) buffer)
+_EXACT_COLS = 16  # a row's candidates computed exactly at a time: one vector; (D, 16) stays in L1
 _U64 = 2.0**-53
 
 
@@ -76,27 +76,46 @@ def bound_constants(dtype: np.dtype, ndim: int) -> np.ndarray:
     return np.array([a, c_hi, c_lo, rho], dtype=np.float64)
 
 
-def _limits(dtype: np.dtype, ndim: int) -> tuple[float, float]:
-    # Above hi a product could overflow the dtype; below lo every bound is the underflow
-    # term, every pair a candidate: the tile kernel is faster there (same result).
+def _norm_limits(dtype: np.dtype) -> tuple[float, float]:
+    # Above hi (a squared norm) a product or a bound could overflow the dtype; below lo
+    # every bound is the underflow term and every pair a candidate: the tile kernel is
+    # faster there (the same lists).
     info = np.finfo(dtype)
-    hi = float(np.sqrt(float(info.max) / (4 * max(1, ndim))))
-    lo = float(np.sqrt(float(info.tiny))) * 2.0**20
-    return lo, hi
+    return float(info.tiny) * 2.0**40, float(info.max) / 8
 
 
 @numba.njit(nogil=True, cache=True)
-def _max_abs(x, t0, t1):
-    # largest |value| of tokens t0..t1 over all steps; NaN if any value is NaN or infinite
-    m = 0.0
+def _bound_terms(x, t0, t1, cst, ph, pl):
+    # per step and token: its share of the separable upper and lower bounds (see
+    # bound_constants); returns the largest squared norm, NaN if any is not finite
+    a, c_hi, c_lo, rho = cst[0], cst[1], cst[2], cst[3]
+    top = 0.0
     for s in range(x.shape[0]):
         for t in range(t0, t1):
+            acc = 0.0
             for d in range(x.shape[2]):
-                v = abs(np.float64(x[s, t, d]))
-                if not v <= 1.7e308:
-                    return np.nan
-                m = max(m, v)
-    return m
+                v = np.float64(x[s, t, d])
+                acc += v * v
+            ph[s, t] = (1.0 + rho) * (1.0 + a) * acc + c_hi / 2
+            pl[s, t] = (1.0 - rho) * (1.0 - a) * acc - c_lo / 2
+            if not acc <= 1.7e308:
+                top = np.nan
+            elif acc > top:
+                top = acc
+    return top
+
+
+def _terms(x: np.ndarray, b: tuple[int, int], c: tuple[int, int]) -> tuple | None:
+    # the bounds' per-token terms of both blocks, or None where the method does not apply
+    cst = bound_constants(x.dtype, x.shape[2])
+    ph = np.empty(x.shape[:2], dtype=x.dtype)  # only the tokens of b and c are filled and read
+    pl = np.empty(x.shape[:2], dtype=x.dtype)
+    top_b = _bound_terms(x, b[0], b[1], cst, ph, pl)
+    top_c = top_b if b == c else _bound_terms(x, c[0], c[1], cst, ph, pl)
+    lo, hi = _norm_limits(x.dtype)
+    if not (top_b <= hi and top_c <= hi and max(top_b, top_c) >= lo):  # False for NaN
+        return None
+    return cst, ph, pl
 
 
 def gemm_safe(x: np.ndarray, b: tuple[int, int], c: tuple[int, int]) -> bool:
@@ -110,22 +129,7 @@ def gemm_safe(x: np.ndarray, b: tuple[int, int], c: tuple[int, int]) -> bool:
     >>> gemm_safe(np.full((1, 4, 3), np.nan, np.float32), (0, 4), (0, 4))
     False
     """
-    lo, hi = _limits(x.dtype, x.shape[2])
-    mb, mc = _max_abs(x, b[0], b[1]), _max_abs(x, c[0], c[1])
-    return bool(mb <= hi and mc <= hi and max(mb, mc) >= lo)  # False for NaN
-
-
-@numba.njit(nogil=True, cache=True)
-def _bound_terms(xs, t0, t1, cst, ph, pl):
-    # per token: its share of the separable upper and lower bounds (see _coefficients)
-    a, c_hi, c_lo, rho = cst[0], cst[1], cst[2], cst[3]
-    for t in range(t0, t1):
-        acc = 0.0
-        for d in range(xs.shape[1]):
-            v = np.float64(xs[t, d])
-            acc += v * v
-        ph[t] = (1.0 + rho) * (1.0 + a) * acc + c_hi / 2
-        pl[t] = (1.0 - rho) * (1.0 - a) * acc - c_lo / 2
+    return _terms(x, b, c) is not None
 
 
 _CHUNK = 16  # pass 2: columns per vectorised step; the rare hits are then handled one by one
@@ -201,76 +205,90 @@ def _may_enter(lo, t, bar, idx, j):
 
 
 @numba.njit(nogil=True, cache=True)
-def _exact(xs, g, i0, j0, diag, pl, cl, up, trow, tcol, cbar, cidx, lists, e_low, bufs, jbuf, tmp):
+def _exact(xs, g, i0, j0, diag, pl, cl, up, trow, tcol, cols, lists, e_low, bufs, jbuf, tmp):
     # Pass 2: every pair that may enter its row's or its column's list is computed exactly
-    # (the shared row routine over gathered columns) and offered to both lists.
+    # (the shared row routine over the row's gathered candidates) and offered to both lists.
     # Returns (i, j) of a distance that overflows the dtype, else (-1, -1).
     rn, rd, rb0, cn, cd, cb0 = lists
     abuf, bbuf, sq, mx, ab = bufs
+    cbar, cidx, ceff = cols  # each column list's _bar, and min(tcol, bar)
     m, n = g.shape
     ndim = xs.shape[1]
     last = rn.shape[1] - 1
     width = jbuf.shape[0]
     for q in range(n):
         cbar[q], cidx[q] = _bar(cd[j0 + q - cb0], cn[j0 + q - cb0], last, up)
+        ceff[q] = min(tcol[q], cbar[q])
     for p in range(m):
         i = i0 + p
         nr = rn[i - rb0]
         dr = rd[i - rb0]
         tr = trow[p]
         bar, idx = _bar(dr, nr, last, up)
-        for d in range(ndim):
-            abuf[d, 0] = xs[i, d]
         lo_i = pl[i]
         q = max(0, i + 1 - j0) if diag else 0
         cnt = 0
         while q < n:
             q1 = min(q + _CHUNK, n)
             hit = False
-            gs, ps, ts, bs, xs_ = g[p, q:q1], pl[j0 + q : j0 + q1], tcol[q:q1], cbar[q:q1], cidx[q:q1]
+            gs, ps, es = g[p, q:q1], pl[j0 + q : j0 + q1], ceff[q:q1]
+            reff = min(tr, bar)
             for t in range(q1 - q):  # vectorised: no branch, slices indexed from 0
                 lo = max((lo_i + ps[t]) - cl * gs[t], 0)  # d~^2 >= 0
                 tmp[t] = lo
-                hit |= _may_enter(lo, tr, bar, idx, j0 + q + t) | _may_enter(lo, ts[t], bs[t], xs_[t], i)
+                hit |= (lo <= reff) | (lo <= es[t])  # what _may_enter needs first
             if hit:
-                for t in range(q, q1):
-                    lo = tmp[t - q]
-                    j = j0 + t
-                    if _may_enter(lo, tr, bar, idx, j) or _may_enter(lo, tcol[t], cbar[t], cidx[t], i):
+                ts, bs, xs_ = tcol[q:q1], cbar[q:q1], cidx[q:q1]
+                for t in range(q1 - q):
+                    lo = tmp[t]
+                    j = j0 + q + t
+                    if _may_enter(lo, tr, bar, idx, j) or _may_enter(lo, ts[t], bs[t], xs_[t], i):
+                        if cnt == 0:
+                            for d in range(ndim):
+                                abuf[d, 0] = xs[i, d]
                         for d in range(ndim):
                             bbuf[d, cnt] = xs[j, d]
                         jbuf[cnt] = j
                         cnt += 1
                         if cnt == width:
-                            over = _flush(
-                                abuf, bbuf, jbuf, cnt, i, j0, nr, dr, cn, cd, cb0, cbar, cidx, up, sq, mx, ab, e_low
-                            )
+                            over = _flush(cnt, i, bufs, jbuf, lists, j0, tcol, cols, up, e_low)
                             if over >= 0:
                                 return i, over
                             bar, idx = _bar(dr, nr, last, up)
                             cnt = 0
             q = q1
         if cnt:
-            over = _flush(abuf, bbuf, jbuf, cnt, i, j0, nr, dr, cn, cd, cb0, cbar, cidx, up, sq, mx, ab, e_low)
+            over = _flush(cnt, i, bufs, jbuf, lists, j0, tcol, cols, up, e_low)
             if over >= 0:
                 return i, over
     return -1, -1
 
 
 @numba.njit(nogil=True, cache=True)
-def _flush(abuf, bbuf, jbuf, cnt, i, j0, nr, dr, cn, cd, cb0, cbar, cidx, up, sq, mx, ab, e_low):
-    # the gathered candidates of row i, computed exactly and offered to both lists;
-    # returns the token whose distance overflows the dtype, else -1
-    last = nr.shape[0] - 1
-    if _row(abuf, 0, bbuf, 0, cnt, sq, mx, ab, e_low):
-        over = _rescale_row(abuf, 0, bbuf, 0, cnt, sq, mx, e_low)
-        if over >= 0:
+def _flush(cnt, i, bufs, jbuf, lists, j0, tcol, cols, up, e_low):
+    # Row i's gathered candidates, computed exactly and offered to both lists. The row
+    # routine runs over the whole buffer (the lanes past cnt hold earlier candidates: one
+    # full vector costs less than a scalar remainder; their values are not used, and no
+    # pair of finite values of the sizes this method takes can overflow). Returns the
+    # token whose distance to i overflows the dtype, else -1.
+    rn, rd, rb0, cn, cd, cb0 = lists
+    abuf, bbuf, sq, mx, ab = bufs
+    cbar, cidx, ceff = cols
+    last = rn.shape[1] - 1
+    width = jbuf.shape[0]
+    if _row(abuf, 0, bbuf, 0, width, sq, mx, ab, e_low):
+        over = _rescale_row(abuf, 0, bbuf, 0, width, sq, mx, e_low)
+        if 0 <= over < cnt:
             return jbuf[over]
+    nr = rn[i - rb0]
+    dr = rd[i - rb0]
     for t in range(cnt):
         j = jbuf[t]
         _insert(nr, dr, sq[t], j)
         _insert(cn[j - cb0], cd[j - cb0], sq[t], i)
-        cbar[j - j0], cidx[j - j0] = _bar(cd[j - cb0], cn[j - cb0], last, up)
+        q = j - j0
+        cbar[q], cidx[q] = _bar(cd[j - cb0], cn[j - cb0], last, up)
+        ceff[q] = min(tcol[q], cbar[q])
     return -1
 
 
@@ -282,13 +300,12 @@ def gemm_pairs(
     *,
     step0: int = 0,
     block_bytes: int = GEMM_BLOCK_BYTES,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
     """:func:`dask_pdist.kernels.knn.knn_pairs` (Euclidean) on row-major snapshots, via BLAS.
 
     Parameters
     ----------
     x : ndarray, shape (step, token, dim), C-contiguous float32 or float64
-        Finite, of moderate size (:func:`gemm_safe`).
     b, c : (start, stop)
         Row and candidate token ranges: equal (a diagonal block) or disjoint.
     k : int
@@ -299,8 +316,9 @@ def gemm_pairs(
 
     Returns
     -------
-    (row_nbr, row_dist, col_nbr, col_dist)
-        As :func:`dask_pdist.kernels.knn.knn_pairs`, the same values bit for bit.
+    (row_nbr, row_dist, col_nbr, col_dist) or None
+        As :func:`dask_pdist.kernels.knn.knn_pairs`, the same values bit for bit; None where
+        the blocks hold a value the bounds cannot take (:func:`gemm_safe`).
 
     Examples
     --------
@@ -310,24 +328,24 @@ def gemm_pairs(
     array([2, 2, 0])
     """
     nstep, ntok, ndim = x.shape
-    dt = x.dtype.type
+    terms = _terms(x, b, c)
+    if terms is None:
+        return None
+    cst, ph, pl = terms
     diag = b == c
     rn, rd = _empty_lists(nstep, b[1] - b[0], k, x.dtype)
     cn, cd = (rn, rd) if diag else _empty_lists(nstep, c[1] - c[0], k, x.dtype)
-    cst = bound_constants(x.dtype, ndim)
     rho = float(cst[3])
-    ch, cl = dt(2 * (1 + rho)), dt(2 * (1 - rho))
+    ch, cl = x.dtype.type(2 * (1 + rho)), x.dtype.type(2 * (1 - rho))
     info = np.finfo(x.dtype)
     up = np.array([1 + 2 * float(info.eps), 2 * float(info.smallest_subnormal)], dtype=x.dtype)
     e_low = _scaling_bound(x.dtype, ndim)
-    ph = np.empty(ntok, dtype=x.dtype)  # only the rows of b and c are filled and read
-    pl = np.empty(ntok, dtype=x.dtype)
     ncol = c[1] - c[0]
     rows = max(1, min(b[1] - b[0], block_bytes // max(1, x.dtype.itemsize * ncol)))
     width = _EXACT_COLS
     bufs = (
         np.empty((ndim, 1), dtype=x.dtype),  # the row, as a (D, 1) block for the row routine
-        np.empty((ndim, width), dtype=x.dtype),  # its gathered candidates
+        np.zeros((ndim, width), dtype=x.dtype),  # its gathered candidates
         *(np.empty(width, dtype=x.dtype) for _ in range(3)),  # Euclidean, Chebyshev, L1 out
     )
     jbuf = np.empty(width, dtype=np.int64)
@@ -340,20 +358,18 @@ def gemm_pairs(
     tcol = np.empty(ncol, dtype=x.dtype)
     cbar = np.empty(ncol, dtype=x.dtype)
     cidx = np.empty(ncol, dtype=np.int64)
+    ceff = np.empty(ncol, dtype=x.dtype)
     for s in range(nstep):
         xs = x[s]
-        _bound_terms(xs, b[0], b[1], cst, ph, pl)
-        if not diag:
-            _bound_terms(xs, c[0], c[1], cst, ph, pl)
         for r0 in range(b[0], b[1], rows):
             r1 = min(r0 + rows, b[1])
             j0 = r0 if diag else c[0]  # a diagonal block needs only the columns j > i >= r0
             g = xs[r0:r1] @ xs[j0 : c[1]].T
             n = c[1] - j0
-            _thresholds(g, r0, j0, diag, ph, ch, trow[: r1 - r0], tcol[:n], cmin[:, :n], rmin, kbuf)
+            _thresholds(g, r0, j0, diag, ph[s], ch, trow[: r1 - r0], tcol[:n], cmin[:, :n], rmin, kbuf)
             lists = (rn[s], rd[s], b[0], cn[s], cd[s], c[0])
             i, j = _exact(
-                xs, g, r0, j0, diag, pl, cl, up, trow[: r1 - r0], tcol[:n], cbar[:n], cidx[:n],
+                xs, g, r0, j0, diag, pl[s], cl, up, trow[: r1 - r0], tcol[:n], (cbar[:n], cidx[:n], ceff[:n]),
                 lists, e_low, bufs, jbuf, tmp,
             )  # fmt: skip
             _raise_overflow((s if i >= 0 else -1, i, j), x.dtype, step0, 0, 0)
