@@ -194,7 +194,10 @@ def _bar(dr, nr, last, up):
     # its k-th token (a tie enters only with a smaller token); inf, _NONE while not full.
     if nr[last] == -1:
         return np.inf, _NONE
-    return dr[last] * dr[last] * up[0] + up[1], nr[last]
+    v = dr[last]
+    if v == 0:  # exact: only a tie at 0 with a smaller token may enter (duplicate tokens)
+        return v, nr[last]
+    return v * v * up[0] + up[1], nr[last]
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
