@@ -17,10 +17,12 @@ from dask_pdist.kernels.knn_gemm import bound_constants, gemm_pairs, gemm_safe
 DTYPES = ["bf16", "f16", "f32", "f64"]
 
 
-def _history(rng, shape, dtype, *, scale=1.0, integer=False):
-    """Random snapshots with many exact duplicates, ties, one-ulp and subnormal distances."""
+def _history(rng, shape, dtype, *, scale=1.0, integer=False, offset=0.0):
+    """Random snapshots with many exact duplicates, ties, one-ulp and subnormal distances;
+    ``offset``: all tokens near one shared vector (a synthetic history's early steps)."""
     s, v, d = shape
     x = rng.integers(-2, 3, size=shape).astype(np.float64) if integer else rng.standard_normal(shape) * scale
+    x += offset * rng.standard_normal(d)
     x = {
         "bf16": lambda a: a.astype(ml_dtypes.bfloat16).astype(np.float32),
         "f16": lambda a: a.astype(np.float16).astype(np.float32),
@@ -48,15 +50,15 @@ def _same(got, want):
     d=st.integers(1, 40),
     k=st.integers(1, 12),
     dtype=st.sampled_from(DTYPES),
-    kind=st.sampled_from(["gauss", "small", "large", "integer"]),
+    kind=st.sampled_from(["gauss", "small", "large", "integer", "offset"]),
     block=st.integers(1, 10**6),
     seed=st.integers(0, 2**16),
 )
 def test_blas_method_equals_the_tile_kernel(v, d, k, dtype, kind, block, seed):
     rng = np.random.default_rng(seed)
     k = min(k, v - 1)
-    scale = {"gauss": 1.0, "small": 0.02, "large": 1e4, "integer": 1.0}[kind]
-    x = _history(rng, (2, v, d), dtype, scale=scale, integer=kind == "integer")
+    scale = {"gauss": 1.0, "small": 0.02, "large": 1e4, "integer": 1.0, "offset": 1e-3}[kind]
+    x = _history(rng, (2, v, d), dtype, scale=scale, integer=kind == "integer", offset=3.0 * (kind == "offset"))
     xt = np.ascontiguousarray(x.transpose(0, 2, 1))
     whole = (0, v)
     want = knn_pairs(xt, whole, whole, k, 0)

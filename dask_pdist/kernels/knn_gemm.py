@@ -47,8 +47,9 @@ def _gamma(n: int, u: float) -> float:
 def bound_constants(dtype: np.dtype, ndim: int) -> np.ndarray:
     """The bounds' coefficients for a history of this dtype (the arithmetic of every step).
 
-    Returns ``(a, c_hi, c_lo, rho)``: for every pair, with ``n = |a_i|^2 + |a_j|^2`` (float64)
-    and ``g`` the BLAS's ``a_i . a_j``, the pairwise kernels' exact ``d~^2`` lies in
+    Returns ``(a, c_hi, c_lo, rho)``: for every pair, with ``n = |y_i|^2 + |y_j|^2`` (float64)
+    of the centred tokens ``y = fl(x - m)`` and ``g`` the BLAS's ``y_i . y_j``, the pairwise
+    kernels' exact ``d~^2`` (of the tokens ``x``) lies in
     ``[(1 - rho) (1 - a) n - 2 (1 - rho) g - c_lo, (1 + rho) (1 + a) n - 2 (1 + rho) g + c_hi]``,
     also when both are evaluated in the dtype. Each term's derivation is doubled for margin.
 
@@ -63,32 +64,30 @@ def bound_constants(dtype: np.dtype, ndim: int) -> np.ndarray:
     u = float(info.eps) / 2  # the product's, the exact kernel's and the bounds' own arithmetic
     sub = float(info.smallest_subnormal)
     d = max(1, ndim)
-    norms = 2 * (_gamma(d, _U64) + 4 * _U64)  # |a|^2 summed in float64
-    product = 2 * (2 * _gamma(d, u))  # 2 |fl(a.b) - a.b| <= 2 g_D r_i r_j <= g_D n, doubled
+    norms = 2 * (_gamma(d, _U64) + 4 * _U64)  # |y|^2 summed in float64
+    product = 2 * (2 * _gamma(d, u))  # 2 |fl(y.z) - y.z| <= 2 g_D |y| |z| <= g_D n, doubled
     evaluation = 2 * 16 * u  # the bounds evaluated in the dtype: ~6 roundings of terms <= 2 n
-    a = norms + product + evaluation
-    rho = 2 * _gamma(d + 4, u) + 16 * _U64  # the exact kernel: d~^2 = d^2 (1 +- g_{D+4}), doubled
+    # Centring: y_i = (x_i - m)(1 + t), |t| <= u, so | |x_i - x_j| - |y_i - y_j| | <= e with
+    # e = u' (|y_i| + |y_j|) + 2 sqrt(D) sub (u' = u / (1 - u); sub: underflow), and
+    # (d_y +- e)^2 lies within d_y^2 (1 +- eta) +- e^2 (1 + 1 / eta), e^2 <= 4 u'^2 n + 8 D sub.
+    eta = 64 * u
+    u1 = u / (1 - u)
+    centring = 2 * 4 * u1 * u1 * (1 + 1 / eta)
+    a = norms + product + evaluation + centring
+    # the exact kernel: d~^2 = d^2 (1 +- g_{D+4}); with eta and margin
+    rho = 2 * _gamma(d + 4, u) + 16 * _U64 + 2 * eta
     under = 2 * 2 * d * sub  # underflow in the product's D multiplications and additions
     kernel_under = 2 * 2 * (d + 2) * sub  # and in the exact kernel's squares
     evaluation_under = 16 * sub
-    c_hi = (1 + rho) * under + kernel_under + evaluation_under
-    c_lo = (1 - rho) * under + kernel_under + evaluation_under
+    centring_under = 2 * 8 * d * sub * (1 + 1 / eta)
+    c_hi = (1 + rho) * (under + centring_under) + kernel_under + evaluation_under
+    c_lo = (1 - rho) * (under + centring_under) + kernel_under + evaluation_under
     return np.array([a, c_hi, c_lo, rho], dtype=np.float64)
 
 
-def _norm_limits(dtype: np.dtype) -> tuple[float, float]:
-    # Above hi (a squared norm) a product or a bound could overflow the dtype; below lo
-    # every bound is the underflow term and every pair a candidate: the tile kernel is
-    # faster there (the same lists).
-    info = np.finfo(dtype)
-    return float(info.tiny) * 2.0**40, float(info.max) / 8
-
-
 @numba.njit(nogil=True, cache=True)
-def _bound_terms(x, t0, t1, cst, ph, pl):
-    # per step and token: its share of the separable upper and lower bounds (see
-    # bound_constants); returns the largest squared norm, NaN if any is not finite
-    a, c_hi, c_lo, rho = cst[0], cst[1], cst[2], cst[3]
+def _top_norm(x, t0, t1):
+    # the largest squared norm of tokens t0..t1 over all steps (float64), NaN if one is not finite
     top = 0.0
     for s in range(x.shape[0]):
         for t in range(t0, t1):
@@ -96,26 +95,53 @@ def _bound_terms(x, t0, t1, cst, ph, pl):
             for d in range(x.shape[2]):
                 v = np.float64(x[s, t, d])
                 acc += v * v
-            ph[s, t] = (1.0 + rho) * (1.0 + a) * acc + c_hi / 2
-            pl[s, t] = (1.0 - rho) * (1.0 - a) * acc - c_lo / 2
             if not acc <= 1.7e308:
-                top = np.nan
-            elif acc > top:
-                top = acc
+                return np.nan
+            top = max(top, acc)
     return top
 
 
-def _terms(x: np.ndarray, b: tuple[int, int], c: tuple[int, int]) -> tuple | None:
-    # the bounds' per-token terms of both blocks, or None where the method does not apply
-    cst = bound_constants(x.dtype, x.shape[2])
-    ph = np.empty(x.shape[:2], dtype=x.dtype)  # only the tokens of b and c are filled and read
-    pl = np.empty(x.shape[:2], dtype=x.dtype)
-    top_b = _bound_terms(x, b[0], b[1], cst, ph, pl)
-    top_c = top_b if b == c else _bound_terms(x, c[0], c[1], cst, ph, pl)
-    lo, hi = _norm_limits(x.dtype)
-    if not (top_b <= hi and top_c <= hi and max(top_b, top_c) >= lo):  # False for NaN
-        return None
-    return cst, ph, pl
+@numba.njit(nogil=True, cache=True)
+def _centre(xs, b0, b1, c0, c1, y, cst, ph, pl):
+    # One snapshot's tokens b0..b1 and c0..c1 (c may equal b) minus their mean m (float64
+    # sums, rounded to the dtype), into y (rows 0..nb, then nb..nb+nc); and each token's
+    # share of the separable bounds (see bound_constants) from its centred squared norm.
+    a, c_hi, c_lo, rho = cst[0], cst[1], cst[2], cst[3]
+    ndim = xs.shape[1]
+    diag = b0 == c0
+    m = np.zeros(ndim)
+    for t in range(b0, b1):
+        for d in range(ndim):
+            m[d] += xs[t, d]
+    if not diag:
+        for t in range(c0, c1):
+            for d in range(ndim):
+                m[d] += xs[t, d]
+    count = (b1 - b0) + (0 if diag else c1 - c0)
+    mt = np.empty(ndim, dtype=xs.dtype)
+    for d in range(ndim):
+        mt[d] = m[d] / count
+    nb = b1 - b0
+    for r in range(y.shape[0]):
+        t = b0 + r if r < nb else c0 + r - nb
+        acc = 0.0
+        for d in range(ndim):
+            v = xs[t, d] - mt[d]
+            y[r, d] = v
+            w = np.float64(v)
+            acc += w * w
+        ph[r] = (1.0 + rho) * (1.0 + a) * acc + c_hi / 2
+        pl[r] = (1.0 - rho) * (1.0 - a) * acc - c_lo / 2
+
+
+def _safe(x: np.ndarray, b: tuple[int, int], c: tuple[int, int]) -> bool:
+    # finite, squared norms at most max / 32 (so |x_i - m| and every bound stay in range),
+    # and not so small that every bound is the underflow term
+    top_b = _top_norm(x, b[0], b[1])
+    top_c = top_b if b == c else _top_norm(x, c[0], c[1])
+    info = np.finfo(x.dtype)
+    lo, hi = float(info.tiny) * 2.0**40, float(info.max) / 32
+    return bool(top_b <= hi and top_c <= hi and max(top_b, top_c) >= lo)  # False for NaN
 
 
 def gemm_safe(x: np.ndarray, b: tuple[int, int], c: tuple[int, int]) -> bool:
@@ -129,7 +155,7 @@ def gemm_safe(x: np.ndarray, b: tuple[int, int], c: tuple[int, int]) -> bool:
     >>> gemm_safe(np.full((1, 4, 3), np.nan, np.float32), (0, 4), (0, 4))
     False
     """
-    return _terms(x, b, c) is not None
+    return _safe(x, b, c)
 
 
 _CHUNK = 16  # pass 2: columns per vectorised step; the rare hits are then handled one by one
@@ -295,6 +321,16 @@ def _flush(cnt, i, bufs, jbuf, lists, j0, tcol, cols, up, e_low):
     return -1
 
 
+def _by_token(terms: np.ndarray, b: tuple[int, int], c: tuple[int, int], ntok: int) -> np.ndarray:
+    # the terms of b's tokens (then c's) laid out by token position (others unused)
+    out = np.empty(ntok, dtype=terms.dtype)
+    nb = b[1] - b[0]
+    out[b[0] : b[1]] = terms[:nb]
+    if b != c:
+        out[c[0] : c[1]] = terms[nb:]
+    return out
+
+
 def gemm_pairs(
     x: np.ndarray,
     b: tuple[int, int],
@@ -331,10 +367,9 @@ def gemm_pairs(
     array([2, 2, 0])
     """
     nstep, ntok, ndim = x.shape
-    terms = _terms(x, b, c)
-    if terms is None:
+    if not _safe(x, b, c):
         return None
-    cst, ph, pl = terms
+    cst = bound_constants(x.dtype, ndim)
     diag = b == c
     rn, rd = _empty_lists(nstep, b[1] - b[0], k, x.dtype)
     cn, cd = (rn, rd) if diag else _empty_lists(nstep, c[1] - c[0], k, x.dtype)
@@ -362,17 +397,28 @@ def gemm_pairs(
     cbar = np.empty(ncol, dtype=x.dtype)
     cidx = np.empty(ncol, dtype=np.int64)
     ceff = np.empty(ncol, dtype=x.dtype)
+    nb = b[1] - b[0]
+    y = np.empty((nb + (0 if diag else ncol), ndim), dtype=x.dtype)  # the centred tokens
+    ph = np.empty(y.shape[0], dtype=x.dtype)
+    pl = np.empty(y.shape[0], dtype=x.dtype)
+    yc = y if diag else y[nb:]
     for s in range(nstep):
         xs = x[s]
+        _centre(xs, b[0], b[1], c[0], c[1], y, cst, ph, pl)
+        # the passes index the bounds' terms by token: views that start at token 0
+        ph_t = _by_token(ph, b, c, ntok)
+        pl_t = _by_token(pl, b, c, ntok)
         for r0 in range(b[0], b[1], rows):
             r1 = min(r0 + rows, b[1])
             j0 = r0 if diag else c[0]  # a diagonal block needs only the columns j > i >= r0
-            g = xs[r0:r1] @ xs[j0 : c[1]].T
+            ya = y[r0 - b[0] : r1 - b[0]]
+            yb = y[r0 - b[0] :] if diag else yc
+            g = ya @ yb.T  # on a diagonal block with one row block: y @ y.T, BLAS's syrk
             n = c[1] - j0
-            _thresholds(g, r0, j0, diag, ph[s], ch, trow[: r1 - r0], tcol[:n], cmin[:, :n], rmin, kbuf)
+            _thresholds(g, r0, j0, diag, ph_t, ch, trow[: r1 - r0], tcol[:n], cmin[:, :n], rmin, kbuf)
             lists = (rn[s], rd[s], b[0], cn[s], cd[s], c[0])
             i, j = _exact(
-                xs, g, r0, j0, diag, pl[s], cl, up, trow[: r1 - r0], tcol[:n], (cbar[:n], cidx[:n], ceff[:n]),
+                xs, g, r0, j0, diag, pl_t, cl, up, trow[: r1 - r0], tcol[:n], (cbar[:n], cidx[:n], ceff[:n]),
                 lists, e_low, bufs, jbuf, tmp,
             )  # fmt: skip
             _raise_overflow((s if i >= 0 else -1, i, j), x.dtype, step0, 0, 0)
