@@ -3,7 +3,10 @@
 Every distance comes from the pairwise kernels' own row routine
 (:mod:`dask_pdist.kernels.distances`), so each is bit-identical to the value the distance
 store holds for that pair. Ties are broken by the smaller token position; NaN distances
-sort last.
+sort last. Two methods, the same lists: the tile kernel here computes every pair (every
+metric); Euclidean blocks go through the BLAS method of :mod:`dask_pdist.kernels.knn_gemm`
+(a bounded matrix product rules most pairs out, the rest are computed exactly) where its
+bounds apply (:func:`knn_pairs_rows`).
 """
 
 from __future__ import annotations

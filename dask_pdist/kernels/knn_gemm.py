@@ -1,28 +1,30 @@
 """Exact Euclidean k nearest neighbours through one BLAS pass: bounds, candidates, exact values.
 
 The tile kernel (:mod:`dask_pdist.kernels.knn`) computes every pair by coordinate
-differences. Here a matrix product (numpy's BLAS, in the history's own dtype) first gives
-each pair's approximate squared distance ``s = |a|^2 + |b|^2 - 2 a.b`` with a rigorous bound
-``E`` on its error, so each pair's exact distance (the pairwise kernels' own value ``d~``)
+differences. Here a matrix product (numpy's BLAS, in the history's own dtype) of the block
+pair's tokens, centred on their mean (``y = fl(x - m)``), first gives each pair's
+approximate squared distance ``s = |y_i|^2 + |y_j|^2 - 2 y_i.y_j`` with a rigorous bound on
+its error, so each pair's exact distance (the pairwise kernels' own value ``d~``, of ``x``)
 lies in ``[lo, hi]``. Per token, every pair whose ``lo`` is at most the k-th smallest ``hi``
-is a candidate; the true k nearest are always among them (k others are provably nearer
-than anything else, strictly). Only the candidates are then computed exactly, by the
-pairwise kernels' shared row routine, and offered to the same running top-k lists as the
-tile kernel's: the lists are exactly the tile kernel's, bit for bit, ties included.
+(and that could still enter the token's running list) is a candidate; the true k nearest are
+always among them. Only the candidates are computed exactly, by the pairwise kernels' row
+routine, and offered to the same running top-k lists as the tile kernel's: the lists are
+exactly the tile kernel's, bit for bit, ties included.
 
 The bound (docs/neighbours.md, "Why the BLAS pass is exact"), with ``u`` the dtype's unit
-roundoff, ``g_n = n u / (1 - n u)``, ``n_i = |a_i|^2`` summed in float64, ``r_i = sqrt(n_i)``:
+roundoff, ``g_n = n u / (1 - n u)``, ``n_i = |y_i|^2`` summed in float64:
 
-* product: ``|fl(a.b) - a.b| <= g_D sum |a_d b_d| <= g_D r_i r_j`` for any summation order
-  of the BLAS (inputs of bf16, f16, f32 are exact in float32), plus underflow: at most one
-  half of the smallest subnormal per operation;
-* ``s`` itself, in float64: the norms' and its two additions' roundings;
+* product: ``|fl(y_i.y_j) - y_i.y_j| <= g_D sum |y_id y_jd| <= g_D |y_i| |y_j|`` for any
+  summation order of the BLAS (inputs of bf16, f16, f32 are exact in float32), plus
+  underflow: at most half the smallest subnormal per operation;
+* the norms' float64 sums, and the bounds' own evaluation in the dtype;
+* the centring: ``| |x_i - x_j| - |y_i - y_j| | <= u (|y_i| + |y_j|) / (1 - u)`` (+ underflow);
 * the exact kernel: ``d~^2`` within ``(1 +- g_{D+4}) d^2`` plus its squares' underflow.
 
-Every constant is doubled for margin: a looser bound costs a few more candidates, never a
-wrong list. Histories with a non-finite value or values beyond ``sqrt(max / 4D)`` (or so
-small that every pair would be a candidate) never come here: see
-:func:`dask_pdist.kernels.knn.knn_pairs_rows`.
+Every term is doubled for margin: a looser bound costs a few more candidates, never a wrong
+list. Blocks with a non-finite value, a squared norm above ``max / 32`` or all values so
+small that every pair would be a candidate return None: the caller
+(:func:`dask_pdist.kernels.knn.knn_pairs_rows`) takes the tile kernel there.
 """
 
 from __future__ import annotations
@@ -260,14 +262,18 @@ def _exact(xs, g, i0, j0, diag, pl, cl, up, trow, tcol, cols, lists, e_low, bufs
         while q < n:
             q1 = min(q + _CHUNK, n)
             hit = False
-            gs, ps, es = g[p, q:q1], pl[j0 + q : j0 + q1], ceff[q:q1]
+            gs, ps = g[p, q:q1], pl[j0 + q : j0 + q1]
+            es, ts, bs, xs_ = ceff[q:q1], tcol[q:q1], cbar[q:q1], cidx[q:q1]
             reff = min(tr, bar)
             for t in range(q1 - q):  # vectorised: no branch, slices indexed from 0
                 lo = max((lo_i + ps[t]) - cl * gs[t], 0)  # d~^2 >= 0
                 tmp[t] = lo
-                hit |= (lo <= reff) | (lo <= es[t])  # what _may_enter needs first
+                # implied by _may_enter (so nothing is lost), and false for most pairs: within
+                # both thresholds, and below the bar unless the other token is the smaller
+                row = (lo <= reff) & ((lo < bar) | (j0 + q + t < idx))
+                col = (lo <= es[t]) & ((lo < bs[t]) | (i < xs_[t]))
+                hit |= row | col
             if hit:
-                ts, bs, xs_ = tcol[q:q1], cbar[q:q1], cidx[q:q1]
                 for t in range(q1 - q):
                     lo = tmp[t]
                     j = j0 + q + t
