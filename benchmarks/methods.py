@@ -3,7 +3,7 @@
     python benchmarks/methods.py notebook HISTORY.safetensors OUT.safetensors
     python benchmarks/methods.py torch-cdist HISTORY.safetensors OUT.safetensors
     python benchmarks/methods.py scipy-cdist HISTORY.safetensors OUT.safetensors
-    python benchmarks/methods.py torch-knn HISTORY.safetensors OUT.safetensors -k 10
+    python benchmarks/methods.py torch-knn HISTORY.safetensors OUT.safetensors -k 10 [--rows 2048]
     python benchmarks/methods.py kernel --steps 5001 --vocab 128 --dim 64 --repeats 5
 
 Each baseline reads the bf16 history written by ``dask-pdist synth`` and writes both (S, V, V)
@@ -94,12 +94,13 @@ def torch_cdist(history_path: str, output_path: str) -> None:
     save_file({"euclidean_distances": euclidean, "chebyshev_distances": chebyshev}, output_path)
 
 
-def torch_knn(history_path: str, output_path: str, k: int) -> None:
+def torch_knn(history_path: str, output_path: str, k: int, rows: int = 0) -> None:
     """k nearest tokens per step the usual torch way: ``torch.topk(torch.cdist(x, x), k + 1)``.
 
     Default compute mode (Gram trick for V > 25), so self-distances are not exactly 0 and
     the token itself may not come first; the caller drops it. Also saves the largest
-    self-distance per step (the diagonal of the same matrix).
+    self-distance per step (the diagonal of the same matrix). ``rows`` > 0: ``cdist`` of that
+    many rows against all tokens at a time (memory rows x V instead of V x V).
     """
     import torch
     from safetensors.torch import load_file, save_file
@@ -109,12 +110,15 @@ def torch_knn(history_path: str, output_path: str, k: int) -> None:
     idx = torch.empty((n, v, k + 1), dtype=torch.int64)
     val = torch.empty((n, v, k + 1), dtype=torch.float32)
     diag = torch.empty(n, dtype=torch.float32)
+    step = rows if rows > 0 else v
     for s in range(n):
         x = history[s].float()
-        d = torch.cdist(x, x)
-        diag[s] = d.diagonal().abs().max()
-        val[s], idx[s] = torch.topk(d, k + 1, largest=False)
-        del d
+        diag[s] = 0
+        for r0 in range(0, v, step):
+            d = torch.cdist(x[r0 : r0 + step], x)
+            diag[s] = max(diag[s], d.diagonal(offset=r0).abs().max())
+            val[s, r0 : r0 + step], idx[s, r0 : r0 + step] = torch.topk(d, k + 1, largest=False)
+            del d
     save_file({"indices": idx, "distances": val, "self_distance_max": diag}, output_path)
 
 
@@ -248,6 +252,7 @@ def main() -> None:
     t.add_argument("history")
     t.add_argument("output")
     t.add_argument("-k", type=int, default=10)
+    t.add_argument("--rows", type=int, default=0, help="rows per cdist call (default: all)")
     k = sub.add_parser("kernel")
     k.add_argument("--steps", type=int, default=5001)
     k.add_argument("--vocab", type=int, default=128)
@@ -256,7 +261,7 @@ def main() -> None:
     k.add_argument("--chunk", type=int, default=None, help="snapshots per call (default: the pipeline's auto chunk)")
     args = p.parse_args()
     if args.method == "torch-knn":
-        torch_knn(args.history, args.output, args.k)
+        torch_knn(args.history, args.output, args.k, args.rows)
         return
     if args.method == "kernel":
         json.dump(kernel(args.steps, args.vocab, args.dim, args.repeats, args.chunk), sys.stdout)

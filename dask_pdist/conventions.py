@@ -84,6 +84,9 @@ CLUSTER_TILE_BYTES = 4 * 2**20
 KNN_TASK_PAIR_DIMS = 2 * 10**9
 KNN_TASK_INPUT_BYTES = 64 * 2**20
 KNN_TILE_BYTES = 2**20
+#: Euclidean neighbour tasks (the BLAS method): one block pair's matrix product; larger
+#: blocks mean fewer candidates to recompute and a more efficient product.
+KNN_PRODUCT_BYTES = 64 * 2**20
 #: Labels one event pass loads at a time when the clusters Dataset is not chunked.
 EVENTS_CHUNK_BYTES = 16 * 2**20
 #: Bytes a streamed upload computes ahead of what it has sent.

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import math
 
-from dask_pdist.conventions import KNN_TASK_INPUT_BYTES, KNN_TASK_PAIR_DIMS, TASK_OUTPUT_BYTES
+from dask_pdist.conventions import KNN_PRODUCT_BYTES, KNN_TASK_INPUT_BYTES, KNN_TASK_PAIR_DIMS, TASK_OUTPUT_BYTES
 
-__all__ = ["auto_step_chunk", "plan_token_chunk", "plan_neighbour_chunks"]
+__all__ = ["auto_step_chunk", "plan_token_chunk", "plan_neighbour_chunks", "plan_product_blocks"]
 
 
 def auto_step_chunk(n_tokens: int, n_steps: int, n_metrics: int = 2, itemsize: int = 4) -> int:
@@ -65,3 +65,22 @@ def plan_neighbour_chunks(
     block = max(1, min(n_tokens, math.isqrt(pair_dims // max(1, steps * n_dims))))
     n_blocks = math.ceil(max(1, n_tokens) / block)
     return steps, max(1, math.ceil(n_tokens / n_blocks))
+
+
+def plan_product_blocks(n_tokens: int, itemsize: int = 4, budget: int = KNN_PRODUCT_BYTES) -> int:
+    """Token block of the Euclidean neighbours' BLAS method: a block pair's product fits ``budget``.
+
+    Pure arithmetic. At least 4 equal blocks above 1,024 tokens (2 above 512), so the block
+    pairs keep two threads busy; fewer, larger blocks otherwise (each block pair yields about
+    k candidates per token to recompute exactly, so fewer blocks mean less exact work).
+
+    Examples
+    --------
+    >>> plan_product_blocks(50304)
+    3870
+    >>> plan_product_blocks(16384), plan_product_blocks(1000)
+    (4096, 500)
+    """
+    edge = max(1, math.isqrt(budget // max(1, itemsize)))
+    n_blocks = max(math.ceil(max(1, n_tokens) / edge), 4 if n_tokens > 1024 else 2 if n_tokens > 512 else 1)
+    return max(1, math.ceil(n_tokens / n_blocks))

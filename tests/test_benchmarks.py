@@ -39,8 +39,8 @@ def test_quick_run_writes_table_and_plot(tmp_path: Path) -> None:
     ):
         assert heading in report
     targets = [line for line in report.splitlines() if line.startswith(("PASS  ", "MISS  "))]
-    # 9 end to end, 3 clusters, 2 neighbours, 4 parts (compute vs parts, first kernel call, 2 read paths)
-    assert len(targets) == 18, targets
+    # 9 end to end, 3 clusters, 4 neighbours, 4 parts (compute vs parts, first kernel call, 2 read paths)
+    assert len(targets) == 20, targets
     assert "### Clusters: " in report
     assert sum(" clusters " in line for line in targets) == 3, targets
     assert "Notebook loop mode per run:" in report

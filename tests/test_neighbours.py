@@ -38,8 +38,9 @@ def _brute(dist: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return idx, np.take_along_axis(np.array(dist, dtype=np.float64), idx, -1)
 
 
+@pytest.mark.parametrize("method", ["auto", "tiles"])
 @pytest.mark.parametrize("metric", ["euclidean", "chebyshev"])
-def test_exact_against_float64_brute_force_with_ties_and_duplicates(metric):
+def test_exact_against_float64_brute_force_with_ties_and_duplicates(metric, method):
     # small integer coordinates: float32 arithmetic is exact, so equal distances (ties) are
     # equal in both, and the stable float64 argsort is the exact answer, indices included
     rng = np.random.default_rng(3)
@@ -47,7 +48,7 @@ def test_exact_against_float64_brute_force_with_ties_and_duplicates(metric):
     x[:, 40] = x[:, 2]  # exact duplicates: distance 0 to each other
     x[:, 39] = x[:, 2]
     k = 6
-    nbr, dist = knn_block(x, k, metric, tile=5)
+    nbr, dist = knn_block(x, k, metric, tile=5, method=method)
     oracle = np.stack([cdist(s, s, metric) for s in x.astype(np.float64)])
     want_idx, want_dist = _brute(oracle, k)
     np.testing.assert_array_equal(nbr, want_idx)
@@ -87,8 +88,8 @@ def test_tiled_and_chunked_equal_untiled(v, d, k, tile, query, data):
     seed = data.draw(st.integers(0, 2**16))
     x = np.random.default_rng(seed).standard_normal((2, v, d)).astype(np.float32)
     x[:, v - 1] = x[:, 0]
-    whole = knn_block(x, k, "euclidean", tile=v)
-    tiled = knn_block(x, k, "euclidean", tile=tile)
+    whole = knn_block(x, k, "euclidean", tile=v, method="tiles")
+    tiled = knn_block(x, k, "euclidean", tile=tile, method="tiles")
     np.testing.assert_array_equal(whole[0], tiled[0])
     np.testing.assert_array_equal(whole[1].view(np.int32), tiled[1].view(np.int32))
     lazy = dp.neighbours(history_array(x, 1), k=k, token_chunk=query).compute()

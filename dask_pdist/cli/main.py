@@ -394,8 +394,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BROKEN_PIPE
 
 
+#: One BLAS thread per dask thread, as dask.distributed's workers default to: the kernels
+#: already run on every core through dask's thread pool, and a multi-threaded BLAS inside
+#: each task (neighbours' matrix products) spins for cores that are busy: ~30 % more CPU
+#: and slower (docs/measurements.md). A value the user set is kept.
+_ONE_BLAS_THREAD = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
 def _run_cli(argv: Sequence[str] | None) -> int:
     as_program = argv is None
+    if as_program and "numpy" not in sys.modules:  # read once, when numpy loads its BLAS
+        for name in _ONE_BLAS_THREAD:
+            os.environ.setdefault(name, "1")
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
     args, extra = parser.parse_known_args(argv)

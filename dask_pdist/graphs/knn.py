@@ -1,9 +1,11 @@
 """The graph of exact k nearest neighbours: block-pair tasks, then one merge task per block.
 
 Array layer (axes and chunks). A V x V matrix never exists: the tokens are cut into blocks;
-one task computes every pair of one block pair (b, c), c >= b, once (with the kernels of
-:mod:`dask_pdist.kernels.knn`) and keeps a running top-k of both blocks' tokens; one task per
-block merges its partial lists.
+one task takes every pair of one block pair (b, c), c >= b, once and keeps a running top-k of
+both blocks' tokens; one task per block merges its partial lists. Euclidean block pairs go
+through the BLAS method (:func:`dask_pdist.kernels.knn.knn_pairs_rows`: a matrix product
+bounds every pair, only the candidates are computed exactly) on the row-major snapshots;
+the other metrics through the tile kernel on transposed ones. The lists are the same.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ import numpy as np
 
 from dask_pdist.conventions import Metric, check_metric
 from dask_pdist.kernels.engine import resolve_engine
-from dask_pdist.kernels.knn import QUERY_ROWS, check_k, knn_merge, knn_pairs, knn_tile
-from dask_pdist.planning import plan_neighbour_chunks
+from dask_pdist.kernels.knn import QUERY_ROWS, check_k, knn_merge, knn_pairs, knn_pairs_rows, knn_tile
+from dask_pdist.planning import plan_neighbour_chunks, plan_product_blocks
 
 __all__ = ["NEIGHBOUR_RECORD", "neighbour_array"]
 
@@ -32,6 +34,8 @@ def _transpose_block(x: np.ndarray) -> np.ndarray:
 
 
 def _pair_task(xt: np.ndarray, b: tuple[int, int], c: tuple[int, int], *, k: int, metric: int, step0: int) -> tuple:
+    if metric == 0:  # xt is row-major here: (step, token, dim)
+        return knn_pairs_rows(xt, b, c, k, step0=step0)
     tile = knn_tile(xt.shape[1], xt.shape[2], xt.dtype.itemsize)
     return knn_pairs(xt, b, c, k, metric, QUERY_ROWS, tile, step0=step0)
 
@@ -94,13 +98,14 @@ def neighbour_array(
     ----------
     x : dask.array.Array, shape (step, token, dim), float32 or float64
     k : int
-    metric : {"euclidean", "chebyshev"}
+    metric : {"euclidean", "chebyshev", "manhattan"}
     token_ids : ndarray of int, optional
         Value stored for each token position (the original token index of a subset);
         default the positions.
     token_chunk : int or "auto"
         Tokens per block (the output's token chunks); ``"auto"``: see
-        :func:`plan_neighbour_chunks` (the step chunking is replanned too).
+        :func:`plan_neighbour_chunks` (the step chunking is replanned too), and for the
+        Euclidean metric on the CPU :func:`plan_product_blocks`.
     engine : {"cpu", "cuda", "auto"}
         Where the kernels run (:func:`dask_pdist.kernels.engine.resolve_engine`); the lists
         are the same either way. On the GPU one task takes a step chunk's whole snapshots.
@@ -136,6 +141,8 @@ def neighbour_array(
     if ids.size and (ids.min() < 0 or ids.max() > np.iinfo(np.int32).max):
         raise ValueError("token_ids must be non-negative and fit int32")
     steps, block = plan_neighbour_chunks(n_steps, n_tokens, n_dims, x.dtype.itemsize)
+    if m == 0:
+        block = plan_product_blocks(n_tokens, x.dtype.itemsize)
     if token_chunk != "auto":
         if isinstance(token_chunk, bool) or not isinstance(token_chunk, (int, np.integer)) or token_chunk < 1:
             raise ValueError(f"token_chunk={token_chunk!r}: give a positive int or 'auto'")
@@ -143,7 +150,10 @@ def neighbour_array(
     if engine == "cuda":
         return _cuda_graph(x, k, metric, ids, steps, block)
     x = x.rechunk({0: steps, 1: -1, 2: -1})
-    xt = x.map_blocks(_transpose_block, chunks=(x.chunks[0], x.chunks[2], x.chunks[1]), dtype=x.dtype)
+    if m == 0:  # the BLAS method reads rows
+        xt = x.map_blocks(np.ascontiguousarray, dtype=x.dtype)
+    else:
+        xt = x.map_blocks(_transpose_block, chunks=(x.chunks[0], x.chunks[2], x.chunks[1]), dtype=x.dtype)
     ranges = [(a, min(a + block, n_tokens)) for a in range(0, n_tokens, block)]
     ids_d = dask.delayed(ids, pure=True)
     meta = np.empty((0, 0, 0), dtype=_RECORD)

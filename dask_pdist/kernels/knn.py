@@ -3,7 +3,10 @@
 Every distance comes from the pairwise kernels' own row routine
 (:mod:`dask_pdist.kernels.distances`), so each is bit-identical to the value the distance
 store holds for that pair. Ties are broken by the smaller token position; NaN distances
-sort last.
+sort last. Two methods, the same lists: the tile kernel here computes every pair (every
+metric); Euclidean blocks go through the BLAS method of :mod:`dask_pdist.kernels.knn_gemm`
+(a bounded matrix product rules most pairs out, the rest are computed exactly) where its
+bounds apply (:func:`knn_pairs_rows`).
 """
 
 from __future__ import annotations
@@ -13,8 +16,10 @@ import numpy as np
 from dask_pdist.conventions import KNN_TILE_BYTES, Metric, check_metric
 from dask_pdist.kernels._jit import numba
 from dask_pdist.kernels.distances import _raise_overflow, _rescale_row, _row, _scaling_bound
+from dask_pdist.kernels.knn_gemm import gemm_pairs
+from dask_pdist.kernels.knn_lists import _empty_lists, _insert
 
-__all__ = ["knn_pairs", "knn_merge", "knn_block", "churn_block", "check_k", "knn_tile", "QUERY_ROWS"]
+__all__ = ["knn_pairs", "knn_pairs_rows", "knn_merge", "knn_block", "churn_block", "check_k", "knn_tile", "QUERY_ROWS"]
 
 QUERY_ROWS = 128  # query rows per cache block
 
@@ -44,31 +49,6 @@ def knn_tile(n_dims: int, n_tokens: int, itemsize: int) -> int:
 # dims, never on the tile, so it is bit-identical to the pairwise store's. Each unordered
 # pair is computed once and offered to both tokens' lists: _row(i, j) equals _row(j, i)
 # exactly (x_i - x_j is exactly -(x_j - x_i), see above).
-
-
-@numba.njit(nogil=True, cache=True, inline="always")
-def _before(v, j, w, jw):
-    # (distance, token) order: smaller distance first, then smaller token; NaN last
-    if v != v:
-        return w != w and j < jw
-    if w != w or v < w:
-        return True
-    return v == w and j < jw
-
-
-@numba.njit(nogil=True, cache=True, inline="always")
-def _insert(nr, dr, v, j):
-    # offer candidate j at distance v to one token's sorted top-k; empty slots hold -1
-    k = nr.shape[0]
-    if nr[k - 1] != -1 and not _before(v, j, dr[k - 1], nr[k - 1]):
-        return
-    p = k - 1
-    while p > 0 and (nr[p - 1] == -1 or _before(v, j, dr[p - 1], nr[p - 1])):
-        nr[p] = nr[p - 1]
-        dr[p] = dr[p - 1]
-        p -= 1
-    nr[p] = j
-    dr[p] = v
 
 
 @numba.njit(nogil=True, cache=True)
@@ -141,10 +121,6 @@ def _knn_merge(parts_n, parts_d, nr, dr):
                         _insert(nr[s, r], dr[s, r], parts_d[p, s, r, q], j)
 
 
-def _empty_lists(nstep: int, nrows: int, k: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    return np.full((nstep, nrows, k), -1, dtype=np.int64), np.full((nstep, nrows, k), np.nan, dtype=dtype)
-
-
 def knn_pairs(
     xt: np.ndarray,
     b: tuple[int, int],
@@ -209,6 +185,55 @@ def knn_pairs(
     return rn, rd, cn, cd
 
 
+def knn_pairs_rows(
+    x: np.ndarray, b: tuple[int, int], c: tuple[int, int], k: int, *, step0: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Euclidean :func:`knn_pairs` from row-major snapshots: the BLAS method where it applies.
+
+    The same lists bit for bit either way. Blocks with a non-finite value, or values too
+    large for a product in the dtype (or so small that every pair would be recomputed), take
+    the tile kernel on a transposed copy of the two blocks instead.
+
+    Parameters
+    ----------
+    x : ndarray, shape (step, token, dim), C-contiguous float32 or float64
+    b, c, k, step0
+        As :func:`knn_pairs`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.array([[[0.0], [3.0], [1.0]]])
+    >>> knn_pairs_rows(x, (0, 3), (0, 3), 1)[0][0, :, 0]
+    array([2, 2, 0])
+    """
+    if x.ndim != 3 or x.dtype not in (np.float32, np.float64) or not x.flags.c_contiguous:
+        raise ValueError(f"expected a C-contiguous (step, token, dim) float block, got {x.shape} {x.dtype}")
+    ntok = x.shape[1]
+    if not (0 <= b[0] <= b[1] <= ntok and 0 <= c[0] <= c[1] <= ntok) or (b != c and max(b[0], c[0]) < min(b[1], c[1])):
+        raise ValueError(f"token ranges {b} and {c} must be equal or disjoint, within 0..{ntok}")
+    if k < 1:
+        raise ValueError(f"need k >= 1, got {k}")
+    out = gemm_pairs(x, b, c, k, step0=step0)
+    if out is not None:
+        return out
+    nb = b[1] - b[0]
+    parts = [x[:, b[0] : b[1]]] if b == c else [x[:, b[0] : b[1]], x[:, c[0] : c[1]]]
+    xt = np.ascontiguousarray(np.concatenate(parts, axis=1).transpose(0, 2, 1))
+    c_local = 0 if b == c else nb
+    rn, rd = _empty_lists(x.shape[0], nb, k, x.dtype)
+    cn, cd = (rn, rd) if b == c else _empty_lists(x.shape[0], c[1] - c[0], k, x.dtype)
+    tile = knn_tile(x.shape[2], xt.shape[2], x.dtype.itemsize)
+    s, i, j = _knn_pairs(
+        xt, 0, c_local, c[1] - c[0], 0, QUERY_ROWS, tile, rn, rd, cn, cd, _scaling_bound(x.dtype, x.shape[2])
+    )
+    _raise_overflow((s, b[0] + i, c[0] + j - c_local), x.dtype, step0, 0, 0)
+    rn[rn >= 0] += c[0] - c_local  # local positions back to the whole history's
+    if b != c:
+        cn[cn >= 0] += b[0]
+    return rn, rd, cn, cd
+
+
 def knn_merge(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
     """Merge partial k-nearest lists of the same tokens over disjoint candidate sets.
 
@@ -228,7 +253,7 @@ def knn_merge(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.nd
 
 
 def knn_block(
-    x: np.ndarray, k: int, metric: Metric = "euclidean", *, tile: int | None = None
+    x: np.ndarray, k: int, metric: Metric = "euclidean", *, tile: int | None = None, method: str = "auto"
 ) -> tuple[np.ndarray, np.ndarray]:
     """k nearest tokens of every token in each snapshot of a numpy block.
 
@@ -240,7 +265,11 @@ def knn_block(
         Neighbours per token, ``1 <= k <= token - 1``.
     metric : {"euclidean", "chebyshev"}
     tile : int, optional
-        Candidate tokens per tile (speed only: the result is the same for any tile).
+        Candidate tokens per tile of the tile kernel (speed only: the result is the same for
+        any tile).
+    method : {"auto", "tiles"}
+        ``"auto"``: Euclidean through the BLAS method (:func:`knn_pairs_rows`), Chebyshev
+        through the tile kernel; ``"tiles"``: the tile kernel for both. The same lists.
 
     Returns
     -------
@@ -261,9 +290,14 @@ def knn_block(
     if x.ndim != 3 or x.dtype not in (np.float32, np.float64):
         raise ValueError(f"expected a (step, token, dim) float32/float64 block, got shape {x.shape} {x.dtype}")
     k = check_k(k, x.shape[1])
+    if method not in ("auto", "tiles"):
+        raise ValueError(f"method={method!r}: 'auto' or 'tiles'")
+    whole = (0, x.shape[1])
+    if m == 0 and method == "auto":
+        nbr, dist, _, _ = knn_pairs_rows(np.ascontiguousarray(x), whole, whole, k)
+        return nbr, dist
     xt = np.ascontiguousarray(x.transpose(0, 2, 1))
     tile = tile or knn_tile(x.shape[2], x.shape[1], x.dtype.itemsize)
-    whole = (0, x.shape[1])
     nbr, dist, _, _ = knn_pairs(xt, whole, whole, k, m, QUERY_ROWS, tile)
     return nbr, dist
 
