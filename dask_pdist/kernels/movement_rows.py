@@ -46,86 +46,93 @@ def _bits_f64(typingctx, x):  # noqa: ANN001, ANN202, ARG001
     return types.float64(types.int64), codegen
 
 
-@numba.njit(nogil=True, cache=True, fastmath={"reassoc"}, error_model="numpy")
-def _rows(cur, prev, cbits, pbits, fmt, nan_ulp, euc, cheb, man, ulp, changed, summ):
-    # returns (step, token) of the first row holding a value that is not of the format
-    # (bf16: low 16 bits set; the caller finds which), else (-1, -1)
-    nstep, ntok, ndim = cur.shape
-    for s in range(nstep):
-        emax = 0.0
-        esum = 0.0
-        cmax = 0.0
-        csum = 0.0
-        mmax = 0.0
-        msum = 0.0
-        umax = 0
-        moved = 0
-        snan = False
-        for t in range(ntok):
-            sq = 0.0
-            ab = 0.0
-            mx = np.int64(0)
-            nan = 0
-            ch = 0
-            far = np.int64(0)
-            low = np.int32(0)
-            for d in range(ndim):
-                a = np.float64(cur[s, t, d])
-                b = np.float64(prev[s, t, d])
-                diff = abs(a - b)
-                sq += diff * diff
-                ab += diff
-                nan += diff != diff
-                ch += a != b  # True for NaN too; -0.0 == +0.0
-                m = _f64_bits(diff)
-                mx = m if m > mx else mx
-                if fmt == 1:  # bf16: int32 places (differences fit), low bits must be 0
-                    ca = cbits[s, t, d]
-                    cb = pbits[s, t, d]
-                    low |= (ca | cb) & np.int32(0xFFFF)
-                    sa = ca >> np.int32(31)
-                    sb = cb >> np.int32(31)
-                    ma = (ca & np.int32(0x7FFFFFFF)) >> np.int32(16)
-                    mb = (cb & np.int32(0x7FFFFFFF)) >> np.int32(16)
-                    k = np.int64(abs(((ma ^ sa) - sa) - ((mb ^ sb) - sb)))
-                    far = k if k > far else far
-                elif fmt == 2:  # f32: int64 places
-                    ca64 = np.int64(cbits[s, t, d])
-                    cb64 = np.int64(pbits[s, t, d])
-                    sa64 = ca64 >> 63
-                    sb64 = cb64 >> 63
-                    ma64 = ca64 & 0x7FFFFFFF
-                    mb64 = cb64 & 0x7FFFFFFF
-                    k = abs(((ma64 ^ sa64) - sa64) - ((mb64 ^ sb64) - sb64))
-                    far = k if k > far else far
-            if low != 0 and _foreign_in_row(cur, prev, cbits, pbits, s, t):
-                return s, t
-            e = np.sqrt(sq)
-            c = np.nan if nan else _bits_f64(mx)
-            u = nan_ulp if nan else far
-            euc[s, t] = e
-            cheb[s, t] = c
-            man[s, t] = ab
-            ulp[s, t] = u
-            changed[s, t] = ch
-            snan |= nan > 0
-            emax = max(emax, e)
-            cmax = max(cmax, c)
-            mmax = max(mmax, ab)
-            esum += e
-            csum += c
-            msum += ab
-            umax = max(umax, u)
-            moved += ch > 0
-        summ[s, 0] = np.nan if snan else emax
-        summ[s, 1] = esum / ntok
-        summ[s, 2] = np.nan if snan else cmax
-        summ[s, 3] = csum / ntok
-        summ[s, 4] = np.nan if snan else mmax
-        summ[s, 5] = msum / ntok
-        summ[s, 6] = umax
-        summ[s, 7] = moved
-    return -1, -1
+def _make_rows(fmt: int):  # noqa: ANN202
+    # one kernel per format: fmt is a constant of the closure, so its branches leave the inner
+    # loop at compile time (a runtime branch there kept the loop from vectorising)
+    @numba.njit(nogil=True, cache=True, fastmath={"reassoc"}, error_model="numpy")
+    def _rows(cur, prev, cbits, pbits, nan_ulp, euc, cheb, man, ulp, changed, summ):
+        # returns (step, token) of the first row holding a value that is not of the format
+        # (bf16: low 16 bits set; the caller finds which), else (-1, -1)
+        nstep, ntok, ndim = cur.shape
+        for s in range(nstep):
+            emax = 0.0
+            esum = 0.0
+            cmax = 0.0
+            csum = 0.0
+            mmax = 0.0
+            msum = 0.0
+            umax = 0
+            moved = 0
+            snan = False
+            for t in range(ntok):
+                sq = 0.0
+                ab = 0.0
+                mx = np.int64(0)
+                ch = 0
+                far = np.int64(0)
+                low = np.int32(0)
+                for d in range(ndim):
+                    a = np.float64(cur[s, t, d])
+                    b = np.float64(prev[s, t, d])
+                    diff = abs(a - b)
+                    sq += diff * diff
+                    ab += diff
+                    ch += cur[s, t, d] != prev[s, t, d]  # True for NaN too; -0.0 == +0.0
+                    m = _f64_bits(diff)
+                    mx = m if m > mx else mx
+                    if fmt == 1:  # bf16: int32 places (differences fit), low bits must be 0
+                        ca = cbits[s, t, d]
+                        cb = pbits[s, t, d]
+                        low |= (ca | cb) & np.int32(0xFFFF)
+                        sa = ca >> np.int32(31)
+                        sb = cb >> np.int32(31)
+                        ma = (ca & np.int32(0x7FFFFFFF)) >> np.int32(16)
+                        mb = (cb & np.int32(0x7FFFFFFF)) >> np.int32(16)
+                        k = np.int64(abs(((ma ^ sa) - sa) - ((mb ^ sb) - sb)))
+                        far = k if k > far else far
+                    elif fmt == 2:  # f32: int64 places
+                        ca64 = np.int64(cbits[s, t, d])
+                        cb64 = np.int64(pbits[s, t, d])
+                        sa64 = ca64 >> 63
+                        sb64 = cb64 >> 63
+                        ma64 = ca64 & 0x7FFFFFFF
+                        mb64 = cb64 & 0x7FFFFFFF
+                        k = abs(((ma64 ^ sa64) - sa64) - ((mb64 ^ sb64) - sb64))
+                        far = k if k > far else far
+                nan = sq != sq  # a NaN difference (NaN input, or inf - inf) makes the sum NaN
+                if low != 0 and _foreign_in_row(cur, prev, cbits, pbits, s, t):
+                    return s, t
+                e = np.sqrt(sq)
+                c = np.nan if nan else _bits_f64(mx)
+                u = nan_ulp if nan else far
+                euc[s, t] = e
+                cheb[s, t] = c
+                man[s, t] = ab
+                ulp[s, t] = u
+                changed[s, t] = ch
+                snan |= nan
+                emax = max(emax, e)
+                cmax = max(cmax, c)
+                mmax = max(mmax, ab)
+                esum += e
+                csum += c
+                msum += ab
+                umax = max(umax, u)
+                moved += ch > 0
+            summ[s, 0] = np.nan if snan else emax
+            summ[s, 1] = esum / ntok
+            summ[s, 2] = np.nan if snan else cmax
+            summ[s, 3] = csum / ntok
+            summ[s, 4] = np.nan if snan else mmax
+            summ[s, 5] = msum / ntok
+            summ[s, 6] = umax
+            summ[s, 7] = moved
+        return -1, -1
+
+    return _rows
+
+
+_KERNELS = {code: _make_rows(code) for code in (0, 1, 2)}
 
 
 @numba.njit(nogil=True, cache=True)
@@ -165,8 +172,8 @@ def movement_rows(
     if cur.shape[0] == 0:
         return None
     nan_ulp = np.iinfo(outs["chebyshev_ulp"].dtype).max if number_format else 0
-    s, t = _rows(
-        cur, prev, cur.view(np.int32), prev.view(np.int32), FORMAT_CODES[number_format], nan_ulp,
+    s, t = _KERNELS[FORMAT_CODES[number_format]](
+        cur, prev, cur.view(np.int32), prev.view(np.int32), nan_ulp,
         outs["euclidean"], outs["chebyshev"], outs["manhattan"], outs["chebyshev_ulp"], outs["changed"], summary,
     )  # fmt: skip
     return None if s < 0 else (int(s), int(t))
