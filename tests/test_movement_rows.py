@@ -92,13 +92,3 @@ def test_one_task_per_output_chunk_reads_each_input_chunk_once():
     assert len(kernel_tasks) == len(ds.euclidean.chunks[0]) == 3
     xr.testing.assert_identical(ds.compute(), dp.movement(history_array(x, 4), lag=1, step_chunk=4).compute())
     assert movement_step_chunk(10_000, 64) >= 6
-
-
-def test_store_holds_the_per_step_summaries_in_one_chunk(tmp_path):
-    x = small_moves((S, V, D), "bf16").astype(np.float32)
-    ds = dp.movement(history_array(x, 2), lag=1, number_format="bf16", step_chunk=2)
-    dp.write_comparison(ds, tmp_path / "m.zarr")
-    back = xr.open_zarr(tmp_path / "m.zarr")
-    assert back.euclidean.encoding["chunks"] == (2, V)  # as computed: one task, one chunk
-    assert back.euclidean_max.encoding["chunks"] == (S - 1,) and back.moved_tokens.encoding["chunks"] == (S - 1,)
-    xr.testing.assert_identical(back.load().drop_attrs(), ds.compute().drop_attrs())

@@ -24,20 +24,6 @@ __all__ = ["COMPARISON_KINDS", "write_comparison", "open_comparison", "compariso
 
 #: Kinds this module writes: movement (:func:`movement`) and divergence (:func:`divergence`).
 COMPARISON_KINDS = ("movement", "divergence")
-#: Steps per store chunk of the per-step summaries (8 bytes a step): one chunk per task's few
-#: steps made most of a store's files (8 of its 13 arrays) and of its write time.
-SUMMARY_STEP_CHUNK = 2**16
-
-
-def _store_chunks(ds: xr.Dataset) -> xr.Dataset:
-    # the per-step variables in few large chunks; the (step, token) ones as computed
-    per_step = [name for name, var in ds.data_vars.items() if "token" not in var.dims and var.chunks]
-    if not per_step:
-        return ds
-    ds = ds.copy()
-    for name in per_step:
-        ds[name] = ds[name].chunk({"step": min(SUMMARY_STEP_CHUNK, max(1, ds.sizes["step"]))})
-    return ds
 
 
 def comparison_kind(path: str | os.PathLike[str]) -> str | None:
@@ -85,7 +71,7 @@ def write_comparison(
     if kind not in COMPARISON_KINDS:
         raise ValueError(f"ds is not a movement or divergence Dataset (its {KIND_ATTR} is {kind!r})")
     return write_whole(
-        _store_chunks(ds),
+        ds,
         path,
         role=f"{kind} store",
         check=functools.partial(_check_kind, kind),
