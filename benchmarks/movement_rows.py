@@ -2,8 +2,10 @@
 one process, alternating (issue 22).
 
     python benchmarks/movement_rows.py [--steps 501 --vocab 4096 --dim 64 --repeats 3]
+    python benchmarks/movement_rows.py --input big.safetensors  # an existing bf16 history, kept
 
-A bf16 history (the function behind ``dask-pdist synth``) is written to a temporary folder.
+A bf16 history (the function behind ``dask-pdist synth``) is written to a temporary folder
+(``--input``: that file instead; at 5001 x 10,000 x 64, 6.4 GB, writing it takes minutes).
 Each round times, on the local threaded scheduler, in this order:
 
 - **read**: ``open_history(p, chunks=c).data.max().compute()`` (read, widen, finiteness check,
@@ -42,6 +44,7 @@ def main() -> None:
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--workdir", default=None)
+    p.add_argument("--input", default=None, help="an existing bf16 history (its shape overrides --steps etc.)")
     args = p.parse_args()
 
     import dask_pdist as dp
@@ -49,8 +52,12 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="movement-bench-", dir=args.workdir))
     try:
-        path = work / "h.safetensors"
-        dp.write_synthetic_history(path, steps=args.steps, vocab=args.vocab, dim=args.dim)
+        if args.input:
+            path = Path(args.input)
+            args.steps, args.vocab, args.dim = dp.open_history(path).shape
+        else:
+            path = work / "h.safetensors"
+            dp.write_synthetic_history(path, steps=args.steps, vocab=args.vocab, dim=args.dim)
         nbytes = args.steps * args.vocab * args.dim * 2
         chunk = movement_step_chunk(args.vocab, args.dim)
 

@@ -75,3 +75,27 @@ def test_lazy_and_bad_input(no_compute):
         dp.distinct_count(history_array(history_with_duplicates(), 3))
     with pytest.raises(TypeError, match="history must be an xarray.DataArray"):
         dp.distinct_count(np.zeros((S, V, D)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_every_hash_colliding_still_counts_exactly(monkeypatch, dtype):
+    # zero multipliers: every finite row hashes alike, so every lookup compares rows value by value
+    from dask_pdist.kernels import distinct_rows
+
+    x = history_with_duplicates(seed=4)
+    x[4, 2] = np.inf
+    x[5, 3, 0] = -0.0
+    x[5, 4] = x[5, 3]
+    x[5, 4, 0] = 0.0
+    monkeypatch.setitem(distinct_rows._MULTIPLIERS, D, np.zeros(D, dtype=np.uint64))
+    got = dp.distinct_count(history_array(x.astype(dtype), 2)).values
+    np.testing.assert_array_equal(got, distinct_oracle(x))
+
+
+def test_wide_snapshot_many_duplicates_and_no_dims():
+    rng = np.random.default_rng(9)
+    base = rng.integers(-3, 4, size=(3, 97, 6)).astype(np.float32)
+    x = np.concatenate([base, base[:, ::-1], base[:, :41]], axis=1)  # V = 235, every row 2-3 times
+    np.testing.assert_array_equal(dp.distinct_count(history_array(x, 2)).values, distinct_oracle(x))
+    empty = np.zeros((2, 5, 0), dtype=np.float32)
+    np.testing.assert_array_equal(dp.distinct_count(history_array(empty, 1)).values, [1, 1])

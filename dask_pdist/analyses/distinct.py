@@ -1,10 +1,11 @@
 """The number of distinct embedding vectors per step (the series' "unique count"), lazily.
 
-One task per step chunk groups each snapshot's equal rows
-(:func:`dask_pdist.kernels.cluster_rows.equal_row_labels`, the clusters' threshold-0 grouping:
-a 64-bit hash of each row's bytes, sorted, every row then compared with the row it is grouped
-with, so the count is exact): O(V x D + V log V) per step, no distance and no V x V matrix,
-no numba. It is the number of groups
+One task per step chunk counts each snapshot's distinct rows in one pass
+(:func:`dask_pdist.kernels.distinct_rows.distinct_rows`, numba: each row hashed as it is
+read and looked up in a hash table, every hash match confirmed value by value, so the count is
+exact): O(V x D) per step, no sort, no distance and no V x V matrix. Inputs other than
+float32/float64 take the clusters' threshold-0 grouping
+(:func:`dask_pdist.kernels.cluster_rows.equal_row_labels`). It is the number of groups
 (singletons included) that ``clusters(history, 0)`` finds, with the same rules: ``-0.0`` and
 ``+0.0`` are equal, and a row holding NaN or Inf is distinct from every other row.
 """
@@ -16,11 +17,15 @@ import xarray as xr
 
 from dask_pdist.analyses.movement import _check_history, _data, _labels
 from dask_pdist.kernels.cluster_rows import equal_row_labels
+from dask_pdist.kernels.distinct_rows import distinct_rows
 
 __all__ = ["distinct_count"]
 
 
 def _count_block(x: np.ndarray) -> np.ndarray:
+    counts = distinct_rows(x)  # one hashed pass (numba), float32/float64
+    if counts is not None:
+        return counts
     labels = equal_row_labels(x)
     # a group's label is its smallest member's position: count the tokens that are their own label
     return (labels == np.arange(x.shape[1], dtype=labels.dtype)).sum(axis=1).astype(np.int64)

@@ -163,11 +163,10 @@ def divergence(
             data = data[at]
         aligned[name] = data.rechunk((int(step_chunk), -1, -1))
     chosen = [(a, reference) for a in names if a != reference] if pairs == "reference" else list(combinations(names, 2))
-    parts = [compare_arrays(aligned[a], aligned[b], common, common, fmt) for a, b in chosen]
-    rec = da.stack([p[0] for p in parts])
-    summary = da.stack([p[1] for p in parts])
+    parts = [compare_arrays(aligned[a], aligned[b], common, common, fmt, dtype) for a, b in chosen]
+    arrays = {name: da.stack([p[name] for p in parts]) for name in parts[0]}
     words = {"changed": "differing_dims", "tokens": "differing_tokens", "what": "between the run and its reference"}
-    variables = comparison_variables(rec, summary, ("pair", "step"), dtype, fmt, first.sizes["dim"], words)
+    variables = comparison_variables(arrays, ("pair", "step"), fmt, words)
     coords = {
         "pair": np.array([f"{a} vs {b}" for a, b in chosen], dtype=object),
         "run": ("pair", np.array([a for a, _ in chosen], dtype=object)),

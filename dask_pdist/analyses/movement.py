@@ -18,7 +18,7 @@ import xarray as xr
 from dask_pdist.conventions import HISTORY_DIMS, KIND_ATTR, OutputDtype, check_choice, check_dtype
 from dask_pdist.graphs.movement import movement_arrays
 from dask_pdist.io.history import provenance
-from dask_pdist.kernels.movement import NUMBER_FORMATS, SUMMARY_COLUMNS, ULP_DTYPES
+from dask_pdist.kernels.movement import NUMBER_FORMATS, SUMMARY_COLUMNS
 
 __all__ = ["movement", "MOVEMENT_KIND", "number_format_of"]
 
@@ -68,15 +68,13 @@ def _labels(history: xr.DataArray, dim: str) -> np.ndarray:
 
 
 def comparison_variables(
-    rec: da.Array,
-    summary: da.Array,
+    arrays: dict[str, da.Array],
     lead: tuple[str, ...],
-    dtype: str,
     number_format: str | None,
-    n_dims: int,
     words: dict[str, str],
 ) -> dict[str, xr.Variable]:
-    """The labelled variables of :func:`~dask_pdist.graphs.movement.compare_arrays`' output.
+    """The labelled variables of :func:`~dask_pdist.graphs.movement.compare_arrays`' output
+    (already in their stored dtypes).
 
     ``lead``: the dims before ``token`` (``("step",)``, or ``("pair", "step")``); ``words``:
     ``changed`` (name of the per-token count of changed dims), ``tokens`` (of the per-step
@@ -86,31 +84,25 @@ def comparison_variables(
     what = words["what"]
     out = {}
     for name in ("euclidean", "chebyshev", "manhattan"):
-        out[name] = xr.Variable(token_dims, rec[name].astype(dtype), {"long_name": f"{name} distance {what}"})
+        out[name] = xr.Variable(token_dims, arrays[name], {"long_name": f"{name} distance {what}"})
     if number_format is not None:
         out["chebyshev_ulp"] = xr.Variable(
             token_dims,
-            rec["chebyshev_ulp"].astype(ULP_DTYPES[number_format]),
+            arrays["chebyshev_ulp"],
             {
                 "long_name": f"largest number of representable {number_format} steps over dims {what}",
                 "units": f"{number_format} ulp",
             },
         )
     out[words["changed"]] = xr.Variable(
-        token_dims,
-        rec["changed"].astype(np.min_scalar_type(n_dims)),
-        {"long_name": f"dims whose values differ {what} (-0.0 == +0.0)"},
+        token_dims, arrays["changed"], {"long_name": f"dims whose values differ {what} (-0.0 == +0.0)"}
     )
-    for i, column in enumerate(SUMMARY_COLUMNS):
-        values = summary[..., i]
-        if column == "chebyshev_ulp_max":
-            if number_format is None:
-                continue
-            values = values.astype(ULP_DTYPES[number_format])
-        elif column == "changed_tokens":
-            column, values = words["tokens"], values.astype(np.int64)
-        elif column.endswith("_max"):
-            values = values.astype(dtype)
+    for column in SUMMARY_COLUMNS:
+        values = arrays[column]
+        if column == "chebyshev_ulp_max" and number_format is None:
+            continue
+        if column == "changed_tokens":
+            column = words["tokens"]
         stat = (
             "number of tokens with a changed dim"
             if column == words["tokens"]
@@ -146,7 +138,8 @@ def movement(
         Stored dtype of the distances; the arithmetic is float64 whatever is chosen, so a
         float32 value is the float64 result rounded once.
     step_chunk : int or "auto"
-        Output steps per task and chunk (``"auto"``: ~4 MiB of input per task).
+        Output steps per task and chunk (``"auto"``: 16 MiB of float32 input per task, see
+        :func:`~dask_pdist.graphs.movement.movement_step_chunk`).
 
     Returns
     -------
@@ -170,9 +163,9 @@ def movement(
     fmt = number_format_of(history, number_format)
     dtype = check_dtype(dtype)
     steps = _labels(history, "step")
-    rec, summary = movement_arrays(_data(history), steps, lag, fmt, step_chunk)
+    arrays = movement_arrays(_data(history), steps, lag, fmt, step_chunk, dtype)
     words = {"changed": "changed_dims", "tokens": "moved_tokens", "what": f"between step - {lag} and step"}
-    variables = comparison_variables(rec, summary, ("step",), dtype, fmt, history.sizes["dim"], words)
+    variables = comparison_variables(arrays, ("step",), fmt, words)
     coords = {
         "step": steps[lag:],
         "previous_step": ("step", steps[: len(steps) - lag], {"long_name": "step compared with"}),

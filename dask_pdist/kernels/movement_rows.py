@@ -1,104 +1,179 @@
 """The one-pass movement kernel (numba): what :func:`~dask_pdist.kernels.movement.movement_block`
-computes with numpy in ~10 passes over float64 copies, here in one pass over the float32
-input, so movement runs near the speed of reading the history.
+and :func:`~dask_pdist.kernels.movement.movement_summary` compute with numpy in ~10 passes over
+float64 copies, here in one pass over the float32 input, written straight into the stored
+dtypes, so movement runs near the speed of reading the history.
 
-The same arithmetic as the numpy version: every value widened to float64, each row reduced
-over dims in order (sum of squares, sum of absolute differences, maximum), each stored value
-rounded once. Positions on the format's ordered line come from the float32 bit patterns
+The same arithmetic as the numpy version: every value widened to float64, each stored value
+rounded once. The row reductions over dims (sum of squares, sum of absolute differences) may be
+summed in any order (``fastmath={"reassoc"}``: SIMD lanes, ~4x faster; the sums are of
+nonnegative terms, so the order moves a float64 result by a few units of its last place, far
+below one float32 unit); the maximum is exact in any order and is taken on the float64 bit
+patterns of the nonnegative differences (an integer maximum, which vectorises; a float maximum
+with NaN does not). Positions on the format's ordered line come from the float32 bit patterns
 (bf16: the high 16 bits; f32: all 32), as :func:`~dask_pdist.kernels.movement.ordered_bits`
-defines them.
+defines them. The per-step summaries (max and mean over tokens) come from the same pass.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from llvmlite import ir
+from numba.core import types
+from numba.extending import intrinsic
 
 from dask_pdist.kernels._jit import numba
 
-__all__ = ["movement_rows"]
+__all__ = ["FORMAT_CODES", "movement_rows"]
 
 #: Format codes of the kernel: no ulp, bf16, f32.
 FORMAT_CODES = {None: 0, "bf16": 1, "f32": 2}
 
 
-@numba.njit(nogil=True, cache=True, inline="always")
-def _place(bits, fmt):
-    # sign-magnitude bits -> a place on the ordered integer line (+0 and -0 both 0)
-    if fmt == 1:
-        mag = np.int64((bits & 0x7FFFFFFF) >> 16)
-    else:
-        mag = np.int64(bits & 0x7FFFFFFF)
-    return -mag if bits < 0 else mag
+@intrinsic
+def _f64_bits(typingctx, x):  # noqa: ANN001, ANN202, ARG001
+    # a float64's bit pattern as an int64 (ordered like the value for values >= 0)
+    def codegen(context, builder, sig, args):  # noqa: ANN001, ANN202, ARG001
+        return builder.bitcast(args[0], ir.IntType(64))
+
+    return types.int64(types.float64), codegen
+
+
+@intrinsic
+def _bits_f64(typingctx, x):  # noqa: ANN001, ANN202, ARG001
+    def codegen(context, builder, sig, args):  # noqa: ANN001, ANN202, ARG001
+        return builder.bitcast(args[0], ir.DoubleType())
+
+    return types.float64(types.int64), codegen
+
+
+def _make_rows(fmt: int):  # noqa: ANN202
+    # one kernel per format: fmt is a constant of the closure, so its branches leave the inner
+    # loop at compile time (a runtime branch there kept the loop from vectorising)
+    @numba.njit(nogil=True, cache=True, fastmath={"reassoc"}, error_model="numpy")
+    def _rows(cur, prev, cbits, pbits, nan_ulp, euc, cheb, man, ulp, changed, summ):
+        # returns (step, token) of the first row holding a value that is not of the format
+        # (bf16: low 16 bits set; the caller finds which), else (-1, -1)
+        nstep, ntok, ndim = cur.shape
+        for s in range(nstep):
+            emax = 0.0
+            esum = 0.0
+            cmax = 0.0
+            csum = 0.0
+            mmax = 0.0
+            msum = 0.0
+            umax = 0
+            moved = 0
+            snan = False
+            for t in range(ntok):
+                sq = 0.0
+                ab = 0.0
+                mx = np.int64(0)
+                ch = 0
+                far = np.int64(0)
+                low = np.int32(0)
+                for d in range(ndim):
+                    a = np.float64(cur[s, t, d])
+                    b = np.float64(prev[s, t, d])
+                    diff = abs(a - b)
+                    sq += diff * diff
+                    ab += diff
+                    ch += cur[s, t, d] != prev[s, t, d]  # True for NaN too; -0.0 == +0.0
+                    m = _f64_bits(diff)
+                    mx = m if m > mx else mx
+                    if fmt == 1:  # bf16: int32 places (differences fit), low bits must be 0
+                        ca = cbits[s, t, d]
+                        cb = pbits[s, t, d]
+                        low |= (ca | cb) & np.int32(0xFFFF)
+                        sa = ca >> np.int32(31)
+                        sb = cb >> np.int32(31)
+                        ma = (ca & np.int32(0x7FFFFFFF)) >> np.int32(16)
+                        mb = (cb & np.int32(0x7FFFFFFF)) >> np.int32(16)
+                        k = np.int64(abs(((ma ^ sa) - sa) - ((mb ^ sb) - sb)))
+                        far = k if k > far else far
+                    elif fmt == 2:  # f32: int64 places
+                        ca64 = np.int64(cbits[s, t, d])
+                        cb64 = np.int64(pbits[s, t, d])
+                        sa64 = ca64 >> 63
+                        sb64 = cb64 >> 63
+                        ma64 = ca64 & 0x7FFFFFFF
+                        mb64 = cb64 & 0x7FFFFFFF
+                        k = abs(((ma64 ^ sa64) - sa64) - ((mb64 ^ sb64) - sb64))
+                        far = k if k > far else far
+                nan = sq != sq  # a NaN difference (NaN input, or inf - inf) makes the sum NaN
+                if low != 0 and _foreign_in_row(cur, prev, cbits, pbits, s, t):
+                    return s, t
+                e = np.sqrt(sq)
+                c = np.nan if nan else _bits_f64(mx)
+                u = nan_ulp if nan else far
+                euc[s, t] = e
+                cheb[s, t] = c
+                man[s, t] = ab
+                ulp[s, t] = u
+                changed[s, t] = ch
+                snan |= nan
+                emax = max(emax, e)
+                cmax = max(cmax, c)
+                mmax = max(mmax, ab)
+                esum += e
+                csum += c
+                msum += ab
+                umax = max(umax, u)
+                moved += ch > 0
+            summ[s, 0] = np.nan if snan else emax
+            summ[s, 1] = esum / ntok
+            summ[s, 2] = np.nan if snan else cmax
+            summ[s, 3] = csum / ntok
+            summ[s, 4] = np.nan if snan else mmax
+            summ[s, 5] = msum / ntok
+            summ[s, 6] = umax
+            summ[s, 7] = moved
+        return -1, -1
+
+    return _rows
+
+
+_KERNELS = {code: _make_rows(code) for code in (0, 1, 2)}
 
 
 @numba.njit(nogil=True, cache=True)
-def _rows(cur, prev, cbits, pbits, fmt, nan_ulp, euc, cheb, man, ulp, changed):
-    # returns (step, token, dim, 0 = cur / 1 = prev) of the first value that is not of the
-    # format (bf16: low 16 bits set), else (-1, -1, -1, -1)
-    nstep, ntok, ndim = cur.shape
-    for s in range(nstep):
-        for t in range(ntok):
-            sq = 0.0
-            ab = 0.0
-            mx = 0.0
-            nan = False
-            ch = 0
-            far = 0
-            for d in range(ndim):
-                a = np.float64(cur[s, t, d])
-                b = np.float64(prev[s, t, d])
-                diff = abs(a - b)
-                if diff != diff:
-                    nan = True
-                sq += diff * diff
-                ab += diff
-                mx = max(mx, diff)
-                if a != b or a != a:
-                    ch += 1
-                if fmt != 0:
-                    ca = cbits[s, t, d]
-                    cb = pbits[s, t, d]
-                    if fmt == 1:
-                        if (ca & 0xFFFF) != 0 and a == a:
-                            return s, t, d, 0
-                        if (cb & 0xFFFF) != 0 and b == b:
-                            return s, t, d, 1
-                    k = abs(_place(ca, fmt) - _place(cb, fmt))
-                    far = max(far, k)
-            euc[s, t] = np.sqrt(sq)
-            cheb[s, t] = np.nan if nan else mx
-            man[s, t] = ab
-            ulp[s, t] = nan_ulp if nan else far
-            changed[s, t] = ch
-    return -1, -1, -1, -1
+def _foreign_in_row(cur, prev, cbits, pbits, s, t):
+    # a value with low bits set that is not NaN (a widened NaN may carry any payload)
+    for d in range(cur.shape[2]):
+        if (cbits[s, t, d] & 0xFFFF) != 0 and cur[s, t, d] == cur[s, t, d]:
+            return True
+        if (pbits[s, t, d] & 0xFFFF) != 0 and prev[s, t, d] == prev[s, t, d]:
+            return True
+    return False
 
 
-def movement_rows(cur: np.ndarray, prev: np.ndarray, number_format: str | None, record: np.dtype) -> tuple:
-    """``record``-typed (step, token) results of two float32 blocks, and where the first value
-    that is not of ``number_format`` is (None if every value is). ``number_format``: None,
-    "bf16" or "f32" (others take the numpy path).
+def movement_rows(
+    cur: np.ndarray, prev: np.ndarray, number_format: str | None, outs: dict[str, np.ndarray], summary: np.ndarray
+) -> tuple[int, int] | None:
+    """Write the distances between ``cur[s, t]`` and ``prev[s, t]`` into ``outs`` and their
+    per-step summary into ``summary``; return ``(step, token)`` of the first row holding a value
+    that is not of ``number_format`` (then the outputs are incomplete), else None.
 
-    >>> from dask_pdist.kernels.movement import MOVEMENT_RECORD
+    ``cur``, ``prev``: float32, shape (step, token, dim). ``number_format``: None, "bf16" or
+    "f32" (f16 takes the numpy path). ``outs``: (step, token) arrays ``euclidean``,
+    ``chebyshev``, ``manhattan`` (float32 or float64), ``chebyshev_ulp``, ``changed``
+    (unsigned); ``summary``: (step, 8) float64, the columns of
+    :data:`~dask_pdist.kernels.movement.SUMMARY_COLUMNS` (means over tokens).
+
     >>> a = np.array([[[1.0, 2.0, 0.0]]], dtype=np.float32)
     >>> b = np.array([[[1.0, 2.015625, -0.0]]], dtype=np.float32)
-    >>> out, bad = movement_rows(b, a, "bf16", MOVEMENT_RECORD)
-    >>> float(out["chebyshev"][0, 0]), int(out["chebyshev_ulp"][0, 0]), int(out["changed"][0, 0]), bad
-    (0.015625, 1, 1, None)
+    >>> names = ("euclidean", "chebyshev", "manhattan", "chebyshev_ulp", "changed")
+    >>> outs = dict(zip(names, [np.empty((1, 1), t) for t in "f4 f4 f4 u2 u1".split()]))
+    >>> movement_rows(b, a, "bf16", outs, np.empty((1, 8)))
+    >>> float(outs["chebyshev"][0, 0]), int(outs["chebyshev_ulp"][0, 0]), int(outs["changed"][0, 0])
+    (0.015625, 1, 1)
     """
     cur = np.ascontiguousarray(cur, dtype=np.float32)
     prev = np.ascontiguousarray(prev, dtype=np.float32)
-    shape = cur.shape[:2]
-    euc, cheb, man = (np.empty(shape) for _ in range(3))
-    ulp = np.empty(shape, dtype=np.int64)
-    changed = np.empty(shape, dtype=np.int64)
-    from dask_pdist.kernels.movement import ULP_DTYPES
-
-    nan_ulp = np.iinfo(ULP_DTYPES[number_format]).max if number_format else 0
-    where = _rows(
-        cur, prev, cur.view(np.int32), prev.view(np.int32), FORMAT_CODES[number_format], nan_ulp,
-        euc, cheb, man, ulp, changed,
+    if cur.shape[0] == 0:
+        return None
+    nan_ulp = np.iinfo(outs["chebyshev_ulp"].dtype).max if number_format else 0
+    s, t = _KERNELS[FORMAT_CODES[number_format]](
+        cur, prev, cur.view(np.int32), prev.view(np.int32), nan_ulp,
+        outs["euclidean"], outs["chebyshev"], outs["manhattan"], outs["chebyshev_ulp"], outs["changed"], summary,
     )  # fmt: skip
-    out = np.empty(shape, dtype=record)
-    out["euclidean"], out["chebyshev"], out["manhattan"] = euc, cheb, man
-    out["chebyshev_ulp"], out["changed"] = ulp, changed
-    return out, (None if where[0] < 0 else where)
+    return None if s < 0 else (int(s), int(t))

@@ -26,7 +26,7 @@ import numpy as np
 import xarray as xr
 
 from dask_pdist._version import __version__
-from dask_pdist.conventions import DISTANCE_DIMS, METRICS
+from dask_pdist.conventions import ALL_METRICS, DISTANCE_DIMS
 from dask_pdist.errors import StoreError
 from dask_pdist.io.locks import acquire_lock, release_lock
 from dask_pdist.io.paths import BUCKET_SCHEMES, Location, is_remote, locate
@@ -40,7 +40,17 @@ __all__ = ["EXPORT_DTYPES", "to_safetensors", "tensor_key", "check_target"]
 ExportDtype = Literal["float32", "float16", "float64"]
 #: Dtypes a distance tensor may be exported as.
 EXPORT_DTYPES: tuple[str, ...] = ("float32", "float16", "float64")
-_SAFETENSORS_DTYPE = {"float16": "F16", "float32": "F32", "float64": "F64"}
+_SAFETENSORS_DTYPE = {
+    "float16": "F16",
+    "float32": "F32",
+    "float64": "F64",
+    "uint8": "U8",
+    "uint16": "U16",
+    "uint32": "U32",
+}
+#: Metrics exported in their stored (unsigned integer) dtype, whatever ``dtype`` says: counts of
+#: representable values, exact by construction.
+_INTEGER_METRICS = ("chebyshev_ulp",)
 
 
 def tensor_key(metric: str) -> str:
@@ -94,6 +104,11 @@ class _TensorTarget:
             pwrite_segments(self.path, [(self.start + elem * size, block[idx]) for elem, idx in runs])
 
 
+def _convert(block: np.ndarray, label: tuple[str, int], dtypes: dict[str, np.dtype], path: str) -> np.ndarray:
+    # the remote writer's convert: each tensor key to its own dtype
+    return _file_bytes(block, label, dtypes[label[0]], path)
+
+
 def _file_bytes(block: np.ndarray, label: tuple[str, int], dtype: np.dtype, path: str) -> np.ndarray:
     """A block as the file stores it: ``dtype``, little-endian, C-contiguous; ``label`` is
     (tensor key, index of the block's first step), for the error of a value out of range."""
@@ -118,7 +133,7 @@ def _check_range(block: np.ndarray, dtype: np.dtype, path: str, key: str, step0:
         )
 
 
-def _metadata(ds: xr.Dataset, metrics: list[str], dtype: str) -> dict[str, str]:
+def _metadata(ds: xr.Dataset, metrics: list[str], dtype: str, dtypes: dict[str, str]) -> dict[str, str]:
     steps = ds["step"].values if "step" in ds.coords else np.arange(ds.sizes["step"])
     tokens = ds["token_i"].values if "token_i" in ds.coords else np.arange(ds.sizes["token_i"])
     return {
@@ -127,6 +142,7 @@ def _metadata(ds: xr.Dataset, metrics: list[str], dtype: str) -> dict[str, str]:
         "metrics": ",".join(metrics),
         "keys": ",".join(tensor_key(m) for m in metrics),
         "dtype": dtype,
+        "key_dtypes": json.dumps({tensor_key(m): dtypes[m] for m in metrics}),
         "steps": json.dumps(np.asarray(steps).tolist()),
         "n_steps": str(ds.sizes["step"]),
         "n_tokens": str(ds.sizes["token_i"]),
@@ -233,10 +249,13 @@ def to_safetensors(
 ) -> Any:
     """Export a distance Dataset to one safetensors file, streaming chunk by chunk.
 
-    The file holds ``euclidean_distances`` and/or ``chebyshev_distances`` (the metrics in
-    ``ds``), each (S, V, V), as the notebook's ``save_file`` writes them, so
-    ``safetensors.torch.load_file`` and ``safe_open`` read it unchanged. ``__metadata__``
-    holds the steps (JSON list), token count and labels, metrics, source and package version.
+    The file holds one tensor per metric in ``ds``, each (S, V, V): ``euclidean_distances``,
+    ``chebyshev_distances``, ``manhattan_distances`` (in ``dtype``) and
+    ``chebyshev_ulp_distances`` (in its stored unsigned dtype, U16 or U32: counts, never
+    rounded), as the notebook's ``save_file`` writes them, so ``safetensors.torch.load_file``
+    (U16/U32 need torch >= 2.3), ``safetensors.numpy.load_file`` and ``safe_open`` read it
+    unchanged. ``__metadata__`` holds the steps (JSON list), token count and labels, metrics,
+    each key's dtype (``key_dtypes``, JSON), source and package version.
     The result is never held in memory.
 
     A local file: the header is written first, then each dask chunk at its byte offset as it
@@ -263,7 +282,7 @@ def to_safetensors(
         File to create, e.g. ``pairwise_distances.safetensors`` or
         ``s3://bucket/pairwise_distances.safetensors``.
     dtype : {"float32", "float16", "float64"}, optional
-        Stored dtype; default the Dataset's. float16 (relative precision 2^-11) raises
+        Stored dtype of the float metrics; default the Dataset's. float16 (relative precision 2^-11) raises
         :class:`OverflowError` naming the largest value if a distance exceeds 65504.
     overwrite : bool
         Replace an existing file at ``path``. A directory is never replaced.
@@ -317,36 +336,43 @@ def to_safetensors(
             f"{ds.encoding.get('source', 'the store')}: being written ({ds.attrs['being_written']}); an export"
             " would look complete without the rest: export it when the job ends (after --follow stops)"
         )
-    metrics = [m for m in METRICS if m in ds.data_vars]
+    metrics = [m for m in ALL_METRICS if m in ds.data_vars]
     if not metrics:
         raise ValueError(
-            f"the Dataset holds none of {list(METRICS)} (variables: {list(ds.data_vars)});"
+            f"the Dataset holds none of {list(ALL_METRICS)} (variables: {list(ds.data_vars)});"
             " pass the result of pairwise_distances or open_distances"
         )
     for m in metrics:
         if ds[m].dims != DISTANCE_DIMS:
             raise ValueError(f"variable {m!r} has dims {ds[m].dims}; expected {DISTANCE_DIMS}")
+    floats = [m for m in metrics if m not in _INTEGER_METRICS]
     try:
-        name = str(np.dtype(dtype).name) if dtype is not None else ds[metrics[0]].dtype.name
+        name = str(np.dtype(dtype).name) if dtype is not None else ds[floats[0]].dtype.name if floats else "float32"
     except TypeError:  # a name numpy does not know ("bfloat16")
         name = str(dtype)
     if name not in EXPORT_DTYPES:
         raise ValueError(f"dtype={dtype!r}: choose one of {list(EXPORT_DTYPES)}")
+    dtypes = {m: ds[m].dtype.name if m in _INTEGER_METRICS else name for m in metrics}
+    for m in metrics:
+        if dtypes[m] not in _SAFETENSORS_DTYPE:
+            raise ValueError(f"variable {m!r} has dtype {dtypes[m]}, which a safetensors export cannot hold")
 
     target = check_target(path, overwrite, storage_options)
 
     shape = tuple(ds[metrics[0]].shape)
-    tensors = [(tensor_key(m), _SAFETENSORS_DTYPE[name], shape) for m in metrics]
+    tensors = [(tensor_key(m), _SAFETENSORS_DTYPE[dtypes[m]], shape) for m in metrics]
+    meta = _metadata(ds, metrics, name, dtypes)
     show = compute and (interactive() if progress is None else progress)
     if is_remote(target):
-        head, _ = header_bytes(tensors, _metadata(ds, metrics, name))
+        head, _ = header_bytes(tensors, meta)
         pieces = [
             ((tensor_key(m), step0), piece)
             for m in metrics
             for step0, piece in file_order_pieces(_source(ds[m].data, shape))
         ]
-        convert = functools.partial(_file_bytes, dtype=np.dtype(name), path=str(target))
-        size = len(head) + len(metrics) * math.prod(shape) * np.dtype(name).itemsize
+        key_dtypes = {tensor_key(m): np.dtype(dtypes[m]) for m in metrics}
+        convert = functools.partial(_convert, dtypes=key_dtypes, path=str(target))
+        size = len(head) + sum(math.prod(shape) * np.dtype(dtypes[m]).itemsize for m in metrics)
         run = functools.partial(
             stream_to_location, target, head, pieces, convert, overwrite=overwrite, progress=show, total=size
         )
@@ -361,10 +387,10 @@ def to_safetensors(
     clean_stale(path)
     tmp = hidden_name(path)
     try:
-        offsets = write_header(tmp, tensors, _metadata(ds, metrics, name))
+        offsets = write_header(tmp, tensors, meta)
         sources = [_source(ds[m].data, shape) for m in metrics]
         targets = [
-            _TensorTarget(str(tmp), tensor_key(m), offsets[tensor_key(m)], shape, name, str(path)) for m in metrics
+            _TensorTarget(str(tmp), tensor_key(m), offsets[tensor_key(m)], shape, dtypes[m], str(path)) for m in metrics
         ]
         # one store call: the metrics share one graph, so the kernel runs once per block
         stored = da.store(sources, targets, lock=False, compute=False)
