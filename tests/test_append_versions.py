@@ -22,7 +22,15 @@ SHAPE = (9, 7, 5)
 
 
 @pytest.fixture
-def checkpoints(write_safetensors, tmp_path):
+def settled(monkeypatch):
+    """Files count as settled at once (no test waits the two seconds a file's times must age)."""
+    import dask_pdist.io.paths
+
+    monkeypatch.setattr(dask_pdist.io.paths, "_SETTLED_NS", 0)
+
+
+@pytest.fixture
+def checkpoints(write_safetensors, tmp_path, settled):
     """One safetensors file per step, saved a minute ago; files(n) lists the first n."""
     x = random_history(SHAPE, seed=11)
     settled = time.time() - 60
@@ -58,11 +66,15 @@ def _versions(store: Path) -> np.ndarray:
     return np.asarray(zarr.open_array(str(store / "_dask_pdist" / "input_version"), mode="r")[...])
 
 
-def test_version_of_vouches_only_for_a_settled_file(tmp_path):
+def test_version_of_vouches_only_for_a_settled_file(tmp_path, monkeypatch):
+    import dask_pdist.io.paths
+
     path = tmp_path / "f.bin"
     path.write_bytes(b"x" * 10)
     assert version_of(path) == 0  # just written: its mtime cannot yet tell a rewrite apart
     os.utime(path, (time.time() - 60, time.time() - 60))
+    assert version_of(path) == 0  # its change time is now (utime cannot set that back)
+    monkeypatch.setattr(dask_pdist.io.paths, "_SETTLED_NS", 0)  # two seconds later, say
     first = version_of(path)
     assert first != 0 and version_of(path) == first
     path.write_bytes(b"y" * 11)
@@ -112,17 +124,44 @@ def test_a_file_rewritten_with_the_same_values_is_checked_then_vouched_for(
     assert sum(read_steps) == 1
 
 
-def test_a_just_written_file_is_read_again_next_time(checkpoints, tmp_path, read_steps):
+def test_a_just_written_file_is_read_again_next_time(checkpoints, tmp_path, read_steps, monkeypatch):
+    import dask_pdist.io.history
+
     x, files = checkpoints
     store = tmp_path / "d.zarr"
     to_zarr(_distances(files(5)), store)
-    newest = Path(files(6)[-1])
-    os.utime(newest, None)  # saved a moment ago, as --follow usually meets a checkpoint
+    newest = str(Path(files(6)[-1]))
+    real = dask_pdist.io.history.version_of
+    # saved a moment ago, as --follow usually meets a checkpoint: version_of cannot vouch for it
+    monkeypatch.setattr(dask_pdist.io.history, "version_of", lambda p: 0 if str(p) == newest else real(p))
     to_zarr(_distances(files(6)), store, append=True)
     assert _versions(store)[5] == 0  # not vouched for: its mtime may not yet show a rewrite
+    monkeypatch.setattr(dask_pdist.io.history, "version_of", real)  # it has aged since
     read_steps.clear()
     to_zarr(_distances(files(7)), store, append=True)
     assert sum(read_steps) == 2  # step 5 checked again, and the new step
+
+
+def test_a_file_rewritten_in_place_with_its_mtime_restored_is_read_again(checkpoints, tmp_path, monkeypatch):
+    # same path, size and inode, mtime set back: the change time (which no call can set back) tells
+    import dask_pdist.io.paths
+
+    x, files = checkpoints
+    store = tmp_path / "d.zarr"
+    to_zarr(_distances(files(6)), store)
+    path = Path(files(6)[2])
+    before = path.stat()
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01  # the last value's lowest mantissa bit
+    with open(path, "r+b") as f:
+        f.write(bytes(data))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_size, after.st_mtime_ns, after.st_ino) == (before.st_size, before.st_mtime_ns, before.st_ino)
+    for settle in (2_000_000_000, 0):  # at once (its ctime is recent), and once it has aged
+        monkeypatch.setattr(dask_pdist.io.paths, "_SETTLED_NS", settle)
+        with pytest.raises(StoreError, match=r"input changed since the store was written: step 2"):
+            to_zarr(_distances(files(7)), store, append=True)
 
 
 def test_a_damaged_version_record_only_costs_reading(checkpoints, tmp_path, read_steps):

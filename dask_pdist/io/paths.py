@@ -179,11 +179,11 @@ _SETTLED_NS = 2_000_000_000
 
 
 def version_of(path: str | os.PathLike[str] | Location) -> int:
-    """A 64-bit hash of a file's current version (local: path, size, mtime, inode and device;
-    URL: its ETag), never 0; 0 for a local file modified in the last two seconds, whose
-    identity cannot yet vouch for its content. Equal versions mean the file was not rewritten
-    (what git's index and rsync's quick check rely on); a store records them so that an append
-    re-reads only the stored steps whose file changed."""
+    """A 64-bit hash of a file's current version (local: path, size, mtime, ctime, inode and
+    device; URL: its ETag), never 0; 0 for a local file modified (or its metadata changed) in
+    the last two seconds, whose identity cannot yet vouch for its content. Equal versions mean
+    the file was not rewritten (what git's index and rsync's quick check rely on); a store
+    records them so that an append re-reads only the stored steps whose file changed."""
     import hashlib
     import time
 
@@ -191,9 +191,11 @@ def version_of(path: str | os.PathLike[str] | Location) -> int:
         what = f"{path.url}\0{path.token()}"
     else:
         st = os.stat(path)
-        if time.time_ns() - st.st_mtime_ns < _SETTLED_NS:
+        # ctime too: no user call can set it back, so a file rewritten in place whose mtime was
+        # restored (os.utime) still reads as another version
+        if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) < _SETTLED_NS:
             return 0
-        what = f"{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\0{st.st_dev}"
+        what = f"{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0{st.st_ino}\0{st.st_dev}"
     return int.from_bytes(hashlib.blake2b(what.encode(), digest_size=8).digest(), "little") | 1
 
 

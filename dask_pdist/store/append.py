@@ -232,7 +232,7 @@ def _check_stored_input(ds: xr.Dataset, path: StorePath, n: int, gone: np.ndarra
     # the stored distances were computed from some input: re-read the stored steps' input
     # (cheap next to their distances) and compare with the checksums recorded next to them;
     # a step whose input file is the very version recorded (io/paths.py version_of: same path,
-    # size, mtime, inode; or ETag) was checked when it was recorded and is not re-read, so an
+    # size, mtime, ctime, inode; or ETag) was checked when it was recorded and is not re-read, so an
     # append of one checkpoint reads that checkpoint, not the run's history
     where = path / BOOKKEEPING / INPUT_CHECKSUM
     if INPUT_CHECKSUM not in ds.coords or not (where / "zarr.json").exists() or n == 0:

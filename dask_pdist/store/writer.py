@@ -308,7 +308,7 @@ def to_zarr(
         per checkpoint may lack stored steps whose checkpoints were deleted since (Trainer's
         ``save_total_limit``): their distances are kept, the stored steps still there are
         checked. A stored step whose file is the version recorded when it was read (path,
-        size, mtime, inode; or ETag) is not read again. Finishes an interrupted store
+        size, mtime, ctime, inode; or ETag) is not read again. Finishes an interrupted store
         as ``resume`` does; with nothing new, writes nothing. Without a store at ``path``,
         creates it. While appending the store reads as incomplete.
     compute : bool
