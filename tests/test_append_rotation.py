@@ -39,6 +39,15 @@ def _distances(spec, chunks: int = 1):
     return pairwise_distances(open_history(spec, key=KEY, chunks=chunks))
 
 
+def _stored(folder: Path, save, tmp_path: Path, n: int) -> Path:
+    # a store of the run's first n checkpoints, one step per chunk
+    for i in range(n):
+        save(i)
+    store = tmp_path / "d.zarr"
+    to_zarr(_distances(str(folder / "checkpoint-*")), store)
+    return store
+
+
 def _one_shot(tmp_path: Path, save, n: int) -> Path:
     for i in range(n):
         save(i)
@@ -68,10 +77,7 @@ def test_rotated_checkpoints_keep_their_distances(run, tmp_path):
 def test_every_stored_checkpoint_gone(run, tmp_path):
     # save_total_limit=1 and a slow follower: none of the stored steps is left, only new ones
     folder, save, drop = run
-    store = tmp_path / "d.zarr"
-    for i in range(3):
-        save(i)
-    to_zarr(_distances(str(folder / "checkpoint-*")), store)
+    store = _stored(folder, save, tmp_path, 3)
     for i in range(3):
         drop(i)
     save(3)
@@ -144,10 +150,7 @@ def test_a_step_never_written_whose_checkpoint_is_gone_is_left_out(run, tmp_path
     from dask_pdist.store.layout import release_lock
 
     folder, save, drop = run
-    store = tmp_path / "d.zarr"
-    for i in range(3):
-        save(i)
-    to_zarr(_distances(str(folder / "checkpoint-*")), store)
+    store = _stored(folder, save, tmp_path, 3)
     save(3)
     job = to_zarr(_distances(str(folder / "checkpoint-*")), store, append=True, compute=False)
     del job  # grown to 4 steps, killed before step 30 was written
