@@ -276,13 +276,20 @@ def test_an_append_after_the_packed_table_was_lost_keeps_every_chunk_checked(his
     assert any("misplaced" in str(p) for p in verify_store(store))
 
 
-def test_a_block_whose_digests_are_lost_is_refused(store):
+def test_a_block_whose_digests_are_lost_is_refused_then_recomputed_by_resume(store, history):
     # a done block without its record (its chunk_digest file deleted, the packed copy not used)
     meta = json.loads((store / "zarr.json").read_text())
     meta["attributes"]["dask_pdist_digests_packed"] = 0
     (store / "zarr.json").write_text(json.dumps(meta))
     (store / "_dask_pdist" / "chunk_digest" / "c" / "2" / "0" / "0" / "0").unlink()
     _swap(_chunk(store, "euclidean", 2, 0, 0), _chunk(store, "euclidean", 3, 0, 0))
-    with pytest.raises(StoreError, match=r"record of chunk digests .*step-block 2 of the blocks marked written"):
+    with pytest.raises(
+        StoreError, match=r"record of chunk digests .*step-block 2 of the blocks marked written.*--resume"
+    ):
         open_distances(store)
     assert any("step-block 2" in str(p) for p in verify_store(store))
+    # --resume recomputes the block without a record (and the one holding a swapped chunk)
+    with pytest.warns(RepairWarning, match=r"block \(2, 0, 0\): its record of chunk digests is lost"):
+        to_zarr(pairwise_distances(open_history(history[0], chunks=7)), store, resume=True, progress=False)
+    assert verify_store(store) == []
+    np.testing.assert_allclose(open_distances(store).euclidean.values, oracle(history[1])[0], rtol=1e-6, atol=0)

@@ -275,20 +275,24 @@ def manifest_with(path: Path | Location, digests: Mapping[str, int]) -> None:
     books.attrs[MANIFEST_ATTR] = {**read_manifest(path), **digests}
 
 
-def expected_digests(path: Path | Location, done: np.ndarray | None = None) -> Digests:
+def expected_digests(path: Path | Location, done: np.ndarray | None = None, lost_blocks: list | None = None) -> Digests:
     """Every digest recorded in a store: the manifest, and (distance stores) the per-block
     ``chunk_digest`` array expanded to chunk keys, for blocks marked done in ``done``.
+
+    ``lost_blocks``: a list that receives the blocks marked done whose record is lost (0),
+    which are then left out, instead of raising (``--resume`` recomputes them).
 
     Raises
     ------
     StoreError
         The store says it records digests (its root carries a store id) but the record is
-        gone or unreadable: nothing in it could be checked.
+        gone or unreadable: nothing in it could be checked; or a block marked done has none.
     """
     from dask_pdist.errors import StoreError
     from dask_pdist.io.paths import zarr_array
     from dask_pdist.store.layout import read_attrs
 
+    out_of = lost_blocks
     attrs = read_attrs(path) or {}
     if STORE_ID_ATTR not in attrs:
         return Digests()  # made before chunk digests: read as before
@@ -331,9 +335,16 @@ def expected_digests(path: Path | Location, done: np.ndarray | None = None) -> D
     if len(again):
         table[again] = np.asarray(arr.get_orthogonal_selection((again,)))
         unrecorded = done & (table == 0).any(axis=-1)
-    if unrecorded.any():
+    if unrecorded.any() and out_of is None:
         s0 = int(np.nonzero(unrecorded)[0][0])
-        raise lost(f"{BOOKKEEPING}/{DIGEST}, step-block {s0} of the blocks marked written")
+        raise StoreError(
+            f"{path}: its record of chunk digests ({BOOKKEEPING}/{DIGEST}, step-block {s0} of the blocks marked"
+            " written) is missing or unreadable, so those chunks cannot be checked; `dask-pdist compute ..."
+            " --resume` recomputes the blocks without a record (or `dask-pdist verify` lists them)"
+        )
+    if out_of is not None:  # --resume: the caller recomputes them
+        out_of.extend(tuple(int(i) for i in idx) for idx in np.argwhere(unrecorded))
+        done = done & ~unrecorded
     kinds = [names_kind(name) for name in names]
     for s, i, j in zip(*np.nonzero(done), strict=True):
         for k, value in enumerate(table[s, i, j].tolist()):

@@ -198,9 +198,12 @@ def damaged_blocks(path: StorePath, names: list[str], flags: np.ndarray) -> tupl
     """Blocks marked done in ``flags`` with a chunk of ``names`` (distances, or per-step arrays
     indexed by step block) that fails its checks (checksum, decoding, recorded digest), and
     one line per failing chunk. Reads every chunk of those blocks once (``--resume``)."""
-    expected = expected_digests(path, flags)
+    lost: list[tuple[int, ...]] = []
+    expected = expected_digests(path, flags, lost)  # blocks whose record is lost: recomputed too
     bad = np.zeros(flags.shape, bool)
-    notes: list[str] = []
+    notes: list[str] = [f"block {idx}: its record of chunk digests is lost" for idx in lost]
+    for idx in lost:
+        bad[idx] = True
     for name in names:
         try:
             arr = _checked_array(path, name, expected)
