@@ -198,17 +198,6 @@ def check_append(ds: xr.Dataset, path: StorePath, fingerprint: dict[str, Any], g
                 f"the input has step {bad[0]} after step {int(steps[list(steps).index(bad[0]) - 1])}: new steps must"
                 f" increase past the store's last step {last}; a store grows only at its end",
             )
-    if gone is not None and not complete:
-        flags = store_progress(path)[0].all(axis=(1, 2))
-        chunk = int(_distances(path).chunks[0])
-        lost = [i for i in np.flatnonzero(gone) if i // chunk >= len(flags) or not flags[i // chunk]]
-        if lost:
-            raise _refuse(
-                path,
-                f"the input of step {ds['step'].values[lost[0]]} is gone and its distances were never written (the"
-                " job writing them was interrupted): recompute the store from the checkpoints kept"
-                " (overwrite=True, --overwrite)",
-            )
     if gone is not None and n:
         chunk = int(_distances(path).chunks[0])
         partial = np.flatnonzero(gone[(n // chunk) * chunk :]) if n % chunk and len(steps) > n else []

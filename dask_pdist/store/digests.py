@@ -292,7 +292,6 @@ def expected_digests(path: Path | Location, done: np.ndarray | None = None, lost
     from dask_pdist.io.paths import zarr_array
     from dask_pdist.store.layout import read_attrs
 
-    out_of = lost_blocks
     attrs = read_attrs(path) or {}
     if STORE_ID_ATTR not in attrs:
         return Digests()  # made before chunk digests: read as before
@@ -335,15 +334,15 @@ def expected_digests(path: Path | Location, done: np.ndarray | None = None, lost
     if len(again):
         table[again] = np.asarray(arr.get_orthogonal_selection((again,)))
         unrecorded = done & (table == 0).any(axis=-1)
-    if unrecorded.any() and out_of is None:
+    if unrecorded.any() and lost_blocks is None:
         s0 = int(np.nonzero(unrecorded)[0][0])
         raise StoreError(
             f"{path}: its record of chunk digests ({BOOKKEEPING}/{DIGEST}, step-block {s0} of the blocks marked"
             " written) is missing or unreadable, so those chunks cannot be checked; `dask-pdist compute ..."
             " --resume` recomputes the blocks without a record (or `dask-pdist verify` lists them)"
         )
-    if out_of is not None:  # --resume: the caller recomputes them
-        out_of.extend(tuple(int(i) for i in idx) for idx in np.argwhere(unrecorded))
+    if lost_blocks is not None:  # --resume: the caller recomputes them
+        lost_blocks.extend(tuple(int(i) for i in idx) for idx in np.argwhere(unrecorded))
         done = done & ~unrecorded
     kinds = [names_kind(name) for name in names]
     for s, i, j in zip(*np.nonzero(done), strict=True):
