@@ -57,9 +57,18 @@ def _probe(args: list[str], env: dict[str, str]) -> dict:
 # ---------------------------------------------------------------- start-up
 
 
-def startup(dask_args: list[str], hist: Path, work: Path, env: dict[str, str], repeats: int) -> dict:
-    """Time to the first kernel call of `compute` (whole process), as installed and as a plain install."""
-    variants = {"as installed": "", "plain install": PLAIN_INSTALL_HIDES}
+def startup(
+    dask_args: list[str],
+    hist: Path,
+    work: Path,
+    env: dict[str, str],
+    repeats: int,
+    importtime: bool = True,
+    plain: bool = True,
+) -> dict:
+    """Time to the first kernel call of `compute` (whole process), as installed and (``plain``) as a
+    plain install; ``importtime``: one more run of each under ``python -X importtime``."""
+    variants = {"as installed": "", **({"plain install": PLAIN_INSTALL_HIDES} if plain else {})}
     res: dict[str, dict[str, list[float]]] = {k: {} for k in variants}
     stamps_path = work / "stamps.json"
     out = work / "startup.zarr"
@@ -84,7 +93,7 @@ def startup(dask_args: list[str], hist: Path, work: Path, env: dict[str, str], r
                 res[name].setdefault(k, []).append(v)
             _log(f"[startup] round {r + 1} {name:<13} first kernel call {row['first kernel call']:.3f} s")
     imports = {}
-    for name, hide in variants.items():
+    for name, hide in variants.items() if importtime else ():
         cmd = [sys.executable, "-X", "importtime", str(PROBES_PY), "startup", str(stamps_path)]
         cmd += [f"--hide={hide}"] if hide else []
         cmd += ["--", *dask_args, str(hist), "-o", str(out), "--no-progress", "--overwrite"]

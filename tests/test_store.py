@@ -138,3 +138,31 @@ def test_to_zarr_does_not_import_dask_distributed(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
     assert open_distances(tmp_path / "d.zarr").sizes["step"] == 7
+
+
+def test_step_rms_of_token_chunked_input_with_nonfinite_values():
+    # one task per step-block over whole steps: a history chunked along token too gives the
+    # RMS of each step's finite coordinates (float64 oracle), NaN for a step with none
+    from dask_pdist.io.history import step_rms
+
+    x = random_history((9, 13, 5)).astype(np.float32)
+    x[2, 3, 1], x[4, 0, 0], x[6] = np.nan, np.inf, np.nan
+    got = step_rms(da.from_array(x, chunks=(4, 6, 2))).compute()
+    want = []
+    for step in x.astype(np.float64):
+        finite = step[np.isfinite(step)]
+        want.append(np.sqrt(np.mean(finite**2)) if finite.size else np.nan)
+    np.testing.assert_allclose(got, want, rtol=1e-14)
+    assert np.isnan(got[6]) and np.isfinite(got).sum() == 8
+
+
+def test_write_graph_tasks_per_block(distances, tmp_path):
+    # what each step-block costs the scheduler: read, the distance kernel, the two per-step
+    # coordinates, a write per variable and coordinate, the done flag (and the graph's few
+    # labels); ten array operations per block for embedding_rms used to double it
+    job = to_zarr(distances, tmp_path / "d.zarr", compute=False)
+    blocks = len(distances.chunksizes["step"])
+    tasks = len(dict(job.__dask_graph__()))
+    assert tasks <= 14 * blocks + 3, f"{tasks} tasks for {blocks} blocks"
+    job.compute()
+    np.testing.assert_array_equal(open_distances(tmp_path / "d.zarr").euclidean.values, distances.euclidean.values)

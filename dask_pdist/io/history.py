@@ -79,10 +79,18 @@ def step_rms(data: da.Array) -> da.Array:
     >>> step_rms(da.from_array(np.array([[[3.0, np.inf], [4.0, 0.0]]]))).compute()
     array([2.88675135])
     """
-    finite = da.isfinite(data)
-    squares = da.where(finite, data.astype("float64") ** 2, 0.0)
+    # one task per step-block (the ten array operations it replaces were ten tasks per block,
+    # ~0.1 ms of scheduling each); the same expression on whole steps, so the same bits
+    return data.rechunk({1: -1, 2: -1}).map_blocks(
+        _step_rms, drop_axis=(1, 2), dtype=np.float64, meta=np.empty((0,), np.float64)
+    )
+
+
+def _step_rms(block: np.ndarray) -> np.ndarray:
+    finite = np.isfinite(block)
+    squares = np.where(finite, block.astype(np.float64) ** 2, 0.0)
     count = finite.sum(axis=(1, 2))
-    return da.where(count > 0, da.sqrt(squares.sum(axis=(1, 2)) / da.maximum(count, 1)), np.nan)
+    return np.where(count > 0, np.sqrt(squares.sum(axis=(1, 2)) / np.maximum(count, 1)), np.nan)
 
 
 def provenance(history: xr.DataArray, compute_dtype: np.dtype | str) -> dict[str, str]:

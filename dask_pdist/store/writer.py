@@ -140,7 +140,7 @@ def _write_chunk(
     array[(slice(a + at[0], b + at[0]), *(slice(*r) for r in rest))] = block
     first, *others = block_info[0]["chunk-location"]
     key = "/".join([variable, "c", str(first + at[1]), *map(str, others)])
-    return np.full((1,) * block.ndim, written[key], dtype=np.uint32)
+    return np.full((1, 1, 1), written[key], dtype=np.uint32)  # a per-step coordinate's too (new_axis)
 
 
 def _mark_done(*written: np.ndarray, done: Any, digest: Any, block0: int, block_info: Any = None) -> np.ndarray:
@@ -198,11 +198,13 @@ def _write_graph(ds: xr.Dataset, path: StorePath, todo: np.ndarray, lock: str) -
             store_id=store_id,
             at=(step0, block0),
             dtype=np.uint32,
-            meta=np.empty((0,) * data.ndim, np.uint32),  # else dask calls the task on an empty block to find it
-            chunks=(1,) * data.ndim,
+            meta=np.empty((0, 0, 0), np.uint32),  # else dask calls the task on an empty block to find it
+            chunks=(1, 1, 1),
+            # a per-step coordinate's digest block is (1, 1, 1) too: no indexing task per block
+            new_axis=list(range(data.ndim, 3)),
             name=f"write-{name}-{token}-{block0}",
         )
-        written.append(digests if data.ndim == 3 else digests[:, None, None])
+        written.append(digests)
     done = da.map_blocks(
         _mark_done,
         *written,
