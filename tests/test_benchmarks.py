@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 RUN_PY = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
@@ -100,3 +101,45 @@ def test_gpu_benchmark_quick_runs_its_cpu_fallback(tmp_path: Path) -> None:
 def test_gpu_benchmark_refuses_an_unknown_section() -> None:
     proc = subprocess.run([sys.executable, str(GPU_PY), "--sections", "e2e,kernels"], capture_output=True, text=True)
     assert proc.returncode == 2 and "--sections e2e,kernels: choose from e2e,knn,clusters" in proc.stderr
+
+
+def _cost_model():  # noqa: ANN202 - the script as a module
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cost_model", RUN_PY.parent / "cost_model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cost_model_fit_recovers_a_known_model_and_rereads_its_table(tmp_path: Path, capsys) -> None:
+    # points made by a known model (V^2 D and bytes terms, 3 % noise) are fitted back within
+    # the noise; the printed table reads back as the same points (--points); no timing involved
+    cm = _cost_model()
+    rng = np.random.default_rng(3)
+    truth = np.array([1.2e-10, 1.3e-9])
+    points = []
+    for v in (200, 700, 1900):
+        for d in (62, 250, 766):
+            b = 8.0 * v * v * 0.7
+            cpu = (truth[0] * v * v * d + truth[1] * b) * (1 + 0.03 * rng.standard_normal())
+            points.append({"op": "compute", "V": v, "D": d, "S": 3, "cpu": cpu, "wall": cpu, "bytes": b})
+    coef = cm.fit(points, "compute")
+    np.testing.assert_allclose(coef, truth, rtol=0.1)
+    assert cm.predict("compute", coef, 1000, 512, 5.6e6) == pytest.approx(
+        1.2e-10 * 1000**2 * 512 + 1.3e-9 * 5.6e6, rel=0.1
+    )
+    check = {"op": "compute", "V": 128, "D": 64, "S": 400, "cpu": 3e-4, "wall": 3e-4, "bytes": 88_000.0}
+    table = tmp_path / "run.txt"
+    table.write_text(
+        "| operation | V | D | S, 2S | CPU ms / step | wall ms / step | bytes / step |\n|---|---|---|---|---|---|---|\n"
+        + "\n".join(
+            f"| {r['op']} | {r['V']:,} | {r['D']} | {r['S']}, {2 * r['S']} | {r['cpu'] * 1e3:.6f} | "
+            f"{r['wall'] * 1e3:.6f} | {r['bytes']:,.0f} |"
+            for r in [*points, check]
+        )
+    )
+    grid, checks = cm.read_points(table)
+    assert [(r["V"], r["D"]) for r in grid] == [(p["V"], p["D"]) for p in points]
+    assert [(r["V"], r["D"], r["S"]) for r in checks] == [(128, 64, 400)]
+    np.testing.assert_allclose([r["cpu"] for r in grid], [p["cpu"] for p in points], rtol=1e-4)
