@@ -306,3 +306,48 @@ def test_cli_bad_input_is_one_line(tmp_path, write_safetensors, capsys, args, ma
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("dask-pdist") and " error: " in err[0] and match in err[0], err
     assert not os.path.exists(tmp_path / "m.zarr")
+
+
+def _one_nonfinite(value: float) -> np.ndarray:
+    x = small_moves((S, V, D), "bf16", seed=6)
+    x[4, 2, 1] = value
+    return x
+
+
+@pytest.mark.parametrize("value", [np.nan, -np.inf])
+def test_bf16_file_is_read_as_bit_patterns_and_a_nonfinite_value_is_refused_as_the_reader_does(
+    write_safetensors, value
+):
+    x = _one_nonfinite(value)
+    path = write_safetensors("h.safetensors", {"embedding_history": x}, "BF16")
+    ds = dp.movement(dp.open_history(path, chunks=3), step_chunk=2)
+    assert any(name.startswith("history-bits-") for name in ds.__dask_graph__().layers)  # no float32 copy
+    with pytest.raises(InputError) as kernel_error:
+        ds.compute()
+    with pytest.raises(InputError) as reader_error:
+        dp.open_history(path, chunks=3).compute()
+    assert str(kernel_error.value) == str(reader_error.value)
+    assert f"holds {value} at step index 4, token 2" in str(kernel_error.value)
+    # propagated: what the float32 path gives for the same values
+    got = dp.movement(dp.open_history(path, chunks=3, nonfinite="propagate"), step_chunk=2).compute()
+    widened = history_array(x.astype(np.float32), 3, steps=np.arange(S))
+    ref = dp.movement(widened, step_chunk=2, number_format="bf16").compute()
+    assert np.isnan(got.chebyshev.sel(step=4, token=2)) == np.isnan(value)
+    xr.testing.assert_identical(got.drop_attrs(), ref.drop_attrs())
+
+
+def test_per_checkpoint_bf16_files_name_the_file_holding_the_nonfinite_value(write_safetensors):
+    x = _one_nonfinite(np.nan)
+    paths = [write_safetensors(f"step-{s}.safetensors", {"wte": x[s]}, "BF16") for s in range(S)]
+    ds = dp.movement(dp.open_history([str(p) for p in paths]), step_chunk=3)
+    assert any(name.startswith("history-bits-") for name in ds.__dask_graph__().layers)
+    with pytest.raises(InputError, match=rf"{paths[4]}: history holds nan at step index 4, token 2;"):
+        ds.compute()
+
+
+def test_a_token_subset_of_a_bf16_file_takes_the_float32_path(write_safetensors):
+    x = small_moves((S, V, D), "bf16", seed=8)
+    path = write_safetensors("h.safetensors", {"embedding_history": x}, "BF16")
+    ds = dp.movement(dp.open_history(path, chunks=3, token_ids=[1, 4, 6]), step_chunk=2)
+    assert not any(name.startswith("history-bits-") for name in ds.__dask_graph__().layers)
+    check_against_oracle(ds, x[:, [1, 4, 6]], 1, "bf16")
