@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 
 import ml_dtypes
@@ -232,6 +233,34 @@ def test_store_opens_with_xarray_and_slices_by_step(tmp_path, write_safetensors)
     dp.write_comparison(ds, out, overwrite=True)
 
 
+def test_a_store_chunk_holds_several_tasks_written_by_one_task(tmp_path, write_safetensors, monkeypatch):
+    import functools
+
+    import dask_pdist.analyses.movement_store as movement_store
+    from dask_pdist.planning import plan_store_steps
+
+    x = small_moves((S + 10, V, D), "bf16", seed=9)
+    path = write_safetensors("h.safetensors", {"embedding_history": x}, "BF16")
+    ds = dp.movement(dp.open_history(path, chunks=4), lag=1, step_chunk=2)
+    # a budget of 3 tasks of 2 steps per store chunk (the default holds every step of so small a store)
+    budget = 3 * 2 * V * 4
+    monkeypatch.setattr(movement_store, "plan_store_steps", functools.partial(plan_store_steps, budget=budget))
+    job = dp.write_comparison(ds, tmp_path / "m.zarr", compute=False)
+    graph = dict(job.__dask_graph__())
+    writes = [k for k in graph if isinstance(k, tuple) and re.fullmatch(r"write-chunks-[0-9a-f]+", str(k[0]))]
+    assert len(writes) == 3  # 16 steps in store chunks of 6: 6, 6, 4, each written by one task
+    job.compute()
+    back = xr.open_zarr(tmp_path / "m.zarr")
+    assert back.euclidean.encoding["chunks"] == (6, V) and back.moved_tokens.encoding["chunks"] == (6,)
+    ref = movement_oracle(x, 1, "bf16")
+    np.testing.assert_array_equal(back.chebyshev_ulp.values, ref["ulp"])
+    np.testing.assert_array_equal(back.changed_dims.values, ref["changed"])
+    np.testing.assert_array_equal(back.euclidean.values, ref["euclidean"].astype(np.float32))
+    np.testing.assert_array_equal(back.moved_tokens.values, (ref["changed"] > 0).sum(axis=1))
+    back.attrs.pop("dask_pdist_store_id")
+    xr.testing.assert_identical(back.load().drop_encoding(), ds.compute())
+
+
 def test_writer_refuses_a_foreign_target_and_a_held_lock(tmp_path):
     ds = dp.movement(history_array(np.zeros((S, V, D), np.float32), 3))
     (tmp_path / "other").mkdir()
@@ -274,7 +303,7 @@ def test_cli_movement_writes_prints_and_info_describes(tmp_path, write_safetenso
     assert "Movement between steps 2 apart (5 steps; the first 2 dropped)" in printed
     back = xr.open_zarr(out)
     np.testing.assert_array_equal(back.chebyshev_ulp.values, movement_oracle(x, 2, "bf16")["ulp"])
-    assert back.euclidean.encoding["chunks"] == (2, V)
+    assert back.euclidean.encoding["chunks"] == (5, V)  # whole tasks of 2 steps up to 4 MiB: every step
     assert main(["info", str(out)]) == 0
     info = capsys.readouterr().out
     assert "dask_pdist movement store" in info and "lag: 2" in info and "steps: 5 (2..6)" in info
