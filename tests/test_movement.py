@@ -247,7 +247,7 @@ def test_a_store_chunk_holds_several_tasks_written_by_one_task(tmp_path, write_s
     monkeypatch.setattr(movement_store, "plan_store_steps", functools.partial(plan_store_steps, budget=budget))
     job = dp.write_comparison(ds, tmp_path / "m.zarr", compute=False)
     graph = dict(job.__dask_graph__())
-    writes = [k for k in graph if isinstance(k, tuple) and re.fullmatch(r"write-chunks-[0-9a-f]+", str(k[0]))]
+    writes = [k for k in graph if re.fullmatch(r"write-chunks-[0-9a-f]+-\d+", str(k))]
     assert len(writes) == 3  # 16 steps in store chunks of 6: 6, 6, 4, each written by one task
     job.compute()
     back = xr.open_zarr(tmp_path / "m.zarr")
@@ -259,6 +259,53 @@ def test_a_store_chunk_holds_several_tasks_written_by_one_task(tmp_path, write_s
     np.testing.assert_array_equal(back.moved_tokens.values, (ref["changed"] > 0).sum(axis=1))
     back.attrs.pop("dask_pdist_store_id")
     xr.testing.assert_identical(back.load().drop_encoding(), ds.compute())
+
+
+def _peak_alive(graph: dict, prefix: str) -> int:
+    # the most results of keys named prefix... held at once when the graph runs in dask's
+    # static order (a result is released when its last dependent has run)
+    from dask.core import get_dependencies
+    from dask.order import order
+
+    deps = {k: get_dependencies(graph, k) for k in graph}
+    waiting = {k: 0 for k in graph}
+    for ds in deps.values():
+        for d in ds:
+            waiting[d] += 1
+    alive, peak = set(), 0
+    for key, _ in sorted(order(graph).items(), key=lambda kv: kv[1]):
+        for d in deps[key]:
+            waiting[d] -= 1
+            if waiting[d] == 0:
+                alive.discard(d)
+        if waiting[key]:
+            alive.add(key)
+        peak = max(peak, sum(1 for k in alive if isinstance(k, tuple) and str(k[0]).startswith(prefix)))
+    return peak
+
+
+def test_writing_a_store_holds_a_few_input_chunks_whatever_the_steps(tmp_path, write_safetensors, monkeypatch):
+    # measured before: dask's order ran every kernel task before the writes of 12 of the 13
+    # variables (peak memory growing with the steps); then store chunks visited out of step
+    # order kept the input chunk two of them share
+    import functools
+
+    import dask_pdist.analyses.movement_store as movement_store
+    from dask_pdist.planning import plan_store_steps
+
+    budget = 3 * 2 * V * 4  # store chunks of 3 tasks of 2 steps
+    monkeypatch.setattr(movement_store, "plan_store_steps", functools.partial(plan_store_steps, budget=budget))
+    peaks = []
+    for n_steps in (40, 160):
+        x = np.ones((n_steps, V, D), dtype=np.float32)
+        path = write_safetensors(f"h{n_steps}.safetensors", {"embedding_history": x}, "BF16")
+        ds = dp.movement(dp.open_history(path), step_chunk=2)
+        job = dp.write_comparison(ds, tmp_path / f"m{n_steps}.zarr", compute=False)
+        graph = dict(job.__dask_graph__())
+        peaks.append((_peak_alive(graph, "history-"), _peak_alive(graph, "movement-")))
+        job.compute()
+    assert peaks[0] == peaks[1]  # flat in the number of steps
+    assert peaks[0][0] <= 6 and peaks[0][1] <= 3  # about one store chunk's input and kernel results
 
 
 def test_writer_refuses_a_foreign_target_and_a_held_lock(tmp_path):

@@ -97,7 +97,7 @@ def store_chunks(ds: xr.Dataset) -> dict[str, tuple[int, ...]]:
     One task writes each store chunk of every variable (``write_whole(by_store_chunk=True)``).
 
     >>> import dask.array as da
-    >>> ds = xr.Dataset({"euclidean": (("step", "token"), da.zeros((500, 10_000), "f4", chunks=(6, -1)))})
+    >>> ds = xr.Dataset({"euclidean": (("step", "token"), da.zeros((500, 10_000), dtype="f4", chunks=(6, -1)))})
     >>> store_chunks(ds)
     {'euclidean': (102, 10000)}
     """
