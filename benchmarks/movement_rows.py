@@ -18,6 +18,10 @@ Each round times, on the local threaded scheduler, in this order:
 
 ``c`` is the chunk ``dask-pdist movement`` reads with. Prints one markdown table (medians,
 GB/s of bf16 input read) to paste into results.md.
+
+``--rss-steps 301,2001``: then also the peak RSS (VmHWM) of writing movement to a store, each in
+a fresh process, for histories of those step counts (``--vocab`` x ``--dim``, written first):
+it should not grow with the steps.
 """
 
 from __future__ import annotations
@@ -26,9 +30,39 @@ import argparse
 import platform
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+_RSS_CHILD = """
+import sys, dask_pdist as dp
+from dask_pdist.graphs.movement import movement_step_chunk
+h = dp.open_history(sys.argv[1])
+c = movement_step_chunk(h.sizes["token"], h.sizes["dim"])
+dp.write_comparison(dp.movement(dp.open_history(sys.argv[1], chunks=c)), sys.argv[2])
+print(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM")))
+"""
+
+
+def _peak_rss(work: Path, steps: int, vocab: int, dim: int) -> float:
+    # MB: the peak RSS of a fresh process writing movement of a new history of `steps` steps
+    import dask_pdist as dp
+
+    path = work / f"rss{steps}.safetensors"
+    dp.write_synthetic_history(path, steps=steps, vocab=vocab, dim=dim)
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", _RSS_CHILD, str(path), str(work / f"rss{steps}.zarr")],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+    finally:
+        path.unlink()
+        shutil.rmtree(work / f"rss{steps}.zarr", ignore_errors=True)
+    return int(out.stdout.split()[-1]) / 1024
 
 
 def _time(fn) -> float:  # noqa: ANN001
@@ -45,6 +79,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--workdir", default=None)
     p.add_argument("--input", default=None, help="an existing bf16 history (its shape overrides --steps etc.)")
+    p.add_argument("--rss-steps", default="", help="comma-separated step counts: peak RSS of movement -> zarr")
     args = p.parse_args()
 
     import dask_pdist as dp
@@ -91,6 +126,11 @@ def main() -> None:
         for name, ts in times.items():
             med = statistics.median(ts)
             print(f"| {name} | {med:.3f} | {med / read:.2f} | {nbytes / med / 1e9:.2f} |")
+        if args.rss_steps:
+            print("\n| movement -> zarr store, fresh process | peak RSS (VmHWM) MB |\n|---|---|")
+            for steps in (int(n) for n in args.rss_steps.split(",")):
+                rss = _peak_rss(work, steps, args.vocab, args.dim)
+                print(f"| {steps} x {args.vocab} x {args.dim} bf16 | {rss:.0f} |")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

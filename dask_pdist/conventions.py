@@ -87,6 +87,11 @@ KNN_TILE_BYTES = 2**20
 #: Euclidean neighbour tasks (the BLAS method): one block pair's matrix product; larger
 #: blocks mean fewer candidates to recompute and a more efficient product.
 KNN_PRODUCT_BYTES = 64 * 2**20
+#: Store chunk of a movement or divergence store's per-token variables (the widest of them):
+#: one task writes whole chunks of every variable, however many kernel tasks fill them, so a
+#: 5001-step store is ~50 chunk writes per variable instead of one per kernel task (each write
+#: costs ~1 ms beyond compressing: zarr's event loop, a temp file and a rename; measured).
+COMPARISON_CHUNK_BYTES = 4 * 2**20
 #: Labels one event pass loads at a time when the clusters Dataset is not chunked.
 EVENTS_CHUNK_BYTES = 16 * 2**20
 #: Bytes a streamed upload computes ahead of what it has sent.

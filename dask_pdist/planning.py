@@ -8,9 +8,21 @@ from __future__ import annotations
 
 import math
 
-from dask_pdist.conventions import KNN_PRODUCT_BYTES, KNN_TASK_INPUT_BYTES, KNN_TASK_PAIR_DIMS, TASK_OUTPUT_BYTES
+from dask_pdist.conventions import (
+    COMPARISON_CHUNK_BYTES,
+    KNN_PRODUCT_BYTES,
+    KNN_TASK_INPUT_BYTES,
+    KNN_TASK_PAIR_DIMS,
+    TASK_OUTPUT_BYTES,
+)
 
-__all__ = ["auto_step_chunk", "plan_token_chunk", "plan_neighbour_chunks", "plan_product_blocks"]
+__all__ = [
+    "auto_step_chunk",
+    "plan_token_chunk",
+    "plan_neighbour_chunks",
+    "plan_product_blocks",
+    "plan_store_steps",
+]
 
 
 def auto_step_chunk(n_tokens: int, n_steps: int, n_metrics: int = 2, itemsize: int = 4) -> int:
@@ -25,6 +37,19 @@ def auto_step_chunk(n_tokens: int, n_steps: int, n_metrics: int = 2, itemsize: i
     """
     per_step = max(1, n_metrics * n_tokens * n_tokens * itemsize)
     return int(min(max(1, n_steps), max(1, TASK_OUTPUT_BYTES // per_step)))
+
+
+def plan_store_steps(task_steps: int, n_steps: int, step_bytes: int, budget: int = COMPARISON_CHUNK_BYTES) -> int:
+    """Steps per store chunk: a whole number of tasks of ``task_steps`` steps, near ``budget``
+    bytes at ``step_bytes`` per step (at least one task, at most every step).
+
+    >>> plan_store_steps(6, 5000, 10_000 * 4)  # 4 MiB / 40 kB -> 104 steps -> 17 tasks of 6
+    102
+    >>> plan_store_steps(6, 20, 10_000 * 4)
+    20
+    """
+    tasks = max(1, budget // max(1, task_steps * step_bytes))
+    return int(min(max(1, n_steps), tasks * max(1, task_steps)))
 
 
 def plan_token_chunk(n_tokens: int, n_metrics: int, itemsize: int, budget: int = TASK_OUTPUT_BYTES) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 
 import ml_dtypes
@@ -232,6 +233,81 @@ def test_store_opens_with_xarray_and_slices_by_step(tmp_path, write_safetensors)
     dp.write_comparison(ds, out, overwrite=True)
 
 
+def test_a_store_chunk_holds_several_tasks_written_by_one_task(tmp_path, write_safetensors, monkeypatch):
+    import functools
+
+    import dask_pdist.analyses.movement_store as movement_store
+    from dask_pdist.planning import plan_store_steps
+
+    x = small_moves((S + 10, V, D), "bf16", seed=9)
+    path = write_safetensors("h.safetensors", {"embedding_history": x}, "BF16")
+    ds = dp.movement(dp.open_history(path, chunks=4), lag=1, step_chunk=2)
+    # a budget of 3 tasks of 2 steps per store chunk (the default holds every step of so small a store)
+    budget = 3 * 2 * V * 4
+    monkeypatch.setattr(movement_store, "plan_store_steps", functools.partial(plan_store_steps, budget=budget))
+    job = dp.write_comparison(ds, tmp_path / "m.zarr", compute=False)
+    graph = dict(job.__dask_graph__())
+    writes = [k for k in graph if re.fullmatch(r"write-chunks-[0-9a-f]+-\d+", str(k))]
+    assert len(writes) == 3  # 16 steps in store chunks of 6: 6, 6, 4, each written by one task
+    job.compute()
+    back = xr.open_zarr(tmp_path / "m.zarr")
+    assert back.euclidean.encoding["chunks"] == (6, V) and back.moved_tokens.encoding["chunks"] == (6,)
+    ref = movement_oracle(x, 1, "bf16")
+    np.testing.assert_array_equal(back.chebyshev_ulp.values, ref["ulp"])
+    np.testing.assert_array_equal(back.changed_dims.values, ref["changed"])
+    np.testing.assert_array_equal(back.euclidean.values, ref["euclidean"].astype(np.float32))
+    np.testing.assert_array_equal(back.moved_tokens.values, (ref["changed"] > 0).sum(axis=1))
+    back.attrs.pop("dask_pdist_store_id")
+    xr.testing.assert_identical(back.load().drop_encoding(), ds.compute())
+
+
+def _peak_alive(graph: dict, prefix: str) -> int:
+    # the most results of keys named prefix... held at once when the graph runs in dask's
+    # static order (a result is released when its last dependent has run)
+    from dask.core import get_dependencies
+    from dask.order import order
+
+    deps = {k: get_dependencies(graph, k) for k in graph}
+    waiting = {k: 0 for k in graph}
+    for ds in deps.values():
+        for d in ds:
+            waiting[d] += 1
+    alive, peak = set(), 0
+    for key, _ in sorted(order(graph).items(), key=lambda kv: kv[1]):
+        for d in deps[key]:
+            waiting[d] -= 1
+            if waiting[d] == 0:
+                alive.discard(d)
+        if waiting[key]:
+            alive.add(key)
+        peak = max(peak, sum(1 for k in alive if isinstance(k, tuple) and str(k[0]).startswith(prefix)))
+    return peak
+
+
+def test_writing_a_store_holds_a_few_input_chunks_whatever_the_steps(tmp_path, write_safetensors, monkeypatch):
+    # measured before: dask's order ran every kernel task before the writes of 12 of the 13
+    # variables (peak memory growing with the steps); then store chunks visited out of step
+    # order kept the input chunk two of them share
+    import functools
+
+    import dask_pdist.analyses.movement_store as movement_store
+    from dask_pdist.planning import plan_store_steps
+
+    budget = 3 * 2 * V * 4  # store chunks of 3 tasks of 2 steps
+    monkeypatch.setattr(movement_store, "plan_store_steps", functools.partial(plan_store_steps, budget=budget))
+    peaks = []
+    for n_steps in (40, 160):
+        x = np.ones((n_steps, V, D), dtype=np.float32)
+        path = write_safetensors(f"h{n_steps}.safetensors", {"embedding_history": x}, "BF16")
+        ds = dp.movement(dp.open_history(path), step_chunk=2)
+        job = dp.write_comparison(ds, tmp_path / f"m{n_steps}.zarr", compute=False)
+        graph = dict(job.__dask_graph__())
+        peaks.append((_peak_alive(graph, "history-"), _peak_alive(graph, "movement-")))
+        job.compute()
+    assert peaks[0] == peaks[1]  # flat in the number of steps
+    assert peaks[0][0] <= 6 and peaks[0][1] <= 3  # about one store chunk's input and kernel results
+
+
 def test_writer_refuses_a_foreign_target_and_a_held_lock(tmp_path):
     ds = dp.movement(history_array(np.zeros((S, V, D), np.float32), 3))
     (tmp_path / "other").mkdir()
@@ -274,7 +350,7 @@ def test_cli_movement_writes_prints_and_info_describes(tmp_path, write_safetenso
     assert "Movement between steps 2 apart (5 steps; the first 2 dropped)" in printed
     back = xr.open_zarr(out)
     np.testing.assert_array_equal(back.chebyshev_ulp.values, movement_oracle(x, 2, "bf16")["ulp"])
-    assert back.euclidean.encoding["chunks"] == (2, V)
+    assert back.euclidean.encoding["chunks"] == (5, V)  # whole tasks of 2 steps up to 4 MiB: every step
     assert main(["info", str(out)]) == 0
     info = capsys.readouterr().out
     assert "dask_pdist movement store" in info and "lag: 2" in info and "steps: 5 (2..6)" in info
@@ -306,3 +382,48 @@ def test_cli_bad_input_is_one_line(tmp_path, write_safetensors, capsys, args, ma
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("dask-pdist") and " error: " in err[0] and match in err[0], err
     assert not os.path.exists(tmp_path / "m.zarr")
+
+
+def _one_nonfinite(value: float) -> np.ndarray:
+    x = small_moves((S, V, D), "bf16", seed=6)
+    x[4, 2, 1] = value
+    return x
+
+
+@pytest.mark.parametrize("value", [np.nan, -np.inf])
+def test_bf16_file_is_read_as_bit_patterns_and_a_nonfinite_value_is_refused_as_the_reader_does(
+    write_safetensors, value
+):
+    x = _one_nonfinite(value)
+    path = write_safetensors("h.safetensors", {"embedding_history": x}, "BF16")
+    ds = dp.movement(dp.open_history(path, chunks=3), step_chunk=2)
+    assert any(name.startswith("history-bits-") for name in ds.__dask_graph__().layers)  # no float32 copy
+    with pytest.raises(InputError) as kernel_error:
+        ds.compute()
+    with pytest.raises(InputError) as reader_error:
+        dp.open_history(path, chunks=3).compute()
+    assert str(kernel_error.value) == str(reader_error.value)
+    assert f"holds {value} at step index 4, token 2" in str(kernel_error.value)
+    # propagated: what the float32 path gives for the same values
+    got = dp.movement(dp.open_history(path, chunks=3, nonfinite="propagate"), step_chunk=2).compute()
+    widened = history_array(x.astype(np.float32), 3, steps=np.arange(S))
+    ref = dp.movement(widened, step_chunk=2, number_format="bf16").compute()
+    assert np.isnan(got.chebyshev.sel(step=4, token=2)) == np.isnan(value)
+    xr.testing.assert_identical(got.drop_attrs(), ref.drop_attrs())
+
+
+def test_per_checkpoint_bf16_files_name_the_file_holding_the_nonfinite_value(write_safetensors):
+    x = _one_nonfinite(np.nan)
+    paths = [write_safetensors(f"step-{s}.safetensors", {"wte": x[s]}, "BF16") for s in range(S)]
+    ds = dp.movement(dp.open_history([str(p) for p in paths]), step_chunk=3)
+    assert any(name.startswith("history-bits-") for name in ds.__dask_graph__().layers)
+    with pytest.raises(InputError, match=rf"{paths[4]}: history holds nan at step index 4, token 2;"):
+        ds.compute()
+
+
+def test_a_token_subset_of_a_bf16_file_takes_the_float32_path(write_safetensors):
+    x = small_moves((S, V, D), "bf16", seed=8)
+    path = write_safetensors("h.safetensors", {"embedding_history": x}, "BF16")
+    ds = dp.movement(dp.open_history(path, chunks=3, token_ids=[1, 4, 6]), step_chunk=2)
+    assert not any(name.startswith("history-bits-") for name in ds.__dask_graph__().layers)
+    check_against_oracle(ds, x[:, [1, 4, 6]], 1, "bf16")

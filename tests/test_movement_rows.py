@@ -92,3 +92,47 @@ def test_one_task_per_output_chunk_reads_each_input_chunk_once():
     assert len(kernel_tasks) == len(ds.euclidean.chunks[0]) == 3
     xr.testing.assert_identical(ds.compute(), dp.movement(history_array(x, 4), lag=1, step_chunk=4).compute())
     assert movement_step_chunk(10_000, 64) >= 6
+
+
+def _widened(bits: np.ndarray) -> np.ndarray:
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def _kernel(cur, prev, fmt, dtype, **kwargs):
+    dtypes = [dtype] * 3 + ["u4" if fmt == "f32" else "u2", "u1"]
+    outs = {n: np.empty(cur.shape[:2], t) for n, t in zip(ROW_VARIABLES, dtypes, strict=True)}
+    summ = np.empty((cur.shape[0], 8))
+    return movement_rows(cur, prev, fmt, outs, summ, **kwargs), outs, summ
+
+
+@pytest.mark.parametrize("fmt", ["bf16", "f32", None])
+@pytest.mark.parametrize("dtype", ["f4", "f8"])
+def test_kernel_on_bf16_bit_patterns_equals_it_on_the_widened_values(fmt, dtype):
+    # every bf16 pattern class: signed zeros, subnormals, the largest finite values, NaN payloads
+    # (no check: propagated as on the float32 path), infinities, and random patterns
+    rng = np.random.default_rng(12)
+    edges = np.array(
+        [0x0000, 0x8000, 0x0001, 0x8001, 0x007F, 0x0080, 0x7F7F, 0xFF7F, 0x3F80, 0xBF80, 0x3F81], np.uint16
+    )
+    bits = rng.integers(0, 2**16, size=(6, 41, 67), dtype=np.uint16)
+    bits[:, :20] = rng.choice(edges, size=(6, 20, 67))
+    bits[2, 3, 4], bits[3, 5, :], bits[1, 7, 2], bits[4, 8, 1] = 0x7FC0, 0xFFC1, 0x7F80, 0xFF80
+    got = _kernel(bits[1:], bits[:-1], fmt, dtype)
+    ref = _kernel(_widened(bits[1:]), _widened(bits[:-1]), fmt, dtype)
+    assert got[0] is None and ref[0] is None
+    for name in ROW_VARIABLES:  # equal values (NaN where NaN), and equal bits wherever not NaN
+        np.testing.assert_array_equal(got[1][name], ref[1][name], err_msg=name)
+        both = ~np.isnan(ref[1][name].astype("f8"))
+        np.testing.assert_array_equal(got[1][name][both].view("u1"), ref[1][name][both].view("u1"), err_msg=name)
+    np.testing.assert_array_equal(got[2], ref[2])
+
+
+@pytest.mark.parametrize(("where", "pattern"), [((0, 0, 0), 0x7FC0), ((2, 40, 66), 0xFF80), ((4, 17, 9), 0x7F80)])
+def test_kernel_on_bit_patterns_finds_the_first_row_with_a_nan_or_infinity(where, pattern):
+    bits = np.full((5, 41, 67), 0x3F80, np.uint16)  # all 1.0
+    bits[where] = pattern
+    s, t, _ = where
+    # step s is compared as the later snapshot of pair s - 1 and the earlier one of pair s
+    found, _, _ = _kernel(bits[1:], bits[:-1], "bf16", "f4", check_finite=True)
+    assert found == (max(s - 1, 0), t)
+    assert _kernel(bits[1:], bits[:-1], "bf16", "f4")[0] is None  # no check: propagated

@@ -138,7 +138,8 @@ def movement(
         Stored dtype of the distances; the arithmetic is float64 whatever is chosen, so a
         float32 value is the float64 result rounded once.
     step_chunk : int or "auto"
-        Output steps per task and chunk (``"auto"``: 16 MiB of float32 input per task, see
+        Output steps per task and chunk (``"auto"``: 16 MiB of input per task as the kernel
+        reads it: the bf16 bit patterns of a bf16 history read whole, else float32; see
         :func:`~dask_pdist.graphs.movement.movement_step_chunk`).
 
     Returns

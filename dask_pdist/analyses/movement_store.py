@@ -18,9 +18,17 @@ from typing import Any
 import xarray as xr
 
 from dask_pdist.conventions import KIND_ATTR, human_size
+from dask_pdist.planning import plan_store_steps
 from dask_pdist.store.outputs import check_target, open_whole, root_attrs, write_whole
 
-__all__ = ["COMPARISON_KINDS", "write_comparison", "open_comparison", "comparison_kind", "describe_comparison"]
+__all__ = [
+    "COMPARISON_KINDS",
+    "write_comparison",
+    "open_comparison",
+    "comparison_kind",
+    "describe_comparison",
+    "store_chunks",
+]
 
 #: Kinds this module writes: movement (:func:`movement`) and divergence (:func:`divergence`).
 COMPARISON_KINDS = ("movement", "divergence")
@@ -77,7 +85,29 @@ def write_comparison(
         check=functools.partial(_check_kind, kind),
         overwrite=overwrite,
         compute=compute,
+        chunks=store_chunks(ds),
+        by_store_chunk=True,
     )
+
+
+def store_chunks(ds: xr.Dataset) -> dict[str, tuple[int, ...]]:
+    """The store chunks of a movement or divergence Dataset: along ``step``, whole tasks, about
+    :data:`~dask_pdist.conventions.COMPARISON_CHUNK_BYTES` of its widest per-token variable
+    (:func:`~dask_pdist.planning.plan_store_steps`); ``pair`` one run pair, ``token`` whole.
+    One task writes each store chunk of every variable (``write_whole(by_store_chunk=True)``).
+
+    >>> import dask.array as da
+    >>> ds = xr.Dataset({"euclidean": (("step", "token"), da.zeros((500, 10_000), dtype="f4", chunks=(6, -1)))})
+    >>> store_chunks(ds)
+    {'euclidean': (102, 10000)}
+    """
+    task_steps = max(ds.chunksizes["step"]) if "step" in ds.chunksizes else ds.sizes["step"]
+    widest = max((v.dtype.itemsize * v.sizes.get("token", 1) for v in ds.data_vars.values()), default=1)
+    steps = plan_store_steps(task_steps, ds.sizes["step"], widest)
+    return {
+        name: tuple({"step": steps, "pair": 1}.get(str(d), var.sizes[d]) for d in var.dims)
+        for name, var in ds.data_vars.items()
+    }
 
 
 def open_comparison(path: str | os.PathLike[str]) -> xr.Dataset:

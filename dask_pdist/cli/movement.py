@@ -62,7 +62,9 @@ def add_parsers(sub: Any) -> None:
     m.add_argument(
         "--lag", type=_positive, default=1, help="compare each step with the one LAG positions before (default: 1)"
     )
-    m.add_argument("--chunk-steps", type=_positive, help="output steps per task and store chunk (default: auto)")
+    m.add_argument(
+        "--chunk-steps", type=_positive, help="output steps per task (default: auto); a store chunk holds whole tasks"
+    )
     _common(m)
     m.set_defaults(func=_cmd_movement)
 
@@ -79,7 +81,9 @@ def add_parsers(sub: Any) -> None:
     group.add_argument(
         "--all-pairs", action="store_true", help="compare every pair of runs (default: each vs reference)"
     )
-    d.add_argument("--chunk-steps", type=_positive, help="steps per task and store chunk (default: auto)")
+    d.add_argument(
+        "--chunk-steps", type=_positive, help="steps per task (default: auto); a store chunk holds whole tasks"
+    )
     _common(d)
     d.set_defaults(func=_cmd_divergence)
 

@@ -7,7 +7,11 @@ ones the tail of an input chunk and the head of the next, so one task takes thos
 as they are (no shifted copy of the history, no concatenation) and hands their row views to the
 kernel. Divergence compares two runs chunk by chunk. Each task returns every output variable,
 already in its stored dtype (the distances rounded once from float64); the variables are
-getitems of it. Token and dim stay whole; the kernel is
+getitems of it. A bf16 history as :func:`~dask_pdist.io.history.open_history` made it (every
+step and token) is read as its stored bit patterns instead (:func:`~dask_pdist.io.sources.bf16_source`):
+the kernel widens them in registers and finds NaN and infinity itself, and the task raises the
+reader's own error for them (no float32 copy, no separate finiteness pass). Token and dim stay
+whole; the kernel is
 :func:`dask_pdist.kernels.movement_rows.movement_rows` (the numpy
 :func:`~dask_pdist.kernels.movement.movement_block` for f16 and non-float32 input).
 """
@@ -25,6 +29,7 @@ from dask.highlevelgraph import HighLevelGraph
 
 from dask_pdist.conventions import TASK_OUTPUT_BYTES
 from dask_pdist.errors import InputError
+from dask_pdist.io.sources import _RawSource, bf16_source
 from dask_pdist.kernels.movement import (
     SUMMARY_COLUMNS,
     ULP_DTYPES,
@@ -63,27 +68,44 @@ def _plan(number_format: str | None, dtype: str, n_dims: int) -> _Plan:
     return _Plan(number_format, np.dtype(dtype), ulp, np.min_scalar_type(n_dims))
 
 
-def movement_step_chunk(n_tokens: int, n_dims: int) -> int:
-    """Steps per task: the task target of float32 input per operand. The one-pass kernel
-    (kernels/movement_rows.py) holds nothing but its input and a few values per row; smaller
-    tasks were measured slower (4-step tasks at V=4096: dask's per-task cost exceeded the kernel's).
+def movement_step_chunk(n_tokens: int, n_dims: int, itemsize: int = 4) -> int:
+    """Steps per task: the task target of input per operand, as the kernel reads it (float32,
+    or ``itemsize=2`` for bf16 bit patterns). The one-pass kernel (kernels/movement_rows.py)
+    holds nothing but its input and a few values per row; smaller tasks were measured slower
+    (4-step tasks at V=4096: dask's per-task cost exceeded the kernel's; bf16 at V=10,000:
+    12-step tasks 0.61x the read, 6-step tasks 0.90x).
 
-    >>> movement_step_chunk(128, 64)
-    512
+    >>> movement_step_chunk(128, 64), movement_step_chunk(10_000, 64, itemsize=2)
+    (512, 13)
     """
-    return max(1, TASK_OUTPUT_BYTES // max(1, n_tokens * n_dims * 4))
+    return max(1, TASK_OUTPUT_BYTES // max(1, n_tokens * n_dims * itemsize))
 
 
 def _compare_into(
-    cur: np.ndarray, prev: np.ndarray, cur_steps: np.ndarray, prev_steps: np.ndarray, plan: _Plan, outs: dict, summ
+    cur: np.ndarray,
+    prev: np.ndarray,
+    cur_steps: np.ndarray,
+    prev_steps: np.ndarray,
+    plan: _Plan,
+    outs: dict,
+    summ: np.ndarray,
+    bits: tuple[_RawSource, int, int] | None = None,
 ) -> None:
-    # every output of rows cur[s] vs prev[s] into the (step-sliced) arrays outs and summ
+    # every output of rows cur[s] vs prev[s] into the (step-sliced) arrays outs and summ;
+    # bits: cur and prev are a bf16 source's stored patterns, from step indices (of cur, of prev)
     fmt = plan.number_format
-    if cur.dtype == prev.dtype == np.float32 and fmt in FORMAT_CODES:  # one pass, numba
+    if (cur.dtype == prev.dtype == np.float32 or bits is not None) and fmt in FORMAT_CODES:  # one pass, numba
         into = outs
         if plan.dtype not in (np.float32, np.float64):  # float16: round once, from float64
             into = outs | {n: np.empty(cur.shape[:2]) for n in ("euclidean", "chebyshev", "manhattan")}
-        if movement_rows(cur, prev, fmt, into, summ) is None:
+        check = bits is not None and bits[0].nonfinite == "raise"
+        found = movement_rows(cur, prev, fmt, into, summ, check_finite=check)
+        if found is not None and bits is not None:  # a NaN or infinity: the reader's error
+            src, at_cur, at_prev = bits
+            s = found[0]
+            src.raise_nonfinite(prev[s : s + 1], at_prev + s)
+            src.raise_nonfinite(cur[s : s + 1], at_cur + s)
+        if found is None:
             for name in ("euclidean", "chebyshev", "manhattan"):
                 outs[name][...] = into[name]
             return
@@ -120,14 +142,16 @@ def _pair_task(cur, prev, cur_steps, prev_steps, plan):  # noqa: ANN001, ANN202
     return _finish(outs, summ, plan)
 
 
-def _movement_task(prev, cur1, cur2, r, n, cur_steps, prev_steps, plan):  # noqa: ANN001, ANN202
-    # output rows 0..n-1: cur = cur1[r:] then cur2[:rest], against prev[:n]
+def _movement_task(prev, cur1, cur2, r, n, cur_steps, prev_steps, plan, src=None, at=(0, 0)):  # noqa: ANN001, ANN202
+    # output rows 0..n-1: cur = cur1[r:] then cur2[:rest], against prev[:n]; src: the bf16
+    # source whose stored patterns these are (else None), at: step indices of cur and prev
     outs, summ = _empty(n, prev.shape[1], plan)
     k = min(cur1.shape[0] - r, n)
     parts = [(cur1[r : r + k], 0, k)] + ([(cur2[: n - k], k, n)] if k < n else [])
     for cur, a, b in parts:
         sub = {name: v[a:b] for name, v in outs.items()}
-        _compare_into(cur, prev[a:b], cur_steps[a:b], prev_steps[a:b], plan, sub, summ[a:b])
+        bits = None if src is None else (src, at[0] + a, at[1] + a)
+        _compare_into(cur, prev[a:b], cur_steps[a:b], prev_steps[a:b], plan, sub, summ[a:b], bits)
     return _finish(outs, summ, plan)
 
 
@@ -148,9 +172,9 @@ def _arrays(name: str, graph: HighLevelGraph, out_chunks: tuple, n_tokens: int, 
     return out
 
 
-def _check_chunk(step_chunk: int | Literal["auto"], n_tokens: int, n_dims: int) -> int:
+def _check_chunk(step_chunk: int | Literal["auto"], n_tokens: int, n_dims: int, itemsize: int = 4) -> int:
     if step_chunk == "auto":
-        return movement_step_chunk(n_tokens, n_dims)
+        return movement_step_chunk(n_tokens, n_dims, itemsize)
     if isinstance(step_chunk, bool) or not isinstance(step_chunk, (int, np.integer)) or step_chunk < 1:
         raise ValueError(f"step_chunk={step_chunk!r}: give a positive int or 'auto'")
     return int(step_chunk)
@@ -229,7 +253,8 @@ def movement_arrays(
     lag : int
         Positions along step; ``1 <= lag < steps``.
     step_chunk : int or "auto"
-        Steps per task and output chunk (``"auto"``: :func:`movement_step_chunk`).
+        Steps per task and output chunk (``"auto"``: :func:`movement_step_chunk`, of the
+        bf16 bit patterns when the kernel reads those).
     dtype : str
         Stored dtype of the distances.
 
@@ -248,9 +273,21 @@ def movement_arrays(
         raise ValueError(f"lag={lag!r}: give a positive number of steps")
     if lag >= n_steps:
         raise InputError(f"lag={lag}, but the history has {n_steps} steps; give a lag below the number of steps")
-    c = _check_chunk(step_chunk, x.shape[1], x.shape[2])
-    x = x.rechunk((c, -1, -1))
+    src = bf16_source(x) if number_format in FORMAT_CODES else None
+    c = _check_chunk(step_chunk, x.shape[1], x.shape[2], 4 if src is None else 2)
     plan = _plan(number_format, dtype, x.shape[2])
+    if src is not None:  # read the stored bf16 patterns: the kernel widens and checks them
+        stored = src.stored()
+        x = da.from_array(
+            stored,
+            chunks=(c, -1, -1),
+            name=f"history-bits-{tokenize(x.name, c)}",
+            meta=np.empty((0, 0, 0), dtype=stored.dtype),
+            asarray=False,
+            fancy=False,
+        )
+    else:
+        x = x.rechunk((c, -1, -1))
     steps = np.asarray(steps)
     name = "movement-" + tokenize(x, steps, lag, plan)
     n_out = n_steps - lag
@@ -262,6 +299,9 @@ def movement_arrays(
         q, r = divmod(p0 + lag, c)  # the first later snapshot: row r of input chunk q
         nxt = (x.name, q + 1, 0, 0) if r + n > c and q + 1 < n_blocks else None
         cur_steps, prev_steps = steps[p0 + lag : p0 + lag + n], steps[p0 : p0 + n]
-        dsk[(name, j)] = (_movement_task, (x.name, j, 0, 0), (x.name, q, 0, 0), nxt, r, n, cur_steps, prev_steps, plan)
+        task = (_movement_task, (x.name, j, 0, 0), (x.name, q, 0, 0), nxt, r, n, cur_steps, prev_steps, plan)
+        if src is not None:  # the source once in the graph (its key), not once per task
+            task += (f"original-{x.name}", (p0 + lag, p0))
+        dsk[(name, j)] = task
     graph = HighLevelGraph.from_collections(name, dsk, dependencies=[x])
     return _arrays(name, graph, out_chunks, x.shape[1], plan)

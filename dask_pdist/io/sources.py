@@ -7,6 +7,7 @@ labels the result.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from collections.abc import Sequence
@@ -57,6 +58,24 @@ class _RawSource:
         self.nonfinite = nonfinite
         self.dtype = np.dtype(np.float64 if kind == "F64" else np.float32)
         self.ndim = 3
+        self.as_stored = False  # True: blocks as stored (bit patterns), neither widened nor checked
+
+    def stored(self) -> _RawSource:
+        """This source giving its blocks as stored (bf16: the uint16 bit patterns), neither
+        widened nor checked: for a kernel that widens in registers and checks finiteness itself
+        (:meth:`raise_nonfinite` then words the error as this reader does)."""
+        out = copy.copy(self)
+        out.as_stored, out.dtype = True, np.dtype(self.raw_dtype)
+        return out
+
+    def raise_nonfinite(self, stored: np.ndarray, step0: int) -> None:
+        """Raise this reader's :class:`InputError` for the first NaN or infinity of ``stored``
+        (blocks as :meth:`stored` gives them, from step index ``step0``), if there is one."""
+        for s in range(stored.shape[0]):
+            _check_finite(_widen(stored[s : s + 1], self.kind), self._path_of(step0 + s), step0 + s)
+
+    def _path_of(self, step: int) -> str:
+        raise NotImplementedError
 
     @property
     def step_nbytes(self) -> int:
@@ -73,6 +92,8 @@ class _RawSource:
 
     def _decode(self, raw: bytes | bytearray, n_steps: int, key: tuple, path: str, step0: int) -> np.ndarray:
         block = np.frombuffer(raw, dtype=self.raw_dtype).reshape((n_steps,) + self.shape[1:])
+        if self.as_stored:
+            return block[(slice(None),) + key[1:3]]
         block = _widen(block[(slice(None),) + key[1:3]], self.kind)
         if self.nonfinite == "raise":
             _check_finite(block, path, step0)
@@ -91,6 +112,8 @@ class _RawSource:
 
     def _decode_rows(self, raw: bytes, n_steps: int, rows: tuple[int, int], key: tuple, path: str, step0: int):
         block = np.frombuffer(raw, dtype=self.raw_dtype).reshape((n_steps, rows[1] - rows[0], self.shape[2]))
+        if self.as_stored:
+            return block[:, :, key[2]]
         block = _widen(block[:, :, key[2]], self.kind)
         if self.nonfinite == "raise":
             _check_finite(block, path, step0, rows[0])
@@ -107,6 +130,9 @@ class _FileSource(_RawSource):
         self.path = path
         self.start = start
 
+    def _path_of(self, step: int) -> str:
+        return str(self.path)
+
     def __getitem__(self, key: tuple) -> np.ndarray:
         lo, hi, key = self._steps(key)
         rows = self._row_range(key)
@@ -116,6 +142,26 @@ class _FileSource(_RawSource):
             return self._decode_rows(raw, hi - lo, rows, key, str(self.path), lo)
         raw = pread_exact(self.path, self.start + lo * self.step_nbytes, (hi - lo) * self.step_nbytes)
         return self._decode(raw, hi - lo, key, str(self.path), lo)
+
+
+def bf16_source(x: da.Array) -> _RawSource | None:
+    """The reader behind ``x`` if ``x`` is a bf16 history exactly as
+    :func:`~dask_pdist.io.history.open_history` made it (every step and token, whatever its
+    chunks), else None: a kernel may then read the stored bit patterns instead (see
+    :meth:`_RawSource.stored`), saving the float32 copy and the finiteness pass.
+
+    >>> bf16_source(da.zeros((2, 3, 4))) is None
+    True
+    """
+    layers = getattr(x.dask, "layers", {})
+    original = f"original-{x.name}"
+    if not str(x.name).startswith("history-") or set(layers) != {original, x.name}:
+        return None
+    src = layers[original].get(original)
+    src = getattr(src, "value", src)  # a task-spec data node holds the object
+    if isinstance(src, _RawSource) and src.kind == "BF16" and not src.as_stored and tuple(x.shape) == src.shape:
+        return src
+    return None
 
 
 def _widen(block: np.ndarray, kind: str) -> np.ndarray:
@@ -219,6 +265,9 @@ class _StackSource(_RawSource):
         super().__init__(raw_dtype, kind, shape, nonfinite)
         self.paths = paths
         self.starts = starts
+
+    def _path_of(self, step: int) -> str:
+        return str(self.paths[step])
 
     def __getitem__(self, key: tuple) -> np.ndarray:
         lo, hi, key = self._steps(key)

@@ -1,7 +1,13 @@
 """The one-pass movement kernel (numba): what :func:`~dask_pdist.kernels.movement.movement_block`
 and :func:`~dask_pdist.kernels.movement.movement_summary` compute with numpy in ~10 passes over
-float64 copies, here in one pass over the float32 input, written straight into the stored
-dtypes, so movement runs near the speed of reading the history.
+float64 copies, here in one pass over the input, written straight into the stored dtypes, so
+movement runs near the speed of reading the history.
+
+The input is float32, or the bf16 bit patterns as stored (uint16): each pattern is widened to
+its float32 value in registers (the pattern in the high half, exact), so a bf16 history needs no
+float32 copy, and with ``check_finite`` the kernel finds the rows holding a NaN or an infinity
+in the same pass (from the sum of squares: finite bf16 values never overflow it), which saves
+the reader's separate finiteness pass.
 
 The same arithmetic as the numpy version: every value widened to float64, each stored value
 rounded once. The row reductions over dims (sum of squares, sum of absolute differences) may be
@@ -9,9 +15,10 @@ summed in any order (``fastmath={"reassoc"}``: SIMD lanes, ~4x faster; the sums 
 nonnegative terms, so the order moves a float64 result by a few units of its last place, far
 below one float32 unit); the maximum is exact in any order and is taken on the float64 bit
 patterns of the nonnegative differences (an integer maximum, which vectorises; a float maximum
-with NaN does not). Positions on the format's ordered line come from the float32 bit patterns
-(bf16: the high 16 bits; f32: all 32), as :func:`~dask_pdist.kernels.movement.ordered_bits`
-defines them. The per-step summaries (max and mean over tokens) come from the same pass.
+with NaN does not). Positions on the format's ordered line come from the bit patterns
+(bf16: the high 16 bits of a float32, or the stored pattern itself; f32: all 32), as
+:func:`~dask_pdist.kernels.movement.ordered_bits` defines them. The per-step summaries (max and
+mean over tokens) come from the same pass.
 """
 
 from __future__ import annotations
@@ -46,13 +53,25 @@ def _bits_f64(typingctx, x):  # noqa: ANN001, ANN202, ARG001
     return types.float64(types.int64), codegen
 
 
-def _make_rows(fmt: int):  # noqa: ANN202
-    # one kernel per format: fmt is a constant of the closure, so its branches leave the inner
-    # loop at compile time (a runtime branch there kept the loop from vectorising)
+@intrinsic
+def _bf16_f32(typingctx, x):  # noqa: ANN001, ANN202, ARG001
+    # a bf16 bit pattern (uint16) as the float32 it widens to: the pattern in the high half
+    def codegen(context, builder, sig, args):  # noqa: ANN001, ANN202, ARG001
+        wide = builder.zext(args[0], ir.IntType(32))
+        return builder.bitcast(builder.shl(wide, ir.Constant(ir.IntType(32), 16)), ir.FloatType())
+
+    return types.float32(types.uint16), codegen
+
+
+def _make_rows(fmt: int, raw: bool):  # noqa: ANN202
+    # one kernel per format and input: fmt and raw are constants of the closure, so their
+    # branches leave the inner loop at compile time (a runtime branch there kept the loop from
+    # vectorising). raw: cur and prev are bf16 bit patterns (uint16), widened in registers
     @numba.njit(nogil=True, cache=True, fastmath={"reassoc"}, error_model="numpy")
-    def _rows(cur, prev, cbits, pbits, nan_ulp, euc, cheb, man, ulp, changed, summ):
+    def _rows(cur, prev, cbits, pbits, nan_ulp, check, euc, cheb, man, ulp, changed, summ):
         # returns (step, token) of the first row holding a value that is not of the format
-        # (bf16: low 16 bits set; the caller finds which), else (-1, -1)
+        # (bf16: low 16 bits set; the caller finds which), or with raw and check, of the first
+        # row holding a NaN or an infinity, else (-1, -1)
         nstep, ntok, ndim = cur.shape
         for s in range(nstep):
             emax = 0.0
@@ -72,15 +91,39 @@ def _make_rows(fmt: int):  # noqa: ANN202
                 far = np.int64(0)
                 low = np.int32(0)
                 for d in range(ndim):
-                    a = np.float64(cur[s, t, d])
-                    b = np.float64(prev[s, t, d])
+                    if raw:
+                        fa = _bf16_f32(cur[s, t, d])
+                        fb = _bf16_f32(prev[s, t, d])
+                    else:
+                        fa = cur[s, t, d]
+                        fb = prev[s, t, d]
+                    a = np.float64(fa)
+                    b = np.float64(fb)
                     diff = abs(a - b)
                     sq += diff * diff
                     ab += diff
-                    ch += cur[s, t, d] != prev[s, t, d]  # True for NaN too; -0.0 == +0.0
+                    ch += fa != fb  # True for NaN too; -0.0 == +0.0
                     m = _f64_bits(diff)
                     mx = m if m > mx else mx
-                    if fmt == 1:  # bf16: int32 places (differences fit), low bits must be 0
+                    if raw and fmt == 1:  # bf16 places from the 16 bits: int32 (differences fit)
+                        ua = np.int32(cur[s, t, d])
+                        ub = np.int32(prev[s, t, d])
+                        sa = -(ua >> np.int32(15))
+                        sb = -(ub >> np.int32(15))
+                        ma = ua & np.int32(0x7FFF)
+                        mb = ub & np.int32(0x7FFF)
+                        k = np.int64(abs(((ma ^ sa) - sa) - ((mb ^ sb) - sb)))
+                        far = k if k > far else far
+                    elif raw and fmt == 2:  # f32 places of the widened values: int64
+                        ua64 = np.int64(cur[s, t, d])
+                        ub64 = np.int64(prev[s, t, d])
+                        sa64 = -(ua64 >> 15)
+                        sb64 = -(ub64 >> 15)
+                        ma64 = (ua64 & 0x7FFF) << 16
+                        mb64 = (ub64 & 0x7FFF) << 16
+                        k = abs(((ma64 ^ sa64) - sa64) - ((mb64 ^ sb64) - sb64))
+                        far = k if k > far else far
+                    elif fmt == 1:  # bf16: int32 places (differences fit), low bits must be 0
                         ca = cbits[s, t, d]
                         cb = pbits[s, t, d]
                         low |= (ca | cb) & np.int32(0xFFFF)
@@ -100,7 +143,9 @@ def _make_rows(fmt: int):  # noqa: ANN202
                         k = abs(((ma64 ^ sa64) - sa64) - ((mb64 ^ sb64) - sb64))
                         far = k if k > far else far
                 nan = sq != sq  # a NaN difference (NaN input, or inf - inf) makes the sum NaN
-                if low != 0 and _foreign_in_row(cur, prev, cbits, pbits, s, t):
+                if raw and check and not np.isfinite(sq):  # finite inputs: |diff|^2 <= 2^258
+                    return s, t
+                if not raw and low != 0 and _foreign_in_row(cur, prev, cbits, pbits, s, t):
                     return s, t
                 e = np.sqrt(sq)
                 c = np.nan if nan else _bits_f64(mx)
@@ -132,7 +177,7 @@ def _make_rows(fmt: int):  # noqa: ANN202
     return _rows
 
 
-_KERNELS = {code: _make_rows(code) for code in (0, 1, 2)}
+_KERNELS = {(code, raw): _make_rows(code, raw) for code in (0, 1, 2) for raw in (False, True)}
 
 
 @numba.njit(nogil=True, cache=True)
@@ -147,16 +192,24 @@ def _foreign_in_row(cur, prev, cbits, pbits, s, t):
 
 
 def movement_rows(
-    cur: np.ndarray, prev: np.ndarray, number_format: str | None, outs: dict[str, np.ndarray], summary: np.ndarray
+    cur: np.ndarray,
+    prev: np.ndarray,
+    number_format: str | None,
+    outs: dict[str, np.ndarray],
+    summary: np.ndarray,
+    *,
+    check_finite: bool = False,
 ) -> tuple[int, int] | None:
     """Write the distances between ``cur[s, t]`` and ``prev[s, t]`` into ``outs`` and their
     per-step summary into ``summary``; return ``(step, token)`` of the first row holding a value
-    that is not of ``number_format`` (then the outputs are incomplete), else None.
+    that is not of ``number_format``, or (bf16 bit patterns with ``check_finite``) a NaN or an
+    infinity (then the outputs are incomplete), else None.
 
-    ``cur``, ``prev``: float32, shape (step, token, dim). ``number_format``: None, "bf16" or
-    "f32" (f16 takes the numpy path). ``outs``: (step, token) arrays ``euclidean``,
-    ``chebyshev``, ``manhattan`` (float32 or float64), ``chebyshev_ulp``, ``changed``
-    (unsigned); ``summary``: (step, 8) float64, the columns of
+    ``cur``, ``prev``: shape (step, token, dim), float32, or uint16 holding bf16 bit patterns
+    (widened in registers, exactly: no float32 copy; every bf16 value is of every format).
+    ``number_format``: None, "bf16" or "f32" (f16 takes the numpy path). ``outs``: (step,
+    token) arrays ``euclidean``, ``chebyshev``, ``manhattan`` (float32 or float64),
+    ``chebyshev_ulp``, ``changed`` (unsigned); ``summary``: (step, 8) float64, the columns of
     :data:`~dask_pdist.kernels.movement.SUMMARY_COLUMNS` (means over tokens).
 
     >>> a = np.array([[[1.0, 2.0, 0.0]]], dtype=np.float32)
@@ -166,14 +219,21 @@ def movement_rows(
     >>> movement_rows(b, a, "bf16", outs, np.empty((1, 8)))
     >>> float(outs["chebyshev"][0, 0]), int(outs["chebyshev_ulp"][0, 0]), int(outs["changed"][0, 0])
     (0.015625, 1, 1)
+    >>> bits = lambda x: (x.view(np.uint32) >> 16).astype(np.uint16)  # bf16 values' patterns
+    >>> movement_rows(bits(b), bits(a), "bf16", outs, np.empty((1, 8)))
+    >>> int(outs["chebyshev_ulp"][0, 0]), int(outs["changed"][0, 0])
+    (1, 1)
     """
-    cur = np.ascontiguousarray(cur, dtype=np.float32)
-    prev = np.ascontiguousarray(prev, dtype=np.float32)
+    raw = np.asarray(cur).dtype == np.uint16
+    dtype = np.uint16 if raw else np.float32
+    cur = np.ascontiguousarray(cur, dtype=dtype)
+    prev = np.ascontiguousarray(prev, dtype=dtype)
     if cur.shape[0] == 0:
         return None
     nan_ulp = np.iinfo(outs["chebyshev_ulp"].dtype).max if number_format else 0
-    s, t = _KERNELS[FORMAT_CODES[number_format]](
-        cur, prev, cur.view(np.int32), prev.view(np.int32), nan_ulp,
+    cbits, pbits = (cur, prev) if raw else (cur.view(np.int32), prev.view(np.int32))
+    s, t = _KERNELS[FORMAT_CODES[number_format], raw](
+        cur, prev, cbits, pbits, nan_ulp, check_finite,
         outs["euclidean"], outs["chebyshev"], outs["manhattan"], outs["chebyshev_ulp"], outs["changed"], summary,
     )  # fmt: skip
     return None if s < 0 else (int(s), int(t))

@@ -26,6 +26,7 @@ from dask_pdist.errors import StoreError
 from dask_pdist.io.locks import acquire_lock, release_lock
 from dask_pdist.io.paths import local_path
 from dask_pdist.io.publish import check_parent, clean_stale, discard, hidden_name, named, publish
+from dask_pdist.store.chunk_writes import chunk_writes
 from dask_pdist.store.codecs import checked_codecs
 
 __all__ = ["root_attrs", "check_target", "write_whole", "appended", "open_whole"]
@@ -79,6 +80,7 @@ def write_whole(
     compute: bool = True,
     chunks: dict[str, tuple[int, ...]] | None = None,
     append: Callable[[xr.Dataset, Path], xr.Dataset | None] | None = None,
+    by_store_chunk: bool = False,
 ) -> Any:
     """Write ``ds`` as a zarr (format 3) store at ``path``, complete or not at all.
 
@@ -125,7 +127,17 @@ def write_whole(
             # consolidated metadata is a zarr-python extension to format 3: written so that
             # plain xarray.open_zarr(path) opens the store without a fallback warning
             warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
-            written = ds.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=True, encoding=encoding, compute=False)
+            written = ds.to_zarr(
+                tmp,
+                mode="w-",
+                zarr_format=3,
+                consolidated=True,
+                encoding=encoding,
+                compute=False,
+                safe_chunks=not by_store_chunk,
+            )
+        if by_store_chunk:  # metadata and coordinates as xarray wrote them; the data this way
+            written = chunk_writes(ds, Path(tmp))
         job = dask.delayed(_finish, pure=False)(written, str(tmp), str(path), check, overwrite, lock)
         if not compute:
             return job
