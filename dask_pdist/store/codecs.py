@@ -78,9 +78,13 @@ def codecs(compressor: str, itemsize: int, variable: str = "") -> list[Any]:
 
 
 def checked_codecs() -> list[Any]:
-    """zarr's default compression (zstd) followed by a crc32c checksum: the codecs of the
-    arrays of neighbours and clusters stores, whose chunks are bound to their position by
-    that checksum (:mod:`dask_pdist.store.digests`)."""
+    """zstd level 1 followed by a crc32c checksum: the codecs of the arrays of movement,
+    divergence, neighbours and clusters stores, whose chunks are bound to their position by
+    that checksum (:mod:`dask_pdist.store.digests`).
+
+    Level 1, not zarr's default (level 0, which zstd reads as its default 3): on movement's
+    per-token rows (float32 distances, uint16 ulp counts, uint8 dim counts) it encodes 3.3x
+    faster for 0.7 % more bytes (2.1 -> 0.63 ms per step at V=10,000, 98.4 -> 99.1 kB)."""
     from zarr.codecs import Crc32cCodec, ZstdCodec
 
-    return [ZstdCodec(level=0), Crc32cCodec()]
+    return [ZstdCodec(level=1), Crc32cCodec()]
