@@ -33,7 +33,7 @@ import numpy as np
 
 from dask_pdist.kernels._jit import numba
 from dask_pdist.kernels.distances import _raise_overflow, _rescale_row, _row, _scaling_bound
-from dask_pdist.kernels.knn_lists import _empty_lists, _insert
+from dask_pdist.kernels.knn_lists import _insert, _start_lists
 
 __all__ = ["GEMM_BLOCK_BYTES", "bound_constants", "gemm_pairs", "gemm_safe"]
 
@@ -236,7 +236,7 @@ def _may_enter(lo, t, bar, idx, j):
 
 
 @numba.njit(nogil=True, cache=True)
-def _exact(xs, g, i0, j0, diag, pl, cl, up, trow, tcol, cols, lists, e_low, bufs, jbuf, tmp):
+def _exact(xs, g, i0, j0, diag, pl, cl, up, trow, tcol, cols, lists, e_low, bufs, jbuf, tmp, counts):
     # Pass 2: every pair that may enter its row's or its column's list is computed exactly
     # (the shared row routine over the row's gathered candidates) and offered to both lists.
     # Returns (i, j) of a distance that overflows the dtype, else (-1, -1).
@@ -285,6 +285,7 @@ def _exact(xs, g, i0, j0, diag, pl, cl, up, trow, tcol, cols, lists, e_low, bufs
                             bbuf[d, cnt] = xs[j, d]
                         jbuf[cnt] = j
                         cnt += 1
+                        counts[0] += 1
                         if cnt == width:
                             over = _flush(cnt, i, bufs, jbuf, lists, j0, tcol, cols, up, e_low)
                             if over >= 0:
@@ -345,6 +346,8 @@ def gemm_pairs(
     *,
     step0: int = 0,
     block_bytes: int = GEMM_BLOCK_BYTES,
+    lists: tuple | None = None,
+    counts: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
     """:func:`dask_pdist.kernels.knn.knn_pairs` (Euclidean) on row-major snapshots, via BLAS.
 
@@ -358,6 +361,11 @@ def gemm_pairs(
         Position of the first step in the whole history, to name a pair in an error.
     block_bytes : int
         Bytes of one product block (rows of ``b`` x all of ``c``); speed and memory only.
+    lists : (b_nbr, b_dist, c_nbr, c_dist), optional
+        Running lists from earlier block pairs, as :func:`dask_pdist.kernels.knn.knn_pairs`
+        takes them: their k-th entries rule pairs out from the start.
+    counts : ndarray of int64, shape (1,), optional
+        Diagnostics: the number of pairs computed exactly is added to ``counts[0]``.
 
     Returns
     -------
@@ -377,8 +385,7 @@ def gemm_pairs(
         return None
     cst = bound_constants(x.dtype, ndim)
     diag = b == c
-    rn, rd = _empty_lists(nstep, b[1] - b[0], k, x.dtype)
-    cn, cd = (rn, rd) if diag else _empty_lists(nstep, c[1] - c[0], k, x.dtype)
+    rn, rd, cn, cd = _start_lists(lists, nstep, b, c, k, x.dtype)
     rho = float(cst[3])
     ch, cl = x.dtype.type(2 * (1 + rho)), x.dtype.type(2 * (1 - rho))
     info = np.finfo(x.dtype)
@@ -408,6 +415,8 @@ def gemm_pairs(
     ph = np.empty(y.shape[0], dtype=x.dtype)
     pl = np.empty(y.shape[0], dtype=x.dtype)
     yc = y if diag else y[nb:]
+    if counts is None:
+        counts = np.zeros(1, dtype=np.int64)
     for s in range(nstep):
         xs = x[s]
         _centre(xs, b[0], b[1], c[0], c[1], y, cst, ph, pl)
@@ -425,7 +434,7 @@ def gemm_pairs(
             lists = (rn[s], rd[s], b[0], cn[s], cd[s], c[0])
             i, j = _exact(
                 xs, g, r0, j0, diag, pl_t, cl, up, trow[: r1 - r0], tcol[:n], (cbar[:n], cidx[:n], ceff[:n]),
-                lists, e_low, bufs, jbuf, tmp,
+                lists, e_low, bufs, jbuf, tmp, counts,
             )  # fmt: skip
             _raise_overflow((s if i >= 0 else -1, i, j), x.dtype, step0, 0, 0)
     return rn, rd, cn, cd
