@@ -40,7 +40,15 @@ def _transpose_block(x: np.ndarray) -> np.ndarray:
 
 
 def _pair_task(
-    xt: np.ndarray, b: tuple[int, int], c: tuple[int, int], lb: tuple | None, lc: tuple | None, *, k: int, metric: int, step0: int
+    xt: np.ndarray,
+    b: tuple[int, int],
+    c: tuple[int, int],
+    lb: tuple | None,
+    lc: tuple | None,
+    *,
+    k: int,
+    metric: int,
+    step0: int,
 ) -> tuple[tuple, tuple]:
     # one block pair, offered to b's and c's running lists (None: start empty); returns both
     lists = None if lb is None else (*lb, *(lb if lc is None else lc))

@@ -16,6 +16,7 @@ import numpy as np
 from dask_pdist.conventions import KNN_TILE_BYTES, Metric, check_metric
 from dask_pdist.kernels._jit import numba
 from dask_pdist.kernels.distances import _raise_overflow, _rescale_row, _row, _scaling_bound
+from dask_pdist.kernels.knn_chebyshev import knn_max_pairs, max_safe
 from dask_pdist.kernels.knn_gemm import gemm_pairs
 from dask_pdist.kernels.knn_lists import _empty_lists, _insert, _start_lists
 
@@ -186,6 +187,9 @@ def knn_pairs(
     if k < 1 or rows < 1 or tile < 1:
         raise ValueError(f"need k, rows, tile >= 1, got {k}, {rows}, {tile}")
     rn, rd, cn, cd = _start_lists(lists, xt.shape[0], b, c, k, xt.dtype)
+    if metric == 1 and max_safe(xt, b, c):  # Chebyshev: the max-only routine, the same values
+        knn_max_pairs(xt, b, c, (rn, rd, cn, cd), rows, tile)
+        return rn, rd, cn, cd
     where = _knn_pairs(
         xt, b[0], c[0], c[1] - c[0], metric, rows, tile, rn, rd, cn, cd, _scaling_bound(xt.dtype, xt.shape[1])
     )
