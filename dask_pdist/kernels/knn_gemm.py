@@ -160,7 +160,6 @@ def gemm_safe(x: np.ndarray, b: tuple[int, int], c: tuple[int, int]) -> bool:
     return _safe(x, b, c)
 
 
-_CHUNK = 16  # pass 2: columns per vectorised step; the rare hits are then handled one by one
 _LANES = 128  # pass 1: running minima per row and per column (at least k)
 
 
@@ -236,13 +235,13 @@ def _may_enter(lo, t, bar, idx, j):
 
 
 @numba.njit(nogil=True, cache=True)
-def _exact(xs, g, i0, j0, diag, pl, cl, up, trow, tcol, cols, lists, e_low, bufs, jbuf, tmp, counts):
+def _exact(xs, g, i0, j0, diag, pl, cl, up, trow, tcol, cols, lists, e_low, bufs, jbuf, scan, counts):
     # Pass 2: every pair that may enter its row's or its column's list is computed exactly
     # (the shared row routine over the row's gathered candidates) and offered to both lists.
     # Returns (i, j) of a distance that overflows the dtype, else (-1, -1).
     rn, rd, rb0, cn, cd, cb0 = lists
-    abuf, bbuf, sq, mx, ab = bufs
     cbar, cidx, ceff = cols  # each column list's _bar, and min(tcol, bar)
+    lob, hit = scan  # one row's lower bounds, and which pairs pass the vector test
     m, n = g.shape
     ndim = xs.shape[1]
     last = rn.shape[1] - 1
@@ -257,42 +256,43 @@ def _exact(xs, g, i0, j0, diag, pl, cl, up, trow, tcol, cols, lists, e_low, bufs
         tr = trow[p]
         bar, idx = _bar(dr, nr, last, up)
         lo_i = pl[i]
-        q = max(0, i + 1 - j0) if diag else 0
+        q0 = max(0, i + 1 - j0) if diag else 0
+        w = n - q0
+        reff = min(tr, bar)
+        # The whole row in one vectorised loop (slices from 0, no branch): the lower bounds,
+        # and a test implied by _may_enter (so nothing is lost) with the bars as they are at
+        # the row's start (they only tighten); false for most pairs
+        gs, ps = g[p, q0:n], pl[j0 + q0 : j0 + n]
+        es, bs, xs_ = ceff[q0:n], cbar[q0:n], cidx[q0:n]
+        jq = j0 + q0
+        for t in range(w):
+            lo = max((lo_i + ps[t]) - cl * gs[t], 0)  # d~^2 >= 0
+            lob[t] = lo
+            row = (lo <= reff) & ((lo < bar) | (jq + t < idx))
+            col = (lo <= es[t]) & ((lo < bs[t]) | (i < xs_[t]))
+            hit[t] = row | col
         cnt = 0
-        while q < n:
-            q1 = min(q + _CHUNK, n)
-            hit = False
-            gs, ps = g[p, q:q1], pl[j0 + q : j0 + q1]
-            es, ts, bs, xs_ = ceff[q:q1], tcol[q:q1], cbar[q:q1], cidx[q:q1]
-            reff = min(tr, bar)
-            for t in range(q1 - q):  # vectorised: no branch, slices indexed from 0
-                lo = max((lo_i + ps[t]) - cl * gs[t], 0)  # d~^2 >= 0
-                tmp[t] = lo
-                # implied by _may_enter (so nothing is lost), and false for most pairs: within
-                # both thresholds, and below the bar unless the other token is the smaller
-                row = (lo <= reff) & ((lo < bar) | (j0 + q + t < idx))
-                col = (lo <= es[t]) & ((lo < bs[t]) | (i < xs_[t]))
-                hit |= row | col
-            if hit:
-                for t in range(q1 - q):
-                    lo = tmp[t]
-                    j = j0 + q + t
-                    if _may_enter(lo, tr, bar, idx, j) or _may_enter(lo, ts[t], bs[t], xs_[t], i):
-                        if cnt == 0:
-                            for d in range(ndim):
-                                abuf[d, 0] = xs[i, d]
-                        for d in range(ndim):
-                            bbuf[d, cnt] = xs[j, d]
-                        jbuf[cnt] = j
-                        cnt += 1
-                        counts[0] += 1
-                        if cnt == width:
-                            over = _flush(cnt, i, bufs, jbuf, lists, j0, tcol, cols, up, e_low)
-                            if over >= 0:
-                                return i, over
-                            bar, idx = _bar(dr, nr, last, up)
-                            cnt = 0
-            q = q1
+        for t in range(w):
+            if not hit[t]:
+                continue
+            lo = lob[t]
+            q = q0 + t
+            j = j0 + q
+            if _may_enter(lo, tr, bar, idx, j) or _may_enter(lo, tcol[q], cbar[q], cidx[q], i):  # the bars now
+                if cnt == 0:
+                    for d in range(ndim):
+                        bufs[0][d, 0] = xs[i, d]
+                for d in range(ndim):
+                    bufs[1][d, cnt] = xs[j, d]
+                jbuf[cnt] = j
+                cnt += 1
+                counts[0] += 1
+                if cnt == width:
+                    over = _flush(cnt, i, bufs, jbuf, lists, j0, tcol, cols, up, e_low)
+                    if over >= 0:
+                        return i, over
+                    bar, idx = _bar(dr, nr, last, up)
+                    cnt = 0
         if cnt:
             over = _flush(cnt, i, bufs, jbuf, lists, j0, tcol, cols, up, e_low)
             if over >= 0:
@@ -312,7 +312,7 @@ def _flush(cnt, i, bufs, jbuf, lists, j0, tcol, cols, up, e_low):
     cbar, cidx, ceff = cols
     last = rn.shape[1] - 1
     width = jbuf.shape[0]
-    if _row(abuf, 0, bbuf, 0, width, sq, mx, ab, e_low):
+    if _row(abuf, 0, bbuf, 0, width, sq, mx, ab, e_low, False):  # no L1 sums
         over = _rescale_row(abuf, 0, bbuf, 0, width, sq, mx, e_low)
         if 0 <= over < cnt:
             return jbuf[over]
@@ -400,7 +400,7 @@ def gemm_pairs(
         *(np.empty(width, dtype=x.dtype) for _ in range(3)),  # Euclidean, Chebyshev, L1 out
     )
     jbuf = np.empty(width, dtype=np.int64)
-    tmp = np.empty(_CHUNK, dtype=x.dtype)
+    scan = (np.empty(ncol, dtype=x.dtype), np.empty(ncol, dtype=np.bool_))  # pass 2's row buffers
     lanes = max(_LANES, k)
     cmin = np.empty((lanes, ncol), dtype=x.dtype)
     rmin = np.empty(lanes, dtype=x.dtype)
@@ -434,7 +434,7 @@ def gemm_pairs(
             lists = (rn[s], rd[s], b[0], cn[s], cd[s], c[0])
             i, j = _exact(
                 xs, g, r0, j0, diag, pl_t, cl, up, trow[: r1 - r0], tcol[:n], (cbar[:n], cidx[:n], ceff[:n]),
-                lists, e_low, bufs, jbuf, tmp, counts,
+                lists, e_low, bufs, jbuf, scan, counts,
             )  # fmt: skip
             _raise_overflow((s if i >= 0 else -1, i, j), x.dtype, step0, 0, 0)
     return rn, rd, cn, cd
