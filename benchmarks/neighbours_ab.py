@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -70,7 +71,7 @@ def main() -> None:
             cpu = statistics.median((a.user_s + a.sys_s) / (b.user_s + b.sys_s) for a, b in zip(rs, t, strict=True))
             line += f"  vs torch (per-round median): wall {wall:.3f}x, cpu {cpu:.3f}x"
         print(line)
-    work.rmdir()
+    shutil.rmtree(work)
 
 
 if __name__ == "__main__":

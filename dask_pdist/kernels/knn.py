@@ -3,10 +3,12 @@
 Every distance comes from the pairwise kernels' own row routine
 (:mod:`dask_pdist.kernels.distances`), so each is bit-identical to the value the distance
 store holds for that pair. Ties are broken by the smaller token position; NaN distances
-sort last. Two methods, the same lists: the tile kernel here computes every pair (every
+sort last. Three methods, the same lists: the tile kernel here computes every pair (every
 metric); Euclidean blocks go through the BLAS method of :mod:`dask_pdist.kernels.knn_gemm`
 (a bounded matrix product rules most pairs out, the rest are computed exactly) where its
-bounds apply (:func:`knn_pairs_rows`).
+bounds apply (:func:`knn_pairs_rows`), Chebyshev blocks through the max-only routine of
+:mod:`dask_pdist.kernels.knn_chebyshev` where their values allow. Every method takes the
+running lists of earlier block pairs (``lists=``) and returns the top-k of the union.
 """
 
 from __future__ import annotations
@@ -296,7 +298,8 @@ def knn_block(
         any tile).
     method : {"auto", "tiles"}
         ``"auto"``: Euclidean through the BLAS method (:func:`knn_pairs_rows`), Chebyshev
-        through the tile kernel; ``"tiles"``: the tile kernel for both. The same lists.
+        through :func:`knn_pairs` (the max-only routine where the values allow, else the
+        tile kernel); ``"tiles"``: :func:`knn_pairs` for both. The same lists.
 
     Returns
     -------
