@@ -91,7 +91,8 @@ def main() -> None:
     mem, l2 = _rate(64 * 2**20, 3), _rate(2**16, 3000)
     print(f"V = {v}, D = {d}, k = {k}, one thread, {args.rounds} alternating rounds, CPU s medians")
     print(
-        f"read rate, one core: memory {mem / 1e9:.1f} G floats/s ({mem * 4 / 1e9:.0f} GB/s), L2 {l2 / 1e9:.1f} G floats/s"
+        f"read rate, one core: memory {mem / 1e9:.1f} G floats/s ({mem * 4 / 1e9:.0f} GB/s),"
+        f" L2 {l2 / 1e9:.1f} G floats/s"
     )
     base = statistics.median(cpu["tile kernel"])
     for name, ts in cpu.items():
