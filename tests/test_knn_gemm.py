@@ -202,3 +202,17 @@ def test_running_lists_are_not_modified_and_are_checked():
         np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match=r"running lists of shape \(1, 10, 3\).*expected \(1, 20, 3\)"):
         knn_pairs_rows(x, (0, 10), (10, 30), 3, lists=(*first[:2], *first[:2]))
+
+
+def test_a_running_list_ending_in_nan_still_takes_finite_pairs():
+    # block 0 holds NaN tokens only, so its block pairs take the tile kernel and fill block 1's
+    # short lists up to a NaN k-th; the BLAS method's next block pair (1, 2) must still let
+    # finite distances in (a NaN k-th bars nothing)
+    x = _history(np.random.default_rng(9), (2, 12, 3), "f32")
+    x[:, :3, 1] = np.nan  # all of block 0
+    xt = np.ascontiguousarray(x.transpose(0, 2, 1))
+    order = [(0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2)]
+    got = _chain(lambda b, c, lists: knn_pairs_rows(x, b, c, 4, lists=lists), 12, [3, 6], order, 4, x.dtype)
+    want = knn_pairs(xt, (0, 12), (0, 12), 4, 0)[:2]
+    _same(got, want)
+    assert np.isnan(want[1][:, 3:6]).any(axis=-1).sum() == 0  # block 1's final lists are finite

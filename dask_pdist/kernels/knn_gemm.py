@@ -218,10 +218,12 @@ _NONE = np.iinfo(np.int64).max  # the k-th token of a list that is not full
 def _bar(dr, nr, last, up):
     # What a candidate must beat to enter a full list: its k-th exact distance, squared and
     # rounded up (up = (1 + 4u, 2 x the smallest subnormal): the square may underflow), and
-    # its k-th token (a tie enters only with a smaller token); inf, _NONE while not full.
-    if nr[last] == -1:
-        return np.inf, _NONE
+    # its k-th token (a tie enters only with a smaller token); inf, _NONE while not full, or
+    # while its k-th is NaN (a running list from a block pair with a NaN token, which the
+    # tile kernel took: any finite distance enters before it).
     v = dr[last]
+    if nr[last] == -1 or v != v:
+        return np.inf, _NONE
     if v == 0:  # exact: only a tie at 0 with a smaller token may enter (duplicate tokens)
         return v, nr[last]
     return v * v * up[0] + up[1], nr[last]
