@@ -22,6 +22,7 @@ __all__ = [
     "plan_neighbour_chunks",
     "plan_product_blocks",
     "plan_store_steps",
+    "plan_block_rounds",
 ]
 
 
@@ -109,3 +110,28 @@ def plan_product_blocks(n_tokens: int, itemsize: int = 4, budget: int = KNN_PROD
     edge = max(1, math.isqrt(budget // max(1, itemsize)))
     n_blocks = max(math.ceil(max(1, n_tokens) / edge), 4 if n_tokens > 1024 else 2 if n_tokens > 512 else 1)
     return max(1, math.ceil(n_tokens / n_blocks))
+
+
+def plan_block_rounds(n_blocks: int) -> list[list[tuple[int, int]]]:
+    """Every block pair once, in rounds where no block appears twice: the diagonal, then a round robin.
+
+    Pure arithmetic. Round 0 holds each block with itself; each later round pairs the blocks
+    up (the circle method: with an odd count one block rests), so that the tasks of a round
+    run side by side and each block's running neighbour lists pass from round to round.
+    Within a pair the smaller block comes first.
+
+    Examples
+    --------
+    >>> plan_block_rounds(3)
+    [[(0, 0), (1, 1), (2, 2)], [(1, 2)], [(0, 2)], [(0, 1)]]
+    >>> [len(r) for r in plan_block_rounds(4)]
+    [4, 2, 2, 2]
+    """
+    rounds = [[(b, b) for b in range(n_blocks)]]
+    ring = list(range(n_blocks)) + ([-1] if n_blocks % 2 else [])  # -1: the resting slot
+    m = len(ring)
+    for _ in range(m - 1):
+        pairs = [(ring[i], ring[m - 1 - i]) for i in range(m // 2)]
+        rounds.append([(min(p), max(p)) for p in pairs if -1 not in p])
+        ring = [ring[0], ring[-1], *ring[1:-1]]  # keep the first, rotate the rest
+    return [r for r in rounds if r]

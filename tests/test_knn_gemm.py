@@ -136,3 +136,83 @@ def test_neighbours_graph_uses_the_blas_method_and_stays_exact(token_chunk):
     nbr, dist = knn_block(x, 6, method="tiles")
     np.testing.assert_array_equal(nb.neighbour.values, nbr)
     np.testing.assert_array_equal(nb.distance.values.view(np.int32), dist.view(np.int32))
+
+
+def _chain(pair, v, cuts, order, k, dtype):
+    """Every block pair once, in ``order``, each offered to the blocks' running lists."""
+    ranges = list(zip([0, *cuts], [*cuts, v], strict=True))
+    state = {}
+    for b, c in order:
+        lb, lc = state.get(b), state.get(c)
+        lists = None
+        if lb is not None or lc is not None:  # a block not seen yet starts empty
+            empty = [(np.full((2, r[1] - r[0], k), -1), np.full((2, r[1] - r[0], k), np.nan, dtype)) for r in ranges]
+            lists = (*(lb or empty[b]), *(lc or empty[c]))
+        rn, rd, cn, cd = pair(ranges[b], ranges[c], lists)
+        state[b], state[c] = (rn, rd), (cn, cd)
+    return np.concatenate([state[b][0] for b in range(len(ranges))], 1), np.concatenate(
+        [state[b][1] for b in range(len(ranges))], 1
+    )
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    v=st.integers(3, 70),
+    d=st.integers(1, 12),
+    k=st.integers(1, 8),
+    dtype=st.sampled_from(DTYPES),
+    kind=st.sampled_from(["gauss", "integer", "offset", "nan"]),
+    data=st.data(),
+)
+def test_running_lists_in_any_order_of_block_pairs_give_the_whole_lists(v, d, k, dtype, kind, data):
+    # the graph passes each block's lists from one block pair to the next: whatever the order,
+    # the lists end as the whole snapshot's, bit for bit; integer values make many exact ties,
+    # so a later block pair offers ties with a smaller token than the list's k-th (from a
+    # block with larger tokens), which must enter
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    k = min(k, v - 1)
+    x = _history(rng, (2, v, d), dtype, integer=kind == "integer", offset=3.0 * (kind == "offset"))
+    if kind == "nan":
+        x[1, int(rng.integers(0, v)), 0] = np.nan  # that block pair takes the tile kernel
+    n_cuts = data.draw(st.integers(0, min(4, v - 1)))
+    cuts = sorted(rng.choice(np.arange(1, v), size=n_cuts, replace=False).tolist())
+    nb = n_cuts + 1
+    order = [(b, c) for b in range(nb) for c in range(b, nb)]
+    order = [order[i] for i in rng.permutation(len(order))]
+    xt = np.ascontiguousarray(x.transpose(0, 2, 1))
+    want = knn_pairs(xt, (0, v), (0, v), k, 0)[:2]
+    kernels = {
+        "blas": lambda b, c, lists: knn_pairs_rows(x, b, c, k, lists=lists),
+        "tiles": lambda b, c, lists: knn_pairs(xt, b, c, k, 0, 3, 5, lists=lists),
+    }
+    for pair in kernels.values():
+        _same(_chain(pair, v, cuts, order, k, x.dtype), want)
+    for metric in (1, 2):  # Chebyshev, Manhattan: the tile kernel
+        tiles = lambda b, c, lists, m=metric: knn_pairs(xt, b, c, k, m, 4, 3, lists=lists)  # noqa: E731
+        _same(_chain(tiles, v, cuts, order, k, x.dtype), knn_pairs(xt, (0, v), (0, v), k, metric)[:2])
+
+
+def test_running_lists_are_not_modified_and_are_checked():
+    x = _history(np.random.default_rng(6), (1, 30, 4), "f32")
+    first = knn_pairs_rows(x, (0, 10), (0, 10), 3)
+    second = knn_pairs_rows(x, (10, 30), (10, 30), 3)
+    before = [a.copy() for a in first[:2] + second[:2]]
+    knn_pairs_rows(x, (0, 10), (10, 30), 3, lists=(*first[:2], *second[:2]))
+    for a, b in zip(before, first[:2] + second[:2], strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match=r"running lists of shape \(1, 10, 3\).*expected \(1, 20, 3\)"):
+        knn_pairs_rows(x, (0, 10), (10, 30), 3, lists=(*first[:2], *first[:2]))
+
+
+def test_a_running_list_ending_in_nan_still_takes_finite_pairs():
+    # block 0 holds NaN tokens only, so its block pairs take the tile kernel and fill block 1's
+    # short lists up to a NaN k-th; the BLAS method's next block pair (1, 2) must still let
+    # finite distances in (a NaN k-th bars nothing)
+    x = _history(np.random.default_rng(9), (2, 12, 3), "f32")
+    x[:, :3, 1] = np.nan  # all of block 0
+    xt = np.ascontiguousarray(x.transpose(0, 2, 1))
+    order = [(0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2)]
+    got = _chain(lambda b, c, lists: knn_pairs_rows(x, b, c, 4, lists=lists), 12, [3, 6], order, 4, x.dtype)
+    want = knn_pairs(xt, (0, 12), (0, 12), 4, 0)[:2]
+    _same(got, want)
+    assert np.isnan(want[1][:, 3:6]).any(axis=-1).sum() == 0  # block 1's final lists are finite

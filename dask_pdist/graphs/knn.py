@@ -1,11 +1,17 @@
-"""The graph of exact k nearest neighbours: block-pair tasks, then one merge task per block.
+"""The graph of exact k nearest neighbours: block-pair tasks that pass running lists along.
 
 Array layer (axes and chunks). A V x V matrix never exists: the tokens are cut into blocks;
-one task takes every pair of one block pair (b, c), c >= b, once and keeps a running top-k of
-both blocks' tokens; one task per block merges its partial lists. Euclidean block pairs go
-through the BLAS method (:func:`dask_pdist.kernels.knn.knn_pairs_rows`: a matrix product
-bounds every pair, only the candidates are computed exactly) on the row-major snapshots;
-the other metrics through the tile kernel on transposed ones. The lists are the same.
+one task takes every pair of one block pair (b, c), c >= b, once, and offers each pair to
+both tokens' running top-k lists. The block pairs run in rounds
+(:func:`dask_pdist.planning.plan_block_rounds`: each block with itself, then a round robin
+where no block appears twice in a round), and each block's lists pass from one round's
+task to the next: a task starts from lists that already hold the nearest tokens of the
+blocks seen so far, so their k-th entries rule most of its pairs out from the start (about
+k (1 + 1/2 + ... ) candidates per token instead of k per block pair). The last task of a
+block holds its final lists. Euclidean block pairs go through the BLAS method
+(:func:`dask_pdist.kernels.knn.knn_pairs_rows`: a matrix product bounds every pair, only
+the candidates are computed exactly) on the row-major snapshots; the other metrics through
+the tile kernel on transposed ones. The lists are the same, whatever the order of rounds.
 """
 
 from __future__ import annotations
@@ -18,8 +24,8 @@ import numpy as np
 
 from dask_pdist.conventions import Metric, check_metric
 from dask_pdist.kernels.engine import resolve_engine
-from dask_pdist.kernels.knn import QUERY_ROWS, check_k, knn_merge, knn_pairs, knn_pairs_rows, knn_tile
-from dask_pdist.planning import plan_neighbour_chunks, plan_product_blocks
+from dask_pdist.kernels.knn import QUERY_ROWS, check_k, knn_pairs, knn_pairs_rows, knn_tile
+from dask_pdist.planning import plan_block_rounds, plan_neighbour_chunks, plan_product_blocks
 
 __all__ = ["NEIGHBOUR_RECORD", "neighbour_array"]
 
@@ -33,17 +39,30 @@ def _transpose_block(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(0, 2, 1))
 
 
-def _pair_task(xt: np.ndarray, b: tuple[int, int], c: tuple[int, int], *, k: int, metric: int, step0: int) -> tuple:
+def _pair_task(
+    xt: np.ndarray,
+    b: tuple[int, int],
+    c: tuple[int, int],
+    lb: tuple | None,
+    lc: tuple | None,
+    *,
+    k: int,
+    metric: int,
+    step0: int,
+) -> tuple[tuple, tuple]:
+    # one block pair, offered to b's and c's running lists (None: start empty); returns both
+    lists = None if lb is None else (*lb, *(lb if lc is None else lc))
     if metric == 0:  # xt is row-major here: (step, token, dim)
-        return knn_pairs_rows(xt, b, c, k, step0=step0)
-    tile = knn_tile(xt.shape[1], xt.shape[2], xt.dtype.itemsize)
-    return knn_pairs(xt, b, c, k, metric, QUERY_ROWS, tile, step0=step0)
+        rn, rd, cn, cd = knn_pairs_rows(xt, b, c, k, step0=step0, lists=lists)
+    else:
+        tile = knn_tile(xt.shape[1], xt.shape[2], xt.dtype.itemsize)
+        rn, rd, cn, cd = knn_pairs(xt, b, c, k, metric, QUERY_ROWS, tile, step0=step0, lists=lists)
+    return (rn, rd), (cn, cd)
 
 
-def _merge_task(as_rows: list[tuple], as_cols: list[tuple], ids: np.ndarray, *, k: int) -> np.ndarray:
-    # one block's partial lists: from its pairs with blocks c >= b (it was the rows) and c < b
-    parts = [(r[0], r[1]) for r in as_rows] + [(r[2], r[3]) for r in as_cols]
-    nbr, dist = knn_merge(parts, k)
+def _record_task(lists: tuple, ids: np.ndarray) -> np.ndarray:
+    # one block's final lists as records of original token indices
+    nbr, dist = lists
     out = np.empty(nbr.shape, dtype=_RECORD)
     out["neighbour"] = ids[nbr]
     out["distance"] = dist
@@ -92,7 +111,7 @@ def neighbour_array(
     token_chunk: int | Literal["auto"] = "auto",
     engine: str = "cpu",
 ) -> da.Array:
-    """Lazy (step, token, k) record array of neighbours: block-pair tasks, then one merge per block.
+    """Lazy (step, token, k) record array of neighbours: rounds of block-pair tasks.
 
     Parameters
     ----------
@@ -114,8 +133,9 @@ def neighbour_array(
     -------
     dask.array.Array
         Record dtype with fields ``neighbour`` (int32) and ``distance`` (float32), chunked
-        (steps, token block, k). A block-pair task holds one step chunk's transposed
-        snapshots (shared by all its tasks) and two blocks' (tokens, k) lists.
+        (steps, token block, k). A block-pair task holds one step chunk's snapshots
+        (shared by all its tasks) and two blocks' (tokens, k) running lists. A step chunk's
+        tasks run at most ceil(blocks / 2) at a time (a round), several step chunks at once.
 
     Examples
     --------
@@ -159,21 +179,17 @@ def neighbour_array(
     meta = np.empty((0, 0, 0), dtype=_RECORD)
     rows = []
     step0s = np.cumsum((0,) + x.chunks[0][:-1])
+    rounds = plan_block_rounds(len(ranges))
+    pair = dask.delayed(_pair_task, pure=True, nout=2)
+    record = dask.delayed(_record_task, pure=True)
     for xt_s, n, step0 in zip(xt.to_delayed(optimize_graph=False).ravel(), x.chunks[0], step0s, strict=True):
-        pair = dask.delayed(_pair_task, pure=True)
-        pairs = {
-            (b, c): pair(xt_s, ranges[b], ranges[c], k=k, metric=m, step0=int(step0))
-            for b in range(len(ranges))
-            for c in range(b, len(ranges))
-        }
-        merge = dask.delayed(_merge_task, pure=True)
+        state: dict[int, object] = {}  # each block's running lists, after the rounds so far
+        for pairs in rounds:
+            for b, c in pairs:
+                lb, lc = state.get(b), state.get(c) if c != b else None
+                state[b], state[c] = pair(xt_s, ranges[b], ranges[c], lb, lc, k=k, metric=m, step0=int(step0))
         blocks = [
-            da.from_delayed(
-                merge([pairs[b, c] for c in range(b, len(ranges))], [pairs[c, b] for c in range(b)], ids_d, k=k),
-                shape=(n, hi - lo, k),
-                dtype=_RECORD,
-                meta=meta,
-            )
+            da.from_delayed(record(state[b], ids_d), shape=(n, hi - lo, k), dtype=_RECORD, meta=meta)
             for b, (lo, hi) in enumerate(ranges)
         ]
         rows.append(da.concatenate(blocks, axis=1))

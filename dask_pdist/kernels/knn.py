@@ -3,10 +3,12 @@
 Every distance comes from the pairwise kernels' own row routine
 (:mod:`dask_pdist.kernels.distances`), so each is bit-identical to the value the distance
 store holds for that pair. Ties are broken by the smaller token position; NaN distances
-sort last. Two methods, the same lists: the tile kernel here computes every pair (every
+sort last. Three methods, the same lists: the tile kernel here computes every pair (every
 metric); Euclidean blocks go through the BLAS method of :mod:`dask_pdist.kernels.knn_gemm`
 (a bounded matrix product rules most pairs out, the rest are computed exactly) where its
-bounds apply (:func:`knn_pairs_rows`).
+bounds apply (:func:`knn_pairs_rows`), Chebyshev blocks through the max-only routine of
+:mod:`dask_pdist.kernels.knn_chebyshev` where their values allow. Every method takes the
+running lists of earlier block pairs (``lists=``) and returns the top-k of the union.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ import numpy as np
 from dask_pdist.conventions import KNN_TILE_BYTES, Metric, check_metric
 from dask_pdist.kernels._jit import numba
 from dask_pdist.kernels.distances import _raise_overflow, _rescale_row, _row, _scaling_bound
+from dask_pdist.kernels.knn_chebyshev import knn_max_pairs, max_safe
 from dask_pdist.kernels.knn_gemm import gemm_pairs
-from dask_pdist.kernels.knn_lists import _empty_lists, _insert
+from dask_pdist.kernels.knn_lists import _empty_lists, _insert, _start_lists
 
 __all__ = ["knn_pairs", "knn_pairs_rows", "knn_merge", "knn_block", "churn_block", "check_k", "knn_tile", "QUERY_ROWS"]
 
@@ -70,8 +73,13 @@ def _knn_pairs(xt, b0, c0, nc, metric, rows, tile, rn, rd, cn, cd, e_low):
     cbar = rbar if diag else np.empty(nc, dtype=xt.dtype)
     for s in range(nstep):
         at = xt[s]
-        rbar[:] = np.nan
-        cbar[:] = np.nan
+        # the lists may come in holding other blocks' candidates (a running list): their
+        # last entries are the bars from the start (NaN while a list is not full)
+        for r in range(nb):
+            rbar[r] = rd[s, r, last] if rn[s, r, last] != -1 else np.nan
+        if not diag:
+            for q in range(nc):
+                cbar[q] = cd[s, q, last] if cn[s, q, last] != -1 else np.nan
         for r0 in range(0, nb, rows):
             r1 = min(r0 + rows, nb)
             for j0 in range(0, nc, tile):
@@ -92,17 +100,15 @@ def _knn_pairs(xt, b0, c0, nc, metric, rows, tile, rn, rd, cn, cd, e_low):
                     for q in range(j1 - start):
                         jl = start + q
                         v = vals[q]
-                        # Fast rejection (most candidates): not nearer than a full list's
-                        # last (bars hold NaN until a list is full, and NaN compares false,
-                        # so NaN goes through the exact order in _insert). Rejecting a tie is
-                        # exact because within one call every list is offered its candidates
-                        # in ascending token order (tiles, row blocks and rows ascend), so a
-                        # tie never has the smaller token.
-                        if not v >= rbar[r]:
+                        # Fast rejection (most candidates): farther than a full list's last
+                        # (bars hold NaN until a list is full, and NaN compares false, so NaN
+                        # goes through the exact order in _insert). A tie goes to _insert too:
+                        # a running list may hold a larger token from another block.
+                        if not v > rbar[r]:
                             _insert(rnr, rdr, v, c0 + jl)
                             if rnr[last] != -1:
                                 rbar[r] = rdr[last]
-                        if not v >= cbar[jl]:
+                        if not v > cbar[jl]:
                             _insert(cn[s, jl], cd[s, jl], v, i)
                             if cn[s, jl, last] != -1:
                                 cbar[jl] = cd[s, jl, last]
@@ -131,6 +137,7 @@ def knn_pairs(
     tile: int = 512,
     *,
     step0: int = 0,
+    lists: tuple | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Partial k-nearest lists from one block of token pairs, each pair computed once.
 
@@ -148,14 +155,19 @@ def knn_pairs(
         Cache blocking (speed only: the result does not depend on them).
     step0 : int
         Position of the block's first step in the whole history, to name a pair in an error.
+    lists : (b_nbr, b_dist, c_nbr, c_dist), optional
+        Running lists of b's and c's tokens from earlier block pairs (as returned; for a
+        diagonal block only b's are used), not modified: the pairs here are offered to
+        copies of them. Default: empty lists.
 
     Returns
     -------
     (row_nbr, row_dist, col_nbr, col_dist)
         Each row token's k nearest among the candidates (step, b, k), and each candidate's
-        k nearest among the rows (step, c, k) (the same arrays for a diagonal block). Token
-        positions (int64, -1 where fewer than k exist) and distances (``xt.dtype``), ordered
-        by (distance, token) with NaN last; a token is never its own neighbour.
+        k nearest among the rows (step, c, k) (the same arrays for a diagonal block); with
+        ``lists``, the k nearest of the union of theirs and these. Token positions (int64,
+        -1 where fewer than k exist) and distances (``xt.dtype``), ordered by (distance,
+        token) with NaN last; a token is never its own neighbour.
 
     Raises
     ------
@@ -176,8 +188,10 @@ def knn_pairs(
         raise ValueError(f"token ranges {b} and {c} must be equal or disjoint, within 0..{ntok}")
     if k < 1 or rows < 1 or tile < 1:
         raise ValueError(f"need k, rows, tile >= 1, got {k}, {rows}, {tile}")
-    rn, rd = _empty_lists(xt.shape[0], b[1] - b[0], k, xt.dtype)
-    cn, cd = (rn, rd) if b == c else _empty_lists(xt.shape[0], c[1] - c[0], k, xt.dtype)
+    rn, rd, cn, cd = _start_lists(lists, xt.shape[0], b, c, k, xt.dtype)
+    if metric == 1 and max_safe(xt, b, c):  # Chebyshev: the max-only routine, the same values
+        knn_max_pairs(xt, b, c, (rn, rd, cn, cd), rows, tile)
+        return rn, rd, cn, cd
     where = _knn_pairs(
         xt, b[0], c[0], c[1] - c[0], metric, rows, tile, rn, rd, cn, cd, _scaling_bound(xt.dtype, xt.shape[1])
     )
@@ -186,7 +200,7 @@ def knn_pairs(
 
 
 def knn_pairs_rows(
-    x: np.ndarray, b: tuple[int, int], c: tuple[int, int], k: int, *, step0: int = 0
+    x: np.ndarray, b: tuple[int, int], c: tuple[int, int], k: int, *, step0: int = 0, lists: tuple | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Euclidean :func:`knn_pairs` from row-major snapshots: the BLAS method where it applies.
 
@@ -197,7 +211,7 @@ def knn_pairs_rows(
     Parameters
     ----------
     x : ndarray, shape (step, token, dim), C-contiguous float32 or float64
-    b, c, k, step0
+    b, c, k, step0, lists
         As :func:`knn_pairs`.
 
     Examples
@@ -214,9 +228,24 @@ def knn_pairs_rows(
         raise ValueError(f"token ranges {b} and {c} must be equal or disjoint, within 0..{ntok}")
     if k < 1:
         raise ValueError(f"need k >= 1, got {k}")
-    out = gemm_pairs(x, b, c, k, step0=step0)
+    out = gemm_pairs(x, b, c, k, step0=step0, lists=lists)
     if out is not None:
         return out
+    out = _tile_pairs_rows(x, b, c, k, step0)
+    if lists is None:
+        return out
+    # the running lists, then this block pair's: the top-k of the union either way
+    rn, rd, cn, cd = _start_lists(lists, x.shape[0], b, c, k, x.dtype)
+    _knn_merge(out[0][None], out[1][None], rn, rd)
+    if b != c:
+        _knn_merge(out[2][None], out[3][None], cn, cd)
+    return rn, rd, cn, cd
+
+
+def _tile_pairs_rows(
+    x: np.ndarray, b: tuple[int, int], c: tuple[int, int], k: int, step0: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    # the tile kernel on a transposed copy of the two blocks (the BLAS method's fallback)
     nb = b[1] - b[0]
     parts = [x[:, b[0] : b[1]]] if b == c else [x[:, b[0] : b[1]], x[:, c[0] : c[1]]]
     xt = np.ascontiguousarray(np.concatenate(parts, axis=1).transpose(0, 2, 1))
@@ -269,7 +298,8 @@ def knn_block(
         any tile).
     method : {"auto", "tiles"}
         ``"auto"``: Euclidean through the BLAS method (:func:`knn_pairs_rows`), Chebyshev
-        through the tile kernel; ``"tiles"``: the tile kernel for both. The same lists.
+        through :func:`knn_pairs` (the max-only routine where the values allow, else the
+        tile kernel); ``"tiles"``: :func:`knn_pairs` for both. The same lists.
 
     Returns
     -------

@@ -33,7 +33,7 @@ import numpy as np
 
 from dask_pdist.kernels._jit import numba
 from dask_pdist.kernels.distances import _raise_overflow, _rescale_row, _row, _scaling_bound
-from dask_pdist.kernels.knn_lists import _empty_lists, _insert
+from dask_pdist.kernels.knn_lists import _insert, _start_lists
 
 __all__ = ["GEMM_BLOCK_BYTES", "bound_constants", "gemm_pairs", "gemm_safe"]
 
@@ -160,7 +160,6 @@ def gemm_safe(x: np.ndarray, b: tuple[int, int], c: tuple[int, int]) -> bool:
     return _safe(x, b, c)
 
 
-_CHUNK = 16  # pass 2: columns per vectorised step; the rare hits are then handled one by one
 _LANES = 128  # pass 1: running minima per row and per column (at least k)
 
 
@@ -219,10 +218,12 @@ _NONE = np.iinfo(np.int64).max  # the k-th token of a list that is not full
 def _bar(dr, nr, last, up):
     # What a candidate must beat to enter a full list: its k-th exact distance, squared and
     # rounded up (up = (1 + 4u, 2 x the smallest subnormal): the square may underflow), and
-    # its k-th token (a tie enters only with a smaller token); inf, _NONE while not full.
-    if nr[last] == -1:
-        return np.inf, _NONE
+    # its k-th token (a tie enters only with a smaller token); inf, _NONE while not full, or
+    # while its k-th is NaN (a running list from a block pair with a NaN token, which the
+    # tile kernel took: any finite distance enters before it).
     v = dr[last]
+    if nr[last] == -1 or v != v:
+        return np.inf, _NONE
     if v == 0:  # exact: only a tie at 0 with a smaller token may enter (duplicate tokens)
         return v, nr[last]
     return v * v * up[0] + up[1], nr[last]
@@ -236,13 +237,13 @@ def _may_enter(lo, t, bar, idx, j):
 
 
 @numba.njit(nogil=True, cache=True)
-def _exact(xs, g, i0, j0, diag, pl, cl, up, trow, tcol, cols, lists, e_low, bufs, jbuf, tmp):
+def _exact(xs, g, i0, j0, diag, pl, cl, up, trow, tcol, cols, lists, e_low, bufs, jbuf, scan, counts):
     # Pass 2: every pair that may enter its row's or its column's list is computed exactly
     # (the shared row routine over the row's gathered candidates) and offered to both lists.
     # Returns (i, j) of a distance that overflows the dtype, else (-1, -1).
     rn, rd, rb0, cn, cd, cb0 = lists
-    abuf, bbuf, sq, mx, ab = bufs
     cbar, cidx, ceff = cols  # each column list's _bar, and min(tcol, bar)
+    lob, hit = scan  # one row's lower bounds, and which pairs pass the vector test
     m, n = g.shape
     ndim = xs.shape[1]
     last = rn.shape[1] - 1
@@ -257,41 +258,43 @@ def _exact(xs, g, i0, j0, diag, pl, cl, up, trow, tcol, cols, lists, e_low, bufs
         tr = trow[p]
         bar, idx = _bar(dr, nr, last, up)
         lo_i = pl[i]
-        q = max(0, i + 1 - j0) if diag else 0
+        q0 = max(0, i + 1 - j0) if diag else 0
+        w = n - q0
+        reff = min(tr, bar)
+        # The whole row in one vectorised loop (slices from 0, no branch): the lower bounds,
+        # and a test implied by _may_enter (so nothing is lost) with the bars as they are at
+        # the row's start (they only tighten); false for most pairs
+        gs, ps = g[p, q0:n], pl[j0 + q0 : j0 + n]
+        es, bs, xs_ = ceff[q0:n], cbar[q0:n], cidx[q0:n]
+        jq = j0 + q0
+        for t in range(w):
+            lo = max((lo_i + ps[t]) - cl * gs[t], 0)  # d~^2 >= 0
+            lob[t] = lo
+            row = (lo <= reff) & ((lo < bar) | (jq + t < idx))
+            col = (lo <= es[t]) & ((lo < bs[t]) | (i < xs_[t]))
+            hit[t] = row | col
         cnt = 0
-        while q < n:
-            q1 = min(q + _CHUNK, n)
-            hit = False
-            gs, ps = g[p, q:q1], pl[j0 + q : j0 + q1]
-            es, ts, bs, xs_ = ceff[q:q1], tcol[q:q1], cbar[q:q1], cidx[q:q1]
-            reff = min(tr, bar)
-            for t in range(q1 - q):  # vectorised: no branch, slices indexed from 0
-                lo = max((lo_i + ps[t]) - cl * gs[t], 0)  # d~^2 >= 0
-                tmp[t] = lo
-                # implied by _may_enter (so nothing is lost), and false for most pairs: within
-                # both thresholds, and below the bar unless the other token is the smaller
-                row = (lo <= reff) & ((lo < bar) | (j0 + q + t < idx))
-                col = (lo <= es[t]) & ((lo < bs[t]) | (i < xs_[t]))
-                hit |= row | col
-            if hit:
-                for t in range(q1 - q):
-                    lo = tmp[t]
-                    j = j0 + q + t
-                    if _may_enter(lo, tr, bar, idx, j) or _may_enter(lo, ts[t], bs[t], xs_[t], i):
-                        if cnt == 0:
-                            for d in range(ndim):
-                                abuf[d, 0] = xs[i, d]
-                        for d in range(ndim):
-                            bbuf[d, cnt] = xs[j, d]
-                        jbuf[cnt] = j
-                        cnt += 1
-                        if cnt == width:
-                            over = _flush(cnt, i, bufs, jbuf, lists, j0, tcol, cols, up, e_low)
-                            if over >= 0:
-                                return i, over
-                            bar, idx = _bar(dr, nr, last, up)
-                            cnt = 0
-            q = q1
+        for t in range(w):
+            if not hit[t]:
+                continue
+            lo = lob[t]
+            q = q0 + t
+            j = j0 + q
+            if _may_enter(lo, tr, bar, idx, j) or _may_enter(lo, tcol[q], cbar[q], cidx[q], i):  # the bars now
+                if cnt == 0:
+                    for d in range(ndim):
+                        bufs[0][d, 0] = xs[i, d]
+                for d in range(ndim):
+                    bufs[1][d, cnt] = xs[j, d]
+                jbuf[cnt] = j
+                cnt += 1
+                counts[0] += 1
+                if cnt == width:
+                    over = _flush(cnt, i, bufs, jbuf, lists, j0, tcol, cols, up, e_low)
+                    if over >= 0:
+                        return i, over
+                    bar, idx = _bar(dr, nr, last, up)
+                    cnt = 0
         if cnt:
             over = _flush(cnt, i, bufs, jbuf, lists, j0, tcol, cols, up, e_low)
             if over >= 0:
@@ -311,7 +314,7 @@ def _flush(cnt, i, bufs, jbuf, lists, j0, tcol, cols, up, e_low):
     cbar, cidx, ceff = cols
     last = rn.shape[1] - 1
     width = jbuf.shape[0]
-    if _row(abuf, 0, bbuf, 0, width, sq, mx, ab, e_low):
+    if _row(abuf, 0, bbuf, 0, width, sq, mx, ab, e_low, False):  # no L1 sums
         over = _rescale_row(abuf, 0, bbuf, 0, width, sq, mx, e_low)
         if 0 <= over < cnt:
             return jbuf[over]
@@ -345,6 +348,8 @@ def gemm_pairs(
     *,
     step0: int = 0,
     block_bytes: int = GEMM_BLOCK_BYTES,
+    lists: tuple | None = None,
+    counts: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
     """:func:`dask_pdist.kernels.knn.knn_pairs` (Euclidean) on row-major snapshots, via BLAS.
 
@@ -358,6 +363,11 @@ def gemm_pairs(
         Position of the first step in the whole history, to name a pair in an error.
     block_bytes : int
         Bytes of one product block (rows of ``b`` x all of ``c``); speed and memory only.
+    lists : (b_nbr, b_dist, c_nbr, c_dist), optional
+        Running lists from earlier block pairs, as :func:`dask_pdist.kernels.knn.knn_pairs`
+        takes them: their k-th entries rule pairs out from the start.
+    counts : ndarray of int64, shape (1,), optional
+        Diagnostics: the number of pairs computed exactly is added to ``counts[0]``.
 
     Returns
     -------
@@ -377,8 +387,7 @@ def gemm_pairs(
         return None
     cst = bound_constants(x.dtype, ndim)
     diag = b == c
-    rn, rd = _empty_lists(nstep, b[1] - b[0], k, x.dtype)
-    cn, cd = (rn, rd) if diag else _empty_lists(nstep, c[1] - c[0], k, x.dtype)
+    rn, rd, cn, cd = _start_lists(lists, nstep, b, c, k, x.dtype)
     rho = float(cst[3])
     ch, cl = x.dtype.type(2 * (1 + rho)), x.dtype.type(2 * (1 - rho))
     info = np.finfo(x.dtype)
@@ -393,7 +402,7 @@ def gemm_pairs(
         *(np.empty(width, dtype=x.dtype) for _ in range(3)),  # Euclidean, Chebyshev, L1 out
     )
     jbuf = np.empty(width, dtype=np.int64)
-    tmp = np.empty(_CHUNK, dtype=x.dtype)
+    scan = (np.empty(ncol, dtype=x.dtype), np.empty(ncol, dtype=np.bool_))  # pass 2's row buffers
     lanes = max(_LANES, k)
     cmin = np.empty((lanes, ncol), dtype=x.dtype)
     rmin = np.empty(lanes, dtype=x.dtype)
@@ -408,6 +417,8 @@ def gemm_pairs(
     ph = np.empty(y.shape[0], dtype=x.dtype)
     pl = np.empty(y.shape[0], dtype=x.dtype)
     yc = y if diag else y[nb:]
+    if counts is None:
+        counts = np.zeros(1, dtype=np.int64)
     for s in range(nstep):
         xs = x[s]
         _centre(xs, b[0], b[1], c[0], c[1], y, cst, ph, pl)
@@ -425,7 +436,7 @@ def gemm_pairs(
             lists = (rn[s], rd[s], b[0], cn[s], cd[s], c[0])
             i, j = _exact(
                 xs, g, r0, j0, diag, pl_t, cl, up, trow[: r1 - r0], tcol[:n], (cbar[:n], cidx[:n], ceff[:n]),
-                lists, e_low, bufs, jbuf, tmp,
+                lists, e_low, bufs, jbuf, scan, counts,
             )  # fmt: skip
             _raise_overflow((s if i >= 0 else -1, i, j), x.dtype, step0, 0, 0)
     return rn, rd, cn, cd

@@ -39,3 +39,24 @@ def _insert(nr, dr, v, j):
 
 def _empty_lists(nstep: int, nrows: int, k: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
     return np.full((nstep, nrows, k), -1, dtype=np.int64), np.full((nstep, nrows, k), np.nan, dtype=dtype)
+
+
+def _start_lists(
+    lists: tuple | None, nstep: int, b: tuple[int, int], c: tuple[int, int], k: int, dtype: np.dtype
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    # The lists a block pair's kernel updates: empty, or copies of running lists (b's, then
+    # c's; a diagonal block uses b's for both) carried over from earlier block pairs
+    diag = b == c
+    if lists is None:
+        rn, rd = _empty_lists(nstep, b[1] - b[0], k, dtype)
+        cn, cd = (rn, rd) if diag else _empty_lists(nstep, c[1] - c[0], k, dtype)
+        return rn, rd, cn, cd
+    want = [(nstep, b[1] - b[0], k), (nstep, c[1] - c[0], k)]
+    for pos, (nbr, dist) in enumerate((lists[:2], lists[2:])):
+        if nbr.shape != want[pos] or dist.shape != want[pos] or dist.dtype != dtype:
+            raise ValueError(
+                f"running lists of shape {nbr.shape}/{dist.shape} {dist.dtype}; expected {want[pos]} {dtype}"
+            )
+    rn, rd = np.array(lists[0], dtype=np.int64), lists[1].copy()
+    cn, cd = (rn, rd) if diag else (np.array(lists[2], dtype=np.int64), lists[3].copy())
+    return rn, rd, cn, cd
