@@ -44,8 +44,9 @@ def _results(proc: subprocess.Popen) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def simulated() -> dict[str, str]:
     # the simulator runs on one core: with cores to spare, two processes share the checks
+    # (each process pays numba's and the simulator's start-up, ~6 s: one process on 2 cores)
     n = 2 if (os.cpu_count() or 1) >= 4 else 1
-    procs = [_simulate(KERNEL_CHECKS[i::n]) for i in range(n)]
+    procs = [_simulate(list(CHECKS)[i::n]) for i in range(n)]
     results: dict[str, str] = {}
     for proc in procs:
         results.update(_results(proc))
@@ -57,11 +58,10 @@ def test_cuda_kernel_under_the_simulator(simulated, name):
     assert simulated[name] == "ok", simulated[name]
 
 
-@pytest.mark.slow
-def test_cuda_engine_through_the_graphs_under_the_simulator():
-    # pairwise_distances, neighbours and clusters with engine="cuda" equal engine="cpu"
-    results = _results(_simulate(["engines_give_identical_datasets"]))
-    assert results == {"engines_give_identical_datasets": "ok"}, results["engines_give_identical_datasets"]
+def test_cuda_engine_through_the_graphs_under_the_simulator(simulated):
+    # pairwise_distances, neighbours and clusters with engine="cuda" equal engine="cpu" (run
+    # with the kernel checks, in the same simulator process)
+    assert simulated["engines_give_identical_datasets"] == "ok", simulated["engines_give_identical_datasets"]
 
 
 def test_the_test_process_never_imports_numba_cuda():

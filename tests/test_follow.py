@@ -59,6 +59,12 @@ class Follower:
         code = self.proc.wait(timeout=WAIT)
         return code, self.proc.stderr.read()
 
+    def stop(self) -> tuple[int, str]:
+        """SIGTERM, then finish: where --idle-exit is not what a test checks, it ends the
+        follower once the test saw what it waits for, instead of after idle seconds."""
+        self.proc.send_signal(signal.SIGTERM)
+        return self.finish()
+
 
 def _save_like_trainer(run: Path, step: int, wte: np.ndarray) -> None:
     # Trainer: weights into tmp-checkpoint-N, renamed to checkpoint-N, trainer_state.json last;
@@ -163,12 +169,12 @@ def test_run_folder_on_object_storage_computed_and_followed(tmp_path, s3_bucket)
     assert main(["compute", run, "-o", f"{s3_bucket}/once.zarr", "--no-progress"]) == 0
     assert open_distances(f"{s3_bucket}/once.zarr")["step"].values.tolist() == [10, 20]
     store = f"{s3_bucket}/out/d.zarr"
-    f = Follower("compute", run, "-o", store, "--follow", "--idle-exit", "8", "--no-progress")
+    f = Follower("compute", run, "-o", store, "--follow", "--no-progress")
     f.wait_for("up to step 20")
     for i in (2, 3):
         _upload_checkpoint(local / f"checkpoint-{10 * (i + 1)}", run)
     f.wait_for("up to step 40")
-    code, err = f.finish()
+    code, err = f.stop()
     assert code == 0, err
     assert verify_store(store) == []
     ds = open_distances(store)
@@ -187,13 +193,13 @@ def test_follow_waits_for_a_run_that_has_not_saved_yet(tmp_path, state):
     if state == "logs only":
         (folder / "runs").mkdir()  # Trainer's TensorBoard logs come before any checkpoint
     store = tmp_path / "d.zarr"
-    f = Follower("compute", str(folder), "-o", str(store), "--follow", "--idle-exit", "4", "--no-progress")
+    f = Follower("compute", str(folder), "-o", str(store), "--follow", "--no-progress")
     x = random_history((2, 12, 6), seed=3)
     f.wait_for(f"waiting for the first complete checkpoint in {folder}")
     for i in range(2):
         _save_like_trainer(folder, 10 * (i + 1), x[i])
     f.wait_for("up to step 20")
-    code, err = f.finish()
+    code, err = f.stop()
     assert code == 0, err
     assert open_distances(store)["step"].values.tolist() == [10, 20]
 
@@ -206,14 +212,14 @@ def test_follow_a_run_that_deletes_old_checkpoints(run, tmp_path):
     folder, x = run
     shutil.rmtree(folder / "tmp-checkpoint-150")
     store = tmp_path / "d.zarr"
-    f = Follower("compute", str(folder), "-o", str(store), "--follow", "--idle-exit", "4", "--no-progress")
+    f = Follower("compute", str(folder), "-o", str(store), "--follow", "--no-progress")
     f.wait_for("up to step 100")
     for i in (2, 3, 4, 5):
         _save_like_trainer(folder, 50 * (i + 1), x[i])
         shutil.rmtree(folder / f"checkpoint-{50 * (i - 1)}")
         f.wait_for(f"up to step {50 * (i + 1)}")
     assert "d.zarr: 6 steps, up to step 300" in f.seen[-1]  # the store's steps, not the run folder's two
-    code, err = f.finish()
+    code, err = f.stop()
     assert code == 0 and "Traceback" not in err, err
     assert sorted(p.name for p in folder.iterdir() if p.name.startswith("checkpoint-")) == [
         "checkpoint-250",
@@ -234,10 +240,10 @@ def test_follow_grows_a_store_made_by_a_plain_compute(run, tmp_path):
     shutil.rmtree(folder / "tmp-checkpoint-150")
     store = tmp_path / "d.zarr"
     assert main(["compute", str(folder), "-o", str(store), "--no-progress"]) == 0
-    f = Follower("compute", str(folder), "-o", str(store), "--follow", "--idle-exit", "3", "--no-progress")
+    f = Follower("compute", str(folder), "-o", str(store), "--follow", "--no-progress")
     _save_like_trainer(folder, 150, x[2])
     f.wait_for("up to step 150")
-    code, err = f.finish()
+    code, err = f.stop()
     assert code == 0 and "Traceback" not in err, err
     assert open_distances(store)["step"].values.tolist() == [50, 100, 150]
 

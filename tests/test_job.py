@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 
 import dask
 import pytest
@@ -32,6 +33,29 @@ def test_a_failed_job_calls_on_stop_and_clears_its_bar(capsys):
     with pytest.raises(RuntimeError, match="disk gone"):
         Job(_fail(RuntimeError("disk gone")), desc="writing", on_stop=stopped.append).execute(progress=True)
     assert [str(e) for e in stopped] == ["disk gone"]
+
+
+def test_on_stop_runs_only_when_every_task_the_job_started_has_ended():
+    # dask raises a failed task's error while the others still run; on_stop (which releases a
+    # store's lock) must not run before they end, or they write into a store no longer held
+    started, ended = threading.Event(), threading.Event()
+
+    def running(_):  # noqa: ANN001, ANN202
+        started.set()
+        ended.wait(timeout=1.0)  # set by on_stop when it runs too early, else ends after a second
+        ended.set()
+
+    def failing(_):  # noqa: ANN001, ANN202
+        started.wait(timeout=30)
+        raise RuntimeError("failed")
+
+    seen = []
+    work = [dask.delayed(running)(0), dask.delayed(failing)(1)]
+    with dask.config.set(num_workers=2), pytest.raises(RuntimeError, match="failed"):
+        Job(dask.delayed(list)(work), on_stop=lambda exc: seen.append(ended.is_set()) or ended.set() or "").execute(
+            progress=False
+        )
+    assert seen == [True]
 
 
 def test_a_stop_by_the_input_carries_the_note_of_on_stop():

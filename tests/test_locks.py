@@ -11,9 +11,11 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
+import dask
 import numpy as np
 import pytest
 
@@ -90,17 +92,35 @@ def test_a_finished_writer_releases_its_lock(history, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.zarr", "d.safetensors", "h.safetensors", "n.zarr"]
 
 
-def test_a_failed_writer_releases_its_lock(history, tmp_path):
+def test_a_failed_writer_releases_its_lock_and_leaves_nothing(history, tmp_path):
+    # dask raises the first failed task's error while the tasks beside it still run: the writer
+    # waits for them before discarding its partial output, or one of them writes it again (seen
+    # once under load). Here a write task is surely running when the error comes: each failing
+    # block waits until one has started, and that one ends only when the lock is released (what
+    # a writer that did not wait does right after discarding) or after a second.
     hist = dp.open_history(history, chunks=7)
+    target, started, ended = tmp_path / "n.zarr", threading.Event(), threading.Event()
+
+    def write_late(block: np.ndarray) -> np.ndarray:
+        started.set()
+        deadline = time.monotonic() + 1.0
+        while lock_path(target).exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        ended.set()
+        return block
+
+    def boom(block: np.ndarray) -> np.ndarray:
+        started.wait(timeout=30)
+        raise RuntimeError("boom")
+
     bad = dp.neighbours(hist, k=2).copy()
-    bad["distance"] = bad["distance"].copy(data=bad["distance"].data.map_blocks(_boom, dtype=bad["distance"].dtype))
-    with pytest.raises(RuntimeError, match="boom"):
-        dp.neighbours_to_zarr(bad, tmp_path / "n.zarr")
-    assert list(tmp_path.iterdir()) == [history]
-
-
-def _boom(block: np.ndarray) -> np.ndarray:
-    raise RuntimeError("boom")
+    for name, fn in (("distance", boom), ("neighbour", write_late)):
+        meta = np.empty((0,) * bad[name].ndim, bad[name].dtype)  # not called on an empty block
+        bad[name] = bad[name].copy(data=bad[name].data.map_blocks(fn, meta=meta))
+    with dask.config.set(num_workers=8), pytest.raises(RuntimeError, match="boom"):  # a thread free for write_late
+        dp.neighbours_to_zarr(bad, target)
+    assert started.is_set() and ended.is_set()  # every task it started ended before it raised
+    assert list(tmp_path.iterdir()) == [history]  # no partial output, no lock
 
 
 def _grab(target: str, barrier, results) -> None:  # a child of the race below

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["Job", "progress_bar", "local_scheduler", "interactive"]
+__all__ = ["Job", "progress_bar", "local_scheduler", "local_compute", "interactive"]
 
 
 def interactive() -> bool:
@@ -48,6 +48,34 @@ def local_scheduler() -> dict[str, Any]:
 
         return {"scheduler": get}
     return {}
+
+
+@contextlib.contextmanager
+def local_compute() -> Iterator[dict[str, Any]]:
+    """``dask.compute`` keywords for this process (:func:`local_scheduler`); with the threaded
+    scheduler, a thread pool of the computation's own, and the block ends only when every task
+    it started has ended. dask raises a failed task's error at once while the tasks running
+    beside it go on: a writer that discards its partial output then would see them write into
+    it again (a failed write left its hidden partial output behind)."""
+    import dask
+    import dask.threaded
+    from dask.base import get_scheduler
+
+    kw = local_scheduler()
+    # dask's choice (a client, a configured scheduler or pool) is kept unless it is threads too
+    if dask.config.get("pool", None) is not None or (kw == {} and get_scheduler() not in (None, dask.threaded.get)):
+        yield kw
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dask.system import CPU_COUNT
+
+    executor = getattr(dask.threaded, "ContextAwareThreadPoolExecutor", ThreadPoolExecutor)
+    pool = executor(dask.config.get("num_workers", None) or CPU_COUNT)
+    try:
+        yield {"scheduler": dask.threaded.get, "pool": pool}
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def progress_bar(desc: str, **tqdm_kwargs: Any) -> Any:
@@ -120,9 +148,9 @@ class Job:
         try:
             if scheduler:
                 return self._distributed(scheduler, show)
-            with progress_bar(self.desc, **self.bar) if show else contextlib.nullcontext():
+            with progress_bar(self.desc, **self.bar) if show else contextlib.nullcontext(), local_compute() as kw:
                 # the collection's own compute: xarray objects finalize their graphs themselves
-                return self.work.compute(**local_scheduler())
+                return self.work.compute(**kw)
         except BaseException as exc:
             note = self.on_stop(exc) if self.on_stop is not None else ""
             if note and isinstance(exc, (InputError, OverflowError)):

@@ -28,6 +28,7 @@ from dask_pdist.io.paths import local_path
 from dask_pdist.io.publish import check_parent, clean_stale, discard, hidden_name, named, publish
 from dask_pdist.store.chunk_writes import chunk_writes
 from dask_pdist.store.codecs import checked_codecs
+from dask_pdist.store.job import local_compute
 
 __all__ = ["root_attrs", "check_target", "write_whole", "appended", "open_whole"]
 
@@ -141,7 +142,8 @@ def write_whole(
         job = dask.delayed(_finish, pure=False)(written, str(tmp), str(path), check, overwrite, lock)
         if not compute:
             return job
-        return job.compute()
+        with local_compute() as kw:  # every task ended before a failure discards tmp
+            return job.compute(**kw)
     except BaseException as exc:
         discard(tmp)
         release_lock(path, lock)
