@@ -241,7 +241,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             print("\n" + ptx_check())
         except Exception as e:  # noqa: BLE001 - numba-cuda internals differ by version; the timings still count
-            print(f"\nPTX check not run ({type(e).__name__}: {e}); tests/test_cuda.py checks it where numba-cuda matches")
+            print(
+                f"\nPTX check not run ({type(e).__name__}: {e}); tests/test_cuda.py checks it where numba-cuda matches"
+            )
     print("\n| case | dask_pdist s | torch s | torch / ours | note |\n|---|---|---|---|---|")
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:

@@ -213,18 +213,20 @@ def any_url(spec: str | os.PathLike[str] | Sequence[Any]) -> bool:
 
 def zarr_array(where: Path | Location, mode: str = "r") -> Any:
     """``zarr.open_array`` of a local folder or a URL (through zarr's fsspec store, with the
-    location's storage options)."""
+    location's storage options). Format 3, what every output of dask_pdist is: zarr then
+    reads the one ``zarr.json``, not also the format 2 ``.zarray`` and ``.zattrs``."""
     import zarr
 
     if isinstance(where, Location):
-        return zarr.open_array(where.url, mode=mode, storage_options=dict(where.storage_options))  # type: ignore[arg-type]
-    return zarr.open_array(str(where), mode=mode)  # type: ignore[arg-type]
+        return zarr.open_array(where.url, mode=mode, zarr_format=3, storage_options=dict(where.storage_options))  # type: ignore[arg-type]
+    return zarr.open_array(str(where), mode=mode, zarr_format=3)  # type: ignore[arg-type]
 
 
 def zarr_group(where: Path | Location, mode: str = "r", **kwargs: Any) -> Any:
-    """``zarr.open_group`` of a local folder or a URL."""
+    """``zarr.open_group`` of a local folder or a URL (format 3, as :func:`zarr_array`)."""
     import zarr
 
+    kwargs.setdefault("zarr_format", 3)
     if isinstance(where, Location):
         return zarr.open_group(where.url, mode=mode, storage_options=dict(where.storage_options), **kwargs)  # type: ignore[arg-type]
     return zarr.open_group(str(where), mode=mode, **kwargs)  # type: ignore[arg-type]
