@@ -178,19 +178,20 @@ def identity(path: str | os.PathLike[str] | Location) -> tuple[str, str | int]:
 _SETTLED_NS = 2_000_000_000
 
 
-def version_of(path: str | os.PathLike[str] | Location) -> int:
+def version_of(path: str | os.PathLike[str] | Location, st: os.stat_result | None = None) -> int:
     """A 64-bit hash of a file's current version (local: path, size, mtime, ctime, inode and
     device; URL: its ETag), never 0; 0 for a local file modified (or its metadata changed) in
     the last two seconds, whose identity cannot yet vouch for its content. Equal versions mean
     the file was not rewritten (what git's index and rsync's quick check rely on); a store
-    records them so that an append re-reads only the stored steps whose file changed."""
+    records them so that an append re-reads only the stored steps whose file changed.
+    ``st``: the local file's ``os.stat`` result, when the caller has just taken it."""
     import hashlib
     import time
 
     if isinstance(path, Location):
         what = f"{path.url}\0{path.token()}"
     else:
-        st = os.stat(path)
+        st = st or os.stat(path)
         # ctime too: no user call can set it back, so a file rewritten in place whose mtime was
         # restored (os.utime) still reads as another version
         if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) < _SETTLED_NS:

@@ -43,7 +43,8 @@ from dask_pdist.store.layout import (
 
 __all__ = ["stored_fingerprint", "check_append", "grow", "keep_gone_steps", "VERSION_CHUNK"]
 
-#: Steps per chunk of the recorded input versions (8 kB): every append reads them all.
+#: Steps per chunk of the recorded input versions (8 kB) and, at least, of the step labels:
+#: every append reads them all.
 VERSION_CHUNK = 1024
 
 # fingerprint entries that an appended input may change: its step count, and the identity of
