@@ -9,10 +9,12 @@ Checkpoints come as files (``ckpt/step_500.safetensors``), as Hugging Face style
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import os
 import re
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -53,9 +55,11 @@ _EMBEDDING_KEYS = {
 _DEFAULT_EMBEDDING_KEY = "model.embed_tokens.weight"
 
 
-def _natural_key(path: str) -> list:
-    # "step_10" after "step_9": digit runs compare as numbers
-    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", path)]
+@functools.lru_cache(maxsize=1 << 16)
+def _natural_key(path: str) -> tuple:
+    # "step_10" after "step_9": digit runs compare as numbers (kept: a followed run sorts the
+    # same names at every save)
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", path))
 
 
 def confined(path: Path, folder: Path, what: str, follow_symlinks: bool = False) -> Path:
@@ -163,19 +167,62 @@ def incomplete_reason(path: Path) -> str | None:
     return None
 
 
+#: What a settled checkpoint folder of a run holds (whether it has trainer_state.json, and
+#: its complete checkpoint file), by the ``stat`` data of the folder and of that file: a
+#: folder and file unchanged since (as io/paths.py version_of trusts) are not listed and read
+#: again, so following a run looks into each new checkpoint folder once, not into every one at
+#: every save. Bounded: cleared when full.
+_KNOWN_FOLDERS: dict[tuple[str, bool], tuple[tuple[int, ...], bool, Path, tuple[int, ...]]] = {}
+
+
+def _stat_key(st: os.stat_result) -> tuple[int, ...]:
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev
+
+
+def _known_folder(folder: Path, follow_symlinks: bool) -> tuple[bool, Path] | None:
+    # (has trainer_state.json, its complete checkpoint) if recorded and unchanged since
+    known = _KNOWN_FOLDERS.get((str(folder), follow_symlinks))
+    if known is None:
+        return None
+    try:
+        if _stat_key(os.stat(folder)) != known[0] or _stat_key(os.stat(known[2])) != known[3]:
+            return None
+    except OSError:
+        return None
+    return known[1], known[2]
+
+
+def _remember_folder(folder: Path, follow_symlinks: bool, stated: bool, inner: Path) -> None:
+    from dask_pdist.io.paths import settled
+
+    try:
+        st, inner_st = os.stat(folder), os.stat(inner)
+    except OSError:
+        return
+    if settled(st) and settled(inner_st):
+        if len(_KNOWN_FOLDERS) >= 1 << 16:
+            _KNOWN_FOLDERS.clear()
+        _KNOWN_FOLDERS[(str(folder), follow_symlinks)] = (_stat_key(st), stated, inner, _stat_key(inner_st))
+
+
 def _run_checkpoints(folders: list[Path], follow_symlinks: bool) -> list[Path]:
     # Trainer's folders, the incomplete ones skipped with a note: a tmp-checkpoint-N folder
     # (being saved), one without trainer_state.json while others have one, a file shorter
     # than its header says; never read half-written
     import warnings
 
-    stated = any((f / TRAINER_STATE).is_file() for f in folders)
+    known = {f: _known_folder(f, follow_symlinks) for f in folders}
+    has_state = {f: k[0] if k is not None else (f / TRAINER_STATE).is_file() for f, k in known.items()}
+    stated = any(has_state.values())
     out = []
     for folder in folders:
         if folder.name.startswith("tmp-"):
             why = "being saved (a tmp- folder)"
-        elif stated and not (folder / TRAINER_STATE).is_file():
+        elif stated and not has_state[folder]:
             why = f"no {TRAINER_STATE} yet (being saved)"
+        elif known[folder] is not None:
+            out.append(known[folder][1])  # type: ignore[index]
+            continue
         else:
             inner = _checkpoint_in(folder, follow_symlinks)
             if inner is None and any(folder.glob("*.bin")):  # save_safetensors=False: never a safetensors file
@@ -183,6 +230,8 @@ def _run_checkpoints(folders: list[Path], follow_symlinks: bool) -> list[Path]:
             why = "no checkpoint file yet" if inner is None else incomplete_reason(inner)
             if why is None and inner is not None:
                 out.append(inner)
+                if not inner.name.endswith(INDEX_SUFFIX):  # (a sharded one's shards are not recorded)
+                    _remember_folder(folder, follow_symlinks, has_state[folder], inner)
                 continue
         warnings.warn(f"{folder}: skipped, incomplete: {why}", SkippedCheckpointWarning, stacklevel=3)
     if not out:
@@ -251,13 +300,22 @@ def checkpoint_paths(spec: str | Sequence[str | os.PathLike[str]], follow_symlin
         paths = []
         for p in spec:
             path = Path(p)
-            inner = _checkpoint_in(path, follow_symlinks) if path.is_dir() else None
-            if inner is None:  # not a folder holding a checkpoint: must be a regular file
+            try:
+                mode = os.stat(path).st_mode
+            except OSError:
+                mode = 0  # require_regular_file says why
+            inner = _checkpoint_in(path, follow_symlinks) if stat.S_ISDIR(mode) else None
+            if inner is None and not stat.S_ISREG(mode):  # not a folder holding a checkpoint: must be a regular file
                 require_regular_file(path, "checkpoint file")
             paths.append(inner or path)
         if not paths:
             raise InputError("open_history got an empty list of checkpoint files; give at least one")
-    return sorted(paths, key=lambda p: (_natural_key(p.name), _natural_key(str(p))))
+    return sorted(paths, key=_path_order)
+
+
+def _path_order(p: Path) -> tuple:
+    text = str(p)
+    return _natural_key(os.path.basename(text)), _natural_key(text)
 
 
 def _varying_numbers(paths: list[Path]) -> list[int] | None:

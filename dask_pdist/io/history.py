@@ -280,14 +280,14 @@ def open_history(
         x = da.from_array(
             stack,
             chunks=(spec := _source_chunks(chunks, stack, token_ids))[0],
-            name=f"history-{da.core.tokenize([f.identity for f in files], key, nonfinite, spec[0])}",
+            name=f"history-{da.core.tokenize(_identities(files), key, nonfinite, spec[0])}",
             meta=np.empty((0, 0, 0), dtype=stack.dtype),
             asarray=False,
             fancy=False,
         )
         fingerprint = hashlib.sha256(
             "\n".join(
-                f.fingerprint(locate(p), start) for f, p, start in zip(files, stack.paths, stack.starts, strict=True)
+                f.fingerprint(p, start) for f, p, start in zip(files, stack.paths, stack.starts, strict=True)
             ).encode()
         ).hexdigest()[:32]
         versions = np.array([f.version for f in files], dtype=np.uint64)
@@ -330,6 +330,11 @@ def open_history(
     version = 0 if path.is_dir() else version_of(path)
     versions = np.full(x.shape[0], version, dtype=np.uint64)
     return _label(x, labels, tokens, str(path), key, kind, fingerprint, spec[1], versions)
+
+
+def _identities(files: list) -> str:
+    # the files' identities as one string: dask tokenizes a list of tuples item by item
+    return "\n".join(f"{path}\0{version}" for path, version in (f.identity for f in files))
 
 
 def _label(

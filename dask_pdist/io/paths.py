@@ -62,6 +62,7 @@ __all__ = [
     "local_path",
     "glob_locations",
     "identity",
+    "settled",
     "options_for",
     "zarr_array",
     "zarr_group",
@@ -178,6 +179,14 @@ def identity(path: str | os.PathLike[str] | Location) -> tuple[str, str | int]:
 _SETTLED_NS = 2_000_000_000
 
 
+def settled(st: os.stat_result) -> bool:
+    """True if a local file (or folder) was last modified, or its metadata changed, at least
+    two seconds ago: its ``stat`` data can then vouch for its content (see :func:`version_of`)."""
+    import time
+
+    return time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) >= _SETTLED_NS
+
+
 def version_of(path: str | os.PathLike[str] | Location, st: os.stat_result | None = None) -> int:
     """A 64-bit hash of a file's current version (local: path, size, mtime, ctime, inode and
     device; URL: its ETag), never 0; 0 for a local file modified (or its metadata changed) in
@@ -186,7 +195,6 @@ def version_of(path: str | os.PathLike[str] | Location, st: os.stat_result | Non
     records them so that an append re-reads only the stored steps whose file changed.
     ``st``: the local file's ``os.stat`` result, when the caller has just taken it."""
     import hashlib
-    import time
 
     if isinstance(path, Location):
         what = f"{path.url}\0{path.token()}"
@@ -194,7 +202,7 @@ def version_of(path: str | os.PathLike[str] | Location, st: os.stat_result | Non
         st = st or os.stat(path)
         # ctime too: no user call can set it back, so a file rewritten in place whose mtime was
         # restored (os.utime) still reads as another version
-        if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) < _SETTLED_NS:
+        if not settled(st):
             return 0
         what = f"{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0{st.st_ino}\0{st.st_dev}"
     return int.from_bytes(hashlib.blake2b(what.encode(), digest_size=8).digest(), "little") | 1

@@ -281,10 +281,10 @@ class _FileFacts:
         self.tensors, self.identity, self.version, self.size = tensors, ident, version, size
         self.fingerprints: dict[int, str] = {}
 
-    def fingerprint(self, path: Path | Location, header_bytes: int) -> str:
+    def fingerprint(self, path: str | Path | Location, header_bytes: int) -> str:
         # size and header hash: what --resume compares to know the input is the same
         if header_bytes not in self.fingerprints:
-            head = pread_exact(path, 0, header_bytes)
+            head = pread_exact(locate(path), 0, header_bytes)
             self.fingerprints[header_bytes] = f"{self.size}:{hashlib.sha256(head).hexdigest()[:32]}"
         return self.fingerprints[header_bytes]
 
@@ -339,11 +339,12 @@ def _open_checkpoints(
         facts = _file_facts(path)
         files.append(facts)
         tensors = facts.tensors
-        ndims = {n: len(t.shape) for n, t in tensors.items()}
         if key is None:  # from config.json: GPT-2, Llama, Qwen, GPT-NeoX, ...
             key = embedding_key(path, {n: tuple(t.shape) for n, t in tensors.items()})  # type: ignore[arg-type]
-        hint = ", e.g. model.embed_tokens.weight"
-        key = _choose_key(path, ndims, key, 2, "tensor", "embedding matrix", _tensor_list(tensors), hint)
+        if key not in tensors:  # raises, listing the tensors
+            ndims = {n: len(t.shape) for n, t in tensors.items()}
+            hint = ", e.g. model.embed_tokens.weight"
+            _choose_key(path, ndims, key, 2, "tensor", "embedding matrix", _tensor_list(tensors), hint)
         info = tensors[key]
         if len(info.shape) != 2:
             raise InputError(
