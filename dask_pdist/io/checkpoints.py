@@ -354,7 +354,7 @@ def checkpoint_steps(paths: list[Path]) -> np.ndarray | None:
     array([ 500, 1000])
     """
     numbers, origin = None, "Trainer folder"
-    folders = [_TRAINER_FOLDER.fullmatch(p.parent.name) for p in paths]
+    folders = [_TRAINER_FOLDER.fullmatch(os.path.basename(os.path.dirname(p))) for p in paths]
     if all(folders):  # checkpoint-500/model.safetensors -> 500, even for one checkpoint
         numbers = [int(m[1]) for m in folders if m]
     if numbers is None:

@@ -250,7 +250,7 @@ class _StackSource(_RawSource):
 
 def _step_path(p: Path | Location) -> Path:
     # checkpoint_steps reads numbers from path components: a URL's part after the scheme
-    return Path(str(p).split("://", 1)[-1])
+    return p if isinstance(p, Path) else Path(str(p).split("://", 1)[-1])
 
 
 def _url_checkpoints(
@@ -289,7 +289,7 @@ class _FileFacts:
         return self.fingerprints[header_bytes]
 
 
-#: The facts of settled local files, by absolute path, with the ``stat`` data they were read
+#: The facts of settled local files, by path, with the ``stat`` data they were read
 #: under: a file still that version (what the store's recorded versions trust too, see
 #: version_of) is not read again, so that following a run reads each new checkpoint's header
 #: once, not the whole run's at every save. Bounded: cleared when full.
@@ -305,7 +305,7 @@ def _file_facts(path: Path | Location) -> _FileFacts:
         st = os.stat(path)
     except OSError:
         st = None  # read_header says why
-    where = os.path.abspath(path)
+    where = str(path)  # (relative to another folder, it is another file: its inode says so)
     seen = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev) if st is not None else None
     known = _KNOWN.get(where)
     if known is not None and known[0] == seen and stat.S_ISREG(st.st_mode):  # type: ignore[union-attr]

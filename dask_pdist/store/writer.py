@@ -188,9 +188,10 @@ def _write_graph(ds: xr.Dataset, path: StorePath, todo: np.ndarray, lock: str) -
     # building it costs what the job writes, not the steps the store holds
     block0 = int(np.argwhere(todo)[:, 0].min()) if todo.any() else 0
     step0 = int(sum(ds.chunksizes["step"][:block0]))
-    ds, todo = ds.isel(step=slice(step0, None)), todo[block0:]
+    todo = todo[block0:]
     for name in names:
-        data = ds[name.split("/")[-1]].data
+        # whole blocks: selecting them costs what is selected (slicing normalises every chunk)
+        data = ds[name.split("/")[-1]].data.blocks[block0:]
         digests = data.map_blocks(
             _write_chunk,
             store=path,
