@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from dask_pdist.errors import InputError, SkippedCheckpointWarning
+from dask_pdist.io.known_files import known_folder, remember_folder
 from dask_pdist.io.safetensors_format import require_regular_file
 
 __all__ = [
@@ -167,51 +168,13 @@ def incomplete_reason(path: Path) -> str | None:
     return None
 
 
-#: What a settled checkpoint folder of a run holds (whether it has trainer_state.json, and
-#: its complete checkpoint file), by the ``stat`` data of the folder and of that file: a
-#: folder and file unchanged since (as io/paths.py version_of trusts) are not listed and read
-#: again, so following a run looks into each new checkpoint folder once, not into every one at
-#: every save. Bounded: cleared when full.
-_KNOWN_FOLDERS: dict[tuple[str, bool], tuple[tuple[int, ...], bool, Path, tuple[int, ...]]] = {}
-
-
-def _stat_key(st: os.stat_result) -> tuple[int, ...]:
-    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev
-
-
-def _known_folder(folder: Path, follow_symlinks: bool) -> tuple[bool, Path] | None:
-    # (has trainer_state.json, its complete checkpoint) if recorded and unchanged since
-    known = _KNOWN_FOLDERS.get((str(folder), follow_symlinks))
-    if known is None:
-        return None
-    try:
-        if _stat_key(os.stat(folder)) != known[0] or _stat_key(os.stat(known[2])) != known[3]:
-            return None
-    except OSError:
-        return None
-    return known[1], known[2]
-
-
-def _remember_folder(folder: Path, follow_symlinks: bool, stated: bool, inner: Path) -> None:
-    from dask_pdist.io.paths import settled
-
-    try:
-        st, inner_st = os.stat(folder), os.stat(inner)
-    except OSError:
-        return
-    if settled(st) and settled(inner_st):
-        if len(_KNOWN_FOLDERS) >= 1 << 16:
-            _KNOWN_FOLDERS.clear()
-        _KNOWN_FOLDERS[(str(folder), follow_symlinks)] = (_stat_key(st), stated, inner, _stat_key(inner_st))
-
-
 def _run_checkpoints(folders: list[Path], follow_symlinks: bool) -> list[Path]:
     # Trainer's folders, the incomplete ones skipped with a note: a tmp-checkpoint-N folder
     # (being saved), one without trainer_state.json while others have one, a file shorter
     # than its header says; never read half-written
     import warnings
 
-    known = {f: _known_folder(f, follow_symlinks) for f in folders}
+    known = {f: known_folder(f, follow_symlinks) for f in folders}
     has_state = {f: k[0] if k is not None else (f / TRAINER_STATE).is_file() for f, k in known.items()}
     stated = any(has_state.values())
     out = []
@@ -231,7 +194,7 @@ def _run_checkpoints(folders: list[Path], follow_symlinks: bool) -> list[Path]:
             if why is None and inner is not None:
                 out.append(inner)
                 if not inner.name.endswith(INDEX_SUFFIX):  # (a sharded one's shards are not recorded)
-                    _remember_folder(folder, follow_symlinks, has_state[folder], inner)
+                    remember_folder(folder, follow_symlinks, has_state[folder], inner)
                 continue
         warnings.warn(f"{folder}: skipped, incomplete: {why}", SkippedCheckpointWarning, stacklevel=3)
     if not out:

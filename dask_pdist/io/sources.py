@@ -7,10 +7,8 @@ labels the result.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
-import stat
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -27,15 +25,14 @@ from dask_pdist.io.checkpoints import (
     embedding_key,
     tensor_file,
 )
+from dask_pdist.io.known_files import FileFacts, file_facts
 from dask_pdist.io.paths import (
     Location,
     any_url,
     glob_locations,
-    identity,
     is_remote,
     locate,
     open_reader,
-    version_of,
     zarr_store,
 )
 from dask_pdist.io.safetensors_format import (
@@ -273,60 +270,13 @@ def _url_checkpoints(
     return sorted(found, key=lambda p: (_natural_key(p.name), _natural_key(str(p))))
 
 
-class _FileFacts:
-    """What opening a history needs of one checkpoint file: its tensors (header), identity
-    (for graph keys), version (io/paths.py version_of) and fingerprints (by header length)."""
-
-    def __init__(self, tensors: dict[str, TensorInfo], ident: tuple, version: int, size: int) -> None:
-        self.tensors, self.identity, self.version, self.size = tensors, ident, version, size
-        self.fingerprints: dict[int, str] = {}
-
-    def fingerprint(self, path: str | Path | Location, header_bytes: int) -> str:
-        # size and header hash: what --resume compares to know the input is the same
-        if header_bytes not in self.fingerprints:
-            head = pread_exact(locate(path), 0, header_bytes)
-            self.fingerprints[header_bytes] = f"{self.size}:{hashlib.sha256(head).hexdigest()[:32]}"
-        return self.fingerprints[header_bytes]
-
-
-#: The facts of settled local files, by path, with the ``stat`` data they were read
-#: under: a file still that version (what the store's recorded versions trust too, see
-#: version_of) is not read again, so that following a run reads each new checkpoint's header
-#: once, not the whole run's at every save. Bounded: cleared when full.
-_KNOWN: dict[str, tuple[tuple[int, ...], _FileFacts]] = {}
-_KNOWN_MAX = 1 << 16
-
-
-def _file_facts(path: Path | Location) -> _FileFacts:
-    if is_remote(path):
-        tensors, _ = read_header(path)
-        return _FileFacts(tensors, identity(path), version_of(path), path.size("checkpoint file"))
-    try:
-        st = os.stat(path)
-    except OSError:
-        st = None  # read_header says why
-    where = str(path)  # (relative to another folder, it is another file: its inode says so)
-    seen = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev) if st is not None else None
-    known = _KNOWN.get(where)
-    if known is not None and known[0] == seen and stat.S_ISREG(st.st_mode):  # type: ignore[union-attr]
-        return known[1]
-    tensors, _ = read_header(path)
-    st = st or os.stat(path)
-    facts = _FileFacts(tensors, (str(Path(path).resolve()), st.st_mtime_ns), version_of(path, st), st.st_size)
-    if facts.version:  # settled: its identity vouches for its content
-        if len(_KNOWN) >= _KNOWN_MAX:
-            _KNOWN.clear()
-        _KNOWN[where] = ((st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev), facts)
-    return facts
-
-
 def _open_checkpoints(
     spec: str | Sequence[str | os.PathLike[str]],
     key: str | None,
     nonfinite: str,
     storage_options: dict | None = None,
     follow_symlinks: bool = False,
-) -> tuple[_StackSource, str, str, list[Path | Location], str, list[_FileFacts]]:
+) -> tuple[_StackSource, str, str, list[Path | Location], str, list[FileFacts]]:
     checkpoints = _url_checkpoints(spec, storage_options) if any_url(spec) else checkpoint_paths(spec, follow_symlinks)
     starts = []
     paths = []
@@ -336,7 +286,7 @@ def _open_checkpoints(
         # the shard holding key, for a sharded checkpoint
         path = checkpoint if is_remote(checkpoint) else tensor_file(checkpoint, key, follow_symlinks)
         paths.append(path)
-        facts = _file_facts(path)
+        facts = file_facts(path)
         files.append(facts)
         tensors = facts.tensors
         if key is None:  # from config.json: GPT-2, Llama, Qwen, GPT-NeoX, ...
