@@ -39,6 +39,7 @@ __all__ = [
 
 #: Name ending of a sharded checkpoint's index (``model.safetensors.index.json``).
 INDEX_SUFFIX = ".safetensors.index.json"
+_DIGIT_RUNS = re.compile(r"(\d+)")
 _RANGE = re.compile(r"^(-?\d+):(-?\d+)(?::(-?\d+))?$")
 #: A Hugging Face Trainer checkpoint folder (``tmp-checkpoint-N`` is one being saved).
 _TRAINER_FOLDER = re.compile(r"checkpoint-(\d+)")
@@ -264,7 +265,7 @@ def checkpoint_paths(spec: str | Sequence[str | os.PathLike[str]], follow_symlin
         for p in spec:
             path = Path(p)
             try:
-                mode = os.stat(path).st_mode
+                mode = os.stat(p).st_mode
             except OSError:
                 mode = 0  # require_regular_file says why
             inner = _checkpoint_in(path, follow_symlinks) if stat.S_ISDIR(mode) else None
@@ -284,12 +285,15 @@ def _path_order(p: Path) -> tuple:
 def _varying_numbers(paths: list[Path]) -> list[int] | None:
     # the number in the part of the path that differs between checkpoints (a glob's match):
     # checkpoint-500/model.safetensors -> 500, even though the file names are all alike
-    parts = [re.split(r"(\d+)", os.path.abspath(p)) for p in paths]
+    parts = [_DIGIT_RUNS.split(os.path.abspath(p)) for p in paths]
     if len({len(x) for x in parts}) != 1:
         return None
-    if any(x[i] != parts[0][i] for x in parts for i in range(0, len(parts[0]), 2)):
+    between = parts[0][0::2]
+    if any(x[0::2] != between for x in parts):
         return None  # the text between the numbers differs too: no common pattern
-    varying = [i for i in range(1, len(parts[0]), 2) if len({int(x[i]) for x in parts}) > 1]
+    varying = [
+        i for i in range(1, len(parts[0]), 2) if len({x[i] for x in parts}) > 1 and len({int(x[i]) for x in parts}) > 1
+    ]
     return [int(x[varying[-1]]) for x in parts] if varying else None
 
 
