@@ -109,10 +109,11 @@ def test_append_rewrites_only_the_partial_block(history, tmp_path):
     data = {k for k in changed if not k.endswith("zarr.json")}
     per_step = ["euclidean/c/{}/0/0", "chebyshev/c/{}/0/0", "embedding_rms/c/{}", "_dask_pdist/input_checksum/c/{}"]
     books = ["_dask_pdist/chunk_done/c/{}/0/0", "_dask_pdist/chunk_digest/c/{}/0/0/0"]
-    # the partly filled block 2 and the new block 3, the chunk of step labels past the old end,
-    # and the (last) chunk of the packed digest table that holds blocks 2 and 3
+    # the partly filled block 2 and the new block 3, the chunk of step labels holding the old
+    # end (1,024 labels per chunk), and the (last) chunk of the packed digest table that holds
+    # blocks 2 and 3
     packed = "_dask_pdist/chunk_digest_packed/c/0/0/0/0"
-    assert data == {f.format(b) for f in per_step + books for b in (2, 3)} | {"step/c/1", packed}
+    assert data == {f.format(b) for f in per_step + books for b in (2, 3)} | {"step/c/0", packed}
     assert len(after[packed][0]) < 1_000  # compressed: the digests, not the chunk's unfilled end
     # metadata: a fixed amount per append (the arrays' shapes), whatever V and the step count
     assert sum(len(after[k][0]) for k in changed - data) < 25_000
