@@ -27,6 +27,8 @@ from dask_pdist.conventions import METRICS
 from dask_pdist.errors import SkippedCheckpointWarning, StoreError
 from dask_pdist.graphs.dataset import pairwise_distances
 from dask_pdist.io.history import open_history
+from dask_pdist.store.guards import stop_job
+from dask_pdist.store.job import Job
 from dask_pdist.store.writer import to_zarr
 
 __all__ = ["DistancesCallback"]
@@ -98,7 +100,9 @@ class DistancesCallback(TrainerCallback):
                 warnings.simplefilter("ignore", SkippedCheckpointWarning)  # being saved: the next save takes it
                 history = open_history(run_dir, key=self.key, chunks=1)
             ds = pairwise_distances(history, metrics=self.metrics, dtype=self.dtype)  # type: ignore[arg-type]
-            to_zarr(ds, self.store, append=True, compressor=self.compressor, progress=False)  # type: ignore[arg-type]
+            # run as compute --append runs it: the grown store is not opened (to_zarr would return it)
+            job = to_zarr(ds, self.store, append=True, compressor=self.compressor, compute=False)  # type: ignore[arg-type]
+            Job(job, desc="appending", on_stop=lambda exc: stop_job(self.store, exc)).execute(progress=False)
         except FileNotFoundError as exc:  # Trainer deleted a checkpoint while it was read
             raise _CheckpointDeleted(
                 f"{self.store}: a checkpoint of {run_dir} was deleted while its distances were appended ({exc});"

@@ -4,6 +4,7 @@ that does not continue the store, leaving it untouched."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -14,7 +15,7 @@ import zarr
 
 from conftest import oracle, random_history
 from dask_pdist import StoreError, open_distances, open_history, pairwise_distances, to_zarr, verify_store
-from dask_pdist.store.layout import release_lock
+from dask_pdist.store.layout import consolidate, release_lock
 
 SHAPE = (14, 9, 5)
 
@@ -108,10 +109,11 @@ def test_append_rewrites_only_the_partial_block(history, tmp_path):
     data = {k for k in changed if not k.endswith("zarr.json")}
     per_step = ["euclidean/c/{}/0/0", "chebyshev/c/{}/0/0", "embedding_rms/c/{}", "_dask_pdist/input_checksum/c/{}"]
     books = ["_dask_pdist/chunk_done/c/{}/0/0", "_dask_pdist/chunk_digest/c/{}/0/0/0"]
-    # the partly filled block 2 and the new block 3, the chunk of step labels past the old end,
-    # and the (last) chunk of the packed digest table that holds blocks 2 and 3
+    # the partly filled block 2 and the new block 3, the chunk of step labels holding the old
+    # end (1,024 labels per chunk), and the (last) chunk of the packed digest table that holds
+    # blocks 2 and 3
     packed = "_dask_pdist/chunk_digest_packed/c/0/0/0/0"
-    assert data == {f.format(b) for f in per_step + books for b in (2, 3)} | {"step/c/1", packed}
+    assert data == {f.format(b) for f in per_step + books for b in (2, 3)} | {"step/c/0", packed}
     assert len(after[packed][0]) < 1_000  # compressed: the digests, not the chunk's unfilled end
     # metadata: a fixed amount per append (the arrays' shapes), whatever V and the step count
     assert sum(len(after[k][0]) for k in changed - data) < 25_000
@@ -249,10 +251,11 @@ def test_interrupted_append_is_finished_by_append_or_resume(history, tmp_path, m
         assert verify_store(store) == []
 
 
-@pytest.mark.parametrize("where", ["consolidate", "_write_steps"])
+@pytest.mark.parametrize("where", ["consolidate_changed", "_write_steps", "resize_in_metadata"])
 @pytest.mark.parametrize("how", ["append", "resume"])
 def test_append_killed_while_growing_is_finished(history, tmp_path, monkeypatch, how, where):
-    # killed after every array was resized, or between the resize of `step` and its new labels
+    # killed after every array was resized, between the resize of `step` and its new labels,
+    # or after the store was marked incomplete, before any array was resized
     import dask_pdist.store.append as append
 
     _, _, write = history
@@ -274,6 +277,52 @@ def test_append_killed_while_growing_is_finished(history, tmp_path, monkeypatch,
     _assert_same_arrays(whole, store)
     assert verify_store(store) == []
     assert os.listdir(tmp_path).count(".d.zarr.lock") == 0
+
+
+@pytest.mark.parametrize("writes", [2, 4, 7])
+@pytest.mark.parametrize("how", ["append", "resume"])
+def test_append_killed_between_metadata_writes_is_finished(history, tmp_path, monkeypatch, how, writes):
+    # the growth writes the root (incomplete), then each array's zarr.json: killed after some
+    # arrays were resized and others not, --append and --resume still finish it
+    import dask_pdist.store.layout as layout
+
+    _, _, write = history
+    whole = tmp_path / "whole.zarr"
+    to_zarr(_distances(write(14)), whole)
+    store = tmp_path / "d.zarr"
+    to_zarr(_distances(write(10)), store)
+    real, calls = layout.replace_bytes, []
+
+    def killed(where, data):
+        calls.append(where)
+        if len(calls) > writes:
+            raise KeyboardInterrupt
+        real(where, data)
+
+    monkeypatch.setattr(layout, "replace_bytes", killed)
+    with pytest.raises(KeyboardInterrupt):
+        to_zarr(_distances(write(14)), store, append=True)
+    monkeypatch.undo()
+    assert calls[0] == store / "zarr.json" and any(c != store / "zarr.json" for c in calls[1:writes])
+    with pytest.raises(StoreError, match="incomplete"):
+        open_distances(store)
+    to_zarr(_distances(write(14)), store, **{how: True})
+    _assert_same_arrays(whole, store)
+    assert verify_store(store) == []
+
+
+def test_append_consolidated_metadata_is_zarrs(history, tmp_path):
+    # an append writes the consolidated metadata itself (the arrays it resized): what zarr's
+    # own consolidation of the grown store gives
+    _, _, write = history
+    store = tmp_path / "d.zarr"
+    to_zarr(_distances(write(10)), store)
+    to_zarr(_distances(write(14)), store, append=True)
+    ours = json.loads((store / "zarr.json").read_text())["consolidated_metadata"]
+    consolidate(store)  # zarr's consolidate_metadata
+    theirs = json.loads((store / "zarr.json").read_text())["consolidated_metadata"]
+    assert ours == theirs
+    assert ours["metadata"]["euclidean"]["shape"][0] == 14
 
 
 def test_reader_opened_before_an_append(history, tmp_path):

@@ -125,18 +125,20 @@ def test_a_file_rewritten_with_the_same_values_is_checked_then_vouched_for(
 
 
 def test_a_just_written_file_is_read_again_next_time(checkpoints, tmp_path, read_steps, monkeypatch):
-    import dask_pdist.io.history
+    import dask_pdist.io.known_files
 
     x, files = checkpoints
     store = tmp_path / "d.zarr"
     to_zarr(_distances(files(5)), store)
     newest = str(Path(files(6)[-1]))
-    real = dask_pdist.io.history.version_of
+    real = dask_pdist.io.known_files.version_of
     # saved a moment ago, as --follow usually meets a checkpoint: version_of cannot vouch for it
-    monkeypatch.setattr(dask_pdist.io.history, "version_of", lambda p: 0 if str(p) == newest else real(p))
+    monkeypatch.setattr(
+        dask_pdist.io.known_files, "version_of", lambda p, st=None: 0 if str(p) == newest else real(p, st)
+    )
     to_zarr(_distances(files(6)), store, append=True)
     assert _versions(store)[5] == 0  # not vouched for: its mtime may not yet show a rewrite
-    monkeypatch.setattr(dask_pdist.io.history, "version_of", real)  # it has aged since
+    monkeypatch.setattr(dask_pdist.io.known_files, "version_of", real)  # it has aged since
     read_steps.clear()
     to_zarr(_distances(files(7)), store, append=True)
     assert sum(read_steps) == 2  # step 5 checked again, and the new step
@@ -179,3 +181,28 @@ def test_a_damaged_version_record_only_costs_reading(checkpoints, tmp_path, read
     read_steps.clear()
     to_zarr(_distances(files(8)), store, append=True)
     assert sum(read_steps) == 1
+
+
+def test_opening_again_reads_only_changed_headers(checkpoints, monkeypatch, write_safetensors):
+    # a settled checkpoint file still its recorded version is not read again when the run is
+    # opened again (following a run: each save opens the whole run); a rewritten one is
+    import dask_pdist.io.known_files as known_files
+
+    x, files = checkpoints
+    read = []
+    real = known_files.read_header
+    monkeypatch.setattr(known_files, "read_header", lambda p: read.append(str(p)) or real(p))
+    first = open_history(files(6), chunks=1)
+    assert len(read) == 6
+    again = open_history(files(7), chunks=1)
+    assert read[6:] == files(7)[6:]  # only the new checkpoint
+    assert again.attrs["source_fingerprint"] != first.attrs["source_fingerprint"]
+    np.testing.assert_array_equal(again[:6].values, first.values)
+    changed = x[2] + 1
+    write_safetensors(Path(files(3)[2]).name, {"other": np.zeros(3, np.float32), "embedding": changed})
+    del read[:]
+    now = open_history(files(7), chunks=1)
+    assert read == [files(3)[2]]  # its version changed: read again, its new header used
+    np.testing.assert_array_equal(now[2].values, changed)
+    assert now.attrs["source_fingerprint"] != again.attrs["source_fingerprint"]
+    assert now["input_version"].values[2] not in (0, again["input_version"].values[2])

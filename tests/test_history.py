@@ -329,3 +329,31 @@ def test_checkpoint_truncated_after_opening_is_a_clean_error(write_safetensors, 
     np.testing.assert_array_equal(h.isel(step=slice(0, 2)).values, x[:2])  # other tasks unaffected
     with pytest.raises(InputError, match=r"s3.safetensors: file ended .* truncated or replaced after it was opened"):
         dask.compute(h.data, scheduler="sync")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("shape", "step_chunk"), [((11, 37, 13), 3), ((7, 131, 67), 1)])
+def test_step_rms_one_task_per_step_chunk(shape, step_chunk, dtype):
+    # whole (token, dim) chunks: one task per step-chunk, the same bits as dask's reduction over
+    # the same chunks (what stores written before hold), and float64's value over the finite
+    # coordinates (NaN where none is)
+    import dask.array as da
+
+    from dask_pdist.io.history import step_rms
+
+    x = random_history(shape, scale=3.0).astype(dtype)
+    x[0, 2, 1], x[1, 0, 0], x[2] = np.nan, np.inf, np.nan
+    data = da.from_array(x, chunks=(step_chunk, -1, -1))
+    got = step_rms(data)
+    assert len(dict(got.__dask_graph__())) == 2 * data.numblocks[0]  # the input's tasks and one per chunk
+    got = got.compute()
+    finite = da.isfinite(data)
+    count = finite.sum(axis=(1, 2))
+    squares = da.where(finite, data.astype("float64") ** 2, 0.0).sum(axis=(1, 2))
+    np.testing.assert_array_equal(got, da.where(count > 0, da.sqrt(squares / da.maximum(count, 1)), np.nan).compute())
+    finite = np.isfinite(x)
+    want = [np.sqrt(np.sum(x[i][finite[i]].astype(np.float64) ** 2) / finite[i].sum()) for i in range(3, shape[0])]
+    np.testing.assert_allclose(got[3:], want, rtol=1e-13)
+    assert np.isnan(got[2]) and got.dtype == np.float64
+    tiled = step_rms(da.from_array(x, chunks=(step_chunk, 5, 4))).compute()  # the reduction's path
+    np.testing.assert_allclose(tiled, got, rtol=1e-14)

@@ -208,3 +208,33 @@ def test_pytorch_bin_checkpoints_are_named_not_waited_for(tmp_path):
     (folder / "trainer_state.json").write_text("{}")
     with pytest.raises(InputError, match=r"checkpoint-10: holds PyTorch \.bin weights only; .*save_safetensors=True"):
         open_history(tmp_path / "run")
+
+
+def test_opening_a_run_again_looks_only_into_changed_folders(run, monkeypatch):
+    # a settled checkpoint folder, unchanged since it was found complete, is not listed and
+    # read again (following a run opens it at every save); a new or changed one is
+    import dask_pdist.io.checkpoints as checkpoints
+    import dask_pdist.io.paths
+
+    folder, x = run
+    monkeypatch.setattr(dask_pdist.io.paths, "_SETTLED_NS", 0)  # as if saved two seconds ago
+    looked = []
+    real = checkpoints._checkpoint_in
+    monkeypatch.setattr(checkpoints, "_checkpoint_in", lambda f, *a: looked.append(f.name) or real(f, *a))
+    open_history(folder)
+    assert sorted(looked) == [f"checkpoint-{s}" for s in (100, 150, 200, 50)]
+    del looked[:]
+    save_checkpoint(folder, 250, gpt2_tensors(x[4]), state=False)  # being saved: skipped
+    with pytest.warns(SkippedCheckpointWarning, match="checkpoint-250: skipped"):
+        h = open_history(folder)
+    assert looked == [] and len(h.step) == 4
+    (folder / "checkpoint-250" / "trainer_state.json").write_text("{}")
+    changed = x[1] + 1
+    save_checkpoint(folder, 100, gpt2_tensors(changed))  # rewritten: looked into again
+    h = open_history(folder)
+    assert sorted(looked) == ["checkpoint-100", "checkpoint-250"]
+    np.testing.assert_array_equal(h.values[[1, 4]], [changed, x[4]])
+    (folder / "checkpoint-150" / "trainer_state.json").unlink()  # the folder changed: looked into again
+    with pytest.warns(SkippedCheckpointWarning, match="checkpoint-150: skipped, incomplete: no trainer_state"):
+        h = open_history(folder)
+    assert h.step.values.tolist() == [50, 100, 200, 250]

@@ -9,16 +9,19 @@ Checkpoints come as files (``ckpt/step_500.safetensors``), as Hugging Face style
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import os
 import re
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from dask_pdist.errors import InputError, SkippedCheckpointWarning
+from dask_pdist.io.known_files import known_folder, remember_folder
 from dask_pdist.io.safetensors_format import require_regular_file
 
 __all__ = [
@@ -36,6 +39,7 @@ __all__ = [
 
 #: Name ending of a sharded checkpoint's index (``model.safetensors.index.json``).
 INDEX_SUFFIX = ".safetensors.index.json"
+_DIGIT_RUNS = re.compile(r"(\d+)")
 _RANGE = re.compile(r"^(-?\d+):(-?\d+)(?::(-?\d+))?$")
 #: A Hugging Face Trainer checkpoint folder (``tmp-checkpoint-N`` is one being saved).
 _TRAINER_FOLDER = re.compile(r"checkpoint-(\d+)")
@@ -53,9 +57,11 @@ _EMBEDDING_KEYS = {
 _DEFAULT_EMBEDDING_KEY = "model.embed_tokens.weight"
 
 
-def _natural_key(path: str) -> list:
-    # "step_10" after "step_9": digit runs compare as numbers
-    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", path)]
+@functools.lru_cache(maxsize=1 << 16)
+def _natural_key(path: str) -> tuple:
+    # "step_10" after "step_9": digit runs compare as numbers (kept: a followed run sorts the
+    # same names at every save)
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", path))
 
 
 def confined(path: Path, folder: Path, what: str, follow_symlinks: bool = False) -> Path:
@@ -169,13 +175,18 @@ def _run_checkpoints(folders: list[Path], follow_symlinks: bool) -> list[Path]:
     # than its header says; never read half-written
     import warnings
 
-    stated = any((f / TRAINER_STATE).is_file() for f in folders)
+    known = {f: known_folder(f, follow_symlinks) for f in folders}
+    has_state = {f: k[0] if k is not None else (f / TRAINER_STATE).is_file() for f, k in known.items()}
+    stated = any(has_state.values())
     out = []
     for folder in folders:
         if folder.name.startswith("tmp-"):
             why = "being saved (a tmp- folder)"
-        elif stated and not (folder / TRAINER_STATE).is_file():
+        elif stated and not has_state[folder]:
             why = f"no {TRAINER_STATE} yet (being saved)"
+        elif known[folder] is not None:
+            out.append(known[folder][1])  # type: ignore[index]
+            continue
         else:
             inner = _checkpoint_in(folder, follow_symlinks)
             if inner is None and any(folder.glob("*.bin")):  # save_safetensors=False: never a safetensors file
@@ -183,6 +194,8 @@ def _run_checkpoints(folders: list[Path], follow_symlinks: bool) -> list[Path]:
             why = "no checkpoint file yet" if inner is None else incomplete_reason(inner)
             if why is None and inner is not None:
                 out.append(inner)
+                if not inner.name.endswith(INDEX_SUFFIX):  # (a sharded one's shards are not recorded)
+                    remember_folder(folder, follow_symlinks, has_state[folder], inner)
                 continue
         warnings.warn(f"{folder}: skipped, incomplete: {why}", SkippedCheckpointWarning, stacklevel=3)
     if not out:
@@ -251,24 +264,36 @@ def checkpoint_paths(spec: str | Sequence[str | os.PathLike[str]], follow_symlin
         paths = []
         for p in spec:
             path = Path(p)
-            inner = _checkpoint_in(path, follow_symlinks) if path.is_dir() else None
-            if inner is None:  # not a folder holding a checkpoint: must be a regular file
+            try:
+                mode = os.stat(p).st_mode
+            except OSError:
+                mode = 0  # require_regular_file says why
+            inner = _checkpoint_in(path, follow_symlinks) if stat.S_ISDIR(mode) else None
+            if inner is None and not stat.S_ISREG(mode):  # not a folder holding a checkpoint: must be a regular file
                 require_regular_file(path, "checkpoint file")
             paths.append(inner or path)
         if not paths:
             raise InputError("open_history got an empty list of checkpoint files; give at least one")
-    return sorted(paths, key=lambda p: (_natural_key(p.name), _natural_key(str(p))))
+    return sorted(paths, key=_path_order)
+
+
+def _path_order(p: Path) -> tuple:
+    text = str(p)
+    return _natural_key(os.path.basename(text)), _natural_key(text)
 
 
 def _varying_numbers(paths: list[Path]) -> list[int] | None:
     # the number in the part of the path that differs between checkpoints (a glob's match):
     # checkpoint-500/model.safetensors -> 500, even though the file names are all alike
-    parts = [re.split(r"(\d+)", os.path.abspath(p)) for p in paths]
+    parts = [_DIGIT_RUNS.split(os.path.abspath(p)) for p in paths]
     if len({len(x) for x in parts}) != 1:
         return None
-    if any(x[i] != parts[0][i] for x in parts for i in range(0, len(parts[0]), 2)):
+    between = parts[0][0::2]
+    if any(x[0::2] != between for x in parts):
         return None  # the text between the numbers differs too: no common pattern
-    varying = [i for i in range(1, len(parts[0]), 2) if len({int(x[i]) for x in parts}) > 1]
+    varying = [
+        i for i in range(1, len(parts[0]), 2) if len({x[i] for x in parts}) > 1 and len({int(x[i]) for x in parts}) > 1
+    ]
     return [int(x[varying[-1]]) for x in parts] if varying else None
 
 
@@ -296,7 +321,7 @@ def checkpoint_steps(paths: list[Path]) -> np.ndarray | None:
     array([ 500, 1000])
     """
     numbers, origin = None, "Trainer folder"
-    folders = [_TRAINER_FOLDER.fullmatch(p.parent.name) for p in paths]
+    folders = [_TRAINER_FOLDER.fullmatch(os.path.basename(os.path.dirname(p))) for p in paths]
     if all(folders):  # checkpoint-500/model.safetensors -> 500, even for one checkpoint
         numbers = [int(m[1]) for m in folders if m]
     if numbers is None:

@@ -259,7 +259,7 @@ def open_history(
     if nonfinite not in NONFINITE_CHOICES:
         raise ValueError(f"nonfinite={nonfinite!r}; choose one of {NONFINITE_CHOICES}")
     if is_checkpoint_spec(path, storage_options):
-        stack, key, kind, checkpoints, source = _open_checkpoints(
+        stack, key, kind, checkpoints, source, files = _open_checkpoints(
             path,  # type: ignore[arg-type]
             key,
             nonfinite,
@@ -272,21 +272,20 @@ def open_history(
             if steps is not None
             else checkpoint_steps([_step_path(p) for p in checkpoints])
         )
-        versions = [identity(p) for p in stack.paths]
         x = da.from_array(
             stack,
             chunks=(spec := _source_chunks(chunks, stack, token_ids))[0],
-            name=f"history-{da.core.tokenize(versions, key, nonfinite, spec[0])}",
+            name=f"history-{da.core.tokenize(_identities(files), key, nonfinite, spec[0])}",
             meta=np.empty((0, 0, 0), dtype=stack.dtype),
             asarray=False,
             fancy=False,
         )
         fingerprint = hashlib.sha256(
             "\n".join(
-                _fingerprint(locate(p), start) for p, start in zip(stack.paths, stack.starts, strict=True)
+                f.fingerprint(p, start) for f, p, start in zip(files, stack.paths, stack.starts, strict=True)
             ).encode()
         ).hexdigest()[:32]
-        versions = np.array([version_of(locate(p)) for p in stack.paths], dtype=np.uint64)
+        versions = np.array([f.version for f in files], dtype=np.uint64)
         return _label(
             x, labels, tokens, source, key, kind, f"{len(stack.paths)} files:{fingerprint}", spec[1], versions
         )
@@ -326,6 +325,11 @@ def open_history(
     version = 0 if path.is_dir() else version_of(path)
     versions = np.full(x.shape[0], version, dtype=np.uint64)
     return _label(x, labels, tokens, str(path), key, kind, fingerprint, spec[1], versions)
+
+
+def _identities(files: list) -> str:
+    # the files' identities as one string: dask tokenizes a list of tuples item by item
+    return "\n".join(f"{path}\0{version}" for path, version in (f.identity for f in files))
 
 
 def _label(

@@ -62,6 +62,7 @@ __all__ = [
     "local_path",
     "glob_locations",
     "identity",
+    "settled",
     "options_for",
     "zarr_array",
     "zarr_group",
@@ -178,22 +179,30 @@ def identity(path: str | os.PathLike[str] | Location) -> tuple[str, str | int]:
 _SETTLED_NS = 2_000_000_000
 
 
-def version_of(path: str | os.PathLike[str] | Location) -> int:
+def settled(st: os.stat_result) -> bool:
+    """True if a local file (or folder) was last modified, or its metadata changed, at least
+    two seconds ago: its ``stat`` data can then vouch for its content (see :func:`version_of`)."""
+    import time
+
+    return time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) >= _SETTLED_NS
+
+
+def version_of(path: str | os.PathLike[str] | Location, st: os.stat_result | None = None) -> int:
     """A 64-bit hash of a file's current version (local: path, size, mtime, ctime, inode and
     device; URL: its ETag), never 0; 0 for a local file modified (or its metadata changed) in
     the last two seconds, whose identity cannot yet vouch for its content. Equal versions mean
     the file was not rewritten (what git's index and rsync's quick check rely on); a store
-    records them so that an append re-reads only the stored steps whose file changed."""
+    records them so that an append re-reads only the stored steps whose file changed.
+    ``st``: the local file's ``os.stat`` result, when the caller has just taken it."""
     import hashlib
-    import time
 
     if isinstance(path, Location):
         what = f"{path.url}\0{path.token()}"
     else:
-        st = os.stat(path)
+        st = st or os.stat(path)
         # ctime too: no user call can set it back, so a file rewritten in place whose mtime was
         # restored (os.utime) still reads as another version
-        if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) < _SETTLED_NS:
+        if not settled(st):
             return 0
         what = f"{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0{st.st_ino}\0{st.st_dev}"
     return int.from_bytes(hashlib.blake2b(what.encode(), digest_size=8).digest(), "little") | 1
@@ -213,18 +222,20 @@ def any_url(spec: str | os.PathLike[str] | Sequence[Any]) -> bool:
 
 def zarr_array(where: Path | Location, mode: str = "r") -> Any:
     """``zarr.open_array`` of a local folder or a URL (through zarr's fsspec store, with the
-    location's storage options)."""
+    location's storage options). Format 3, what every output of dask_pdist is: zarr then
+    reads the one ``zarr.json``, not also the format 2 ``.zarray`` and ``.zattrs``."""
     import zarr
 
     if isinstance(where, Location):
-        return zarr.open_array(where.url, mode=mode, storage_options=dict(where.storage_options))  # type: ignore[arg-type]
-    return zarr.open_array(str(where), mode=mode)  # type: ignore[arg-type]
+        return zarr.open_array(where.url, mode=mode, zarr_format=3, storage_options=dict(where.storage_options))  # type: ignore[arg-type]
+    return zarr.open_array(str(where), mode=mode, zarr_format=3)  # type: ignore[arg-type]
 
 
 def zarr_group(where: Path | Location, mode: str = "r", **kwargs: Any) -> Any:
-    """``zarr.open_group`` of a local folder or a URL."""
+    """``zarr.open_group`` of a local folder or a URL (format 3, as :func:`zarr_array`)."""
     import zarr
 
+    kwargs.setdefault("zarr_format", 3)
     if isinstance(where, Location):
         return zarr.open_group(where.url, mode=mode, storage_options=dict(where.storage_options), **kwargs)  # type: ignore[arg-type]
     return zarr.open_group(str(where), mode=mode, **kwargs)  # type: ignore[arg-type]

@@ -26,7 +26,16 @@ from dask_pdist.io.checkpoints import (
     embedding_key,
     tensor_file,
 )
-from dask_pdist.io.paths import Location, any_url, glob_locations, is_remote, locate, open_reader, zarr_store
+from dask_pdist.io.known_files import FileFacts, file_facts
+from dask_pdist.io.paths import (
+    Location,
+    any_url,
+    glob_locations,
+    is_remote,
+    locate,
+    open_reader,
+    zarr_store,
+)
 from dask_pdist.io.safetensors_format import (
     SUPPORTED_DTYPES,
     TensorInfo,
@@ -287,7 +296,7 @@ class _StackSource(_RawSource):
 
 def _step_path(p: Path | Location) -> Path:
     # checkpoint_steps reads numbers from path components: a URL's part after the scheme
-    return Path(str(p).split("://", 1)[-1])
+    return p if isinstance(p, Path) else Path(str(p).split("://", 1)[-1])
 
 
 def _url_checkpoints(
@@ -316,21 +325,25 @@ def _open_checkpoints(
     nonfinite: str,
     storage_options: dict | None = None,
     follow_symlinks: bool = False,
-) -> tuple[_StackSource, str, str, list[Path | Location], str]:
+) -> tuple[_StackSource, str, str, list[Path | Location], str, list[FileFacts]]:
     checkpoints = _url_checkpoints(spec, storage_options) if any_url(spec) else checkpoint_paths(spec, follow_symlinks)
     starts = []
     paths = []
     first: tuple[Path | Location, TensorInfo] | None = None
+    files = []
     for checkpoint in checkpoints:
         # the shard holding key, for a sharded checkpoint
         path = checkpoint if is_remote(checkpoint) else tensor_file(checkpoint, key, follow_symlinks)
         paths.append(path)
-        tensors, _ = read_header(path)
-        ndims = {n: len(t.shape) for n, t in tensors.items()}
+        facts = file_facts(path)
+        files.append(facts)
+        tensors = facts.tensors
         if key is None:  # from config.json: GPT-2, Llama, Qwen, GPT-NeoX, ...
             key = embedding_key(path, {n: tuple(t.shape) for n, t in tensors.items()})  # type: ignore[arg-type]
-        hint = ", e.g. model.embed_tokens.weight"
-        key = _choose_key(path, ndims, key, 2, "tensor", "embedding matrix", _tensor_list(tensors), hint)
+        if key not in tensors:  # raises, listing the tensors
+            ndims = {n: len(t.shape) for n, t in tensors.items()}
+            hint = ", e.g. model.embed_tokens.weight"
+            _choose_key(path, ndims, key, 2, "tensor", "embedding matrix", _tensor_list(tensors), hint)
         info = tensors[key]
         if len(info.shape) != 2:
             raise InputError(
@@ -354,7 +367,7 @@ def _open_checkpoints(
         [_picklable(p) for p in paths], starts, info.raw_dtype.str, info.dtype, (len(paths),) + info.shape, nonfinite
     )
     source = str(spec) if isinstance(spec, str) else f"{checkpoints[0]} .. {checkpoints[-1]} ({len(paths)} files)"
-    return src, key, info.dtype, checkpoints, source
+    return src, key, info.dtype, checkpoints, source, files
 
 
 _NPY_KINDS = {"<f2": "F16", "<f4": "F32", "<f8": "F64"}

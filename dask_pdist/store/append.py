@@ -31,17 +31,20 @@ from dask_pdist.store.digests import DIGEST, PACKED, PACKED_ATTR, STORE_ID_ATTR,
 from dask_pdist.store.layout import (
     StorePath,
     consolidate,
+    consolidate_changed,
     done_path,
     is_complete,
     read_attrs,
     read_root,
+    resize_in_metadata,
     store_progress,
     write_root_attrs,
 )
 
 __all__ = ["stored_fingerprint", "check_append", "grow", "keep_gone_steps", "VERSION_CHUNK"]
 
-#: Steps per chunk of the recorded input versions (8 kB): every append reads them all.
+#: Steps per chunk of the recorded input versions (8 kB) and, at least, of the step labels:
+#: every append reads them all.
 VERSION_CHUNK = 1024
 
 # fingerprint entries that an appended input may change: its step count, and the identity of
@@ -265,11 +268,16 @@ def grow(ds: xr.Dataset, path: StorePath, fingerprint: dict[str, Any]) -> None:
     total = int(ds.sizes["step"])
     chunk = int(ds.chunksizes["step"][0])
     nblocks = -(-total // chunk)
-    done = zarr_array(done_path(path), "r+")
-    stored = int(_distances(path).shape[0])
-    root = read_attrs(path) or {}
+    root = read_root(path) or {}
+    # a complete store's consolidated metadata is its arrays' own (the completion vouches for
+    # both): the usual append grows from it, one write per array; finishing an interrupted
+    # growth (arrays possibly resized, or to shrink back) goes through zarr
+    known = (root.get("consolidated_metadata") or {}).get("metadata") if is_complete(root) else None
+    first = _distance_name(path)
+    stored = int(known[first]["shape"][0]) if known and first in known else int(zarr_array(path / first).shape[0])
+    held_attrs = root.get("attributes") or {}
     # the packed digests hold no step-block from the one recomputed (a partly filled last one) on
-    held = {PACKED_ATTR: min(int(root[PACKED_ATTR]), stored // chunk)} if PACKED_ATTR in root else {}
+    held = {PACKED_ATTR: min(int(held_attrs[PACKED_ATTR]), stored // chunk)} if PACKED_ATTR in held_attrs else {}
     write_root_attrs(
         path,
         **attrs,
@@ -277,40 +285,56 @@ def grow(ds: xr.Dataset, path: StorePath, fingerprint: dict[str, Any]) -> None:
         **{COMPLETE_ATTR: False, FINGERPRINT_ATTR: json.dumps(fingerprint, sort_keys=True)},
     )
     if stored % chunk and stored < total:  # the partly filled last block: recomputed whole
-        done[stored // chunk] = 0
-    for name in [str(v) for v in ds.data_vars] + ["embedding_rms", f"{BOOKKEEPING}/{INPUT_CHECKSUM}"]:
-        if (path / name / "zarr.json").exists():
-            _resize(path, name, total)
-    if INPUT_VERSION in ds.coords and (path / BOOKKEEPING / INPUT_VERSION / "zarr.json").exists():
+        zarr_array(done_path(path), "r+")[stored // chunk] = 0
+    per_step = [str(v) for v in ds.data_vars] + ["embedding_rms", f"{BOOKKEEPING}/{INPUT_CHECKSUM}"]
+    versions = INPUT_VERSION in ds.coords and (path / BOOKKEEPING / INPUT_VERSION / "zarr.json").exists()
+    if versions:
+        per_step.append(f"{BOOKKEEPING}/{INPUT_VERSION}")
+    per_block = [done_path(path), path / BOOKKEEPING / DIGEST, path / BOOKKEEPING / PACKED]
+    sizes = {name: total for name in [*per_step, "step"] if known is None or name in known}
+    sizes.update({str(w)[len(str(path)) + 1 :]: nblocks for w in per_block})
+    if known is not None and stored <= total:
+        docs = resize_in_metadata(path, {k: v for k, v in sizes.items() if k in known})
+    else:
+        docs = {}
+        for name, size in sizes.items():
+            if (path / name / "zarr.json").exists():
+                _resize(path, name, size)
+    if versions:
         # the versions now vouched for: the stored steps' (checked above) and the new ones'
-        _resize(path, f"{BOOKKEEPING}/{INPUT_VERSION}", total)
         array = zarr_array(path / BOOKKEEPING / INPUT_VERSION, "r+").with_config({"write_empty_chunks": True})
         _write_changed(array, ds[INPUT_VERSION].values)
-    for where in (done_path(path), path / BOOKKEEPING / DIGEST, path / BOOKKEEPING / PACKED):
-        if (where / "zarr.json").exists():
-            arr = zarr_array(where, "r+")
-            if arr.shape[0] != nblocks:
-                arr.resize((nblocks, *arr.shape[1:]))
-    store_id = int((read_attrs(path) or {}).get(STORE_ID_ATTR, 0))
+    store_id = int(held_attrs.get(STORE_ID_ATTR, 0))
     array, written = recording_array(path, "step", store_id)
     if array.shape[0] != total:
         array.resize((total,))
-    _write_steps(array, ds["step"].values)
+    # a complete store's labels were all compared with the input's (check_append); after a kill,
+    # labels past the written steps may be missing: read them all
+    _write_steps(array, ds["step"].values, stored if known is not None else 0)
     if written:
         manifest_with(path, written)  # the digests of the step chunks rewritten
-    consolidate(path)  # the consolidated metadata holds every array's shape
+    if docs:  # the consolidated metadata holds every array's shape
+        consolidate_changed(path, docs, (BOOKKEEPING,) if written else ())
+    else:
+        consolidate(path)
+
+
+def _distance_name(path: StorePath) -> str:
+    # one distance array of the store (every metric's has the same shape and chunks)
+    return (sorted(stored_fingerprint(path).get("variables") or {}) or ["euclidean"])[0]
 
 
 def _distances(path: StorePath) -> Any:
-    # one distance array of the store (every metric's has the same shape and chunks)
-    names = sorted(stored_fingerprint(path).get("variables") or {}) or ["euclidean"]
-    return zarr_array(path / names[0])
+    return zarr_array(path / _distance_name(path))
 
 
-def _write_steps(array: Any, steps: np.ndarray) -> None:
+def _write_steps(array: Any, steps: np.ndarray, stored: int) -> None:
     # from the chunk of the first label that differs (the old end, or after a kill between
     # the resize and this write, the first unwritten one): earlier chunks are never rewritten
-    differ = np.flatnonzero(np.asarray(array[...]) != steps)
+    # (nor read: the labels of the stored steps were compared with the input's by check_append)
+    size = array.chunks[0]
+    start = min(stored, len(steps)) // size * size
+    differ = start + np.flatnonzero(np.asarray(array[start:]) != steps[start:])
     if len(differ):
         start = (int(differ[0]) // array.chunks[0]) * array.chunks[0]
         array[start:] = steps[start:]

@@ -74,6 +74,9 @@ def _build(ds: xr.Dataset, tmp: Path, compressor: str, fingerprint: dict[str, An
     }
     for name in ds.coords:  # every array carries a checksum, coordinates too
         encoding[name] = {"compressors": [Crc32cCodec()]}
+    # the step labels in chunks of at least VERSION_CHUNK steps (8 kB): every append and every
+    # open reads them all, so a store created with one step (--follow) must not keep one file per label
+    encoding["step"]["chunks"] = (max(VERSION_CHUNK, int(ds.sizes["step"])),)
     # metadata and the (small, eager) coordinates; the distances are written by our own tasks;
     # every chunk is written, even one equal to the fill value, so that "absent" means missing
     ds.to_zarr(

@@ -206,7 +206,7 @@ def recording_array(path: Path | Location, name: str, store_id: int) -> tuple[An
     import zarr
 
     store = CheckingStore(_base_store(path, False), Digests({}, store_id), str(path))
-    array = zarr.open_array(store=store, path=name, mode="r+").with_config({"write_empty_chunks": True})
+    array = zarr.open_array(store=store, path=name, mode="r+", zarr_format=3).with_config({"write_empty_chunks": True})
     return array, store.written
 
 
@@ -258,7 +258,7 @@ def record_whole(path: Path | Location) -> None:
 
     store_id = new_store_id()
     digests = file_digests(path, store_id)
-    group = zarr.open_group(store=_base_store(path, False), mode="r+", use_consolidated=False)
+    group = zarr.open_group(store=_base_store(path, False), mode="r+", use_consolidated=False, zarr_format=3)
     books = group[BOOKKEEPING] if BOOKKEEPING in group else group.create_group(BOOKKEEPING)
     books.attrs[MANIFEST_ATTR] = digests
     write_root_attrs(path, **{STORE_ID_ATTR: store_id})
@@ -270,7 +270,7 @@ def manifest_with(path: Path | Location, digests: Mapping[str, int]) -> None:
     it), so no reader trusts the manifest meanwhile."""
     import zarr
 
-    group = zarr.open_group(store=_base_store(path, False), mode="r+", use_consolidated=False)
+    group = zarr.open_group(store=_base_store(path, False), mode="r+", use_consolidated=False, zarr_format=3)
     books = group[BOOKKEEPING] if BOOKKEEPING in group else group.create_group(BOOKKEEPING)
     books.attrs[MANIFEST_ATTR] = {**read_manifest(path), **digests}
 

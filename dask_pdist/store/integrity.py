@@ -185,7 +185,7 @@ def _fill(value: Any) -> bool:
 def _checked_array(store: StorePath, name: str, expected: dict[str, int]) -> Any:
     import zarr
 
-    return zarr.open_array(store=checked_store(store, expected), path=name, mode="r")
+    return zarr.open_array(store=checked_store(store, expected), path=name, mode="r", zarr_format=3)
 
 
 def _problem(exc: Exception) -> str:

@@ -284,3 +284,44 @@ def consolidate(path: StorePath) -> None:
         # plain xarray.open_zarr(path) opens the store without a fallback warning
         warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
         zarr.consolidate_metadata(zarr_store(path, read_only=False))
+
+
+def resize_in_metadata(path: StorePath, sizes: dict[str, int]) -> dict[str, dict[str, Any]]:
+    """Give the arrays ``sizes`` names a new first dimension (growing only), in the metadata
+    of a complete store; returns their new metadata documents, for
+    :func:`consolidate_changed`.
+
+    What ``zarr.Array.resize`` does to a growing array (a new ``shape`` in its ``zarr.json``;
+    no chunk is touched), done from the documents the store's consolidated metadata already
+    holds (equal to the files while the store is complete): one write per array instead of a
+    read and a write through zarr's event loop. Arrays already that size are not written."""
+    root = read_root(path) or {}
+    known = ((root.get("consolidated_metadata") or {}).get("metadata")) or {}
+    docs = {}
+    for name, size in sizes.items():
+        doc = known.get(name)
+        if doc is None or doc.get("node_type") != "array":
+            raise StoreError(f"{path}: the consolidated metadata lacks array {name}; run `dask-pdist verify {path}`")
+        if int(doc["shape"][0]) > size:
+            raise StoreError(f"internal error: {path}/{name} would shrink from {doc['shape'][0]} to {size}")
+        if int(doc["shape"][0]) != size:
+            doc = {**doc, "shape": [size, *doc["shape"][1:]]}
+            replace_bytes(path / name / "zarr.json", json.dumps(doc, indent=2).encode())
+        docs[name] = doc
+    return docs
+
+
+def consolidate_changed(path: StorePath, docs: dict[str, dict[str, Any]], groups: tuple[str, ...] = ()) -> None:
+    """Update the consolidated metadata of a store whose other nodes did not change: the
+    arrays' documents ``docs``, and the attributes of ``groups`` read from their
+    ``zarr.json``; one atomic replace of the root ``zarr.json`` (what :func:`consolidate`
+    writes, without listing the store and reading every node)."""
+    meta = read_root(path)
+    known = ((meta or {}).get("consolidated_metadata") or {}).get("metadata")
+    if meta is None or known is None:
+        consolidate(path)
+        return
+    known.update(docs)
+    for name in groups:
+        known[name] = {**known[name], "attributes": json.loads((path / name / "zarr.json").read_text())["attributes"]}
+    replace_bytes(path / "zarr.json", json.dumps(meta, indent=2).encode())

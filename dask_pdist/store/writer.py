@@ -24,6 +24,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 from dask.delayed import Delayed
+from dask.highlevelgraph import HighLevelGraph
 
 from dask_pdist._version import __version__
 from dask_pdist.conventions import (
@@ -188,9 +189,10 @@ def _write_graph(ds: xr.Dataset, path: StorePath, todo: np.ndarray, lock: str) -
     # building it costs what the job writes, not the steps the store holds
     block0 = int(np.argwhere(todo)[:, 0].min()) if todo.any() else 0
     step0 = int(sum(ds.chunksizes["step"][:block0]))
-    ds, todo = ds.isel(step=slice(step0, None)), todo[block0:]
+    todo = todo[block0:]
     for name in names:
-        data = ds[name.split("/")[-1]].data
+        # whole blocks: selecting them costs what is selected (slicing normalises every chunk)
+        data = ds[name.split("/")[-1]].data.blocks[block0:]
         digests = data.map_blocks(
             _write_chunk,
             store=path,
@@ -216,11 +218,13 @@ def _write_graph(ds: xr.Dataset, path: StorePath, todo: np.ndarray, lock: str) -
         chunks=(1, 1, 1),
         name=f"mark-done-{token}-{block0}",
     )
-    blocks = done.to_delayed(optimize_graph=False)
     local = np.argwhere(todo)  # resume: only blocks not done
-    # the indices as one array: dask.delayed walks lists and tuples looking for collections
     indices = local + np.array([block0, 0, 0])
-    return dask.delayed(_finish, pure=False)([blocks[tuple(idx)] for idx in local], path, lock, indices)
+    # the last task, on the blocks' keys: dask.delayed(_finish)(blocks) would first turn the
+    # whole graph (every stored step's input tasks too) into one dict
+    name = f"finish-{token}-{block0}"
+    task = (_finish, [(done.name, *map(int, idx)) for idx in local], path, lock, indices)
+    return Delayed(name, HighLevelGraph.from_collections(name, {name: task}, dependencies=[done]))
 
 
 def _resume_todo(ds: xr.Dataset, path: StorePath) -> np.ndarray:
