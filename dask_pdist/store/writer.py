@@ -192,7 +192,9 @@ def _write_graph(ds: xr.Dataset, path: StorePath, todo: np.ndarray, lock: str) -
     todo = todo[block0:]
     for name in names:
         # whole blocks: selecting them costs what is selected (slicing normalises every chunk)
-        data = ds[name.split("/")[-1]].data.blocks[block0:]
+        data = ds[name.split("/")[-1]].data
+        if block0:  # a task per selected block: only where the job starts past the first
+            data = data.blocks[block0:]
         digests = data.map_blocks(
             _write_chunk,
             store=path,
