@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import dask.array as da
+import numpy as np
 import pytest
 
 from dask_pdist.cli.main import main
@@ -145,3 +147,19 @@ def test_cli_engine_cpu_and_auto_compute(tmp_path, capsys):
 
 # The check that no CUDA kernel fuses a multiply-add needs the CUDA compiler libraries (the
 # [cuda] extra, ~600 MB): benchmarks/gpu.py runs it (ptx_check) where they are installed.
+
+
+def test_auto_keeps_neighbours_on_the_cpu_where_a_gpu_is_visible(monkeypatch):
+    # the CUDA neighbours kernel was measured slower than the CPU engine (results.md), so "auto"
+    # must not build a GPU graph for neighbours even where numba-cuda sees a device
+    import dask_pdist.graphs.knn as knn_graph
+
+    monkeypatch.setattr(engine_module, "cuda_missing", lambda: None)  # as if a GPU were visible
+    built = []
+    monkeypatch.setattr(knn_graph, "_cuda_graph", lambda *a, **kw: built.append(a) or pytest.fail("GPU graph"))
+    x = np.random.default_rng(3).standard_normal((2, 13, 5)).astype(np.float32)
+    got = knn_graph.neighbour_array(da.from_array(x, chunks=(1, 13, 5)), 3, engine="auto").compute()
+    want = knn_graph.neighbour_array(da.from_array(x, chunks=(1, 13, 5)), 3, engine="cpu").compute()
+    assert not built and np.array_equal(got, want)
+    with pytest.raises(pytest.fail.Exception, match="GPU graph"):
+        knn_graph.neighbour_array(da.from_array(x, chunks=(1, 13, 5)), 3, engine="cuda")

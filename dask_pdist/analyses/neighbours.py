@@ -67,7 +67,8 @@ def neighbours(
         Tokens per block (``"auto"``: ~2e9 pair-dims of work per block-pair task).
     engine : {"cpu", "cuda", "auto"}
         Where the kernels run: ``"cuda"`` on a GPU (the ``dask_pdist[cuda]`` extra, k <=
-        2048), ``"auto"`` there when it can, else on the CPU. The lists are the same.
+        2048); ``"auto"`` runs on the CPU, since the CUDA kernel was measured slower than
+        the CPU engine (``benchmarks/results.md``). The lists are the same.
 
     Returns
     -------

@@ -22,7 +22,7 @@ import dask
 import dask.array as da
 import numpy as np
 
-from dask_pdist.conventions import Metric, check_metric
+from dask_pdist.conventions import Metric, check_engine, check_metric
 from dask_pdist.kernels.engine import resolve_engine
 from dask_pdist.kernels.knn import QUERY_ROWS, check_k, knn_pairs, knn_pairs_rows, knn_tile
 from dask_pdist.planning import plan_block_rounds, plan_neighbour_chunks, plan_product_blocks
@@ -127,7 +127,8 @@ def neighbour_array(
         Euclidean metric on the CPU :func:`plan_product_blocks`.
     engine : {"cpu", "cuda", "auto"}
         Where the kernels run (:func:`dask_pdist.kernels.engine.resolve_engine`); the lists
-        are the same either way. On the GPU one task takes a step chunk's whole snapshots.
+        are the same either way. ``"auto"`` runs on the CPU (the CUDA kernel was measured
+        slower than the CPU engine). On the GPU one task takes a step chunk's whole snapshots.
 
     Returns
     -------
@@ -146,7 +147,10 @@ def neighbour_array(
            [1, 0, 1]], dtype=int32)
     """
     m = check_metric(metric, ("euclidean", "chebyshev", "manhattan"))
-    engine = resolve_engine(engine)
+    # "auto" keeps neighbours on the CPU: on the one GPU measured (an H200, benchmarks/results.md
+    # "GPU engine on an H200") the CUDA tile kernel ran slower than the CPU engine; "cuda" still
+    # selects it.
+    engine = "cpu" if check_engine(engine) == "auto" else resolve_engine(engine)
     if engine == "cuda" and m == 2:
         raise ValueError("metric='manhattan' runs on the CPU engine only (engine='cpu')")
     if x.ndim != 3:
