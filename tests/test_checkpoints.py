@@ -127,3 +127,34 @@ def test_cli_compute_and_info_with_hf_folders_and_steps(hf_folders, tmp_path, ca
     text = capsys.readouterr().out
     assert "3 checkpoints:" in text and "stacked to shape [3, 7, 5] BF16, steps 500..1500" in text
     assert "lm_head.weight: shape [5, 7] BF16" in text
+
+
+def test_a_globs_newest_files_being_written_are_skipped_with_a_note(tmp_path, write_safetensors):
+    # save_file writes in place: a glob may match the newest checkpoint half-written; it is
+    # skipped with a note (as an incomplete checkpoint folder is), never read half-written
+    from dask_pdist.errors import SkippedCheckpointWarning
+    from dask_pdist.io.checkpoints import checkpoint_paths
+
+    x = random_history((4, 7, 5), seed=4)
+    paths = [write_safetensors(f"step_{k}.safetensors", {"w": x[k]}) for k in range(4)]
+    data = paths[3].read_bytes()
+    paths[3].write_bytes(data[: len(data) // 2])
+    spec = str(tmp_path / "step_*.safetensors")
+    with pytest.warns(
+        SkippedCheckpointWarning, match=r"step_3.safetensors: skipped, incomplete: .*shorter than its header"
+    ):
+        assert checkpoint_paths(spec) == paths[:3]
+    with pytest.warns(SkippedCheckpointWarning):
+        np.testing.assert_array_equal(open_history(spec).values, x[:3])
+    paths[3].write_bytes(data)  # the save finished
+    np.testing.assert_array_equal(open_history(spec).values, x)
+    paths[2].write_bytes(paths[2].read_bytes()[:-8])  # damaged before a whole one: read, and refused
+    with pytest.raises(InputError, match=r"step_2.safetensors: .*truncated"):
+        open_history(spec)
+    for p in paths:
+        p.write_bytes(p.read_bytes()[:20])
+    with (
+        pytest.raises(InputError, match=r"holds no complete checkpoint yet \(4 being saved\)"),
+        pytest.warns(SkippedCheckpointWarning),
+    ):
+        checkpoint_paths(spec)

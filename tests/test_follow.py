@@ -275,3 +275,43 @@ def test_a_checkpoint_deleted_while_read_is_appended_again_at_once(run, tmp_path
     assert "checkpoint-50/gone.safetensors was deleted while it was read; appending again" in capsys.readouterr().out
     assert deleted_while_read(RuntimeError("x")) is None
     assert deleted_while_read(FileNotFoundError(2, "gone", str(folder))) is None  # still there: not deleted
+
+
+def test_follow_of_a_glob_waits_for_a_file_being_written(tmp_path, write_safetensors):
+    # safetensors' save_file writes the newest file in place: the follower of a glob must wait
+    # for it (it used to read it half-written and stop with "the file is truncated")
+    import time
+
+    x = random_history((4, 12, 6), seed=5)
+    (tmp_path / "ck").mkdir()
+    paths = [write_safetensors(f"ck/step_{k}.safetensors", {"w": x[k]}) for k in range(4)]
+    later = {p: p.read_bytes() for p in paths[2:]}
+    for p in paths[2:]:
+        p.unlink()
+    store = tmp_path / "d.zarr"
+    f = Follower("compute", str(tmp_path / "ck" / "step_*.safetensors"), "-o", str(store), "--follow", "--no-progress")
+    f.wait_for("up to step 1")
+    for p in paths[2:]:
+        p.write_bytes(later[p][: len(later[p]) // 2])
+        time.sleep(1.5)  # the follower sees the half-written file (a file-system event)
+        p.write_bytes(later[p])
+        f.wait_for(f"up to step {p.stem.split('_')[1]}")
+    code, err = f.stop()
+    assert code == 0, err
+    assert "Traceback" not in err and "truncated" not in err
+    whole = tmp_path / "whole.zarr"
+    assert (
+        main(
+            [
+                "compute",
+                str(tmp_path / "ck" / "step_*.safetensors"),
+                "-o",
+                str(whole),
+                "--chunk-steps",
+                "1",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    _assert_same_arrays(whole, store)

@@ -249,6 +249,8 @@ def checkpoint_paths(spec: str | Sequence[str | os.PathLike[str]], follow_symlin
             inner = _checkpoint_in(Path(p), follow_symlinks) if os.path.isdir(p) else Path(p)
             if inner is not None:
                 paths.append(inner)
+        if paths and not all(os.path.isdir(p) for p in found):
+            paths = _without_newest_incomplete(sorted(paths, key=_path_order), spec)
         if not paths:
             from dask_pdist.io.folder_hints import stores_hint  # (it imports this module)
 
@@ -275,6 +277,25 @@ def checkpoint_paths(spec: str | Sequence[str | os.PathLike[str]], follow_symlin
         if not paths:
             raise InputError("open_history got an empty list of checkpoint files; give at least one")
     return sorted(paths, key=_path_order)
+
+
+def _without_newest_incomplete(paths: list[Path], spec: str) -> list[Path]:
+    # A glob's newest files may still be being written (safetensors' save_file writes in
+    # place): the last ones in order that are shorter than their headers say are skipped with a
+    # note, as an incomplete checkpoint folder is, and --follow waits for them. An incomplete
+    # file before a whole one is read, and its reader says what is wrong with it.
+    import warnings
+
+    end = len(paths)
+    while end and paths[end - 1].name.endswith((".safetensors", INDEX_SUFFIX)):
+        why = incomplete_reason(paths[end - 1])
+        if why is None:
+            break
+        warnings.warn(f"{paths[end - 1]}: skipped, incomplete: {why}", SkippedCheckpointWarning, stacklevel=4)
+        end -= 1
+    if not end:
+        raise none_complete(spec, len(paths))
+    return paths[:end]
 
 
 def _path_order(p: Path) -> tuple:
