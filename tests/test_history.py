@@ -315,7 +315,7 @@ def test_checkpoint_errors_missing_duplicate_step_nonfinite(write_safetensors, t
     x[2, 3, 1] = np.nan
     c = write_safetensors("step_9.safetensors", {"w": x[2]})
     h = open_history([b, c], chunks=2)
-    with pytest.raises(InputError, match=r"step_9.safetensors: history holds nan at step index 1, token 3"):
+    with pytest.raises(InputError, match=r"step_9.safetensors: history holds nan at step 9 \(index 1\), token 3"):
         _ = h.values
     assert np.isnan(open_history([b, c], nonfinite="propagate").values[1, 3, 1])
 

@@ -224,3 +224,60 @@ def test_a_dangling_symlink_as_lock_is_named(tmp_path):
     lock_path(target).symlink_to(tmp_path / "nowhere")
     with pytest.raises(dp.StoreError, match="is unreadable"):
         acquire_lock(target)
+
+
+LINUX_PROC = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="process start times come from /proc")
+
+
+@LINUX_PROC
+def test_process_start_is_the_processes_creation_time():
+    # /proc start ticks since boot against psutil's creation time (seconds since the epoch)
+    psutil = pytest.importorskip("psutil")
+    from dask_pdist.io.publish import process_start
+
+    for pid in (os.getpid(), os.getppid()):
+        ticks = process_start(pid)
+        seconds = psutil.boot_time() + ticks / os.sysconf("SC_CLK_TCK")
+        assert abs(seconds - psutil.Process(pid).create_time()) < 1.0, (pid, ticks)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    assert process_start(int(dead.stdout)) is None
+
+
+@LINUX_PROC
+@pytest.mark.parametrize("cli", [False, True])
+def test_a_lock_whose_pid_was_reused_is_stale(history, tmp_path, capsys, cli):
+    # a writer killed with SIGKILL whose pid now belongs to a later, live process (here: this
+    # test's parent): the start time the lock recorded differs from that process's
+    from dask_pdist.io.publish import process_start
+    from dask_pdist.store.integrity import _live_lock
+
+    target = tmp_path / "d.zarr"
+    pid, host = os.getppid(), socket.gethostname()
+    lock_path(target).write_text(
+        json.dumps({"pid": pid, "host": host, "process_start": process_start(pid) - 1, "token": "killed"})
+    )
+    assert not _live_lock(target)  # readers and verify: not a running writer
+    if cli:
+        assert main(["compute", str(history), "-o", str(target), "--no-progress"]) == 0
+    else:
+        release_lock(target, acquire_lock(target))
+    assert not lock_path(target).exists()
+    # the same pid with its own start time, or with none recorded (a lock of an older version):
+    # a live writer, refused
+    for record in ({"process_start": process_start(pid)}, {}):
+        lock_path(target).write_text(json.dumps({"pid": pid, "host": host, "token": "live", **record}))
+        assert _live_lock(target)
+        with pytest.raises(dp.StoreError, match=f"being written by pid {pid} on "):
+            acquire_lock(target)
+    lock_path(target).write_text(json.dumps({"pid": pid, "host": host, "token": "x", "process_start": "soon"}))
+    with pytest.raises(dp.StoreError, match="is unreadable"):
+        acquire_lock(target)
+
+
+def test_a_lock_records_its_process_start(tmp_path):
+    from dask_pdist.io.publish import process_start
+
+    target = tmp_path / "d.zarr"
+    with holding_lock(target):
+        record = json.loads(lock_path(target).read_text())
+    assert record["pid"] == os.getpid() and record["process_start"] == process_start(os.getpid())

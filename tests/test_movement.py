@@ -414,10 +414,10 @@ def test_bf16_file_is_read_as_bit_patterns_and_a_nonfinite_value_is_refused_as_t
 
 def test_per_checkpoint_bf16_files_name_the_file_holding_the_nonfinite_value(write_safetensors):
     x = _one_nonfinite(np.nan)
-    paths = [write_safetensors(f"step-{s}.safetensors", {"wte": x[s]}, "BF16") for s in range(S)]
+    paths = [write_safetensors(f"step-{10 * s + 5}.safetensors", {"wte": x[s]}, "BF16") for s in range(S)]
     ds = dp.movement(dp.open_history([str(p) for p in paths]), step_chunk=3)
     assert any(name.startswith("history-bits-") for name in ds.__dask_graph__().layers)
-    with pytest.raises(InputError, match=rf"{paths[4]}: history holds nan at step index 4, token 2;"):
+    with pytest.raises(InputError, match=rf"{paths[4]}: history holds nan at step 45 \(index 4\), token 2;"):
         ds.compute()
 
 
@@ -427,3 +427,53 @@ def test_a_token_subset_of_a_bf16_file_takes_the_float32_path(write_safetensors)
     ds = dp.movement(dp.open_history(path, chunks=3, token_ids=[1, 4, 6]), step_chunk=2)
     assert not any(name.startswith("history-bits-") for name in ds.__dask_graph__().layers)
     check_against_oracle(ds, x[:, [1, 4, 6]], 1, "bf16")
+
+
+@pytest.mark.parametrize("kind", ["F32", "BF16", "zarr"])  # the reader's check, the kernel's (bf16 bits), zarr's
+def test_a_nonfinite_value_is_named_by_its_step_label(tmp_path, write_safetensors, capsys, kind):
+    x = _one_nonfinite(np.inf)  # step index 4, token 2
+    labels = np.arange(S, dtype=np.int64) * 100 + 7
+    if kind == "zarr":
+        import zarr
+
+        path = tmp_path / "h.zarr"
+        group = zarr.open_group(str(path), mode="w")
+        group.create_array("embedding_history", data=x.astype(np.float32))
+        group.create_array("step", data=labels)
+    else:
+        path = write_safetensors("h.safetensors", {"embedding_history": x, "steps": labels}, kind)
+    assert main(["movement", str(path), "-o", str(tmp_path / "m.zarr"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: history holds inf at step 407 (index 4), token 2; fix the input" in err, err
+    # labels given by steps=: those are named
+    ds = dp.movement(dp.open_history(path, chunks=3, steps="1000:1700:100"), step_chunk=2)
+    with pytest.raises(InputError, match=r"holds inf at step 1400 \(index 4\), token 2;"):
+        ds.compute()
+
+
+@pytest.mark.parametrize("fmt", ["f32", "bf16"])
+def test_an_infinity_propagates_as_the_help_says(tmp_path, write_safetensors, capsys, fmt):
+    # --nonfinite propagate: an infinity gives infinite distances (as numpy's float64 arithmetic
+    # does), NaN where a dim holds the same infinity at both steps compared; a NaN gives NaN
+    x = small_moves((S, V, D), fmt, seed=4)
+    x[4, 2, 1] = np.inf
+    x[5, 6, 0] = x[6, 6, 0] = -np.inf
+    x[3, 8, 2] = np.nan
+    path = write_safetensors("h.safetensors", {"embedding_history": x}, fmt.upper())
+    out = tmp_path / "m.zarr"
+    assert main(["movement", str(path), "-o", str(out), "--nonfinite", "propagate", "--no-progress"]) == 0
+    got = dp.open_comparison(out)
+    x64 = x.astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        diff = np.abs(x64[1:] - x64[:-1])
+        expected = {"euclidean": np.sqrt((diff**2).sum(axis=2)), "manhattan": diff.sum(axis=2)}
+    for name, want in expected.items():  # steps 1.., tokens: float64, compared in their stored float32
+        np.testing.assert_allclose(got[name].values, want.astype(np.float32), rtol=1e-6, equal_nan=True)
+    assert np.isinf(got.euclidean.sel(step=4, token=2)) and np.isinf(got.chebyshev.sel(step=5, token=2))
+    assert np.isinf(got.euclidean.sel(step=5, token=6)) and np.isnan(got.euclidean.sel(step=6, token=6))
+    assert np.isnan(got.euclidean.sel(step=3, token=8)) and np.isnan(got.euclidean.sel(step=4, token=8))
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["movement", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "a NaN gives NaN distances, an infinity infinite ones (NaN where it meets the same infinity)" in text

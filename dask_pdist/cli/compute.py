@@ -27,18 +27,26 @@ from dask_pdist.conventions import METRICS, counted, human_size
 from dask_pdist.errors import InputError, StoreError
 
 
-def _stored_chunks(args: argparse.Namespace, output: str) -> tuple[int | None, int | None, int]:
-    # an append writes in the store's chunks (unless told otherwise, then refused if they
-    # differ): (step chunk, token chunk, stored steps); (None, None, 0) without a store
+def _stored_chunks(args: argparse.Namespace, output: str) -> tuple[int | None, int | None, int, int | None]:
+    # an append or a resume writes in the store's chunks (unless told otherwise, then refused
+    # if they differ; a store grown by appends keeps the chunks its first job chose, not a
+    # fresh job's): (step chunk, token chunk, stored steps, unwritten steps of an interrupted
+    # store, or None for a complete one); (None, None, 0, None) without a store
     from dask_pdist.io.paths import zarr_array
     from dask_pdist.store.append import stored_fingerprint
-    from dask_pdist.store.layout import is_store, store_path
+    from dask_pdist.store.layout import is_complete, is_store, read_root, store_path, store_progress
 
     store = store_path(output, _opts(args, output))
     if not (store.is_dir() and is_store(store)):
-        return None, None, 0
+        return None, None, 0, None
     chunks = stored_fingerprint(store).get("chunks") or [None, None]
-    return chunks[0], chunks[1], int(zarr_array(store / "step").shape[0])
+    stored = int(zarr_array(store / "step").shape[0])
+    unwritten = None
+    if chunks[0] and not is_complete(read_root(store)):  # (a complete store's flags, one file per block, unread)
+        c = int(chunks[0])
+        whole = store_progress(store)[0].all(axis=(1, 2))
+        unwritten = stored - sum(max(0, min(stored, (b + 1) * c) - b * c) for b in map(int, whole.nonzero()[0]))
+    return chunks[0], chunks[1], stored, unwritten
 
 
 def _open(args: argparse.Namespace, input_path: str | list[str], step_chunk: int | None):  # noqa: ANN202
@@ -85,12 +93,15 @@ def _compute(
     from dask_pdist.store.codecs import DEFAULT_COMPRESSOR
 
     t0 = time.perf_counter()
-    step_chunk, token_chunk, stored = _stored_chunks(args, output) if append else (None, None, 0)
+    step_chunk, token_chunk, stored, unwritten = (
+        _stored_chunks(args, output) if append or resume else (None, None, 0, None)
+    )
     asked = getattr(args, "chunk_steps", None)
     if step_chunk and asked and int(asked) != int(step_chunk):
+        what = "an append writes" if append else "--resume finishes it"
         raise InputError(
-            f"--chunk-steps {asked}: {output} holds chunks of {counted(int(step_chunk), 'step')}, and an append"
-            " writes in the store's chunks: leave out --chunk-steps (to read it in other chunks, rechunk it afterwards:"
+            f"--chunk-steps {asked}: {output} holds chunks of {counted(int(step_chunk), 'step')}, and {what}"
+            " in the store's chunks: leave out --chunk-steps (to read it in other chunks, rechunk it afterwards:"
             " see the follow page)"
         )
     with warnings.catch_warnings(record=True) as notes:
@@ -167,7 +178,14 @@ def _compute(
             if not brief:
                 print(f"{output}: holds every step of {history.attrs['source']} ({stored:,} in all): nothing to append")
             return False
-        if not brief:
+        if not brief and unwritten is not None:  # an interrupted append: its store already holds the new steps
+            more = f"; appending {counted(new, 'step')} after them" if new else ""
+            print(
+                f"{output}: finishing an interrupted append: {unwritten:,} of its {counted(stored, 'step')}"
+                f" not written yet{more}",
+                file=sys.stderr,
+            )
+        elif not brief:
             print(f"{output}: appending {counted(new, 'step')} to its {stored:,}", file=sys.stderr)
     if not (brief and stored):
         print(

@@ -103,7 +103,8 @@ def _parser() -> argparse.ArgumentParser:
         "--nonfinite",
         choices=("raise", "propagate"),
         default="raise",
-        help="NaN/Inf in the history: stop with an error, or give NaN distances (default: raise)",
+        help="NaN/Inf in the history: stop with an error, or compute anyway: a NaN gives NaN distances, an infinity"
+        " infinite ones (NaN where it meets the same infinity) (default: raise)",
     )
     _add_scheduler(c)
     _add_engine(c)

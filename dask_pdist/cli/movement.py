@@ -47,7 +47,8 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--nonfinite",
         choices=("raise", "propagate"),
         default="raise",
-        help="NaN/Inf in the history: stop with an error, or give NaN distances (default: raise)",
+        help="NaN/Inf in the history: stop with an error, or compute anyway: a NaN gives NaN distances, an infinity"
+        " infinite ones (NaN where it meets the same infinity) (default: raise)",
     )
     p.add_argument("--rows", type=_positive, default=10, help="rows in the printed series (default: 10)")
     _add_scheduler(p)

@@ -37,6 +37,7 @@ from dask_pdist.io.sources import (
     _open_zarr,
     _RawSource,
     _step_path,
+    finite_blocks,
 )
 from dask_pdist.io.token_ids import parse_token_ids, token_runs
 from dask_pdist.io.trainer import is_url_run_folder
@@ -216,7 +217,9 @@ def open_history(
         Token labels (a text file with one label per line); default integer ids.
     nonfinite : {"raise", "propagate"}
         ``"raise"``: a task that meets NaN/Inf raises :class:`InputError` naming the step and
-        token. ``"propagate"``: compute anyway (NaN distances there, as scipy gives).
+        token (the step's label and index). ``"propagate"``: compute anyway, as scipy does: a
+        NaN gives NaN distances, an infinity infinite ones (NaN where it meets the same infinity,
+        as a token does itself).
     token_ids : str or sequence of int, optional
         A token subset: a sequence of indices, or a SPEC string (see :func:`parse_token_ids`:
         ``"0:1000,5000,7000:7100"``, half-open ranges, or ``"@FILE"`` with one index per
@@ -272,6 +275,7 @@ def open_history(
             if steps is not None
             else checkpoint_steps([_step_path(p) for p in checkpoints])
         )
+        stack.labels = labels  # a NaN/Inf found names its step label
         x = da.from_array(
             stack,
             chunks=(spec := _source_chunks(chunks, stack, token_ids))[0],
@@ -297,7 +301,11 @@ def open_history(
     if path.is_dir():
         if not any((path / marker).exists() for marker in ("zarr.json", ".zarray", ".zgroup")):
             raise InputError(directory_hint(path))
-        x, key, kind, labels = _open_zarr(path, key, chunks, nonfinite)
+        x, key, kind, labels = _open_zarr(path, key, chunks)
+        if steps is not None:
+            labels = parse_steps(steps, x.shape[0], str(path))
+        if nonfinite == "raise":
+            x = finite_blocks(x, str(path), labels)
         spec = (None, None if token_ids is None else parse_token_ids(token_ids, x.shape[1]))
         fingerprint = _fingerprint(path / key / "zarr.json" if (path / key).is_dir() else path / "zarr.json", None)
     else:
@@ -309,6 +317,9 @@ def open_history(
             raise InputError(f"{path}: not a valid .npy file (bad magic bytes)")
         else:
             src, key, kind, labels = _open_safetensors(path, key, nonfinite)
+        if steps is not None:
+            labels = parse_steps(steps, src.shape[0], str(path))
+        src.labels = labels  # a NaN/Inf found names its step label
         meta = np.empty((0, 0, 0), dtype=src.dtype)
         x = da.from_array(
             src,
@@ -319,8 +330,6 @@ def open_history(
             fancy=False,
         )
         fingerprint = _fingerprint(path, src.start)
-    if steps is not None:
-        labels = parse_steps(steps, x.shape[0], str(path))
     # a zarr input's chunks change without its zarr.json: no version vouches for its steps
     version = 0 if path.is_dir() else version_of(path)
     versions = np.full(x.shape[0], version, dtype=np.uint64)

@@ -3,7 +3,8 @@
 Every writer (compute, export, clusters, neighbours, runs, events, plots) takes it before it
 touches anything, and holds it until its output is published: a second writer of the same
 output is refused with a message naming the holder (pid, host, since when). A lock is taken
-over only when its owner is provably gone (its process is dead on this host); two processes
+over only when its owner is provably gone (its process is dead on this host, or its pid now
+belongs to a later process: the lock records the process's start time too); two processes
 finding the same stale lock take it over one at a time (see :func:`_take_over`). On an
 object store the lock is an object created by a conditional PUT (``If-None-Match: *``).
 """
@@ -22,7 +23,7 @@ from typing import Any
 
 from dask_pdist.errors import StoreError
 from dask_pdist.io.paths import Location, create_exclusive
-from dask_pdist.io.publish import check_parent, pid_alive
+from dask_pdist.io.publish import check_parent, pid_alive, process_start
 
 __all__ = ["lock_path", "acquire_lock", "release_lock", "holding_lock"]
 
@@ -46,7 +47,7 @@ def _holder(lock: Out) -> dict[str, Any] | None:
         raise ValueError("it is a symbolic link")
     try:
         holder = json.loads(lock.read_text())
-        _valid_pid(holder["pid"]), str(holder["host"])
+        _valid_pid(holder["pid"]), str(holder["host"]), _started(holder)
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -55,10 +56,20 @@ def _holder(lock: Out) -> dict[str, Any] | None:
 
 
 def _stale(holder: dict[str, Any]) -> bool:
-    # provably gone: its process is dead on this host (or it is this process, which runs one
-    # job after another); a lock of another host is never taken over
+    # provably gone: its process is dead on this host, or its pid was given to a later process
+    # (a killed writer's pid reused: the start time recorded differs), or it is this process,
+    # which runs one job after another; a lock of another host is never taken over
     pid = int(holder["pid"])
-    return holder["host"] == socket.gethostname() and (pid == os.getpid() or not pid_alive(pid))
+    return holder["host"] == socket.gethostname() and (pid == os.getpid() or not pid_alive(pid, _started(holder)))
+
+
+def _started(holder: dict[str, Any]) -> int | None:
+    # the holder's process start time (io/publish.py process_start); None in a lock written
+    # before start times were recorded, or where they are unknown: the pid alone decides
+    started = holder.get("process_start")
+    if started is not None and (isinstance(started, bool) or not isinstance(started, int)):
+        raise ValueError(f"process_start {started!r} is not a start time")
+    return started
 
 
 def _valid_pid(value: object) -> int:
@@ -78,10 +89,11 @@ def _take_over(lock: Out, stale: dict[str, Any]) -> bool:
     taking it over (the caller retries and then finds that process's lock)."""
     guard = lock.parent / f"{lock.name}.takeover"
     mine = {"pid": os.getpid(), "host": socket.gethostname(), "token": uuid.uuid4().hex}
+    mine["process_start"] = process_start(os.getpid())
     if not create_exclusive(guard, json.dumps(mine).encode()):
         try:  # a takeover guard whose process died within those few milliseconds
             other = json.loads(guard.read_text())
-            if other["host"] == mine["host"] and not pid_alive(int(other["pid"])):
+            if other["host"] == mine["host"] and not pid_alive(int(other["pid"]), _started(other)):
                 guard.unlink(missing_ok=True)
         except (OSError, ValueError, KeyError, TypeError):
             pass
@@ -99,7 +111,8 @@ def acquire_lock(path: Out, role: str = "store") -> str:
     """Take the one-writer lock of ``path`` (``.NAME.lock`` next to it); returns its token.
 
     Every writer of an output (compute, export, clusters, neighbours, runs, events, plots)
-    takes it. A lock whose process is provably gone (dead on this host) is taken over; so is
+    takes it. A lock whose process is provably gone (dead on this host, or its pid now another
+    process's, told by the start time the lock records) is taken over; so is
     one of this process (a Python caller running one job after another). Anything else is
     refused, naming the holder. On an object store the lock is an object created by a
     conditional PUT."""
@@ -108,6 +121,7 @@ def acquire_lock(path: Out, role: str = "store") -> str:
     record = {
         "pid": os.getpid(),
         "host": socket.gethostname(),
+        "process_start": process_start(os.getpid()),  # with the pid, names this very process
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "token": token,
         "writes": role,

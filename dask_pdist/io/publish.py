@@ -54,20 +54,40 @@ __all__ = [
     "abandon",
     "named",
     "pid_alive",
+    "process_start",
 ]
 
 _KINDS = ("partial", "replaced")
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` runs on this host."""
+def process_start(pid: int) -> int | None:
+    """When process ``pid`` started, in clock ticks since boot (Linux: field 22 of
+    ``/proc/PID/stat``); None where that is unknown (no such process, no ``/proc``).
+
+    With the pid it names one process: a pid reused after a kill belongs to a later one."""
+    try:
+        with open(f"/proc/{int(pid)}/stat", "rb") as f:
+            stat = f.read()
+        # the command name (field 2) is in parentheses and may hold spaces or ")": fields
+        # 3 onwards follow its last ")"
+        return int(stat[stat.rindex(b")") + 2 :].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def pid_alive(pid: int, started: int | None = None) -> bool:
+    """Whether process ``pid`` runs on this host; with ``started`` (its :func:`process_start`
+    when recorded), whether that very process does, not a later one given the same pid."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
+        pass
+    if started is None:  # recorded by a version before start times, or unknown here: the pid decides
         return True
-    return True
+    now = process_start(pid)
+    return now is None or now == started
 
 
 def check_parent(target: Path | Location) -> None:

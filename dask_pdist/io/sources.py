@@ -68,6 +68,7 @@ class _RawSource:
         self.dtype = np.dtype(np.float64 if kind == "F64" else np.float32)
         self.ndim = 3
         self.as_stored = False  # True: blocks as stored (bit patterns), neither widened nor checked
+        self.labels: np.ndarray | None = None  # the step labels (open_history sets them): errors name them
 
     def stored(self) -> _RawSource:
         """This source giving its blocks as stored (bf16: the uint16 bit patterns), neither
@@ -81,7 +82,7 @@ class _RawSource:
         """Raise this reader's :class:`InputError` for the first NaN or infinity of ``stored``
         (blocks as :meth:`stored` gives them, from step index ``step0``), if there is one."""
         for s in range(stored.shape[0]):
-            _check_finite(_widen(stored[s : s + 1], self.kind), self._path_of(step0 + s), step0 + s)
+            _check_finite(_widen(stored[s : s + 1], self.kind), self._path_of(step0 + s), step0 + s, 0, self.labels)
 
     def _path_of(self, step: int) -> str:
         raise NotImplementedError
@@ -105,7 +106,7 @@ class _RawSource:
             return block[(slice(None),) + key[1:3]]
         block = _widen(block[(slice(None),) + key[1:3]], self.kind)
         if self.nonfinite == "raise":
-            _check_finite(block, path, step0)
+            _check_finite(block, path, step0, 0, self.labels)
         return block
 
     @property
@@ -125,7 +126,7 @@ class _RawSource:
             return block[:, :, key[2]]
         block = _widen(block[:, :, key[2]], self.kind)
         if self.nonfinite == "raise":
-            _check_finite(block, path, step0, rows[0])
+            _check_finite(block, path, step0, rows[0], self.labels)
         return block
 
 
@@ -182,13 +183,16 @@ def _widen(block: np.ndarray, kind: str) -> np.ndarray:
     return np.ascontiguousarray(block)
 
 
-def _check_finite(block: np.ndarray, path: str, step0: int, token0: int = 0) -> None:
+def _check_finite(block: np.ndarray, path: str, step0: int, token0: int = 0, labels: np.ndarray | None = None) -> None:
+    # block: steps step0.. of the history; labels: the history's step labels (None: positions)
     if block.ndim == 3 and not np.isfinite(block).all():
         s, t, _ = np.argwhere(~np.isfinite(block))[0]
         value = block[s, t][~np.isfinite(block[s, t])][0]
+        at = step0 + int(s)
+        step = f"step {labels[at]} (index {at})" if labels is not None else f"step index {at}"
         raise InputError(
-            f"{path}: history holds {value} at step index {step0 + s}, token {token0 + t};"
-            " fix the input, or pass nonfinite='propagate' (--nonfinite propagate) to get NaN distances there"
+            f"{path}: history holds {value} at {step}, token {token0 + t}; fix the input, or pass"
+            " nonfinite='propagate' (--nonfinite propagate) to compute anyway (NaN or infinite distances there)"
         )
 
 
@@ -424,9 +428,8 @@ def _open_npy(path: Path | Location, key: str | None, nonfinite: str) -> tuple[_
     return _FileSource(_picklable(path), start, np.dtype(dtype).str, kind, tuple(shape), nonfinite), "array", kind, None
 
 
-def _open_zarr(
-    path: Path | Location, key: str | None, chunks: Chunks, nonfinite: str
-) -> tuple[da.Array, str, str, np.ndarray | None]:
+def _open_zarr(path: Path | Location, key: str | None, chunks: Chunks) -> tuple[da.Array, str, str, np.ndarray | None]:
+    # unchecked: open_history checks finiteness (finite_blocks) once it knows the step labels
     import zarr
 
     try:
@@ -461,14 +464,18 @@ def _open_zarr(
     x = da.from_zarr(arr, chunks=_chunk_spec(chunks, arr.shape))
     if kind == "F16":
         x = x.astype(np.float32)
-    if nonfinite == "raise":
-        x = x.map_blocks(_finite_block, str(path), dtype=x.dtype, meta=np.empty((0, 0, 0), x.dtype))
     return x, key, kind, steps
 
 
-def _finite_block(block: np.ndarray, path: str, block_info=None) -> np.ndarray:
+def finite_blocks(x: da.Array, path: str, labels: np.ndarray | None) -> da.Array:
+    """``x`` whose every task raises the reader's :class:`InputError` on a NaN or infinity,
+    naming its step label (``labels``; None: its index) and token."""
+    return x.map_blocks(_finite_block, path, labels, dtype=x.dtype, meta=np.empty((0, 0, 0), x.dtype))
+
+
+def _finite_block(block: np.ndarray, path: str, labels: np.ndarray | None, block_info=None) -> np.ndarray:
     start = block_info[0]["array-location"][0][0] if block_info else 0
-    _check_finite(block, path, start)
+    _check_finite(block, path, start, 0, labels)
     return block
 
 

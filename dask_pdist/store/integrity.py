@@ -64,7 +64,8 @@ def _absent(store: StorePath) -> str:
 
 
 def _live_lock(path: StorePath) -> bool:
-    """Whether a writer lock is held, not counting one whose process is dead on this host."""
+    """Whether a writer lock is held, not counting one whose process is dead on this host (or
+    whose pid is now another process's)."""
     import socket
 
     try:
@@ -72,7 +73,9 @@ def _live_lock(path: StorePath) -> bool:
     except (OSError, ValueError):
         return False
     try:
-        return not (holder["host"] == socket.gethostname() and not pid_alive(int(holder["pid"])))
+        started = holder.get("process_start")  # a reused pid is not the writer (io/locks.py)
+        mine = holder["host"] == socket.gethostname()
+        return not (mine and not pid_alive(int(holder["pid"]), started if isinstance(started, int) else None))
     except (KeyError, TypeError, ValueError):
         return True  # a lock we cannot read is still a lock
 

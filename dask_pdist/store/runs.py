@@ -225,7 +225,8 @@ def compute_runs(
     output_dir : path-like
         Folder for the stores (created if missing; its parent must exist).
     key, chunks, tokens, nonfinite, token_ids, storage_options
-        As :func:`~dask_pdist.io.history.open_history`, for every run.
+        As :func:`~dask_pdist.io.history.open_history`, for every run. A store resumed (or
+        appended to) with ``chunks="auto"`` keeps its own chunks along ``step``.
     metrics, dtype, token_chunk
         As :func:`~dask_pdist.graphs.dataset.pairwise_distances`.
     compressor, overwrite, resume, append
@@ -289,7 +290,7 @@ def compute_runs(
         history = open_history(
             str(source),  # a URL string or a local path
             key,
-            chunks,
+            _stored_step_chunk(store) if state == "resume" and chunks == "auto" else chunks,
             tokens=tokens,
             nonfinite=nonfinite,  # type: ignore[arg-type]
             token_ids=token_ids,
@@ -318,6 +319,14 @@ def compute_runs(
         runs.append(Run(name, source, store, state, blocks))
     batch = RunBatch(runs, dask.delayed(graphs) if graphs else None)
     return batch.compute() if compute else batch
+
+
+def _stored_step_chunk(store: Path | Location) -> Any:
+    # a resumed store keeps its step chunks: a store grown by appends has those its first job
+    # chose, not those a fresh job over the grown input would
+    from dask_pdist.store.append import stored_fingerprint
+
+    return (stored_fingerprint(store).get("chunks") or ["auto"])[0] or "auto"
 
 
 def _check_current(store: Path | Location, name: str, ds: xr.Dataset) -> None:
