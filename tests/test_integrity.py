@@ -416,3 +416,22 @@ def test_export_removes_stale_partials_of_its_target_only(store, tmp_path):
         p.write_bytes(b"\0" * 100)
     to_safetensors(open_distances(store), tmp_path / "x.safetensors")
     assert not stale.exists() and live.exists() and other.exists()
+
+
+def test_outputs_whose_chunks_equal_the_fill_value_verify_clean(tmp_path, write_safetensors, capsys):
+    # no groups, all tokens in one cluster, nothing moved: chunks equal to the fill value are
+    # still written, so verify does not call them missing (it used to: exit 1 on healthy stores)
+    from dask_pdist.cli.main import main
+
+    rand = write_safetensors("rand.safetensors", {"e": random_history((6, 9, 4), seed=2)}, "BF16")
+    const = write_safetensors("const.safetensors", {"e": np.zeros((6, 5, 3))}, "BF16")
+    runs = [
+        ["clusters", str(rand), "--threshold", "bf16", "-o", str(tmp_path / "none.zarr")],
+        ["clusters", str(const), "-o", str(tmp_path / "one.zarr")],
+        ["movement", str(const), "-o", str(tmp_path / "still.zarr"), "--chunk-steps", "2"],
+    ]
+    for argv in runs:
+        assert main([*argv, "--no-progress"]) == 0
+        capsys.readouterr()
+        assert main(["verify", argv[-1] if argv[0] != "movement" else argv[3], "--no-progress"]) == 0, capsys.readouterr()
+        assert "every chunk present" in capsys.readouterr().out

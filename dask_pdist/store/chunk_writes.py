@@ -73,7 +73,8 @@ def chunk_writes(ds: xr.Dataset, store: Path) -> list[Delayed]:
     """
     names = [n for n, v in ds.data_vars.items() if isinstance(v.data, da.Array)]
     lead = tuple(d for d in ds[names[0]].dims if all(d in ds[n].dims for n in names))
-    targets = {n: zarr_array(store / n, "r+") for n in names}
+    # every chunk written, also one equal to the fill value: an absent chunk is a lost one
+    targets = {n: zarr_array(store / n, "r+").with_config({"write_empty_chunks": True}) for n in names}
     sizes: dict[str, int] = {}
     for n in names:
         for d, size in zip(ds[n].dims, targets[n].chunks, strict=True):

@@ -136,6 +136,9 @@ def write_whole(
                 encoding=encoding,
                 compute=False,
                 safe_chunks=not by_store_chunk,
+                # every chunk written, also one equal to the fill value (no groups, nothing
+                # moved): an absent chunk file then always means a lost one, which verify reports
+                write_empty_chunks=True,
             )
         if by_store_chunk:  # metadata and coordinates as xarray wrote them; the data this way
             written = chunk_writes(ds, Path(tmp))
