@@ -252,3 +252,33 @@ def test_damaged_coordinates_and_lost_array_metadata_point_to_overwrite(history,
     assert "DAMAGED" in capsys.readouterr().out
     assert main(["summary", str(out)]) == 2
     assert "euclidean/zarr.json is missing" in _one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_disk_full_while_creating_a_store_names_it_and_keeps_the_old_one(
+    history, tmp_path, monkeypatch, capsys, overwrite
+):
+    # ENOSPC while the store's metadata and coordinates are written (before any distance):
+    # one line naming the store (it used to be a bare "[Errno 28] No space left on device"),
+    # no lock, no hidden leftovers, and an existing store untouched
+    import zarr.storage
+
+    out = tmp_path / "d.zarr"
+    if overwrite:
+        assert main(["compute", str(history), "-o", str(out), "--no-progress"]) == 0
+        before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    real = zarr.storage.LocalStore.set
+
+    async def full(self, key, value):
+        if key.startswith("step/"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return await real(self, key, value)
+
+    monkeypatch.setattr(zarr.storage.LocalStore, "set", full)
+    argv = ["compute", str(history), "-o", str(out), "--no-progress"] + (["--overwrite"] if overwrite else [])
+    assert main(argv) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert str(out) in line and "No space left" in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["h.safetensors"] + (["d.zarr"] if overwrite else []))
+    if overwrite:
+        assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before

@@ -433,5 +433,7 @@ def test_outputs_whose_chunks_equal_the_fill_value_verify_clean(tmp_path, write_
     for argv in runs:
         assert main([*argv, "--no-progress"]) == 0
         capsys.readouterr()
-        assert main(["verify", argv[-1] if argv[0] != "movement" else argv[3], "--no-progress"]) == 0, capsys.readouterr()
+        assert main(["verify", argv[-1] if argv[0] != "movement" else argv[3], "--no-progress"]) == 0, (
+            capsys.readouterr()
+        )
         assert "every chunk present" in capsys.readouterr().out

@@ -258,6 +258,9 @@ def building(target: Path | Location, *, replace: bool = True, last: str = "zarr
         tmp = hidden_name(target)
         try:
             yield tmp
+        except OSError as exc:  # a full disk, a lost mount: named, and what was kept
+            discard(tmp)
+            raise named(exc, target) from exc
         except BaseException:
             discard(tmp)
             raise
