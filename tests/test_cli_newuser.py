@@ -144,6 +144,20 @@ def test_summary_step_without_plot_prints_that_step(tiny_store, capsys):
     assert "Quantization neighbours:" in out.split("Step 4:")[1]
 
 
+def test_summary_of_one_token_says_there_are_no_pairs(tmp_path, write_safetensors, capsys):
+    # V = 1: no pair, so no statistic (it used to print min=max=mean=0, distances of nothing)
+    from dask_pdist import open_distances
+    from dask_pdist.analyses.summary import step_summary
+
+    h = write_safetensors("one.safetensors", {"e": np.ones((3, 1, 4))})
+    store = tmp_path / "one.zarr"
+    assert main(["compute", str(h), "-o", str(store), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["summary", str(store), "--step", "2"]) == 0
+    assert "Step 2:\n  Euclidean: no pairs (one token)\n  Chebyshev: no pairs (one token)" in capsys.readouterr().out
+    assert all(np.isnan(v) for v in step_summary(open_distances(store), 0)["euclidean"])
+
+
 @pytest.mark.parametrize("command", [["summary", "STORE"], ["info", "STORE"]])
 def test_broken_pipe_exits_quietly(tiny_store, command):
     import subprocess

@@ -22,7 +22,8 @@ def step_summary(ds: xr.Dataset, index: int) -> dict[str, tuple[float, float, fl
 
     Returns
     -------
-    dict of metric name to (min, max, mean), computed in float64.
+    dict of metric name to (min, max, mean), computed in float64; NaN for a single token
+    (no pairs).
 
     Examples
     --------
@@ -35,7 +36,7 @@ def step_summary(ds: xr.Dataset, index: int) -> dict[str, tuple[float, float, fl
         var = ds[name]
         m = np.asarray(var.isel(step=index).values, dtype=np.float64)
         off = m[~np.eye(m.shape[0], dtype=bool)] if m.shape[0] > 1 else np.zeros(0)
-        out[name] = (float(off.min()), float(off.max()), float(off.mean())) if off.size else (0.0, 0.0, 0.0)
+        out[name] = (float(off.min()), float(off.max()), float(off.mean())) if off.size else (np.nan,) * 3
     return out
 
 
@@ -51,11 +52,13 @@ def format_summary(ds: xr.Dataset) -> str:
     for label, index in (("Initial", 0), ("Final", n_steps - 1)):
         lines.append(f"{label} distances (step {steps[index]}):")
         for name, (lo, hi, mean) in step_summary(ds, index).items():
-            lines.append(_stat_line(name, lo, hi, mean))
+            lines.append(_stat_line(name, lo, hi, mean, n_tok > 1))
     return "\n".join(lines)
 
 
-def _stat_line(name: str, lo: float, hi: float, mean: float) -> str:
+def _stat_line(name: str, lo: float, hi: float, mean: float, pairs: bool = True) -> str:
+    if not pairs:  # one token: nothing to describe (not a distance of 0)
+        return f"  {name.capitalize()}: no pairs (one token)"
     if name == "chebyshev_ulp":  # counts of representable values
         return f"  Chebyshev (ulp): min={lo:.0f}, max={hi:.0f}, mean={mean:.2f}"
     return f"  {name.capitalize()}: min={lo:.6f}, max={hi:.6f}, mean={mean:.6f}"
@@ -78,7 +81,7 @@ def format_step(ds: xr.Dataset, step: int, summary: xr.Dataset | None = None) ->
         raise ValueError(f"no step {step}; steps run {steps[0]}..{steps[-1]} ({len(steps)} steps)")
     lines = [f"Step {step}:"]
     for name, (lo, hi, mean) in step_summary(ds, int(where[0])).items():
-        lines.append(_stat_line(name, lo, hi, mean))
+        lines.append(_stat_line(name, lo, hi, mean, ds.sizes["token_i"] > 1))
     if summary is not None and "quantization_neighbours" in summary:
         count = int(summary["quantization_neighbours"].values[where[0]])
         lines.append(f"  Quantization neighbours: {count:,} pairs")
