@@ -224,12 +224,15 @@ def run_folders(run: Path) -> list[Path]:
     return [p for p in run.iterdir() if p.is_dir() and _TRAINER_FOLDER.fullmatch(p.name.removeprefix("tmp-"))]
 
 
-def checkpoint_paths(spec: str | Sequence[str | os.PathLike[str]], follow_symlinks: bool = False) -> list[Path]:
+def checkpoint_paths(
+    spec: str | Sequence[str | os.PathLike[str]], follow_symlinks: bool = False, stats: dict | None = None
+) -> list[Path]:
     """The checkpoints of a glob string or a list, in natural order (``step_10`` after ``step_9``).
 
     Each is a safetensors file or a sharded checkpoint's index json; a folder stands for the
     checkpoint inside it (its index json, or its only safetensors file). A glob skips
-    folders that hold no checkpoint.
+    folders that hold no checkpoint. ``stats``: receives the ``stat`` of each file of a list
+    by its path's string, for a reader to use rather than take another.
 
     Examples
     --------
@@ -265,12 +268,14 @@ def checkpoint_paths(spec: str | Sequence[str | os.PathLike[str]], follow_symlin
         for p in spec:
             path = Path(p)
             try:
-                mode = os.stat(p).st_mode
+                st = os.stat(p)
             except OSError:
-                mode = 0  # require_regular_file says why
-            inner = _checkpoint_in(path, follow_symlinks) if stat.S_ISDIR(mode) else None
-            if inner is None and not stat.S_ISREG(mode):  # not a folder holding a checkpoint: must be a regular file
+                st = None  # require_regular_file says why
+            inner = _checkpoint_in(path, follow_symlinks) if st and stat.S_ISDIR(st.st_mode) else None
+            if inner is None and not (st and stat.S_ISREG(st.st_mode)):  # not a folder with a checkpoint: a file
                 require_regular_file(path, "checkpoint file")
+            if inner is None and stats is not None:
+                stats[str(path)] = st
             paths.append(inner or path)
         if not paths:
             raise InputError("open_history got an empty list of checkpoint files; give at least one")

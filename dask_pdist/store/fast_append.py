@@ -47,7 +47,7 @@ from dask_pdist.store.digests import (
 )
 from dask_pdist.store.layout import StorePath, done_path, read_root, write_root_attrs
 
-__all__ = ["FAST_BLOCKS", "FAST_BYTES", "fast_job"]
+__all__ = ["FAST_BLOCKS", "FAST_BYTES", "fast_job", "described_array", "add_to_manifest"]
 
 #: At most this many blocks (step-block x token tiles) go the fast way: they are computed one
 #: after the other, in one thread.
@@ -105,6 +105,51 @@ def fast_job(ds: xr.Dataset, path: StorePath, todo: np.ndarray, lock: str, names
     return Delayed(token, {token: (functools.partial(_write_blocks, *args),)})
 
 
+class _Present:
+    # "is this a key of the graph?", asked of the layer named like the key (a Blockwise layer
+    # answers from its block counts): HighLevelGraph.cull lists every key of every layer for
+    # it, which costs what the store holds, not what the append writes
+    def __init__(self, layers: dict[str, Any]) -> None:
+        from dask.blockwise import Blockwise
+
+        self.layers, self.blockwise = layers, Blockwise
+        self.others = [layer for layer in layers.values() if not isinstance(layer, Blockwise)]
+
+    def __contains__(self, key: object) -> bool:
+        name = key[0] if isinstance(key, tuple) and key else key
+        layer = self.layers.get(name) if isinstance(name, str) else None
+        if isinstance(layer, self.blockwise):
+            index = key[1:] if isinstance(key, tuple) else ()
+            shape = [layer.dims[i] for i in layer.output_indices]
+            return len(index) == len(shape) and all(
+                isinstance(i, int) and 0 <= i < n for i, n in zip(index, shape, strict=True)
+            )
+        try:
+            return any(key in other for other in ([layer] if layer is not None else self.others))
+        except TypeError:  # not hashable
+            return False
+
+
+def _culled(graph: Any, keys: list[tuple]) -> dict:
+    # the tasks that compute `keys`, layer by layer from the last (HighLevelGraph.cull's walk)
+    present = _Present(graph.layers)
+    wanted, out = set(keys), {}
+    for name in reversed(graph._toposort_layers()):
+        layer = graph.layers[name]
+        if isinstance(layer, present.blockwise):
+            mine = {k for k in wanted if isinstance(k, tuple) and k and k[0] == layer.output}
+        else:
+            mine = {k for k in wanted if k in layer}
+        if not mine:
+            continue
+        culled, deps = layer.cull(mine, present)
+        out.update(culled)
+        for key, needs in deps.items():
+            wanted |= needs
+            wanted.discard(key)
+    return out
+
+
 def _sync(coros: list[Coroutine]) -> list[Any]:
     # one trip through zarr's event loop for a whole phase: its writes run concurrently
     from zarr.core.sync import sync
@@ -122,6 +167,41 @@ def _array(store: Any, name: str, doc: dict[str, Any], write_empty: bool) -> Any
 
     config = {"write_empty_chunks": True} if write_empty else None
     return AsyncArray(metadata=doc, store_path=ZarrPath(store, name), config=config)
+
+
+def described_array(path: StorePath, name: str, doc: dict[str, Any], store_id: int = 0) -> tuple[Any, dict[str, int]]:
+    """Array ``name`` of the store at ``path`` for writing (every chunk written), as ``doc``
+    (its metadata document, e.g. from the consolidated metadata) describes it: no read to
+    open it. With the dict that receives ``{chunk key: keyed digest}`` of every chunk written
+    (:func:`.digests.recording_array` does the same after reading the array's ``zarr.json``)."""
+    import zarr
+
+    store = checked_store(path, Digests({}, store_id), read_only=False)
+    return zarr.Array(_array(store, name, doc, True)), store.written
+
+
+def add_to_manifest(path: StorePath, digests: dict[str, int]) -> None:
+    """:func:`.digests.manifest_with` (the same file, the same bytes) without opening the
+    store as a zarr group: the bookkeeping sub-group's ``zarr.json`` read, its manifest
+    extended, written back in one replace."""
+    import json
+
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.group import GroupMetadata
+
+    from dask_pdist.io.paths import replace_bytes
+    from dask_pdist.store.digests import MANIFEST_ATTR, manifest_with
+
+    where = path / BOOKKEEPING / "zarr.json"
+    try:
+        doc = json.loads(where.read_text())
+        meta = GroupMetadata.from_dict(doc)
+    except (OSError, ValueError, TypeError, KeyError):
+        manifest_with(path, digests)  # missing or damaged: zarr's way
+        return
+    found = meta.attributes.get(MANIFEST_ATTR)
+    meta.attributes[MANIFEST_ATTR] = {**(found if isinstance(found, dict) else {}), **digests}
+    replace_bytes(where, meta.to_buffer_dict(default_buffer_prototype())["zarr.json"].to_bytes())
 
 
 def _where(chunks: tuple[tuple[int, ...], ...], index: tuple[int, ...]) -> tuple[slice, ...]:
@@ -147,7 +227,7 @@ def _write_blocks(
     from dask.local import get_sync
 
     # 1. the blocks, by the graph's own tasks (culled to them)
-    values = get_sync(graph.cull(set(keys)), keys)
+    values = get_sync(_culled(graph, keys), keys)
     store = checked_store(path, Digests({}, store_id), read_only=False)
     # 2. every variable's chunks of the new blocks (digests recorded by the store)
     arrays = {name: _array(store, name, docs[name], True) for name in names}
