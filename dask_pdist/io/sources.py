@@ -327,7 +327,8 @@ def _open_checkpoints(
     follow_symlinks: bool = False,
 ) -> tuple[_StackSource, str, str, list[Path | Location], str, list[FileFacts]]:
     stats: dict[str, os.stat_result] = {}
-    if any_url(spec):
+    remote = any_url(spec)
+    if remote:
         checkpoints = _url_checkpoints(spec, storage_options)
     else:
         checkpoints = checkpoint_paths(spec, follow_symlinks, stats)
@@ -337,7 +338,7 @@ def _open_checkpoints(
     files = []
     for checkpoint in checkpoints:
         # the shard holding key, for a sharded checkpoint
-        path = checkpoint if is_remote(checkpoint) else tensor_file(checkpoint, key, follow_symlinks)
+        path = checkpoint if remote and is_remote(checkpoint) else tensor_file(checkpoint, key, follow_symlinks)
         paths.append(path)
         facts = file_facts(path, stats.get(str(path)))
         files.append(facts)

@@ -100,7 +100,9 @@ def fast_job(ds: xr.Dataset, path: StorePath, todo: np.ndarray, lock: str, names
     graph = HighLevelGraph.merge(*(d.__dask_graph__() for d in data))
     chunks = [d.chunks for d in data]
     token = f"fast-append-{uuid.uuid4().hex}"
-    args = (graph, keys, which, chunks, names, blocks, path, lock, docs, int(attrs[STORE_ID_ATTR]))
+    # (the packed table's held step-blocks: as the growth left them)
+    held = int(attrs.get(PACKED_ATTR, 0))
+    args = (graph, keys, which, chunks, names, blocks, path, lock, docs, int(attrs[STORE_ID_ATTR]), held)
     # one task; its arguments inside a partial, where dask does not look for keys
     return Delayed(token, {token: (functools.partial(_write_blocks, *args),)})
 
@@ -223,6 +225,7 @@ def _write_blocks(
     lock: str,
     docs: dict[str, dict[str, Any]],
     store_id: int,
+    held: int,
 ) -> int:
     from dask.local import get_sync
 
@@ -250,7 +253,6 @@ def _write_blocks(
     # 3. the blocks' digests, and the packed table from the first step-block it lacks
     digest = _array(store, f"{BOOKKEEPING}/{DIGEST}", docs[f"{BOOKKEEPING}/{DIGEST}"], True)
     writes = [digest.setitem(tuple(int(i) for i in idx), row) for idx, row in zip(blocks, rows, strict=True)]
-    held = int((read_root(path) or {}).get("attributes", {}).get(PACKED_ATTR, 0))
     packed = _packed(store, path, docs, held, blocks, rows)
     if packed is not None:
         writes.append(packed[0])
