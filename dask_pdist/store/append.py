@@ -28,7 +28,7 @@ from dask_pdist.conventions import BOOKKEEPING, COMPLETE_ATTR, FINGERPRINT_ATTR,
 from dask_pdist.errors import StoreError
 from dask_pdist.io.paths import zarr_array
 from dask_pdist.store.digests import DIGEST, PACKED, PACKED_ATTR, STORE_ID_ATTR, recording_array
-from dask_pdist.store.fast_append import add_to_manifest, described_array
+from dask_pdist.store.fast_append import add_to_manifest, described_array, stored_labels
 from dask_pdist.store.layout import (
     StorePath,
     consolidate,
@@ -83,7 +83,7 @@ def keep_gone_steps(ds: xr.Dataset, path: StorePath) -> tuple[xr.Dataset, np.nda
     are out of order or that has a step between stored ones)."""
     if not _per_checkpoint(ds) or not (path / "step" / "zarr.json").exists():
         return ds, None
-    labels = np.asarray(zarr_array(path / "step")[...])
+    labels = stored_labels(path)
     # an interrupted append's steps not written yet are not stored: if their checkpoints are
     # gone too, they are left out (the store shrinks back to its written steps)
     stored = labels if is_complete(read_root(path)) else labels[: _whole_steps(path, len(labels))]
@@ -171,7 +171,7 @@ def check_append(ds: xr.Dataset, path: StorePath, fingerprint: dict[str, Any], g
         diff.append(f"tokens: store has {shape[1]}, now {now[1]}")
     if diff:
         raise _refuse(path, "the input or parameters differ from the store's: " + "; ".join(diff))
-    stored = np.asarray(zarr_array(path / "step")[...])
+    stored = stored_labels(path)
     steps = ds["step"].values
     if len(steps) < len(stored) and gone is None:  # (gone: steps never written, whose checkpoints are gone)
         raise _refuse(path, f"the input has {len(steps)} steps, fewer than the store's {len(stored)}")

@@ -45,9 +45,9 @@ from dask_pdist.store.digests import (
     checked_store,
     names_kind,
 )
-from dask_pdist.store.layout import StorePath, done_path, read_root, write_root_attrs
+from dask_pdist.store.layout import StorePath, done_path, is_complete, read_root, write_root_attrs
 
-__all__ = ["FAST_BLOCKS", "FAST_BYTES", "fast_job", "described_array", "add_to_manifest"]
+__all__ = ["FAST_BLOCKS", "FAST_BYTES", "fast_job", "described_array", "add_to_manifest", "stored_labels"]
 
 #: At most this many blocks (step-block x token tiles) go the fast way: they are computed one
 #: after the other, in one thread.
@@ -180,6 +180,22 @@ def described_array(path: StorePath, name: str, doc: dict[str, Any], store_id: i
 
     store = checked_store(path, Digests({}, store_id), read_only=False)
     return zarr.Array(_array(store, name, doc, True)), store.written
+
+
+def stored_labels(path: StorePath) -> np.ndarray:
+    """The step labels a store holds. A complete store's are read as its consolidated metadata
+    describes the array (one trip through zarr's event loop, no ``zarr.json`` read to open it);
+    another's through zarr. Plain reads: the integrity checks are the readers'."""
+    root = read_root(path) or {}
+    doc = ((root.get("consolidated_metadata") or {}).get("metadata") or {}).get("step")
+    if not is_complete(root) or not isinstance(doc, dict):
+        from dask_pdist.io.paths import zarr_array
+
+        return np.asarray(zarr_array(path / "step")[...])
+    array = _array(checked_store(path), "step", doc, False)  # (no digests expected: read as zarr reads)
+    from zarr.core.sync import sync
+
+    return np.asarray(sync(array.getitem(slice(None))))
 
 
 def add_to_manifest(path: StorePath, digests: dict[str, int]) -> None:
