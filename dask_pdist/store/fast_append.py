@@ -58,7 +58,7 @@ FAST_BYTES = 64 << 20
 
 def _arrays(ds: xr.Dataset, names: list[str]) -> list[Any]:
     # the dask array each task-written variable's chunks come from
-    return [(ds[name.split("/")[-1]].data) for name in names]
+    return [ds[name.split("/")[-1]].data for name in names]
 
 
 def fast_job(ds: xr.Dataset, path: StorePath, todo: np.ndarray, lock: str, names: list[str]) -> Delayed | None:
