@@ -9,7 +9,6 @@ Checkpoints come as files (``ckpt/step_500.safetensors``), as Hugging Face style
 
 from __future__ import annotations
 
-import functools
 import glob
 import json
 import os
@@ -22,6 +21,8 @@ import numpy as np
 
 from dask_pdist.errors import InputError, SkippedCheckpointWarning
 from dask_pdist.io.known_files import known_folder, remember_folder
+from dask_pdist.io.path_facts import as_path, digit_runs, trainer_folder_step
+from dask_pdist.io.path_facts import natural_key as _natural_key
 from dask_pdist.io.safetensors_format import require_regular_file
 from dask_pdist.io.step_labels import parse_steps  # (re-exported: the readers take it from here)
 
@@ -55,13 +56,6 @@ _EMBEDDING_KEYS = {
 }
 #: Most decoder-only models (Llama, Qwen, Mistral, Gemma, Phi-3, ...).
 _DEFAULT_EMBEDDING_KEY = "model.embed_tokens.weight"
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def _natural_key(path: str) -> tuple:
-    # "step_10" after "step_9": digit runs compare as numbers (kept: a followed run sorts the
-    # same names at every save)
-    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", path))
 
 
 def confined(path: Path, folder: Path, what: str, follow_symlinks: bool = False) -> Path:
@@ -224,12 +218,15 @@ def run_folders(run: Path) -> list[Path]:
     return [p for p in run.iterdir() if p.is_dir() and _TRAINER_FOLDER.fullmatch(p.name.removeprefix("tmp-"))]
 
 
-def checkpoint_paths(spec: str | Sequence[str | os.PathLike[str]], follow_symlinks: bool = False) -> list[Path]:
+def checkpoint_paths(
+    spec: str | Sequence[str | os.PathLike[str]], follow_symlinks: bool = False, stats: dict | None = None
+) -> list[Path]:
     """The checkpoints of a glob string or a list, in natural order (``step_10`` after ``step_9``).
 
     Each is a safetensors file or a sharded checkpoint's index json; a folder stands for the
     checkpoint inside it (its index json, or its only safetensors file). A glob skips
-    folders that hold no checkpoint.
+    folders that hold no checkpoint. ``stats``: receives the ``stat`` of each file of a list
+    by its path's string, for a reader to use rather than take another.
 
     Examples
     --------
@@ -265,14 +262,16 @@ def checkpoint_paths(spec: str | Sequence[str | os.PathLike[str]], follow_symlin
     else:
         paths = []
         for p in spec:
-            path = Path(p)
+            path = as_path(p)
             try:
-                mode = os.stat(p).st_mode
+                st = os.stat(p)
             except OSError:
-                mode = 0  # require_regular_file says why
-            inner = _checkpoint_in(path, follow_symlinks) if stat.S_ISDIR(mode) else None
-            if inner is None and not stat.S_ISREG(mode):  # not a folder holding a checkpoint: must be a regular file
+                st = None  # require_regular_file says why
+            inner = _checkpoint_in(path, follow_symlinks) if st and stat.S_ISDIR(st.st_mode) else None
+            if inner is None and not (st and stat.S_ISREG(st.st_mode)):  # not a folder with a checkpoint: a file
                 require_regular_file(path, "checkpoint file")
+            if inner is None and stats is not None:
+                stats[str(path)] = st
             paths.append(inner or path)
         if not paths:
             raise InputError("open_history got an empty list of checkpoint files; give at least one")
@@ -306,7 +305,8 @@ def _path_order(p: Path) -> tuple:
 def _varying_numbers(paths: list[Path]) -> list[int] | None:
     # the number in the part of the path that differs between checkpoints (a glob's match):
     # checkpoint-500/model.safetensors -> 500, even though the file names are all alike
-    parts = [_DIGIT_RUNS.split(os.path.abspath(p)) for p in paths]
+    cwd = os.getcwd()
+    parts = [digit_runs(os.fspath(p), cwd) for p in paths]
     if len({len(x) for x in parts}) != 1:
         return None
     between = parts[0][0::2]
@@ -342,9 +342,9 @@ def checkpoint_steps(paths: list[Path]) -> np.ndarray | None:
     array([ 500, 1000])
     """
     numbers, origin = None, "Trainer folder"
-    folders = [_TRAINER_FOLDER.fullmatch(os.path.basename(os.path.dirname(p))) for p in paths]
-    if all(folders):  # checkpoint-500/model.safetensors -> 500, even for one checkpoint
-        numbers = [int(m[1]) for m in folders if m]
+    folders = [trainer_folder_step(os.fspath(p)) for p in paths]
+    if all(n is not None for n in folders):  # checkpoint-500/model.safetensors -> 500, even for one checkpoint
+        numbers = folders
     if numbers is None:
         numbers, origin = (_varying_numbers(paths) if len(paths) > 1 else None), "path"
     if numbers is None:

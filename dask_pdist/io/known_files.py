@@ -48,16 +48,18 @@ class FileFacts:
 _KNOWN: dict[str, tuple[tuple[int, ...], FileFacts]] = {}
 
 
-def file_facts(path: Path | Location) -> FileFacts:
+def file_facts(path: Path | Location, st: os.stat_result | None = None) -> FileFacts:
     """The facts of a safetensors file: kept from an earlier read while its ``stat`` data is
-    unchanged (a local file settled then), else read now (its header)."""
+    unchanged (a local file settled then), else read now (its header). ``st``: its ``stat``,
+    taken just before by the caller (listing the checkpoints), else taken here."""
     if is_remote(path):
         tensors, _ = read_header(path)
         return FileFacts(tensors, identity(path), version_of(path), path.size("checkpoint file"))
-    try:
-        st = os.stat(path)
-    except OSError:
-        st = None  # read_header says why
+    if st is None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            st = None  # read_header says why
     where = str(path)  # (relative to another folder, it is another file: its inode says so)
     seen = _stat_key(st) if st is not None else None
     known = _KNOWN.get(where)

@@ -330,16 +330,21 @@ def _open_checkpoints(
     storage_options: dict | None = None,
     follow_symlinks: bool = False,
 ) -> tuple[_StackSource, str, str, list[Path | Location], str, list[FileFacts]]:
-    checkpoints = _url_checkpoints(spec, storage_options) if any_url(spec) else checkpoint_paths(spec, follow_symlinks)
+    stats: dict[str, os.stat_result] = {}
+    remote = any_url(spec)
+    if remote:
+        checkpoints = _url_checkpoints(spec, storage_options)
+    else:
+        checkpoints = checkpoint_paths(spec, follow_symlinks, stats)
     starts = []
     paths = []
     first: tuple[Path | Location, TensorInfo] | None = None
     files = []
     for checkpoint in checkpoints:
         # the shard holding key, for a sharded checkpoint
-        path = checkpoint if is_remote(checkpoint) else tensor_file(checkpoint, key, follow_symlinks)
+        path = checkpoint if remote and is_remote(checkpoint) else tensor_file(checkpoint, key, follow_symlinks)
         paths.append(path)
-        facts = file_facts(path)
+        facts = file_facts(path, stats.get(str(path)))
         files.append(facts)
         tensors = facts.tensors
         if key is None:  # from config.json: GPT-2, Llama, Qwen, GPT-NeoX, ...

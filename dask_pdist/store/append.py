@@ -27,7 +27,8 @@ import xarray as xr
 from dask_pdist.conventions import BOOKKEEPING, COMPLETE_ATTR, FINGERPRINT_ATTR, INPUT_CHECKSUM, INPUT_VERSION
 from dask_pdist.errors import StoreError
 from dask_pdist.io.paths import zarr_array
-from dask_pdist.store.digests import DIGEST, PACKED, PACKED_ATTR, STORE_ID_ATTR, manifest_with, recording_array
+from dask_pdist.store.digests import DIGEST, PACKED, PACKED_ATTR, STORE_ID_ATTR, recording_array
+from dask_pdist.store.fast_append import add_to_manifest, described_array, stored_labels
 from dask_pdist.store.layout import (
     StorePath,
     consolidate,
@@ -82,7 +83,7 @@ def keep_gone_steps(ds: xr.Dataset, path: StorePath) -> tuple[xr.Dataset, np.nda
     are out of order or that has a step between stored ones)."""
     if not _per_checkpoint(ds) or not (path / "step" / "zarr.json").exists():
         return ds, None
-    labels = np.asarray(zarr_array(path / "step")[...])
+    labels = stored_labels(path)
     # an interrupted append's steps not written yet are not stored: if their checkpoints are
     # gone too, they are left out (the store shrinks back to its written steps)
     stored = labels if is_complete(read_root(path)) else labels[: _whole_steps(path, len(labels))]
@@ -170,7 +171,7 @@ def check_append(ds: xr.Dataset, path: StorePath, fingerprint: dict[str, Any], g
         diff.append(f"tokens: store has {shape[1]}, now {now[1]}")
     if diff:
         raise _refuse(path, "the input or parameters differ from the store's: " + "; ".join(diff))
-    stored = np.asarray(zarr_array(path / "step")[...])
+    stored = stored_labels(path)
     steps = ds["step"].values
     if len(steps) < len(stored) and gone is None:  # (gone: steps never written, whose checkpoints are gone)
         raise _refuse(path, f"the input has {len(steps)} steps, fewer than the store's {len(stored)}")
@@ -300,19 +301,30 @@ def grow(ds: xr.Dataset, path: StorePath, fingerprint: dict[str, Any]) -> None:
         for name, size in sizes.items():
             if (path / name / "zarr.json").exists():
                 _resize(path, name, size)
+    # the arrays written next, as the grown metadata describes them (no read to open them)
+    described = {
+        name: described_array(path, name, docs[name], int(held_attrs.get(STORE_ID_ATTR, 0)))
+        for name in ("step", f"{BOOKKEEPING}/{INPUT_VERSION}")
+        if name in docs
+    }
     if versions:
         # the versions now vouched for: the stored steps' (checked above) and the new ones'
-        array = zarr_array(path / BOOKKEEPING / INPUT_VERSION, "r+").with_config({"write_empty_chunks": True})
+        name = f"{BOOKKEEPING}/{INPUT_VERSION}"
+        array = (
+            described[name][0]
+            if name in described
+            else zarr_array(path / name, "r+").with_config({"write_empty_chunks": True})
+        )
         _write_changed(array, ds[INPUT_VERSION].values)
     store_id = int(held_attrs.get(STORE_ID_ATTR, 0))
-    array, written = recording_array(path, "step", store_id)
+    array, written = described["step"] if "step" in described else recording_array(path, "step", store_id)
     if array.shape[0] != total:
         array.resize((total,))
     # a complete store's labels were all compared with the input's (check_append); after a kill,
     # labels past the written steps may be missing: read them all
     _write_steps(array, ds["step"].values, stored if known is not None else 0)
     if written:
-        manifest_with(path, written)  # the digests of the step chunks rewritten
+        add_to_manifest(path, written)  # the digests of the step chunks rewritten
     if docs:  # the consolidated metadata holds every array's shape
         consolidate_changed(path, docs, (BOOKKEEPING,) if written else ())
     else:

@@ -78,6 +78,12 @@ def local_compute() -> Iterator[dict[str, Any]]:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _one_task(work: Any) -> bool:
+    # a dask.delayed whose graph is one task (its own)
+    graph = getattr(work, "dask", None)
+    return graph is not None and hasattr(work, "key") and len(graph) == 1
+
+
 def progress_bar(desc: str, **tqdm_kwargs: Any) -> Any:
     """The one dask progress bar: tqdm on stderr, one tick per task. A failed run clears its
     bar, so the error is the one line left on stderr. ``tqdm_kwargs``: e.g. ``delay=1.0``
@@ -148,6 +154,11 @@ class Job:
         try:
             if scheduler:
                 return self._distributed(scheduler, show)
+            if not show and _one_task(self.work) and local_scheduler():
+                # one task (an append's fast path): run it here, no thread pool to start
+                from dask.local import get_sync
+
+                return self.work.compute(scheduler=get_sync)
             with progress_bar(self.desc, **self.bar) if show else contextlib.nullcontext(), local_compute() as kw:
                 # the collection's own compute: xarray objects finalize their graphs themselves
                 return self.work.compute(**kw)

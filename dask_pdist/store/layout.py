@@ -297,7 +297,7 @@ def resize_in_metadata(path: StorePath, sizes: dict[str, int]) -> dict[str, dict
     read and a write through zarr's event loop. Arrays already that size are not written."""
     root = read_root(path) or {}
     known = ((root.get("consolidated_metadata") or {}).get("metadata")) or {}
-    docs = {}
+    docs, files = {}, []
     for name, size in sizes.items():
         doc = known.get(name)
         if doc is None or doc.get("node_type") != "array":
@@ -306,9 +306,33 @@ def resize_in_metadata(path: StorePath, sizes: dict[str, int]) -> dict[str, dict
             raise StoreError(f"internal error: {path}/{name} would shrink from {doc['shape'][0]} to {size}")
         if int(doc["shape"][0]) != size:
             doc = {**doc, "shape": [size, *doc["shape"][1:]]}
-            replace_bytes(path / name / "zarr.json", json.dumps(doc, indent=2).encode())
+            files.append((path / name / "zarr.json", json.dumps(doc, indent=2).encode()))
         docs[name] = doc
+    _replace_all(files)
     return docs
+
+
+_POOL: list[Any] = []  # made at the first use, kept: an append process may write many times
+_POOL_LOCK = threading.Lock()
+
+
+def _replace_all(files: list[tuple[StorePath, bytes]]) -> None:
+    # independent files (no order among them) written at once: each write is its own atomic
+    # replace, and on a busy disk or an object store their latencies overlap. Returns only when
+    # every write has ended, raising the first failure.
+    if len(files) < 2:
+        for where, data in files:
+            replace_bytes(where, data)
+        return
+    from concurrent.futures import ThreadPoolExecutor, wait
+
+    with _POOL_LOCK:
+        if not _POOL:
+            _POOL.append(ThreadPoolExecutor(8, thread_name_prefix="dask_pdist-metadata"))
+    futures = [_POOL[0].submit(lambda w=where, d=data: replace_bytes(w, d)) for where, data in files]
+    wait(futures)
+    for future in futures:
+        future.result()
 
 
 def consolidate_changed(path: StorePath, docs: dict[str, dict[str, Any]], groups: tuple[str, ...] = ()) -> None:

@@ -48,6 +48,7 @@ from dask_pdist.store.digests import (
     recording_array,
     update_packed,
 )
+from dask_pdist.store.fast_append import fast_job
 from dask_pdist.store.guards import check_input_outside, check_output, check_resumed_input, stop_job
 from dask_pdist.store.integrity import damaged_blocks, present_chunks
 from dask_pdist.store.job import Job
@@ -414,7 +415,13 @@ def to_zarr(
             todo = _resume_todo(ds, path)
         else:
             todo = np.ones(tuple(len(ds.chunksizes[d]) for d in DISTANCE_DIMS), bool)
-        job = _write_graph(ds, path, todo, lock)
+        job = None
+        if appending and was_complete:  # a few new blocks: written without the graph
+            job = fast_job(
+                ds, path, todo, lock, task_variables(ds, (path / BOOKKEEPING / INPUT_CHECKSUM / "zarr.json").exists())
+            )
+        if job is None:
+            job = _write_graph(ds, path, todo, lock)
     except BaseException:
         release_lock(path, lock)
         raise
