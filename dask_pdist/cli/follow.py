@@ -132,7 +132,15 @@ def follow(args: argparse.Namespace, source: str | list[str], output: str, compu
     ``args.idle_exit`` seconds pass without one (forever without it) or a stop signal.
 
     ``compute(args, source, output, overwrite, resume, append, brief)`` is the CLI's compute
-    (returns False when there was nothing new). Returns the exit code (0)."""
+    (returns False when there was nothing new). Returns the exit code (0). The newest files a
+    glob matches may be being written: they are waited for (``io/checkpoints.py: following``)."""
+    from dask_pdist.io.checkpoints import following
+
+    with following():
+        return _follow(args, source, output, compute)
+
+
+def _follow(args: argparse.Namespace, source: str | list[str], output: str, compute: Callable[..., bool]) -> int:
     from dask_pdist.io.history import is_checkpoint_spec
     from dask_pdist.io.paths import any_url
 

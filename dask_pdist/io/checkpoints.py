@@ -9,12 +9,14 @@ Checkpoints come as files (``ckpt/step_500.safetensors``), as Hugging Face style
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import glob
 import json
 import os
 import re
 import stat
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -246,7 +248,7 @@ def checkpoint_paths(
             inner = _checkpoint_in(Path(p), follow_symlinks) if os.path.isdir(p) else Path(p)
             if inner is not None:
                 paths.append(inner)
-        if paths and not all(os.path.isdir(p) for p in found):
+        if paths and _FOLLOWING.get() and not all(os.path.isdir(p) for p in found):
             paths = _without_newest_incomplete(sorted(paths, key=_path_order), spec)
         if not paths:
             from dask_pdist.io.folder_hints import stores_hint  # (it imports this module)
@@ -278,11 +280,27 @@ def checkpoint_paths(
     return sorted(paths, key=_path_order)
 
 
+#: True while --follow lists its input (:func:`following`).
+_FOLLOWING: contextvars.ContextVar[bool] = contextvars.ContextVar("dask_pdist_following", default=False)
+
+
+@contextlib.contextmanager
+def following() -> Iterator[None]:
+    """While a run is followed, the newest files a glob matches may still be being written:
+    those shorter than their headers say are skipped with a note (and appended once whole)
+    instead of refused as truncated, as they are in a one-shot compute."""
+    token = _FOLLOWING.set(True)
+    try:
+        yield
+    finally:
+        _FOLLOWING.reset(token)
+
+
 def _without_newest_incomplete(paths: list[Path], spec: str) -> list[Path]:
-    # A glob's newest files may still be being written (safetensors' save_file writes in
-    # place): the last ones in order that are shorter than their headers say are skipped with a
-    # note, as an incomplete checkpoint folder is, and --follow waits for them. An incomplete
-    # file before a whole one is read, and its reader says what is wrong with it.
+    # A followed glob's newest files may still be being written (safetensors' save_file writes
+    # in place): the last ones in order that are shorter than their headers say are skipped with
+    # a note, as an incomplete checkpoint folder is. An incomplete file before a whole one is
+    # read, and its reader says what is wrong with it.
     import warnings
 
     end = len(paths)
