@@ -65,19 +65,22 @@ def _check_view(store: Path, steps: np.ndarray, truth: tuple[np.ndarray, np.ndar
     return n
 
 
-@pytest.mark.parametrize("chunk", [1, 4])
-def test_reader_between_every_metadata_write_of_an_append(grown, tmp_path, monkeypatch, chunk):
+@pytest.mark.parametrize(
+    ("chunk", "place"), [(1, "local"), (4, "local"), pytest.param(1, "s3", marks=pytest.mark.slow)]
+)
+def test_reader_between_every_metadata_write_of_an_append(grown, tmp_path, monkeypatch, request, chunk, place):
     import dask_pdist.store.layout as layout
 
     _, steps, write, truth = grown
-    store = tmp_path / "d.zarr"
+    store = tmp_path / "d.zarr" if place == "local" else f"{request.getfixturevalue('s3_bucket')}/d.zarr"
     to_zarr(_distances(write(6), chunk), store)
     real, seen = layout.replace_bytes, []
 
     def frozen(where, data):  # the writer stops after each metadata file it replaces
         real(where, data)
         if threading.current_thread() is threading.main_thread():  # not in the job's worker threads
-            seen.append((Path(where).relative_to(store).as_posix(), _check_view(store, steps, truth, tmp_path)))
+            name = str(where)[len(str(store)) :].lstrip("/")
+            seen.append((name, _check_view(store, steps, truth, tmp_path)))
 
     monkeypatch.setattr(layout, "replace_bytes", frozen)
     to_zarr(_distances(write(9), chunk), store, append=True)
