@@ -21,7 +21,10 @@ from dask_pdist.io.publish import pid_alive
 from dask_pdist.store.digests import Absent, Digests, Misplaced, checked_store, expected_digests
 from dask_pdist.store.layout import (
     StorePath,
+    changed_since_opened,
     lock_path,
+    root_bytes,
+    root_version,
 )
 
 __all__ = ["CheckedChunks", "lazy_checked", "check_small_arrays", "present_chunks", "damaged_blocks"]
@@ -98,7 +101,9 @@ class CheckedChunks:
 
     ``done`` (incomplete stores, indexed by the array's chunk index along its dims; 1-D
     arrays use the step axis of the flags): chunks of blocks not marked done read as NaN.
-    ``done=None``: the store is complete; every chunk must be present.
+    ``done=None``: the store is complete; every chunk must be present. ``opened``: the
+    version of the root the reader opened (:func:`~.layout.root_version`); a chunk that fails
+    after the root changed is reported as the store changed since, not as damage.
     """
 
     def __init__(
@@ -111,6 +116,7 @@ class CheckedChunks:
         steps: np.ndarray,
         done: np.ndarray | None,
         expected: dict[str, int] | None = None,
+        opened: str | None = None,
     ) -> None:
         self.store = store
         self.name = name
@@ -123,6 +129,7 @@ class CheckedChunks:
         # the digests recorded for this array's chunks, by key (store/digests.py)
         self.expected = (expected if isinstance(expected, Digests) else Digests(expected or {})).only(f"{name}/c/")
         self._array: Any = None
+        self.opened = opened  # layout.root_version of the root the reader opened, if known
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_array": None}
@@ -144,6 +151,8 @@ class CheckedChunks:
 
     def _fail(self, idx: tuple[int, ...], problem: str) -> StoreError:
         where = _where(self.name, idx, self.steps, self._rows(idx))
+        if self.opened is not None and root_version(root_bytes(self.store)) != self.opened:
+            return changed_since_opened(self.store, where)  # a writer moved on: not damage
         return StoreError(f"{self.store}: {where}: {problem}; {_hint(str(self.store), self.name)}")
 
     def __getitem__(self, key: Any) -> np.ndarray:

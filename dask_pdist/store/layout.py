@@ -85,17 +85,61 @@ def done_path(path: StorePath) -> StorePath:
     return path / BOOKKEEPING / DONE
 
 
-def read_root(path: StorePath) -> dict[str, Any] | None:
-    """The root ``zarr.json`` of ``path``, or None if absent or unreadable."""
+def root_bytes(path: StorePath) -> bytes | None:
+    """The root ``zarr.json`` of ``path`` as stored (one atomic file), or None if absent."""
     try:
-        meta = json.loads((path / "zarr.json").read_text())
+        return (path / "zarr.json").read_bytes()
     except PermissionError:
         if is_remote(path):
             raise  # wrong credentials: say so, not "not a store"
         return None
-    except (OSError, ValueError):
+    except OSError:
+        return None
+
+
+def parse_root(raw: bytes | None) -> dict[str, Any] | None:
+    """The root document ``raw`` (:func:`root_bytes`) parsed, or None if absent or unreadable."""
+    try:
+        meta = json.loads(raw) if raw is not None else None
+    except ValueError:
         return None
     return meta if isinstance(meta, dict) else None
+
+
+def read_root(path: StorePath) -> dict[str, Any] | None:
+    """The root ``zarr.json`` of ``path``, or None if absent or unreadable."""
+    return parse_root(root_bytes(path))
+
+
+def root_version(raw: bytes | None) -> str:
+    """A short digest of a root document (:func:`root_bytes`): every job that writes a store
+    rewrites its root first (marked incomplete) and last (complete), so a root that differs
+    from the one a reader opened means the store changed since."""
+    import hashlib
+
+    return hashlib.blake2b(raw or b"", digest_size=12).hexdigest()
+
+
+def pinned_metadata(raw: bytes) -> dict[str, bytes]:
+    """The metadata documents of a store as its root document ``raw`` records them: the root
+    itself and every array's, from its consolidated metadata (for :class:`~.digests.Digests`'
+    ``pinned``). An append rewrites the arrays' ``zarr.json`` one file at a time and the root
+    last; a reader that takes every shape from the one root it read sees one consistent store."""
+    nodes = ((parse_root(raw) or {}).get("consolidated_metadata") or {}).get("metadata") or {}
+    pinned = {"zarr.json": raw}
+    for name, doc in nodes.items():
+        if isinstance(doc, dict) and doc.get("node_type") == "array":
+            pinned[f"{name}/zarr.json"] = json.dumps(doc).encode()
+    return pinned
+
+
+def changed_since_opened(path: StorePath, where: str = "") -> StoreError:
+    """The error for a read that fails because a writer changed the store since it was
+    opened: not damage, and nothing to recompute."""
+    return StoreError(
+        f"{path}: {where + ': ' if where else ''}the store was changed by a writer since it was opened (an append,"
+        " --resume or --overwrite rewrote it); open it again (open_distances) to read it as it is now"
+    )
 
 
 def check_metadata(path: StorePath, *, every_file: bool = False) -> None:

@@ -7,26 +7,33 @@ compiler.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any, Literal
 
 import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
+import zarr
 
 from dask_pdist.conventions import ALL_METRICS, DONE, STOPPED_ATTR
 from dask_pdist.errors import StoreError
 from dask_pdist.io.folder_hints import stores_hint
-from dask_pdist.io.paths import Location, is_remote, zarr_group
-from dask_pdist.store.digests import STORE_ID_ATTR, checked_store, expected_digests
+from dask_pdist.io.paths import Location, is_remote
+from dask_pdist.store.digests import STORE_ID_ATTR, Digests, checked_store, expected_digests, read_manifest
 from dask_pdist.store.integrity import CheckedChunks, _live_lock, check_small_arrays, lazy_checked
 from dask_pdist.store.layout import (
+    StorePath,
+    changed_since_opened,
     check_metadata,
     is_complete,
     is_store,
     not_a_store,
+    parse_root,
+    pinned_metadata,
     read_attrs,
-    read_root,
+    root_bytes,
+    root_version,
     store_path,
     store_progress,
 )
@@ -34,6 +41,11 @@ from dask_pdist.store.layout import (
 __all__ = ["open_distances"]
 
 _COORDS = ("step", "token_i", "token_j")
+#: Opens tried while writers keep changing the store under them (each append changes it
+#: three times in a few milliseconds; a reader meets a change in about 1 open in 10)
+_ATTEMPTS = 5
+#: Seconds between looks at a store whose live writer may be between two of its writes
+_PAUSES = (0.0, 0.02, 0.1, 0.4)
 
 
 def open_distances(
@@ -85,17 +97,44 @@ def open_distances(
             "allow_incomplete=True masks missing blocks with dask: use chunks='store' (the default) with it"
         )
     path = store_path(path, storage_options)
+    failed: Exception | None = None
+    for _ in range(_ATTEMPTS):
+        raw = root_bytes(path)  # the one document every shape of this view is taken from
+        seen: dict[str, Any] = {}
+        try:
+            return _open(path, raw, allow_incomplete, chunks, seen)
+        except Exception as exc:
+            state = _moved(path, raw, seen.get("expected"), seen.get("checking", False))
+            if state is None:
+                raise  # nothing changed: real damage (or a refusal), reported as it is
+            if state == "live":
+                raise StoreError(
+                    f"{path}: a read did not match the store's records while a job holding its writer lock is"
+                    " rewriting them (an append updates the step labels, then their digests, then the root):"
+                    " open it again in a moment; once the job has ended, `dask-pdist verify` tells real damage"
+                ) from exc
+            failed = exc  # a writer moved the store on meanwhile: not damage; open it again
+    raise changed_since_opened(path, f"changed by a writer {_ATTEMPTS} times while being opened") from failed
+
+
+def _open(
+    path: StorePath, raw: bytes | None, allow_incomplete: bool, chunks: str | None, seen: dict[str, Any]
+) -> xr.Dataset:
+    """One attempt of :func:`open_distances`, every shape from the root document ``raw``;
+    ``seen["expected"]``: the digests it read."""
     if not path.exists():
         hint = "" if is_remote(path) else stores_hint(path)  # a glob of run stores: say to give one
         raise FileNotFoundError(f"{path}: store not found{hint}")
     if not is_store(path):
         raise not_a_store(path)
     check_metadata(path)
-    root = read_root(path)
+    root = parse_root(raw)
     complete = is_complete(root)
     # a complete store has every block done: its flags (one file per block) are not read
     done = np.ones(0, bool) if complete else store_progress(path)[0]
-    group = zarr_group(path, "r", use_consolidated=False)
+    # the arrays as the root read recorded them (an append resizes them one file at a time)
+    view = Digests(pinned=pinned_metadata(raw or b""))
+    group = zarr.open_group(store=checked_store(path, view), mode="r", use_consolidated=True, zarr_format=3)
     written = None  # steps to show of a store being written: its leading whole steps
     if not complete and not allow_incomplete:
         missing = int((done == 0).sum())
@@ -113,7 +152,9 @@ def open_distances(
                 f"{path}: incomplete, {missing} of {done.size} blocks missing ({why}),"
                 " or open with allow_incomplete=True (--allow-incomplete) to read missing blocks as NaN"
             )
-    expected = expected_digests(path, None if complete else done)
+    seen["checking"] = True  # from here on, a failure may be a writer's rewrite met half-way
+    expected = seen["expected"] = expected_digests(path, None if complete else done)
+    expected.pinned = view.pinned
     check_small_arrays(path, [n for n in _COORDS if n in group], expected)
     store = checked_store(path, expected)  # coordinates too are read through the digest check
     ds = xr.open_zarr(store, zarr_format=3, consolidated=True, chunks=None, drop_variables=[DONE])
@@ -121,7 +162,7 @@ def open_distances(
     steps = ds["step"].values
     # the store's random id too: a store written again in place gets new task names
     store_id = ((root or {}).get("attributes") or {}).get(STORE_ID_ATTR)
-    token = dask.base.tokenize(str(path.resolve()), complete, done, store_id)
+    token = dask.base.tokenize(str(path.resolve()), complete, done, store_id, root_version(raw))
     for name in [*ds.data_vars, *(["embedding_rms"] if "embedding_rms" in ds.coords else [])]:
         if name not in group:
             raise StoreError(
@@ -129,7 +170,7 @@ def open_distances(
             )
         arr = group[name]
         source = CheckedChunks(
-            path, name, arr.shape, arr.chunks, arr.dtype, steps, None if complete else done, expected
+            path, name, arr.shape, arr.chunks, arr.dtype, steps, None if complete else done, expected, root_version(raw)
         )
         if chunks is None:  # no dask: numpy reads through the same checks, chunk by chunk
             data = lazy_checked(source)
@@ -150,6 +191,23 @@ def open_distances(
         ds = ds.isel(step=slice(0, written))
         ds.attrs["being_written"] = f"{written} of {total} steps whole so far; a job is writing the rest"
     return ds
+
+
+def _moved(path: StorePath, raw: bytes | None, expected: Digests | None, checking: bool) -> str | None:
+    """``"moved"`` if a writer changed the store since its root document ``raw`` was read: the
+    root differs, or the manifest of digests does (an append rewrites the step labels, then
+    the manifest, then the root). A failed check (``checking``) of a store whose writer is
+    live is looked at again for a moment (its next write is due within milliseconds), then
+    ``"live"``. None: nothing changed, no writer: the failure is the store's own."""
+    for pause in _PAUSES:
+        time.sleep(pause)
+        if root_bytes(path) != raw:
+            return "moved"
+        if expected and any(expected.get(key) != value for key, value in read_manifest(path).items()):
+            return "moved"
+        if not checking or not _live_lock(path):
+            return None
+    return "live"
 
 
 def _whole_prefix(group: Any, done: np.ndarray) -> int:
