@@ -74,13 +74,17 @@ def test_reader_between_every_metadata_write_of_an_append(grown, tmp_path, monke
     _, steps, write, truth = grown
     store = tmp_path / "d.zarr" if place == "local" else f"{request.getfixturevalue('s3_bucket')}/d.zarr"
     to_zarr(_distances(write(6), chunk), store)
-    real, seen = layout.replace_bytes, []
+    real, seen, one_at_a_time = layout.replace_bytes, [], threading.Lock()
 
     def frozen(where, data):  # the writer stops after each metadata file it replaces
         real(where, data)
-        if threading.current_thread() is threading.main_thread():  # not in the job's worker threads
-            name = str(where)[len(str(store)) :].lstrip("/")
-            seen.append((name, _check_view(store, steps, truth, tmp_path)))
+        # not in the job's worker threads; the growth writes the arrays' documents from a pool
+        # of its own (each thread stops after its file while a reader looks, one at a time)
+        thread = threading.current_thread()
+        if thread is threading.main_thread() or thread.name.startswith("dask_pdist-metadata"):
+            with one_at_a_time:
+                name = str(where)[len(str(store)) :].lstrip("/")
+                seen.append((name, _check_view(store, steps, truth, tmp_path)))
 
     monkeypatch.setattr(layout, "replace_bytes", frozen)
     to_zarr(_distances(write(9), chunk), store, append=True)
@@ -105,7 +109,7 @@ def test_reader_between_step_labels_and_their_digests(grown, tmp_path, monkeypat
     _, steps, write, truth = grown
     store = tmp_path / "d.zarr"
     to_zarr(_distances(write(6), 1), store)
-    real, outcomes = append.manifest_with, []
+    real, outcomes = append.add_to_manifest, []
 
     def frozen(path, digests):
         try:
@@ -114,7 +118,7 @@ def test_reader_between_step_labels_and_their_digests(grown, tmp_path, monkeypat
             outcomes.append(str(exc))
         real(path, digests)
 
-    monkeypatch.setattr(append, "manifest_with", frozen)
+    monkeypatch.setattr(append, "add_to_manifest", frozen)
     to_zarr(_distances(write(8), 1), store, append=True)
     monkeypatch.undo()
     (outcome,) = outcomes

@@ -147,7 +147,10 @@ def _open(
             elif live:  # a job that has not finished its first step-block yet
                 why = "a job is writing it now and no step is whole yet: open it again in a moment"
             else:
-                why = "the job was interrupted; finish it with the same `dask-pdist compute ... --resume` command"
+                why = (
+                    "the job was interrupted; finish it with the same `dask-pdist compute ... --resume` command"
+                    " (an interrupted append: the same --append or --follow command)"
+                )
             raise StoreError(
                 f"{path}: incomplete, {missing} of {done.size} blocks missing ({why}),"
                 " or open with allow_incomplete=True (--allow-incomplete) to read missing blocks as NaN"
