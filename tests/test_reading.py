@@ -161,6 +161,54 @@ def test_open_distances_without_dask(distances, tmp_path):
         dp.open_distances(store, chunks="auto")
 
 
+def test_one_step_through_dask_reads_that_step_only(distances, tmp_path, monkeypatch):
+    # dask fuses the selection into the read: the store source is asked for the one step,
+    # not for its whole block of steps (then copied and cut), and gives the same values
+    from dask_pdist.store.integrity import CheckedChunks
+
+    store = tmp_path / "d.zarr"
+    dp.to_zarr(distances, store)
+    ds = dp.open_distances(store)
+    asked = []
+    read = CheckedChunks.__getitem__
+    monkeypatch.setattr(CheckedChunks, "__getitem__", lambda self, key: asked.append(key) or read(self, key))
+    step = int(distances["step"].values[7])  # inside a block of 5 steps, not its first
+    for name in ("euclidean", "chebyshev"):
+        asked.clear()
+        got = ds[name].sel(step=step).values
+        np.testing.assert_array_equal(got, distances[name].sel(step=step).values)
+        assert asked and all(isinstance(key[0], (int, np.integer)) for key in asked), asked
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), shape=st.tuples(st.integers(1, 6), st.integers(1, 5), st.integers(1, 4)))
+def test_checked_read_box_keeps_numpy_indexing(data, shape):
+    # what a source gets from dask (from_array(fancy=True)): ints, slices, integer and boolean
+    # arrays, None; reading the bounding box and indexing it gives what numpy gives
+    from dask_pdist.store.integrity import _box
+
+    x = np.arange(math.prod(shape)).reshape(shape)
+
+    def one(n):
+        return st.one_of(
+            st.integers(-n, n - 1),
+            st.builds(
+                slice, st.none() | st.integers(-n, n), st.none() | st.integers(-n, n), st.sampled_from([None, 1, 2, -1])
+            ),
+            st.lists(st.integers(-n, n - 1), max_size=4).map(lambda v: np.array(v, dtype=np.intp)),
+            st.lists(st.booleans(), min_size=n, max_size=n).map(lambda v: np.array(v, dtype=bool)),
+        )
+
+    key = tuple(data.draw(one(n)) for n in shape)
+    if sum(isinstance(k, np.ndarray) for k in key) > 1:  # numpy broadcasts several arrays together
+        key = tuple(k if not isinstance(k, np.ndarray) or i == 0 else slice(None) for i, k in enumerate(key))
+    if data.draw(st.booleans()):
+        key = (None, *key)
+    box, rel = _box(key, shape)
+    region = x[tuple(slice(lo, hi) for lo, hi in box)]
+    np.testing.assert_array_equal(region[rel], x[key])
+
+
 def test_auto_codecs_per_variable_recorded(distances, tmp_path):
     store = tmp_path / "d.zarr"
     dp.to_zarr(distances, store)  # default: compressor="auto"

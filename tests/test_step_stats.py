@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dask.array as da
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dask_pdist.graphs.stats import step_stats
+from dask_pdist.graphs.stats import step_stats, summary_stats
+from dask_pdist.kernels.stats import _float32_above, tile_stats
 
 
 def _oracle(x: np.ndarray, thr: np.ndarray) -> np.ndarray:
@@ -33,13 +35,14 @@ def _oracle(x: np.ndarray, thr: np.ndarray) -> np.ndarray:
     nan_fraction=st.sampled_from([0.0, 0.0, 0.1, 1.0]),
     dtype=st.sampled_from(["float32", "float64", "float16"]),
     seed=st.integers(0, 2**16),
+    thr_scale=st.sampled_from([0.03, 0.3, 1.1]),  # few pairs below (their positions) or many (a triangle)
 )
-def test_step_stats_match_numpy(steps, vocab, step_chunk, token_chunk, nan_fraction, dtype, seed):
+def test_step_stats_match_numpy(steps, vocab, step_chunk, token_chunk, nan_fraction, dtype, seed, thr_scale):
     rng = np.random.default_rng(seed)
     x = rng.random((steps, vocab, vocab)).astype(dtype)
     x[rng.random(x.shape) < nan_fraction] = np.nan
     x[:, np.arange(vocab), np.arange(vocab)] = rng.random((steps, vocab))  # the diagonal never counts
-    thr = rng.random(steps) * 1.1
+    thr = rng.random(steps) * thr_scale
     got = step_stats(
         da.from_array(x, chunks=(step_chunk, token_chunk, token_chunk)), da.from_array(thr, chunks=step_chunk)
     ).compute()
@@ -53,3 +56,85 @@ def test_step_stats_without_threshold_counts_nothing():
     x = da.from_array(np.zeros((3, 4, 4), np.float32), chunks=(2, 3, 3))
     got = step_stats(x).compute()
     assert (got[:, 3] == 0).all() and (got[:, :3] == 0).all()
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    steps=st.integers(1, 7),
+    vocab=st.integers(2, 13),
+    step_chunk=st.integers(1, 4),
+    token_chunk=st.integers(1, 13),
+    seed=st.integers(0, 2**16),
+)
+def test_summary_stats_of_several_arrays_match_numpy(steps, vocab, step_chunk, token_chunk, seed):
+    # every array in one task per tile, the threshold's pairs counted for one of them, the
+    # threshold itself in the last column; the second array chunked otherwise (rechunked)
+    rng = np.random.default_rng(seed)
+    x = rng.random((steps, vocab, vocab)).astype(np.float32)
+    y = (rng.random((steps, vocab, vocab)) * 3).astype(np.float64)
+    y[rng.random(y.shape) < 0.1] = np.nan
+    thr = rng.random(steps)
+    chunks = (step_chunk, token_chunk, token_chunk)
+    got = summary_stats(
+        [da.from_array(x, chunks=chunks), da.from_array(y, chunks=(step_chunk + 1, token_chunk, 2))],
+        da.from_array(thr, chunks=max(1, step_chunk - 1)),
+        below=1,
+    ).compute()
+    assert got.shape == (steps, 9)
+    for k, values in enumerate((x, y)):
+        want = _oracle(values, thr)
+        if k == 0:
+            want[:, 3] = 0  # the threshold counts pairs of the other array only
+        np.testing.assert_array_equal(got[:, 4 * k + np.array([0, 2, 3])], want[:, [0, 2, 3]])
+        np.testing.assert_allclose(got[:, 4 * k + 1], want[:, 1], rtol=1e-12)
+    np.testing.assert_array_equal(got[:, -1], thr)
+
+
+def test_summary_stats_without_threshold_gives_nan_threshold():
+    x = da.from_array(np.ones((3, 4, 4), np.float32), chunks=(2, 4, 4))
+    got = summary_stats([x]).compute()
+    assert np.isnan(got[:, -1]).all() and (got[:, 3] == 0).all()
+
+
+def test_summary_stats_needs_the_array_a_threshold_counts():
+    x = da.from_array(np.ones((3, 4, 4), np.float32), chunks=(2, 4, 4))
+    with pytest.raises(ValueError, match="below="):
+        summary_stats([x], da.from_array(np.ones(3), chunks=2))
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    thr=st.one_of(
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.floats(width=32).map(float),  # thresholds that are float32 values themselves
+    ),
+    seed=st.integers(0, 2**16),
+)
+def test_float32_threshold_compares_as_the_float64_one(thr, seed):
+    # float32 values around the threshold (and the extremes) compare the same against the
+    # float64 threshold and against the float32 one summarize uses instead
+    rng = np.random.default_rng(seed)
+    f32 = np.finfo(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # thresholds beyond float32 on purpose
+        near = np.float32(thr) if np.isfinite(thr) else np.float32(0)
+        scale = np.float32(min(abs(float(near)), 1e30) + 1)
+        x = np.concatenate(
+            [
+                rng.standard_normal(64).astype(np.float32) * scale,
+                np.nextafter(near, np.float32([-np.inf, np.inf])),
+                [near, np.float32(0), -np.float32(0), f32.max, -f32.max, np.inf, -np.inf, np.nan],
+            ]
+        ).astype(np.float32)
+        t = np.array([thr])
+        np.testing.assert_array_equal(x < _float32_above(t)[0], x.astype(np.float64) < t[0])
+
+
+def test_tile_stats_counts_pairs_right_of_the_diagonal_only():
+    # a tile straddling the diagonal (rows 2..9, columns 1..8): the pair (i=3, j=2) is left
+    # of the diagonal and does not count, (i=2, j=3) does; few below (their positions) and
+    # all below (a triangle) give what a loop over the global indices gives
+    tile = np.full((1, 8, 8), 5.0, np.float32)
+    tile[0, 0, 2] = 0.5  # global (2, 3)
+    tile[0, 1, 1] = 0.5  # global (3, 2)
+    for thr, want in ((1.0, 1), (10.0, sum(1 for i in range(2, 10) for j in range(1, 9) if i < j))):
+        assert tile_stats(tile, 2, 1, np.array([thr]))[0, 4] == want

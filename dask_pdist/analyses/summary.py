@@ -120,7 +120,7 @@ def summarize(ds: xr.Dataset, threshold: float | None = None) -> xr.Dataset:
     """
     import dask.array as da
 
-    from dask_pdist.graphs.stats import step_stats
+    from dask_pdist.graphs.stats import summary_stats
 
     if "run" in ds.dims:
         runs = [summarize(ds.sel(run=r).drop_vars("run"), threshold) for r in ds["run"].values]
@@ -142,22 +142,25 @@ def summarize(ds: xr.Dataset, threshold: float | None = None) -> xr.Dataset:
                 raise ValueError(f"threshold={threshold!r}: must be a positive distance")
             thr = xr.full_like(ds["step"], threshold, dtype=np.float64)
         thr = thr.reset_coords(drop=True).astype(np.float64)
-    for name in names:
-        var = ds[name].transpose("step", "token_i", "token_j")
-        threshold_data = None
-        if name == "chebyshev":
-            threshold_data = thr.data if isinstance(thr.data, da.Array) else da.from_array(thr.values, chunks=-1)
-        # one pass over each chunk: min, max, sum, count (off-diagonal, NaN skipped), pairs below
-        stats = step_stats(var.data, threshold_data)  # min, mean, max, pairs below threshold
-        values = {"min": stats[:, 0], "mean": stats[:, 1], "max": stats[:, 2]}
-        for stat in STATS:
+    below = names.index("chebyshev") if "chebyshev" in names else None
+    threshold_data = None
+    if thr is not None:
+        threshold_data = thr.data if isinstance(thr.data, da.Array) else da.from_array(thr.values, chunks=-1)
+    # one pass over each chunk, every metric in one task: min, max, sum, count (off-diagonal,
+    # NaN skipped), pairs below the threshold; then the threshold, from the same task
+    arrays = [ds[name].transpose("step", "token_i", "token_j").data for name in names]
+    stats = summary_stats(arrays, threshold_data, below) if names else None
+    for k, name in enumerate(names):
+        for c, stat in enumerate(STATS):  # columns: min, mean, max, pairs below
             out[f"{name}_{stat}"] = xr.DataArray(
-                values[stat], dims=("step",), attrs={"long_name": f"{stat} off-diagonal {name} distance"}
+                stats[:, 4 * k + c], dims=("step",), attrs={"long_name": f"{stat} off-diagonal {name} distance"}
             )
-        if name == "chebyshev":
-            out["threshold"] = thr.assign_attrs(long_name="quantization-neighbour threshold")
+        if k == below:
+            out["threshold"] = xr.DataArray(
+                stats[:, -1], dims=("step",), attrs={**thr.attrs, "long_name": "quantization-neighbour threshold"}
+            )
             out["quantization_neighbours"] = xr.DataArray(
-                stats[:, 3].astype(np.int64),
+                stats[:, 4 * k + 3].astype(np.int64),
                 dims=("step",),
                 attrs={"long_name": "token pairs i<j with Chebyshev distance below threshold"},
             )

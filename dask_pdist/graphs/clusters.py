@@ -1,8 +1,10 @@
 """The graph of clusters: per-step labels of groups of (nearly) identical tokens.
 
 Array layer (axes and chunks) over the block functions of :mod:`dask_pdist.kernels.cluster_rows`
-(threshold 0: equal rows by their bytes, no numba) and :mod:`dask_pdist.kernels.cluster_tiles`
-(a positive threshold: union-find over distance tiles, numba, imported only on that path).
+(a history at threshold 0: equal rows by their bytes, no numba),
+:mod:`dask_pdist.kernels.cluster_tiles` (a history at a positive threshold: union-find over
+distance tiles, numba, imported only on that path) and :mod:`dask_pdist.kernels.cluster_edges`
+(a store: its pairs within the threshold as edges, numpy; numba only for a tile with many).
 """
 
 from __future__ import annotations
@@ -22,8 +24,11 @@ from dask_pdist.planning import plan_token_chunk
 __all__ = ["cluster_arrays"]
 
 
-def _reduce_tiles(per_tile: da.Array) -> da.Array:
-    from dask_pdist.kernels.cluster_tiles import _merge_tiles
+def _reduce_tiles(per_tile: da.Array, numba: bool = True) -> da.Array:
+    if numba:
+        from dask_pdist.kernels.cluster_tiles import _merge_tiles
+    else:  # the same labels in plain numpy (a store's tiles: the compiler not loaded)
+        from dask_pdist.kernels.cluster_edges import _merge_tiles
 
     return da.reduction(
         per_tile,
@@ -146,7 +151,8 @@ def cluster_arrays(
             )
         labels = _reduce_tiles(per_tile)
     elif kind == "distances":
-        from dask_pdist.kernels.cluster_tiles import _store_tile_task
+        # numpy: the pairs within the threshold as edges (numba only for a tile with many)
+        from dask_pdist.kernels.cluster_edges import _store_tile_task
 
         ids_i = da.arange(n_tokens, chunks=data.chunks[1])
         ids_j = da.arange(n_tokens, chunks=data.chunks[2])
@@ -170,7 +176,7 @@ def cluster_arrays(
                 meta=np.empty((0, 0, 0, 0), dtype=np.int32),
                 n_tokens=n_tokens,
             )
-        labels = _reduce_tiles(per_tile)
+        labels = _reduce_tiles(per_tile, numba=False)
     else:
         raise ValueError(f"kind={kind!r}: choose 'history' or 'distances'")
     out = {"cluster": labels}

@@ -145,12 +145,6 @@ def _history_tile_task(
     return parent[:, None, None, :]
 
 
-def _store_tile_task(d: np.ndarray, ia: np.ndarray, jb: np.ndarray, thr: np.ndarray, *, n_tokens: int) -> np.ndarray:
-    if ia.size == 0 or jb.size == 0 or ia[0] > jb[0]:  # symmetric: the upper tile has every edge
-        return _identity(d.shape[0], n_tokens)[:, None, None, :]
-    return tile_labels(d, thr, int(ia[0]), int(jb[0]), n_tokens)[:, None, None, :]
-
-
 def _merge_tiles(x: np.ndarray, axis: Any = None, keepdims: bool = False) -> np.ndarray:
     # x: (step, ni, nj, V) partial labels of the tiles of one step range -> one partition
     n_steps, ni, nj, n_tokens = x.shape

@@ -55,16 +55,42 @@ def tile_stats(tile: np.ndarray, i0: int = 0, j0: int = 0, threshold: np.ndarray
         ok = ~np.isnan(work[nan])
         out[nan, 2] = np.where(ok, work[nan], 0).sum(axis=(1, 2), dtype=np.float64)
         out[nan, 3] = ok.sum(axis=(1, 2))
-    if threshold is None or j0 + b - 1 <= i0:  # no pair i < j in this tile
-        out[:, 4] = 0
-    elif i0 + a - 1 < j0:  # every pair in this tile has i < j
-        out[:, 4] = np.count_nonzero(tile < thr[:, None, None], axis=(1, 2))
-    else:  # the pairs right of the diagonal (NaN compares False)
-        out[:, 4] = np.count_nonzero(np.triu(tile < thr[:, None, None], i0 - j0 + 1), axis=(1, 2))
+    out[:, 4] = 0 if threshold is None else _below(tile, i0, j0, thr)
     empty = out[:, 3] == 0
     out[empty, 0] = np.nan
     out[empty, 1] = np.nan
     return out
+
+
+def _below(tile: np.ndarray, i0: int, j0: int, thr: np.ndarray) -> np.ndarray | int:
+    """Pairs i < j (global) of each step of the tile with a value below ``thr`` (NaN: never)."""
+    steps, a, b = tile.shape
+    if j0 + b - 1 <= i0:  # no pair i < j in this tile
+        return 0
+    if tile.dtype == np.float32:  # compare in float32, not in a float64 copy of the tile
+        thr = _float32_above(thr)
+    below = tile < thr[:, None, None]
+    if i0 + a - 1 < j0:  # every pair in this tile has i < j
+        return np.count_nonzero(below, axis=(1, 2))
+    if np.count_nonzero(below) * 16 < below.size:  # few below (the usual case): where they are
+        s, rest = np.divmod(np.flatnonzero(below), a * b)
+        i, j = np.divmod(rest, b)
+        return np.bincount(s[i0 + i < j0 + j], minlength=steps)
+    return np.count_nonzero(np.triu(below, i0 - j0 + 1), axis=(1, 2))  # the pairs right of the diagonal
+
+
+def _float32_above(thr: np.ndarray) -> np.ndarray:
+    """The smallest float32 at or above each float64 threshold: a float32 value is below the
+    threshold exactly when it is below that (no float32 lies between the two).
+
+    >>> _float32_above(np.array([0.7, 0.5]))  # 0.7 rounds down in float32: one step up
+    array([0.70000005, 0.5       ], dtype=float32)
+    """
+    with np.errstate(over="ignore"):  # beyond float32: inf, above every finite value too
+        up = thr.astype(np.float32)
+    low = up.astype(np.float64) < thr
+    up[low] = np.nextafter(up[low], np.float32(np.inf))
+    return up
 
 
 def combine_stats(stats: np.ndarray) -> np.ndarray:

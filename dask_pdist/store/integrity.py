@@ -257,14 +257,23 @@ def lazy_checked(source: CheckedChunks) -> Any:
 
 
 def _box(key: Any, shape: tuple[int, ...]) -> tuple[list[tuple[int, int]], tuple]:
-    """The bounding box of a basic index (ints, slices) and the index relative to it."""
+    """The bounding box of an index (ints, slices, integer or boolean arrays, None) and the
+    index relative to it: ``source[key] == read(box)[rel]``, numpy's semantics kept (arrays
+    are shifted, not reordered)."""
     key = key if isinstance(key, tuple) else (key,)
     if any(k is Ellipsis for k in key):
-        i = key.index(Ellipsis)
-        key = key[:i] + (slice(None),) * (len(shape) - len(key) + 1) + key[i + 1 :]
-    key = key + (slice(None),) * (len(shape) - len(key))
+        i = next(n for n, k in enumerate(key) if k is Ellipsis)
+        used = sum(k is not None for k in key) - 1
+        key = key[:i] + (slice(None),) * (len(shape) - used) + key[i + 1 :]
+    key = key + (slice(None),) * (len(shape) - sum(k is not None for k in key))
     box, rel = [], []
-    for k, n in zip(key, shape, strict=True):
+    axis = 0
+    for k in key:
+        if k is None:  # a new axis of length 1: nothing to read
+            rel.append(None)
+            continue
+        n = shape[axis]
+        axis += 1
         if isinstance(k, slice):
             r = range(*k.indices(n))
             if len(r) == 0:
@@ -275,8 +284,23 @@ def _box(key: Any, shape: tuple[int, ...]) -> tuple[list[tuple[int, int]], tuple
             stop = r.stop - lo
             box.append((lo, hi))
             rel.append(slice(r.start - lo, stop if stop >= 0 else None, r.step))
+        elif isinstance(k, (list, np.ndarray)):  # dask passes these with from_array(fancy=True)
+            idx = np.asarray(k)
+            if idx.dtype == bool:
+                if idx.shape != (n,):
+                    raise IndexError(f"boolean index of shape {idx.shape} on an axis of length {n}")
+                idx = np.flatnonzero(idx)
+            idx = idx.astype(np.intp, copy=False)
+            idx = np.where(idx < 0, idx + n, idx)
+            if idx.size and not (0 <= idx.min() and idx.max() < n):
+                raise IndexError(f"index {k} out of bounds for an axis of length {n}")
+            lo = int(idx.min()) if idx.size else 0
+            box.append((lo, int(idx.max()) + 1 if idx.size else 0))
+            rel.append(idx - lo)
         else:
             i = int(k) + (n if int(k) < 0 else 0)
+            if not 0 <= i < n:
+                raise IndexError(f"index {int(k)} out of bounds for an axis of length {n}")
             box.append((i, i + 1))
             rel.append(0)
     return box, tuple(rel)

@@ -184,7 +184,9 @@ def _open(
                 name=f"read-{name}-{token}",
                 meta=np.empty((0,) * arr.ndim, dtype=arr.dtype),
                 asarray=False,
-                fancy=False,
+                # the source takes array indices too: dask then fuses a selection into the
+                # read (one step reads one step, not its whole 128-step block and a copy)
+                fancy=True,
             )
         ds[name] = ds[name].copy(data=data)
     if written:
