@@ -282,3 +282,36 @@ def test_disk_full_while_creating_a_store_names_it_and_keeps_the_old_one(
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["h.safetensors"] + (["d.zarr"] if overwrite else []))
     if overwrite:
         assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_disk_full_while_creating_a_store_leaves_nothing_behind_later(history, tmp_path, monkeypatch, capsys):
+    # zarr writes an array's zarr.json and its parents' with asyncio.gather: when one fails,
+    # the error comes back at once while the others go on, and a local write recreates its
+    # folder. A slow sibling write (a loaded machine; CI met it) came back after the hidden
+    # store was removed and left a `.d.zarr.HOST-PID.*.partial` holding one zarr.json
+    import asyncio
+    import time
+
+    import zarr.storage
+
+    real = zarr.storage.LocalStore.set_if_not_exists
+
+    real_set = zarr.storage.LocalStore.set
+
+    async def full(self, key, value):
+        if "/" in key:  # an array's document, not the root's
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return await real_set(self, key, value)
+
+    async def slow(self, key, value):
+        await asyncio.sleep(0.3)
+        return await real(self, key, value)
+
+    # the first array's documents fail, while its parent's (the root zarr.json) is slow
+    monkeypatch.setattr(zarr.storage.LocalStore, "set", full)
+    monkeypatch.setattr(zarr.storage.LocalStore, "set_if_not_exists", slow)
+    out = tmp_path / "d.zarr"
+    assert main(["compute", str(history), "-o", str(out), "--no-progress"]) == 1
+    assert str(out) in _one_error_line(capsys.readouterr().err)
+    time.sleep(0.6)  # past the slow write
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["h.safetensors"]

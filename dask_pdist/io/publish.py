@@ -51,6 +51,7 @@ __all__ = [
     "clean_stale",
     "publish",
     "discard",
+    "settle_zarr_writes",
     "abandon",
     "named",
     "pid_alive",
@@ -193,12 +194,46 @@ def named(exc: BaseException, target: object) -> BaseException:
 
 
 def discard(hidden: Path | str) -> None:
-    """Remove a hidden output (file or folder); nothing if it is gone."""
+    """Remove a hidden output (file or folder); nothing if it is gone. Zarr writes still
+    running in this process are waited for first (:func:`settle_zarr_writes`)."""
     hidden = Path(hidden)
+    settle_zarr_writes()
     if hidden.is_dir() and not hidden.is_symlink():
         shutil.rmtree(hidden, ignore_errors=True)
     else:
         hidden.unlink(missing_ok=True)
+
+
+def settle_zarr_writes(timeout: float = 60.0) -> None:
+    """Wait until the zarr operations this process has in flight have ended (at most
+    ``timeout`` seconds); nothing if zarr was never used.
+
+    Why: zarr writes a node's documents with ``asyncio.gather`` (an array's ``zarr.json`` and
+    its parents' at once), each write in a thread. When one fails (a full disk), the caller
+    gets the error at once while the others go on, and a local write first recreates its
+    parent folders: a hidden output removed right after the failure would come back (a
+    folder holding one ``zarr.json``). zarr offers no way to wait for them; the writes are
+    the tasks pending on its event loop."""
+    import asyncio
+    import sys
+
+    sync = sys.modules.get("zarr.core.sync")
+    loop = getattr(sync, "loop", [None])[0] if sync is not None else None
+    if loop is None or loop.is_closed() or not loop.is_running():
+        return
+    try:
+        if asyncio.get_running_loop() is loop:
+            return  # called from zarr's own loop: waiting here would deadlock
+    except RuntimeError:
+        pass
+
+    async def pending() -> None:
+        others = asyncio.all_tasks() - {asyncio.current_task()}
+        if others:
+            await asyncio.wait(others, timeout=timeout)
+
+    with contextlib.suppress(Exception):
+        asyncio.run_coroutine_threadsafe(pending(), loop).result(timeout + 5)
 
 
 def publish(hidden: Path | str, target: Path | str, *, replace: bool) -> None:
