@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import glob
 import json
 import os
@@ -245,7 +246,16 @@ def checkpoint_paths(
         if all(os.path.isdir(p) and _TRAINER_FOLDER.fullmatch(Path(p).name) for p in found):  # 'run/checkpoint-*'
             paths = _run_checkpoints([Path(p) for p in found], follow_symlinks)
         for p in found if not paths else []:
-            inner = _checkpoint_in(Path(p), follow_symlinks) if os.path.isdir(p) else Path(p)
+            try:
+                st = os.stat(p)  # one stat per file, handed to the reader (as for a list)
+            except OSError:
+                st = None
+            if st is not None and stat.S_ISDIR(st.st_mode):
+                inner = _checkpoint_in(Path(p), follow_symlinks)
+            else:
+                inner = as_path(p)
+                if stats is not None and st is not None:
+                    stats[str(inner)] = st
             if inner is not None:
                 paths.append(inner)
         if paths and _FOLLOWING.get() and not all(os.path.isdir(p) for p in found):
@@ -316,7 +326,12 @@ def _without_newest_incomplete(paths: list[Path], spec: str) -> list[Path]:
 
 
 def _path_order(p: Path) -> tuple:
-    text = str(p)
+    return _order_of(str(p))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _order_of(text: str) -> tuple:
+    # cached: following a run sorts the whole run's paths at every save
     return _natural_key(os.path.basename(text)), _natural_key(text)
 
 

@@ -260,6 +260,8 @@ def zarr_store(where: Path | Location, read_only: bool = True) -> Any:
 def is_remote(path: object) -> bool:
     """True for a location on an object store (``s3://``...): key prefixes instead of folders,
     no rename, a PUT replaces an object whole. False for a local path (or ``file://``)."""
+    if isinstance(path, Path):  # the common case first: a local path (called per checkpoint)
+        return False
     return isinstance(path, Location) or (is_url(path) and not str(path).lower().startswith("file://"))
 
 
