@@ -206,3 +206,32 @@ def test_opening_again_reads_only_changed_headers(checkpoints, monkeypatch, writ
     np.testing.assert_array_equal(now[2].values, changed)
     assert now.attrs["source_fingerprint"] != again.attrs["source_fingerprint"]
     assert now["input_version"].values[2] not in (0, again["input_version"].values[2])
+
+
+@pytest.mark.parametrize("unvouched", [None, 2])
+def test_growth_writes_the_versions_it_would_read(checkpoints, tmp_path, monkeypatch, unvouched):
+    # the growth takes the labels and versions the checks read (store/append.py Stored) instead
+    # of reading them again: the same files, byte for byte, as a growth that reads them; with a
+    # stored step re-vouched (its recorded version 0: its file was new when stored)
+    import shutil
+
+    from dask_pdist.store import append, writer
+
+    _, files = checkpoints
+    base = tmp_path / "base.zarr"
+    to_zarr(pairwise_distances(open_history(files(5), chunks=1)), base)
+    if unvouched is not None:
+        where = zarr.open_array(str(base / "_dask_pdist" / "input_version"), mode="r+")
+        where[unvouched] = 0
+    taken, read = tmp_path / "taken.zarr", tmp_path / "read.zarr"
+    shutil.copytree(base, taken)
+    shutil.copytree(base, read)
+    to_zarr(pairwise_distances(open_history(files(7), chunks=1)), taken, append=True)
+    monkeypatch.setattr(writer, "grow", lambda ds, path, fingerprint, seen=None: append.grow(ds, path, fingerprint))
+    to_zarr(pairwise_distances(open_history(files(7), chunks=1)), read, append=True)
+    left = {str(p.relative_to(taken)): p.read_bytes() for p in sorted(taken.rglob("*")) if p.is_file()}
+    right = {str(p.relative_to(read)): p.read_bytes() for p in sorted(read.rglob("*")) if p.is_file()}
+    assert sorted(left) == sorted(right)
+    assert [name for name in left if left[name] != right[name]] == []
+    versions = np.asarray(zarr.open_array(str(taken / "_dask_pdist" / "input_version"), mode="r")[:])
+    assert versions.tolist() == [version_of(Path(p)) for p in files(7)]

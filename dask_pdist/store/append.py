@@ -42,7 +42,7 @@ from dask_pdist.store.layout import (
     write_root_attrs,
 )
 
-__all__ = ["stored_fingerprint", "check_append", "grow", "keep_gone_steps", "VERSION_CHUNK"]
+__all__ = ["stored_fingerprint", "check_append", "grow", "keep_gone_steps", "Stored", "VERSION_CHUNK"]
 
 #: Steps per chunk of the recorded input versions (8 kB) and, at least, of the step labels:
 #: every append reads them all.
@@ -51,6 +51,29 @@ VERSION_CHUNK = 1024
 # fingerprint entries that an appended input may change: its step count, and the identity of
 # the file(s) it is read from (a longer history is another file)
 _MAY_CHANGE = ("source_fingerprint",)
+
+
+class Stored:
+    """What one append reads of its store and uses more than once: the step labels, the
+    recorded input versions (each read at its first use). Made under the writer lock for one
+    append, so the store does not change meanwhile but by the append itself; the growth uses
+    what the checks read instead of reading it again (an append's cost is mostly such
+    fixed costs)."""
+
+    def __init__(self, path: StorePath) -> None:
+        self.path = path
+        self._labels: np.ndarray | None = None
+        self.versions: np.ndarray | None = None  # as read by the checks (None: not read, or unreadable)
+
+    def labels(self) -> np.ndarray:
+        """The step labels the store holds (:func:`.fast_append.stored_labels`)."""
+        if self._labels is None:
+            self._labels = stored_labels(self.path)
+        return self._labels
+
+    def labels_read(self) -> np.ndarray | None:
+        """The step labels if :meth:`labels` read them, else None."""
+        return self._labels
 
 
 def stored_fingerprint(path: StorePath) -> dict[str, Any]:
@@ -73,7 +96,9 @@ def _gone(block: np.ndarray, block_info: Any = None) -> np.ndarray:
     )  # never: their blocks are done, and the write graph starts after them
 
 
-def keep_gone_steps(ds: xr.Dataset, path: StorePath) -> tuple[xr.Dataset, np.ndarray | None]:
+def keep_gone_steps(
+    ds: xr.Dataset, path: StorePath, seen: Stored | None = None
+) -> tuple[xr.Dataset, np.ndarray | None]:
     """A per-checkpoint input that lacks stored steps (their checkpoints deleted since, as
     Trainer's ``save_total_limit`` does) continues the store: ``ds`` with the store's steps
     put back in front of its new ones (their distances never computed again: reading one
@@ -83,7 +108,7 @@ def keep_gone_steps(ds: xr.Dataset, path: StorePath) -> tuple[xr.Dataset, np.nda
     are out of order or that has a step between stored ones)."""
     if not _per_checkpoint(ds) or not (path / "step" / "zarr.json").exists():
         return ds, None
-    labels = stored_labels(path)
+    labels = (seen or Stored(path)).labels()
     # an interrupted append's steps not written yet are not stored: if their checkpoints are
     # gone too, they are left out (the store shrinks back to its written steps)
     stored = labels if is_complete(read_root(path)) else labels[: _whole_steps(path, len(labels))]
@@ -152,14 +177,22 @@ def _expanded(ds: xr.Dataset, path: StorePath, src: np.ndarray) -> xr.Dataset:
     return xr.Dataset(variables, coords=coords, attrs=ds.attrs)
 
 
-def check_append(ds: xr.Dataset, path: StorePath, fingerprint: dict[str, Any], gone: np.ndarray | None = None) -> int:
+def check_append(
+    ds: xr.Dataset,
+    path: StorePath,
+    fingerprint: dict[str, Any],
+    gone: np.ndarray | None = None,
+    seen: Stored | None = None,
+) -> int:
     """Check that ``ds`` continues the store at ``path``; return the number of stored steps.
 
     Refused (``StoreError``, the store untouched) when the parameters differ (anything the
     fingerprint records but the step count and the input's file identity), when the input
     lacks a stored step or has a new step not after the last stored one, or when the input
     of a stored step changed (crc32c of its values against ``input_checksum``); the stored
-    steps marked in ``gone`` (see :func:`keep_gone_steps`) are not checked."""
+    steps marked in ``gone`` (see :func:`keep_gone_steps`) are not checked. ``seen``: what
+    this append has read of the store already, and keeps what the checks read."""
+    seen = seen or Stored(path)
     old = stored_fingerprint(path)
     diff = [
         f"{k}: store has {old.get(k)!r}, now {v!r}"
@@ -171,7 +204,7 @@ def check_append(ds: xr.Dataset, path: StorePath, fingerprint: dict[str, Any], g
         diff.append(f"tokens: store has {shape[1]}, now {now[1]}")
     if diff:
         raise _refuse(path, "the input or parameters differ from the store's: " + "; ".join(diff))
-    stored = stored_labels(path)
+    stored = seen.labels()
     steps = ds["step"].values
     if len(steps) < len(stored) and gone is None:  # (gone: steps never written, whose checkpoints are gone)
         raise _refuse(path, f"the input has {len(steps)} steps, fewer than the store's {len(stored)}")
@@ -211,7 +244,7 @@ def check_append(ds: xr.Dataset, path: StorePath, fingerprint: dict[str, Any], g
                 f"the input of stored step {stored[(n // chunk) * chunk + partial[0]]} is gone, and the store's"
                 f" last chunk ({chunk} steps) holds it with steps to be added: it cannot be recomputed whole",
             )
-    _check_stored_input(ds, path, n, gone)
+    _check_stored_input(ds, path, n, gone, seen)
     return n
 
 
@@ -221,7 +254,9 @@ def _whole_steps(path: StorePath, n: int) -> int:
     return min(n, (int(np.argmin(rows)) if not rows.all() else len(rows)) * int(_distances(path).chunks[0]))
 
 
-def _check_stored_input(ds: xr.Dataset, path: StorePath, n: int, gone: np.ndarray | None = None) -> None:
+def _check_stored_input(
+    ds: xr.Dataset, path: StorePath, n: int, gone: np.ndarray | None = None, seen: Stored | None = None
+) -> None:
     # the stored distances were computed from some input: re-read the stored steps' input
     # (cheap next to their distances) and compare with the checksums recorded next to them;
     # a step whose input file is the very version recorded (io/paths.py version_of: same path,
@@ -241,6 +276,10 @@ def _check_stored_input(ds: xr.Dataset, path: StorePath, n: int, gone: np.ndarra
     versions = path / BOOKKEEPING / INPUT_VERSION
     if len(rows) and INPUT_VERSION in ds.coords and (versions / "zarr.json").exists():
         now, old = ds[INPUT_VERSION].values[:n], _recorded_versions(versions, n)
+        if seen is not None:
+            seen.versions = old
+        if old is None:
+            old = np.zeros(n, dtype=np.uint64)
         rows = rows[(now[rows] == 0) | (now[rows] != old[rows])]
     if not len(rows):
         return
@@ -259,12 +298,14 @@ def _check_stored_input(ds: xr.Dataset, path: StorePath, n: int, gone: np.ndarra
         )
 
 
-def grow(ds: xr.Dataset, path: StorePath, fingerprint: dict[str, Any]) -> None:
+def grow(ds: xr.Dataset, path: StorePath, fingerprint: dict[str, Any], seen: Stored | None = None) -> None:
     """Mark the store incomplete, resize its per-step arrays to ``ds``'s steps, write the new
     step labels, and clear the done flags of a last step-block the store held only partly.
 
     Idempotent: run again after a kill (by ``--append`` or ``--resume``) it finishes the
-    same growth. The write graph then computes every block not marked done."""
+    same growth. The write graph then computes every block not marked done. ``seen``: what
+    the checks of this append read of the store (a complete store's labels and versions are
+    then not read again)."""
     attrs = {k: v for k, v in ds.attrs.items() if isinstance(v, (str, int, float))}
     total = int(ds.sizes["step"])
     chunk = int(ds.chunksizes["step"][0])
@@ -307,6 +348,11 @@ def grow(ds: xr.Dataset, path: StorePath, fingerprint: dict[str, Any]) -> None:
         for name in ("step", f"{BOOKKEEPING}/{INPUT_VERSION}")
         if name in docs
     }
+    # a complete store's recorded labels and versions, as the checks read them: what the
+    # resized arrays hold (the new steps' positions read as the fill value, 0)
+    grown = known is not None and seen is not None
+    labels = seen.labels_read() if grown else None  # type: ignore[union-attr]
+    old = seen.versions if grown else None  # type: ignore[union-attr]
     if versions:
         # the versions now vouched for: the stored steps' (checked above) and the new ones'
         name = f"{BOOKKEEPING}/{INPUT_VERSION}"
@@ -315,14 +361,18 @@ def grow(ds: xr.Dataset, path: StorePath, fingerprint: dict[str, Any]) -> None:
             if name in described
             else zarr_array(path / name, "r+").with_config({"write_empty_chunks": True})
         )
-        _write_changed(array, ds[INPUT_VERSION].values)
+        if old is not None and len(old) == stored <= total:
+            old = np.concatenate([old, np.zeros(total - stored, dtype=old.dtype)])
+        else:
+            old = None
+        _write_changed(array, ds[INPUT_VERSION].values, old)
     store_id = int(held_attrs.get(STORE_ID_ATTR, 0))
     array, written = described["step"] if "step" in described else recording_array(path, "step", store_id)
     if array.shape[0] != total:
         array.resize((total,))
     # a complete store's labels were all compared with the input's (check_append); after a kill,
     # labels past the written steps may be missing: read them all
-    _write_steps(array, ds["step"].values, stored if known is not None else 0)
+    _write_steps(array, ds["step"].values, stored if known is not None else 0, labels)
     if written:
         add_to_manifest(path, written)  # the digests of the step chunks rewritten
     if docs:  # the consolidated metadata holds every array's shape
@@ -340,32 +390,38 @@ def _distances(path: StorePath) -> Any:
     return zarr_array(path / _distance_name(path))
 
 
-def _write_steps(array: Any, steps: np.ndarray, stored: int) -> None:
+def _write_steps(array: Any, steps: np.ndarray, stored: int, labels: np.ndarray | None = None) -> None:
     # from the chunk of the first label that differs (the old end, or after a kill between
     # the resize and this write, the first unwritten one): earlier chunks are never rewritten
-    # (nor read: the labels of the stored steps were compared with the input's by check_append)
+    # (nor read: the labels of the stored steps were compared with the input's by check_append).
+    # ``labels``: the store's ``stored`` labels as read before it grew (not read again)
     size = array.chunks[0]
     start = min(stored, len(steps)) // size * size
-    differ = start + np.flatnonzero(np.asarray(array[start:]) != steps[start:])
+    if labels is not None and len(labels) == stored <= len(steps):
+        held = np.zeros(len(steps) - start, dtype=labels.dtype)  # grown positions: the fill value
+        held[: stored - start] = labels[start:stored]
+    else:
+        held = np.asarray(array[start:])
+    differ = start + np.flatnonzero(held != steps[start:])
     if len(differ):
         start = (int(differ[0]) // array.chunks[0]) * array.chunks[0]
         array[start:] = steps[start:]
 
 
-def _recorded_versions(where: StorePath, n: int) -> np.ndarray:
-    # the recorded input versions of the first n steps; all 0 (none vouched for: every step is
+def _recorded_versions(where: StorePath, n: int) -> np.ndarray | None:
+    # the recorded input versions of the first n steps; None (none vouched for: every step is
     # re-read) if the record cannot be read: it only saves reading, the checksums decide
     try:
         return np.asarray(zarr_array(where)[:n])
     except Exception:
-        return np.zeros(n, dtype=np.uint64)
+        return None
 
 
-def _write_changed(array: Any, values: np.ndarray) -> None:
+def _write_changed(array: Any, values: np.ndarray, old: np.ndarray | None = None) -> None:
     # only the chunks holding a value that differs (an append: the last one, usually); a
-    # damaged record is written whole
+    # damaged record is written whole. ``old``: what the array holds, if known (not read)
     try:
-        old = np.asarray(array[...])
+        old = np.asarray(array[...]) if old is None else old
     except Exception:
         array[...] = values
         return

@@ -38,7 +38,7 @@ from dask_pdist.conventions import (
 from dask_pdist.errors import RepairWarning, StoreError
 from dask_pdist.io.paths import is_remote, zarr_array
 from dask_pdist.io.publish import clean_stale
-from dask_pdist.store.append import check_append, grow, keep_gone_steps, stored_fingerprint
+from dask_pdist.store.append import Stored, check_append, grow, keep_gone_steps, stored_fingerprint
 from dask_pdist.store.codecs import COMPRESSORS, DEFAULT_COMPRESSOR, Compressor, codec_choice, codec_name
 from dask_pdist.store.creation import create, task_variables
 from dask_pdist.store.digests import (
@@ -373,8 +373,9 @@ def to_zarr(
     try:
         resuming = check_output(path, overwrite, resume or appending, shallow=appending)
         gone = None
+        seen = Stored(path)  # what the append's checks read, not read again by its growth
         if appending:
-            ds, gone = keep_gone_steps(ds, path)  # checkpoints deleted since (save_total_limit): kept
+            ds, gone = keep_gone_steps(ds, path, seen)  # checkpoints deleted since (save_total_limit): kept
             ds = _step_chunks(ds, path)
         ds = _regular_chunks(ds)
         fingerprint = _fingerprint(ds, compressor)
@@ -383,13 +384,13 @@ def to_zarr(
             # partial files: neither is looked for, so an append's cost does not grow with
             # the steps stored (one file per block to read)
             was_complete = is_complete(read_root(path))
-            stored = check_append(ds, path, fingerprint, gone)
+            stored = check_append(ds, path, fingerprint, gone, seen)
             if stored == ds.sizes["step"] and was_complete:
                 release_lock(path, lock)  # nothing new: nothing written
                 return open_distances(path) if compute else dask.delayed(0)
             if not was_complete:
                 _clean_partials(path)
-            grow(ds, path, fingerprint)
+            grow(ds, path, fingerprint, seen)
         elif resuming:
             old = json.loads(read_attrs(path).get(FINGERPRINT_ATTR, "{}"))
             diff = [f"{k}: store has {old.get(k)!r}, now {v!r}" for k, v in fingerprint.items() if old.get(k) != v]
