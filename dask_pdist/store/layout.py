@@ -44,6 +44,7 @@ from dask_pdist.io.paths import (
     zarr_array,
     zarr_store,
 )
+from dask_pdist.store import zarr_json
 
 __all__ = ["acquire_lock", "holding_lock", "lock_path", "release_lock"]  # re-exported: the lock is io/locks.py's
 
@@ -225,7 +226,7 @@ def write_root_attrs(path: StorePath, **attrs: Any) -> None:
             target.pop(key, None)
         else:
             target[key] = value
-    replace_bytes(path / "zarr.json", json.dumps(meta, indent=2).encode())
+    replace_bytes(path / "zarr.json", zarr_json.encode(meta))
 
 
 # -- what a store of ours holds -------------------------------------------------------------
@@ -350,7 +351,7 @@ def resize_in_metadata(path: StorePath, sizes: dict[str, int]) -> dict[str, dict
             raise StoreError(f"internal error: {path}/{name} would shrink from {doc['shape'][0]} to {size}")
         if int(doc["shape"][0]) != size:
             doc = {**doc, "shape": [size, *doc["shape"][1:]]}
-            files.append((path / name / "zarr.json", json.dumps(doc, indent=2).encode()))
+            files.append((path / name / "zarr.json", zarr_json.encode(doc)))
         docs[name] = doc
     _replace_all(files)
     return docs
@@ -392,4 +393,4 @@ def consolidate_changed(path: StorePath, docs: dict[str, dict[str, Any]], groups
     known.update(docs)
     for name in groups:
         known[name] = {**known[name], "attributes": json.loads((path / name / "zarr.json").read_text())["attributes"]}
-    replace_bytes(path / "zarr.json", json.dumps(meta, indent=2).encode())
+    replace_bytes(path / "zarr.json", zarr_json.encode(meta))
