@@ -240,19 +240,23 @@ def foreign_entries(path: StorePath, limit: int = 5, shallow: bool = False) -> l
     found: list[str] = []
     if is_remote(path):  # objects only: a "folder" is a key prefix, symlinks do not exist
         return [rel for rel in files_under(path) if not _known(rel, False)][:limit]
-    for root, dirs, files in os.walk(path):
-        rel_root = Path(root).relative_to(path)
-        for name in sorted(dirs) + sorted(files):
-            full = Path(root) / name
-            rel = (rel_root / name).as_posix()
-            if full.is_symlink() or not _known(rel, full.is_dir()):
+    # os.scandir, not os.walk with Path objects: every append checks its store this way
+    pending = [(os.fspath(path), "")]  # depth first, as os.walk
+    while pending and len(found) < limit:
+        folder, rel_root = pending.pop()
+        try:
+            with os.scandir(folder) as listing:
+                entries = sorted(((not e.is_dir(), e.name, e) for e in listing), key=lambda t: t[:2])
+        except OSError:
+            continue  # (as os.walk: an unreadable folder is skipped)
+        inside = []
+        for is_file, name, entry in entries:  # its folders, then its files, by name
+            rel = f"{rel_root}{name}"
+            if entry.is_symlink() or not _known(rel, not is_file):
                 found.append(rel)
-                if name in dirs:
-                    dirs.remove(name)
-            elif shallow and name == "c" and name in dirs:
-                dirs.remove(name)
-        if len(found) >= limit:
-            break
+            elif not is_file and not (shallow and name == "c"):
+                inside.append((entry.path, rel + "/"))
+        pending.extend(reversed(inside))
     return found[:limit]
 
 
