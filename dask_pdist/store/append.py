@@ -28,7 +28,7 @@ from dask_pdist.conventions import BOOKKEEPING, COMPLETE_ATTR, FINGERPRINT_ATTR,
 from dask_pdist.errors import StoreError
 from dask_pdist.io.paths import zarr_array
 from dask_pdist.store.digests import DIGEST, PACKED, PACKED_ATTR, STORE_ID_ATTR, recording_array
-from dask_pdist.store.fast_append import add_to_manifest, described_array, stored_labels
+from dask_pdist.store.fast_append import add_to_manifest, described_array, stored_labels, stored_values
 from dask_pdist.store.layout import (
     StorePath,
     consolidate,
@@ -265,8 +265,14 @@ def _check_stored_input(
     where = path / BOOKKEEPING / INPUT_CHECKSUM
     if INPUT_CHECKSUM not in ds.coords or not (where / "zarr.json").exists() or n == 0:
         return
-    chunk = int(zarr_array(where).chunks[0])
-    if is_complete(read_root(path)):
+    root = read_root(path)
+    doc = ((root or {}).get("consolidated_metadata") or {}).get("metadata", {}).get(f"{BOOKKEEPING}/{INPUT_CHECKSUM}")
+    complete = is_complete(root)
+    if complete and isinstance(doc, dict):  # (a complete store's metadata is its arrays')
+        chunk = int(doc["chunk_grid"]["configuration"]["chunk_shape"][0])
+    else:
+        chunk = int(zarr_array(where).chunks[0])
+    if complete:
         rows = np.arange(n)  # every block done (the flags, one file per block, are not read)
     else:
         done = store_progress(path)[0].any(axis=(1, 2))
@@ -275,7 +281,7 @@ def _check_stored_input(
         rows = rows[~gone[rows]]  # their input is gone: nothing to re-read
     versions = path / BOOKKEEPING / INPUT_VERSION
     if len(rows) and INPUT_VERSION in ds.coords and (versions / "zarr.json").exists():
-        now, old = ds[INPUT_VERSION].values[:n], _recorded_versions(versions, n)
+        now, old = ds[INPUT_VERSION].values[:n], _recorded_versions(path, n)
         if seen is not None:
             seen.versions = old
         if old is None:
@@ -408,11 +414,11 @@ def _write_steps(array: Any, steps: np.ndarray, stored: int, labels: np.ndarray 
         array[start:] = steps[start:]
 
 
-def _recorded_versions(where: StorePath, n: int) -> np.ndarray | None:
+def _recorded_versions(path: StorePath, n: int) -> np.ndarray | None:
     # the recorded input versions of the first n steps; None (none vouched for: every step is
     # re-read) if the record cannot be read: it only saves reading, the checksums decide
     try:
-        return np.asarray(zarr_array(where)[:n])
+        return stored_values(path, f"{BOOKKEEPING}/{INPUT_VERSION}")[:n]
     except Exception:
         return None
 

@@ -47,7 +47,15 @@ from dask_pdist.store.digests import (
 )
 from dask_pdist.store.layout import StorePath, done_path, is_complete, read_root, write_root_attrs
 
-__all__ = ["FAST_BLOCKS", "FAST_BYTES", "fast_job", "described_array", "add_to_manifest", "stored_labels"]
+__all__ = [
+    "FAST_BLOCKS",
+    "FAST_BYTES",
+    "fast_job",
+    "described_array",
+    "add_to_manifest",
+    "stored_labels",
+    "stored_values",
+]
 
 #: At most this many blocks (step-block x token tiles) go the fast way: they are computed one
 #: after the other, in one thread.
@@ -183,16 +191,22 @@ def described_array(path: StorePath, name: str, doc: dict[str, Any], store_id: i
 
 
 def stored_labels(path: StorePath) -> np.ndarray:
-    """The step labels a store holds. A complete store's are read as its consolidated metadata
-    describes the array (one trip through zarr's event loop, no ``zarr.json`` read to open it);
-    another's through zarr. Plain reads: the integrity checks are the readers'."""
+    """The step labels a store holds (:func:`stored_values` of ``step``)."""
+    return stored_values(path, "step")
+
+
+def stored_values(path: StorePath, name: str) -> np.ndarray:
+    """The values of the store's (small, 1-D) array ``name``. A complete store's are read as
+    its consolidated metadata describes the array (one trip through zarr's event loop, no
+    ``zarr.json`` read to open it); another's through zarr. Plain reads: the integrity checks
+    are the readers'."""
     root = read_root(path) or {}
-    doc = ((root.get("consolidated_metadata") or {}).get("metadata") or {}).get("step")
+    doc = ((root.get("consolidated_metadata") or {}).get("metadata") or {}).get(name)
     if not is_complete(root) or not isinstance(doc, dict):
         from dask_pdist.io.paths import zarr_array
 
-        return np.asarray(zarr_array(path / "step")[...])
-    array = _array(checked_store(path), "step", doc, False)  # (no digests expected: read as zarr reads)
+        return np.asarray(zarr_array(path / name)[...])
+    array = _array(checked_store(path), name, doc, False)  # (no digests expected: read as zarr reads)
     from zarr.core.sync import sync
 
     return np.asarray(sync(array.getitem(slice(None))))
