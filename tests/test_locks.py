@@ -281,3 +281,33 @@ def test_a_lock_records_its_process_start(tmp_path):
     with holding_lock(target):
         record = json.loads(lock_path(target).read_text())
     assert record["pid"] == os.getpid() and record["process_start"] == process_start(os.getpid())
+
+
+def test_another_running_thread_of_this_process_keeps_its_lock(tmp_path):
+    # two appends in one process (a training callback's thread beside a notebook's to_zarr):
+    # the second used to take the first one's lock over (the same pid) and both wrote, one
+    # append lost; now it is refused, naming the thread. A lock of a thread that ended, or of
+    # this very thread (one job after another), is taken over as before.
+    from dask_pdist import StoreError
+
+    out = tmp_path / "d.zarr"
+    taken, finish = threading.Event(), threading.Event()
+    tokens = []
+
+    def writer():
+        tokens.append(acquire_lock(out))
+        taken.set()
+        finish.wait(30)
+
+    thread = threading.Thread(target=writer, name="dask-pdist-append")
+    thread.start()
+    assert taken.wait(30)
+    with pytest.raises(StoreError, match="another thread of this process.*dask-pdist-append"):
+        acquire_lock(out)
+    finish.set()
+    thread.join()
+    mine = acquire_lock(out)  # its thread ended without releasing it: stale
+    assert mine != tokens[0]
+    again = acquire_lock(out)  # this thread's own earlier lock: one job after another
+    release_lock(out, again)
+    assert not (tmp_path / ".d.zarr.lock").exists()

@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -30,6 +31,10 @@ __all__ = ["lock_path", "acquire_lock", "release_lock", "holding_lock"]
 Out = Path | Location
 #: Locks this process holds, by lock path: a nested writer of the same output keeps it.
 _HELD: dict[str, str] = {}
+#: The thread that took each lock of this process, by token: a lock of this process is taken
+#: over only from a thread that ended or by the thread that took it (one job after another),
+#: never from another thread still running (a training callback's append beside a notebook's).
+_OWNERS: dict[str, threading.Thread] = {}
 
 
 def lock_path(path: Out) -> Out:
@@ -60,7 +65,12 @@ def _stale(holder: dict[str, Any]) -> bool:
     # (a killed writer's pid reused: the start time recorded differs), or it is this process,
     # which runs one job after another; a lock of another host is never taken over
     pid = int(holder["pid"])
-    return holder["host"] == socket.gethostname() and (pid == os.getpid() or not pid_alive(pid, _started(holder)))
+    if holder["host"] != socket.gethostname():
+        return False
+    if pid == os.getpid():
+        owner = _OWNERS.get(str(holder.get("token")))
+        return owner is None or owner is threading.current_thread() or not owner.is_alive()
+    return not pid_alive(pid, _started(holder))
 
 
 def _started(holder: dict[str, Any]) -> int | None:
@@ -113,8 +123,9 @@ def acquire_lock(path: Out, role: str = "store") -> str:
     Every writer of an output (compute, export, clusters, neighbours, runs, events, plots)
     takes it. A lock whose process is provably gone (dead on this host, or its pid now another
     process's, told by the start time the lock records) is taken over; so is
-    one of this process (a Python caller running one job after another). Anything else is
-    refused, naming the holder. On an object store the lock is an object created by a
+    one of this process taken by this thread or by a thread that ended (a Python caller
+    running one job after another). Anything else is refused, naming the holder (another
+    thread of this process still running included). On an object store the lock is an object created by a
     conditional PUT."""
     lock = lock_path(path)
     token = uuid.uuid4().hex
@@ -134,6 +145,7 @@ def acquire_lock(path: Out, role: str = "store") -> str:
             raise StoreError(f"{path}: cannot create its lock file {lock}: {exc.strerror or exc}") from None
         if created:
             _HELD[str(lock)] = token
+            _OWNERS[token] = threading.current_thread()
             return token
         try:
             holder = _holder(lock)
@@ -148,6 +160,12 @@ def acquire_lock(path: Out, role: str = "store") -> str:
             if not _take_over(lock, holder):
                 time.sleep(0.01 * (1 + attempt % 5))
             continue
+        owner = _OWNERS.get(str(holder.get("token")))
+        if owner is not None and int(holder["pid"]) == os.getpid():
+            raise StoreError(
+                f"{path}: being written by another thread of this process ({owner.name!r}, since"
+                f" {holder.get('started', '?')}); one writer at a time: wait for its job to finish"
+            )
         raise StoreError(
             f"{path}: being written by pid {holder['pid']} on {holder['host']} since {holder.get('started', '?')}"
             f" (lock {lock}); wait for that job to finish, or, if it is no longer running,"
@@ -194,3 +212,4 @@ def release_lock(path: Out, token: str | None = None) -> None:
     if mine:
         lock.unlink(missing_ok=True)
         _HELD.pop(str(lock), None)
+        _OWNERS.pop(str(holder.get("token")), None)
