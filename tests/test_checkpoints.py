@@ -167,3 +167,50 @@ def _newest_skipped(spec, paths, data, x):
         pytest.warns(SkippedCheckpointWarning),
     ):
         checkpoint_paths(spec)
+
+
+@pytest.mark.parametrize("spec", ["list", "glob"])
+def test_a_reopened_run_reads_only_new_or_changed_checkpoints_and_sees_every_change(
+    tmp_path, write_safetensors, monkeypatch, spec
+):
+    # following a run reopens it whole at every save: the checkpoints seen before are taken
+    # from the last open (io/known_files.py known_run) while each is the same settled file; a
+    # rewritten one (another size, or the same size and new values) is read again
+    import os
+
+    import dask_pdist.io.known_files as known_files
+    import dask_pdist.io.paths
+
+    monkeypatch.setattr(dask_pdist.io.paths, "_SETTLED_NS", 0)  # settled at once
+    x = random_history((6, 7, 5), seed=4)
+
+    def save(i: int, value: np.ndarray) -> None:
+        write_safetensors(f"run/step_{i}.safetensors", {"embedding": value})
+
+    (tmp_path / "run").mkdir()
+    for i in range(4):
+        save(i, x[i])
+    names = lambda n: [str(tmp_path / "run" / f"step_{i}.safetensors") for i in range(n)]  # noqa: E731
+    opened = (lambda n: names(n)) if spec == "list" else (lambda n: str(tmp_path / "run" / "step_*.safetensors"))
+    read = []
+    real = known_files.read_header
+    monkeypatch.setattr(known_files, "read_header", lambda path: read.append(os.path.basename(path)) or real(path))
+    np.testing.assert_array_equal(open_history(opened(4)).values, x[:4])
+    read.clear()
+    save(4, x[4])
+    np.testing.assert_array_equal(open_history(opened(5)).values, x[:5])
+    assert read == ["step_4.safetensors"]  # the new one only
+    # a stored checkpoint rewritten with new values (same size): read again, its new values
+    read.clear()
+    save(2, x[5])
+    h = open_history(opened(5))
+    assert read == ["step_2.safetensors"]
+    np.testing.assert_array_equal(h.values, np.concatenate([x[:2], x[5:6], x[3:5]]))
+    # and with another shape: refused, naming it
+    save(1, x[1][:, :3])
+    with pytest.raises(InputError, match=r"step_1\.safetensors.*shape \[7, 3\]"):
+        open_history(opened(5))
+    # another key asked for: not the same reading
+    save(1, x[1])
+    with pytest.raises(InputError, match="other"):
+        open_history(opened(5), key="other")

@@ -16,7 +16,7 @@ from pathlib import Path
 from dask_pdist.io.paths import Location, identity, is_remote, locate, settled, version_of
 from dask_pdist.io.safetensors_format import TensorInfo, pread_exact, read_header
 
-__all__ = ["FileFacts", "file_facts", "known_folder", "remember_folder"]
+__all__ = ["FileFacts", "file_facts", "still_known", "known_run", "remember_run", "known_folder", "remember_folder"]
 
 _MAX = 1 << 16
 
@@ -73,6 +73,49 @@ def file_facts(path: Path | Location, st: os.stat_result | None = None) -> FileF
             _KNOWN.clear()
         _KNOWN[where] = (_stat_key(st), facts)
     return facts
+
+
+def still_known(where: str, st: os.stat_result | None, facts: FileFacts) -> bool:
+    """True if ``facts`` are what :func:`file_facts` keeps for the settled file ``where``, whose
+    ``stat`` data ``st`` (just taken) are still those it was read under."""
+    known = _KNOWN.get(where)
+    return (
+        st is not None
+        and known is not None
+        and known[1] is facts
+        and known[0] == _stat_key(st)
+        and stat.S_ISREG(st.st_mode)
+    )
+
+
+#: The run of checkpoints this process opened last: (key, what it was opened with) ->
+#: (the checkpoints' paths, what the reader made of them). Following a run or a training
+#: callback reopens the whole run at every save: the checkpoints already seen are taken from
+#: here, not checked again one by one, while each is the same settled file.
+_LAST_RUN: dict[tuple, tuple[list[str], tuple]] = {}
+
+
+def known_run(memo: tuple, checkpoints: list, stats: dict[str, os.stat_result]) -> tuple[int, tuple | None]:
+    """How many leading ``checkpoints`` (paths, in order) are those of the run last opened
+    with ``memo``, each still the same settled file (:func:`still_known`, from its ``stat``
+    data in ``stats``, just taken), and what :func:`remember_run` kept of that run."""
+    last = _LAST_RUN.get(memo)
+    if last is None:
+        return 0, None
+    names, record = last
+    files = record[3]  # (key, first, paths, files, starts): the files' facts
+    n = 0
+    for checkpoint, name, facts in zip(checkpoints, names, files, strict=False):
+        if str(checkpoint) != name or not still_known(name, stats.get(name), facts):
+            break
+        n += 1
+    return n, record
+
+
+def remember_run(memo: tuple, checkpoints: list, record: tuple) -> None:
+    """Keep what was made of a run's ``checkpoints`` (one run: the one a follow reopens)."""
+    _LAST_RUN.clear()
+    _LAST_RUN[memo] = ([str(c) for c in checkpoints], record)
 
 
 #: What a settled checkpoint folder of a run holds (whether it has trainer_state.json, and

@@ -26,7 +26,7 @@ from dask_pdist.io.checkpoints import (
     embedding_key,
     tensor_file,
 )
-from dask_pdist.io.known_files import FileFacts, file_facts
+from dask_pdist.io.known_files import FileFacts, file_facts, known_run, remember_run
 from dask_pdist.io.paths import (
     Location,
     any_url,
@@ -336,11 +336,12 @@ def _open_checkpoints(
         checkpoints = _url_checkpoints(spec, storage_options)
     else:
         checkpoints = checkpoint_paths(spec, follow_symlinks, stats)
-    starts = []
-    paths = []
-    first: tuple[Path | Location, TensorInfo] | None = None
-    files = []
-    for checkpoint in checkpoints:
+    memo = (key, follow_symlinks)
+    reused, last = (0, None) if remote else known_run(memo, checkpoints, stats)
+    # the run opened last, up to its first checkpoint that is not the same file (copies)
+    key, first, paths, files, starts = last if reused else (key, None, [], [], [])  # type: ignore[misc]
+    paths, files, starts = paths[:reused], files[:reused], starts[:reused]
+    for checkpoint in checkpoints[reused:]:
         # the shard holding key, for a sharded checkpoint
         path = checkpoint if remote and is_remote(checkpoint) else tensor_file(checkpoint, key, follow_symlinks)
         paths.append(path)
@@ -371,6 +372,8 @@ def _open_checkpoints(
             )
         starts.append(info.start)
     assert first is not None and key is not None  # paths is never empty
+    if not remote:
+        remember_run(memo, checkpoints, (key, first, paths, files, starts))
     info = first[1]
     src = _StackSource(
         [_picklable(p) for p in paths], starts, info.raw_dtype.str, info.dtype, (len(paths),) + info.shape, nonfinite
