@@ -166,3 +166,38 @@ def test_a_step_never_written_whose_checkpoint_is_gone_is_left_out(run, tmp_path
         save(i)
     to_zarr(_distances(str(folder / "checkpoint-*")), whole)
     _assert_same_arrays(whole, store)
+
+
+def test_an_interrupted_append_whose_new_checkpoints_are_gone_keeps_no_stale_block(run, tmp_path):
+    # an append killed after writing some of its new blocks (here: the middle one of three),
+    # then those checkpoints deleted and newer ones saved: the next append shrinks the store
+    # back to its whole steps and appends the new ones. The block written by the killed
+    # append used to stay marked done under the new label at its position: another step's
+    # distances under the wrong label, and verify clean (an attack found it)
+    import zarr
+
+    from conftest import oracle
+    from dask_pdist.store.layout import done_path, write_root_attrs
+
+    x = random_history(SHAPE, seed=5)
+    folder, save, drop = run
+    store = _stored(folder, save, tmp_path, 3)
+    for i in (3, 4, 5):
+        save(i)
+    to_zarr(_distances(str(folder / "checkpoint-*")), store, append=True)
+    # what the kill left: blocks 3 and 5 not written, 4 written; the store incomplete
+    done = zarr.open_array(str(done_path(store)), mode="r+")
+    done[3] = 0
+    done[5] = 0
+    write_root_attrs(store, complete=False)
+    for i in (3, 4, 5):
+        drop(i)
+    for i in (6, 7, 8):
+        save(i)
+    to_zarr(_distances(str(folder / "checkpoint-*")), store, append=True)
+    ds = open_distances(store)
+    np.testing.assert_array_equal(ds["step"].values, [0, 10, 20, 60, 70, 80])
+    euclidean, chebyshev = oracle(x[[0, 1, 2, 6, 7, 8]])  # scipy, float64
+    np.testing.assert_allclose(ds.euclidean.values, euclidean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ds.chebyshev.values, chebyshev, rtol=1e-5, atol=1e-6)
+    assert verify_store(store) == []

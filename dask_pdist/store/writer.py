@@ -264,6 +264,17 @@ def _resume_todo(ds: xr.Dataset, path: StorePath) -> np.ndarray:
     return todo
 
 
+def _redo_after(path: StorePath, whole: int, chunk: int) -> None:
+    # finishing an interrupted append: the blocks after the store's whole steps (those in
+    # step-blocks done in full) are computed again. Some may be done, but the input at their
+    # positions need not be the one they were computed from (their checkpoints deleted and
+    # newer ones saved, or rewritten): their labels are the input's now, so their distances
+    # must be too. (The whole steps' input is checked by check_append.)
+    done = zarr_array(done_path(path), "r+")
+    if whole // chunk < done.shape[0]:
+        done[whole // chunk :] = 0
+
+
 def _grew(diff: list[str]) -> bool:
     # only the step count and the input's file identity differ: more checkpoints, a longer file
     return all(d.startswith(("shape:", "source_fingerprint:")) for d in diff)
@@ -390,6 +401,7 @@ def to_zarr(
                 return open_distances(path) if compute else dask.delayed(0)
             if not was_complete:
                 _clean_partials(path)
+                _redo_after(path, stored, int(ds.chunksizes["step"][0]))
             grow(ds, path, fingerprint, seen)
         elif resuming:
             old = json.loads(read_attrs(path).get(FINGERPRINT_ATTR, "{}"))
