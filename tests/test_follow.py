@@ -277,6 +277,37 @@ def test_a_checkpoint_deleted_while_read_is_appended_again_at_once(run, tmp_path
     assert deleted_while_read(FileNotFoundError(2, "gone", str(folder))) is None  # still there: not deleted
 
 
+@pytest.mark.parametrize("failures", [3, None])
+def test_checkpoints_deleted_while_read_again_and_again(run, tmp_path, capsys, failures):
+    # an attack: the retry itself met another deleted checkpoint and --follow died with a
+    # traceback (CheckpointGone). It retries while checkpoints go (3 in a row, then appends);
+    # never-ending deletions end in one line (InputError, exit 2 from the CLI)
+    import argparse
+
+    from dask_pdist import InputError
+    from dask_pdist.cli.common import CheckpointGone
+    from dask_pdist.cli.follow import _GONE_RETRIES, follow
+
+    folder, _ = run
+    calls = []
+
+    def compute(*args):
+        calls.append(args)
+        if failures is None or len(calls) <= failures:
+            raise CheckpointGone(str(folder / f"checkpoint-{len(calls)}" / "model.safetensors"))
+        return True
+
+    args = argparse.Namespace(idle_exit=0.5, overwrite=False, chunk_steps=None)
+    if failures is None:
+        with pytest.raises(InputError, match=f"deleted while they were read {_GONE_RETRIES + 1} times in a row"):
+            follow(args, str(folder), str(tmp_path / "d.zarr"), compute)
+        assert len(calls) == _GONE_RETRIES + 1
+        return
+    assert follow(args, str(folder), str(tmp_path / "d.zarr"), compute) == 0
+    assert len(calls) == failures + 1
+    assert capsys.readouterr().out.count("was deleted while it was read; appending again") == failures
+
+
 def test_follow_of_a_glob_waits_for_a_file_being_written(tmp_path, write_safetensors):
     # safetensors' save_file writes the newest file in place: the follower of a glob must wait
     # for it (it used to read it half-written and stop with "the file is truncated")

@@ -167,16 +167,7 @@ def _follow(args: argparse.Namespace, source: str | list[str], output: str, comp
                 if n is not None and (seen is None or set(n) - set(seen)):  # a checkpoint not seen before
                     stop.appending = True
                     try:
-                        try:
-                            compute(args, source, output, False, False, True, True)
-                        except Exception as exc:  # a checkpoint deleted while read: at once again, with those kept
-                            gone = str(exc) if isinstance(exc, CheckpointGone) else deleted_while_read(exc)
-                            if not gone:
-                                raise
-                            print(
-                                f"dask-pdist: note: {gone} was deleted while it was read; appending again", flush=True
-                            )
-                            compute(args, source, output, False, False, True, True)
+                        _append_kept(args, source, output, compute)
                     finally:
                         stop.appending = False
                     seen, last_new = n, time.monotonic()
@@ -193,6 +184,30 @@ def _follow(args: argparse.Namespace, source: str | list[str], output: str, comp
     else:
         print(f"dask-pdist: stopped following; {output} is complete", file=sys.stderr)
     return 0
+
+
+#: Appends tried in a row while checkpoints are deleted as they are read.
+_GONE_RETRIES = 20
+
+
+def _append_kept(args: argparse.Namespace, source: str | list[str], output: str, compute: Callable[..., bool]) -> None:
+    # one append of what the run holds; a checkpoint deleted while it was read (Trainer's
+    # save_total_limit, saving fast) is appended again at once with the checkpoints kept,
+    # as many times as it takes (a bounded number: then said in one line, no traceback)
+    for attempt in range(_GONE_RETRIES + 1):
+        try:
+            compute(args, source, output, False, False, True, True)
+            return
+        except Exception as exc:
+            gone = str(exc) if isinstance(exc, CheckpointGone) else deleted_while_read(exc)
+            if not gone:
+                raise
+            if attempt == _GONE_RETRIES:
+                raise InputError(
+                    f"{source}: checkpoints were deleted while they were read {attempt + 1} times in a row"
+                    f" (the last: {gone}); {output} is unchanged or resumable: run --follow again"
+                ) from None
+            print(f"dask-pdist: note: {gone} was deleted while it was read; appending again", flush=True)
 
 
 def _ticks_after_first(root: Path | None, stopping: Callable[[], bool]) -> Iterator[None]:
