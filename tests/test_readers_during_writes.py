@@ -196,3 +196,33 @@ def test_handle_open_across_an_overwrite_says_the_store_changed(grown, tmp_path)
         before.euclidean.compute()
     assert "recompute" not in str(caught.value)
     assert _check_view(store, steps, truth, tmp_path) == 9
+
+
+@pytest.mark.parametrize("writer_ran", [True, False])
+def test_verify_during_a_write_says_so_instead_of_reporting_damage(grown, tmp_path, writer_ran):
+    # an attack: verify run while appends grew the store reported "misplaced" and "missing"
+    # chunks of a healthy store. A verification during which the root document was rewritten
+    # (a writer ran) and that found problems says so; real damage is still reported
+    from dask_pdist import verify_store
+    from dask_pdist.store.layout import write_root_attrs
+
+    _, _, write, _ = grown
+    store = tmp_path / "d.zarr"
+    to_zarr(_distances(write(8), 2), store)
+    chunk = store / "euclidean" / "c" / "3" / "0" / "0"
+    raw = bytearray(chunk.read_bytes())
+    raw[-1] ^= 1  # what the verification meets (a chunk half-seen, or damage)
+    chunk.write_bytes(bytes(raw))
+    seen = []
+
+    def progress(done: int, total: int) -> None:
+        if not seen and writer_ran:
+            write_root_attrs(store, note="an append")  # the root rewritten mid-verification
+        seen.append(done)
+
+    if writer_ran:
+        with pytest.raises(StoreError, match="changed by a writer while it was verified"):
+            verify_store(store, progress=progress)
+    else:
+        problems = verify_store(store, progress=progress)
+        assert [p.variable for p in problems] == ["euclidean"]

@@ -38,7 +38,8 @@ from dask_pdist.store.layout import (
     is_store,
     lock_path,
     not_a_store,
-    read_root,
+    parse_root,
+    root_bytes,
     store_path,
     store_progress,
 )
@@ -159,12 +160,27 @@ def verify_store(
     path = store_path(path, storage_options)
     if not path.exists():
         raise FileNotFoundError(f"{path}: store not found")
-    meta = read_root(path)
+    raw = root_bytes(path)
+    meta = parse_root(raw)
     attrs = meta.get("attributes", {}) if meta is not None else {}
     if MARKER_ATTR not in attrs and CLUSTERS_MARKER_ATTR not in attrs:
         raise not_a_store(path)
     if not is_store(path):  # a neighbours or clusters store: every chunk against its digest
         return _verify_output(path, progress)
+    problems = _verify_distances(path, meta, progress)
+    if problems and root_bytes(path) != raw:
+        # a writer rewrote the store meanwhile (an append, --resume, --overwrite): what was
+        # found may be its work half-seen, not damage
+        raise StoreError(
+            f"{path}: changed by a writer while it was verified (an append, --resume or --overwrite ran);"
+            " verify it again once no job is writing it"
+        )
+    return problems
+
+
+def _verify_distances(
+    path: StorePath, meta: dict[str, Any] | None, progress: Callable[[int, int], None] | None
+) -> list[ChunkProblem]:
     problems: list[ChunkProblem] = []
     try:
         check_metadata(path, every_file=True)
