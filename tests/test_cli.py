@@ -56,6 +56,18 @@ def test_compute_end_to_end(tmp_path, capsys):
     np.testing.assert_array_equal(ds.chebyshev.values, np.abs(x[:, :, None] - x[:, None]).max(-1))
 
 
+def test_chunk_steps_auto_is_the_default_spelled_out(tmp_path):
+    # the help and docs/follow.md name "auto" as --chunk-steps' default: it is accepted
+    src = tmp_path / "h.safetensors"
+    main(["synth", str(src), "--steps", "29", "--vocab", "11", "--dim", "6"])
+    auto, default = tmp_path / "a.zarr", tmp_path / "d.zarr"
+    assert main(["compute", str(src), "-o", str(auto), "--chunk-steps", "auto", "--no-progress"]) == 0
+    assert main(["compute", str(src), "-o", str(default), "--no-progress"]) == 0
+    assert open_distances(auto).euclidean.chunks == open_distances(default).euclidean.chunks
+    with pytest.raises(SystemExit):
+        main(["compute", str(src), "-o", str(tmp_path / "x.zarr"), "--chunk-steps", "autox"])
+
+
 def test_compute_options(tmp_path):
     src = tmp_path / "h.safetensors"
     main(["synth", str(src), "--steps", "9", "--vocab", "6", "--dim", "4"])

@@ -84,6 +84,11 @@ def _positive(text: str) -> int:
     return value
 
 
+def _steps_per_chunk(text: str) -> int | None:
+    # --chunk-steps: a positive integer, or "auto" (the default: None)
+    return None if text.strip().lower() == "auto" else _positive(text)
+
+
 def _threshold_arg(text: str) -> float | str:
     if text == "bf16" or re.fullmatch(r"\d+ulps?", text.strip()):
         return text.strip()

@@ -31,6 +31,7 @@ from dask_pdist.cli.common import (
     _Parser,
     _positive,
     _positive_seconds,
+    _steps_per_chunk,
     _threshold_arg,
     error_line,
     failure_cause,
@@ -78,7 +79,9 @@ def _parser() -> argparse.ArgumentParser:
         "--dtype", choices=("float32", "float16", "float64"), default="float32", help="stored dtype (default: float32)"
     )
     c.add_argument(
-        "--chunk-steps", type=_positive, help="snapshots per task and store chunk (default: auto, ~16 MiB per task)"
+        "--chunk-steps",
+        type=_steps_per_chunk,
+        help="snapshots per task and store chunk (default: auto, ~16 MiB per task)",
     )
     c.add_argument(
         "--token-chunk",
@@ -299,7 +302,7 @@ def _parser() -> argparse.ArgumentParser:
         " links leaving their folder (default: refused; files you name or glob yourself are read)",
     )
     n.add_argument("--tokens", help="text file with one token label per line (default: token ids 0..V-1)")
-    n.add_argument("--chunk-steps", type=_positive, help="snapshots per read of the history (default: auto)")
+    n.add_argument("--chunk-steps", type=_steps_per_chunk, help="snapshots per read of the history (default: auto)")
     n.add_argument(
         "--nonfinite",
         choices=("raise", "propagate"),

@@ -18,6 +18,7 @@ from dask_pdist.cli.common import (
     _opts,
     _output,
     _positive,
+    _steps_per_chunk,
     _write_output,
 )
 
@@ -64,7 +65,9 @@ def add_parsers(sub: Any) -> None:
         "--lag", type=_positive, default=1, help="compare each step with the one LAG positions before (default: 1)"
     )
     m.add_argument(
-        "--chunk-steps", type=_positive, help="output steps per task (default: auto); a store chunk holds whole tasks"
+        "--chunk-steps",
+        type=_steps_per_chunk,
+        help="output steps per task (default: auto); a store chunk holds whole tasks",
     )
     _common(m)
     m.set_defaults(func=_cmd_movement)
@@ -83,7 +86,7 @@ def add_parsers(sub: Any) -> None:
         "--all-pairs", action="store_true", help="compare every pair of runs (default: each vs reference)"
     )
     d.add_argument(
-        "--chunk-steps", type=_positive, help="steps per task (default: auto); a store chunk holds whole tasks"
+        "--chunk-steps", type=_steps_per_chunk, help="steps per task (default: auto); a store chunk holds whole tasks"
     )
     _common(d)
     d.set_defaults(func=_cmd_divergence)
