@@ -60,9 +60,9 @@ class DistancesCallback(TrainerCallback):
 
     Notes
     -----
-    Checkpoints deleted by ``save_total_limit`` make the run folder lack steps the store
-    holds: the append is then refused (the store keeps what it has). Keep every checkpoint
-    while following, or compute the store afterwards.
+    Checkpoints deleted by ``save_total_limit`` are no trouble: a stored step whose
+    checkpoint is gone keeps its distances, and an append that meets a checkpoint deleted
+    while it was read continues at the next save from the checkpoints kept.
 
     Examples
     --------
