@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["InputError", "StoreError", "RepairWarning", "EngineError", "SkippedCheckpointWarning"]
+__all__ = ["InputError", "StoreError", "StoreChangedError", "RepairWarning", "EngineError", "SkippedCheckpointWarning"]
 
 
 class InputError(ValueError):
@@ -11,6 +11,11 @@ class InputError(ValueError):
 
 class StoreError(ValueError):
     """An output store is missing, incomplete, or must not be written over."""
+
+
+class StoreChangedError(StoreError):
+    """A read failed because a writer changed the store since it was opened (not damage):
+    opening it again reads it as it is now."""
 
 
 class RepairWarning(UserWarning):

@@ -31,7 +31,7 @@ from dask_pdist.conventions import (
     KIND_ATTR,
     MARKER_ATTR,
 )
-from dask_pdist.errors import StoreError
+from dask_pdist.errors import StoreChangedError, StoreError
 from dask_pdist.io.folder_hints import stores_hint
 from dask_pdist.io.locks import acquire_lock, holding_lock, lock_path, release_lock
 from dask_pdist.io.paths import (
@@ -137,7 +137,7 @@ def pinned_metadata(raw: bytes) -> dict[str, bytes]:
 def changed_since_opened(path: StorePath, where: str = "") -> StoreError:
     """The error for a read that fails because a writer changed the store since it was
     opened: not damage, and nothing to recompute."""
-    return StoreError(
+    return StoreChangedError(
         f"{path}: {where + ': ' if where else ''}the store was changed by a writer since it was opened (an append,"
         " --resume or --overwrite rewrote it); open it again (open_distances) to read it as it is now"
     )
