@@ -61,7 +61,7 @@ def test_append_killed_after_growing_is_finished(history, tmp_path, capsys, firs
         open_distances(store)
     capsys.readouterr()
     assert main(["info", str(store)]) == 0
-    assert "resume with --resume" in capsys.readouterr().out  # what follows makes this advice true
+    assert "the same command and --resume" in capsys.readouterr().out  # what follows makes this advice true
 
     assert main(["compute", long, "-o", str(store), how, "--no-progress"]) == 0
     err = capsys.readouterr().err
@@ -136,3 +136,22 @@ def test_runs_resume_a_killed_append_in_each_stores_chunks(tmp_path):
         e, c = oracle(values)
         np.testing.assert_allclose(ds.euclidean.values, e, rtol=1e-6, atol=1e-6)
         np.testing.assert_array_equal(ds.chebyshev.values, c.astype(np.float32))
+
+
+def test_info_of_a_store_marked_incomplete_with_every_block_written(history, tmp_path, capsys):
+    # an attack: info said "INCOMPLETE: 0 blocks missing, resume with --resume" for a store
+    # whose job was interrupted after its last block, before its completion record
+    from dask_pdist.store.layout import write_root_attrs
+
+    _, _, write = history
+    store = tmp_path / "d.zarr"
+    assert main(["compute", str(write(5)), "-o", str(store), "--no-progress"]) == 0
+    write_root_attrs(store, complete=False)
+    capsys.readouterr()
+    assert main(["info", str(store)]) == 0
+    out = capsys.readouterr().out
+    assert "INCOMPLETE: every block written, not yet marked complete" in out and "0 blocks missing" not in out
+    assert main(["compute", str(write(5)), "-o", str(store), "--resume", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["info", str(store)]) == 0
+    assert "(complete)" in capsys.readouterr().out

@@ -111,7 +111,11 @@ def describe(
             if stopped
             else f"INCOMPLETE: {int((done == 0).sum())} blocks missing; a job is writing it now (its lock is live)"
             if _live_lock(path)
-            else f"INCOMPLETE: {int((done == 0).sum())} blocks missing, resume with --resume"
+            else f"INCOMPLETE: {int((done == 0).sum())} blocks missing; the job was interrupted: finish it with"
+            " the same command and --resume (an interrupted append: the same --append or --follow command)"
+            if (done == 0).any()
+            else "INCOMPLETE: every block written, not yet marked complete (the job was interrupted at its"
+            " end): the same command with --resume (or --append / --follow) finishes it"
         )
         lines.append(f"  blocks written: {int(done.sum())}/{done.size} ({state})")
         lines.append(f"  size on disk: {human_size(_disk_size(path))}")
