@@ -10,6 +10,7 @@ last append, so the store is complete when ``trainer.train()`` returns. Only the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import warnings
@@ -134,6 +135,15 @@ class DistancesCallback(TrainerCallback):
                 if isinstance(self.error, _CheckpointDeleted):
                     self.error = None  # this append caught up: the deletion cost nothing
             except Exception as exc:  # reported by wait(), never stops training
+                if not isinstance(exc, _CheckpointDeleted) and str(exc) != str(self.error):
+                    # said now, once per error, not only when training ends hours later
+                    with contextlib.suppress(Exception):  # (-W error: the worker must go on)
+                        warnings.warn(
+                            f"dask_pdist: appending to {self.store} failed: {exc} (training goes on; the error is"
+                            " raised when training ends)",
+                            RuntimeWarning,
+                            stacklevel=1,
+                        )
                 self.error = exc
             with self._lock:
                 if not self._pending:

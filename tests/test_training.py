@@ -69,7 +69,11 @@ def test_a_failed_append_is_raised_at_the_end_of_training(tmp_path):
     taken = tmp_path / "taken"
     taken.mkdir()
     (taken / "notes.txt").write_text("a user's folder")
-    with pytest.raises(StoreError, match="not a dask_pdist store"):
+    # said when it happens too (an attack: a refused append surfaced only at train end)
+    with (
+        pytest.raises(StoreError, match="not a dask_pdist store"),
+        pytest.warns(RuntimeWarning, match="training goes on"),
+    ):
         _train(tmp_path / "run", DistancesCallback(taken), max_steps=4, save_steps=2)
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoint-2", "checkpoint-4"]  # trained on
     assert [p.name for p in taken.iterdir()] == ["notes.txt"]
