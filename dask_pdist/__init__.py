@@ -35,7 +35,14 @@ if TYPE_CHECKING:
     from dask_pdist.analyses.report import report
     from dask_pdist.analyses.summary import summarize
     from dask_pdist.conventions import METRICS, OUTPUT_DTYPES
-    from dask_pdist.errors import EngineError, InputError, RepairWarning, SkippedCheckpointWarning, StoreError
+    from dask_pdist.errors import (
+        EngineError,
+        InputError,
+        RepairWarning,
+        SkippedCheckpointWarning,
+        StoreChangedError,
+        StoreError,
+    )
     from dask_pdist.graphs.dataset import pairwise_distances
     from dask_pdist.io.history import open_history, parse_token_ids
     from dask_pdist.io.synthetic import synthetic_events, write_synthetic_history
@@ -50,6 +57,7 @@ _WHERE = {
     "OUTPUT_DTYPES": "conventions",
     "InputError": "errors",
     "StoreError": "errors",
+    "StoreChangedError": "errors",
     "RepairWarning": "errors",
     "EngineError": "errors",
     "SkippedCheckpointWarning": "errors",
@@ -88,6 +96,7 @@ __all__ = [
     "OUTPUT_DTYPES",
     "InputError",
     "StoreError",
+    "StoreChangedError",
     "RepairWarning",
     "EngineError",
     "SkippedCheckpointWarning",
