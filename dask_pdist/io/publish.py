@@ -228,12 +228,18 @@ def settle_zarr_writes(timeout: float = 60.0) -> None:
         pass
 
     async def pending() -> None:
-        others = asyncio.all_tasks() - {asyncio.current_task()}
+        # zarr's own operations only (an object store's client may keep tasks of its own there)
+        others = [t for t in asyncio.all_tasks() - {asyncio.current_task()} if _from_zarr(t)]
         if others:
             await asyncio.wait(others, timeout=timeout)
 
     with contextlib.suppress(Exception):
         asyncio.run_coroutine_threadsafe(pending(), loop).result(timeout + 5)
+
+
+def _from_zarr(task: object) -> bool:
+    code = getattr(getattr(task, "get_coro", lambda: None)(), "cr_code", None)
+    return code is not None and f"{os.sep}zarr{os.sep}" in code.co_filename
 
 
 def publish(hidden: Path | str, target: Path | str, *, replace: bool) -> None:
