@@ -13,6 +13,7 @@ finishes). The store is whole and the writer lock released at every exit.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -179,6 +180,13 @@ def _follow(args: argparse.Namespace, source: str | list[str], output: str, comp
         except KeyboardInterrupt:
             if stop.forced:
                 raise  # the second signal, mid-append: the CLI's interrupted-job path
+    if stop.requested and getattr(args, "as_program", False):
+        # stopped by a signal, as the program: later ones are ignored until it has exited
+        # (Python's shutdown sets its own handlers back to the default: a second SIGTERM
+        # then killed it, exit 143, instead of the clean exit 0)
+        with contextlib.suppress(ValueError):  # (not the main thread: nothing to do)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, signal.SIG_IGN)
     if seen is None:
         print(f"dask-pdist: stopped; {source} had no complete checkpoint yet", file=sys.stderr)
     else:

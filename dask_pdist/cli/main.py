@@ -416,6 +416,7 @@ def _run_cli(argv: Sequence[str] | None) -> int:
     if extra:  # point to the subcommand's --help, not the main one's
         parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     args.argv = argv
+    args.as_program = as_program
     previous = _catch_interrupts()
     if (
         as_program
