@@ -256,3 +256,38 @@ def test_summary_reads_again_when_a_writer_changed_the_store_under_it(grown, tmp
     failures = 99
     assert main(["summary", str(store), "--no-progress"]) == 2
     assert "changed by a writer since it was opened" in capsys.readouterr().err
+
+
+def test_every_store_reading_command_reads_again_with_its_arguments_as_given(capsys):
+    # cli/common.py read_again, as the CLI runs summary, export, clusters, neighbours, report
+    # and info: each try starts from the arguments as given (a command may change them), and
+    # what a dropped try printed is not printed
+    import argparse
+
+    from dask_pdist import StoreChangedError
+    from dask_pdist.cli.common import READ_TRIES, READS_STORES, read_again
+
+    assert {"summary", "export", "clusters", "neighbours", "report"} <= set(READS_STORES)
+    seen = []
+
+    def command(args):
+        seen.append(list(args.store))
+        print(f"try {len(seen)}")
+        args.store = args.store[0]  # as summary does
+        if len(seen) < 3:
+            raise StoreChangedError("d.zarr: the store was changed by a writer since it was opened")
+        return 7
+
+    assert read_again(command, argparse.Namespace(store=["d.zarr"])) == 7
+    assert seen == [["d.zarr"]] * 3
+    assert capsys.readouterr().out == "try 3\n"
+    seen.clear()
+
+    def always(args):
+        seen.append(1)
+        print("partial")
+        raise StoreChangedError("d.zarr: the store was changed by a writer since it was opened")
+
+    with pytest.raises(StoreChangedError):
+        read_again(always, argparse.Namespace(store=["d.zarr"]))
+    assert len(seen) == READ_TRIES and capsys.readouterr().out == "partial\n"

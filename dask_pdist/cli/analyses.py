@@ -4,15 +4,12 @@ public API on a store or a history and print. Heavy imports happen inside each c
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import os
 import sys
 import time
 
 from dask_pdist.cli.common import _opts, _progress, _run, _write_output, check_grow_flags
 from dask_pdist.conventions import counted
-from dask_pdist.errors import StoreChangedError
 
 
 def _cmd_neighbours(args: argparse.Namespace) -> None:
@@ -131,29 +128,7 @@ def _cmd_summary(args: argparse.Namespace) -> None:
                 f"{args.store}: a neighbours store; --plot, --threshold and --step apply to distance stores"
             )
         return _neighbours_summary(args)
-    # a store an append grows may change under a read (a partly filled last block rewritten):
-    # then it is opened and read again, the output printed once, when the read succeeded
-    given = list(args.store)
-    for attempt in range(_READ_TRIES):
-        args.store = list(given)
-        out = io.StringIO()
-        try:
-            with contextlib.redirect_stdout(out):
-                _summary_of(args)
-        except StoreChangedError:
-            if attempt + 1 < _READ_TRIES:
-                continue  # what it printed is dropped: the next read prints it all
-            sys.stdout.write(out.getvalue())
-            raise
-        except BaseException:
-            sys.stdout.write(out.getvalue())
-            raise
-        sys.stdout.write(out.getvalue())
-        return None
-
-
-#: Reads of a store tried while a writer changes it under them.
-_READ_TRIES = 5
+    return _summary_of(args)  # (read again when a writer changes the store: cli/common.py read_again)
 
 
 def _summary_of(args: argparse.Namespace) -> None:

@@ -7,8 +7,8 @@ import argparse
 import os
 import re
 import sys
-from collections.abc import Sequence
-from typing import NoReturn
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 from dask_pdist.conventions import ALL_METRICS
 
@@ -62,6 +62,42 @@ def _output(text: str) -> str:
             " their name; give a file name"
         )
     return text
+
+
+#: Commands that read a store: when a writer changes it under their read (an append rewriting
+#: a partly filled last block: ``StoreChangedError``), they open it and read it again.
+READS_STORES = ("summary", "export", "clusters", "neighbours", "report", "info")
+#: Reads of a store tried while a writer changes it under them.
+READ_TRIES = 5
+
+
+def read_again(command: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> Any:
+    """Run ``command(args)``; when it fails because a writer changed its store since it was
+    opened, run it again from the start (at most :data:`READ_TRIES` times). Its standard
+    output is printed once, from the run that ended (a dropped try printed nothing)."""
+    import contextlib
+    import io
+
+    from dask_pdist.errors import StoreChangedError
+
+    given = {k: list(v) if isinstance(v, list) else v for k, v in vars(args).items()}
+    for attempt in range(READ_TRIES):
+        vars(args).update({k: list(v) if isinstance(v, list) else v for k, v in given.items()})
+        out = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(out):
+                result = command(args)
+        except StoreChangedError:
+            if attempt + 1 < READ_TRIES:
+                continue
+            sys.stdout.write(out.getvalue())
+            raise
+        except BaseException:
+            sys.stdout.write(out.getvalue())
+            raise
+        sys.stdout.write(out.getvalue())
+        return result
+    return None
 
 
 def _positive_seconds(text: str) -> float:

@@ -19,6 +19,7 @@ from dask_pdist.cli.common import (
     _NO_PROGRESS_HELP,
     _TOKEN_IDS_HELP,
     EXIT_BAD_INPUT,
+    READS_STORES,
     _add_engine,
     _add_grow,
     _add_scheduler,
@@ -35,6 +36,7 @@ from dask_pdist.cli.common import (
     _threshold_arg,
     error_line,
     failure_cause,
+    read_again,
 )
 from dask_pdist.cli.compute import _cmd_compute, _cmd_demo, _cmd_export, _cmd_synth
 from dask_pdist.cli.movement import add_parsers as _add_movement_parsers
@@ -438,6 +440,8 @@ def _run_cli(argv: Sequence[str] | None) -> int:
 
 def _main(args: argparse.Namespace) -> int:
     try:
+        if args.command in READS_STORES and not getattr(args, "follow", False):  # (--follow prints as it goes)
+            return read_again(args.func, args) or 0
         return args.func(args) or 0
     except BrokenPipeError:
         raise
