@@ -367,6 +367,8 @@ def _export(args: argparse.Namespace, store: str, output: str, dtype: str | None
     options = _opts(args, output)
     _check_export_target(output, overwrite, options)
     print(f"{store} -> {output}", file=sys.stderr)
+    if ds.attrs.get("being_written"):  # a store a job is writing (--follow): what is whole so far
+        print(f"dask-pdist: note: {store}: {ds.attrs['being_written']}; exporting those steps", file=sys.stderr)
     scheduler = getattr(args, "scheduler", None)
     remote = is_remote(locate(output, options))
     # to_safetensors computes itself (compute=True) so that it removes its temporary file

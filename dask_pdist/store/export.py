@@ -145,6 +145,9 @@ def _metadata(ds: xr.Dataset, metrics: list[str], dtype: str, dtypes: dict[str, 
         "key_dtypes": json.dumps({tensor_key(m): dtypes[m] for m in metrics}),
         "steps": json.dumps(np.asarray(steps).tolist()),
         "n_steps": str(ds.sizes["step"]),
+        # a store a live job writes (open_distances gives its whole steps so far): said in
+        # the file, which holds those steps only
+        **({"being_written": str(ds.attrs["being_written"])} if ds.attrs.get("being_written") else {}),
         "n_tokens": str(ds.sizes["token_i"]),
         "tokens": json.dumps([t if isinstance(t, (int, float)) else str(t) for t in np.asarray(tokens).tolist()]),
         "source": str(ds.attrs.get("source", "")),
@@ -331,11 +334,6 @@ def to_safetensors(
     """
     if not isinstance(ds, xr.Dataset):
         raise TypeError(f"ds must be an xarray.Dataset (see pairwise_distances), got {type(ds).__name__}")
-    if ds.attrs.get("being_written"):  # open_distances of a store a live job writes: a prefix
-        raise StoreError(
-            f"{ds.encoding.get('source', 'the store')}: being written ({ds.attrs['being_written']}); an export"
-            " would look complete without the rest: export it when the job ends (after --follow stops)"
-        )
     metrics = [m for m in ALL_METRICS if m in ds.data_vars]
     if not metrics:
         raise ValueError(
