@@ -5,7 +5,6 @@ Array layer: speaks axes and chunks, knows nothing of xarray labels.
 
 from __future__ import annotations
 
-import operator
 import warnings
 from collections.abc import Sequence
 from typing import Literal
@@ -49,8 +48,8 @@ def _ulp_block(
 
 
 def _distance_block(
-    xa: np.ndarray,
-    xb: np.ndarray,
+    xa: list[np.ndarray],
+    xb: list[np.ndarray],
     steps: np.ndarray,
     ia: np.ndarray,
     jb: np.ndarray,
@@ -60,6 +59,7 @@ def _distance_block(
     out_dtype: str,
     engine: str = "cpu",
 ) -> np.ndarray:
+    xa, xb = _whole(xa), _whole(xb)
     step0 = int(steps[0]) if steps.size else 0
     extra: dict = {"manhattan": True} if 2 in which else {}  # Manhattan: summed in the same pass
     pairwise, cross = pairwise_block, cross_block
@@ -206,9 +206,24 @@ def pairwise_arrays(
     return {m: found[m] for m in metrics}
 
 
+def _pick(blocks: list[np.ndarray], k: int) -> np.ndarray:
+    # out[k] of the one block along the metric axis: a view, not a copy (dask's concatenate=True,
+    # as map_blocks(drop_axis=) uses, would first copy the whole stacked block for each metric)
+    (block,) = blocks
+    return block[k]
+
+
 def _metric(out: da.Array, k: int) -> da.Array:
     # out[k] of the (metric, step, token_i, token_j) output, whose metrics are one chunk
-    return out.map_blocks(operator.getitem, k, drop_axis=0, dtype=out.dtype, meta=np.empty((0, 0, 0), out.dtype))
+    return da.blockwise(
+        _pick, "sij", out, "msij", k=k, concatenate=False, dtype=out.dtype, meta=np.empty((0, 0, 0), out.dtype)
+    )
+
+
+def _whole(blocks: list[np.ndarray]) -> np.ndarray:
+    # a history block whole along its dims: the one block the graph rechunked them into, as it
+    # is (concatenate=True would copy it for every tile that reads it)
+    return blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=-1)
 
 
 def _blockwise(
@@ -237,7 +252,7 @@ def _blockwise(
         step_labels,
         "s",
         new_axes={"m": n_metrics},
-        concatenate=True,
+        concatenate=False,
         dtype=dtype,
         meta=np.empty((0, 0, 0, 0), dtype=dtype),
         which=which,

@@ -82,15 +82,28 @@ def step_rms(data: da.Array) -> da.Array:
     """
     # one task per step-block (the ten array operations it replaces were ten tasks per block,
     # ~0.1 ms of scheduling each); the same expression on whole steps, so the same bits
-    return data.rechunk({1: -1, 2: -1}).map_blocks(
-        _step_rms, drop_axis=(1, 2), dtype=np.float64, meta=np.empty((0,), np.float64)
+    return da.blockwise(
+        _step_rms,
+        "s",
+        data.rechunk({1: -1, 2: -1}),
+        "std",
+        concatenate=False,  # the block as it is: concatenate=True (map_blocks' drop_axis) copies it
+        dtype=np.float64,
+        meta=np.empty((0,), np.float64),
     )
 
 
-def _step_rms(block: np.ndarray) -> np.ndarray:
+def _step_rms(nested: list | np.ndarray) -> np.ndarray:
+    block = nested[0][0] if isinstance(nested, list) else nested  # whole (token, dim): one block
+    # x^2 of a float32 or float64 value in float64 (exact for float32), each step's sum in the
+    # same order as before: the same bits, ~6x faster than where(isfinite, x.astype(f64)**2, 0)
+    squares = np.square(block, dtype=np.float64)
     finite = np.isfinite(block)
-    squares = np.where(finite, block.astype(np.float64) ** 2, 0.0)
-    count = finite.sum(axis=(1, 2))
+    if finite.all():
+        count = np.full(block.shape[0], block.shape[1] * block.shape[2])
+    else:
+        squares[~finite] = 0.0
+        count = finite.sum(axis=(1, 2))
     return np.where(count > 0, np.sqrt(squares.sum(axis=(1, 2)) / np.maximum(count, 1)), np.nan)
 
 
