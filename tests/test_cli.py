@@ -56,6 +56,26 @@ def test_compute_end_to_end(tmp_path, capsys):
     np.testing.assert_array_equal(ds.chebyshev.values, np.abs(x[:, :, None] - x[:, None]).max(-1))
 
 
+def test_the_heap_is_frozen_only_when_the_cli_is_the_program(tmp_path):
+    # as the program, the modules and the planned graph are moved out of the collector's reach
+    # (gc.freeze: its full collections and the exit no longer walk them); called from Python
+    # (a test, a notebook) the caller's collector is left as it is
+    import gc
+
+    src = tmp_path / "h.safetensors"
+    main(["synth", str(src), "--steps", "9", "--vocab", "7", "--dim", "3"])
+    frozen = gc.get_freeze_count()
+    assert main(["compute", str(src), "-o", str(tmp_path / "a.zarr"), "--no-progress"]) == 0
+    assert gc.get_freeze_count() == frozen
+    probe = (
+        "import gc, sys; from dask_pdist.cli.main import main;"
+        f" sys.argv = ['dask-pdist', 'compute', {str(src)!r}, '-o', {str(tmp_path / 'b.zarr')!r}, '--no-progress'];"
+        " code = main(); print(code, gc.get_freeze_count() > 0)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.split()[-2:] == ["0", "True"]
+
+
 def test_chunk_steps_auto_is_the_default_spelled_out(tmp_path):
     # the help and docs/follow.md name "auto" as --chunk-steps' default: it is accepted
     src = tmp_path / "h.safetensors"

@@ -241,8 +241,28 @@ def check_grow_flags(args: argparse.Namespace) -> None:
         raise InputError("--idle-exit applies to --follow: add --follow, or leave it out")
 
 
+#: Set by the CLI when it runs as the program (not called from Python): see :func:`settle_heap`.
+PROGRAM = {"settle": False}
+
+
+def settle_heap() -> None:
+    """As the program, once: move every object alive now (the imported modules, the planned
+    graph) out of the garbage collector's reach (``gc.freeze``). They live until the process
+    exits, yet each full collection walked all of them again: measured, collections took
+    0.2-0.4 CPU-s of a 3 s ``compute`` (5001 x 128 x 64), and the interpreter's exit another
+    0.25 s. Objects frozen are still freed by their reference counts; only a cycle among them
+    waits for the exit. Called from Python (tests, notebooks) it does nothing."""
+    import gc
+
+    if PROGRAM["settle"]:
+        PROGRAM["settle"] = False
+        gc.freeze()
+
+
 def _run(delayed, scheduler: str | None, progress: bool, on_stop=None, desc: str = "computing"):  # noqa: ANN001, ANN202
     from dask_pdist.store.job import Job
+
+    settle_heap()
 
     return Job(delayed, desc=desc, on_stop=on_stop).execute(scheduler=scheduler, progress=progress)
 

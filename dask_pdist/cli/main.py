@@ -4,6 +4,7 @@ the subcommands so ``dask-pdist --help`` stays fast."""
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import signal
 import sys
@@ -19,6 +20,7 @@ from dask_pdist.cli.common import (
     _NO_PROGRESS_HELP,
     _TOKEN_IDS_HELP,
     EXIT_BAD_INPUT,
+    PROGRAM,
     READS_STORES,
     _add_engine,
     _add_grow,
@@ -392,6 +394,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             # its resume hint. Every write is whole or absent and the lock is released: end here.
             sys.stderr.flush()
             os._exit(code)
+        if argv is None:  # the interpreter's exit need not walk every object once more
+            gc.freeze()
         return code
     except BrokenPipeError:
         # the reader went away (`dask-pdist ... | head`): stop quietly; point stdout at devnull
@@ -419,6 +423,7 @@ def _run_cli(argv: Sequence[str] | None) -> int:
         parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     args.argv = argv
     args.as_program = as_program
+    PROGRAM["settle"] = as_program
     previous = _catch_interrupts()
     if (
         as_program
