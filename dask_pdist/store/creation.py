@@ -83,10 +83,13 @@ def _build(ds: xr.Dataset, tmp: Path, compressor: str, fingerprint: dict[str, An
         tmp, mode="w-", zarr_format=3, consolidated=False, encoding=encoding, compute=False, write_empty_chunks=True
     )
     group = zarr.open_group(str(tmp), mode="r+")
-    books = group.create_group(BOOKKEEPING)
-    books.attrs["long_name"] = "dask_pdist bookkeeping: which blocks are written, and from what input"
+    # attributes given at creation: each later `attrs[...] =` would rewrite a zarr.json (a few
+    # ms each, before the first kernel call)
+    books = group.create_group(
+        BOOKKEEPING, attributes={"long_name": "dask_pdist bookkeeping: which blocks are written, and from what input"}
+    )
     nblocks = tuple(len(ds.chunksizes[d]) for d in DISTANCE_DIMS)
-    done = books.create_array(
+    books.create_array(
         DONE,
         shape=nblocks,
         chunks=(1, 1, 1),
@@ -94,10 +97,10 @@ def _build(ds: xr.Dataset, tmp: Path, compressor: str, fingerprint: dict[str, An
         fill_value=0,
         dimension_names=DONE_DIMS,
         compressors=[Crc32cCodec()],
+        attributes={"long_name": "1 where the block of every variable is written (one element per dask task)"},
     )
-    done.attrs["long_name"] = "1 where the block of every variable is written (one element per dask task)"
     if checksums is not None:
-        crc = books.create_array(
+        books.create_array(
             INPUT_CHECKSUM,
             shape=(ds.sizes["step"],),
             chunks=(ds.chunksizes["step"][0],),
@@ -105,8 +108,8 @@ def _build(ds: xr.Dataset, tmp: Path, compressor: str, fingerprint: dict[str, An
             fill_value=0,
             dimension_names=("step",),
             compressors=[Crc32cCodec()],
+            attributes={"long_name": checksums.attrs.get("long_name", "")},
         )
-        crc.attrs["long_name"] = checksums.attrs.get("long_name", "")
     if versions is not None:
         version = books.create_array(
             INPUT_VERSION,
@@ -116,10 +119,10 @@ def _build(ds: xr.Dataset, tmp: Path, compressor: str, fingerprint: dict[str, An
             fill_value=0,
             dimension_names=("step",),
             compressors=[Crc32cCodec()],
+            attributes={"long_name": "hash of the identity of each step's input file, 0 if none vouched (io/paths.py)"},
         )
         version.with_config({"write_empty_chunks": True})[:] = versions.values  # all 0 is a value too
-        version.attrs["long_name"] = "hash of the identity of each step's input file, 0 if none vouched (io/paths.py)"
-    digest = books.create_array(
+    books.create_array(
         DIGEST,
         shape=(*nblocks, len(written)),
         chunks=(1, 1, 1, len(written)),
@@ -127,10 +130,12 @@ def _build(ds: xr.Dataset, tmp: Path, compressor: str, fingerprint: dict[str, An
         fill_value=0,
         dimension_names=(*DONE_DIMS, "variable"),
         compressors=[Crc32cCodec()],
+        attributes={
+            "long_name": "crc32c trailer of each chunk the block's task wrote, by position (store/digests.py)",
+            "variables": written,
+        },
     )
-    digest.attrs["long_name"] = "crc32c trailer of each chunk the block's task wrote, by position (store/digests.py)"
-    digest.attrs["variables"] = written
-    packed = books.create_array(
+    books.create_array(
         PACKED,
         shape=(*nblocks, len(written)),
         chunks=(packed_steps(nblocks, len(written)), *nblocks[1:], len(written)),
@@ -139,18 +144,24 @@ def _build(ds: xr.Dataset, tmp: Path, compressor: str, fingerprint: dict[str, An
         dimension_names=(*DONE_DIMS, "variable"),
         # zstd: the unfilled end of the last chunk (zeros) costs nothing to rewrite
         compressors=[ZstdCodec(level=1), Crc32cCodec()],
+        attributes={
+            "long_name": f"{DIGEST}, many step-blocks per chunk: written when a job completes the store",
+            "variables": written,
+        },
     )
-    packed.attrs["long_name"] = f"{DIGEST}, many step-blocks per chunk: written when a job completes the store"
-    packed.attrs["variables"] = written
-    group.attrs[PACKED_ATTR] = 0
     # the arrays written now, once (coordinates): their chunks' digests, by key, keyed with the
     # store's own id (store/digests.py)
     store_id = new_store_id()
-    group.attrs[STORE_ID_ATTR] = store_id
     static = [str(n) for n in ds.coords if not isinstance(ds[n].data, da.Array)]
     books.attrs[MANIFEST_ATTR] = file_digests(tmp, store_id, static)
-    group.attrs[FINGERPRINT_ATTR] = json.dumps(fingerprint, sort_keys=True)
-    group.attrs[COMPLETE_ATTR] = False
+    group.update_attributes(
+        {
+            PACKED_ATTR: 0,
+            STORE_ID_ATTR: store_id,
+            FINGERPRINT_ATTR: json.dumps(fingerprint, sort_keys=True),
+            COMPLETE_ATTR: False,
+        }
+    )
     consolidate(tmp)
 
 
