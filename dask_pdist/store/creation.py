@@ -79,7 +79,7 @@ def _build(ds: xr.Dataset, tmp: Path, compressor: str, fingerprint: dict[str, An
     encoding["step"]["chunks"] = (max(VERSION_CHUNK, int(ds.sizes["step"])),)
     # metadata and the (small, eager) coordinates; the distances are written by our own tasks;
     # every chunk is written, even one equal to the fill value, so that "absent" means missing
-    ds.to_zarr(
+    _placeholders(ds).to_zarr(
         tmp, mode="w-", zarr_format=3, consolidated=False, encoding=encoding, compute=False, write_empty_chunks=True
     )
     group = zarr.open_group(str(tmp), mode="r+")
@@ -163,6 +163,18 @@ def _build(ds: xr.Dataset, tmp: Path, compressor: str, fingerprint: dict[str, An
         }
     )
     consolidate(tmp)
+
+
+def _placeholders(ds: xr.Dataset) -> xr.Dataset:
+    # ds with each dask-backed variable's graph replaced by zeros of the same shape, dtype and
+    # chunks: to_zarr(compute=False) writes the same metadata from them, and the write graph it
+    # builds (and dask optimizes) but nobody runs is that of the zeros, not of the kernels and
+    # reads: measured 0.44 -> 0.10 s at 20,004 steps, all before the first kernel call
+    out = ds.copy()
+    for name, var in ds.variables.items():
+        if isinstance(var.data, da.Array):
+            out[name] = var.copy(data=da.zeros(var.shape, dtype=var.dtype, chunks=var.chunks))
+    return out
 
 
 def task_variables(ds: xr.Dataset, with_checksums: bool = True) -> list[str]:
