@@ -180,6 +180,26 @@ def test_one_step_through_dask_reads_that_step_only(distances, tmp_path, monkeyp
         assert asked and all(isinstance(key[0], (int, np.integer)) for key in asked), asked
 
 
+def test_per_step_coordinate_read_in_one_task(distances, tmp_path, monkeypatch):
+    # embedding_rms (5 blocks of 5 steps here) is read by one zarr call for all its chunks,
+    # then shown in the store's chunks; the same values as the store holds
+    from dask_pdist.store import reader
+    from dask_pdist.store.integrity import CheckedChunks
+
+    store = tmp_path / "d.zarr"
+    dp.to_zarr(distances, store)
+    asked = []
+    read = CheckedChunks.__getitem__
+    monkeypatch.setattr(CheckedChunks, "__getitem__", lambda self, key: asked.append(self.name) or read(self, key))
+    for per_step_read, calls in ((1 << 20, 1), (10, 3)):  # all 23 steps at once, or 10 at a time (5 + 5)
+        monkeypatch.setattr(reader, "_PER_STEP_READ", per_step_read)
+        rms = dp.open_distances(store)["embedding_rms"]
+        assert rms.chunks == ((5, 5, 5, 5, 3),)
+        asked.clear()
+        np.testing.assert_array_equal(rms.values, distances["embedding_rms"].values)
+        assert asked == ["embedding_rms"] * calls
+
+
 @settings(max_examples=60, deadline=None)
 @given(data=st.data(), shape=st.tuples(st.integers(1, 6), st.integers(1, 5), st.integers(1, 4)))
 def test_checked_read_box_keeps_numpy_indexing(data, shape):

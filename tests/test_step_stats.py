@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from unittest import mock
+
 import dask.array as da
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import random_history
+from dask_pdist import open_distances, open_history, pairwise_distances, summarize, to_zarr
 from dask_pdist.graphs.stats import step_stats, summary_stats
-from dask_pdist.kernels.stats import _float32_above, tile_stats
+from dask_pdist.kernels import stats as kernel
+from dask_pdist.kernels.stats import _count_true, _float32_above, tile_stats
 
 
 def _oracle(x: np.ndarray, thr: np.ndarray) -> np.ndarray:
@@ -32,20 +37,36 @@ def _oracle(x: np.ndarray, thr: np.ndarray) -> np.ndarray:
     vocab=st.integers(1, 11),
     step_chunk=st.integers(1, 5),
     token_chunk=st.integers(1, 11),
+    token_chunk_j=st.integers(1, 11),  # tiles the diagonal crosses away from their corner
     nan_fraction=st.sampled_from([0.0, 0.0, 0.1, 1.0]),
     dtype=st.sampled_from(["float32", "float64", "float16"]),
     seed=st.integers(0, 2**16),
-    thr_scale=st.sampled_from([0.03, 0.3, 1.1]),  # few pairs below (their positions) or many (a triangle)
+    thr_scale=st.sampled_from([0.03, 0.3, 1.1]),  # few pairs below or many
+    zero_diagonal=st.booleans(),  # as a distance store has it, or values that must not count
+    block_bytes=st.sampled_from([1, 300, 1 << 20]),  # a tile reduced one step, a few, or all at a time
 )
-def test_step_stats_match_numpy(steps, vocab, step_chunk, token_chunk, nan_fraction, dtype, seed, thr_scale):
+def test_step_stats_match_numpy(
+    steps,
+    vocab,
+    step_chunk,
+    token_chunk,
+    token_chunk_j,
+    nan_fraction,
+    dtype,
+    seed,
+    thr_scale,
+    zero_diagonal,
+    block_bytes,
+):
     rng = np.random.default_rng(seed)
     x = rng.random((steps, vocab, vocab)).astype(dtype)
     x[rng.random(x.shape) < nan_fraction] = np.nan
-    x[:, np.arange(vocab), np.arange(vocab)] = rng.random((steps, vocab))  # the diagonal never counts
+    x[:, np.arange(vocab), np.arange(vocab)] = 0 if zero_diagonal else rng.random((steps, vocab))
     thr = rng.random(steps) * thr_scale
-    got = step_stats(
-        da.from_array(x, chunks=(step_chunk, token_chunk, token_chunk)), da.from_array(thr, chunks=step_chunk)
-    ).compute()
+    with mock.patch.object(kernel, "_BLOCK_BYTES", block_bytes):
+        got = step_stats(
+            da.from_array(x, chunks=(step_chunk, token_chunk, token_chunk_j)), da.from_array(thr, chunks=step_chunk)
+        ).compute()
     want = _oracle(x, thr)
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
     np.testing.assert_array_equal(got[:, [0, 2, 3]], want[:, [0, 2, 3]])  # min, max, count: exact
@@ -138,3 +159,85 @@ def test_tile_stats_counts_pairs_right_of_the_diagonal_only():
     tile[0, 1, 1] = 0.5  # global (3, 2)
     for thr, want in ((1.0, 1), (10.0, sum(1 for i in range(2, 10) for j in range(1, 9) if i < j))):
         assert tile_stats(tile, 2, 1, np.array([thr]))[0, 4] == want
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    steps=st.integers(1, 11),
+    a=st.integers(1, 13),
+    b=st.integers(1, 13),
+    i0=st.integers(0, 20),
+    j0=st.integers(0, 20),
+    dtype=st.sampled_from(["float32", "float64", "float16"]),
+    layout=st.sampled_from(["C", "F", "strided"]),
+    nan_fraction=st.sampled_from([0.0, 0.0, 0.2, 1.0]),
+    inf_fraction=st.sampled_from([0.0, 0.0, 0.05]),
+    seed=st.integers(0, 2**16),
+)
+def test_tile_stats_do_not_depend_on_how_steps_are_grouped(
+    steps, a, b, i0, j0, dtype, layout, nan_fraction, inf_fraction, seed
+):
+    # a tile reduced a few steps at a time gives, bit for bit, what it gives reduced whole
+    # (float64 sums included: each step's sum is taken in the same order), in any memory layout
+    rng = np.random.default_rng(seed)
+    x = (rng.random((steps, a, 2 * b)) * 10).astype(dtype)
+    x[rng.random(x.shape) < nan_fraction] = np.nan
+    x[rng.random(x.shape) < inf_fraction] = np.inf
+    x = {"C": np.ascontiguousarray(x[:, :, :b]), "F": np.asfortranarray(x[:, :, :b]), "strided": x[:, :, ::2]}[layout]
+    thr = rng.random(steps) * 10
+    with mock.patch.object(kernel, "_BLOCK_BYTES", 1 << 30):
+        whole = tile_stats(x, i0, j0, thr)
+    for block_bytes in (1, 2 * a * b * x.itemsize + 1):
+        with mock.patch.object(kernel, "_BLOCK_BYTES", block_bytes):
+            np.testing.assert_array_equal(tile_stats(x, i0, j0, thr).view(np.int64), whole.view(np.int64))
+
+
+@pytest.mark.parametrize("size", [1, 7, 8, 24, 61])
+def test_count_true_counts_each_row(size):
+    rng = np.random.default_rng(size)
+    flags = rng.random((5, size)) < 0.4
+    want = [sum(bool(v) for v in row) for row in flags]
+    assert _count_true(flags).tolist() == want
+    assert _count_true(np.asfortranarray(flags)).tolist() == want  # not contiguous by rows: counted as well
+
+
+@pytest.mark.parametrize(
+    ("dtype", "token_chunk", "block_bytes"),
+    [("float32", "auto", 1 << 20), ("float32", 5, 1 << 20), ("float32", 5, 1), ("float16", 4, 300), ("float64", 6, 1)],
+)
+def test_summarize_of_a_store_with_nan_tokens_matches_numpy(
+    write_safetensors, tmp_path, dtype, token_chunk, block_bytes
+):
+    # a nonfinite="propagate" store: a token with NaN coordinates at some steps has NaN distances
+    # (its diagonal too); token-chunked stores have tiles the diagonal crosses and tiles it does
+    # not, and a narrower last tile; the oracle is the stored values in float64
+    x = random_history((23, 13, 7), seed=3, scale=0.05)
+    x[[2, 9, 10], 4, 1] = np.nan
+    x[[9, 17], 11, 0] = np.nan
+    x[12, :, 0] = np.nan  # a step without any value off the diagonal
+    source = "F64" if dtype == "float64" else "F32"
+    path = write_safetensors("h.safetensors", {"embedding_history": x}, source)
+    history = open_history(path, chunks=6, nonfinite="propagate")
+    to_zarr(pairwise_distances(history, dtype=dtype, token_chunk=token_chunk), tmp_path / "d.zarr")
+    ds = open_distances(tmp_path / "d.zarr")
+    with mock.patch.object(kernel, "_BLOCK_BYTES", block_bytes):
+        got = summarize(ds, threshold=0.02).compute()
+    off = ~np.eye(13, dtype=bool)
+    upper = np.triu(np.ones((13, 13), dtype=bool), 1)
+    for name in ("euclidean", "chebyshev"):
+        values = ds[name].values.astype(np.float64)
+        assert ds[name].dtype == dtype and np.isnan(values).any()
+        want = np.full((23, 3), np.nan)
+        for k in range(23):
+            v = values[k][off]
+            v = v[~np.isnan(v)]
+            if v.size:
+                want[k] = v.min(), v.mean(), v.max()
+        np.testing.assert_array_equal(got[f"{name}_min"], want[:, 0])
+        np.testing.assert_allclose(got[f"{name}_mean"], want[:, 1], rtol=1e-12)
+        np.testing.assert_array_equal(got[f"{name}_max"], want[:, 2])
+        if name == "chebyshev":
+            neighbours = [(values[k][upper] < 0.02).sum() for k in range(23)]
+            np.testing.assert_array_equal(got["quantization_neighbours"], neighbours)
+            assert 0 < max(neighbours) < upper.sum()
+    assert np.isnan(got["euclidean_mean"].values[12])
