@@ -125,24 +125,35 @@ def merge_labels(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return parent
 
 
-def _history_tile_task(
-    xa: np.ndarray, xb: np.ndarray, ia: np.ndarray, jb: np.ndarray, thr: np.ndarray, *, metric: int, n_tokens: int
+def _history_tiles_task(
+    x: list | np.ndarray, thr: np.ndarray, *, tiles: tuple, metric: int, n_tokens: int
 ) -> np.ndarray:
-    n_steps = xa.shape[0]
-    if ia.size == 0 or jb.size == 0 or ia[0] > jb[0]:
-        # distances are symmetric: the tile (j, i) already gave every edge of (i, j)
-        return _identity(n_steps, n_tokens)[:, None, None, :]
-    diagonal = ia[0] == jb[0]
+    """Labels (step, token) of one step chunk's snapshots from the distance tiles ``tiles``
+    (``((a0, a1), (b0, b1))`` token ranges, ``a0 <= b0``: each unordered pair of tiles once,
+    distances being symmetric), computed a few steps at a time and joined in one partition."""
+    x = x[0] if isinstance(x, list) else x  # whole (token, dim): one block
+    n_steps = x.shape[0]
     parent = _identity(n_steps, n_tokens)
-    # a few steps at a time, so the distances held stay within one tile's budget
-    per_step = 2 * xa.shape[1] * xb.shape[1] * xa.dtype.itemsize
-    batch = max(1, _TILE_BYTES // max(1, per_step))
-    for s in range(0, n_steps, batch):
-        e = min(n_steps, s + batch)
-        d = pairwise_block(xa[s:e]) if diagonal else cross_block(xa[s:e], xb[s:e])
-        _union_tile(d[metric], np.ascontiguousarray(thr[s:e], dtype=np.float64), int(ia[0]), int(jb[0]), parent[s:e])
+    thr = np.ascontiguousarray(thr, dtype=np.float64)
+    for (a0, a1), (b0, b1) in tiles:
+        # a few steps at a time, so the distances held stay within one tile's budget
+        batch = max(1, _TILE_BYTES // max(1, 2 * (a1 - a0) * (b1 - b0) * x.dtype.itemsize))
+        for s in range(0, n_steps, batch):
+            e = min(n_steps, s + batch)
+            xa = x[s:e, a0:a1]
+            d = pairwise_block(xa) if a0 == b0 else cross_block(xa, x[s:e, b0:b1])
+            _union_tile(d[metric], thr[s:e], int(a0), int(b0), parent[s:e])
     _flatten(parent)
-    return parent[:, None, None, :]
+    return parent
+
+
+def _merge_groups(*parts: np.ndarray) -> np.ndarray:
+    """One partition (step, token) from the partitions of a step chunk's tile groups."""
+    out = np.array(parts[0], dtype=np.int32, order="C")
+    for part in parts[1:]:
+        _union_labels(np.ascontiguousarray(part, dtype=np.int32), out)
+    _flatten(out)
+    return out
 
 
 def _merge_tiles(x: np.ndarray, axis: Any = None, keepdims: bool = False) -> np.ndarray:
