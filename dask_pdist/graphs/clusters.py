@@ -28,11 +28,9 @@ __all__ = ["cluster_arrays"]
 _TILE_GROUPS = 4
 
 
-def _reduce_tiles(per_tile: da.Array, numba: bool = True) -> da.Array:
-    if numba:
-        from dask_pdist.kernels.cluster_tiles import _merge_tiles
-    else:  # the same labels in plain numpy (a store's tiles: the compiler not loaded)
-        from dask_pdist.kernels.cluster_edges import _merge_tiles
+def _reduce_tiles(per_tile: da.Array) -> da.Array:
+    # a store's tiles' partitions joined per step, in plain numpy (the compiler not loaded)
+    from dask_pdist.kernels.cluster_edges import _merge_tiles
 
     return da.reduction(
         per_tile,
@@ -180,7 +178,7 @@ def cluster_arrays(
                 meta=np.empty((0, 0, 0, 0), dtype=np.int32),
                 n_tokens=n_tokens,
             )
-        labels = _reduce_tiles(per_tile, numba=False)
+        labels = _reduce_tiles(per_tile)
     else:
         raise ValueError(f"kind={kind!r}: choose 'history' or 'distances'")
     out = {"cluster": labels}

@@ -9,8 +9,6 @@ position of the component (the union keeps the smaller root).
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from dask_pdist.kernels._jit import numba
@@ -154,14 +152,3 @@ def _merge_groups(*parts: np.ndarray) -> np.ndarray:
         _union_labels(np.ascontiguousarray(part, dtype=np.int32), out)
     _flatten(out)
     return out
-
-
-def _merge_tiles(x: np.ndarray, axis: Any = None, keepdims: bool = False) -> np.ndarray:
-    # x: (step, ni, nj, V) partial labels of the tiles of one step range -> one partition
-    n_steps, ni, nj, n_tokens = x.shape
-    flat = x.reshape(n_steps, ni * nj, n_tokens)
-    out = np.array(flat[:, 0], dtype=np.int32, order="C")
-    for k in range(1, ni * nj):
-        _union_labels(np.ascontiguousarray(flat[:, k], dtype=np.int32), out)
-    _flatten(out)
-    return out[:, None, None, :] if keepdims else out
