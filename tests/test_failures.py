@@ -315,3 +315,25 @@ def test_disk_full_while_creating_a_store_leaves_nothing_behind_later(history, t
     assert str(out) in _one_error_line(capsys.readouterr().err)
     time.sleep(0.6)  # past the slow write
     assert sorted(p.name for p in tmp_path.iterdir()) == ["h.safetensors"]
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_lost_connection_echoes_of_the_object_store_client_are_dropped_as_the_program(quiet):
+    # a dying endpoint left aiohttp request tasks holding a connection error; collected later,
+    # asyncio printed "Task exception was never retrieved" and a traceback before the job's own
+    # one-line error (seen once in the suite). As the program only those echoes are dropped.
+    probe = (
+        "import asyncio, gc, sys\n"
+        "from aiohttp.client_exceptions import ClientConnectionResetError\n"
+        "from dask_pdist.cli.common import quiet_lost_connections\n"
+        f"if {quiet}: quiet_lost_connections()\n"
+        "async def lost(): raise ClientConnectionResetError('Cannot write to closing transport')\n"
+        "async def other(): raise ValueError('a real bug')\n"
+        "async def main():\n"
+        "    for f in (lost, other):\n"
+        "        t = asyncio.ensure_future(f()); await asyncio.sleep(0.01); del t; gc.collect()\n"
+        "asyncio.run(main())\n"
+    )
+    err = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stderr
+    assert "ValueError: a real bug" in err  # anything else is still reported
+    assert ("ClientConnectionResetError" in err) is not quiet

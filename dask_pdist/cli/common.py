@@ -259,6 +259,27 @@ def settle_heap() -> None:
         gc.freeze()
 
 
+def _lost_connection_noise(record: Any) -> bool:
+    # asyncio's "Task exception was never retrieved" (logged when the task is collected) for a
+    # request the object store's HTTP client (aiohttp) was still sending when the endpoint went
+    # away: the job's own failure names the store in one line, this is its echo, with a traceback
+    exc = record.exc_info[1] if record.exc_info else None
+    return (
+        record.name == "asyncio"
+        and "exception was never retrieved" in str(record.msg)
+        and isinstance(exc, (ConnectionError, OSError))
+        and type(exc).__module__.split(".")[0] in ("aiohttp", "botocore", "aiobotocore", "builtins")
+    )
+
+
+def quiet_lost_connections() -> None:
+    """As the program: drop asyncio's echoes of requests an object store's client lost (see
+    :func:`_lost_connection_noise`); the error itself is reported once, by the job."""
+    import logging
+
+    logging.getLogger("asyncio").addFilter(lambda record: not _lost_connection_noise(record))
+
+
 def _run(delayed, scheduler: str | None, progress: bool, on_stop=None, desc: str = "computing"):  # noqa: ANN001, ANN202
     from dask_pdist.store.job import Job
 

@@ -38,6 +38,7 @@ from dask_pdist.cli.common import (
     _threshold_arg,
     error_line,
     failure_cause,
+    quiet_lost_connections,
     read_again,
 )
 from dask_pdist.cli.compute import _cmd_compute, _cmd_demo, _cmd_export, _cmd_synth
@@ -424,6 +425,8 @@ def _run_cli(argv: Sequence[str] | None) -> int:
     args.argv = argv
     args.as_program = as_program
     PROGRAM["settle"] = as_program
+    if as_program:
+        quiet_lost_connections()
     previous = _catch_interrupts()
     if (
         as_program
