@@ -149,10 +149,10 @@ def clusters_ours(x: np.ndarray, threshold: float, engine: str) -> np.ndarray:
         from dask_pdist.kernels.cuda.clusters import cluster_labels_cuda
 
         return cluster_labels_cuda(x[None], np.array([threshold]), "chebyshev")[0]
-    from dask_pdist.kernels.cluster_tiles import _history_tile_task
+    from dask_pdist.kernels.cluster_tiles import _history_tiles_task
 
-    ids = np.arange(x.shape[0])
-    return _history_tile_task(x[None], x[None], ids, ids, np.array([threshold]), metric=1, n_tokens=x.shape[0])[0, 0, 0]
+    v = x.shape[0]  # one tile: the whole snapshot
+    return _history_tiles_task(x[None], np.array([threshold]), tiles=(((0, v), (0, v)),), metric=1, n_tokens=v)[0]
 
 
 def clusters_torch(x: np.ndarray, threshold: float) -> np.ndarray:
