@@ -201,6 +201,15 @@ def test_count_true_counts_each_row(size):
     assert _count_true(np.asfortranarray(flags)).tolist() == want  # not contiguous by rows: counted as well
 
 
+def test_count_true_without_numpy_2s_popcount(monkeypatch):
+    # np.bitwise_count is numpy >= 2.0; pyproject allows 1.26: counted another way there
+    monkeypatch.delattr(np, "bitwise_count", raising=False)
+    flags = np.random.default_rng(3).random((5, 24)) < 0.4
+    assert _count_true(flags).tolist() == flags.sum(axis=1).tolist()
+    t = np.random.default_rng(4).random((3, 8, 8)).astype(np.float32)
+    assert tile_stats(t, 0, 8, np.full(3, 0.5))[:, 4].tolist() == (t < np.float32(0.5)).sum(axis=(1, 2)).tolist()
+
+
 @pytest.mark.parametrize(
     ("dtype", "token_chunk", "block_bytes"),
     [("float32", "auto", 1 << 20), ("float32", 5, 1 << 20), ("float32", 5, 1), ("float16", 4, 300), ("float64", 6, 1)],

@@ -113,7 +113,7 @@ def _count_true(flags: np.ndarray) -> np.ndarray:
     array([2, 0])
     """
     steps, size = flags.shape
-    if size % 8 or not flags.flags.c_contiguous:
+    if size % 8 or not flags.flags.c_contiguous or not hasattr(np, "bitwise_count"):  # (numpy >= 2.0)
         return np.count_nonzero(flags, axis=1)
     # a bool is one byte, 0 or 1: eight of them read as one 64-bit word have that many bits set
     return np.bitwise_count(flags.view(np.uint64)).sum(axis=1, dtype=np.intp)
