@@ -329,11 +329,14 @@ def test_lost_connection_echoes_of_the_object_store_client_are_dropped_as_the_pr
         f"if {quiet}: quiet_lost_connections()\n"
         "async def lost(): raise ClientConnectionResetError('Cannot write to closing transport')\n"
         "async def other(): raise ValueError('a real bug')\n"
+        "async def full(): raise OSError(28, 'No space left on device')\n"
+        "async def denied(): raise PermissionError(13, 'Permission denied')\n"
         "async def main():\n"
-        "    for f in (lost, other):\n"
+        "    for f in (lost, other, full, denied):\n"
         "        t = asyncio.ensure_future(f()); await asyncio.sleep(0.01); del t; gc.collect()\n"
         "asyncio.run(main())\n"
     )
     err = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stderr
-    assert "ValueError: a real bug" in err  # anything else is still reported
+    assert "ValueError: a real bug" in err  # anything else is still reported, OSErrors too
+    assert "No space left on device" in err and "Permission denied" in err
     assert ("ClientConnectionResetError" in err) is not quiet

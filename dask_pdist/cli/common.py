@@ -264,11 +264,14 @@ def _lost_connection_noise(record: Any) -> bool:
     # request the object store's HTTP client (aiohttp) was still sending when the endpoint went
     # away: the job's own failure names the store in one line, this is its echo, with a traceback
     exc = record.exc_info[1] if record.exc_info else None
-    return (
-        record.name == "asyncio"
-        and "exception was never retrieved" in str(record.msg)
-        and isinstance(exc, (ConnectionError, OSError))
-        and type(exc).__module__.split(".")[0] in ("aiohttp", "botocore", "aiobotocore", "builtins")
+    if record.name != "asyncio" or "exception was never retrieved" not in str(record.msg) or exc is None:
+        return False
+    if isinstance(exc, ConnectionError):  # reset, refused, aborted, broken pipe (not disk full etc.)
+        return True
+    return any(  # the HTTP clients' own connection errors (aiohttp's, botocore's)
+        c.__name__ in ("ClientConnectionError", "ConnectionError")
+        and c.__module__.split(".")[0] in ("aiohttp", "botocore")
+        for c in type(exc).__mro__
     )
 
 
