@@ -379,6 +379,15 @@ def test_history_graph_has_a_few_tasks_per_step_chunk_whatever_the_tiles():
     np.testing.assert_array_equal(labels.compute(), want)
 
 
+@pytest.mark.parametrize("token_chunk", ["auto", 2])
+def test_a_history_without_tokens_has_no_clusters_at_a_positive_threshold(token_chunk):
+    h = xr.DataArray(da.zeros((4, 0, 3), chunks=(2, 1, 3), dtype=np.float32), dims=("step", "token", "dim"))
+    got = dp.clusters(h, threshold=0.5, token_chunk=token_chunk).compute()
+    assert got.cluster.shape == (4, 0)
+    np.testing.assert_array_equal(got.n_clusters.values, [0, 0, 0, 0])
+    np.testing.assert_array_equal(got.n_clustered.values, [0, 0, 0, 0])
+
+
 def test_bad_arguments_and_sources(tmp_path):
     x = np.zeros((3, 4, 2), np.float32)
     h = history_array(x, 2)

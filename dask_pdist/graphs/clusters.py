@@ -129,9 +129,10 @@ def cluster_arrays(
         # per tile and step: the graph of a task per tile grew by ~70 tasks per step at V =
         # 10,000 and with it the scheduler's memory (measured 310 -> 563 MB peak from 20 to 320
         # steps); now the peak is flat in the steps. Every unordered pair of tiles once.
-        ranges = [(a, min(a + edge, n_tokens)) for a in range(0, n_tokens, edge)]
+        ranges = [(a, min(a + edge, n_tokens)) for a in range(0, n_tokens, max(1, edge))]
         tiles = [(ra, rb) for i, ra in enumerate(ranges) for rb in ranges[i:]]
-        groups = [tuple(tiles[g::_TILE_GROUPS]) for g in range(min(_TILE_GROUPS, len(tiles)))]
+        # (no token: one task without tiles, every step an empty partition)
+        groups = [tuple(tiles[g::_TILE_GROUPS]) for g in range(min(_TILE_GROUPS, len(tiles)))] or [()]
         x = data.rechunk({1: -1, 2: -1})
         thr = thr.rechunk((x.chunks[0],))
         parts = [
