@@ -27,6 +27,7 @@ __all__ = [
     "Engine",
     "check_engine",
     "counted",
+    "one_block",
 ]
 
 # -- metrics ---------------------------------------------------------------------------------
@@ -198,3 +199,17 @@ def counted(n: int, noun: str) -> str:
     ('1 step', '1,200 steps')
     """
     return f"{n:,} {noun}" + ("" if n == 1 else "s")
+
+
+def one_block(nested: object) -> object:
+    """The block a ``dask.array.blockwise(..., concatenate=False)`` task gets for an argument
+    whose contracted axes the graph made whole: one list level per such axis, one element each,
+    unwrapped as it is (``concatenate=True``, which ``map_blocks(drop_axis=)`` uses too, would
+    copy the block even when it is the only one).
+
+    >>> one_block([[7]]), one_block(7)
+    (7, 7)
+    """
+    while isinstance(nested, list):
+        (nested,) = nested
+    return nested

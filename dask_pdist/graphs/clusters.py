@@ -10,13 +10,13 @@ distance tiles, numba, imported only on that path) and :mod:`dask_pdist.kernels.
 from __future__ import annotations
 
 import warnings
-from typing import Literal
+from typing import Any, Literal
 
 import dask.array as da
 import numpy as np
 from dask.array.core import PerformanceWarning
 
-from dask_pdist.conventions import METRICS
+from dask_pdist.conventions import METRICS, one_block
 from dask_pdist.kernels.cluster_rows import _keep, _stat_task, equal_row_labels
 from dask_pdist.kernels.engine import resolve_engine
 from dask_pdist.planning import plan_token_chunk
@@ -26,6 +26,11 @@ __all__ = ["cluster_arrays"]
 #: Tasks per step chunk of a history clustered at a positive threshold: each joins a share of
 #: the chunk's distance tiles (parallel within a chunk when a history has few chunks).
 _TILE_GROUPS = 4
+
+
+def _one_history_block(x: list, thr: np.ndarray, *, task: Any, **kwargs: Any) -> np.ndarray:
+    # the kernel task on the step chunk's block, whole along token and dim, uncopied
+    return task(one_block(x), thr, **kwargs)
 
 
 def _reduce_tiles(per_tile: da.Array) -> da.Array:
@@ -137,7 +142,7 @@ def cluster_arrays(
         thr = thr.rechunk((x.chunks[0],))
         parts = [
             da.blockwise(
-                _history_tiles_task,
+                _one_history_block,
                 "st",
                 x,
                 "std",
@@ -146,6 +151,7 @@ def cluster_arrays(
                 concatenate=False,  # the block as it is (one along token and dim)
                 dtype=np.int32,
                 meta=meta2,
+                task=_history_tiles_task,
                 tiles=group,
                 metric=metric_index,
                 n_tokens=n_tokens,

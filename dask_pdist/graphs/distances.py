@@ -13,7 +13,7 @@ import dask.array as da
 import numpy as np
 from dask.array.core import PerformanceWarning
 
-from dask_pdist.conventions import METRICS, Metric, check_dtype, check_metrics
+from dask_pdist.conventions import METRICS, Metric, check_dtype, check_metrics, one_block
 from dask_pdist.kernels.distances import cross_block, pairwise_block
 from dask_pdist.kernels.engine import resolve_engine
 from dask_pdist.planning import plan_token_chunk
@@ -59,7 +59,7 @@ def _distance_block(
     out_dtype: str,
     engine: str = "cpu",
 ) -> np.ndarray:
-    xa, xb = _whole(xa), _whole(xb)
+    xa, xb = one_block(xa), one_block(xb)  # the history's block, whole along token and dim
     step0 = int(steps[0]) if steps.size else 0
     extra: dict = {"manhattan": True} if 2 in which else {}  # Manhattan: summed in the same pass
     pairwise, cross = pairwise_block, cross_block
@@ -207,10 +207,8 @@ def pairwise_arrays(
 
 
 def _pick(blocks: list[np.ndarray], k: int) -> np.ndarray:
-    # out[k] of the one block along the metric axis: a view, not a copy (dask's concatenate=True,
-    # as map_blocks(drop_axis=) uses, would first copy the whole stacked block for each metric)
-    (block,) = blocks
-    return block[k]
+    # out[k] of the one block along the metric axis: a view, not a copy
+    return one_block(blocks)[k]
 
 
 def _metric(out: da.Array, k: int) -> da.Array:
@@ -218,12 +216,6 @@ def _metric(out: da.Array, k: int) -> da.Array:
     return da.blockwise(
         _pick, "sij", out, "msij", k=k, concatenate=False, dtype=out.dtype, meta=np.empty((0, 0, 0), out.dtype)
     )
-
-
-def _whole(blocks: list[np.ndarray]) -> np.ndarray:
-    # a history block whole along its dims: the one block the graph rechunked them into, as it
-    # is (concatenate=True would copy it for every tile that reads it)
-    return blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=-1)
 
 
 def _blockwise(

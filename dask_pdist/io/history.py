@@ -17,7 +17,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from dask_pdist.conventions import HISTORY_DIMS, INPUT_VERSION
+from dask_pdist.conventions import HISTORY_DIMS, INPUT_VERSION, one_block
 from dask_pdist.errors import InputError
 from dask_pdist.io.checkpoints import (
     INDEX_SUFFIX,
@@ -94,7 +94,7 @@ def step_rms(data: da.Array) -> da.Array:
 
 
 def _step_rms(nested: list | np.ndarray) -> np.ndarray:
-    block = nested[0][0] if isinstance(nested, list) else nested  # whole (token, dim): one block
+    block = one_block(nested)  # whole (token, dim)
     # x^2 of a float32 or float64 value in float64 (exact for float32), each step's sum in the
     # same order as before: the same bits, ~6x faster than where(isfinite, x.astype(f64)**2, 0)
     squares = np.square(block, dtype=np.float64)

@@ -123,13 +123,10 @@ def merge_labels(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return parent
 
 
-def _history_tiles_task(
-    x: list | np.ndarray, thr: np.ndarray, *, tiles: tuple, metric: int, n_tokens: int
-) -> np.ndarray:
+def _history_tiles_task(x: np.ndarray, thr: np.ndarray, *, tiles: tuple, metric: int, n_tokens: int) -> np.ndarray:
     """Labels (step, token) of one step chunk's snapshots from the distance tiles ``tiles``
     (``((a0, a1), (b0, b1))`` token ranges, ``a0 <= b0``: each unordered pair of tiles once,
     distances being symmetric), computed a few steps at a time and joined in one partition."""
-    x = x[0] if isinstance(x, list) else x  # whole (token, dim): one block
     n_steps = x.shape[0]
     parent = _identity(n_steps, n_tokens)
     thr = np.ascontiguousarray(thr, dtype=np.float64)

@@ -46,10 +46,8 @@ def tile_stats(tile: np.ndarray, i0: int = 0, j0: int = 0, threshold: np.ndarray
     ii = np.arange(max(0, j0 - i0), min(a, j0 + b - i0))
     jj = i0 + ii - j0
     per = max(1, min(steps, _BLOCK_BYTES // max(1, a * b * dtype.itemsize)))
-    if (
-        not tile.flags.c_contiguous
-    ):  # numpy may sum a step of another layout in an order that depends on the steps around it
-        per = steps
+    if not tile.flags.c_contiguous:
+        per = steps  # numpy may sum a step of another layout in an order that depends on the steps around it
     work = np.empty((per, a, b), dtype) if ii.size else None  # the block with its diagonal left out
     right = None  # the pairs i < j of a tile the diagonal crosses
     if ii.size or (i0 < j0 + b - 1 and j0 <= i0 + a - 1):

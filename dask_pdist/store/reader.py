@@ -178,9 +178,10 @@ def _open(
         if chunks is None:  # no dask: numpy reads through the same checks, chunk by chunk
             data = lazy_checked(source)
         else:
+            read = _read_chunks(arr.shape, arr.chunks)
             data = da.from_array(
                 source,
-                chunks=_read_chunks(arr.shape, arr.chunks),
+                chunks=read,
                 name=f"read-{name}-{token}",
                 meta=np.empty((0,) * arr.ndim, dtype=arr.dtype),
                 asarray=False,
@@ -188,7 +189,7 @@ def _open(
                 # read (one step reads one step, not its whole 128-step block and a copy)
                 fancy=True,
             )
-            if data.chunks[0] != arr.chunks[0]:  # a per-step array read many chunks at a time, then cut to the store's
+            if read != tuple(arr.chunks):  # a per-step array read many chunks at a time, then cut to the store's
                 data = data.rechunk(arr.chunks)
         ds[name] = ds[name].copy(data=data)
     if written:
