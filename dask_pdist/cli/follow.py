@@ -86,19 +86,33 @@ def _ticks(root: Path | None, stopping: Callable[[], bool]) -> Iterator[None]:
     if root is None:
         watchfiles = None
     if watchfiles is not None:
-        for _ in watchfiles.watch(root, rust_timeout=1000, yield_on_timeout=True, raise_interrupt=True):
+        # (stop_event: looked at by watchfiles' loop every 50 ms, so a stop needs no exception)
+        until = _Until(stopping)
+        for _ in watchfiles.watch(root, rust_timeout=1000, yield_on_timeout=True, stop_event=until):
             if stopping():
                 return
             yield
         return
     while not stopping():
-        time.sleep(POLL if root is None else 1.0)
+        wake = time.monotonic() + (POLL if root is None else 1.0)
+        while not stopping() and time.monotonic() < wake:
+            time.sleep(0.05)
         yield
+
+
+class _Until:
+    # the event watchfiles waits on: set once a stop was asked for
+    def __init__(self, stopping: Callable[[], bool]) -> None:
+        self.is_set = stopping
 
 
 class _Stop:
     """SIGINT/SIGTERM while following: at once when waiting; during an append, after it (the
-    second signal stops the append itself)."""
+    second signal stops the append itself, or a wait that hangs: a listing of an object store).
+
+    The first signal only records the stop (the waits look at it every 50 ms): an exception
+    raised by a handler can land in a finalizer, which swallows it and prints a traceback
+    (``cli/signals.py``)."""
 
     def __init__(self) -> None:
         self.requested = False
@@ -119,12 +133,12 @@ class _Stop:
             signal.signal(sig, handler)  # type: ignore[arg-type]
 
     def _handle(self, signum: int, frame: object) -> None:
-        if self.appending and not self.requested:
+        if not self.requested:
             self.requested = True
-            print("dask-pdist: stopping after this append (again to stop it now)", file=sys.stderr, flush=True)
+            if self.appending:
+                print("dask-pdist: stopping after this append (again to stop it now)", file=sys.stderr, flush=True)
             return
         self.forced = self.appending
-        self.requested = True
         raise KeyboardInterrupt
 
 
@@ -165,6 +179,8 @@ def _follow(args: argparse.Namespace, source: str | list[str], output: str, comp
         try:
             for _ in _ticks_after_first(root, lambda: stop.requested):
                 n = _complete_checkpoints(source, options)
+                if stop.requested:
+                    break
                 if n is not None and (seen is None or set(n) - set(seen)):  # a checkpoint not seen before
                     stop.appending = True
                     try:

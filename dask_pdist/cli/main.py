@@ -43,6 +43,7 @@ from dask_pdist.cli.common import (
 )
 from dask_pdist.cli.compute import _cmd_compute, _cmd_demo, _cmd_export, _cmd_synth
 from dask_pdist.cli.movement import add_parsers as _add_movement_parsers
+from dask_pdist.cli.signals import catch_interrupts, deliver_lost_interrupts, interrupt_once
 from dask_pdist.conventions import ALL_METRICS, METRICS
 
 __all__ = ["main"]
@@ -363,24 +364,6 @@ def _parser() -> argparse.ArgumentParser:
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a tool killed by it reports
 
 
-def _interrupt_once(signum, frame) -> None:
-    # The first Ctrl-C stops the run; later ones are ignored: a second quick Ctrl-C used to
-    # land in the clean stop (the resume hint, the shutdown of zarr's and dask's threads) and
-    # print asyncio tracebacks instead of the hint.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    raise KeyboardInterrupt
-
-
-def _catch_interrupts() -> object:
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        return None  # ignored (nohup, background job) or handled by the caller: leave it be
-    return signal.signal(signal.SIGINT, _interrupt_once)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (2 for bad input, with one line on stderr)."""
     try:
@@ -427,7 +410,8 @@ def _run_cli(argv: Sequence[str] | None) -> int:
     PROGRAM["settle"] = as_program
     if as_program:
         quiet_lost_connections()
-    previous = _catch_interrupts()
+        deliver_lost_interrupts()
+    previous = catch_interrupts()
     if (
         as_program
         and threading.current_thread() is threading.main_thread()
@@ -436,7 +420,7 @@ def _run_cli(argv: Sequence[str] | None) -> int:
         # also where Ctrl-C is ignored (nohup, a background job): SIGTERM is how those are stopped
         # a batch scheduler's (SLURM, Kubernetes) stop: as Ctrl-C, so the resume hint is printed
         # and an upload to an object store is aborted instead of left behind
-        signal.signal(signal.SIGTERM, _interrupt_once)
+        signal.signal(signal.SIGTERM, interrupt_once)
     try:
         return _main(args)
     finally:

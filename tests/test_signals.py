@@ -1,0 +1,88 @@
+"""A stop signal is never lost: one whose handler ran inside a finalizer (a weak reference's
+callback, a ``__del__``) is raised again where the main thread resumes (cli/signals.py). CI once
+failed on a follower's SIGTERM that met importlib's module-lock callback: Python swallowed the
+KeyboardInterrupt and printed "Exception ignored in ..." with a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+# a real SIGINT whose handler runs inside a weak reference's callback, as the garbage collector
+# or an import lock's clean-up runs one; HOOK says whether the CLI's delivery is installed
+_PROGRAM = textwrap.dedent(
+    """
+    import os, signal, sys, weakref
+    from dask_pdist.cli.signals import deliver_lost_interrupts, interrupt_once
+
+    signal.signal(signal.SIGINT, interrupt_once)
+    if HOOK:
+        deliver_lost_interrupts()
+
+    class Thing:
+        pass
+
+    def callback(_):
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(100_000):  # the handler runs here, inside the callback
+            pass
+
+    thing = Thing()
+    ref = weakref.ref(thing, callback)
+    try:
+        del thing
+        for _ in range(1_000_000):
+            pass
+    except KeyboardInterrupt:
+        print("stopped", signal.getsignal(signal.SIGINT) is signal.SIG_IGN)
+    else:
+        print("lost")
+    """
+)
+
+
+def _run(hook: bool) -> subprocess.CompletedProcess:
+    code = f"HOOK = {hook}\n{_PROGRAM}"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+
+def test_a_stop_signal_that_lands_in_a_finalizer_is_raised_again():
+    out = _run(hook=True)
+    assert out.stdout.split() == ["stopped", "True"], out  # stopped once; later Ctrl-Cs still ignored
+    assert out.stderr == ""  # no "Exception ignored" traceback
+
+
+def test_without_the_delivery_python_loses_that_stop():
+    # the case the delivery exists for (if Python ever propagates these, the delivery is moot)
+    out = _run(hook=False)
+    assert out.stdout.split() == ["lost"]
+    assert "Exception ignored" in out.stderr and "KeyboardInterrupt" in out.stderr
+
+
+@pytest.mark.parametrize("hook", [True, False])
+def test_other_exceptions_in_finalizers_are_still_printed(hook):
+    code = textwrap.dedent(
+        f"""
+        import weakref
+        from dask_pdist.cli.signals import deliver_lost_interrupts
+        if {hook}:
+            deliver_lost_interrupts()
+
+        class Thing:
+            pass
+
+        def callback(_):
+            raise ValueError("a finalizer's own error")
+
+        thing = Thing()
+        ref = weakref.ref(thing, callback)
+        del thing
+        print("went on")
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["went", "on"]
+    assert "a finalizer's own error" in out.stderr
