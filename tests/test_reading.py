@@ -116,6 +116,17 @@ def test_iter_steps_store_chunks_once(distances, tmp_path, monkeypatch):
         return await original(self, key, *args, **kwargs)
 
     monkeypatch.setattr(zarr.storage.LocalStore, "get", counting_get)
+    # whole chunks of a local store are read by dask_pdist itself (store/chunk_reads.py)
+    from dask_pdist.store.chunk_reads import ChunkReader
+
+    read = ChunkReader.read
+
+    def counting_read(self, idx, expected):
+        rel = self.key(idx)
+        counts[rel] = counts.get(rel, 0) + 1
+        return read(self, idx, expected)
+
+    monkeypatch.setattr(ChunkReader, "read", counting_read)
     for chunks in ("store", None):
         counts.clear()
         ds = dp.open_distances(store, chunks=chunks)

@@ -129,10 +129,11 @@ class CheckedChunks:
         # the digests recorded for this array's chunks, by key (store/digests.py)
         self.expected = (expected if isinstance(expected, Digests) else Digests(expected or {})).only(f"{name}/c/")
         self._array: Any = None
+        self._reader: Any = False  # store/chunk_reads.py's, once known (None: zarr reads)
         self.opened = opened  # layout.root_version of the root the reader opened, if known
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_array": None}
+        return {**self.__dict__, "_array": None, "_reader": False}
 
     def _zarr(self) -> Any:
         if self._array is None:
@@ -165,7 +166,7 @@ class CheckedChunks:
             data = np.full(tuple(hi - lo for lo, hi in box), np.nan, dtype=self.dtype)
             return data[rel]
         try:
-            data = np.asarray(self._zarr()[region])
+            data = self._read(region, covered)
         except Exception as exc:  # zarr: ValueError for a checksum, others for a bad chunk
             bad = covered[0]
             for idx in covered:  # find the chunk that fails (error path only)
@@ -185,6 +186,24 @@ class CheckedChunks:
             elif data.size and _fill(data[sub].flat[0]) and not _chunk_present(self.store, self.name, idx):
                 raise self._fail(idx, f"missing ({_absent(self.store)})")
         return data[rel]
+
+    def _read(self, region: tuple[slice, ...], covered: list[tuple[int, ...]]) -> np.ndarray:
+        # one chunk of a local store: decoded here (store/chunk_reads.py); anything else by zarr
+        if self._reader is False:
+            from dask_pdist.store.chunk_reads import ChunkReader
+
+            self._reader = ChunkReader.of(self.store, self.name, self._zarr())
+        chunk = None
+        if self._reader is not None and len(covered) == 1:
+            chunk = self._reader.read(covered[0], self.expected)
+        if chunk is None:
+            return np.asarray(self._zarr()[region])
+        inner = tuple(
+            slice(r.start - i * c, r.stop - i * c) for r, i, c in zip(region, covered[0], self.chunks, strict=True)
+        )
+        part = chunk[inner]
+        # a small part is copied: a view would keep the whole decoded chunk alive
+        return part if 2 * part.size >= chunk.size else part.copy()
 
 
 def _fill(value: Any) -> bool:

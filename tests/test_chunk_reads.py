@@ -1,0 +1,108 @@
+"""Chunks of a local store decoded in dask's threads (store/chunk_reads.py) read exactly what
+zarr reads, with the same checks; arrays it does not know are read by zarr."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import zarr
+
+from conftest import random_history
+from dask_pdist import StoreError, open_distances, open_history, pairwise_distances, to_zarr
+from dask_pdist.store.chunk_reads import ChunkReader
+from dask_pdist.store.digests import Digests
+from dask_pdist.store.integrity import CheckedChunks
+
+# not powers of two: 7 steps in chunks of 3 (an edge chunk of 1), 13 tokens in chunks of 5
+SHAPE = (7, 13, 6)
+
+
+@pytest.fixture
+def history_file(write_safetensors):
+    return write_safetensors("h.safetensors", {"embedding_history": random_history(SHAPE, seed=3)})
+
+
+def _store(history_file, tmp_path, compressor, dtype="float32", metrics=("euclidean", "chebyshev")):
+    path = tmp_path / f"{compressor}-{dtype}.zarr"
+    ds = pairwise_distances(open_history(history_file, chunks=3), dtype=dtype, token_chunk=5, metrics=metrics)
+    to_zarr(ds, path, compressor=compressor)
+    return path
+
+
+@pytest.mark.parametrize("compressor", ["none", "lz4", "zstd", "auto"])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "float64"])
+def test_reads_what_zarr_reads(history_file, tmp_path, compressor, dtype):
+    path = _store(history_file, tmp_path, compressor, dtype)
+    ds = open_distances(path)
+    for name in ("euclidean", "chebyshev", "embedding_rms"):
+        array = zarr.open_array(path / name, mode="r")
+        assert ChunkReader.of(path, name, array) is not None  # this path is the one under test
+        got = ds[name].values
+        want = array[...]
+        assert got.dtype == want.dtype and got.shape == want.shape
+        assert got.tobytes() == want.tobytes(), name  # bit for bit, NaN included
+    # parts of chunks, across chunks, single steps, a chunk at the edge
+    euclidean = zarr.open_array(path / "euclidean", mode="r")[...]
+    for sel in [dict(step=6), dict(step=slice(2, 5)), dict(token_i=slice(4, 11)), dict(step=[0, 6], token_j=3)]:
+        np.testing.assert_array_equal(
+            ds["euclidean"].isel(sel).values,
+            euclidean[tuple(sel.get(d, slice(None)) for d in ("step", "token_i", "token_j"))],
+        )
+
+
+def test_the_rest_is_read_by_zarr(history_file, tmp_path):
+    path = _store(history_file, tmp_path, "none")
+    other = zarr.create_array(
+        tmp_path / "other.zarr", shape=(4,), chunks=(2,), dtype="f4", compressors=zarr.codecs.ZstdCodec()
+    )
+    assert ChunkReader.of(tmp_path / "other.zarr", "", other) is None  # a codec it does not read
+    assert ChunkReader.of(str(path), "euclidean", zarr.open_array(path / "euclidean", mode="r")) is None  # not a Path
+
+
+@pytest.mark.parametrize("compressor", ["none", "lz4"])
+def test_a_damaged_chunk_fails_as_through_zarr(history_file, tmp_path, compressor):
+    path = _store(history_file, tmp_path, compressor)
+    chunk = path / "chebyshev" / "c" / "1" / "0" / "0"
+    raw = bytearray(chunk.read_bytes())
+    raw[len(raw) // 2] ^= 0x04
+    chunk.write_bytes(bytes(raw))
+    with pytest.raises(StoreError, match=r"chebyshev chunk \(1, 0, 0\), steps 3..5: corrupt"):
+        np.asarray(open_distances(path)["chebyshev"])
+    # a chunk with its own valid checksum that is not the recorded one: misplaced
+    other = path / "chebyshev" / "c" / "0" / "0" / "0"
+    chunk.write_bytes(other.read_bytes())
+    with pytest.raises(StoreError, match="misplaced"):
+        np.asarray(open_distances(path)["chebyshev"])
+
+
+def test_a_truncated_chunk_is_corrupt_not_short(history_file, tmp_path):
+    import google_crc32c
+
+    path = _store(history_file, tmp_path, "lz4")
+    ds = open_distances(path)
+    source = ds["chebyshev"].data.dask  # (the graph holds the CheckedChunks)
+    checked = next(v for v in source.values() if isinstance(v, CheckedChunks))
+    reader = ChunkReader.of(path, "chebyshev", zarr.open_array(path / "chebyshev", mode="r"))
+    chunk = path / "chebyshev" / "c" / "2" / "0" / "0"
+    body = chunk.read_bytes()[:-4]
+    short = body[: len(body) // 2]
+    chunk.write_bytes(short + google_crc32c.value(short).to_bytes(4, "little"))  # valid crc, too short
+    with pytest.raises(ValueError, match="not a Blosc buffer"):
+        reader.read((2, 0, 0), Digests({}))  # (no recorded digest: the size is what catches it)
+    raw_path = _store(history_file, tmp_path, "none")
+    raw_reader = ChunkReader.of(raw_path, "euclidean", zarr.open_array(raw_path / "euclidean", mode="r"))
+    chunk = raw_path / "euclidean" / "c" / "0" / "0" / "0"
+    body = chunk.read_bytes()[:-8]
+    chunk.write_bytes(body + google_crc32c.value(body).to_bytes(4, "little"))
+    with pytest.raises(ValueError, match="bytes, expected"):
+        raw_reader.read((0, 0, 0), Digests({}))
+    assert pickle.loads(pickle.dumps(checked))._reader is False  # pickles without its reader
+
+
+def test_a_chunk_missing_is_still_an_error(history_file, tmp_path):
+    path = _store(history_file, tmp_path, "lz4")
+    (path / "euclidean" / "c" / "2" / "0" / "0").unlink()
+    with pytest.raises(StoreError, match=r"euclidean chunk \(2, 0, 0\), steps 6..6: missing"):
+        np.asarray(open_distances(path)["euclidean"])
