@@ -116,8 +116,8 @@ def test_iter_steps_store_chunks_once(distances, tmp_path, monkeypatch):
         return await original(self, key, *args, **kwargs)
 
     monkeypatch.setattr(zarr.storage.LocalStore, "get", counting_get)
-    # whole chunks of a local store are read by dask_pdist itself (store/chunk_reads.py)
-    from dask_pdist.store.chunk_reads import ChunkReader
+    # whole chunks of a local store are read by dask_pdist itself (store/chunk_files.py)
+    from dask_pdist.store.chunk_files import ChunkReader
 
     read = ChunkReader.read
 

@@ -36,6 +36,7 @@ import re
 import shutil
 import socket
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,6 +53,7 @@ __all__ = [
     "publish",
     "discard",
     "settle_zarr_writes",
+    "file_write",
     "abandon",
     "named",
     "pid_alive",
@@ -204,9 +206,28 @@ def discard(hidden: Path | str) -> None:
         hidden.unlink(missing_ok=True)
 
 
+#: Chunk files being written by this process's threads outside zarr (store/chunk_files.py).
+_FILE_WRITES = threading.Condition()
+_IN_FLIGHT = [0]
+
+
+@contextlib.contextmanager
+def file_write() -> Iterator[None]:
+    """Around a write of a file into an output outside zarr: :func:`discard` waits for it."""
+    with _FILE_WRITES:
+        _IN_FLIGHT[0] += 1
+    try:
+        yield
+    finally:
+        with _FILE_WRITES:
+            _IN_FLIGHT[0] -= 1
+            _FILE_WRITES.notify_all()
+
+
 def settle_zarr_writes(timeout: float = 60.0) -> None:
-    """Wait until the zarr operations this process has in flight have ended (at most
-    ``timeout`` seconds); nothing if zarr was never used.
+    """Wait until the zarr operations this process has in flight have ended, and its writes of
+    chunk files outside zarr (:func:`file_write`), at most ``timeout`` seconds each; nothing
+    if there are none.
 
     Why: zarr writes a node's documents with ``asyncio.gather`` (an array's ``zarr.json`` and
     its parents' at once), each write in a thread. When one fails (a full disk), the caller
@@ -217,6 +238,8 @@ def settle_zarr_writes(timeout: float = 60.0) -> None:
     import asyncio
     import sys
 
+    with _FILE_WRITES:  # (the dask threads of a failed job may still be writing)
+        _FILE_WRITES.wait_for(lambda: _IN_FLIGHT[0] == 0, timeout)
     sync = sys.modules.get("zarr.core.sync")
     loop = getattr(sync, "loop", [None])[0] if sync is not None else None
     if loop is None or loop.is_closed() or not loop.is_running():

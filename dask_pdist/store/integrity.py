@@ -129,7 +129,7 @@ class CheckedChunks:
         # the digests recorded for this array's chunks, by key (store/digests.py)
         self.expected = (expected if isinstance(expected, Digests) else Digests(expected or {})).only(f"{name}/c/")
         self._array: Any = None
-        self._reader: Any = False  # store/chunk_reads.py's, once known (None: zarr reads)
+        self._reader: Any = False  # store/chunk_files.py's, once known (None: zarr reads)
         self.opened = opened  # layout.root_version of the root the reader opened, if known
 
     def __getstate__(self) -> dict[str, Any]:
@@ -188,9 +188,9 @@ class CheckedChunks:
         return data[rel]
 
     def _read(self, region: tuple[slice, ...], covered: list[tuple[int, ...]]) -> np.ndarray:
-        # one chunk of a local store: decoded here (store/chunk_reads.py); anything else by zarr
+        # one chunk of a local store: decoded here (store/chunk_files.py); anything else by zarr
         if self._reader is False:
-            from dask_pdist.store.chunk_reads import ChunkReader
+            from dask_pdist.store.chunk_files import ChunkReader
 
             self._reader = ChunkReader.of(self.store, self.name, self._zarr())
         chunk = None

@@ -39,6 +39,7 @@ from dask_pdist.errors import RepairWarning, StoreError
 from dask_pdist.io.paths import is_remote, zarr_array
 from dask_pdist.io.publish import clean_stale
 from dask_pdist.store.append import Stored, check_append, grow, keep_gone_steps, stored_fingerprint
+from dask_pdist.store.chunk_files import ChunkWriter
 from dask_pdist.store.codecs import COMPRESSORS, DEFAULT_COMPRESSOR, Compressor, codec_choice, codec_name
 from dask_pdist.store.creation import create, task_variables
 from dask_pdist.store.digests import (
@@ -132,14 +133,26 @@ def _clean_partials(path: StorePath) -> int:
 
 
 def _write_chunk(
-    block: np.ndarray, *, store: StorePath, variable: str, store_id: int, at: tuple[int, int], block_info: Any = None
+    block: np.ndarray,
+    *,
+    store: StorePath,
+    variable: str,
+    store_id: int,
+    at: tuple[int, int],
+    writer: ChunkWriter | None = None,
+    block_info: Any = None,
 ) -> np.ndarray:
     # one task writes one whole chunk (chunks aligned with dask) and returns its digest: the
     # crc32c trailer of the bytes written, keyed with its position and store (store/digests.py);
     # `at`: the (step, step-block) where the graph's first block lies in the store
-    array, written = recording_array(store, variable, store_id)
     (a, b), *rest = block_info[0]["array-location"]
-    array[(slice(a + at[0], b + at[0]), *(slice(*r) for r in rest))] = block
+    region = (slice(a + at[0], b + at[0]), *(slice(*r) for r in rest))
+    if writer is not None:  # a local store's chunk written here, not on zarr's event loop
+        digest = writer.write(region, block, store_id)
+        if digest is not None:
+            return np.full((1, 1, 1), digest, dtype=np.uint32)
+    array, written = recording_array(store, variable, store_id)
+    array[region] = block
     first, *others = block_info[0]["chunk-location"]
     key = "/".join([variable, "c", str(first + at[1]), *map(str, others)])
     return np.full((1, 1, 1), written[key], dtype=np.uint32)  # a per-step coordinate's too (new_axis)
@@ -201,6 +214,7 @@ def _write_graph(ds: xr.Dataset, path: StorePath, todo: np.ndarray, lock: str) -
             store=path,
             variable=name,
             store_id=store_id,
+            writer=ChunkWriter.of(path, name, zarr_array(path / name, "r")),
             at=(step0, block0),
             dtype=np.uint32,
             meta=np.empty((0, 0, 0), np.uint32),  # else dask calls the task on an empty block to find it

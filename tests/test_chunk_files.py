@@ -1,4 +1,4 @@
-"""Chunks of a local store decoded in dask's threads (store/chunk_reads.py) read exactly what
+"""Chunks of a local store decoded in dask's threads (store/chunk_files.py) read exactly what
 zarr reads, with the same checks; arrays it does not know are read by zarr."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import zarr
 
 from conftest import random_history
 from dask_pdist import StoreError, open_distances, open_history, pairwise_distances, to_zarr
-from dask_pdist.store.chunk_reads import ChunkReader
+from dask_pdist.store.chunk_files import ChunkReader, ChunkWriter
 from dask_pdist.store.digests import Digests
 from dask_pdist.store.integrity import CheckedChunks
 
@@ -106,3 +106,76 @@ def test_a_chunk_missing_is_still_an_error(history_file, tmp_path):
     (path / "euclidean" / "c" / "2" / "0" / "0").unlink()
     with pytest.raises(StoreError, match=r"euclidean chunk \(2, 0, 0\), steps 6..6: missing"):
         np.asarray(open_distances(path)["euclidean"])
+
+
+def _chunk_bytes(store, names=("euclidean", "chebyshev", "embedding_rms")):
+    return {
+        p.relative_to(store).as_posix(): p.read_bytes()
+        for name in names
+        for p in (store / name).rglob("*")
+        if p.is_file()
+    }
+
+
+@pytest.mark.parametrize("compressor", ["none", "lz4", "auto"])
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_writes_the_files_zarr_writes(history_file, tmp_path, monkeypatch, compressor, dtype):
+    from dask_pdist.store import chunk_files
+
+    calls = []
+    write = chunk_files.ChunkWriter.write
+    monkeypatch.setattr(chunk_files.ChunkWriter, "write", lambda self, *a: calls.append(self.name) or write(self, *a))
+    (tmp_path / "ours").mkdir()
+    (tmp_path / "zarr").mkdir()
+    ours = _store(history_file, tmp_path / "ours", compressor, dtype)
+    assert {"euclidean", "chebyshev", "embedding_rms"} <= set(calls)  # the path under test wrote them
+    monkeypatch.setattr(chunk_files.ChunkWriter, "of", classmethod(lambda cls, *a: None))
+    theirs = _store(history_file, tmp_path / "zarr", compressor, dtype)
+    a, b = _chunk_bytes(ours), _chunk_bytes(theirs)
+    assert sorted(a) == sorted(b) and len(a) > 3
+    assert [k for k in a if a[k] != b[k]] == []  # the same bytes, edge chunks (7 steps in 3s) too
+    assert not list(ours.rglob("*.partial"))
+    from dask_pdist.store.verification import verify_store
+
+    assert verify_store(ours) == []
+
+
+def test_a_write_into_a_removed_output_brings_nothing_back(history_file, tmp_path):
+    path = _store(history_file, tmp_path, "lz4")
+    writer = ChunkWriter.of(path, "chebyshev", zarr.open_array(path / "chebyshev", mode="r"))
+    block = np.zeros((3, 5, 5), np.float32)
+    import shutil
+
+    shutil.rmtree(path)
+    with pytest.raises(FileNotFoundError):
+        writer.write((slice(0, 3), slice(0, 5), slice(0, 5)), block, 1)
+    assert not path.exists()
+    # not one whole chunk, or another dtype: left to zarr
+    assert writer.write((slice(1, 3), slice(0, 5), slice(0, 5)), block[:2], 1) is None
+    assert writer.write((slice(0, 3), slice(0, 5), slice(0, 5)), block.astype(np.float64), 1) is None
+
+
+def test_discard_waits_for_a_chunk_file_being_written(tmp_path):
+    import threading
+
+    from dask_pdist.io.publish import discard, file_write
+
+    hidden = tmp_path / ".out.partial-test"
+    hidden.mkdir()
+    inside, finished = threading.Event(), []
+
+    def writer():
+        with file_write():
+            inside.set()
+            for _ in range(20):  # a slow write, still going when discard is called
+                threading.Event().wait(0.01)
+            (hidden / "late").write_bytes(b"x")
+            finished.append(True)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    inside.wait()
+    discard(hidden)
+    assert finished == [True]  # discard returned only after the write ended...
+    assert not hidden.exists()  # ...so what it wrote was removed too
+    t.join()
