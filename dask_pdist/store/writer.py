@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from typing import Any
 
 import dask
@@ -158,15 +159,23 @@ def _write_chunk(
     return np.full((1, 1, 1), written[key], dtype=np.uint32)  # a per-step coordinate's too (new_axis)
 
 
-def _mark_done(*written: np.ndarray, done: Any, digest: Any, block0: int, block_info: Any = None) -> np.ndarray:
+def _mark_done(
+    *written: np.ndarray, done: Any, digest: Any, block0: int, writers: tuple = (None, None), block_info: Any = None
+) -> np.ndarray:
     # runs only after every variable's block (and the per-step coordinates) is on disk: their
-    # digests first, then the done flag, so a block marked done always has its digests
+    # digests first, then the done flag, so a block marked done always has its digests.
+    # writers: store/chunk_files.py's for the digest and done arrays (None: zarr writes them)
     first, *others = (loc[0] for loc in block_info[None]["array-location"])
     index = (first + block0, *others)
     row = np.array([int(w.ravel()[0]) for w in written], dtype=np.uint32)
+    at = tuple(slice(i, i + 1) for i in index)
+    digest_writer, done_writer = writers
     if digest is not None:
-        digest[index] = row
-    done[index] = 1
+        whole = (*at, slice(0, row.size))
+        if digest_writer is None or digest_writer.write(whole, row.reshape((1,) * len(at) + (-1,)), 0) is None:
+            digest[index] = row
+    if done_writer is None or done_writer.write(at, np.ones((1,) * len(at), np.uint8), 0) is None:
+        done[index] = 1
     return row  # to the job's last task, which copies it into the packed table
 
 
@@ -224,12 +233,20 @@ def _write_graph(ds: xr.Dataset, path: StorePath, todo: np.ndarray, lock: str) -
             name=f"write-{name}-{token}-{block0}",
         )
         written.append(digests)
+    done_array = zarr_array(done_path(path), "r+").with_config(config)
+    writers = (
+        None if digest is None else ChunkWriter.of(path, f"{BOOKKEEPING}/{DIGEST}", digest),
+        ChunkWriter.of(path, done_path(path).relative_to(path).as_posix(), done_array)
+        if isinstance(path, Path)
+        else None,
+    )
     done = da.map_blocks(
         _mark_done,
         *written,
-        done=zarr_array(done_path(path), "r+").with_config(config),
+        done=done_array,
         digest=digest,
         block0=block0,
+        writers=writers,
         dtype=np.uint32,  # each block's digests (only its delayed value is used)
         meta=np.empty((0, 0, 0), np.uint32),
         chunks=(1, 1, 1),
