@@ -97,3 +97,32 @@ def test_random_shapes_against_scipy(s, v, d, seed):
     assert _rel_err(out[0], e) <= 1e-6
     np.testing.assert_array_equal(out[1], np.abs(x[:, :, None, :] - x[:, None, :, :]).max(-1))
     assert (np.diagonal(out, axis1=2, axis2=3) == 0).all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    s=st.integers(1, 3),
+    v=st.integers(1, 70),
+    d=st.integers(1, 40),
+    seed=st.integers(0, 2**16),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    manhattan=st.booleans(),
+    special=st.sampled_from([None, np.nan, np.inf, 1e30, 1e-30]),
+)
+def test_the_triangle_and_its_mirror_equal_full_rows_bit_for_bit(s, v, d, seed, dtype, manhattan, special):
+    # pairwise_block computes each row from the diagonal on and copies it below; cross_block of
+    # the block with itself computes every (i, j) in full: the same bits, everywhere
+    x = random_history((s, v, d), seed=seed).astype(dtype)
+    if special is not None:
+        rng = np.random.default_rng(seed)
+        x[rng.integers(s), rng.integers(v), rng.integers(d)] = special
+        x[rng.integers(s), rng.integers(v)] *= 1e-25 if special == 1e-30 else 1.0
+    try:
+        full = cross_block(x, x, manhattan=manhattan)
+    except OverflowError as exc:
+        with pytest.raises(OverflowError) as caught:
+            pairwise_block(x, manhattan=manhattan)
+        assert str(caught.value) == str(exc)  # the same first pair named
+        return
+    got = pairwise_block(x, manhattan=manhattan)
+    assert got.tobytes() == full.tobytes()

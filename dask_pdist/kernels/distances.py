@@ -146,11 +146,12 @@ def _transpose(x, s, xt):
             xt[d, t] = x[s, t, d]
 
 
-# Every row in full, i against every j, written straight into the output row. Computing both
-# (i, j) and (j, i) costs twice the arithmetic of a triangle but no strided mirror writes, and
-# measured faster (27 vs 34 ms for 256 x 128 x 64). Both are exactly equal: x_i - x_j is
-# exactly -(x_j - x_i), and the diagonal x_i - x_i is exactly 0. Two separate functions, not
-# one with a flag: the flag's aliasing (one buffer as both operands) cost ~30% in the loop.
+# A diagonal tile computes each row from the diagonal on (its upper triangle: half the
+# arithmetic) and copies it to the lower triangle. Bit-identical to full rows: x_i - x_j is
+# exactly -(x_j - x_i), which neither d * d nor |d| sees, and x_i - x_i is exactly 0. Measured
+# (benchmarks/results.md, 2026-12-05): 1.1 vs 1.3 ms for 16 x 128 x 64, 26 vs 41 ms for
+# 2 x 1024 x 256 against full rows. An earlier triangle with unaligned rows and a row-strided
+# mirror copy had measured slower than full rows (34 vs 27 ms for 256 x 128 x 64).
 
 
 @numba.njit(nogil=True, cache=True)
@@ -160,16 +161,35 @@ def _self_block(x, out, e_low):
     nstep, ntok, ndim = x.shape
     xt = np.empty((ndim, ntok), dtype=x.dtype)
     scratch = np.empty(ntok, dtype=out.dtype)
+    nmetric = out.shape[0]
     for s in range(nstep):
         _transpose(x, s, xt)
         for i in range(ntok):
-            l1 = out.shape[0] > 2
-            ab = out[2, s, i] if l1 else scratch
-            if _row(xt, i, xt, 0, ntok, out[0, s, i], out[1, s, i], ab, e_low, l1):
-                j = _rescale_row(xt, i, xt, 0, ntok, out[0, s, i], out[1, s, i], e_low)
+            l1 = nmetric > 2
+            # from the diagonal's 64-byte boundary: aligned loads and stores (the few pairs
+            # left of the diagonal are computed twice, the same bits either way)
+            j0 = i - i % 16
+            ab = out[2, s, i, j0:] if l1 else scratch
+            n = ntok - j0
+            if _row(xt, i, xt, j0, n, out[0, s, i, j0:], out[1, s, i, j0:], ab, e_low, l1):
+                j = _rescale_row(xt, i, xt, j0, n, out[0, s, i, j0:], out[1, s, i, j0:], e_low)
                 if j >= 0:
-                    return s, i, j
+                    return s, i, j0 + j
+        for k in range(nmetric):
+            _mirror(out[k, s])
     return -1, -1, -1
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _mirror(a):
+    # a[j, i] = a[i, j] for j > i, in 8 x 8 tiles written row by row (measured at V = 1024:
+    # 0.5 ms per matrix; 1.6 ms in 32 x 32 tiles read row by row)
+    n = a.shape[0]
+    for i0 in range(0, n, 8):
+        for j0 in range(i0, n, 8):
+            for j in range(j0, min(j0 + 8, n)):
+                for i in range(i0, min(i0 + 8, j)):
+                    a[j, i] = a[i, j]
 
 
 @numba.njit(nogil=True, cache=True)
