@@ -126,3 +126,27 @@ def test_the_triangle_and_its_mirror_equal_full_rows_bit_for_bit(s, v, d, seed, 
         return
     got = pairwise_block(x, manhattan=manhattan)
     assert got.tobytes() == full.tobytes()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("v", [2, 17, 33])
+def test_nans_of_either_sign_give_the_same_bits_whichever_tile_computes_the_pair(dtype, v):
+    # a NaN and a -NaN (what inf - inf makes on x86) in the same coordinate of two tokens: x_i - x_j
+    # and x_j - x_i propagate different NaNs; a diagonal tile (mirrored) and the cross tiles of
+    # another token chunking must still store the same bits, as scipy's NaN distance for both
+    x = random_history((2, v, 5), seed=v).astype(dtype)
+    x[0, 0, 3] = np.nan
+    x[0, v - 1, 3] = -np.nan
+    x[1, v // 2, 0] = np.inf - np.inf  # (the other sign, made as arithmetic makes it)
+    got = pairwise_block(x, manhattan=True)
+    full = cross_block(x, x, manhattan=True)
+    assert np.isnan(got[:, 0, 0, v - 1]).all() and np.isnan(got[:, 0, v - 1, 0]).all()
+    assert got.tobytes() == full.tobytes()
+    h = v // 2  # two token tiles: the lower one computed by cross_block(b, a), not mirrored
+    tiled = np.block(
+        [
+            [pairwise_block(x[:, :h], manhattan=True), cross_block(x[:, :h], x[:, h:], manhattan=True)],
+            [cross_block(x[:, h:], x[:, :h], manhattan=True), pairwise_block(x[:, h:], manhattan=True)],
+        ]
+    )
+    assert tiled.tobytes() == got.tobytes()

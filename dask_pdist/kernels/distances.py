@@ -83,10 +83,15 @@ def _row(at, i, bt, j0, n, sq, mx, ab, e_low, l1=True):
         e = np.sqrt(v)
         sq[j] = e
         m = mx[j]
-        # max() drops NaN; a NaN anywhere in the pair makes the sum NaN, so copy it over
-        # (NaN distances where the input holds NaN, as scipy gives).
+        # max() drops NaN; a NaN anywhere in the pair makes the sum NaN, so NaN for every
+        # metric (NaN distances where the input holds NaN, as scipy gives). One NaN, not the
+        # sum's: x_i - x_j and x_j - x_i propagate different NaNs where both hold one (NaN and
+        # -NaN, as inf - inf makes), and a diagonal tile copies (i, j) to (j, i).
         if v != v:
-            mx[j] = v
+            sq[j] = np.nan
+            mx[j] = np.nan
+            if l1:
+                ab[j] = np.nan
         rare |= _needs_rescale(e, m, e_low)
     return rare
 
