@@ -86,3 +86,52 @@ def test_other_exceptions_in_finalizers_are_still_printed(hook):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.split() == ["went", "on"]
     assert "a finalizer's own error" in out.stderr
+
+
+@pytest.mark.parametrize("first", ["SIGTERM", "SIGINT"])
+def test_after_a_stop_signal_both_are_ignored(first):
+    # an attack: `compute` sent SIGTERM twice 0.3 s apart exited -15 (killed) instead of 130:
+    # the handler ignored only later SIGINTs, so the second SIGTERM raised again in the clean
+    # stop or, once Python's shutdown had put the default back, killed the process
+    code = textwrap.dedent(
+        f"""
+        import os, signal
+        from dask_pdist.cli.signals import interrupt_once
+
+        signal.signal(signal.SIGINT, interrupt_once)
+        signal.signal(signal.SIGTERM, interrupt_once)  # as the CLI installs it, as the program
+        try:
+            os.kill(os.getpid(), signal.{first})
+            for _ in range(1_000_000):
+                pass
+        except KeyboardInterrupt:
+            print("stopped")
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            os.kill(os.getpid(), sig)
+            for _ in range(1_000_000):
+                pass
+        print("ignored", signal.getsignal(signal.SIGTERM) is signal.SIG_IGN)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["stopped", "ignored", "True"], out
+    assert out.returncode == 0 and out.stderr == ""
+
+
+def test_a_caller_s_sigterm_handler_is_left_alone():
+    # called from Python (not the program), only SIGINT is the CLI's: SIGTERM stays the caller's
+    code = textwrap.dedent(
+        """
+        import signal
+        from dask_pdist.cli.signals import interrupt_once
+
+        mine = lambda signum, frame: None
+        signal.signal(signal.SIGTERM, mine)
+        try:
+            interrupt_once(signal.SIGINT, None)
+        except KeyboardInterrupt:
+            print(signal.getsignal(signal.SIGTERM) is mine, signal.getsignal(signal.SIGINT) is signal.SIG_IGN)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["True", "True"], out

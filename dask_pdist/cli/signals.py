@@ -22,8 +22,12 @@ __all__ = ["catch_interrupts", "deliver_lost_interrupts", "interrupt_once"]
 def interrupt_once(signum, frame) -> None:  # noqa: ANN001
     """The handler: the first Ctrl-C stops the run; later ones are ignored (a second quick Ctrl-C
     used to land in the clean stop: the resume hint, the shutdown of zarr's and dask's threads,
-    and print asyncio tracebacks instead of the hint)."""
+    and print asyncio tracebacks instead of the hint). Both stop signals are ignored from then
+    on: a second SIGTERM used to raise again in the clean stop, or, once Python's shutdown had
+    set the default back, kill the process (exit 143 instead of 130)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if signal.getsignal(signal.SIGTERM) is interrupt_once:  # (installed as the program only)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 
