@@ -101,6 +101,36 @@ def test_a_truncated_chunk_is_corrupt_not_short(history_file, tmp_path):
     assert pickle.loads(pickle.dumps(checked))._reader is False  # pickles without its reader
 
 
+@pytest.mark.parametrize("content", [b"", b"ab", b"abcd"])
+@pytest.mark.parametrize("recorded", [True, False])
+def test_a_chunk_under_5_bytes_fails_as_through_zarr(history_file, tmp_path, monkeypatch, content, recorded):
+    # an attack: a zero-length (or 1-3 byte) chunk file failed here with "0 bytes, of which 0
+    # could be read", through zarr as damaged ("its bytes do not match its own crc32c")
+    from dask_pdist.store import chunk_files
+
+    path = _store(history_file, tmp_path, "lz4")
+    (path / "chebyshev" / "c" / "1" / "0" / "0").write_bytes(content)
+    array = zarr.open_array(path / "chebyshev", mode="r")
+    reader = ChunkReader.of(path, "chebyshev", array)
+    with pytest.raises(ValueError) as zarrs:
+        array.get_block_selection((1, 0, 0))  # (no recorded digest: zarr's own check)
+    with pytest.raises(ValueError) as ours:
+        reader.read((1, 0, 0), Digests({}))
+    assert str(ours.value) == str(zarrs.value)
+    if not recorded:
+        return
+
+    def message():
+        with pytest.raises(StoreError) as info:
+            np.asarray(open_distances(path)["chebyshev"].isel(step=4))
+        return str(info.value)
+
+    here = message()
+    monkeypatch.setattr(chunk_files.ChunkReader, "of", classmethod(lambda cls, *a: None))
+    assert here == message()
+    assert "corrupt (its bytes do not match its own crc32c" in here
+
+
 def test_a_chunk_missing_is_still_an_error(history_file, tmp_path):
     path = _store(history_file, tmp_path, "lz4")
     (path / "euclidean" / "c" / "2" / "0" / "0").unlink()
