@@ -135,3 +135,33 @@ def test_a_caller_s_sigterm_handler_is_left_alone():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.split() == ["True", "True"], out
+
+
+def test_a_follower_stopped_mid_append_ignores_later_signals():
+    # an attack: SIGTERM, then six more 10 ms apart, during a follower's append: the second
+    # stopped the append (exit 130 expected), the follower's exit put interrupt_once back, and
+    # a later one killed the process (-15) after Python's shutdown had set the default again
+    import signal
+
+    from dask_pdist.cli.follow import _Stop
+    from dask_pdist.cli.signals import interrupt_once
+
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for sig in saved:  # as the CLI installs them, as the program
+            signal.signal(sig, interrupt_once)
+        with pytest.raises(KeyboardInterrupt), _Stop() as stop:
+            stop.appending = True
+            stop._handle(signal.SIGTERM, None)  # the first: stop after this append
+            assert stop.requested
+            stop._handle(signal.SIGTERM, None)  # the second: stop the append now
+        assert stop.forced
+        assert [signal.getsignal(sig) for sig in saved] == [signal.SIG_IGN, signal.SIG_IGN]
+        for sig in saved:  # not stopped (--idle-exit): the CLI's handlers are put back
+            signal.signal(sig, interrupt_once)
+        with _Stop():
+            pass
+        assert [signal.getsignal(sig) for sig in saved] == [interrupt_once, interrupt_once]
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from dask_pdist.cli.common import CheckpointGone, deleted_while_read
+from dask_pdist.cli.signals import interrupt_once
 from dask_pdist.errors import InputError
 
 __all__ = ["follow"]
@@ -130,6 +131,11 @@ class _Stop:
 
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self.previous.items():
+            if self.requested and handler is interrupt_once:
+                # stopped: later signals are ignored, also when the second one stopped an
+                # append (KeyboardInterrupt): interrupt_once raised again in the clean stop, or
+                # Python's shutdown put the default back and a third SIGTERM killed it (-15)
+                handler = signal.SIG_IGN
             signal.signal(sig, handler)  # type: ignore[arg-type]
 
     def _handle(self, signum: int, frame: object) -> None:
