@@ -109,7 +109,8 @@ class _Until:
 
 class _Stop:
     """SIGINT/SIGTERM while following: at once when waiting; during an append, after it (the
-    second signal stops the append itself, or a wait that hangs: a listing of an object store).
+    second signal stops the append itself, or a wait that hangs: a listing of an object store;
+    later ones are ignored).
 
     The first signal only records the stop (the waits look at it every 50 ms): an exception
     raised by a handler can land in a finalizer, which swallows it and prints a traceback
@@ -119,6 +120,7 @@ class _Stop:
         self.requested = False
         self.appending = False
         self.forced = False
+        self.raised = False  # the second signal's KeyboardInterrupt was raised
         self.previous: dict[int, object] = {}
 
     def __enter__(self) -> _Stop:
@@ -144,6 +146,9 @@ class _Stop:
             if self.appending:
                 print("dask-pdist: stopping after this append (again to stop it now)", file=sys.stderr, flush=True)
             return
+        if self.raised:  # the stop is under way (the append's clean stop): later ones are ignored
+            return
+        self.raised = True
         self.forced = self.appending
         raise KeyboardInterrupt
 
