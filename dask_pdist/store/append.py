@@ -377,8 +377,9 @@ def grow(ds: xr.Dataset, path: StorePath, fingerprint: dict[str, Any], seen: Sto
     if array.shape[0] != total:
         array.resize((total,))
     # a complete store's labels were all compared with the input's (check_append); after a kill,
-    # labels past the written steps may be missing: read them all
-    _write_steps(array, ds["step"].values, stored if known is not None else 0, labels)
+    # labels past the written steps may be missing, or written with their digests not yet
+    # recorded (killed before add_to_manifest): every label is written again, and recorded
+    _write_steps(array, ds["step"].values, stored if known is not None else 0, labels, again=known is None)
     if written:
         add_to_manifest(path, written)  # the digests of the step chunks rewritten
     if docs:  # the consolidated metadata holds every array's shape
@@ -396,11 +397,17 @@ def _distances(path: StorePath) -> Any:
     return zarr_array(path / _distance_name(path))
 
 
-def _write_steps(array: Any, steps: np.ndarray, stored: int, labels: np.ndarray | None = None) -> None:
+def _write_steps(
+    array: Any, steps: np.ndarray, stored: int, labels: np.ndarray | None = None, again: bool = False
+) -> None:
     # from the chunk of the first label that differs (the old end, or after a kill between
     # the resize and this write, the first unwritten one): earlier chunks are never rewritten
     # (nor read: the labels of the stored steps were compared with the input's by check_append).
-    # ``labels``: the store's ``stored`` labels as read before it grew (not read again)
+    # ``labels``: the store's ``stored`` labels as read before it grew (not read again).
+    # ``again``: finishing an interrupted growth: every chunk is written (a few bytes a step)
+    if again:
+        array[:] = steps
+        return
     size = array.chunks[0]
     start = min(stored, len(steps)) // size * size
     if labels is not None and len(labels) == stored <= len(steps):
