@@ -308,6 +308,8 @@ def test_append_killed_between_metadata_writes_is_finished(history, tmp_path, mo
     assert calls[0] == store / "zarr.json" and any(c != store / "zarr.json" for c in calls[1:writes])
     with pytest.raises(StoreError, match="incomplete"):
         open_distances(store)
+    # verify lists what is missing (it raised IndexError: arrays resized past the step labels)
+    assert any("not marked complete" in str(p) for p in verify_store(store))
     to_zarr(_distances(write(14)), store, **{how: True})
     _assert_same_arrays(whole, store)
     assert verify_store(store) == []

@@ -252,7 +252,9 @@ def _verify_distances(
                 except Exception as exc:  # zarr raises ValueError for checksums, others for decoding
                     problem = _problem(exc)
             if problem:
-                label = (int(steps[rows[0]]), int(steps[rows[1] - 1])) if rows and steps is not None else None
+                # (an append killed mid-growth: arrays resized past the step labels: named by index)
+                labelled = rows and steps is not None and rows[1] <= len(steps)
+                label = (int(steps[rows[0]]), int(steps[rows[1] - 1])) if labelled else None
                 ti = tj = None
                 if is_distance:
                     ci, cj = arr.chunks[1], arr.chunks[2]
