@@ -143,6 +143,8 @@ def main() -> None:
     a = p.parse_args()
     started = time.strftime("%Y-%m-%d %H:%M")
     load = os.getloadavg()[0]
+    if a.workdir:
+        os.makedirs(a.workdir, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="dask_pdist_parts_", dir=a.workdir) as tmp:
         work = Path(tmp)
         env = dict(os.environ, NUMBA_CACHE_DIR=str(work / "numba_cache"))

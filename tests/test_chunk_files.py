@@ -177,12 +177,17 @@ def test_a_write_into_a_removed_output_brings_nothing_back(history_file, tmp_pat
     path = _store(history_file, tmp_path, "lz4")
     writer = ChunkWriter.of(path, "chebyshev", zarr.open_array(path / "chebyshev", mode="r"))
     block = np.zeros((3, 5, 5), np.float32)
+    warm = ChunkWriter.of(path, "chebyshev", zarr.open_array(path / "chebyshev", mode="r"))
+    assert warm.write((slice(3, 6), slice(0, 5), slice(0, 5)), block, 1) is not None  # its folders known
+    copy = pickle.loads(pickle.dumps(warm))  # as a task gets it: knows no folders
+    assert copy._folders == set() and warm._folders
     import shutil
 
     shutil.rmtree(path)
-    with pytest.raises(FileNotFoundError):
-        writer.write((slice(0, 3), slice(0, 5), slice(0, 5)), block, 1)
-    assert not path.exists()
+    for w in (writer, warm, copy):  # a writer that made the folders before too
+        with pytest.raises(FileNotFoundError):
+            w.write((slice(0, 3), slice(0, 5), slice(0, 5)), block, 1)
+        assert not path.exists()
     # not one whole chunk, or another dtype: left to zarr
     assert writer.write((slice(1, 3), slice(0, 5), slice(0, 5)), block[:2], 1) is None
     assert writer.write((slice(0, 3), slice(0, 5), slice(0, 5)), block.astype(np.float64), 1) is None
