@@ -147,7 +147,10 @@ def main() -> None:
         os.makedirs(a.workdir, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="dask_pdist_parts_", dir=a.workdir) as tmp:
         work = Path(tmp)
-        env = dict(os.environ, NUMBA_CACHE_DIR=str(work / "numba_cache"))
+        # PYTHONSAFEPATH: `python -m dask_pdist` would put the current folder first on sys.path,
+        # so a run from a checkout's root would import that checkout's package for the baseline too
+        this = os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")])
+        env = dict(os.environ, NUMBA_CACHE_DIR=str(work / "numba_cache"), PYTHONPATH=this, PYTHONSAFEPATH="1")
         base = None
         if a.baseline:  # its own numba cache: the kernels' source may differ
             path = os.pathsep.join([str(Path(a.baseline).resolve()), env.get("PYTHONPATH", "")])

@@ -41,9 +41,11 @@ def main() -> None:
     _gaussian_history(hist, tuple(args.shape))
     out = work / "out"
     cli = ["neighbours", str(hist), "-k", str(args.k), "--metric", args.metric, "-o", str(out), "--no-progress"]
+    # PYTHONSAFEPATH: `python -m` would put the current folder first on sys.path, so a run
+    # from a checkout's root would import that checkout's package for both versions
     envs = {
-        "base": {**os.environ, "PYTHONPATH": str(Path(args.base).resolve())},
-        "this": {**os.environ, "PYTHONPATH": str(HERE.parent)},
+        "base": {**os.environ, "PYTHONPATH": str(Path(args.base).resolve()), "PYTHONSAFEPATH": "1"},
+        "this": {**os.environ, "PYTHONPATH": str(HERE.parent), "PYTHONSAFEPATH": "1"},
     }
     cmds = {name: ([sys.executable, "-m", "dask_pdist", *cli], env) for name, env in envs.items()}
     if args.torch:

@@ -21,6 +21,7 @@ __all__ = [
     "plan_token_chunk",
     "plan_neighbour_chunks",
     "plan_product_blocks",
+    "plan_product_steps",
     "plan_store_steps",
     "plan_block_rounds",
 ]
@@ -110,6 +111,25 @@ def plan_product_blocks(n_tokens: int, itemsize: int = 4, budget: int = KNN_PROD
     edge = max(1, math.isqrt(budget // max(1, itemsize)))
     n_blocks = max(math.ceil(max(1, n_tokens) / edge), 4 if n_tokens > 1024 else 2 if n_tokens > 512 else 1)
     return max(1, math.ceil(n_tokens / n_blocks))
+
+
+def plan_product_steps(n_steps: int, n_tokens: int, n_dims: int, block: int, itemsize: int = 4) -> int:
+    """Steps per task of the Euclidean neighbours' BLAS method, whose token block is ``block``.
+
+    Pure arithmetic. Each step is its own matrix products, so more steps in a task only save
+    task overhead: as many as bring a block pair's task to ~``KNN_TASK_PAIR_DIMS``, within
+    ``KNN_TASK_INPUT_BYTES`` of input, and one where a single step's block pair already does.
+    Separate steps also run side by side: two steps of 16,384 tokens as one task left one of
+    the two threads idle while the other finished its round (the rounds' tasks differ in cost).
+
+    Examples
+    --------
+    >>> plan_product_steps(2, 16384, 512, 4096), plan_product_steps(5001, 128, 64, 128)
+    (1, 1907)
+    """
+    by_input = max(1, KNN_TASK_INPUT_BYTES // max(1, n_tokens * n_dims * itemsize))
+    by_work = max(1, KNN_TASK_PAIR_DIMS // max(1, block * block * n_dims))
+    return int(max(1, min(n_steps, by_input, by_work)))
 
 
 def plan_block_rounds(n_blocks: int) -> list[list[tuple[int, int]]]:

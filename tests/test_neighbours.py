@@ -152,6 +152,18 @@ def test_lazy_labels_and_checks(no_compute):
         dp.neighbours(x, k=2)
 
 
+def test_euclidean_blas_tasks_take_one_step_where_a_step_is_big(no_compute):
+    # each step is its own products: two steps in one task only left a thread idle (issue 25)
+    x = da.zeros((3, 16384, 512), dtype=np.float32, chunks=(3, -1, -1))
+    with no_compute():
+        euclidean = dask_pdist.graphs.knn.neighbour_array(x, 10)
+        chebyshev = dask_pdist.graphs.knn.neighbour_array(x, 10, "chebyshev")
+    assert euclidean.chunks[0] == (1, 1, 1) and euclidean.chunks[1] == (4096,) * 4
+    assert chebyshev.chunks[0] == (2, 1)  # the tile method keeps its plan: two snapshots' input
+    small = dask_pdist.graphs.knn.neighbour_array(da.zeros((40, 130, 7), np.float32, chunks=5), 3)
+    assert small.chunks[0] == (40,)  # small steps still share a task
+
+
 def test_churn_against_direct_set_computation():
     x = random_history((6, 23, 3), seed=7)
     x[2:] += np.random.default_rng(1).standard_normal((4, 23, 3)).astype(np.float32)  # neighbourhoods move

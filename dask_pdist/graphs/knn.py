@@ -25,7 +25,7 @@ import numpy as np
 from dask_pdist.conventions import Metric, check_engine, check_metric
 from dask_pdist.kernels.engine import resolve_engine
 from dask_pdist.kernels.knn import QUERY_ROWS, check_k, knn_pairs, knn_pairs_rows, knn_tile
-from dask_pdist.planning import plan_block_rounds, plan_neighbour_chunks, plan_product_blocks
+from dask_pdist.planning import plan_block_rounds, plan_neighbour_chunks, plan_product_blocks, plan_product_steps
 
 __all__ = ["NEIGHBOUR_RECORD", "neighbour_array"]
 
@@ -171,6 +171,8 @@ def neighbour_array(
         if isinstance(token_chunk, bool) or not isinstance(token_chunk, (int, np.integer)) or token_chunk < 1:
             raise ValueError(f"token_chunk={token_chunk!r}: give a positive int or 'auto'")
         block = int(min(token_chunk, n_tokens))
+    if m == 0 and engine == "cpu":
+        steps = plan_product_steps(n_steps, n_tokens, n_dims, block, x.dtype.itemsize)
     if engine == "cuda":
         return _cuda_graph(x, k, metric, ids, steps, block)
     x = x.rechunk({0: steps, 1: -1, 2: -1})
