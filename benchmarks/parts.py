@@ -38,9 +38,10 @@ IMPORT_ROWS = (
     "dask_pdist.analyses.summary",
 )
 TARGET_FIRST_KERNEL_S = 0.8
-TARGET_VS_PARTS = 1.5
 TARGET_SUMMARIZE_GBPS = 1.0
 TARGET_ONE_STEP_MS = 5.0
+TARGET_SUMMARIZE_VS_FLOOR = 1.5  # issue 25.4: summarize against decoding every chunk with zarr
+TARGET_STEP_VS_ZARR = 2.0  # issue 25.4: one step through dask against zarr reading it directly
 
 
 def _log(msg: str) -> None:
@@ -197,47 +198,6 @@ def fmt_bytes(sizes: dict[str, dict], steps: int) -> list[str]:
     return lines
 
 
-def fmt_parts(
-    steps: int,
-    compute_s: float,
-    first_kernel_s: float,
-    kernel_s: float,
-    floor_s: float,
-    nbytes: int,
-    notebook_s: float | None = None,
-    notebook_target: float | None = None,
-) -> list[str]:
-    parts = first_kernel_s + kernel_s + floor_s
-    ratio = compute_s / parts
-    tail = []
-    if notebook_s and notebook_target:
-        need = notebook_s * notebook_target
-        tail = [
-            f"Against the notebook loop ({notebook_s:.2f} s here): the {notebook_target}x target needs `compute` <= "
-            f"{need:.2f} s; the three parts alone sum to {parts:.2f} s ({parts / need:.2f}x of that budget), "
-            f"start-up alone is {first_kernel_s / need:.2f}x of it.",
-            "",
-        ]
-    return [
-        f"### `compute` against its parts ({steps} x 128 x 64, default compressor)",
-        "",
-        "| part | s (median) |",
-        "|---|---|",
-        f"| start-up: process start to first kernel call | {first_kernel_s:.3f} |",
-        f"| kernel alone, 2 threads | {kernel_s:.3f} |",
-        f"| I/O floor: {nbytes / 1e6:.0f} MB (the default store's bytes) into new files, same disk, same rounds "
-        f"| {floor_s:.3f} |",
-        f"| sum of the parts | {parts:.3f} |",
-        f"| `dask-pdist compute` end to end | {compute_s:.3f} |",
-        f"| over the parts (compression, dask, reading the input, the final summary) | {compute_s - parts:.3f} |",
-        "",
-        f"{'PASS' if ratio <= TARGET_VS_PARTS else 'MISS'}  compute / (start-up + kernel + I/O floor) = "
-        f"{ratio:.2f} (target <= {TARGET_VS_PARTS})",
-        "",
-        *tail,
-    ]
-
-
 # ---------------------------------------------------------------- read paths
 
 
@@ -253,6 +213,8 @@ def fmt_reads(r: dict, steps: int) -> list[str]:
     s, st, it = r["summarize"], r["read_step"], r["iter_steps"]
     gbps = s["bytes"] / s["seconds"] / 1e9
     floor_gbps = s["bytes"] / s["floor_s"] / 1e9
+    vs_floor = s["seconds"] / s["floor_s"]
+    vs_zarr = st["open_distances_sel_ms"] / st["zarr_ms"]
     return [
         f"### Read paths, {steps} x 128 x 64 store (default compressor)",
         "",
@@ -275,6 +237,11 @@ def fmt_reads(r: dict, steps: int) -> list[str]:
         "",
         f"{'PASS' if gbps >= TARGET_SUMMARIZE_GBPS else 'MISS'}  summarize: {gbps:.2f} GB/s "
         f"(target >= {TARGET_SUMMARIZE_GBPS}; {s['seconds'] / s['floor_s']:.2f}x the decode floor)",
+        f"{'PASS' if vs_floor <= TARGET_SUMMARIZE_VS_FLOOR else 'MISS'}  summarize / decode floor = {vs_floor:.2f} "
+        f"(target <= {TARGET_SUMMARIZE_VS_FLOOR})",
+        f"{'PASS' if vs_zarr <= TARGET_STEP_VS_ZARR else 'MISS'}  one step through dask / zarr directly = "
+        f"{vs_zarr:.2f} euclidean (target <= {TARGET_STEP_VS_ZARR:.0f}); chebyshev "
+        f"{st['chebyshev']['open_distances_sel_ms'] / st['chebyshev']['zarr_ms']:.2f}",
         f"{'PASS' if st['read_step_ms'] <= TARGET_ONE_STEP_MS else 'MISS'}  one step without dask: "
         f"{st['read_step_ms']:.2f} ms euclidean (target <= {TARGET_ONE_STEP_MS:.0f} ms); through dask "
         f"{st['open_distances_sel_ms']:.2f} ms; chebyshev {st['chebyshev']['read_step_ms']:.2f} / "

@@ -3,7 +3,7 @@
 One command regenerates ``benchmarks/results.md`` (table, targets, machine) and
 ``benchmarks/wall_time_vs_steps.png``, and prints the same table:
 
-    python benchmarks/run.py                 # full run, about 15 minutes on 2 cores
+    python benchmarks/run.py                 # full run, about 20 minutes on 2 cores
     python benchmarks/run.py --quick --output-dir /tmp/x   # smoke run of the script itself
 
 Every method is a whole process, timed from start to exit, reading the same bf16 safetensors
@@ -23,11 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import compute_parts  # benchmarks/compute_parts.py: compute against its parts at two sizes
 import parts  # benchmarks/parts.py: each part against its floor
 from clusters_rows import CLUSTERS_MD, _bench_clusters, _cluster_targets, _clusters_only, _fmt_clusters
 from e2e_rows import (
     PLOT_PNG,
-    TARGETS,
     _bench_case,
     _bench_help,
     _bench_kernel,
@@ -41,6 +41,9 @@ from e2e_rows import (
 from harness import HERE, _dask_pdist_cmd, _log, _machine, _remove, _run_child, _start_spawner
 
 RESULTS_MD = "results.md"
+#: results.md from this line on is kept by a full run: notes written by hand (dated, per issue)
+#: and the sections other scripts replace in place
+KEPT_MARKER = "<!-- kept by run.py: everything below (notes by hand, sections other scripts replace) -->"
 
 
 # ---------------------------------------------------------------- machine description
@@ -166,11 +169,18 @@ def _main(args: argparse.Namespace, work: Path) -> int:
     parts_hist = work / "history_parts.safetensors"
     if "startup" in sections or "reads" in sections:
         write_synthetic_history(parts_hist, steps=parts_steps)
+    parts_results = None
+    parts_rounds = 1 if args.quick else 3
     if "startup" in sections:
         _log("--help timing")
         help_times = _bench_help(dask_cmd, env, args.help_repeats, work)
         _log("start-up: time to the first kernel call")
         start = parts.startup(["compute"], parts_hist, work, env, args.startup_repeats)
+        _log("compute against its parts at two sizes")
+        parts_work = work / "parts"
+        parts_work.mkdir()
+        sizes = (32, 64) if args.quick else (5001, 20004)
+        parts_results = [compute_parts.measure(n, parts_rounds, parts_work, env, None) for n in sizes]
     if "kernel" in sections:
         _log("kernel alone")
         kernel = _bench_kernel(env, args, work)
@@ -217,18 +227,20 @@ def _main(args: argparse.Namespace, work: Path) -> int:
     if targets:
         lines += ["## Targets", "", "```", *targets, "```", ""]
     small = by_role.get("small")
-    if small is not None and small.floor_s and start is not None and kernel is not None:
-        lines += ["## Each part against its floor", ""]
-        lines += parts.fmt_parts(
-            small.steps,
-            statistics.median(r.wall_s for r in small.runs["dask-pdist"]),
-            parts.first_kernel_median(start),
-            statistics.median(kernel["times"]["2"]),
-            statistics.median(small.floor_s),
-            sum(small.sizes["dask-pdist"]["variables"].get(v, 0) for v in ("euclidean", "chebyshev")),
-            statistics.median(r.wall_s for r in small.runs["notebook"]),
-            TARGETS["small_vs_notebook"],
-        )
+    if parts_results is not None:
+        lines += [
+            "## Each part against its floor",
+            "",
+            "### `compute` against its parts (128 x 64, default compressor)",
+            "",
+            "Each round, alternating, each in its own process: `compute` (wall from `Popen`, CPU from "
+            "`os.wait4`), the start-up probe (to the first kernel call), the kernel alone on 2 threads, "
+            "and the I/O floor (the store's chunk bytes, incompressible, into as many new files on the "
+            "same disk); `benchmarks/compute_parts.py` measures the same alone.",
+            "",
+            *compute_parts.fmt(parts_results, parts_rounds),
+            "",
+        ]
     if start is not None:
         lines += parts.fmt_startup(start, statistics.median(help_times["dask-pdist --help"]), parts_steps)
     if small is not None:
@@ -276,9 +288,13 @@ def _main(args: argparse.Namespace, work: Path) -> int:
         lines += [f"![wall time vs S]({PLOT_PNG})", ""]
     if "neighbours" in sections:
         lines += _neighbour_rows(args, env, work)
-    text = "\n".join(lines)
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    (args.output_dir / RESULTS_MD).write_text(text)
+    path = args.output_dir / RESULTS_MD
+    old = path.read_text() if path.exists() else ""
+    if KEPT_MARKER in old:  # the notes by hand below it stay
+        lines += [old[old.index(KEPT_MARKER) :].rstrip("\n"), ""]
+    text = "\n".join(lines)
+    path.write_text(text)
     if cases:
         _plot(cases, methods, args.output_dir / PLOT_PNG)
     print(text)

@@ -17,6 +17,14 @@ RUN_PY = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
 def test_quick_run_writes_table_and_plot(tmp_path: Path) -> None:
     out = tmp_path / "out"
     work = tmp_path / "work"
+    sys.path.insert(0, str(RUN_PY.parent))
+    try:
+        from run import KEPT_MARKER
+    finally:
+        sys.path.remove(str(RUN_PY.parent))
+    out.mkdir()
+    kept = f"{KEPT_MARKER}\n\n## Notes by hand\n\nkept as they are\n"
+    (out / "results.md").write_text(f"# old generated part\n\nMISS  an old row, replaced\n\n{kept}")
     proc = subprocess.run(
         [sys.executable, str(RUN_PY), "--quick", "--output-dir", str(out), "--workdir", str(work)],
         capture_output=True,
@@ -39,9 +47,12 @@ def test_quick_run_writes_table_and_plot(tmp_path: Path) -> None:
         "## Neighbours",
     ):
         assert heading in report
+    assert report.endswith(kept) and "an old row" not in report  # the notes below the marker stay
     targets = [line for line in report.splitlines() if line.startswith(("PASS  ", "MISS  "))]
-    # 9 end to end, 3 clusters, 4 neighbours, 4 parts (compute vs parts, first kernel call, 2 read paths)
-    assert len(targets) == 20, targets
+    # 9 end to end, 3 clusters, 4 neighbours, 7 parts (compute vs parts at two sizes, first
+    # kernel call, 4 read paths)
+    assert len(targets) == 23, targets
+    assert sum("compute / (start-up + kernel + I/O floor)" in line for line in targets) == 2, targets
     assert "### Clusters: " in report
     assert sum(" clusters " in line for line in targets) == 3, targets
     assert "Notebook loop mode per run:" in report
