@@ -93,6 +93,29 @@ def test_threshold_zero_imports_no_numba():
     assert out.strip() == "[]"
 
 
+def test_clusters_of_a_store_from_the_command_line_imports_no_distributed(tmp_path):
+    # dask's rechunk looks for a cluster (importing dask.distributed, ~0.1 s) unless told its
+    # method; the store's per-step arrays and the threshold are small cuts: tasks
+    import subprocess
+    import sys
+
+    from dask_pdist import open_history, pairwise_distances, to_zarr
+    from dask_pdist.io.synthetic import write_synthetic_history
+
+    write_synthetic_history(tmp_path / "h.safetensors", steps=300, vocab=20, dim=6)
+    # step chunks of 7: the reader reads a per-step array many chunks at a time, then cuts it
+    to_zarr(pairwise_distances(open_history(tmp_path / "h.safetensors", chunks=7)), tmp_path / "d.zarr")
+    code = (
+        "import sys\n"
+        "from dask_pdist.cli.main import main\n"
+        f"for t in ('0', 'bf16'):\n"
+        f"    assert main(['clusters', {str(tmp_path / 'd.zarr')!r}, '--threshold', t, '--no-progress']) == 0\n"
+        "print('distributed' in sys.modules, file=sys.stderr)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stderr.strip().splitlines()[-1] == "False", out.stderr[-2000:]
+
+
 def test_equal_rows_signed_zero_nan_and_inf():
     x = np.array([[[0.0, 1.0], [-0.0, 1.0], [np.nan, 1.0], [np.nan, 1.0], [np.inf, 1.0], [np.inf, 1.0], [0.0, 1.0]]])
     for dtype in (np.float32, np.float64):

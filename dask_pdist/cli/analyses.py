@@ -10,6 +10,7 @@ import time
 
 from dask_pdist.cli.common import _opts, _progress, _run, _write_output, check_grow_flags
 from dask_pdist.conventions import counted
+from dask_pdist.store.job import local_scheduler  # (light: imports dask only when called)
 
 
 def _cmd_neighbours(args: argparse.Namespace) -> None:
@@ -155,7 +156,7 @@ def _summary_of(args: argparse.Namespace) -> None:
         local_path(args.plot, "plot")
         require_matplotlib()  # fail before the long pass over the store
     with _progress("summarizing", args):
-        summary = summarize(ds, threshold=args.threshold).compute()
+        summary = summarize(ds, threshold=args.threshold).compute(**local_scheduler())
     print(format_summary(ds))
     rows = np.unique(np.linspace(0, ds.sizes["step"] - 1, min(args.rows, ds.sizes["step"])).round().astype(int))
     cols = [
@@ -191,7 +192,7 @@ def _summary_runs(args: argparse.Namespace, ds) -> None:
     if args.plot or args.step is not None:
         raise InputError("--plot and --step take one store; give one run's store")
     with _progress("summarizing", args):
-        summary = summarize(ds, threshold=args.threshold).compute()
+        summary = summarize(ds, threshold=args.threshold).compute(**local_scheduler())
     first = next(c for c in summary.data_vars if c.endswith("_mean"))
     for name in ds["run"].values:
         has = summary[first].sel(run=name).notnull().values  # steps this run has (aligned runs: NaN elsewhere)

@@ -112,7 +112,7 @@ def cluster_arrays(
             "st",
             x,
             "std",
-            thr.rechunk((x.chunks[0],)),
+            thr.rechunk((x.chunks[0],), method="tasks"),
             "s",
             da.arange(x.shape[0], chunks=(x.chunks[0],)),
             "s",
@@ -139,7 +139,7 @@ def cluster_arrays(
         # (no token: one task without tiles, every step an empty partition)
         groups = [tuple(tiles[g::_TILE_GROUPS]) for g in range(min(_TILE_GROUPS, len(tiles)))] or [()]
         x = data.rechunk({1: -1, 2: -1})
-        thr = thr.rechunk((x.chunks[0],))
+        thr = thr.rechunk((x.chunks[0],), method="tasks")
         parts = [
             da.blockwise(
                 _one_history_block,
@@ -165,7 +165,9 @@ def cluster_arrays(
 
         ids_i = da.arange(n_tokens, chunks=data.chunks[1])
         ids_j = da.arange(n_tokens, chunks=data.chunks[2])
-        thr = (da.zeros(data.shape[0], chunks=(data.chunks[0],)) if thr is None else thr).rechunk((data.chunks[0],))
+        thr = (da.zeros(data.shape[0], chunks=(data.chunks[0],)) if thr is None else thr).rechunk(
+            (data.chunks[0],), method="tasks"
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", PerformanceWarning)
             per_tile = da.blockwise(

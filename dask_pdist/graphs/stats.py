@@ -72,7 +72,7 @@ def summary_stats(arrays: Sequence[da.Array], threshold: da.Array | None = None,
     for a in arrays:
         args += [a if a.chunks == first.chunks else a.rechunk(first.chunks), "sij"]
     if threshold is not None:
-        args += [threshold.astype(np.float64).rechunk((first.chunks[0],)), "s"]
+        args += [threshold.astype(np.float64).rechunk((first.chunks[0],), method="tasks"), "s"]
     count = len(arrays)
     tiles = da.blockwise(
         _tiles,
@@ -90,12 +90,15 @@ def summary_stats(arrays: Sequence[da.Array], threshold: da.Array | None = None,
         dtype=np.float64,
         meta=np.empty((0, 0, 0, 0)),
     )
-    per_step = tiles.rechunk({1: -1, 2: -1})  # a store of one tile per step-block: unchanged
+    per_step = tiles.rechunk({1: -1, 2: -1}, method="tasks")  # a store of one tile per step-block: unchanged
     rows = per_step.map_blocks(
         _combine, count=count, drop_axis=(1, 2), chunks=(first.chunks[0], (4 * count + 1,)), dtype=np.float64
     )
-    # the rows are small: a few gathered chunks, not one task per statistic and step-block
-    return rows.rechunk({0: min(max(first.shape[0], 1), _ROWS_PER_CHUNK)}) if first.shape[0] else rows
+    # the rows are small: a few gathered chunks, not one task per statistic and step-block.
+    # These small rechunks name their method: dask's choice of one imports dask.distributed
+    # (~0.1 s) to look for a cluster, and a few small pieces are tasks either way
+    rows_chunk = min(max(first.shape[0], 1), _ROWS_PER_CHUNK)
+    return rows.rechunk({0: rows_chunk}, method="tasks") if first.shape[0] else rows
 
 
 def step_stats(distances: da.Array, threshold: da.Array | None = None) -> da.Array:

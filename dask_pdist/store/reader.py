@@ -190,7 +190,9 @@ def _open(
                 fancy=True,
             )
             if read != tuple(arr.chunks):  # a per-step array read many chunks at a time, then cut to the store's
-                data = data.rechunk(arr.chunks)
+                # (method given: dask's choice of one imports dask.distributed, ~0.1 s, to look
+                # for a cluster; a cut of a per-step array is tasks either way)
+                data = data.rechunk(arr.chunks, method="tasks")
         ds[name] = ds[name].copy(data=data)
     if written:
         # a store a live job is writing (--follow appending, a compute running): its leading
