@@ -75,6 +75,23 @@ def test_irregular_dask_chunks_are_made_regular(distances, tmp_path):
     np.testing.assert_array_equal(back.euclidean.values, distances.euclidean.values)
 
 
+def test_a_history_in_irregular_step_chunks_is_stored(tmp_path):
+    # the per-step arrays were cut as (3, 3, 3, 1) instead of (3, 4, 3): a 1-D rechunk given a
+    # bare tuple of ints takes its first as one chunk size; xarray then refused the dataset
+    from conftest import history_array, oracle
+
+    x = random_history((10, 7, 3), seed=5)
+    ds = pairwise_distances(history_array(x, ((3, 4, 3), 7, 3)))
+    assert ds.embedding_rms.data.chunks == ((3, 4, 3),) == ds.input_checksum.data.chunks
+    to_zarr(ds, tmp_path / "d.zarr")
+    back = open_distances(tmp_path / "d.zarr")
+    euclidean, chebyshev = oracle(x)
+    np.testing.assert_allclose(back.euclidean.values, euclidean, rtol=1e-6)
+    np.testing.assert_array_equal(back.chebyshev.values, chebyshev.astype(np.float32))
+    rms = np.sqrt(np.mean(x.astype(np.float64) ** 2, axis=(1, 2)))
+    np.testing.assert_allclose(back.embedding_rms.values, rms, rtol=1e-6)
+
+
 def test_refuses_to_overwrite_and_never_deletes_foreign_data(distances, tmp_path):
     store = tmp_path / "d.zarr"
     to_zarr(distances, store)

@@ -111,14 +111,14 @@ def pairwise_distances(
         "embedding_rms": (
             "step",
             # chunked like the distances along step, so each write task has its own piece
-            step_rms(data).rechunk(next(iter(arrays.values())).chunks[0], method="tasks"),
+            step_rms(data).rechunk((next(iter(arrays.values())).chunks[0],), method="tasks"),
             {"long_name": "root-mean-square embedding coordinate per step (finite coordinates)"},
         ),
         # what to_zarr records next to each done flag, so that --resume can tell whether the
         # input of the finished blocks changed (computed from the same history chunks)
         "input_checksum": (
             "step",
-            step_checksums(data).rechunk(next(iter(arrays.values())).chunks[0], method="tasks"),
+            step_checksums(data).rechunk((next(iter(arrays.values())).chunks[0],), method="tasks"),
             {"long_name": "crc32c of each step's input values (checked by --resume)"},
         ),
     }
