@@ -200,8 +200,9 @@ def test_a_lock_is_never_seen_empty_and_a_full_disk_leaves_none(tmp_path, monkey
         return real_open(file, mode, *args, **kwargs)
 
     monkeypatch.setattr("builtins.open", full)
-    with pytest.raises(dp.StoreError, match=r"d\.zarr: cannot create its lock file .*No space left"):
+    with pytest.raises(OSError, match=r"d\.zarr: cannot create its lock file .*No space left") as raised:
         acquire_lock(target)
+    assert not isinstance(raised.value, ValueError)  # the machine's failure, not bad input
     monkeypatch.setattr("builtins.open", real_open)
     assert list(tmp_path.iterdir()) == []  # no empty lock left to block the next run
     token = acquire_lock(target)
@@ -209,6 +210,30 @@ def test_a_lock_is_never_seen_empty_and_a_full_disk_leaves_none(tmp_path, monkey
     release_lock(target, token)
     assert paths.create_exclusive(tmp_path / "x", b"content") and not paths.create_exclusive(tmp_path / "x", b"y")
     assert (tmp_path / "x").read_bytes() == b"content" and sorted(p.name for p in tmp_path.iterdir()) == ["x"]
+
+
+@pytest.mark.parametrize(("code", "words", "exit_code"), [("ENOSPC", "No space left", 1), ("EACCES", "Permission", 2)])
+def test_the_command_line_tells_a_full_disk_from_a_bad_output(tmp_path, monkeypatch, capsys, code, words, exit_code):
+    # docs/compute.md: a failure that is not the input's (a full disk) exits 1; bad input 2
+    import errno as errno_
+    import os as os_
+
+    from dask_pdist.cli.main import main
+    from dask_pdist.io.synthetic import write_synthetic_history
+
+    write_synthetic_history(tmp_path / "h.safetensors", steps=5, vocab=6, dim=3)
+    real_open = open
+
+    def failing(file, mode="r", *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        if "x" in mode and ".lock." in str(file):
+            raise OSError(getattr(errno_, code), os_.strerror(getattr(errno_, code)))
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", failing)
+    assert main(["compute", str(tmp_path / "h.safetensors"), "-o", str(tmp_path / "d.zarr")]) == exit_code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "d.zarr: cannot create its lock file" in err[0] and words in err[0], err
+    assert not (tmp_path / "d.zarr").exists()
 
 
 @pytest.mark.parametrize("pid", [0, -1, 99999999999999999999])

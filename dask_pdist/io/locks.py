@@ -12,6 +12,7 @@ object store the lock is an object created by a conditional PUT (``If-None-Match
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import socket
@@ -25,6 +26,9 @@ from typing import Any
 from dask_pdist.errors import StoreError
 from dask_pdist.io.paths import Location, create_exclusive
 from dask_pdist.io.publish import check_parent, pid_alive, process_start
+
+#: errors of the machine (a full disk, a quota, a failing device) rather than of the output
+_MACHINE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO})
 
 __all__ = ["lock_path", "acquire_lock", "release_lock", "holding_lock"]
 
@@ -142,7 +146,10 @@ def acquire_lock(path: Out, role: str = "store") -> str:
             created = _create_exclusive(lock, record)
         except OSError as exc:  # a full disk, a read-only folder: say which output, leave nothing
             check_parent(path)  # no folder, not writable, no bucket: its own words
-            raise StoreError(f"{path}: cannot create its lock file {lock}: {exc.strerror or exc}") from None
+            message = f"{path}: cannot create its lock file {lock}: {exc.strerror or exc}"
+            if exc.errno in _MACHINE_ERRNOS:  # the machine's failure, not the output's: an OSError
+                raise OSError(message) from None  # (the CLI: exit code 1, not 2 as for bad input)
+            raise StoreError(message) from None
         if created:
             _HELD[str(lock)] = token
             _OWNERS[token] = threading.current_thread()
