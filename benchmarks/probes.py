@@ -79,8 +79,9 @@ def startup(stamps_path: str, argv: list[str], hide: str = "") -> int:
     sys.meta_path.insert(0, _WrapKernels(stamps))
     from dask_pdist.cli.main import main
 
+    sys.argv = ["dask-pdist", *argv]  # as the installed command runs: main() reads sys.argv
     try:
-        return main(argv)
+        return main()
     finally:
         stamps["end"] = time.time()
         with open(stamps_path, "w") as f:

@@ -234,6 +234,53 @@ def test_help_imports_no_heavy_library():
         dask_pdist.nope  # noqa: B018
 
 
+_AFTER_MAIN = (
+    "import dask.array, dask.utils\n"
+    "from dask_pdist.cli.imports import _own_doc\n"
+    "print(code, sorted({'scipy.sparse', 'scipy.fftpack'} & set(sys.modules)),"
+    " 'copied from numpy' in (dask.array.allclose.__doc__ or ''), dask.utils.derived_from is _own_doc)\n"
+)
+
+
+@pytest.mark.parametrize("as_program", [True, False])
+def test_the_program_imports_dask_array_without_scipy_sparse_and_fft(tmp_path, as_program):
+    # as the program (main() reads sys.argv), the command imports dask.array without scipy's
+    # sparse and FFT modules and without its derived docstrings (cli/imports.py: ~0.15 s of
+    # start-up); a Python caller's process (main(argv)) is left as dask makes it
+    pytest.importorskip("scipy")
+    hist = tmp_path / "h.npy"
+    np.save(hist, random_history((3, 7, 5), seed=1))
+    out = tmp_path / "d.zarr"
+    argv = ["compute", str(hist), "-o", str(out), "--no-progress"]
+    call = f"sys.argv = ['dask-pdist', *{argv!r}]\ncode = main()\n" if as_program else f"code = main({argv!r})\n"
+    code = "import sys\nfrom dask_pdist.cli.main import main\n" + call + _AFTER_MAIN
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    if as_program:
+        assert proc.stdout.splitlines()[-1] == "0 [] False False"
+    else:
+        assert proc.stdout.splitlines()[-1] == "0 ['scipy.fftpack', 'scipy.sparse'] True False"
+    ds = open_distances(out)  # the lean import computes the same distances
+    euclidean, chebyshev = oracle(np.load(hist))
+    np.testing.assert_allclose(ds.euclidean.values, euclidean, rtol=1e-6, atol=0)
+    np.testing.assert_array_equal(ds.chebyshev.values, chebyshev.astype(np.float32))
+
+
+def test_a_hidden_module_imports_again_after_the_lean_import():
+    # the modules are hidden only while dask.array is imported: a later import works, dask works
+    pytest.importorskip("scipy")
+    code = (
+        "import sys\n"
+        "from dask_pdist.cli.imports import import_dask_array\n"
+        "first = import_dask_array()\n"
+        "hidden = sorted({'scipy.sparse', 'scipy.fftpack'} & set(sys.modules))\n"
+        "import scipy.sparse, scipy.fftpack, dask.array as da\n"
+        "print(first, hidden, scipy.sparse.eye(2).nnz, int(da.ones(5, chunks=2).sum().compute()),"
+        " import_dask_array())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "True [] 2 5 False"
+
+
 def test_every_public_name_resolves():
     import dask_pdist
 
