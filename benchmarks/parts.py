@@ -8,7 +8,9 @@ against each other alternate within one run and are reported as medians.
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -78,6 +80,10 @@ def startup(
             cmd = [sys.executable, str(PROBES_PY), "startup", str(stamps_path)]
             cmd += [f"--hide={hide}"] if hide else []
             cmd += ["--", *dask_args, str(hist), "-o", str(out), "--no-progress", "--overwrite"]
+            # as before every timed process: the previous store removed (a first compute deletes
+            # nothing; --overwrite would delete it inside the timed start-up) and its pages flushed
+            shutil.rmtree(out, ignore_errors=True)
+            os.sync()
             t0 = time.time()
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
             t_exit = time.time()
@@ -173,6 +179,7 @@ def store_bytes(path: Path) -> dict:
 
 def io_floor(work: Path, nbytes: int, files: int, env: dict[str, str]) -> float:
     directory = work / "floor"
+    os.sync()  # the previous process's dirty pages (a whole store) flushed outside the timed region
     res = _probe(["write-floor", str(directory), str(nbytes), str(files)], env)
     subprocess.run(["rm", "-rf", str(directory)], check=True)
     return res["seconds"]
