@@ -265,6 +265,25 @@ def test_the_program_imports_dask_array_without_scipy_sparse_and_fft(tmp_path, a
     np.testing.assert_array_equal(ds.chebyshev.values, chebyshev.astype(np.float32))
 
 
+def test_a_stop_during_the_lean_import_ends_in_one_line(tmp_path):
+    # Ctrl-C while the program imports dask.array (its first ~0.7 s) is the command's own stop:
+    # "interrupted", exit 130, no traceback
+    hist = tmp_path / "h.npy"
+    np.save(hist, random_history((2, 5, 3), seed=2))
+    argv = ["compute", str(hist), "-o", str(tmp_path / "d.zarr"), "--no-progress"]
+    code = (
+        "import importlib, sys\n"
+        "cli = importlib.import_module('dask_pdist.cli.main')  # (dask_pdist.cli.main is also the function)\n"
+        "def stop():\n"
+        "    raise KeyboardInterrupt\n"
+        "cli.import_dask_array = stop\n"
+        f"sys.argv = ['dask-pdist', *{argv!r}]\n"
+        "print(cli.main())\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert (proc.returncode, proc.stdout.strip(), proc.stderr.strip()) == (0, "130", "dask-pdist: interrupted")
+
+
 def test_a_hidden_module_imports_again_after_the_lean_import():
     # the modules are hidden only while dask.array is imported: a later import works, dask works
     pytest.importorskip("scipy")

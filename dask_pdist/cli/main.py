@@ -416,8 +416,6 @@ def _run_cli(argv: Sequence[str] | None) -> int:
     if as_program:
         quiet_lost_connections()
         deliver_lost_interrupts()
-        if args.command not in _NO_DASK:
-            import_dask_array()  # without scipy.sparse and scipy.fftpack: ~0.1 s (cli/imports.py)
     previous = catch_interrupts()
     if (
         as_program
@@ -439,6 +437,9 @@ def _run_cli(argv: Sequence[str] | None) -> int:
 
 def _main(args: argparse.Namespace) -> int:
     try:
+        if args.as_program and args.command not in _NO_DASK:
+            # here, where a Ctrl-C or a broken install ends in one line like the command's own
+            import_dask_array()  # without scipy's sparse and FFT modules, nor derived docstrings (cli/imports.py)
         if args.command in READS_STORES and not getattr(args, "follow", False):  # (--follow prints as it goes)
             return read_again(args.func, args) or 0
         return args.func(args) or 0
