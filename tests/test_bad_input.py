@@ -219,7 +219,10 @@ def test_nan_found_during_compute_is_one_line(tmp_path, capsys, progress):
 
 def _start_compute(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
     src = tmp_path / "h.safetensors"
-    assert main(["synth", str(src), "--steps", "600", "--vocab", "160", "--dim", "32"]) == 0
+    # 1,000 blocks, ~5 s of work here: the signal, sent after 5 blocks, lands mid-run even when
+    # this process is slow to see them (CI once sent it with 600 steps and 200 blocks after the
+    # job had finished: exit 0, nothing on stderr)
+    assert main(["synth", str(src), "--steps", "3000", "--vocab", "160", "--dim", "8"]) == 0
     out = tmp_path / "d.zarr"
     args = CLI + ["compute", str(src), "-o", str(out), "--chunk-steps", "3", "--no-progress"]
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), out
