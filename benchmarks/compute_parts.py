@@ -98,7 +98,9 @@ def fmt(results: list[dict], rounds: int) -> list[str]:
         lines.append(f"| {label} | " + " | ".join(values) + " |")
 
     med = [{k: statistics.median(v) for k, v in r.items() if isinstance(v, list) and v} for r in results]
-    row("start-up: process start to first kernel call", [f"{m['start-up']:.3f}" for m in med])
+    row(
+        "start-up: process start to the kernel ready (first call less its block)", [f"{m['start-up']:.3f}" for m in med]
+    )
     row("kernel alone, 2 threads", [f"{m['kernel']:.3f}" for m in med])
     row(
         "I/O floor: the store's chunk bytes into as many new files",

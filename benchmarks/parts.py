@@ -93,12 +93,16 @@ def startup(
             row = {
                 "first kernel call": stamps["first_kernel_call"] - t0,
                 "first kernel return": stamps["first_kernel_return"] - t0,
+                "kernel ready": stamps["kernel_ready"] - t0,
                 "interpreter up": stamps["probe_start"] - t0,
                 "exit": t_exit - t0,
             }
             for k, v in row.items():
                 res[name].setdefault(k, []).append(v)
-            _log(f"[startup] round {r + 1} {name:<13} first kernel call {row['first kernel call']:.3f} s")
+            _log(
+                f"[startup] round {r + 1} {name:<13} first kernel call {row['first kernel call']:.3f} s,"
+                f" kernel ready {row['kernel ready']:.3f} s"
+            )
     imports = {}
     for name, hide in variants.items() if importtime else ():
         cmd = [sys.executable, "-X", "importtime", str(PROBES_PY), "startup", str(stamps_path)]
@@ -122,17 +126,20 @@ def _import_rows(stderr: str) -> dict[str, float]:
 def fmt_startup(s: dict, help_median: float | None, steps: int) -> list[str]:
     names = list(s["times"])
     lines = [
-        "### Start-up: `dask-pdist compute` to its first kernel call",
+        "### Start-up: `dask-pdist compute` to its first kernel, ready",
         "",
         f"Whole process on the {steps} x 128 x 64 history, median of {s['repeats']} alternating runs; seconds from "
         "`Popen` (wall clock). *Plain install*: the same with scipy and dask.distributed made unimportable, as in "
-        "`pip install dask_pdist` without the test/bench extras (numba imports scipy.linalg on its first dispatch "
-        "and dask.array imports scipy.fft when scipy is installed).",
+        "`pip install dask_pdist` without the test/bench extras (numba imports scipy.linalg on its first dispatch, "
+        "except in the program, and dask.array imports scipy.fft when scipy is installed). *Kernel ready*: the "
+        "first call's return less the same block's time in a second, warm call (numba loading its compiled "
+        "kernels on the first call is start-up); the target is judged on it. Before 2026-12-05 12:40 the target "
+        "was judged on the first call's start, which left numba's loading out.",
         "",
         "| | " + " | ".join(names) + " |",
         "|---|" + "---|" * len(names),
     ]
-    for key in ("interpreter up", "first kernel call", "first kernel return", "exit"):
+    for key in ("interpreter up", "first kernel call", "kernel ready", "first kernel return", "exit"):
         lines.append(f"| {key} | " + " | ".join(f"{statistics.median(s['times'][n][key]):.3f}" for n in names) + " |")
     lines += [
         "",
@@ -152,7 +159,8 @@ def fmt_startup(s: dict, help_median: float | None, steps: int) -> list[str]:
     plain = first_kernel_median(s, "plain install")
     lines += [
         "",
-        f"{'PASS' if first <= TARGET_FIRST_KERNEL_S else 'MISS'}  first kernel call {first:.3f} s as installed, "
+        f"{'PASS' if first <= TARGET_FIRST_KERNEL_S else 'MISS'}  start-up to the kernel ready"
+        f" {first:.3f} s as installed, "
         f"{plain:.3f} s as a plain install (target <= {TARGET_FIRST_KERNEL_S} s)",
         "",
     ]
@@ -160,7 +168,8 @@ def fmt_startup(s: dict, help_median: float | None, steps: int) -> list[str]:
 
 
 def first_kernel_median(s: dict, variant: str = "as installed") -> float:
-    return statistics.median(s["times"][variant]["first kernel call"])
+    """Start-up: process start to the kernel ready (its first call less that block's own time)."""
+    return statistics.median(s["times"][variant]["kernel ready"])
 
 
 # ---------------------------------------------------------------- bytes and the I/O floor

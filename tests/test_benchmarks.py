@@ -38,7 +38,7 @@ def test_quick_run_writes_table_and_plot(tmp_path: Path) -> None:
         "## Targets",
         "## Each part against its floor",
         "### `compute` against its parts",
-        "### Start-up: `dask-pdist compute` to its first kernel call",
+        "### Start-up: `dask-pdist compute` to its first kernel, ready",
         "### Bytes written by `compute`",
         "### Read paths",
         "## End to end",

@@ -235,18 +235,20 @@ def test_help_imports_no_heavy_library():
 
 
 _AFTER_MAIN = (
-    "import dask.array, dask.utils\n"
+    "import dask.array, dask.utils, numba.np.arraymath\n"
     "from dask_pdist.cli.imports import _own_doc\n"
-    "print(code, sorted({'scipy.sparse', 'scipy.fftpack'} & set(sys.modules)),"
-    " 'copied from numpy' in (dask.array.allclose.__doc__ or ''), dask.utils.derived_from is _own_doc)\n"
+    "print(code, sorted({'scipy.sparse', 'scipy.fftpack', 'scipy.linalg'} & set(sys.modules)),"
+    " 'copied from numpy' in (dask.array.allclose.__doc__ or ''), dask.utils.derived_from is _own_doc,"
+    " numba.np.arraymath._HAVE_BLAS)\n"
 )
 
 
 @pytest.mark.parametrize("as_program", [True, False])
-def test_the_program_imports_dask_array_without_scipy_sparse_and_fft(tmp_path, as_program):
+def test_the_program_imports_dask_array_and_numba_without_scipy(tmp_path, as_program):
     # as the program (main() reads sys.argv), the command imports dask.array without scipy's
     # sparse and FFT modules and without its derived docstrings (cli/imports.py: ~0.15 s of
-    # start-up); a Python caller's process (main(argv)) is left as dask makes it
+    # start-up), and numba's kernels load without scipy.linalg (kernels/_jit.py: ~0.1 s);
+    # a Python caller's process (main(argv)) is left as dask and numba make it
     pytest.importorskip("scipy")
     hist = tmp_path / "h.npy"
     np.save(hist, random_history((3, 7, 5), seed=1))
@@ -256,9 +258,9 @@ def test_the_program_imports_dask_array_without_scipy_sparse_and_fft(tmp_path, a
     code = "import sys\nfrom dask_pdist.cli.main import main\n" + call + _AFTER_MAIN
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     if as_program:
-        assert proc.stdout.splitlines()[-1] == "0 [] False False"
+        assert proc.stdout.splitlines()[-1] == "0 [] False False False"
     else:
-        assert proc.stdout.splitlines()[-1] == "0 ['scipy.fftpack', 'scipy.sparse'] True False"
+        assert proc.stdout.splitlines()[-1] == "0 ['scipy.fftpack', 'scipy.linalg', 'scipy.sparse'] True False True"
     ds = open_distances(out)  # the lean import computes the same distances
     euclidean, chebyshev = oracle(np.load(hist))
     np.testing.assert_allclose(ds.euclidean.values, euclidean, rtol=1e-6, atol=0)
@@ -298,6 +300,26 @@ def test_a_hidden_module_imports_again_after_the_lean_import():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "True [] 2 5 False"
+
+
+def test_scipy_blas_imports_again_after_the_programs_numba_import():
+    # as the program, scipy's BLAS is hidden only while numba's arraymath is imported: later,
+    # scipy.linalg imports and a compiled np.dot (numba's BLAS) works
+    pytest.importorskip("scipy")
+    code = (
+        "import sys\n"
+        "from dask_pdist._program import PROGRAM\n"
+        "PROGRAM['lean'] = True\n"
+        "from dask_pdist.kernels._jit import numba\n"
+        "import numpy as np\n"
+        "hidden = 'scipy.linalg' in sys.modules\n"
+        "import scipy.linalg\n"
+        "dot = numba.njit(lambda a, b: np.dot(a, b))\n"
+        "a = np.arange(6.0).reshape(2, 3)\n"
+        "print(hidden, numba.np.arraymath._HAVE_BLAS, dot(a, a.T).tolist(), scipy.linalg.norm([3.0, 4.0]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False False [[5.0, 14.0], [14.0, 50.0]] 5.0"
 
 
 def test_every_public_name_resolves():

@@ -18,6 +18,7 @@ LAYERS = {
     "conventions": 0,
     "errors": 0,
     "_version": 0,
+    "_program": 0,
     "planning": 0,
     "io": 1,
     "kernels": 2,

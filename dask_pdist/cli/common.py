@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+from dask_pdist._program import PROGRAM
 from dask_pdist.conventions import ALL_METRICS
 
 EXIT_BAD_INPUT = 2
@@ -239,10 +240,6 @@ def check_grow_flags(args: argparse.Namespace) -> None:
         )
     if args.idle_exit is not None and not args.follow:
         raise InputError("--idle-exit applies to --follow: add --follow, or leave it out")
-
-
-#: Set by the CLI when it runs as the program (not called from Python): see :func:`settle_heap`.
-PROGRAM = {"settle": False}
 
 
 def settle_heap() -> None:

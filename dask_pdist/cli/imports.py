@@ -19,9 +19,10 @@ keeps each function's own docstring instead: the program never shows them.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import TypeVar
+
+from dask_pdist._program import hidden
 
 __all__ = ["HIDDEN", "import_dask_array"]
 
@@ -29,22 +30,6 @@ __all__ = ["HIDDEN", "import_dask_array"]
 HIDDEN = ("scipy.sparse", "scipy.fftpack")
 
 F = TypeVar("F")
-
-
-@contextmanager
-def _hidden(names: tuple[str, ...]) -> Iterator[None]:
-    # an import of a name mapped to None raises ImportError, which dask catches for these
-    # optional modules; only names not already imported are hidden, and only their None
-    # entries removed afterwards
-    hidden = [name for name in names if name not in sys.modules]
-    for name in hidden:
-        sys.modules[name] = None  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        for name in hidden:
-            if name in sys.modules and sys.modules[name] is None:
-                del sys.modules[name]
 
 
 def _own_doc(*args: object, **kwargs: object) -> Callable[[F], F]:
@@ -72,7 +57,7 @@ def import_dask_array() -> bool:
     if derived_from is not None:
         dask.utils.derived_from = _own_doc
     try:
-        with _hidden(HIDDEN):
+        with hidden(HIDDEN):
             import dask.array  # noqa: F401
     finally:
         if derived_from is not None:

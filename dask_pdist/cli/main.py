@@ -412,7 +412,7 @@ def _run_cli(argv: Sequence[str] | None) -> int:
         parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     args.argv = argv
     args.as_program = as_program
-    PROGRAM["settle"] = as_program
+    PROGRAM["settle"] = PROGRAM["lean"] = as_program
     if as_program:
         quiet_lost_connections()
         deliver_lost_interrupts()

@@ -8,6 +8,14 @@ cache folder. It is set in numba's own config, not in ``os.environ``: importing 
 does not change the caller's environment. Each kernel's cache location is fixed when it is
 decorated, so this module runs before any ``@numba.njit(cache=True)``; a ``NUMBA_CACHE_DIR``
 the user set wins.
+
+As the program (:mod:`dask_pdist._program`), numba's ``numba.np.arraymath`` is imported here,
+with ``scipy.linalg.cython_blas`` hidden: numba loads that module when it loads its first
+kernel, and it imports scipy's BLAS only to check that one is there (``_HAVE_BLAS``, which picks
+how ``np.correlate``/``np.convolve`` run in compiled code), i.e. all of ``scipy.linalg``: ~0.1 s
+of every computing command's start-up on the 2-core development machine (docs/performance.md).
+No kernel here calls BLAS from compiled code (``np.dot`` in a kernel would still compile:
+numba's ``ensure_blas`` imports scipy's BLAS when it is first needed).
 """
 
 from __future__ import annotations
@@ -15,9 +23,12 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import numba
+
+from dask_pdist._program import PROGRAM, hidden
 
 __all__ = ["numba", "user_cache_dir"]
 
@@ -41,3 +52,7 @@ def user_cache_dir() -> str:
 
 if not numba.config.CACHE_DIR:  # empty unless the user set NUMBA_CACHE_DIR
     numba.config.CACHE_DIR = user_cache_dir()
+
+if PROGRAM["lean"] and threading.current_thread() is threading.main_thread():
+    with hidden(("scipy.linalg.cython_blas",)):
+        import numba.np.arraymath  # noqa: F401
