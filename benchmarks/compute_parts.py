@@ -6,14 +6,14 @@ For each step count (128 tokens x 64 dims, bf16, written as by ``dask-pdist synt
 untimed ``compute`` fills a fresh numba cache, then every round runs, alternating, each in its
 own process: ``dask-pdist compute IN -o OUT.zarr --no-progress`` (the output removed and
 ``os.sync()`` called before, outside the timed region; wall time from ``Popen``, CPU time from
-``os.wait4``), the start-up probe (``probes.py startup``: seconds from ``Popen`` to the first
-kernel call of the same command), the kernel alone on 2 threads at the same size
-(``methods.py kernel``) and the I/O floor (``probes.py write-floor``: the store's chunk bytes,
-incompressible, into as many new files on the same disk, no fsync). Prints a Markdown table of
-the medians: compute / (start-up + kernel + I/O floor), the target being <= 1.3, and what is
-left over per 1,000 steps (the target: it must not grow with S). ``--baseline DIR``: a checkout
-whose ``dask_pdist`` also runs ``compute`` and the start-up probe in every round (alternating
-with this one), for a before/after ratio measured in the same run.
+``os.wait4``), the start-up probe (``probes.py startup``: seconds from ``Popen`` to the kernel
+ready in the same command), the kernel alone on 2 threads at the same size (``methods.py
+kernel``) and the I/O floor (``probes.py write-floor``: the store's chunk bytes, incompressible,
+into as many new files on the same disk, no fsync, one writer thread per CPU). Prints a Markdown
+table of the medians: compute / (start-up + kernel + I/O floor), the target being <= 1.3, and
+what is left over per 1,000 steps (the target: it must not grow with S). ``--baseline DIR``: a
+checkout whose ``dask_pdist`` also runs ``compute`` and the start-up probe in every round
+(alternating with this one), for a before/after ratio measured in the same run.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Probes that ``benchmarks/run.py`` runs as child processes to time one part of the pipeline.
 
     python benchmarks/probes.py startup STAMPS.json [--hide=scipy,distributed] -- compute IN -o OUT.zarr
-    python benchmarks/probes.py write-floor DIR NBYTES FILES
+    python benchmarks/probes.py write-floor DIR NBYTES FILES [--threads N]
     python benchmarks/probes.py read-step STORE --repeats 200
     python benchmarks/probes.py summarize STORE --repeats 3
     python benchmarks/probes.py iter-steps STORE --repeats 3
@@ -97,18 +97,30 @@ def startup(stamps_path: str, argv: list[str], hide: str = "") -> int:
             json.dump(stamps, f)
 
 
-def write_floor(directory: str, nbytes: int, files: int) -> dict:
-    """Write ``nbytes`` of incompressible bytes into ``files`` new files (no fsync), as a store write does."""
+def write_floor(directory: str, nbytes: int, files: int, threads: int = 0) -> dict:
+    """Write ``nbytes`` of incompressible bytes into ``files`` new files (no fsync), as a store
+    write does, from ``threads`` threads (default: one per CPU, as ``compute``'s thread pool
+    writes its blocks; a file write releases the GIL). One thread was the floor before
+    2026-12-05: on a disk where two writers go faster than one, it stood above ``compute``'s
+    own writes of the same bytes."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import numpy as np
 
+    threads = threads or os.cpu_count() or 1
     per = max(1, nbytes // files)
     block = np.random.default_rng(0).integers(0, 256, size=per, dtype=np.uint8).tobytes()
     os.makedirs(directory, exist_ok=True)
+
+    def write(first: int) -> None:
+        for k in range(first, files, threads):
+            with open(os.path.join(directory, str(k)), "wb") as f:
+                f.write(block)
+
     t0 = time.perf_counter()
-    for k in range(files):
-        with open(os.path.join(directory, str(k)), "wb") as f:
-            f.write(block)
-    return {"seconds": time.perf_counter() - t0, "bytes": per * files, "files": files}
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(write, range(threads)))
+    return {"seconds": time.perf_counter() - t0, "bytes": per * files, "files": files, "threads": threads}
 
 
 def _timed(fn, repeats: int) -> list[float]:  # noqa: ANN001
@@ -220,13 +232,14 @@ def main() -> int:
     w.add_argument("directory")
     w.add_argument("nbytes", type=int)
     w.add_argument("files", type=int)
+    w.add_argument("--threads", type=int, default=0, help="writer threads (default: one per CPU)")
     for name in ("read-step", "summarize", "iter-steps"):
         s = sub.add_parser(name)
         s.add_argument("store")
         s.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
     if args.probe == "write-floor":
-        result = write_floor(args.directory, args.nbytes, args.files)
+        result = write_floor(args.directory, args.nbytes, args.files, args.threads)
     else:
         fn = {"read-step": read_step, "summarize": summarize, "iter-steps": iter_steps}[args.probe]
         result = fn(args.store, args.repeats)

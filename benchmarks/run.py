@@ -234,9 +234,10 @@ def _main(args: argparse.Namespace, work: Path) -> int:
             "### `compute` against its parts (128 x 64, default compressor)",
             "",
             "Each round, alternating, each in its own process: `compute` (wall from `Popen`, CPU from "
-            "`os.wait4`), the start-up probe (to the first kernel call), the kernel alone on 2 threads, "
+            "`os.wait4`), the start-up probe (to the kernel ready), the kernel alone on 2 threads, "
             "and the I/O floor (the store's chunk bytes, incompressible, into as many new files on the "
-            "same disk); `benchmarks/compute_parts.py` measures the same alone.",
+            "same disk, from one thread per CPU as `compute` writes; one thread before 2026-12-05 13:00); "
+            "`benchmarks/compute_parts.py` measures the same alone.",
             "",
             *compute_parts.fmt(parts_results, parts_rounds),
             "",
@@ -250,7 +251,7 @@ def _main(args: argparse.Namespace, work: Path) -> int:
             lines += [
                 f"I/O floor per round (s): {', '.join(f'{x:.2f}' for x in small.floor_s)}: "
                 "`probes.py write-floor` writes the default store's chunk bytes (incompressible) into as many new "
-                "files in the work folder, no fsync, as the store write does.",
+                "files in the work folder, no fsync, one writer thread per CPU, as the store write does.",
                 "",
             ]
     if read is not None:
