@@ -23,6 +23,7 @@ import json
 import os
 import statistics
 import sys
+import threading
 import time
 
 
@@ -40,6 +41,8 @@ class _WrapKernels(importlib.abc.MetaPathFinder):
         exec_module = loader.exec_module
         stamps = self.stamps
 
+        first_return = threading.Lock()
+
         def exec_and_wrap(module):  # noqa: ANN001, ANN202
             exec_module(module)
             stamps["kernels_imported"] = time.time()
@@ -53,14 +56,18 @@ class _WrapKernels(importlib.abc.MetaPathFinder):
                             m for m in ("distributed", "scipy", "xarray", "pandas", "zarr", "tqdm") if m in sys.modules
                         )
                     out = _inner(*a, **k)
-                    if "first_kernel_return" not in stamps:
-                        stamps["first_kernel_return"] = time.time()
+                    now = time.time()
+                    with first_return:  # (dask's threads: only the first to return stamps)
+                        first = "first_kernel_return" not in stamps
+                        if first:
+                            stamps["first_kernel_return"] = now
+                    if first:
                         # the same block again, warm: its own kernel time. The first call also
                         # loaded the compiled kernels (numba's dispatch, its cache, its imports),
                         # which is start-up: "kernel ready" = first return - this block's time
                         t = time.perf_counter()
                         _inner(*a, **k)
-                        stamps["kernel_ready"] = stamps["first_kernel_return"] - (time.perf_counter() - t)
+                        stamps["kernel_ready"] = now - (time.perf_counter() - t)
                     return out
 
                 setattr(module, fname, wrapped)

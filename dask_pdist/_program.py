@@ -27,7 +27,8 @@ def hidden(names: tuple[str, ...]) -> Iterator[None]:
     ``ImportError`` (a name mapped to None in ``sys.modules``; its parent package is not
     imported either), which libraries catch for their optional modules. Only names not already
     imported are hidden, and only their None entries are removed afterwards: a later import
-    works as usual. Main thread only: another thread importing them meanwhile would fail."""
+    works as usual. The caller makes sure no other thread imports them meanwhile (it would
+    fail): the program calls it in its main thread, before any worker thread starts."""
     hide = [name for name in names if name not in sys.modules]
     for name in hide:
         sys.modules[name] = None  # type: ignore[assignment]

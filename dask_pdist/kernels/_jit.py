@@ -15,7 +15,9 @@ kernel, and it imports scipy's BLAS only to check that one is there (``_HAVE_BLA
 how ``np.correlate``/``np.convolve`` run in compiled code), i.e. all of ``scipy.linalg``: ~0.1 s
 of every computing command's start-up on the 2-core development machine (docs/performance.md).
 No kernel here calls BLAS from compiled code (``np.dot`` in a kernel would still compile:
-numba's ``ensure_blas`` imports scipy's BLAS when it is first needed).
+numba's ``ensure_blas`` imports scipy's BLAS when it is first needed). Only where this module
+is first imported in the main thread (planning a graph); where a dask task imports it first
+(e.g. ``kernels/cluster_edges.py``), numba is imported as usual.
 """
 
 from __future__ import annotations
