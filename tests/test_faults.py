@@ -28,14 +28,17 @@ from dask_pdist.store.verification import verify_store
 
 CLI = [sys.executable, "-m", "dask_pdist"]
 TIMEOUT = 120
+#: 3-step blocks of the `big` history: enough that a signal sent after the first blocks lands
+#: mid-run also on a slow CI machine (a 200-block job there finished before a test's signal)
+BLOCKS = 400
 
 
 @pytest.fixture(scope="module")
 def big(tmp_path_factory):
-    """A history whose compute takes a few seconds in 200 blocks, and its reference store."""
+    """A history whose compute takes a few seconds in BLOCKS blocks, and its reference store."""
     work = tmp_path_factory.mktemp("faults")
     src = work / "h.safetensors"
-    assert main(["synth", str(src), "--steps", "600", "--vocab", "160", "--dim", "32"]) == 0
+    assert main(["synth", str(src), "--steps", str(3 * BLOCKS), "--vocab", "160", "--dim", "32"]) == 0
     ref = work / "ref.zarr"
     assert main(["compute", str(src), "-o", str(ref), "--chunk-steps", "3", "--no-progress"]) == 0
     return src, ref
@@ -76,7 +79,7 @@ def test_sigkill_then_resume_is_bit_identical(big, tmp_path):
     proc.wait(TIMEOUT)
     done, complete = store_progress(out)
     assert not complete and 20 <= done.sum() < done.size
-    with pytest.raises(StoreError, match=r"incomplete, \d+ of 200 blocks missing.*--resume"):
+    with pytest.raises(StoreError, match=rf"incomplete, \d+ of {BLOCKS} blocks missing.*--resume"):
         open_distances(out)
     leftover = out / "euclidean" / "c" / "0" / "0" / "0.deadbeef.partial"  # as a killed zarr write leaves
     leftover.parent.mkdir(parents=True, exist_ok=True)
@@ -184,7 +187,7 @@ def test_killed_distributed_worker_does_not_lose_work(big, tmp_path):
         pids = list(client.run(os.getpid).values())
         assert not future.done()
         os.kill(pids[0], signal.SIGKILL)
-        assert future.result(timeout=TIMEOUT) == 200
+        assert future.result(timeout=TIMEOUT) == BLOCKS
     _assert_same(out, ref)
 
 
@@ -281,7 +284,7 @@ def test_resume_refuses_a_different_job(big, tmp_path, write_safetensors):
         with pytest.raises(StoreError, match=r"cannot resume.*source_fingerprint"):
             to_zarr(pairwise_distances(hist), out, resume=True)
     to_zarr(pairwise_distances(open_history(src, chunks=3)), out, resume=True)
-    assert int(store_progress(out)[0].sum()) == 200
+    assert int(store_progress(out)[0].sum()) == BLOCKS
 
 
 def test_output_safety(tmp_path, monkeypatch, capsys):
