@@ -69,8 +69,9 @@ def startup(
     importtime: bool = True,
     plain: bool = True,
 ) -> dict:
-    """Time to the first kernel call of `compute` (whole process), as installed and (``plain``) as a
-    plain install; ``importtime``: one more run of each under ``python -X importtime``."""
+    """Time to the kernel ready in `compute` (whole process; also its first call's start and
+    return), as installed and (``plain``) as a plain install; ``importtime``: one more run of
+    each under ``python -X importtime``."""
     variants = {"as installed": "", **({"plain install": PLAIN_INSTALL_HIDES} if plain else {})}
     res: dict[str, dict[str, list[float]]] = {k: {} for k in variants}
     stamps_path = work / "stamps.json"
