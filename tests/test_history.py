@@ -96,6 +96,21 @@ def test_nonfinite_raise_names_step_and_token(write_safetensors):
     assert np.isinf(open_history(path, nonfinite="propagate").values[7, 2, 1])
 
 
+def test_finite_values_whose_sum_overflows_are_not_taken_for_infinities(write_safetensors):
+    # the reader proves a block finite by its sum; a sum that overflows (or cancels to NaN:
+    # +max and -max) must fall back to looking at each value, not raise
+    big = np.finfo(np.float32).max
+    x = np.full((3, 4, 5), big, dtype=np.float32)
+    x[1] = -big
+    path = write_safetensors("h.safetensors", {"h": x})
+    np.testing.assert_array_equal(open_history(path, chunks=1).values, x)
+    np.testing.assert_array_equal(open_history(path, chunks=3).values, x)
+    x[2, 3, 4] = np.nan
+    path = write_safetensors("n.safetensors", {"h": x})
+    with pytest.raises(InputError, match=r"nan at step index 2, token 3"):
+        _ = open_history(path, chunks=3).values
+
+
 # --- bad files, built byte by byte -------------------------------------------------------
 
 
