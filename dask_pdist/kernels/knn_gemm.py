@@ -247,6 +247,7 @@ def _exact(xs, g, i0, j0, diag, pl, cl, up, trow, tcol, cols, lists, e_low, bufs
     rn, rd, rb0, cn, cd, cb0 = lists
     cbar, cidx, ceff = cols  # each column list's _bar, and min(tcol, bar)
     lob, hit = scan  # one row's lower bounds, and which pairs pass the vector test
+    words = hit.view(np.uint64)  # hit's length: a multiple of 8 bytes (8 tests a word)
     m, n = g.shape
     ndim = xs.shape[1]
     last = rn.shape[1] - 1
@@ -266,7 +267,8 @@ def _exact(xs, g, i0, j0, diag, pl, cl, up, trow, tcol, cols, lists, e_low, bufs
         reff = min(tr, bar)
         # The whole row in one vectorised loop (slices from 0, no branch): the lower bounds,
         # and a test implied by _may_enter (so nothing is lost) with the bars as they are at
-        # the row's start (they only tighten); false for most pairs
+        # the row's start (they only tighten); false for most pairs: only the 8-pair words of
+        # the tests with a hit are looked at
         gs, ps = g[p, q0:n], pl[j0 + q0 : j0 + n]
         es, bs, xs_ = ceff[q0:n], cbar[q0:n], cidx[q0:n]
         jq = j0 + q0
@@ -276,28 +278,32 @@ def _exact(xs, g, i0, j0, diag, pl, cl, up, trow, tcol, cols, lists, e_low, bufs
             row = (lo <= reff) & ((lo < bar) | (jq + t < idx))
             col = (lo <= es[t]) & ((lo < bs[t]) | (i < xs_[t]))
             hit[t] = row | col
+        hit[w : w + 8] = False  # the last word's tail
         cnt = 0
-        for t in range(w):
-            if not hit[t]:
+        for word in range((w + 7) // 8):
+            if words[word] == 0:
                 continue
-            lo = lob[t]
-            q = q0 + t
-            j = j0 + q
-            if _may_enter(lo, tr, bar, idx, j) or _may_enter(lo, tcol[q], cbar[q], cidx[q], i):  # the bars now
-                if cnt == 0:
+            for t in range(8 * word, min(8 * word + 8, w)):
+                if not hit[t]:
+                    continue
+                lo = lob[t]
+                q = q0 + t
+                j = j0 + q
+                if _may_enter(lo, tr, bar, idx, j) or _may_enter(lo, tcol[q], cbar[q], cidx[q], i):  # the bars now
+                    if cnt == 0:
+                        for d in range(ndim):
+                            bufs[0][d, 0] = xs[i, d]
                     for d in range(ndim):
-                        bufs[0][d, 0] = xs[i, d]
-                for d in range(ndim):
-                    bufs[1][d, cnt] = xs[j, d]
-                jbuf[cnt] = j
-                cnt += 1
-                counts[0] += 1
-                if cnt == width:
-                    over = _flush(cnt, i, bufs, jbuf, lists, j0, tcol, cols, up, e_low)
-                    if over >= 0:
-                        return i, over
-                    bar, idx = _bar(dr, nr, last, up)
-                    cnt = 0
+                        bufs[1][d, cnt] = xs[j, d]
+                    jbuf[cnt] = j
+                    cnt += 1
+                    counts[0] += 1
+                    if cnt == width:
+                        over = _flush(cnt, i, bufs, jbuf, lists, j0, tcol, cols, up, e_low)
+                        if over >= 0:
+                            return i, over
+                        bar, idx = _bar(dr, nr, last, up)
+                        cnt = 0
         if cnt:
             over = _flush(cnt, i, bufs, jbuf, lists, j0, tcol, cols, up, e_low)
             if over >= 0:
@@ -405,7 +411,8 @@ def gemm_pairs(
         *(np.empty(width, dtype=x.dtype) for _ in range(3)),  # Euclidean, Chebyshev, L1 out
     )
     jbuf = np.empty(width, dtype=np.int64)
-    scan = (np.empty(ncol, dtype=x.dtype), np.empty(ncol, dtype=np.bool_))  # pass 2's row buffers
+    # pass 2's row buffers: lower bounds, tests (a whole number of 8-byte words, one spare)
+    scan = (np.empty(ncol, dtype=x.dtype), np.zeros(8 * (ncol // 8 + 2), dtype=np.bool_))
     lanes = max(_LANES, k)
     cmin = np.empty((lanes, ncol), dtype=x.dtype)
     rmin = np.empty(lanes, dtype=x.dtype)
