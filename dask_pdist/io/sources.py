@@ -19,13 +19,7 @@ import numpy as np
 
 from dask_pdist.conventions import HISTORY_DIMS
 from dask_pdist.errors import InputError
-from dask_pdist.io.checkpoints import (
-    INDEX_SUFFIX,
-    _natural_key,
-    checkpoint_paths,
-    embedding_key,
-    tensor_file,
-)
+from dask_pdist.io.checkpoints import INDEX_SUFFIX, _natural_key, checkpoint_paths, embedding_key, tensor_file
 from dask_pdist.io.known_files import FileFacts, file_facts, known_run, remember_run
 from dask_pdist.io.paths import (
     Location,
@@ -175,13 +169,9 @@ def bf16_source(x: da.Array) -> _RawSource | None:
 
 
 def _widen(block: np.ndarray, kind: str) -> np.ndarray:
-    if kind == "BF16":
-        # bf16 is the top half of a float32: the widening shift is exact. One pass into one new
-        # array (``astype(np.uint32) << 16`` made two: at V = 50,304 x 512, 100 MB more of new
-        # memory, whose first touch dominates the widening on this project's VMs)
-        out = np.empty(block.shape, dtype=np.uint32)
-        np.left_shift(block, np.uint32(16), out=out, dtype=np.uint32)
-        return out.view(np.float32)
+    if kind == "BF16":  # a float32's top half, widened exactly, in one pass into one new array
+        out = np.empty(block.shape, dtype=np.uint32)  # (first touches of new memory cost: docs/measurements.md)
+        return np.left_shift(block, np.uint32(16), out=out, dtype=np.uint32).view(np.float32)
     if kind == "F16":
         return block.astype(np.float32)
     return np.ascontiguousarray(block)
@@ -189,22 +179,18 @@ def _widen(block: np.ndarray, kind: str) -> np.ndarray:
 
 def _check_finite(block: np.ndarray, path: str, step0: int, token0: int = 0, labels: np.ndarray | None = None) -> None:
     # block: steps step0.. of the history; labels: the history's step labels (None: positions)
-    # A finite sum proves every value finite (a NaN or an infinity makes it NaN or infinite),
-    # in one pass without the block-sized mask of isfinite; only a non-finite sum (or one that
-    # overflows) is looked at value by value
-    if block.ndim != 3:
-        return
+    # a finite sum proves every value finite, without isfinite's block-sized mask
     with np.errstate(over="ignore", invalid="ignore"):
-        total = block.sum()
-    if not np.isfinite(total) and not np.isfinite(block).all():
-        s, t, _ = np.argwhere(~np.isfinite(block))[0]
-        value = block[s, t][~np.isfinite(block[s, t])][0]
-        at = step0 + int(s)
-        step = f"step {labels[at]} (index {at})" if labels is not None else f"step index {at}"
-        raise InputError(
-            f"{path}: history holds {value} at {step}, token {token0 + t}; fix the input, or pass"
-            " nonfinite='propagate' (--nonfinite propagate) to compute anyway (NaN or infinite distances there)"
-        )
+        if block.ndim != 3 or np.isfinite(block.sum()) or np.isfinite(block).all():
+            return
+    s, t, _ = np.argwhere(~np.isfinite(block))[0]
+    value = block[s, t][~np.isfinite(block[s, t])][0]
+    at = step0 + int(s)
+    step = f"step {labels[at]} (index {at})" if labels is not None else f"step index {at}"
+    raise InputError(
+        f"{path}: history holds {value} at {step}, token {token0 + t}; fix the input, or pass"
+        " nonfinite='propagate' (--nonfinite propagate) to compute anyway (NaN or infinite distances there)"
+    )
 
 
 def _tensor_list(tensors: dict[str, TensorInfo]) -> str:
