@@ -30,19 +30,42 @@ import tempfile
 import time
 from pathlib import Path
 
+#: Lines of the store's own chunk writer (``ChunkWriter.write``) by what they do: py-spy names a
+#: frame by file and line, and the encoding, checksum and file writes share one function. Each
+#: needle is looked up in the current source (so the rows follow edits of that file).
+_CHUNK_FILES = Path(__file__).resolve().parents[1] / "dask_pdist" / "store" / "chunk_files.py"
+_LINE_NEEDLES = {
+    "compression": ("_blosc(self.blosc).encode",),
+    "checksums": ("google_crc32c.value(",),
+    "writes": ("folder.mkdir(", "open(temp", "f.write(", "os.replace(temp", "np.full(self.chunk_shape"),
+}
+
+
+def _lines(kind: str) -> str:
+    text = _CHUNK_FILES.read_text().splitlines()
+    found = [str(n) for n, line in enumerate(text, 1) if any(k in line for k in _LINE_NEEDLES[kind])]
+    if not found:
+        raise SystemExit(f"{_CHUNK_FILES}: none of {_LINE_NEEDLES[kind]} found; update _LINE_NEEDLES")
+    return r"store/chunk_files\.py:(?:" + "|".join(found) + r")\)"
+
+
 #: (category, pattern of a frame): the first match wins, so specific rows come first
 CATEGORIES = (
     ("imports", r"_find_and_load"),
     ("kernel (numba, both metrics)", r"kernels/distances\.py"),
-    ("compression (numcodecs / blosc)", r"numcodecs|blosc|zstd|lz4|BytesBytesCodec"),
-    ("chunk checksums (crc32c codec, our digests)", r"crc32c|dask_pdist/store/digests\.py"),
-    ("zarr encoding and writes to disk", r"LocalStore|zarr/storage|os\.replace"),
+    (
+        "bookkeeping (done flags and their files, root zarr.json)",
+        r"store/layout\.py|store/guards\.py|consolidate|_mark_done",
+    ),
+    ("compression (numcodecs / blosc)", r"numcodecs|blosc|zstd|lz4|BytesBytesCodec|" + _lines("compression")),
+    ("chunk checksums (crc32c, our digests)", r"crc32c|dask_pdist/store/digests\.py|" + _lines("checksums")),
+    ("chunk files: folders, writes, renames", r"LocalStore|zarr/storage|os\.replace|" + _lines("writes")),
     ("reading and widening the input", r"safetensors_format|read_range|sources\.py|ml_dtypes"),
     ("input checksums and RMS", r"input_checksum|step_rms|io/history\.py"),
-    ("bookkeeping (done flags, root zarr.json)", r"store/layout\.py|store/guards\.py|consolidate"),
     ("summary printed at the end", r"analyses/summary|format_summary|iter_steps"),
     ("building the graph", r"to_zarr \(dask_pdist|_write_graph|pairwise_distances|blockwise|map_blocks|from_array"),
     ("zarr async machinery", r"zarr/core/|asyncio"),
+    ("store writer, other lines", r"store/chunk_files\.py|store/writer\.py"),
     ("dask scheduler", r"dask/local\.py|dask/threaded\.py|dask/core\.py|_task_spec|dask/base\.py|dask/_expr"),
 )
 _IDLE_LEAF = re.compile(
