@@ -163,13 +163,21 @@ def _bench_help(dask_cmd: list[str], env: dict[str, str], repeats: int, work: Pa
     return times
 
 
-def _bench_kernel(env: dict[str, str], args: argparse.Namespace, work: Path) -> dict:
-    steps = 64 if args.quick else 5001
-    cmd = [sys.executable, str(METHODS_PY), "kernel", "--steps", str(steps), "--repeats", str(args.repeats)]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if out.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stderr[-2000:]}")
-    return json.loads(out.stdout)
+#: the kernel-alone shapes (steps, vocab, dim): the notebook's, and the wide case of issue 25.3
+KERNEL_SHAPES = ((5001, 128, 64), (200, 1024, 256))
+KERNEL_SHAPES_QUICK = ((64, 128, 64), (4, 256, 64))
+
+
+def _bench_kernel(env: dict[str, str], args: argparse.Namespace, work: Path) -> list[dict]:
+    out = []
+    for i, (steps, vocab, dim) in enumerate(KERNEL_SHAPES_QUICK if args.quick else KERNEL_SHAPES):
+        cmd = [sys.executable, str(METHODS_PY), "kernel", "--steps", str(steps), "--vocab", str(vocab)]
+        cmd += ["--dim", str(dim), "--repeats", str(args.repeats)] + (["--bandwidth"] if i == 0 else [])
+        run = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if run.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{run.stderr[-2000:]}")
+        out.append(json.loads(run.stdout))
+    return out
 
 
 def _fmt_case(case: Case, methods: dict[str, Method]) -> list[str]:
@@ -263,39 +271,54 @@ def _targets(cases: dict[str, Case], help_times: dict[str, list[float]], default
     return lines
 
 
-def _fmt_kernel(k: dict) -> list[str]:
-    pd = k["pair_dims"]
-    peak_pd = k["peak_pair_dims_per_thread"]
-    rows = []
-    for threads in ("1", "2"):
-        t = statistics.median(k["times"][threads])
-        tp = statistics.median(k["peak_times"][threads])
-        rate = pd / t
-        peak_rate = peak_pd * int(threads) / tp
-        rows.append(
-            f"| {threads} | {t:.3f} | {rate / 1e9:.2f} | {t / pd * int(threads) * 1e9:.3f} "
-            f"| {peak_rate / 1e9:.2f} | {rate / peak_rate:.2f} |"
-        )
-    return [
-        f"### Kernel alone: `pairwise_block`, {k['steps']} x {k['vocab']} x {k['dim']} float32, "
-        f"chunks of {k['chunk']} snapshots",
+def _fmt_kernel(kernels: list[dict]) -> list[str]:
+    bw = next(k["bandwidth"] for k in kernels if k.get("bandwidth"))
+    fill = {t: statistics.median(v) for t, v in bw["fill"].items()}
+    copy = {t: statistics.median(v) for t, v in bw["copy"].items()}
+    lines = [
+        "### Kernel alone: `pairwise_block` against the compute and the memory-bandwidth limits",
         "",
-        f"Work: S x V(V-1)/2 x D = {pd:,} pair-dims (each: subtract, multiply-add, abs, max), "
-        "output allocated per call as in the pipeline. "
-        "2 threads = concurrent.futures over the chunks (the kernel releases the GIL).",
+        "Work: S x V(V-1)/2 x D pair-dims (each: subtract, multiply-add, abs, max); the kernel computes each row "
+        "from the diagonal on and copies the triangle below. Output allocated per call as in the pipeline, chunks "
+        "of snapshots as `open_history` makes them. 2 threads = concurrent.futures over the chunks (the kernel "
+        "releases the GIL). *Stored*: the results' bytes (2 x S x V x V float32) per second; the input read is "
+        "D/(2V) of that.",
         "",
-        "| threads | median s | G pair-dims/s | ns per pair-dim per thread | bound G pair-dims/s | fraction of bound |",
-        "|---|---|---|---|---|---|",
-        *rows,
+        "| S x V x D | threads | median s | G pair-dims/s | compute bound G pair-dims/s | fraction of compute bound "
+        "| stored GB/s | fraction of write bandwidth |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    of_bound, of_memory = [], []
+    for k in kernels:
+        pd = k["pair_dims"]
+        for threads in ("1", "2"):
+            t = statistics.median(k["times"][threads])
+            peak_rate = k["peak_pair_dims_per_thread"] * int(threads) / statistics.median(k["peak_times"][threads])
+            stored = k["out_bytes"] / t / 1e9
+            of_bound.append(pd / t / peak_rate)
+            of_memory.append(stored / fill[threads])
+            lines.append(
+                f"| {k['steps']} x {k['vocab']} x {k['dim']} | {threads} | {t:.3f} | {pd / t / 1e9:.2f} "
+                f"| {peak_rate / 1e9:.2f} | {pd / t / peak_rate:.2f} | {stored:.2f} | {stored / fill[threads]:.2f} |"
+            )
+    first = kernels[0]
+    lines += [
         "",
-        f"Bound: the kernel's inner loop (same operations, dims unrolled by 4) on one L1-resident "
-        f"{k['peak_block'][0]} x {k['peak_block'][1]} float32 block with full-length rows, no transposes, no output "
-        "stores, measured in the same process on the same threads: the most this CPU does with this instruction mix.",
-        f"Numba outside the timed regions: importing dask_pdist.kernels.distances {k['import_s']:.2f} s; first call "
-        f"(loads the cached machine code) {k['first_call_s']:.2f} s; "
-        f"compiling the bound loop {k['peak_compile_s']:.2f} s.",
+        "Compute bound: the kernel's own row routine (dims unrolled by 4) on one L1-resident D x "
+        f"{first['peak_block'][1]} float32 block (D rounded down to a multiple of 4) with full-length rows, no "
+        "transposes, no output stores, in the same process on the same "
+        "threads: the most this CPU does with this instruction mix. Write bandwidth (`methods.py kernel "
+        f"--bandwidth`, median of {len(bw['fill']['1'])} alternating rounds, 128 MiB per thread): writing "
+        f"{fill['1']:.1f} GB/s on 1 thread, {fill['2']:.1f} on 2; copying (read + write) {copy['1']:.1f} and "
+        f"{copy['2']:.1f} GB/s. Stored at {min(of_memory):.2f}-{max(of_memory):.2f} of the write bandwidth and "
+        f"running at {min(of_bound):.2f}-{max(of_bound):.2f} of the compute bound, the kernel is "
+        + ("bound by arithmetic, not by memory." if max(of_memory) < 0.5 else "near the memory limit."),
+        f"Numba outside the timed regions: importing dask_pdist.kernels.distances {first['import_s']:.2f} s; first "
+        f"call (loads the cached machine code) {first['first_call_s']:.2f} s; "
+        f"compiling the bound loop {first['peak_compile_s']:.2f} s.",
         "",
     ]
+    return lines
 
 
 def _plot(cases: list[Case], methods: dict[str, Method], path: Path) -> None:

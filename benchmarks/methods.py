@@ -4,7 +4,7 @@
     python benchmarks/methods.py torch-cdist HISTORY.safetensors OUT.safetensors
     python benchmarks/methods.py scipy-cdist HISTORY.safetensors OUT.safetensors
     python benchmarks/methods.py torch-knn HISTORY.safetensors OUT.safetensors -k 10 [--rows 2048]
-    python benchmarks/methods.py kernel --steps 5001 --vocab 128 --dim 64 --repeats 5
+    python benchmarks/methods.py kernel --steps 5001 --vocab 128 --dim 64 --repeats 5 [--bandwidth]
 
 Each baseline reads the bf16 history written by ``dask-pdist synth`` and writes both (S, V, V)
 float32 results to one safetensors file, so every method pays for its input and output. Imports
@@ -140,13 +140,53 @@ def scipy_cdist(history_path: str, output_path: str) -> None:
     save_file({"euclidean_distances": euclidean, "chebyshev_distances": chebyshev}, output_path)
 
 
-def kernel(steps: int, vocab: int, dim: int, repeats: int, chunk: int | None) -> dict:
-    """Time ``pairwise_block`` alone on 1 and 2 threads, and an L1-resident peak loop.
+def memory_bandwidth(repeats: int, mib: int = 128) -> dict:
+    """This machine's memory bandwidth, the other limit of the kernel: GB/s writing (``fill``)
+    and copying (``copy``: bytes read + bytes written, as STREAM counts them) ``mib`` MiB of
+    float32 per thread (several times the last-level cache), on 1 and 2 threads, with buffers
+    touched once before timing. Plain compiled loops, which LLVM turns into memset/memcpy: the
+    most a kernel storing its results with ordinary code can expect."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numba
+    import numpy as np
+
+    @numba.njit(nogil=True)
+    def fill(a, v):
+        for i in range(a.size):
+            a[i] = v
+
+    @numba.njit(nogil=True)
+    def copy(dst, src):
+        for i in range(src.size):
+            dst[i] = src[i]
+
+    n = mib << 18  # float32 values
+    bufs = [(np.ones(n, np.float32), np.ones(n, np.float32)) for _ in range(2)]
+    ops = {"fill": (lambda k: fill(bufs[k][0], np.float32(2.0)), 4 * n), "copy": (lambda k: copy(*bufs[k]), 8 * n)}
+    for op, _ in ops.values():
+        op(0)  # compiles (and touches nothing new)
+    out: dict[str, dict[str, list[float]]] = {name: {"1": [], "2": []} for name in ops}
+    with ThreadPoolExecutor(2) as pool:
+        for _ in range(repeats):
+            for name, (op, nbytes) in ops.items():
+                for threads in (1, 2):
+                    t = time.perf_counter()
+                    list(pool.map(op, range(threads)))
+                    out[name][str(threads)].append(nbytes * threads / (time.perf_counter() - t) / 1e9)
+    return out
+
+
+def kernel(steps: int, vocab: int, dim: int, repeats: int, chunk: int | None, bandwidth: bool = False) -> dict:
+    """Time ``pairwise_block`` alone on 1 and 2 threads, an L1-resident peak loop, and (with
+    ``bandwidth``) this machine's memory bandwidth (:func:`memory_bandwidth`).
 
     Work is counted in pair-dims of unordered pairs (i < j), V (V - 1) / 2 * D per snapshot:
-    the useful work. (The kernel computes both (i, j) and (j, i), full rows without strided
-    mirror writes, so it does twice that arithmetic; the fraction of the bound includes it.) Each pair-dim is
-    4 floating-point operations: subtract, multiply-add (square and sum), abs, max.
+    the useful work. The kernel computes each row from the diagonal on (rounded down to 16
+    tokens: at most 15 pairs per row twice) and copies the triangle below, so its arithmetic is
+    close to that count. Each pair-dim is 4 floating-point operations: subtract, multiply-add
+    (square and sum), abs, max. Its memory traffic is dominated by the results it stores,
+    2 x V x V float32 per snapshot (``out_bytes``), against ``in_bytes`` of input read.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -242,6 +282,9 @@ def kernel(steps: int, vocab: int, dim: int, repeats: int, chunk: int | None) ->
         "peak_pair_dims_per_thread": reps * per_rep,
         "peak_compile_s": peak_compile_s,
         "peak_times": {str(k): v for k, v in peak.items()},
+        "in_bytes": x.nbytes,
+        "out_bytes": 2 * steps * vocab * vocab * 4,
+        "bandwidth": memory_bandwidth(repeats) if bandwidth else None,
     }
 
 
@@ -263,12 +306,13 @@ def main() -> None:
     k.add_argument("--dim", type=int, default=64)
     k.add_argument("--repeats", type=int, default=5)
     k.add_argument("--chunk", type=int, default=None, help="snapshots per call (default: the pipeline's auto chunk)")
+    k.add_argument("--bandwidth", action="store_true", help="also measure this machine's memory bandwidth")
     args = p.parse_args()
     if args.method == "torch-knn":
         torch_knn(args.history, args.output, args.k, args.rows)
         return
     if args.method == "kernel":
-        json.dump(kernel(args.steps, args.vocab, args.dim, args.repeats, args.chunk), sys.stdout)
+        json.dump(kernel(args.steps, args.vocab, args.dim, args.repeats, args.chunk, args.bandwidth), sys.stdout)
         return
     {"notebook": notebook, "torch-cdist": torch_cdist, "scipy-cdist": scipy_cdist}[args.method](
         args.history, args.output

@@ -56,6 +56,7 @@ def test_quick_run_writes_table_and_plot(tmp_path: Path) -> None:
     assert "### Clusters: " in report
     assert sum(" clusters " in line for line in targets) == 3, targets
     assert "Notebook loop mode per run:" in report
+    assert "| fraction of write bandwidth |" in report and "Write bandwidth (`methods.py kernel" in report
     png = (out / "wall_time_vs_steps.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n")
     assert list(work.iterdir()) == []  # histories and outputs removed
