@@ -20,6 +20,29 @@ def _sha(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    # synth (imports_dask=False in the parser) never imports dask; info does, lean, as the
+    # other commands: dask.array without scipy's sparse and FFT modules (~0.1 s)
+    [("synth", "[]"), ("info", "['dask.array']")],
+)
+def test_the_program_imports_only_what_a_command_uses(tmp_path, command, expected):
+    history = tmp_path / "h.safetensors"
+    if command == "info":
+        assert main(["synth", str(history), "--steps", "3", "--vocab", "5", "--dim", "4"]) == 0
+    sizes = ["--steps", "3", "--vocab", "5", "--dim", "4"] if command == "synth" else []
+    code = (
+        "import sys\n"
+        f"sys.argv = {['dask-pdist', command, str(history), *sizes]!r}\n"
+        "from dask_pdist.cli.main import main\n"
+        "code = main()\n"
+        "print(code, sorted(m for m in ('dask.array', 'scipy.sparse', 'scipy.fft') if m in sys.modules))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines()[-1] == f"0 {expected}", run.stdout
+
+
 def test_synth_is_deterministic_and_realistic(tmp_path):
     a, b, c = tmp_path / "a.safetensors", tmp_path / "b.safetensors", tmp_path / "c.safetensors"
     assert main(["synth", str(a), "--steps", "301", "--vocab", "40", "--dim", "24"]) == 0

@@ -175,7 +175,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--dim", type=_positive, default=64, help="embedding dims (default: 64)")
     s.add_argument("--seed", type=int, default=42, help="random seed; same seed, same bytes (default: 42)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing file at OUTPUT (default: refuse)")
-    s.set_defaults(func=_cmd_synth)
+    s.set_defaults(func=_cmd_synth, imports_dask=False)  # (the others import dask.array lean, as the program)
 
     d = sub.add_parser("demo", help="synth at the notebook's size (5001x128x64), then compute")
     d.add_argument(
@@ -396,10 +396,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 _ONE_BLAS_THREAD = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-#: commands that never import dask (the others import dask.array lean, as the program)
-_NO_DASK = ("synth", "info")
-
-
 def _run_cli(argv: Sequence[str] | None) -> int:
     as_program = argv is None
     if as_program and "numpy" not in sys.modules:  # read once, when numpy loads its BLAS
@@ -437,7 +433,7 @@ def _run_cli(argv: Sequence[str] | None) -> int:
 
 def _main(args: argparse.Namespace) -> int:
     try:
-        if args.as_program and args.command not in _NO_DASK:
+        if args.as_program and getattr(args, "imports_dask", True):
             # here, where a Ctrl-C or a broken install ends in one line like the command's own
             import_dask_array()  # without scipy's sparse and FFT modules, nor derived docstrings (cli/imports.py)
         if args.command in READS_STORES and not getattr(args, "follow", False):  # (--follow prints as it goes)

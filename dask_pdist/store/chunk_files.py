@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from dask_pdist.io.publish import file_write
-from dask_pdist.store.digests import Digests, Misplaced, _mismatch, keyed
+from dask_pdist.store.digests import Digests, Misplaced, keyed, mismatch_reason
 
 __all__ = ["ChunkReader", "ChunkWriter"]
 
@@ -106,7 +106,7 @@ class ChunkReader(_ChunkFiles):
         trailer = int.from_bytes(raw[-4:].tobytes(), "little")
         want = expected.get(key)
         if want is not None and keyed(expected.store_id, key, trailer) != want:
-            raise Misplaced(str(self.root), key, _mismatch(raw, trailer))
+            raise Misplaced(str(self.root), key, mismatch_reason(raw, trailer))
         body = raw[:-4]
         computed = google_crc32c.value(body)
         if computed != trailer or raw.size < 4:

@@ -52,6 +52,7 @@ __all__ = [
     "new_store_id",
     "record_whole",
     "Misplaced",
+    "mismatch_reason",
     "Absent",
     "CheckingStore",
     "checked_store",
@@ -168,7 +169,7 @@ class CheckingStore(WrapperStore):
             data = buf.as_numpy_array()
             got = _trailer(data)
             if keyed(self.expected.store_id, key, got) != want:
-                raise Misplaced(self.where, key, _mismatch(data, got))
+                raise Misplaced(self.where, key, mismatch_reason(data, got))
         return buf
 
     async def set(self, key: str, value: Any) -> None:
@@ -177,9 +178,11 @@ class CheckingStore(WrapperStore):
             self.written[key] = keyed(self.expected.store_id, key, _trailer(value.as_numpy_array()))
 
 
-def _mismatch(data: Any, trailer: int) -> str:
-    # only on the error path: tell a damaged chunk (its bytes do not match its own checksum)
-    # from a whole chunk in the wrong place
+def mismatch_reason(data: Any, trailer: int) -> str:
+    """Why a chunk whose keyed digest does not match was refused (for :class:`Misplaced`):
+    damaged (its bytes do not match its own crc32c trailer) or a whole chunk in the wrong place.
+    Only on the error path; shared by zarr's reads (:class:`CheckingStore`) and the store's own
+    chunk reader (``store/chunk_files.py``)."""
     import google_crc32c
 
     if len(data) < 4 or google_crc32c.value(bytes(data[:-4])) != trailer:
