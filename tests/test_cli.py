@@ -22,21 +22,24 @@ def _sha(path) -> str:
 
 @pytest.mark.parametrize(
     ("command", "expected"),
-    # synth (imports_dask=False in the parser) never imports dask; info does, lean, as the
-    # other commands: dask.array without scipy's sparse and FFT modules (~0.1 s)
-    [("synth", "[]"), ("info", "['dask.array']")],
+    # synth (imports_dask=False in the parser) never imports dask; the others import it lean:
+    # dask.array without scipy's sparse and FFT modules (~0.1 s), and no dask.distributed
+    # (~0.1-0.2 s) where no scheduler was asked for
+    [("synth", "[]"), ("info", "['dask.array']"), ("summary", "['dask.array']")],
 )
 def test_the_program_imports_only_what_a_command_uses(tmp_path, command, expected):
-    history = tmp_path / "h.safetensors"
-    if command == "info":
-        assert main(["synth", str(history), "--steps", "3", "--vocab", "5", "--dim", "4"]) == 0
-    sizes = ["--steps", "3", "--vocab", "5", "--dim", "4"] if command == "synth" else []
+    history, store = tmp_path / "h.safetensors", tmp_path / "d.zarr"
+    sizes = ["--steps", "3", "--vocab", "5", "--dim", "4"]
+    if command != "synth":
+        assert main(["synth", str(history), *sizes]) == 0
+        assert main(["compute", str(history), "-o", str(store), "--no-progress"]) == 0
+    argv = {"synth": [str(history), *sizes], "info": [str(history)], "summary": [str(store)]}[command]
     code = (
         "import sys\n"
-        f"sys.argv = {['dask-pdist', command, str(history), *sizes]!r}\n"
+        f"sys.argv = {['dask-pdist', command, *argv]!r}\n"
         "from dask_pdist.cli.main import main\n"
         "code = main()\n"
-        "print(code, sorted(m for m in ('dask.array', 'scipy.sparse', 'scipy.fft') if m in sys.modules))\n"
+        "print(code, sorted(m for m in ('dask.array', 'scipy.sparse', 'scipy.fft', 'distributed') if m in sys.modules))\n"
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr

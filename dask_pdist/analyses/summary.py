@@ -6,6 +6,7 @@ import numpy as np
 import xarray as xr
 
 from dask_pdist.kernels.spacing import bf16_spacing
+from dask_pdist.store.job import local_scheduler
 
 __all__ = ["step_summary", "format_summary", "format_step", "summarize", "STATS"]
 
@@ -34,7 +35,9 @@ def step_summary(ds: xr.Dataset, index: int) -> dict[str, tuple[float, float, fl
     order = ("euclidean", "chebyshev")  # the notebook's order; any other variable after
     for name in sorted(ds.data_vars, key=lambda n: (order.index(n) if n in order else len(order), n)):
         var = ds[name]
-        m = np.asarray(var.isel(step=index).values, dtype=np.float64)
+        # the threaded scheduler where no client can exist: dask's own choice would first import
+        # dask.distributed (~0.2 s) to look for one
+        m = np.asarray(var.isel(step=index).compute(**local_scheduler()).values, dtype=np.float64)
         off = m[~np.eye(m.shape[0], dtype=bool)] if m.shape[0] > 1 else np.zeros(0)
         out[name] = (float(off.min()), float(off.max()), float(off.mean())) if off.size else (np.nan,) * 3
     return out
