@@ -102,6 +102,34 @@ def test_the_heap_is_frozen_only_when_the_cli_is_the_program(tmp_path):
     assert out.split()[-2:] == ["0", "True"]
 
 
+def test_one_malloc_arena_only_as_the_program_and_not_over_the_users_setting(tmp_path, monkeypatch):
+    # the program asks glibc for one malloc arena (lower, steadier peak RSS); a caller's
+    # process (main(argv)) is left as it is, and a MALLOC_ARENA_MAX the user set wins
+    import importlib
+    import os
+
+    from dask_pdist._program import one_malloc_arena
+
+    cli = importlib.import_module("dask_pdist.cli.main")  # (the package's `main` is the function)
+
+    calls = []
+    monkeypatch.setattr(cli, "one_malloc_arena", lambda: calls.append(1))
+    assert main(["synth", str(tmp_path / "a.safetensors"), "--steps", "3", "--vocab", "4", "--dim", "2"]) == 0
+    assert calls == []
+    probe = (
+        "import importlib, sys; cli = importlib.import_module('dask_pdist.cli.main'); calls = [];"
+        " cli.one_malloc_arena = lambda: calls.append(1);"
+        f" sys.argv = ['dask-pdist', 'synth', {str(tmp_path / 'b.safetensors')!r}, '--steps', '3'];"
+        " code = cli.main(); print(code, calls)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines()[-1] == "0 [1]"
+    glibc = sys.platform.startswith("linux") and (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
+    assert one_malloc_arena() is glibc  # (setting it again is harmless)
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert one_malloc_arena() is False
+
+
 def test_chunk_steps_auto_is_the_default_spelled_out(tmp_path):
     # the help and docs/follow.md name "auto" as --chunk-steps' default: it is accepted
     src = tmp_path / "h.safetensors"

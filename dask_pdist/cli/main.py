@@ -11,6 +11,7 @@ import sys
 import threading
 from collections.abc import Sequence
 
+from dask_pdist._program import one_malloc_arena
 from dask_pdist._version import __version__
 from dask_pdist.cli.analyses import _cmd_clusters, _cmd_info, _cmd_neighbours, _cmd_report, _cmd_summary, _cmd_verify
 from dask_pdist.cli.common import (
@@ -398,6 +399,8 @@ _ONE_BLAS_THREAD = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"
 
 def _run_cli(argv: Sequence[str] | None) -> int:
     as_program = argv is None
+    if as_program:
+        one_malloc_arena()  # before any other thread allocates
     if as_program and "numpy" not in sys.modules:  # read once, when numpy loads its BLAS
         for name in _ONE_BLAS_THREAD:
             os.environ.setdefault(name, "1")
