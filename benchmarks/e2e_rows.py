@@ -172,7 +172,9 @@ def _bench_kernel(env: dict[str, str], args: argparse.Namespace, work: Path) -> 
     out = []
     for i, (steps, vocab, dim) in enumerate(KERNEL_SHAPES_QUICK if args.quick else KERNEL_SHAPES):
         cmd = [sys.executable, str(METHODS_PY), "kernel", "--steps", str(steps), "--vocab", str(vocab)]
-        cmd += ["--dim", str(dim), "--repeats", str(args.repeats)] + (["--bandwidth"] if i == 0 else [])
+        cmd += ["--dim", str(dim), "--repeats", str(args.repeats)]
+        if i == 0:  # once per run, in the first shape's process
+            cmd += ["--bandwidth", "--bandwidth-mib", "16" if args.quick else "128"]
         run = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if run.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed:\n{run.stderr[-2000:]}")
@@ -272,9 +274,8 @@ def _targets(cases: dict[str, Case], help_times: dict[str, list[float]], default
 
 
 def _fmt_kernel(kernels: list[dict]) -> list[str]:
-    bw = next(k["bandwidth"] for k in kernels if k.get("bandwidth"))
-    fill = {t: statistics.median(v) for t, v in bw["fill"].items()}
-    copy = {t: statistics.median(v) for t, v in bw["copy"].items()}
+    bw = next((k["bandwidth"] for k in kernels if k.get("bandwidth")), None)
+    fill = {t: statistics.median(v) for t, v in bw["fill"].items()} if bw else {}
     lines = [
         "### Kernel alone: `pairwise_block` against the compute and the memory-bandwidth limits",
         "",
@@ -296,23 +297,33 @@ def _fmt_kernel(kernels: list[dict]) -> list[str]:
             peak_rate = k["peak_pair_dims_per_thread"] * int(threads) / statistics.median(k["peak_times"][threads])
             stored = k["out_bytes"] / t / 1e9
             of_bound.append(pd / t / peak_rate)
-            of_memory.append(stored / fill[threads])
+            memory = f"{stored / fill[threads]:.2f}" if fill else "not measured"
+            if fill:
+                of_memory.append(stored / fill[threads])
             lines.append(
                 f"| {k['steps']} x {k['vocab']} x {k['dim']} | {threads} | {t:.3f} | {pd / t / 1e9:.2f} "
-                f"| {peak_rate / 1e9:.2f} | {pd / t / peak_rate:.2f} | {stored:.2f} | {stored / fill[threads]:.2f} |"
+                f"| {peak_rate / 1e9:.2f} | {of_bound[-1]:.2f} | {stored:.2f} | {memory} |"
             )
-    first = kernels[0]
+    shapes = ", ".join(f"{k['peak_block'][0]} x {k['peak_block'][1]}" for k in kernels)
     lines += [
         "",
-        "Compute bound: the kernel's own row routine (dims unrolled by 4) on one L1-resident D x "
-        f"{first['peak_block'][1]} float32 block (D rounded down to a multiple of 4) with full-length rows, no "
-        "transposes, no output stores, in the same process on the same "
-        "threads: the most this CPU does with this instruction mix. Write bandwidth (`methods.py kernel "
-        f"--bandwidth`, median of {len(bw['fill']['1'])} alternating rounds, 128 MiB per thread): writing "
-        f"{fill['1']:.1f} GB/s on 1 thread, {fill['2']:.1f} on 2; copying (read + write) {copy['1']:.1f} and "
-        f"{copy['2']:.1f} GB/s. Stored at {min(of_memory):.2f}-{max(of_memory):.2f} of the write bandwidth and "
-        f"running at {min(of_bound):.2f}-{max(of_bound):.2f} of the compute bound, the kernel is "
-        + ("bound by arithmetic, not by memory." if max(of_memory) < 0.5 else "near the memory limit."),
+        "Compute bound: the kernel's own row routine (dims unrolled by 4) on L1-resident 32 KiB float32 blocks "
+        "(dims x tokens 128 x 64, 64 x 128 or 32 x 256, whichever runs fastest; here "
+        f"{shapes}) with full-length rows, no transposes, no output stores, measured in each shape's process on "
+        "the same threads: the most this CPU does with this instruction mix.",
+    ]
+    if bw:
+        copy = {t: statistics.median(v) for t, v in bw["copy"].items()}
+        verdict = "memory is not what limits it" if max(of_memory) < 0.5 else "it comes near the memory limit"
+        lines[-1] += (
+            f" Write bandwidth (`methods.py kernel --bandwidth`, in the first shape's process, median of "
+            f"{len(bw['fill']['1'])} alternating rounds): writing {fill['1']:.1f} GB/s on 1 thread, {fill['2']:.1f} "
+            f"on 2; copying (read + write) {copy['1']:.1f} and {copy['2']:.1f} GB/s. The kernel stores its results "
+            f"at {min(of_memory):.2f}-{max(of_memory):.2f} of the write bandwidth and computes at "
+            f"{min(of_bound):.2f}-{max(of_bound):.2f} of the compute bound: {verdict}."
+        )
+    first = kernels[0]
+    lines += [
         f"Numba outside the timed regions: importing dask_pdist.kernels.distances {first['import_s']:.2f} s; first "
         f"call (loads the cached machine code) {first['first_call_s']:.2f} s; "
         f"compiling the bound loop {first['peak_compile_s']:.2f} s.",

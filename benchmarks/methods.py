@@ -144,8 +144,8 @@ def memory_bandwidth(repeats: int, mib: int = 128) -> dict:
     """This machine's memory bandwidth, the other limit of the kernel: GB/s writing (``fill``)
     and copying (``copy``: bytes read + bytes written, as STREAM counts them) ``mib`` MiB of
     float32 per thread (several times the last-level cache), on 1 and 2 threads, with buffers
-    touched once before timing. Plain compiled loops, which LLVM turns into memset/memcpy: the
-    most a kernel storing its results with ordinary code can expect."""
+    touched once before timing. Plain compiled loops, vectorised, with ordinary stores (no
+    memset/memcpy, no non-temporal stores), as the kernel stores its results."""
     from concurrent.futures import ThreadPoolExecutor
 
     import numba
@@ -177,9 +177,21 @@ def memory_bandwidth(repeats: int, mib: int = 128) -> dict:
     return out
 
 
-def kernel(steps: int, vocab: int, dim: int, repeats: int, chunk: int | None, bandwidth: bool = False) -> dict:
-    """Time ``pairwise_block`` alone on 1 and 2 threads, an L1-resident peak loop, and (with
-    ``bandwidth``) this machine's memory bandwidth (:func:`memory_bandwidth`).
+#: the compute bound's block shapes (dims, tokens), 32 KiB of float32 each (L1 holds 48 KiB)
+PEAK_SHAPES = ((128, 64), (64, 128), (32, 256))
+
+
+def _timed(fn) -> float:  # noqa: ANN001
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def kernel(
+    steps: int, vocab: int, dim: int, repeats: int, chunk: int | None, bandwidth: bool = False, bandwidth_mib: int = 128
+) -> dict:
+    """Time ``pairwise_block`` alone on 1 and 2 threads, an L1-resident peak loop (the compute
+    bound), and (with ``bandwidth``) this machine's memory bandwidth (:func:`memory_bandwidth`).
 
     Work is counted in pair-dims of unordered pairs (i < j), V (V - 1) / 2 * D per snapshot:
     the useful work. The kernel computes each row from the diagonal on (rounded down to 16
@@ -231,11 +243,13 @@ def kernel(steps: int, vocab: int, dim: int, repeats: int, chunk: int | None, ba
         for threads in (1, 2):
             times[threads].append(run(threads))
 
-    # Bound: the kernel's own row routine on one L1-resident (dim, 64) float32 block with
-    # full-length rows: no transposes, no output stores, no cache misses.
-    peak_n = 64
-
-    from dask_pdist.kernels.distances import _row, _scaling_bound  # the kernel's own row routine, not a copy of it
+    # Bound: the kernel's own row routine, not a copy of it, on L1-resident 32 KiB float32
+    # blocks with full-length rows (no transposes, no output stores, no cache misses), in the
+    # block shape where it runs fastest: the most this CPU does with this instruction mix. The
+    # shape is the same for every history: at D = 256 a block of D x 64 would leave L1, and
+    # rows of 64 tokens run slower than longer ones (measured: 19.2 G pair-dims/s at 64 x 64,
+    # 24.9 at 32 x 256, one thread).
+    from dask_pdist.kernels.distances import _row, _scaling_bound
 
     @numba.njit(nogil=True)
     def _peak(at, reps, sq, mx, e_low):
@@ -245,23 +259,35 @@ def kernel(steps: int, vocab: int, dim: int, repeats: int, chunk: int | None, ba
                 _row(at, i, at, 0, n, sq, mx, sq, e_low, False)  # no L1 sums (as by default)
         return sq[0] + mx[0]
 
-    peak_dim = max(4, dim - dim % 4)
-    blocks = [rng.standard_normal((peak_dim, peak_n), dtype=np.float32) for _ in range(2)]
-    e_low = _scaling_bound(np.dtype(np.float32), peak_dim)
-    bufs = [(np.zeros(peak_n, np.float32), np.zeros(peak_n, np.float32), e_low) for _ in range(2)]
+    def operands(d: int, n: int) -> list:
+        e_low = _scaling_bound(np.dtype(np.float32), d)
+        return [
+            (rng.standard_normal((d, n), dtype=np.float32), np.zeros(n, np.float32), np.zeros(n, np.float32), e_low)
+            for _ in range(2)
+        ]
+
+    def peak_rate(op: tuple, reps: int) -> float:  # pair-dims per second, one thread, best of 3
+        at, sq, mx, e_low = op
+        n = at.shape[1]
+        return max(reps * n * n * at.shape[0] / _timed(lambda: _peak(at, reps, sq, mx, e_low)) for _ in range(3))
+
     t0 = time.perf_counter()
-    _peak(blocks[0], 1, *bufs[0])
+    peak_rate(operands(4, 8)[0], 1)
     peak_compile_s = time.perf_counter() - t0
+    # each shape on one thread, ~0.2 G pair-dims a run; the fastest is the bound's
+    best = max((peak_rate(operands(d, n)[0], max(1, 200_000_000 // (n * n * d))), d, n) for d, n in PEAK_SHAPES)
+    _, peak_dim, peak_n = best
+    ops = operands(peak_dim, peak_n)
     per_rep = peak_n * peak_n * peak_dim
-    reps = max(1, pair_dims // per_rep // 2)
+    reps = max(1, min(pair_dims // 2, 2_000_000_000) // per_rep)  # ~0.1 s a run
 
     def run_peak(threads: int) -> float:
         t = time.perf_counter()
         if threads == 1:
-            _peak(blocks[0], reps, *bufs[0])
+            _peak(ops[0][0], reps, *ops[0][1:])
         else:
             with ThreadPoolExecutor(threads) as pool:
-                list(pool.map(lambda k: _peak(blocks[k], reps, *bufs[k]), range(threads)))
+                list(pool.map(lambda k: _peak(ops[k][0], reps, *ops[k][1:]), range(threads)))
         return time.perf_counter() - t
 
     peak: dict[int, list[float]] = {1: [], 2: []}
@@ -284,7 +310,7 @@ def kernel(steps: int, vocab: int, dim: int, repeats: int, chunk: int | None, ba
         "peak_times": {str(k): v for k, v in peak.items()},
         "in_bytes": x.nbytes,
         "out_bytes": 2 * steps * vocab * vocab * 4,
-        "bandwidth": memory_bandwidth(repeats) if bandwidth else None,
+        "bandwidth": memory_bandwidth(repeats, bandwidth_mib) if bandwidth else None,
     }
 
 
@@ -307,12 +333,16 @@ def main() -> None:
     k.add_argument("--repeats", type=int, default=5)
     k.add_argument("--chunk", type=int, default=None, help="snapshots per call (default: the pipeline's auto chunk)")
     k.add_argument("--bandwidth", action="store_true", help="also measure this machine's memory bandwidth")
+    k.add_argument("--bandwidth-mib", type=int, default=128, help="MiB per thread for --bandwidth (default: 128)")
     args = p.parse_args()
     if args.method == "torch-knn":
         torch_knn(args.history, args.output, args.k, args.rows)
         return
     if args.method == "kernel":
-        json.dump(kernel(args.steps, args.vocab, args.dim, args.repeats, args.chunk, args.bandwidth), sys.stdout)
+        json.dump(
+            kernel(args.steps, args.vocab, args.dim, args.repeats, args.chunk, args.bandwidth, args.bandwidth_mib),
+            sys.stdout,
+        )
         return
     {"notebook": notebook, "torch-cdist": torch_cdist, "scipy-cdist": scipy_cdist}[args.method](
         args.history, args.output

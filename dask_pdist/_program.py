@@ -2,7 +2,8 @@
 reading ``sys.argv``. A Python caller's process (``main(argv)``, the library) is left as it is.
 
 - ``PROGRAM["settle"]``: freeze the heap once before a job (:func:`dask_pdist.cli.common.settle_heap`).
-- :func:`one_malloc_arena`: on glibc, one malloc arena for every thread.
+- :func:`one_malloc_arena`: on glibc, one malloc arena for every thread (the commands that
+  compute distances).
 - ``PROGRAM["lean"]``: import dask.array (:mod:`dask_pdist.cli.imports`) and numba
   (:mod:`dask_pdist.kernels._jit`) without the optional modules they load at import and the
   program never uses, each hidden with :func:`hidden` for that one import.
@@ -44,22 +45,27 @@ def hidden(names: tuple[str, ...]) -> Iterator[None]:
 
 def one_malloc_arena() -> bool:
     """On glibc, one malloc arena for every thread (``mallopt(M_ARENA_MAX, 1)``, what
-    ``MALLOC_ARENA_MAX=1`` sets); called first thing by the program. The job's threads allocate
-    few, large arrays (16 MiB kernel outputs, whole encoded chunks), and with an arena per
-    thread each arena kept blocks its thread had freed: the peak RSS depended on which thread's
-    arena a block landed in. Measured with and without it (3 alternating runs, 2026-12-05):
-    269-275 MB against 276-293 MB at 5001 x 128 x 64, 284-301 MB against 307-315 MB at 20,004
-    steps, wall time the same within noise. No other malloc tunable is set: a fixed trim or
-    mmap threshold switches off glibc's dynamic threshold, and every large array then costs
-    fresh page faults (``MALLOC_TRIM_THRESHOLD_=65536``: ~255 MB at both sizes but ~10x the
-    faults, slower). A ``MALLOC_ARENA_MAX`` the user set wins. Returns whether it was applied."""
-    if "MALLOC_ARENA_MAX" in os.environ or not sys.platform.startswith("linux"):
+    ``MALLOC_ARENA_MAX=1`` sets). The program calls it for the commands that compute distances
+    (``compute``, ``demo``: where it was measured), before any other thread exists. Their
+    threads allocate few, large arrays (16 MiB kernel outputs, whole encoded chunks); glibc
+    gives each new thread an arena of its own (up to 8 per core), and each arena keeps the
+    blocks freed into it, so the peak RSS depended on where blocks landed. Measured with and
+    without it (3 alternating runs, 2026-12-05, 2 cores): 269-275 MB against 276-293 MB at
+    5001 x 128 x 64, 284-301 MB against 307-315 MB at 20,004 steps, wall time the same within
+    noise. No other malloc tunable is set: a fixed trim or mmap threshold switches off glibc's
+    dynamic threshold, and every large array then costs fresh page faults
+    (``MALLOC_TRIM_THRESHOLD_=65536``: ~255 MB at both sizes but ~10x the faults, slower). An
+    arena limit the user set (``MALLOC_ARENA_MAX``, or ``arena_max`` in ``GLIBC_TUNABLES``)
+    wins. Returns whether mallopt accepted the setting."""
+    if "MALLOC_ARENA_MAX" in os.environ or "arena_max" in os.environ.get("GLIBC_TUNABLES", ""):
+        return False
+    if not sys.platform.startswith("linux"):
         return False
     try:
         if not (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc"):
             return False  # musl and others: no mallopt, or another meaning of -8
         import ctypes
 
-        return bool(ctypes.CDLL(None).mallopt(-8, 1))  # M_ARENA_MAX (malloc.h), 1 on success
+        return bool(ctypes.CDLL(None).mallopt(-8, 1))  # M_ARENA_MAX (malloc.h); 1 on success
     except (ValueError, OSError, AttributeError):
         return False

@@ -155,3 +155,47 @@ def test_cost_model_fit_recovers_a_known_model_and_rereads_its_table(tmp_path: P
     assert [(r["V"], r["D"]) for r in grid] == [(p["V"], p["D"]) for p in points]
     assert [(r["V"], r["D"], r["S"]) for r in checks] == [(128, 64, 400)]
     np.testing.assert_allclose([r["cpu"] for r in grid], [p["cpu"] for p in points], rtol=1e-4)
+
+
+def _kernel_result(steps: int, bandwidth: dict | None) -> dict:
+    # what `methods.py kernel` prints, with round numbers
+    return {
+        "steps": steps,
+        "vocab": 8,
+        "dim": 4,
+        "pair_dims": 8_000_000_000,
+        "times": {"1": [2.0, 1.0, 3.0], "2": [1.0]},
+        "peak_block": [32, 256],
+        "peak_pair_dims_per_thread": 10_000_000_000,
+        "peak_times": {"1": [0.5], "2": [1.0]},
+        "in_bytes": 1,
+        "out_bytes": 4_000_000_000,
+        "import_s": 0.01,
+        "first_call_s": 0.2,
+        "peak_compile_s": 0.3,
+        "bandwidth": bandwidth,
+    }
+
+
+def test_kernel_table_arithmetic() -> None:
+    sys.path.insert(0, str(RUN_PY.parent))
+    try:
+        from e2e_rows import _fmt_kernel
+    finally:
+        sys.path.remove(str(RUN_PY.parent))
+    bandwidth = {"fill": {"1": [10.0, 30.0, 10.0], "2": [20.0]}, "copy": {"1": [15.0], "2": [30.0]}}
+    text = "\n".join(_fmt_kernel([_kernel_result(10, bandwidth), _kernel_result(20, None)]))
+    rows = [line for line in text.splitlines() if line.startswith("| 10 x ") or line.startswith("| 20 x ")]
+    # 1 thread: median 2 s -> 4 G pair-dims/s against 1e10 / 0.5 s = 20 (0.20); 2 GB/s stored of 10 (0.20)
+    # 2 threads: 1 s -> 8 against 2e10 / 1 s = 20 (0.40); 4 GB/s stored of 20 (0.20)
+    assert rows == [
+        "| 10 x 8 x 4 | 1 | 2.000 | 4.00 | 20.00 | 0.20 | 2.00 | 0.20 |",
+        "| 10 x 8 x 4 | 2 | 1.000 | 8.00 | 20.00 | 0.40 | 4.00 | 0.20 |",
+        "| 20 x 8 x 4 | 1 | 2.000 | 4.00 | 20.00 | 0.20 | 2.00 | 0.20 |",
+        "| 20 x 8 x 4 | 2 | 1.000 | 8.00 | 20.00 | 0.40 | 4.00 | 0.20 |",
+    ]
+    assert "writing 10.0 GB/s on 1 thread, 20.0 on 2; copying (read + write) 15.0 and 30.0 GB/s" in text
+    assert "at 0.20-0.20 of the write bandwidth and computes at 0.20-0.40 of the compute bound" in text
+    alone = "\n".join(_fmt_kernel([_kernel_result(10, None)]))  # no bandwidth measured in this run
+    assert "| 10 x 8 x 4 | 1 | 2.000 | 4.00 | 20.00 | 0.20 | 2.00 | not measured |" in alone
+    assert "Write bandwidth" not in alone

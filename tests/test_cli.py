@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import subprocess
 import sys
@@ -102,32 +103,43 @@ def test_the_heap_is_frozen_only_when_the_cli_is_the_program(tmp_path):
     assert out.split()[-2:] == ["0", "True"]
 
 
-def test_one_malloc_arena_only_as_the_program_and_not_over_the_users_setting(tmp_path, monkeypatch):
-    # the program asks glibc for one malloc arena (lower, steadier peak RSS); a caller's
-    # process (main(argv)) is left as it is, and a MALLOC_ARENA_MAX the user set wins
+def test_one_malloc_arena_only_as_the_program_computing_and_not_over_the_users_setting(tmp_path, monkeypatch):
+    # compute and demo, as the program, ask glibc for one malloc arena (lower, steadier peak
+    # RSS); other commands and a caller's process (main(argv)) are left as they are, and an
+    # arena limit the user set wins. The real call runs in subprocesses only: it would change
+    # this test process's allocator.
     import importlib
-    import os
-
-    from dask_pdist._program import one_malloc_arena
 
     cli = importlib.import_module("dask_pdist.cli.main")  # (the package's `main` is the function)
-
     calls = []
     monkeypatch.setattr(cli, "one_malloc_arena", lambda: calls.append(1))
-    assert main(["synth", str(tmp_path / "a.safetensors"), "--steps", "3", "--vocab", "4", "--dim", "2"]) == 0
+    src = tmp_path / "h.safetensors"
+    assert main(["synth", str(src), "--steps", "3", "--vocab", "4", "--dim", "2"]) == 0
+    assert main(["compute", str(src), "-o", str(tmp_path / "a.zarr"), "--no-progress"]) == 0
     assert calls == []
-    probe = (
-        "import importlib, sys; cli = importlib.import_module('dask_pdist.cli.main'); calls = [];"
-        " cli.one_malloc_arena = lambda: calls.append(1);"
-        f" sys.argv = ['dask-pdist', 'synth', {str(tmp_path / 'b.safetensors')!r}, '--steps', '3'];"
-        " code = cli.main(); print(code, calls)"
-    )
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
-    assert out.splitlines()[-1] == "0 [1]"
-    glibc = sys.platform.startswith("linux") and (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
-    assert one_malloc_arena() is glibc  # (setting it again is harmless)
-    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
-    assert one_malloc_arena() is False
+
+    def as_program(*argv: str, env: dict | None = None) -> str:
+        probe = (
+            "import importlib, sys; cli = importlib.import_module('dask_pdist.cli.main');"
+            " from dask_pdist._program import one_malloc_arena; calls = [];"
+            " cli.one_malloc_arena = lambda: calls.append(one_malloc_arena());"
+            f" sys.argv = ['dask-pdist', *{list(argv)!r}]; code = cli.main(); print(code, calls)"
+        )
+        env = {k: v for k, v in os.environ.items() if k not in ("MALLOC_ARENA_MAX", "GLIBC_TUNABLES")} | (env or {})
+        run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env)
+        assert run.returncode == 0, run.stderr
+        return run.stdout.splitlines()[-1]
+
+    try:
+        glibc = sys.platform.startswith("linux") and (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
+    except (ValueError, OSError):
+        glibc = False
+    compute = ["compute", str(src), "-o", str(tmp_path / "b.zarr"), "--no-progress"]
+    assert as_program(*compute) == f"0 [{glibc}]"
+    assert as_program("info", str(src)) == "0 []"
+    assert as_program(*compute, "--overwrite", env={"MALLOC_ARENA_MAX": "4"}) == "0 [False]"
+    tunables = {"GLIBC_TUNABLES": "glibc.malloc.arena_max=4"}
+    assert as_program(*compute, "--overwrite", env=tunables) == "0 [False]"
 
 
 def test_chunk_steps_auto_is_the_default_spelled_out(tmp_path):

@@ -152,7 +152,7 @@ def _parser() -> argparse.ArgumentParser:
         help="also export the store to this safetensors file (or URL: s3://..., with --storage-options), as the"
         " notebook saves it (default: no export)",
     )
-    c.set_defaults(func=_cmd_compute)
+    c.set_defaults(func=_cmd_compute, one_arena=True)  # (as the program: _program.one_malloc_arena)
 
     e = sub.add_parser("export", help="export a distance store to one safetensors file (as the notebook saves it)")
     e.add_argument("store", help="zarr store written by 'dask-pdist compute'")
@@ -188,7 +188,7 @@ def _parser() -> argparse.ArgumentParser:
         help="replace files there that an earlier demo did not make (default: refuse)",
     )
     d.add_argument("--no-progress", action="store_true", help=_NO_PROGRESS_HELP)
-    d.set_defaults(func=_cmd_demo)
+    d.set_defaults(func=_cmd_demo, one_arena=True)
 
     m = sub.add_parser("summary", help="per-step statistics of a store; optional plot")
     m.add_argument(
@@ -399,8 +399,6 @@ _ONE_BLAS_THREAD = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"
 
 def _run_cli(argv: Sequence[str] | None) -> int:
     as_program = argv is None
-    if as_program:
-        one_malloc_arena()  # before any other thread allocates
     if as_program and "numpy" not in sys.modules:  # read once, when numpy loads its BLAS
         for name in _ONE_BLAS_THREAD:
             os.environ.setdefault(name, "1")
@@ -411,6 +409,8 @@ def _run_cli(argv: Sequence[str] | None) -> int:
         parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     args.argv = argv
     args.as_program = as_program
+    if as_program and getattr(args, "one_arena", False):  # before any other thread allocates
+        one_malloc_arena()
     PROGRAM["settle"] = PROGRAM["lean"] = as_program
     if as_program:
         quiet_lost_connections()
