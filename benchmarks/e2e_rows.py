@@ -304,7 +304,7 @@ def _fmt_kernel(kernels: list[dict]) -> list[str]:
                 f"| {k['steps']} x {k['vocab']} x {k['dim']} | {threads} | {t:.3f} | {pd / t / 1e9:.2f} "
                 f"| {peak_rate / 1e9:.2f} | {of_bound[-1]:.2f} | {stored:.2f} | {memory} |"
             )
-    shapes = ", ".join(f"{k['peak_block'][0]} x {k['peak_block'][1]}" for k in kernels)
+    shapes = ", ".join(dict.fromkeys(f"{k['peak_block'][0]} x {k['peak_block'][1]}" for k in kernels))
     lines += [
         "",
         "Compute bound: the kernel's own row routine (dims unrolled by 4) on L1-resident 32 KiB float32 blocks "

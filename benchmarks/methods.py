@@ -259,12 +259,13 @@ def kernel(
                 _row(at, i, at, 0, n, sq, mx, sq, e_low, False)  # no L1 sums (as by default)
         return sq[0] + mx[0]
 
-    def operands(d: int, n: int) -> list:
-        e_low = _scaling_bound(np.dtype(np.float32), d)
-        return [
-            (rng.standard_normal((d, n), dtype=np.float32), np.zeros(n, np.float32), np.zeros(n, np.float32), e_low)
-            for _ in range(2)
-        ]
+    def operands(d: int, n: int) -> tuple:  # one thread's block, its two row buffers, the scaling bound
+        return (
+            rng.standard_normal((d, n), dtype=np.float32),
+            np.zeros(n, np.float32),
+            np.zeros(n, np.float32),
+            _scaling_bound(np.dtype(np.float32), d),
+        )
 
     def peak_rate(op: tuple, reps: int) -> float:  # pair-dims per second, one thread, best of 3
         at, sq, mx, e_low = op
@@ -272,12 +273,12 @@ def kernel(
         return max(reps * n * n * at.shape[0] / _timed(lambda: _peak(at, reps, sq, mx, e_low)) for _ in range(3))
 
     t0 = time.perf_counter()
-    peak_rate(operands(4, 8)[0], 1)
+    peak_rate(operands(4, 8), 1)
     peak_compile_s = time.perf_counter() - t0
     # each shape on one thread, ~0.2 G pair-dims a run; the fastest is the bound's
-    best = max((peak_rate(operands(d, n)[0], max(1, 200_000_000 // (n * n * d))), d, n) for d, n in PEAK_SHAPES)
+    best = max((peak_rate(operands(d, n), max(1, 200_000_000 // (n * n * d))), d, n) for d, n in PEAK_SHAPES)
     _, peak_dim, peak_n = best
-    ops = operands(peak_dim, peak_n)
+    ops = [operands(peak_dim, peak_n) for _ in range(2)]  # one per thread
     per_rep = peak_n * peak_n * peak_dim
     reps = max(1, min(pair_dims // 2, 2_000_000_000) // per_rep)  # ~0.1 s a run
 
