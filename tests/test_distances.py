@@ -104,6 +104,19 @@ def test_float16_overflow_is_an_error_not_inf():
         _ = ds.euclidean.values
 
 
+def test_float16_keeps_an_infinite_input_infinite_as_float32_does():
+    # an inf in the history (nonfinite="propagate") gives infinite distances, as scipy and the
+    # float32 output do: not an overflow error about float16's range
+    x = random_history((3, 6, 4))
+    x[1, 2, 0] = np.inf
+    half = pairwise_distances(history_array(x, (2, 6, 4), labelled=False), dtype="float16")
+    full = pairwise_distances(history_array(x, (2, 6, 4), labelled=False))
+    for name in ("euclidean", "chebyshev"):
+        got, want = half[name].values, full[name].values
+        assert np.isinf(got[1, 2, [0, 1, 3, 4, 5]]).all() and np.isinf(want[1, 2, [0, 1, 3, 4, 5]]).all()
+        np.testing.assert_array_equal(got, want.astype(np.float16))
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [

@@ -73,7 +73,9 @@ def _distance_block(
     if which != tuple(range(len(out))):
         out = out[list(which)]
     if out_dtype == "float16":
-        top = np.nanmax(out) if out.size else 0.0
+        # a finite distance above float16's range would become a silent inf; an infinite one (an
+        # infinite input, nonfinite="propagate") stays infinite, as scipy and float32 give it
+        top = np.nanmax(out, initial=0.0, where=np.isfinite(out)) if out.size else 0.0
         if top > _FLOAT16_MAX:
             m, s, i, j = np.argwhere(out == top)[0]
             raise OverflowError(
