@@ -108,7 +108,23 @@ def _blas_info(env: dict[str, str]) -> list[str]:
     return lines
 
 
-def _machine(env: dict[str, str], workdir: Path) -> list[str]:
+def _vm_costs(env: dict[str, str], workdir: Path, mib: int, repeats: int) -> list[str]:
+    # what this machine charges for a store write's file-system calls and for memory freed a
+    # while ago (probes.py vm-costs): both explain why write-heavy timings here swing between runs
+    cmd = [sys.executable, str(HERE / "probes.py"), "vm-costs", str(workdir), "--mib", str(mib)]
+    res = json.loads(subprocess.run([*cmd, "--repeats", str(repeats)], env=env, capture_output=True, check=True).stdout)
+    calls = ", ".join(f"{k} {v['mean']:.0f}" for k, v in res["microseconds per call"].items())
+    (warm_k, warm), (cold_k, cold) = res["seconds per GB written into new files"].items()
+    (_, t_warm), (_, t_cold) = res["seconds per GB of new memory first touched"].items()
+    return [
+        f"- file-system calls in the work folder, mean us per call: {calls}",
+        f"- {res['mib']} MiB written into new files: {warm:.2f} s per GB {warm_k}, {cold:.2f} s per GB {cold_k}; "
+        f"new memory first touched: {t_warm:.2f} and {t_cold:.2f} s per GB"
+        ' (docs/measurements.md, "Freed memory turns cold")',
+    ]
+
+
+def _machine(env: dict[str, str], workdir: Path, vm_mib: int = 512, vm_repeats: int = 3) -> list[str]:
     cpuinfo = _read("/proc/cpuinfo")
     fields = dict(
         (k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in cpuinfo.splitlines()) if k.strip()
@@ -139,6 +155,7 @@ def _machine(env: dict[str, str], workdir: Path) -> list[str]:
             ", ".join(f"{k}={v}" for k, v in sorted(env.items()) if k.startswith(_BLAS_ENV))
             or "none (each library picks its kernels for this CPU)"
         ),
+        *_vm_costs(env, workdir, vm_mib, vm_repeats),
         f"- work files in {workdir} (removed at the end)",
     ]
 

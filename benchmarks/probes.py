@@ -5,6 +5,7 @@
     python benchmarks/probes.py read-step STORE --repeats 200
     python benchmarks/probes.py summarize STORE --repeats 3
     python benchmarks/probes.py iter-steps STORE --repeats 3
+    python benchmarks/probes.py vm-costs DIR [--mib 512] [--pause 3] [--repeats 3]
 
 ``startup`` runs ``dask-pdist`` (its ``main``) in this process and records wall-clock times
 (``time.time()``, comparable with the parent's clock) when the first kernel call starts and
@@ -228,6 +229,85 @@ def iter_steps(store: str, repeats: int) -> dict:
     return {"seconds": statistics.median(times), "bytes": nbytes, "steps": int(ds.sizes["step"])}
 
 
+def vm_costs(directory: str, mib: int = 512, pause: float = 3.0, repeats: int = 3) -> dict:
+    """What this machine charges for the file-system operations a store write makes (per call,
+    mean of 300 and the median, in microseconds: the mean is what adds up; a few calls take
+    milliseconds), and for writing ``mib`` MiB into new files right after
+    the same amount of files was deleted (the freed pages reused at once) against ``pause``
+    seconds later (seconds per GB, median of ``repeats`` alternating). On the VMs of
+    docs/measurements.md ("Freed memory turns cold") the second costs several times the first:
+    memory freed is handed back to the host within about a second, and touching it again
+    faults on the host."""
+    import shutil
+
+    import numpy as np
+
+    root = os.path.join(directory, "vm-costs")
+    shutil.rmtree(root, ignore_errors=True)
+    os.makedirs(root)
+
+    def per_call(fn, n: int = 300) -> dict:  # noqa: ANN001
+        times = []
+        for i in range(n):
+            t = time.perf_counter()
+            fn(i)
+            times.append(time.perf_counter() - t)
+        return {"mean": statistics.fmean(times) * 1e6, "median": statistics.median(times) * 1e6}
+
+    def create(i: int) -> None:
+        os.close(os.open(os.path.join(root, f"f{i}"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666))
+
+    ops = {
+        "create a new file": per_call(create),
+        "open an existing file (O_CREAT | O_TRUNC)": per_call(create),
+        "mkdir": per_call(lambda i: os.mkdir(os.path.join(root, f"d{i}"))),
+        "rename": per_call(lambda i: os.rename(os.path.join(root, f"f{i}"), os.path.join(root, f"g{i}"))),
+        "stat": per_call(lambda i: os.stat(os.path.join(root, f"g{i}"))),
+    }
+    shutil.rmtree(root)
+    block = np.random.default_rng(0).integers(0, 256, size=8 * 2**20, dtype=np.uint8)
+    files = max(1, mib // 8)
+
+    def fill() -> float:
+        os.makedirs(root, exist_ok=True)
+        t = time.perf_counter()
+        for i in range(files):
+            with open(os.path.join(root, str(i)), "wb") as f:
+                f.write(block)
+        return (time.perf_counter() - t) / (files * block.nbytes / 1e9)
+
+    def touch() -> float:  # first touch of new memory (numpy maps it; freeing it unmaps it)
+        t = time.perf_counter()
+        a = np.empty(files * block.nbytes, np.uint8)
+        a[::4096] = 1
+        return (time.perf_counter() - t) / (a.nbytes / 1e9)
+
+    fill()  # pages to free
+    warm, cold, touch_warm, touch_cold = [], [], [], []
+    for _ in range(repeats):
+        for out, wait in ((warm, 0.0), (cold, pause)):
+            shutil.rmtree(root)
+            time.sleep(wait)
+            out.append(fill())
+        for out, wait in ((touch_warm, 0.0), (touch_cold, pause)):
+            np.ones(files * block.nbytes, np.uint8)  # touched and freed at once
+            time.sleep(wait)
+            out.append(touch())
+    shutil.rmtree(root)
+    return {
+        "seconds per GB of new memory first touched": {
+            "right after freeing as much": statistics.median(touch_warm),
+            f"{pause:g} s after freeing it": statistics.median(touch_cold),
+        },
+        "microseconds per call": ops,
+        "seconds per GB written into new files": {
+            "right after freeing as much": statistics.median(warm),
+            f"{pause:g} s after freeing it": statistics.median(cold),
+        },
+        "mib": files * 8,
+    }
+
+
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "startup":
         sep = sys.argv.index("--")
@@ -240,6 +320,11 @@ def main() -> int:
     w.add_argument("nbytes", type=int)
     w.add_argument("files", type=int)
     w.add_argument("--threads", type=int, default=0, help="writer threads (default: one per CPU)")
+    v = sub.add_parser("vm-costs")
+    v.add_argument("directory")
+    v.add_argument("--mib", type=int, default=512)
+    v.add_argument("--pause", type=float, default=3.0)
+    v.add_argument("--repeats", type=int, default=3)
     for name in ("read-step", "summarize", "iter-steps"):
         s = sub.add_parser(name)
         s.add_argument("store")
@@ -247,6 +332,8 @@ def main() -> int:
     args = p.parse_args()
     if args.probe == "write-floor":
         result = write_floor(args.directory, args.nbytes, args.files, args.threads)
+    elif args.probe == "vm-costs":
+        result = vm_costs(args.directory, args.mib, args.pause, args.repeats)
     else:
         fn = {"read-step": read_step, "summarize": summarize, "iter-steps": iter_steps}[args.probe]
         result = fn(args.store, args.repeats)

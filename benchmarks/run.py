@@ -147,7 +147,7 @@ def _main(args: argparse.Namespace, work: Path) -> int:
     dask_cmd, dask_name = _dask_pdist_cmd()
     methods = _methods(dask_cmd, DEFAULT_COMPRESSOR)
     env = dict(os.environ, NUMBA_CACHE_DIR=str(work / "numba_cache"))
-    machine = _machine(env, work)
+    machine = _machine(env, work, *((64, 1) if args.quick else (512, 3)))
     if args.clusters_only:
         return _clusters_only(args, dask_cmd, env, work, machine, started, load_before, t_start)
 

@@ -57,6 +57,9 @@ def test_quick_run_writes_table_and_plot(tmp_path: Path) -> None:
     assert sum(" clusters " in line for line in targets) == 3, targets
     assert "Notebook loop mode per run:" in report
     assert "| fraction of write bandwidth |" in report and "Write bandwidth (`methods.py kernel" in report
+    # the machine's file-system and cold-memory costs, under "Machine" (probes.py vm-costs)
+    assert "- file-system calls in the work folder, mean us per call: create a new file " in report
+    assert " s per GB 3 s after freeing it; new memory first touched: " in report
     png = (out / "wall_time_vs_steps.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n")
     assert list(work.iterdir()) == []  # histories and outputs removed

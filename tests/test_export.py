@@ -162,6 +162,22 @@ def test_float16_overflow_names_the_largest_value_and_leaves_no_file(write_safet
     assert not list(tmp_path.glob("*.partial")), "the temporary file must be removed"
 
 
+def test_float16_export_keeps_an_infinite_distance_infinite(write_safetensors, tmp_path):
+    # an inf in the history (nonfinite="propagate") gives infinite distances: exported as
+    # float16 they stay inf, as in the float32 export; only a finite distance above float16's
+    # range is an error
+    x = random_history((4, 7, 3), seed=2)
+    x[2, 5, 1] = np.inf
+    h = open_history(write_safetensors("inf.safetensors", {"h": x}), chunks=2, nonfinite="propagate")
+    ds = pairwise_distances(h)
+    out = tmp_path / "d16.safetensors"
+    to_safetensors(ds, out, dtype="float16")
+    for metric, key in KEYS.items():
+        want = ds[metric].values
+        assert np.isinf(want[2, 5, [0, 1, 2, 3, 4, 6]]).all()
+        np.testing.assert_array_equal(_loaded(out)["load_file"][key], want.astype(np.float16))
+
+
 def test_refuses_to_overwrite_unless_asked(store, tmp_path):
     ds = open_distances(store)
     out = tmp_path / "d.safetensors"

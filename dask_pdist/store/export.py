@@ -120,10 +120,11 @@ def _file_bytes(block: np.ndarray, label: tuple[str, int], dtype: np.dtype, path
 
 
 def _check_range(block: np.ndarray, dtype: np.dtype, path: str, key: str, step0: int) -> None:
-    # a narrowing cast (float32 -> float16) must never turn a distance into inf silently
+    # a narrowing cast (float32 -> float16) must never turn a finite distance into inf silently;
+    # an infinite one (an infinite input, nonfinite="propagate") stays inf, as in float32
     if np.finfo(dtype).max >= np.finfo(block.dtype).max or block.size == 0:
         return
-    top = np.nanmax(block) if not np.isnan(block).all() else np.nan
+    top = np.max(block, initial=-np.inf, where=np.isfinite(block))
     limit = float(np.finfo(dtype).max)
     if top > limit:
         s = int(np.argwhere(block == top)[0][0])
