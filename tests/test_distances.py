@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import dask
 import dask.array as da
 import numpy as np
@@ -115,6 +117,50 @@ def test_float16_keeps_an_infinite_input_infinite_as_float32_does():
         got, want = half[name].values, full[name].values
         assert np.isinf(got[1, 2, [0, 1, 3, 4, 5]]).all() and np.isinf(want[1, 2, [0, 1, 3, 4, 5]]).all()
         np.testing.assert_array_equal(got, want.astype(np.float16))
+
+
+def test_float16_names_a_finite_overflow_next_to_an_infinite_input_and_keeps_nan_blocks_quiet():
+    # one block holds an infinite input (inf distances: kept) and a finite distance past
+    # float16's range: the error names the finite one, where it is
+    x = random_history((3, 7, 4))
+    x[0, 3, 2] = np.inf
+    x[2, 5] = x[2, 1] + np.float32(7e4)  # token 5 at step 20: ~sqrt(4) * 7e4 from every other
+    ds = pairwise_distances(history_array(x, (3, 7, 4)), dtype="float16", metrics=["euclidean"])
+    with pytest.raises(
+        OverflowError, match=r"euclidean distance 1400\d\d at step 20 between tokens [0-6] and 5 exceeds"
+    ):
+        _ = ds.euclidean.values
+    nan = np.full((2, 5, 3), np.nan, np.float32)  # a block that is all NaN (nonfinite="propagate")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "All-NaN slice" warning either
+        for dtype in ("float16", "float32"):
+            got = pairwise_distances(history_array(nan, (2, 5, 3)), dtype=dtype)
+            assert np.isnan(got.euclidean.values[:, 0, 1]).all()
+        got = pairwise_distances(history_array(nan.astype(np.float64), (2, 5, 3)), dtype="float32")
+        assert np.isnan(got.euclidean.values[:, 0, 1]).all()
+
+
+def test_manhattan_past_float32_range_is_exact_in_float64_and_an_error_in_float32():
+    # the kernels sum Manhattan's |a - b| in float32 for a float32 history: a sum past its range
+    # (4e38 here, every term finite) is summed again in float64; never a silent inf
+    from scipy.spatial.distance import cdist
+
+    x = random_history((2, 5, 3))
+    x[1, 0] = 0
+    x[1, 1] = np.float32(1.5e38)
+    x[1, 3] = np.float32(0.5e38)
+    ds = pairwise_distances(history_array(x, (2, 5, 3)), metrics=["euclidean", "manhattan"], dtype="float64")
+    for s in range(2):
+        want = cdist(x[s].astype(np.float64), x[s].astype(np.float64), "cityblock")
+        np.testing.assert_allclose(ds.manhattan.values[s], want, rtol=1e-6)  # (summed in float32)
+        want = cdist(x[s].astype(np.float64), x[s].astype(np.float64))
+        np.testing.assert_allclose(ds.euclidean.values[s], want, rtol=1e-6)
+    assert ds.manhattan.values[1, 0, 1] == pytest.approx(4.5e38, rel=1e-7)
+    ds32 = pairwise_distances(history_array(x, (2, 5, 3)), metrics=["euclidean", "manhattan"])
+    with pytest.raises(
+        OverflowError, match=r"manhattan distance 4.5e\+38 at step 10 between tokens 0 and 1 exceeds float32"
+    ):
+        _ = ds32.manhattan.values
 
 
 @pytest.mark.parametrize(

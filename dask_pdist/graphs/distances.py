@@ -70,6 +70,8 @@ def _distance_block(
         out = pairwise(xa, step0=step0, token0=int(ia[0]), **extra)
     else:
         out = cross(xa, xb, step0=step0, token0_a=int(ia[0]), token0_b=int(jb[0]), **extra)
+    if extra and out.dtype != np.float64:
+        out = _manhattan_past_range(out, xa, xb, labels, ia, jb, out_dtype)
     if which != tuple(range(len(out))):
         out = out[list(which)]
     if out_dtype == "float16":
@@ -88,10 +90,37 @@ def _distance_block(
     return out.astype(out_dtype, copy=False)
 
 
+def _manhattan_past_range(
+    out: np.ndarray, xa: np.ndarray, xb: np.ndarray, labels: np.ndarray, ia: np.ndarray, jb: np.ndarray, out_dtype: str
+) -> np.ndarray:
+    # The kernels sum Manhattan's |a - b| in the history's dtype: a sum past that dtype's range
+    # is inf although every term is finite. Such a pair's Euclidean distance is finite (an
+    # infinite or NaN input leaves no distance of its pair finite), which tells it apart. It is
+    # summed again in float64 (exact enough: as scipy sums it) and kept where the output dtype
+    # holds it; else an OverflowError, never a silent inf.
+    over = np.isinf(out[2]) & np.isfinite(out[0])
+    if not over.any():
+        return out
+    s, i, j = np.nonzero(over)
+    exact = np.abs(xa[s, i].astype(np.float64) - xb[s, j].astype(np.float64)).sum(axis=-1)
+    top = float(np.finfo(out_dtype).max)
+    if (exact > top).any():
+        k = int(np.argmax(exact > top))
+        lo, hi = sorted((int(ia[i[k]]), int(jb[j[k]])))
+        raise OverflowError(
+            f"manhattan distance {float(exact[k]):.6g} at step {labels[s[k]]} between tokens {lo} and {hi}"
+            f" exceeds {out_dtype}'s largest finite value {top:g}; use dtype='float64' (--dtype float64)"
+        )
+    if np.dtype(out_dtype).itemsize > out.dtype.itemsize:
+        out = out.astype(out_dtype)
+    out[2][over] = exact
+    return out
+
+
 def _check_fits(out: np.ndarray, out_dtype: str, step0: int, i0: int, j0: int) -> None:
     # a finite distance above the output dtype's range would become a silent inf
     top = np.finfo(out_dtype).max
-    if not (out.size and np.nanmax(out) > top):
+    if not (out.size and np.max(out, initial=-np.inf, where=np.isfinite(out)) > top):
         return
     over = np.isfinite(out) & (out > top)  # an infinite input gives an infinite distance, as scipy
     if over.any():
