@@ -178,6 +178,20 @@ def test_float16_export_keeps_an_infinite_distance_infinite(write_safetensors, t
         np.testing.assert_array_equal(_loaded(out)["load_file"][key], want.astype(np.float16))
 
 
+def test_narrowing_export_past_float32_suggests_float64(write_safetensors, tmp_path):
+    # a float64 store's distance above float32's range: the export to float32 names it and
+    # suggests the dtype that holds it (the store's own), not float32 again
+    x = random_history((3, 5, 2), seed=3).astype(np.float64)
+    x[1, 2, 0] = 1e200
+    h = open_history(write_safetensors("big64.safetensors", {"h": x}, "F64"), chunks=3)
+    ds = pairwise_distances(h, metrics=["euclidean"], dtype="float64")
+    out = tmp_path / "d32.safetensors"
+    match = rf"{out}: euclidean_distances: distance 1e\+200 at step index 1 exceeds float32's largest finite value"
+    with pytest.raises(OverflowError, match=match + r" 3.40282e\+38; export with dtype='float64' \(--dtype float64\)"):
+        to_safetensors(ds, out, dtype="float32")
+    assert not out.exists()
+
+
 def test_refuses_to_overwrite_unless_asked(store, tmp_path):
     ds = open_distances(store)
     out = tmp_path / "d.safetensors"

@@ -161,7 +161,9 @@ def _parser() -> argparse.ArgumentParser:
         type=_output,
         help="safetensors file to create, e.g. pairwise_distances.safetensors, or a URL (s3://bucket/d.safetensors)",
     )
-    e.add_argument("--dtype", choices=("float32", "float16"), default=None, help="stored dtype (default: the store's)")
+    e.add_argument(
+        "--dtype", choices=("float32", "float16", "float64"), default=None, help="stored dtype (default: the store's)"
+    )
     e.add_argument("--overwrite", action="store_true", help="replace an existing file at OUTPUT (default: refuse)")
     _add_scheduler(e)
     e.add_argument("--no-progress", action="store_true", help=_NO_PROGRESS_HELP)
