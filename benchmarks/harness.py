@@ -119,7 +119,7 @@ def _vm_costs(env: dict[str, str], workdir: Path, mib: int, repeats: int) -> lis
     return [
         f"- file-system calls in the work folder, mean us per call: {calls}",
         f"- {res['mib']} MiB written into new files: {warm:.2f} s per GB {warm_k}, {cold:.2f} s per GB {cold_k}; "
-        f"new memory first touched: {t_warm:.2f} and {t_cold:.2f} s per GB"
+        f"new memory first touched: {t_warm:.2f} s per GB right after, {t_cold:.2f} s per GB {cold_k}"
         ' (docs/measurements.md, "Freed memory turns cold")',
     ]
 

@@ -236,7 +236,7 @@ def vm_costs(directory: str, mib: int = 512, pause: float = 3.0, repeats: int = 
     the same amount of files was deleted (the freed pages reused at once) against ``pause``
     seconds later (seconds per GB, median of ``repeats`` alternating). On the VMs of
     docs/measurements.md ("Freed memory turns cold") the second costs several times the first:
-    memory freed is handed back to the host within about a second, and touching it again
+    memory freed is handed back to the host within a second or two, and touching it again
     faults on the host."""
     import shutil
 
@@ -308,6 +308,13 @@ def vm_costs(directory: str, mib: int = 512, pause: float = 3.0, repeats: int = 
     }
 
 
+def _positive(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text}: must be at least 1")
+    return n
+
+
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "startup":
         sep = sys.argv.index("--")
@@ -322,9 +329,9 @@ def main() -> int:
     w.add_argument("--threads", type=int, default=0, help="writer threads (default: one per CPU)")
     v = sub.add_parser("vm-costs")
     v.add_argument("directory")
-    v.add_argument("--mib", type=int, default=512)
+    v.add_argument("--mib", type=_positive, default=512)
     v.add_argument("--pause", type=float, default=3.0)
-    v.add_argument("--repeats", type=int, default=3)
+    v.add_argument("--repeats", type=_positive, default=3)
     for name in ("read-step", "summarize", "iter-steps"):
         s = sub.add_parser(name)
         s.add_argument("store")
