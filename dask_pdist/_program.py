@@ -52,9 +52,10 @@ def one_malloc_arena() -> bool:
     blocks freed into it, so the peak RSS depended on where blocks landed. Measured with and
     without it (3 alternating runs, 2026-12-05, 2 cores): 269-275 MB against 276-293 MB at
     5001 x 128 x 64, 284-301 MB against 307-315 MB at 20,004 steps, wall time the same within
-    noise. No other malloc tunable is set: a fixed trim or mmap threshold switches off glibc's
-    dynamic threshold, and every large array then costs fresh page faults
-    (``MALLOC_TRIM_THRESHOLD_=65536``: ~255 MB at both sizes but ~10x the faults, slower). An
+    noise. No other malloc tunable is set: a low fixed trim threshold
+    (``MALLOC_TRIM_THRESHOLD_=65536``: ~255 MB at both sizes) gave ~10x the page faults, slower;
+    high fixed thresholds (mmap 32 MiB, trim 256 MiB) gave ~1/4 of the faults at 20,004 steps
+    but the same wall time within noise (10 alternating rounds, both orders, 2026-12-05). An
     arena limit the user set (``MALLOC_ARENA_MAX``, or ``arena_max`` in ``GLIBC_TUNABLES``)
     wins. Returns whether mallopt accepted the setting."""
     if "MALLOC_ARENA_MAX" in os.environ or "arena_max" in os.environ.get("GLIBC_TUNABLES", ""):

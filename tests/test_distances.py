@@ -130,6 +130,11 @@ def test_float16_names_a_finite_overflow_next_to_an_infinite_input_and_keeps_nan
         OverflowError, match=r"euclidean distance 1400\d\d at step 20 between tokens [0-6] and 5 exceeds"
     ):
         _ = ds.euclidean.values
+    big = random_history((2, 5, 3)).astype(np.float64)
+    big[1, 2, 0] = 1e200  # past float32 too: the suggestion is the dtype that holds it
+    ds = pairwise_distances(history_array(big, (2, 5, 3)), dtype="float16", metrics=["euclidean"])
+    with pytest.raises(OverflowError, match=r"distance 1e\+200 at step 10 .* use dtype='float64' \(--dtype float64\)"):
+        _ = ds.euclidean.values
     nan = np.full((2, 5, 3), np.nan, np.float32)  # a block that is all NaN (nonfinite="propagate")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no "All-NaN slice" warning either

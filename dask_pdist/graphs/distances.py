@@ -75,19 +75,25 @@ def _distance_block(
     if which != tuple(range(len(out))):
         out = out[list(which)]
     if out_dtype == "float16":
-        # a finite distance above float16's range would become a silent inf; an infinite one (an
-        # infinite input, nonfinite="propagate") stays infinite, as scipy and float32 give it
-        top = np.nanmax(out, initial=0.0, where=np.isfinite(out)) if out.size else 0.0
+        top = _largest_finite(out)
         if top > _FLOAT16_MAX:
             m, s, i, j = np.argwhere(out == top)[0]
+            wider = "float32" if top <= float(np.finfo(np.float32).max) else "float64"  # (float64 arithmetic)
             raise OverflowError(
                 f"{_KERNEL_OUTPUT[which[m]]} distance {float(top):.6g} at step {labels[s]} between tokens"
                 f" {ia[i]} and {jb[j]} exceeds float16's largest finite value {_FLOAT16_MAX:g};"
-                " use dtype='float32' (--dtype float32)"
+                f" use dtype='{wider}' (--dtype {wider})"
             )
     elif np.dtype(out_dtype).itemsize < out.dtype.itemsize:  # float64 arithmetic, float32 output
         _check_fits(out, out_dtype, step0, int(ia[0]), int(jb[0]))
     return out.astype(out_dtype, copy=False)
+
+
+def _largest_finite(out: np.ndarray) -> float:
+    # what a narrowing cast is checked on: a finite distance past the dtype's range would become
+    # a silent inf; an infinite one (an infinite input, nonfinite="propagate") stays inf, as
+    # scipy gives it; NaN is skipped (no warning on an all-NaN block); -inf where none is finite
+    return float(np.max(out, initial=-np.inf, where=np.isfinite(out)))
 
 
 def _manhattan_past_range(
@@ -120,7 +126,7 @@ def _manhattan_past_range(
 def _check_fits(out: np.ndarray, out_dtype: str, step0: int, i0: int, j0: int) -> None:
     # a finite distance above the output dtype's range would become a silent inf
     top = np.finfo(out_dtype).max
-    if not (out.size and np.max(out, initial=-np.inf, where=np.isfinite(out)) > top):
+    if not _largest_finite(out) > top:
         return
     over = np.isfinite(out) & (out > top)  # an infinite input gives an infinite distance, as scipy
     if over.any():

@@ -127,7 +127,7 @@ def _check_range(block: np.ndarray, dtype: np.dtype, path: str, key: str, step0:
     top = np.max(block, initial=-np.inf, where=np.isfinite(block))
     limit = float(np.finfo(dtype).max)
     if top > limit:
-        wider = "float32" if top <= np.finfo(np.float32).max else "float64"
+        wider = "float32" if top <= float(np.finfo(np.float32).max) else "float64"
         s = int(np.argwhere(block == top)[0][0])
         raise OverflowError(
             f"{path}: {key}: distance {float(top):.6g} at step index {step0 + s} exceeds {dtype.name}'s"
