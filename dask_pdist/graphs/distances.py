@@ -125,7 +125,7 @@ def _manhattan_past_range(
 
 def _check_fits(out: np.ndarray, out_dtype: str, step0: int, i0: int, j0: int) -> None:
     # a finite distance above the output dtype's range would become a silent inf
-    top = np.finfo(out_dtype).max
+    top = float(np.finfo(out_dtype).max)
     if not _largest_finite(out) > top:
         return
     over = np.isfinite(out) & (out > top)  # an infinite input gives an infinite distance, as scipy
