@@ -372,3 +372,25 @@ def test_step_rms_one_task_per_step_chunk(shape, step_chunk, dtype):
     assert np.isnan(got[2]) and got.dtype == np.float64
     tiled = step_rms(da.from_array(x, chunks=(step_chunk, 5, 4))).compute()  # the reduction's path
     np.testing.assert_allclose(tiled, got, rtol=1e-14)
+
+
+def test_step_rms_of_float64_values_whose_squares_overflow():
+    # float64 coordinates past ~1.3e154: their squares overflow, the step's RMS does not (it is
+    # computed scaled by the step's largest value), without a warning; other steps keep their bits
+    import warnings
+
+    import dask.array as da
+
+    from dask_pdist.io.history import step_rms
+
+    x = np.random.default_rng(7).standard_normal((3, 5, 3))
+    x[1, 2, 0] = 1e200
+    x[2, 4, 1] = -1e300
+    x[2, 0, 0] = np.inf  # left out, as in every step
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = step_rms(da.from_array(x, chunks=(2, 5, 3))).compute()
+    want0 = np.sqrt(np.mean(np.square(x[0])))
+    assert got[0] == step_rms(da.from_array(x[:1])).compute()[0] and got[0] == pytest.approx(want0, rel=1e-15)
+    assert got[1] == pytest.approx(1e200 / np.sqrt(15), rel=1e-14)
+    assert got[2] == pytest.approx(1e300 / np.sqrt(14), rel=1e-14)
